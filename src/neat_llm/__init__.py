@@ -1,0 +1,20 @@
+"""neat-llm: find the concept neurons of a language model, turn them off, measure what changes.
+
+    model = neat_llm.load_model()                       # embedded SmolLM2-135M-Instruct
+    concept = neat_llm.ConceptSet.from_file("data.jsonl", text="text", label="label", positive="hate")
+    run = neat_llm.find_concept_neurons(model, concept, method="neat")
+    with neat_llm.turn_off(model, run.top(50)):
+        print(model.generate("You are"))
+"""
+
+from .concepts import ConceptSet, ConceptSetError, demo_concept
+from .find import find_concept_neurons
+from .interventions import NeuronSelection, turn_off
+from .models import LoadedModel, ModelLoadError, UnsupportedModelError, load_model
+from .runs import Run, RunError
+
+__version__ = "0.1.0"
+load_run = Run.load
+
+__all__ = ["ConceptSet", "ConceptSetError", "demo_concept", "find_concept_neurons", "NeuronSelection", "turn_off",
+           "LoadedModel", "ModelLoadError", "UnsupportedModelError", "load_model", "Run", "RunError", "load_run"]

@@ -1,0 +1,180 @@
+"""The ``neat`` command line: find, show, generate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Find the concept neurons of a language model, turn them off, measure what changes.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _top_table(df, k: int, title: str) -> Table:
+    t = Table(title=title)
+    for col, just in (("rank", "right"), ("layer", "right"), ("neuron", "right"), ("score", "right"),
+                      ("top tokens (activation)", "left")):
+        t.add_column(col, justify=just)
+    for _, r in df.head(k).iterrows():
+        toks = r.get("top_tokens", "")
+        t.add_row(str(r["rank"]), str(r["layer"]), str(r["neuron"]), f"{r['score']:.4g}",
+                  "" if not isinstance(toks, str) else toks)
+    return t
+
+
+@app.command()
+def find(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
+    concept: Optional[Path] = typer.Option(None, "--concept", "-c", help="concept file (.jsonl/.csv/.tsv/.parquet); default: built-in demo"),
+    text_col: str = typer.Option("text", "--text-col", help="column holding the text"),
+    label_col: str = typer.Option("label", "--label-col", help="column holding the label"),
+    positive: Optional[str] = typer.Option(None, "--positive", help="label value(s) of positives, comma-separated"),
+    contrast: Optional[str] = typer.Option(None, "--contrast", help="label value(s) of contrast rows (default: all others)"),
+    method: str = typer.Option("neat", "--method", help="scoring method: neat, reference"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-' (default: all)"),
+    probe_size: int = typer.Option(1, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
+    contrastive: bool = typer.Option(False, "--contrastive", help="score the effect on the P-N gap"),
+    reading_layer: Optional[int] = typer.Option(None, "--reading-layer", help="default: best cross-validated AUROC"),
+    vector: str = typer.Option("diff-means", "--vector", help="concept vector: diff-means, cav, centroid"),
+    pool: str = typer.Option("last", "--pool", help="representation: last token or mean"),
+    ablation: str = typer.Option("zero", "--ablation", help="turn off as zero or mean"),
+    eval_fraction: float = typer.Option(0.3, "--eval-fraction"),
+    seed: int = typer.Option(0, "--seed"),
+    top_k: int = typer.Option(100, "--top-k", help="rows kept in top.csv"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/<time>-<concept>-<method>); an interrupted run resumes here"),
+    strict: bool = typer.Option(False, "--strict", help="refuse texts longer than the context instead of truncating"),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    show: int = typer.Option(10, "--show", help="rows of the table printed"),
+) -> None:
+    """Find the concept neurons of a model: concept vector, reading layer, NEAT sweep, run folder."""
+    import neat_llm as nl
+
+    _quiet_libraries()
+    try:
+        if concept is None:
+            if positive is not None:
+                _fail("--positive needs --concept FILE")
+            cs = nl.demo_concept()
+        else:
+            if positive is None:
+                _fail("--concept needs --positive VALUE: the label value that marks positive examples")
+            cs = nl.ConceptSet.from_file(concept, text=text_col, label=label_col, positive=positive.split(","),
+                                         contrast=contrast.split(",") if contrast else None)
+        m = nl.load_model(model, device=device, dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            run = nl.find_concept_neurons(m, cs, method=method, reading_layer=reading_layer, vector=vector, pool=pool,
+                                          probe_size=probe_size, contrastive=contrastive, layers=layers,
+                                          ablation=ablation, eval_fraction=eval_fraction, seed=seed, out=out_dir,
+                                          top_k=top_k, strict=strict, progress=True)
+    except (ValueError, FloatingPointError, OSError) as e:
+        _fail(str(e))
+    meta = run.meta
+    if as_json:
+        top = [{"layer": int(r.layer), "neuron": int(r.neuron), "score": float(r.score)}
+               for r in run.top_table.itertuples()]
+        print(json.dumps({"run_dir": str(run.run_dir), "model": meta.model_id, "concept": meta.concept_name,
+                          "method": meta.method, "reading_layer": meta.reading_layer, "eval_auroc": meta.eval_auroc,
+                          "n_neurons_scored": meta.n_neurons_scored, "forward_passes": meta.forward_passes,
+                          "backward_passes": meta.backward_passes, "passes": meta.passes,
+                          "seconds": meta.seconds["total"], "top": top}))
+        return
+    out.print(_top_table(run.top_table, show, f"top concept neurons: {meta.concept_name} ({meta.model_id})"))
+    out.print(f"reading layer {meta.reading_layer} (eval AUROC {meta.eval_auroc:.3f}); {meta.n_neurons_scored:,} neurons "
+              f"scored with {meta.forward_passes:,} forward passes in {meta.seconds['total']:.1f} s")
+    out.print(f"run folder: {run.run_dir}")
+
+
+@app.command("show")
+def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
+             k: int = typer.Option(20, "--k", help="rows to show"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print a run's stored ranking."""
+    import neat_llm as nl
+
+    try:
+        run = nl.Run.load(run_dir)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    m = run.meta
+    if as_json:
+        sel = run.top(k)
+        print(json.dumps({"run_dir": str(run.run_dir), "model": m.model_id, "method": m.method,
+                          "reading_layer": m.reading_layer,
+                          "top": [{"layer": l, "neuron": n, "score": s} for (l, n), s in zip(sel.neurons, sel.scores)]}))
+        return
+    df = run.top_table
+    if k > len(df):  # top.csv keeps top_k rows; rank the rest from the scores
+        import pandas as pd
+
+        sel = run.top(k)
+        df = pd.DataFrame({"rank": range(1, len(sel) + 1), "layer": [l for l, _ in sel.neurons],
+                           "neuron": [n for _, n in sel.neurons], "score": list(sel.scores),
+                           "top_tokens": list(df["top_tokens"]) + [""] * (len(sel) - len(df))})
+    out.print(_top_table(df, k, f"{m.concept_name}: {m.method} on {m.model_id} (reading layer {m.reading_layer})"))
+
+
+@app.command()
+def generate(run_dir: Path = typer.Argument(..., help="a run folder"),
+             prompt: str = typer.Argument(..., help="the prompt to continue"),
+             k: int = typer.Option(50, "--k", help="turn off the top-k neurons"),
+             mode: str = typer.Option("zero", "--mode", help="zero or mean ablation"),
+             max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
+             chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Continue a prompt with the model as is and with the run's top-k neurons turned off."""
+    import neat_llm as nl
+
+    _quiet_libraries()
+    try:
+        run = nl.Run.load(run_dir)
+        model_id = run.meta.model_id
+        m = nl.load_model(None if model_id == "smollm2-135m-instruct" else model_id)
+        if m.weights_hash != run.meta.weights_hash:
+            _fail(f"the model {model_id} now has other weights than when the run was made")
+        before = m.generate(prompt, max_new_tokens, chat=chat)
+        with nl.turn_off(m, run.top(k), mode=mode):
+            after = m.generate(prompt, max_new_tokens, chat=chat)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps({"prompt": prompt, "k": k, "mode": mode, "before": before, "after": after}))
+        return
+    t = Table(title=f"{prompt!r}", show_lines=True)
+    t.add_column("model as is")
+    t.add_column(f"top-{k} {run.meta.concept_name} neurons off ({mode})")
+    t.add_row(before, after)
+    out.print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Concept sets: positive texts P (express the concept) and contrast texts N (do not).
+
+Loaders take JSONL / CSV / TSV / Parquet files, pandas frames, Hugging Face datasets, or plain
+lists, with a column mapping. ``split`` makes the seeded, stratified fit / eval parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+MIN_PER_SIDE = 2
+
+
+class ConceptSetError(ValueError):
+    """The concept set cannot be used as given (missing column, unknown label, too few examples...)."""
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    """Texts with a boolean label: True = positive (the concept), False = contrast.
+
+    ``name`` is for display; ``positive_label`` is the original label value that marks positives.
+    """
+
+    texts: tuple[str, ...]
+    labels: tuple[bool, ...]
+    name: str = "concept"
+    positive_label: str = "positive"
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise ConceptSetError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+        bad = [i for i, t in enumerate(self.texts) if not isinstance(t, str) or not t.strip()]
+        if bad:
+            raise ConceptSetError(f"{len(bad)} empty or non-text entries (first at row {bad[0]}); remove them")
+        n_pos, n_neg = self.n_positive, self.n_contrast
+        if n_pos + n_neg == 0:
+            raise ConceptSetError(f"concept set {self.name!r} is empty")
+        if n_pos == 0 or n_neg == 0:
+            side = "positive" if n_pos == 0 else "contrast"
+            raise ConceptSetError(f"concept set {self.name!r} is one-sided: no {side} examples "
+                                  f"({n_pos} positive, {n_neg} contrast)")
+        if min(n_pos, n_neg) < MIN_PER_SIDE:
+            raise ConceptSetError(f"concept set {self.name!r} needs at least {MIN_PER_SIDE} examples per side "
+                                  f"(has {n_pos} positive, {n_neg} contrast)")
+
+    # --- sizes and identity ----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def n_positive(self) -> int:
+        return sum(self.labels)
+
+    @property
+    def n_contrast(self) -> int:
+        return len(self.labels) - sum(self.labels)
+
+    @property
+    def positives(self) -> list[str]:
+        return [t for t, y in zip(self.texts, self.labels) if y]
+
+    @property
+    def contrast(self) -> list[str]:
+        return [t for t, y in zip(self.texts, self.labels) if not y]
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the (text, label) pairs in order: identifies the exact data of a run."""
+        h = hashlib.sha256()
+        for t, y in zip(self.texts, self.labels):
+            h.update(json.dumps([t, bool(y)]).encode())
+        return h.hexdigest()
+
+    # --- constructors ----------------------------------------------------------------------
+    @classmethod
+    def from_texts(cls, positives: Iterable[str], contrast: Iterable[str], name: str = "concept") -> "ConceptSet":
+        pos, neg = list(positives), list(contrast)
+        return cls(tuple(pos + neg), tuple([True] * len(pos) + [False] * len(neg)), name=name)
+
+    @classmethod
+    def from_pandas(cls, df: "pd.DataFrame", text: str = "text", label: str = "label", positive=None,
+                    contrast=None, name: str = "concept") -> "ConceptSet":
+        """``positive``: the label value(s) of positive rows; ``contrast``: the label value(s) of
+        contrast rows (default: every other value). Values compare as strings."""
+        missing = [c for c in (text, label) if c not in df.columns]
+        if missing:
+            raise ConceptSetError(f"column(s) {missing} not found; available columns: {list(df.columns)}")
+        if positive is None:
+            raise ConceptSetError(f"say which value of column {label!r} marks positives "
+                                  f"(values: {_values(df[label])})")
+        pos_vals = {str(v) for v in (positive if isinstance(positive, (list, tuple, set)) else [positive])}
+        labels_str = df[label].astype(str)
+        unknown = pos_vals - set(labels_str)
+        if unknown:
+            raise ConceptSetError(f"positive label(s) {sorted(unknown)} not found in column {label!r} "
+                                  f"(values: {_values(df[label])})")
+        is_pos = labels_str.isin(pos_vals)
+        keep = is_pos.copy()
+        if contrast is None:
+            keep[:] = True
+        else:
+            neg_vals = {str(v) for v in (contrast if isinstance(contrast, (list, tuple, set)) else [contrast])}
+            unknown = neg_vals - set(labels_str)
+            if unknown:
+                raise ConceptSetError(f"contrast label(s) {sorted(unknown)} not found in column {label!r} "
+                                      f"(values: {_values(df[label])})")
+            keep = is_pos | labels_str.isin(neg_vals)
+        texts = df[text][keep]
+        if texts.isna().any():
+            raise ConceptSetError(f"column {text!r} has {int(texts.isna().sum())} missing values")
+        return cls(tuple(texts.astype(str)), tuple(bool(v) for v in is_pos[keep]), name=name,
+                   positive_label=",".join(sorted(pos_vals)))
+
+    @classmethod
+    def from_file(cls, path: str | Path, text: str = "text", label: str = "label", positive=None,
+                  contrast=None, name: str | None = None) -> "ConceptSet":
+        """Read ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` / ``.parquet``."""
+        import pandas as pd
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConceptSetError(f"no such concept file: {p}")
+        suffix = p.suffix.lower()
+        try:
+            if suffix in (".jsonl", ".ndjson"):
+                df = pd.read_json(p, lines=True)
+            elif suffix == ".json":
+                df = pd.read_json(p)
+            elif suffix == ".csv":
+                df = pd.read_csv(p)
+            elif suffix == ".tsv":
+                df = pd.read_csv(p, sep="\t")
+            elif suffix == ".parquet":
+                df = pd.read_parquet(p)
+            else:
+                raise ConceptSetError(f"unknown file type {suffix!r} for {p}; use .jsonl, .json, .csv, .tsv or .parquet")
+        except ValueError as err:
+            if isinstance(err, ConceptSetError):
+                raise
+            raise ConceptSetError(f"could not parse {p}: {err}") from err
+        return cls.from_pandas(df, text=text, label=label, positive=positive, contrast=contrast,
+                               name=name or p.stem)
+
+    @classmethod
+    def from_hf(cls, dataset, text: str = "text", label: str = "label", positive=None, contrast=None,
+                split: str = "train", name: str | None = None) -> "ConceptSet":
+        """A ``datasets.Dataset``, or a hub id (loaded with ``datasets.load_dataset``; needs the network
+        or a filled cache)."""
+        if isinstance(dataset, str):
+            try:
+                import datasets
+            except ImportError as err:
+                raise ConceptSetError("loading a hub dataset needs `pip install neat-llm[datasets]`") from err
+            ds_name = dataset
+            dataset = datasets.load_dataset(dataset, split=split)
+        else:
+            ds_name = getattr(dataset, "info", None) and dataset.info.dataset_name
+        return cls.from_pandas(dataset.to_pandas(), text=text, label=label, positive=positive,
+                               contrast=contrast, name=name or ds_name or "hf-dataset")
+
+    # --- split -----------------------------------------------------------------------------
+    def subset(self, idx: Iterable[int], name: str | None = None) -> "ConceptSet":
+        idx = list(idx)
+        return ConceptSet(tuple(self.texts[i] for i in idx), tuple(self.labels[i] for i in idx),
+                          name=name or self.name, positive_label=self.positive_label)
+
+    def split(self, eval_fraction: float = 0.3, seed: int = 0) -> "ConceptSplit":
+        """Seeded split stratified by label; both parts keep at least 2 examples per side."""
+        from sklearn.model_selection import train_test_split
+
+        if not 0 < eval_fraction < 1:
+            raise ConceptSetError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+        n_min = min(self.n_positive, self.n_contrast)
+        if n_min < 2 * MIN_PER_SIDE:
+            raise ConceptSetError(f"concept set {self.name!r} needs at least {2 * MIN_PER_SIDE} examples per side to "
+                                  f"split into fit and eval parts (has {self.n_positive} positive, {self.n_contrast} contrast)")
+        idx = list(range(len(self)))
+        fit_idx, eval_idx = train_test_split(idx, test_size=eval_fraction, random_state=seed,
+                                             stratify=list(self.labels))
+        fit, ev = self.subset(sorted(fit_idx)), self.subset(sorted(eval_idx))
+        for part, nm in ((fit, "fit"), (ev, "eval")):
+            if min(part.n_positive, part.n_contrast) < MIN_PER_SIDE:
+                raise ConceptSetError(f"the {nm} part has fewer than {MIN_PER_SIDE} examples per side; "
+                                      f"change eval_fraction ({eval_fraction})")
+        return ConceptSplit(fit=fit, eval=ev, seed=seed, eval_fraction=eval_fraction)
+
+
+@dataclass(frozen=True)
+class ConceptSplit:
+    fit: ConceptSet
+    eval: ConceptSet
+    seed: int
+    eval_fraction: float
+
+
+def _values(col) -> list:
+    vals = list(col.astype(str).value_counts().index)
+    return vals[:10] + (["..."] if len(vals) > 10 else [])

@@ -1,0 +1,111 @@
+"""One pass over a set of texts: residual stream after every block (pooled per text) and,
+optionally, per-neuron statistics (mean activation over tokens, top-activating tokens)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..hooks import capture_inputs, capture_outputs
+from ..models.loaded import LoadedModel
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or inf appeared in the model's activations."""
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(x).all():
+        n = int((~torch.isfinite(x)).sum())
+        raise NonFiniteError(f"{n} NaN/inf values in {what}; the model or its dtype is numerically broken "
+                             "for this input (try --dtype float32)")
+
+
+@dataclass
+class TextPass:
+    """residuals: [N, L, d_model] (pool of block outputs); lengths: [N] tokens per text.
+    neuron_sum: [L, d_ff] summed activations over all tokens; n_tokens: tokens summed.
+    top_values / top_text / top_pos: [L, d_ff, k] the k largest activations of each neuron and
+    where they occurred (text index, token position)."""
+
+    residuals: torch.Tensor
+    lengths: torch.Tensor
+    neuron_sum: torch.Tensor | None = None
+    n_tokens: int = 0
+    top_values: torch.Tensor | None = None
+    top_text: torch.Tensor | None = None
+    top_pos: torch.Tensor | None = None
+
+
+def batches(n: int, size: int):
+    for s in range(0, n, size):
+        yield range(s, min(n, s + size))
+
+
+@torch.inference_mode()
+def text_pass(model: LoadedModel, texts: list[str], *, pool: str = "last", batch_size: int = 16,
+              neuron_stats: bool = False, top_k: int = 5, strict: bool = False,
+              on_batch: Callable[[int], None] | None = None) -> TextPass:
+    """Run every text once (right-padded batches; padding never changes a result).
+
+    pool: ``"last"`` = the last non-padding token, ``"mean"`` = mean over non-padding tokens.
+    """
+    if pool not in ("last", "mean"):
+        raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
+    L, d_ff = model.n_layers, model.d_ff
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+    residuals = torch.empty(len(texts), L, model.d_model)
+    lengths = torch.empty(len(texts), dtype=torch.long)
+    out = TextPass(residuals, lengths)
+    if neuron_stats:
+        out.neuron_sum = torch.zeros(L, d_ff, dtype=torch.float64)
+        out.top_values = torch.full((L, d_ff, top_k), -torch.inf)
+        out.top_text = torch.full((L, d_ff, top_k), -1, dtype=torch.long)
+        out.top_pos = torch.full((L, d_ff, top_k), -1, dtype=torch.long)
+    blocks = dict(enumerate(model.blocks))
+    sites = dict(enumerate(model.sites)) if neuron_stats else {}
+    for rows in batches(len(texts), batch_size):
+        ids = [order[r] for r in rows]
+        enc = model.encode([texts[i] for i in ids], strict=strict)
+        mask = enc["attention_mask"].bool()  # [B, T]
+        last = mask.sum(1) - 1
+        with capture_outputs(blocks) as res, capture_inputs(sites) as acts:
+            model.hf(**enc, use_cache=False)
+        h = torch.stack([res[l][0] for l in range(L)], 1).float()  # [B, L, T, d]
+        check_finite(h, "the residual stream")
+        if pool == "last":
+            pooled = h[torch.arange(len(ids)), :, last]  # [B, L, d]
+        else:
+            m = mask[:, None, :, None].to(h.dtype)
+            pooled = (h * m).sum(2) / m.sum(2)
+        residuals[ids] = pooled.cpu()
+        lengths[ids] = mask.sum(1).cpu()
+        if neuron_stats:
+            _update_neuron_stats(out, acts, mask, torch.tensor(ids), top_k)
+        if on_batch:
+            on_batch(len(ids))
+    return out
+
+
+def _update_neuron_stats(out: TextPass, acts, mask: torch.Tensor, ids: torch.Tensor, k: int) -> None:
+    B, T = mask.shape
+    flat_mask = mask.reshape(-1).cpu()
+    text_of = ids[:, None].expand(B, T).reshape(-1)
+    pos_of = torch.arange(T)[None, :].expand(B, T).reshape(-1)
+    out.n_tokens += int(flat_mask.sum())
+    for l, calls in acts.items():
+        a = calls[0].float().reshape(B * T, -1).cpu()  # [B*T, d_ff]
+        check_finite(a, f"the neuron activations of block {l}")
+        out.neuron_sum[l] += a[flat_mask].sum(0).double()
+        a = a.masked_fill(~flat_mask[:, None], -torch.inf)
+        kk = min(k, a.shape[0])
+        vals, where = a.topk(kk, dim=0)  # [kk, d_ff]
+        cand_v = torch.cat([out.top_values[l], vals.T], 1)  # [d_ff, k+kk]
+        cand_t = torch.cat([out.top_text[l], text_of[where].T], 1)
+        cand_p = torch.cat([out.top_pos[l], pos_of[where].T], 1)
+        best_v, best_i = cand_v.topk(k, dim=1)
+        out.top_values[l] = best_v
+        out.top_text[l] = cand_t.gather(1, best_i)
+        out.top_pos[l] = cand_p.gather(1, best_i)

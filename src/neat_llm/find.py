@@ -1,0 +1,176 @@
+"""From a model and a concept set to ranked concept neurons: the whole pipeline of one run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from .concepts.conceptset import ConceptSet
+from .concepts.representations import text_pass
+from .concepts.vectors import ConceptReadout, choose_reading_layer, concept_vectors, layer_aurocs
+from .models.loaded import LoadedModel
+from .progress import progress_bar
+from .runs import PartialSweep, Run, RunError, RunMeta
+from .scoring import ProbeSet, ScoringTask, get_scorer
+
+
+def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
+    """``"0-5,7,10-"`` -> [0..5, 7, 10..n-1]; None -> None (all)."""
+    if spec is None or spec == "":
+        return None
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d*)\s*-\s*(\d*)", part)
+        if m:
+            a = int(m.group(1)) if m.group(1) else 0
+            b = int(m.group(2)) if m.group(2) else n_layers - 1
+            out.update(range(a, b + 1))
+        elif part.isdigit():
+            out.add(int(part))
+        else:
+            raise ValueError(f"cannot read layer spec {part!r}; use e.g. '0-5,7,20-'")
+    bad = sorted(l for l in out if l >= n_layers)
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has blocks 0..{n_layers - 1}")
+    return sorted(out)
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("neat-llm", "torch", "transformers", "safetensors", "scikit-learn", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def default_run_dir(concept: ConceptSet, method: str, root: str | Path = "runs") -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", concept.name)[:40] or "concept"
+    return Path(root) / f"{stamp}-{safe}-{method}"
+
+
+def top_tokens(model: LoadedModel, texts: list[str], stats, layer: int, neuron: int, n: int = 3) -> str:
+    """The tokens (with activations) that excite neuron (layer, neuron) most in ``texts``."""
+    parts = []
+    for v, t, p in zip(stats.top_values[layer, neuron], stats.top_text[layer, neuron], stats.top_pos[layer, neuron]):
+        if t < 0 or not torch.isfinite(v) or len(parts) >= n:
+            continue
+        ids = model.tokenizer(texts[int(t)])["input_ids"]
+        tok = model.tokenizer.decode([ids[int(p)]]) if int(p) < len(ids) else "?"
+        parts.append(f"{tok!r}:{float(v):.2f}")
+    return " ".join(parts)
+
+
+def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = "neat", *,
+                         reading_layer: int | None = None, vector: str = "diff-means", pool: str = "last",
+                         probe_size: int = 1, contrastive: bool = False, layers: list[int] | str | None = None,
+                         ablation: str = "zero", eval_fraction: float = 0.3, seed: int = 0,
+                         out: str | Path | None = None, top_k: int = 100, strict: bool = False,
+                         progress: bool = True, batch_size: int = 16, tokens_per_batch: int = 4096) -> Run:
+    """Find the concept neurons of ``model`` for ``concept`` and write a run folder.
+
+    Steps: seeded stratified fit/eval split; one pass over the fit texts (residuals at every layer,
+    neuron means over the contrast texts, top-activating tokens); concept vectors and the reading
+    layer (cross-validated AUROC; ties go to the later layer); the probe batch X* (the
+    ``probe_size`` fit positives with the highest S, plus as many lowest-S contrast texts if
+    ``contrastive``); the scorer over every requested neuron; the run folder.
+    """
+    if probe_size < 1:
+        raise ValueError(f"probe_size must be at least 1, got {probe_size}")
+    if isinstance(layers, str):
+        layers = parse_layers(layers, model.n_layers)
+    if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
+        raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
+    scorer = get_scorer(method, **({"tokens_per_batch": tokens_per_batch} if method == "neat" else {}))
+    run_dir = Path(out) if out is not None else default_run_dir(concept, method)
+    if (run_dir / "meta.json").exists():
+        raise RunError(f"{run_dir} already holds a finished run; choose another --out")
+    seconds: dict[str, float] = {}
+    passes: dict[str, dict] = {}
+
+    # 1. data and concept vector (m passes, once)
+    t0, c0 = time.perf_counter(), model.counter.snapshot()
+    split = concept.split(eval_fraction=eval_fraction, seed=seed)
+    fit = split.fit
+    pos, neg = fit.positives, fit.contrast
+    with progress_bar("fit texts", len(fit) + len(split.eval), progress) as adv:
+        sp = text_pass(model, pos, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
+        sn = text_pass(model, neg, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
+        se = text_pass(model, list(split.eval.texts), pool=pool, batch_size=batch_size, strict=strict, on_batch=adv)
+    h = torch.cat([sp.residuals, sn.residuals])  # [m, L, d]
+    y = torch.tensor([True] * len(pos) + [False] * len(neg))
+    aucs = layer_aurocs(h, y, method=vector, seed=seed)
+    layer = choose_reading_layer(aucs) if reading_layer is None else reading_layer
+    readout = ConceptReadout(layer, concept_vectors(h, y, vector, seed)[layer], vector, pool)
+    from sklearn.metrics import roc_auc_score
+
+    eval_auroc = float(roc_auc_score(list(split.eval.labels), readout.score(se.residuals[:, layer]).numpy()))
+    contrast_means = (sn.neuron_sum / max(sn.n_tokens, 1)).float()
+    seconds["concept"] = time.perf_counter() - t0
+    passes["concept"] = model.counter.since(c0).as_dict()
+
+    # 2. probe batch X*
+    s_pos = readout.score(sp.residuals[:, layer])
+    order = torch.argsort(s_pos, descending=True)[:probe_size]
+    b = len(order)
+    probes = ProbeSet([pos[int(i)] for i in order], [1.0 / b] * b)
+    if contrastive:
+        s_neg = readout.score(sn.residuals[:, layer])
+        nb = torch.argsort(s_neg)[:probe_size]
+        probes = ProbeSet(probes.texts + [neg[int(i)] for i in nb], probes.weights + [-1.0 / len(nb)] * len(nb))
+
+    # 3. score, resuming finished blocks
+    params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
+              "probe_size": b, "contrastive": contrastive, "ablation": ablation, "eval_fraction": eval_fraction,
+              "layers": layers, "top_k": top_k, **scorer.params()}
+    fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": seed,
+                   **{k: v for k, v in params.items() if k != "tokens_per_batch"}}
+    partial = PartialSweep(run_dir, fingerprint)
+    score_layers = layers if layers is not None else list(range(model.n_layers))
+    done = partial.done()
+    task = ScoringTask(readout=readout, probes=probes, layers=score_layers, ablation=ablation,
+                       means=contrast_means, done=done, on_layer_done=partial.save)
+    n_total = task.n_selected(model.n_layers, model.d_ff)
+    with progress_bar(f"{method} sweep ({len(done)} blocks resumed)" if done else f"{method} sweep", n_total,
+                      progress) as adv:
+        task.on_progress = adv
+        result = scorer.score(model, task)
+    seconds["scoring"] = result.seconds
+    passes["scoring"] = result.passes.as_dict()
+
+    # 4. the run folder
+    import pandas as pd
+
+    run = Run(run_dir, meta=None, scores=result.scores, concept_vector=readout.vector.float(),
+              contrast_means=contrast_means, layer_auroc=torch.tensor(aucs, dtype=torch.float32), top_table=None)
+    sel = run.top(top_k)
+    run.top_table = pd.DataFrame({
+        "rank": range(1, len(sel) + 1),
+        "layer": [l for l, _ in sel.neurons],
+        "neuron": [k for _, k in sel.neurons],
+        "score": list(sel.scores),
+        "top_tokens": [top_tokens(model, pos, sp, l, k) for l, k in sel.neurons],
+    })
+    seconds["total"] = seconds["concept"] + seconds["scoring"]
+    run.meta = RunMeta(
+        model_id=model.model_id, model_family=model.family.name, weights_hash=model.weights_hash,
+        n_layers=model.n_layers, d_ff=model.d_ff, concept_name=concept.name, concept_hash=concept.hash,
+        n_fit={"positive": fit.n_positive, "contrast": fit.n_contrast},
+        n_eval={"positive": split.eval.n_positive, "contrast": split.eval.n_contrast},
+        method=method, params=params, seed=seed, reading_layer=layer, eval_auroc=eval_auroc,
+        n_neurons_scored=result.n_scored, passes=passes, seconds=seconds, versions=_versions(),
+        probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        extra={"resumed_layers": sorted(done)},
+    )
+    run.save()
+    partial.clear()
+    return run

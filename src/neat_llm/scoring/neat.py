@@ -1,0 +1,147 @@
+"""NEAT: score every neuron with one (partial) pass per probe text, O(n) in the number of neurons.
+
+score(l, k) = sum_{x in X*} w_x [ S(x) - S(x | do(a_{l,k} = v_k)) ]   (v_k = 0 or the neuron's mean)
+
+How it is computed (same numbers as ``reference.ReferenceScorer``, to float tolerance):
+1. One forward per probe text caches, for every block up to the reading layer l*, the block's
+   input, its call arguments (masks, rotary embeddings ...) and its output, and the neuron
+   activations. The forward stops after block l*: no later blocks, no unembedding.
+2. For block l, C neurons are turned off at once: the probe is replicated C times along the batch,
+   replica c with neuron k_c off at every position. Where the MLP output enters the residual
+   stream unnormalised (Llama, GPT-2, NeoX ...), block l need not run again: its output changes by
+   exactly (v_k - a_k) * W_out[:, k]. Otherwise block l re-runs with a per-replica mask.
+3. Only blocks l+1..l* run on the replicas; S is read at the last token of block l*'s output.
+Neurons of blocks after l* score exactly 0.
+
+Cost: per neuron and probe text, one pass through blocks l+1..l* (counted as one partial forward),
+plus one forward per probe text for the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..concepts.representations import check_finite
+from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
+from ..models.loaded import LoadedModel
+from .base import Scorer, ScoringTask
+
+
+class ProbeCache:
+    """Everything one probe text's clean forward leaves behind, for blocks 0..l*.
+
+    block_in[l], block_out[l]: [1, T, d_model]; acts[l]: [1, T, d_ff]; calls[l]: (args, kwargs) the
+    model passed to block l; s_clean: S of the unmodified text."""
+
+    def __init__(self, model: LoadedModel, text: str, readout_layer: int, vector: torch.Tensor):
+        enc = model.encode([text])
+        blocks = {l: model.blocks[l] for l in range(readout_layer + 1)}
+        sites = {l: model.sites[l] for l in range(readout_layer + 1)}
+        with torch.inference_mode(), capture_calls(blocks) as calls, capture_outputs(blocks) as outs, \
+                capture_inputs(sites) as acts, stop_after(model.blocks[readout_layer]):
+            run_until(lambda: model.hf(**enc, use_cache=False))
+        self.calls = {l: calls[l][0] for l in blocks}
+        self.block_out = {l: outs[l][0] for l in blocks}
+        self.acts = {l: acts[l][0] for l in blocks}
+        self.n_tokens = int(enc["input_ids"].shape[1])
+        self.vector = vector.to(model.device, model.dtype)
+        self.s_clean = float(self.block_out[readout_layer][0, -1].float() @ self.vector.float())
+        check_finite(self.block_out[readout_layer], "the clean forward of a probe text")
+
+    def block_input(self, layer: int) -> torch.Tensor:
+        args, kwargs = self.calls[layer]
+        return args[0] if args else kwargs["hidden_states"]
+
+
+def call_block(block: torch.nn.Module, h: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
+    """Run ``block`` on hidden states ``h`` [C, T, d] with the arguments the model gave it
+    (batch-1 masks and rotary tables broadcast over the C replicas)."""
+    args, kwargs = call
+    if args:
+        out = block(h, *args[1:], **kwargs)
+    else:
+        out = block(**{**kwargs, "hidden_states": h})
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class NeatScorer(Scorer):
+    """NEAT (batched exact ablation sweep). ``tokens_per_batch`` bounds C * T, the replica batch."""
+
+    name = "neat"
+
+    def __init__(self, tokens_per_batch: int = 4096):
+        self.tokens_per_batch = tokens_per_batch
+
+    def params(self) -> dict:
+        return {"tokens_per_batch": self.tokens_per_batch}
+
+    @torch.inference_mode()
+    def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
+        top = task.readout.layer
+        d_ff = model.d_ff
+        for l in task.layers:
+            if l > top:  # cannot reach the reading layer
+                idx = task.neurons_of(l, d_ff)
+                scores[l, idx] = 0.0
+                if task.on_progress:
+                    task.on_progress(len(idx))
+        todo = [l for l in sorted(task.layers) if l <= top]
+        pending = [l for l in todo if l not in task.done]
+        for l in todo:
+            if l in task.done:
+                scores[l] = task.done[l]
+                if task.on_progress:
+                    task.on_progress(len(task.neurons_of(l, d_ff)))
+        if not pending:
+            return
+        caches = [ProbeCache(model, t, top, task.readout.vector) for t in task.probes.texts]
+        for l in pending:
+            idx = task.neurons_of(l, d_ff)
+            row = torch.full((d_ff,), float("nan"))
+            if idx:
+                row[idx] = 0.0
+                v_off = task.value_off(l, d_ff).to(model.device, model.dtype)
+                for cache, w in zip(caches, task.probes.weights):
+                    row[idx] += w * self._block_effect(model, cache, l, top, torch.tensor(idx), v_off, task)
+            scores[l] = row
+            if task.on_layer_done:
+                task.on_layer_done(l, row.clone())
+
+    def _block_effect(self, model, cache: ProbeCache, l: int, top: int, idx: torch.Tensor, v_off, task) -> torch.Tensor:
+        """S_clean - S_off for each neuron in ``idx`` of block ``l`` on one probe text: [len(idx)]."""
+        T = cache.n_tokens
+        chunk = max(1, self.tokens_per_batch // T)
+        out = torch.empty(len(idx))
+        w_out = model.weight_out(l)  # [d_ff, d]
+        for s in range(0, len(idx), chunk):
+            ks = idx[s:s + chunk].to(model.device)
+            C = len(ks)
+            if model.family.mlp_output_direct:
+                shift = v_off[ks][:, None] - cache.acts[l][0][:, ks].T  # [C, T]
+                h = cache.block_out[l] + shift[:, :, None] * w_out[ks][:, None, :]  # [C, T, d]
+            else:
+                h = self._rerun_block(model, cache, l, ks, v_off)
+            for j in range(l + 1, top + 1):
+                h = call_block(model.blocks[j], h, cache.calls[j])
+            s_off = h[:, -1].float() @ cache.vector.float()
+            check_finite(s_off, f"the ablated forward of block {l}")
+            out[s:s + C] = (cache.s_clean - s_off).cpu()
+            model.counter.partial_forward += C
+            model.counter.block_forward += C * (top - l + (0 if model.family.mlp_output_direct else 1))
+            if task.on_progress:
+                task.on_progress(C / len(task.probes.texts))
+        return out
+
+    @staticmethod
+    def _rerun_block(model, cache: ProbeCache, l: int, ks: torch.Tensor, v_off) -> torch.Tensor:
+        C = len(ks)
+        rows = torch.arange(C, device=ks.device)
+
+        def off(_key, x):  # x: [C, T, d_ff]; replica c gets neuron ks[c] turned off everywhere
+            x = x.clone()
+            x[rows, :, ks] = v_off[ks][:, None].to(x.dtype)
+            return x
+
+        h_in = cache.block_input(l).expand(C, -1, -1)
+        with edit_inputs({l: model.sites[l]}, off):
+            return call_block(model.blocks[l], h_in, cache.calls[l])

@@ -1,0 +1,50 @@
+"""The plain reference for NEAT: for every neuron and probe text, one full forward of the model
+with one hook that turns that neuron off at every position. Slow (O(n) full forwards) and
+obviously right; the fast sweep must agree with it to float tolerance."""
+
+from __future__ import annotations
+
+import torch
+
+from ..hooks import capture_outputs, edit_inputs
+from ..models.loaded import LoadedModel
+from .base import Scorer, ScoringTask
+
+
+def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Tensor,
+                     off: tuple[int, int, float] | None = None) -> float:
+    """S(text), optionally with neuron (layer, k) set to value v at every position: off=(l, k, v)."""
+    enc = model.encode([text])
+    edits = {}
+    if off is not None:
+        edits = {off[0]: model.sites[off[0]]}
+
+    def set_value(_key, x):
+        x = x.clone()
+        x[..., off[1]] = off[2]
+        return x
+
+    with torch.inference_mode(), capture_outputs({layer: model.blocks[layer]}) as outs, \
+            edit_inputs(edits, set_value):
+        model.hf(**enc, use_cache=False)
+    return float(outs[layer][0][0, -1].float() @ vector.to(model.device).float())
+
+
+class ReferenceScorer(Scorer):
+    """score(l, k) = sum_x w_x [S(x) - S(x | do(a_{l,k} = v_k))], each term one full forward.
+    Cost: (n + 1) full forwards per probe text."""
+
+    name = "reference"
+
+    def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
+        r = task.readout
+        clean = [concept_score_of(model, t, r.layer, r.vector) for t in task.probes.texts]
+        for l in task.layers:
+            v_off = task.value_off(l, model.d_ff)
+            for k in task.neurons_of(l, model.d_ff):
+                total = 0.0
+                for t, w, s0 in zip(task.probes.texts, task.probes.weights, clean):
+                    total += w * (s0 - concept_score_of(model, t, r.layer, r.vector, (l, k, float(v_off[k]))))
+                scores[l, k] = total
+                if task.on_progress:
+                    task.on_progress(1)

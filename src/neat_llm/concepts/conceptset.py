@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -183,8 +184,17 @@ class ConceptSet:
             raise ConceptSetError(f"concept set {self.name!r} needs at least {2 * MIN_PER_SIDE} examples per side to "
                                   f"split into fit and eval parts (has {self.n_positive} positive, {self.n_contrast} contrast)")
         idx = list(range(len(self)))
-        fit_idx, eval_idx = train_test_split(idx, test_size=eval_fraction, random_state=seed,
-                                             stratify=list(self.labels))
+        n_eval = math.ceil(eval_fraction * len(self))  # how sklearn sizes the test part
+        too_small = [nm for nm, n in (("fit", len(self) - n_eval), ("eval", n_eval)) if n < 2 * MIN_PER_SIDE]
+        if too_small:
+            raise ConceptSetError(f"the {too_small[0]} part has fewer than {MIN_PER_SIDE} examples per side; "
+                                  f"change eval_fraction ({eval_fraction})")
+        try:
+            fit_idx, eval_idx = train_test_split(idx, test_size=eval_fraction, random_state=seed,
+                                                 stratify=list(self.labels))
+        except ValueError as err:
+            raise ConceptSetError(f"cannot split concept set {self.name!r} with eval_fraction={eval_fraction}: "
+                                  f"{err}") from err
         fit, ev = self.subset(sorted(fit_idx)), self.subset(sorted(eval_idx))
         for part, nm in ((fit, "fit"), (ev, "eval")):
             if min(part.n_positive, part.n_contrast) < MIN_PER_SIDE:

@@ -10,7 +10,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from .adapters import ModelFamily, down_weight_columns, get_module
+from .adapters import ModelFamily, UnsupportedModelError, down_weight_columns, get_module
 
 
 class ContextLengthError(ValueError):
@@ -64,10 +64,11 @@ class LoadedModel:
         if getattr(self.tokenizer, "pad_token", None) is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"  # right padding keeps positions of real tokens unchanged
-        self._count_hook = self.hf.register_forward_pre_hook(self._count, with_kwargs=True)
         d_ffs = {self.weight_out(i).shape[0] for i in range(self.n_layers)}
         if len(d_ffs) != 1:
             raise ValueError(f"blocks of {self.model_id} have different MLP widths {sorted(d_ffs)}; not supported")
+        # registered last: a model that fails the checks above must not keep a counting hook
+        self._count_hook = self.hf.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, _m, args, kwargs):
         x = kwargs.get("input_ids", args[0] if args else None)
@@ -79,12 +80,23 @@ class LoadedModel:
     # --- structure -------------------------------------------------------------------------
     @cached_property
     def blocks(self) -> list[nn.Module]:
-        return list(get_module(self.hf, self.family.blocks))
+        blocks = get_module(self.hf, self.family.blocks)
+        if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
+            raise UnsupportedModelError(
+                f"{self.family.blocks!r} of {type(self.hf).__name__} is a {type(blocks).__name__}, not a non-empty "
+                "list of blocks; the adapter table entry for this family does not match this model")
+        return list(blocks)
 
     @cached_property
     def sites(self) -> list[nn.Module]:
         """The modules whose input is the neuron activation, one per block."""
-        return [get_module(b, self.family.site) for b in self.blocks]
+        sites = [get_module(b, self.family.site) for b in self.blocks]
+        w = getattr(sites[0], "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
+            raise UnsupportedModelError(
+                f"neuron site {self.family.site!r} is a {type(sites[0]).__name__} without a 2-D weight; it must be "
+                "the MLP down projection (nn.Linear or Conv1D); the adapter table entry does not match this model")
+        return sites
 
     @property
     def n_layers(self) -> int:

@@ -62,11 +62,12 @@ def _cache_is_complete(folder: Path) -> bool:
         return False
 
 
-def _build_default_cache(gguf: Path, folder: Path) -> None:
+def _build_gguf_cache(gguf: Path, folder: Path) -> None:
     """Dequantize the GGUF once and save it as safetensors; written to a temporary folder and
     renamed into place, so an interrupted build never leaves a cache that looks complete."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    family_for(AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).model_type)  # fail before the slow part
     log.info("dequantizing %s once (about 15-30 s); later loads use %s", gguf.name, folder)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -89,13 +90,18 @@ def _build_default_cache(gguf: Path, folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def default_model_folder() -> Path:
-    """The safetensors cache of the embedded model, built on first use, rebuilt if incomplete."""
-    gguf = embedded_gguf_path()
-    folder = cache_root() / "models" / f"SmolLM2-135M-Instruct-Q4_1-{gguf.stat().st_size}"
+def gguf_cache_folder(gguf: Path) -> Path:
+    """The safetensors cache of a GGUF file (dequantized to float32), built on first use and
+    rebuilt when incomplete. Keyed by file name and size."""
+    gguf = Path(gguf)
+    folder = cache_root() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
     if not _cache_is_complete(folder):
-        _build_default_cache(gguf, folder)
+        _build_gguf_cache(gguf, folder)
     return folder
+
+
+def default_model_folder() -> Path:
+    return gguf_cache_folder(embedded_gguf_path())
 
 
 def _from_pretrained(source: str, *, gguf_file: str | None, dtype, device, trust_remote_code: bool, **kw):
@@ -116,7 +122,8 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
                trust_remote_code: bool = False, check: bool = True, **from_pretrained_kwargs) -> LoadedModel:
     """Load a causal LM for neuron work.
 
-    ``name``: None (the embedded SmolLM2-135M-Instruct), a local folder, a ``.gguf`` file, or a
+    ``name``: None (the embedded SmolLM2-135M-Instruct), a local folder, a ``.gguf`` file (dequantized
+    to float32 once and cached as safetensors under ``cache_root()``), or a
     Hugging Face hub id (needs the network or a filled HF cache). ``check`` runs a no-op hook on
     every neuron site and verifies the logits are unchanged and every site was reached.
     """
@@ -124,31 +131,29 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     key = None if name is None else str(name)
     try:
-        if key in _DEFAULT_ALIASES:
-            folder = default_model_folder()
+        if key in _DEFAULT_ALIASES or key.endswith(".gguf"):
+            if key in _DEFAULT_ALIASES:
+                gguf, model_id = embedded_gguf_path(), DEFAULT_MODEL
+            else:
+                gguf, model_id = Path(key), key
+                if not gguf.is_file():
+                    raise ModelLoadError(f"no such GGUF file: {gguf}")
+            folder = gguf_cache_folder(gguf)
             try:
                 model, tok, family = _from_pretrained(str(folder), gguf_file=None, dtype=dtype, device=device,
                                                       trust_remote_code=False, **from_pretrained_kwargs)
             except (OSError, ValueError, RuntimeError) as err:  # corrupt cache: rebuild once
-                log.warning("cached default model unreadable (%s); rebuilding", err)
+                log.warning("cached model %s unreadable (%s); rebuilding", folder, err)
                 shutil.rmtree(folder, ignore_errors=True)
-                folder = default_model_folder()
+                folder = gguf_cache_folder(gguf)
                 model, tok, family = _from_pretrained(str(folder), gguf_file=None, dtype=dtype, device=device,
                                                       trust_remote_code=False, **from_pretrained_kwargs)
-            model_id = DEFAULT_MODEL
         else:
             path = Path(key)
-            if path.suffix == ".gguf":
-                if not path.is_file():
-                    raise ModelLoadError(f"no such GGUF file: {path}")
-                model, tok, family = _from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
-                                                      device=device, trust_remote_code=trust_remote_code,
-                                                      **from_pretrained_kwargs)
-            else:
-                if (key.startswith((".", "/", "~")) or os.sep in key.strip("/").split("/", 1)[-1]) and not path.exists():
-                    raise ModelLoadError(f"no such model folder: {path}")
-                model, tok, family = _from_pretrained(key, gguf_file=None, dtype=dtype, device=device,
-                                                      trust_remote_code=trust_remote_code, **from_pretrained_kwargs)
+            if (key.startswith((".", "/", "~")) or os.sep in key.strip("/").split("/", 1)[-1]) and not path.exists():
+                raise ModelLoadError(f"no such model folder: {path}")
+            model, tok, family = _from_pretrained(key, gguf_file=None, dtype=dtype, device=device,
+                                                  trust_remote_code=trust_remote_code, **from_pretrained_kwargs)
             model_id = key
     except (UnsupportedModelError, ModelLoadError):
         raise
@@ -167,7 +172,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
 def check_sites(model: LoadedModel) -> None:
     """A no-op hook on every neuron site must leave the logits unchanged, and every site must be
     reached exactly once per forward with width d_ff; otherwise the adapter entry is wrong."""
-    from ..hooks import edit_inputs
+    from ..hooks import capture_outputs, edit_inputs
 
     enc = model.encode(["The adapter check runs a short text."])
     before = model.hf(**enc).logits
@@ -177,12 +182,17 @@ def check_sites(model: LoadedModel) -> None:
         calls[layer].append(int(x.shape[-1]))
         return x
 
-    with edit_inputs(dict(enumerate(model.sites)), noop):
+    with edit_inputs(dict(enumerate(model.sites)), noop), capture_outputs(dict(enumerate(model.blocks))) as res:
         after = model.hf(**enc).logits
     model.counter.forward -= 2  # the check is not part of any method's cost
     bad = [i for i, c in calls.items() if c != [model.d_ff]]
     if bad:
         raise UnsupportedModelError(f"neuron site {model.family.site!r} of blocks {bad[:5]} was not reached once "
                                     f"with width {model.d_ff} (calls: {[calls[i] for i in bad[:5]]})")
+    widths = sorted({int(o.shape[-1]) for outs in res.values() for o in outs})
+    if widths != [model.d_model]:
+        raise UnsupportedModelError(f"neuron site {model.family.site!r} writes vectors of width {model.d_model} but the "
+                                    f"blocks' outputs (the residual stream) have width {widths}; the site must be "
+                                    "the MLP down projection")
     if not torch.equal(before, after):
         raise UnsupportedModelError("a no-op hook on the neuron sites changed the logits; the adapter is wrong")

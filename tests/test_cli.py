@@ -1,0 +1,60 @@
+"""The `neat` command line on a tiny model saved to a folder."""
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from conftest import concept_texts
+from neat_llm.cli import app
+
+runner = CliRunner()
+
+
+def _concept_csv(tmp_path):
+    pos, neg = concept_texts(16)
+    p = tmp_path / "concept.csv"
+    pd.DataFrame({"sentence": pos + neg, "kind": ["weather"] * len(pos) + ["food"] * len(neg)}).to_csv(p, index=False)
+    return p
+
+
+def test_find_show_generate(tiny_model_dir, tmp_path):
+    csv = _concept_csv(tmp_path)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
+                            "--label-col", "kind", "--positive", "weather", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    assert obj["run_dir"] == str(out)
+    assert obj["n_neurons_scored"] == 3 * 48
+    assert obj["forward_passes"] > 0 and obj["seconds"] > 0
+    assert len(obj["top"]) == 100 and set(obj["top"][0]) == {"layer", "neuron", "score"}
+    assert obj["top"][0]["score"] >= obj["top"][1]["score"]
+
+    r = runner.invoke(app, ["show", str(out), "--k", "5"])
+    assert r.exit_code == 0, r.output
+    assert "rank" in r.stdout and str(obj["top"][0]["neuron"]) in r.stdout
+    r = runner.invoke(app, ["show", str(out), "--k", "3", "--json"])
+    assert [t["neuron"] for t in json.loads(r.stdout)["top"]] == [t["neuron"] for t in obj["top"][:3]]
+
+    r = runner.invoke(app, ["generate", str(out), "the rain", "--k", "40", "--max-new-tokens", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    g = json.loads(r.stdout)
+    assert g["k"] == 40 and isinstance(g["before"], str) and isinstance(g["after"], str)
+
+
+def test_find_errors_are_clear(tiny_model_dir, tmp_path):
+    csv = _concept_csv(tmp_path)
+    r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "nope",
+                            "--label-col", "kind", "--positive", "weather", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "not found" in r.output and "sentence" in r.output
+    r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
+                            "--label-col", "kind", "--positive", "hate", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "hate" in r.output and "weather" in r.output
+    r = runner.invoke(app, ["find", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "no such model folder" in r.output
+    r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--positive" in r.output
+    r = runner.invoke(app, ["show", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "no such run folder" in r.output
+    assert not (tmp_path / "x").exists()

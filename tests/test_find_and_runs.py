@@ -1,0 +1,107 @@
+"""The whole pipeline on a tiny model: run folder contents, reload, resume after an interruption,
+and the guards that keep a folder from holding half a run or two runs."""
+
+import json
+
+import pytest
+import torch
+
+import neat_llm as nl
+from neat_llm.runs import PartialSweep, RunError
+
+
+def test_find_writes_a_complete_run(tiny_llama, concept_set, tmp_path):
+    run = nl.find_concept_neurons(tiny_llama, concept_set, out=tmp_path / "run", progress=False, top_k=20, seed=3)
+    d = tmp_path / "run"
+    assert {p.name for p in d.iterdir()} == {"scores.safetensors", "top.csv", "meta.json"}
+    meta = json.loads((d / "meta.json").read_text())
+    L, d_ff = tiny_llama.n_layers, tiny_llama.d_ff
+    assert meta["n_neurons_scored"] == L * d_ff  # every neuron, those after the reading layer included
+    assert meta["weights_hash"] == tiny_llama.weights_hash and meta["concept_hash"] == concept_set.hash
+    assert meta["n_fit"]["positive"] + meta["n_eval"]["positive"] == concept_set.n_positive
+    assert meta["passes"]["concept"]["forward"] == len(concept_set)  # fit and eval texts, once each
+    b = meta["params"]["probe_size"]
+    lstar = meta["reading_layer"]
+    assert meta["passes"]["scoring"]["partial_forward"] == b * (lstar + 1) * d_ff
+    assert meta["seconds"]["total"] > 0 and "torch" in meta["versions"]
+    loaded = nl.Run.load(d)
+    assert torch.equal(loaded.scores, run.scores)
+    assert torch.all(loaded.scores[lstar + 1:] == 0)
+    top = loaded.top(5)
+    assert len(top) == 5 and top.means is not None
+    ranked = sorted(((float(loaded.scores[l, k]), l, k) for l in range(L) for k in range(d_ff)), reverse=True)
+    assert [s for s, _, _ in ranked[:5]] == pytest.approx(list(top.scores))
+    assert list(loaded.top_table["layer"][:5]) == [l for l, _ in top.neurons]
+    assert loaded.top_table["top_tokens"].notna().all()
+
+
+def test_layers_option_scores_only_those_blocks(tiny_llama, concept_set, tmp_path):
+    run = nl.find_concept_neurons(tiny_llama, concept_set, layers="0,2", reading_layer=1, out=tmp_path / "r",
+                                  progress=False)
+    assert torch.isnan(run.scores[1]).all()
+    assert torch.isfinite(run.scores[0]).all() and torch.all(run.scores[2] == 0)
+    assert run.meta.n_neurons_scored == 2 * tiny_llama.d_ff
+    assert run.meta.reading_layer == 1 and run.meta.params["reading_layer_chosen"] is False
+
+
+def test_interrupted_sweep_resumes_without_redoing_blocks(tiny_llama, concept_set, tmp_path, monkeypatch):
+    full = nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=2, out=tmp_path / "full", progress=False)
+    saved = []
+    original = PartialSweep.save
+
+    def save_then_die(self, layer, row):
+        original(self, layer, row)
+        saved.append(layer)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PartialSweep, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=2, out=tmp_path / "cut", progress=False)
+    assert not (tmp_path / "cut" / "meta.json").exists()  # not mistaken for a finished run
+    with pytest.raises(RunError, match="not a finished run"):
+        nl.Run.load(tmp_path / "cut")
+    monkeypatch.setattr(PartialSweep, "save", original)
+    before = tiny_llama.counter.snapshot()
+    resumed = nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=2, out=tmp_path / "cut", progress=False)
+    spent = tiny_llama.counter.since(before)
+    assert resumed.meta.extra["resumed_layers"] == saved
+    assert spent.partial_forward == 1 * tiny_llama.d_ff  # only the one unfinished block was swept
+    assert torch.equal(resumed.scores, full.scores)
+    assert not (tmp_path / "cut" / ".partial").exists()
+
+
+def test_partial_folder_of_another_run_is_refused(tiny_llama, concept_set, tmp_path):
+    PartialSweep(tmp_path / "r", {"model": "x", "seed": 0})
+    with pytest.raises(RunError, match="other settings"):
+        nl.find_concept_neurons(tiny_llama, concept_set, out=tmp_path / "r", progress=False)
+
+
+def test_finished_run_is_not_overwritten(tiny_llama, concept_set, tmp_path):
+    nl.find_concept_neurons(tiny_llama, concept_set, out=tmp_path / "r", progress=False)
+    with pytest.raises(RunError, match="already holds"):
+        nl.find_concept_neurons(tiny_llama, concept_set, out=tmp_path / "r", progress=False)
+
+
+def test_contrastive_and_mean_ablation_options(tiny_llama, concept_set, tmp_path):
+    run = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, contrastive=True, ablation="mean",
+                                  out=tmp_path / "r", progress=False)
+    assert len(run.meta.probe_texts) == 4
+    assert run.meta.params["contrastive"] and run.meta.params["ablation"] == "mean"
+    positives = set(concept_set.positives)
+    assert [t in positives for t in run.meta.probe_texts] == [True, True, False, False]
+
+
+def test_bad_arguments(tiny_llama, concept_set, tmp_path):
+    with pytest.raises(ValueError, match="probe_size"):
+        nl.find_concept_neurons(tiny_llama, concept_set, probe_size=0, out=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        nl.find_concept_neurons(tiny_llama, concept_set, layers="0-9", out=tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="unknown method"):
+        nl.find_concept_neurons(tiny_llama, concept_set, method="magic", out=tmp_path / "c", progress=False)
+    assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "c"))
+
+
+def test_run_load_errors(tmp_path):
+    with pytest.raises(RunError, match="no such run folder"):
+        nl.Run.load(tmp_path / "missing")

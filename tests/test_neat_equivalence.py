@@ -1,0 +1,60 @@
+"""The fast NEAT sweep gives the same numbers as the plain reference (one full forward, one hook,
+per neuron), on tiny models of every adapter family."""
+
+import pytest
+import torch
+
+from conftest import FAMILY_KINDS, build_tiny, concept_texts
+from neat_llm.concepts.vectors import ConceptReadout
+from neat_llm.scoring import NeatScorer, ProbeSet, ReferenceScorer, ScoringTask
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
+    fa, fb = a[~torch.isnan(a)], b[~torch.isnan(b)]
+    scale = fb.abs().max().item()
+    assert scale > 1e-4, "scores are all ~0: the test would prove nothing"
+    torch.testing.assert_close(fa, fb, atol=2e-5 * scale + 1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_fast_sweep_equals_reference_every_family(kind, tokenizer):
+    m = build_tiny(kind, tokenizer)
+    pos, neg = concept_texts(4)
+    torch.manual_seed(1)
+    readout = ConceptReadout(layer=1, vector=torch.nn.functional.normalize(torch.randn(m.d_model), dim=0))
+    probes = ProbeSet([pos[0], pos[1] + " and more"], [0.5, 0.5])  # two lengths: no padding involved
+    task = ScoringTask(readout, probes, layers=[0, 1, 2])
+    fast = NeatScorer(tokens_per_batch=40).score(m, task)  # small batches: chunking is exercised
+    ref = ReferenceScorer().score(m, task)
+    _close(fast.scores, ref.scores)
+    assert torch.all(fast.scores[2] == 0), "neurons after the reading layer must score exactly 0"
+    assert fast.n_scored == 3 * m.d_ff
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2"])
+def test_mean_ablation_and_contrastive_probes_agree(kind, tokenizer):
+    m = build_tiny(kind, tokenizer)
+    pos, neg = concept_texts(4)
+    torch.manual_seed(2)
+    readout = ConceptReadout(layer=2, vector=torch.nn.functional.normalize(torch.randn(m.d_model), dim=0))
+    means = torch.randn(m.n_layers, m.d_ff) * 0.1
+    probes = ProbeSet([pos[0], neg[0]], [1.0, -1.0])
+    subset = {0: [0, 5, 17, 47], 2: [3, 9]}
+    task = ScoringTask(readout, probes, layers=[0, 2], neurons=subset, ablation="mean", means=means)
+    fast = NeatScorer().score(m, task)
+    ref = ReferenceScorer().score(m, task)
+    _close(fast.scores, ref.scores)
+    assert int(torch.isfinite(fast.scores).sum()) == 6
+
+
+def test_pass_counts(tiny_llama):
+    pos, _ = concept_texts(2)
+    readout = ConceptReadout(layer=1, vector=torch.ones(tiny_llama.d_model) / tiny_llama.d_model ** 0.5)
+    task = ScoringTask(readout, ProbeSet([pos[0], pos[1]], [0.5, 0.5]), layers=[0, 1, 2])
+    fast = NeatScorer().score(tiny_llama, task)
+    # one clean forward per probe text, one partial pass per neuron up to the reading layer per probe text
+    assert fast.passes.forward == 2
+    assert fast.passes.partial_forward == 2 * 2 * tiny_llama.d_ff
+    ref = ReferenceScorer().score(tiny_llama, task)
+    assert ref.passes.forward == 2 + 2 * 3 * tiny_llama.d_ff

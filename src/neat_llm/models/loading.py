@@ -142,7 +142,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
             try:
                 model, tok, family = _from_pretrained(str(folder), gguf_file=None, dtype=dtype, device=device,
                                                       trust_remote_code=False, **from_pretrained_kwargs)
-            except (OSError, ValueError, RuntimeError) as err:  # corrupt cache: rebuild once
+            except Exception as err:  # noqa: BLE001  corrupt cache (any reader error): rebuild once
                 log.warning("cached model %s unreadable (%s); rebuilding", folder, err)
                 shutil.rmtree(folder, ignore_errors=True)
                 folder = gguf_cache_folder(gguf)

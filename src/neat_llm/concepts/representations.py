@@ -46,7 +46,7 @@ def batches(n: int, size: int):
 
 @torch.inference_mode()
 def text_pass(model: LoadedModel, texts: list[str], *, pool: str = "last", batch_size: int = 16,
-              neuron_stats: bool = False, top_k: int = 5, strict: bool = False,
+              neuron_stats: bool = False, top_k: int = 8, strict: bool = False,
               on_batch: Callable[[int], None] | None = None) -> TextPass:
     """Run every text once (right-padded batches; padding never changes a result).
 

@@ -105,3 +105,25 @@ def test_bad_arguments(tiny_llama, concept_set, tmp_path):
 def test_run_load_errors(tmp_path):
     with pytest.raises(RunError, match="no such run folder"):
         nl.Run.load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("method", ["exhaustive", "screen-verify", "attribution-patching", "activation", "auroc",
+                                    "random"])
+def test_every_method_runs_through_the_pipeline(tiny_llama, concept_set, tmp_path, method):
+    run = nl.find_concept_neurons(tiny_llama, concept_set, method=method, out=tmp_path / method, progress=False,
+                                  top_k=10)
+    assert run.meta.method == method and len(run.top_table) == 10
+    reloaded = nl.Run.load(tmp_path / method)
+    assert torch.equal(torch.isnan(reloaded.scores), torch.isnan(run.scores))
+    p = run.meta.passes["scoring"]
+    n_pos, n_neg = run.meta.n_fit["positive"], run.meta.n_fit["contrast"]
+    lstar, d_ff = run.meta.reading_layer, tiny_llama.d_ff
+    expected = {
+        "exhaustive": {"partial_forward": n_pos * (lstar + 1) * d_ff, "backward": 0},
+        "screen-verify": {"partial_forward": min(500, (lstar + 1) * d_ff), "backward": n_pos},
+        "attribution-patching": {"forward": n_pos, "backward": n_pos, "partial_forward": 0},
+        "activation": {"forward": n_pos + n_neg, "backward": 0},
+        "auroc": {"forward": n_pos + n_neg, "backward": 0},
+        "random": {"forward": 0, "partial_forward": 0, "backward": 0},
+    }[method]
+    assert {k: p[k] for k in expected} == expected

@@ -53,7 +53,7 @@ def find(
     label_col: str = typer.Option("label", "--label-col", help="column holding the label"),
     positive: Optional[str] = typer.Option(None, "--positive", help="label value(s) of positives, comma-separated"),
     contrast: Optional[str] = typer.Option(None, "--contrast", help="label value(s) of contrast rows (default: all others)"),
-    method: str = typer.Option("neat", "--method", help="scoring method: neat, reference"),
+    method: str = typer.Option("neat", "--method", help="scoring method: neat, exhaustive, screen-verify, attribution-patching, activation, auroc, random, reference"),
     layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-' (default: all)"),
     probe_size: int = typer.Option(1, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
     contrastive: bool = typer.Option(False, "--contrastive", help="score the effect on the P-N gap"),

@@ -91,7 +91,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         layers = parse_layers(layers, model.n_layers)
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
-    scorer = get_scorer(method, **({"tokens_per_batch": tokens_per_batch} if method == "neat" else {}))
+    uses_sweep = method in ("neat", "exhaustive", "screen-verify")
+    scorer = get_scorer(method, **({"tokens_per_batch": tokens_per_batch} if uses_sweep else {}))
     run_dir = Path(out) if out is not None else default_run_dir(concept, method)
     if (run_dir / "meta.json").exists():
         raise RunError(f"{run_dir} already holds a finished run; choose another --out")
@@ -139,7 +140,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     score_layers = layers if layers is not None else list(range(model.n_layers))
     done = partial.done()
     task = ScoringTask(readout=readout, probes=probes, layers=score_layers, ablation=ablation,
-                       means=contrast_means, done=done, on_layer_done=partial.save)
+                       means=contrast_means, done=done, on_layer_done=partial.save, positives=pos, contrast=neg,
+                       seed=seed)
     n_total = task.n_selected(model.n_layers, model.d_ff)
     with progress_bar(f"{method} sweep ({len(done)} blocks resumed)" if done else f"{method} sweep", n_total,
                       progress) as adv:

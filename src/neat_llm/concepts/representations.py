@@ -109,3 +109,30 @@ def _update_neuron_stats(out: TextPass, acts, mask: torch.Tensor, ids: torch.Ten
         out.top_values[l] = best_v
         out.top_text[l] = cand_t.gather(1, best_i)
         out.top_pos[l] = cand_p.gather(1, best_i)
+
+
+@torch.inference_mode()
+def neuron_profiles(model: LoadedModel, texts: list[str], layers: list[int], *, pool: str = "mean",
+                    batch_size: int = 16) -> torch.Tensor:
+    """Each text's neuron activations, pooled over its tokens: [N, len(layers), d_ff].
+
+    pool: ``"mean"`` over non-padding tokens, or ``"last"`` (the last non-padding token)."""
+    if pool not in ("last", "mean"):
+        raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
+    out = torch.empty(len(texts), len(layers), model.d_ff)
+    sites = {i: model.sites[l] for i, l in enumerate(layers)}
+    for rows in batches(len(texts), batch_size):
+        enc = model.encode([texts[r] for r in rows])
+        mask = enc["attention_mask"].bool()
+        with capture_inputs(sites) as acts:
+            model.hf(**enc, use_cache=False)
+        for i in sites:
+            a = acts[i][0].float()  # [B, T, d_ff]
+            check_finite(a, f"the neuron activations of block {layers[i]}")
+            if pool == "last":
+                v = a[torch.arange(len(rows)), mask.sum(1) - 1]
+            else:
+                m = mask[..., None].to(a.dtype)
+                v = (a * m).sum(1) / m.sum(1)
+            out[list(rows), i] = v.cpu()
+    return out

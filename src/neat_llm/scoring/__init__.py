@@ -1,10 +1,23 @@
 """Scorers: one interface, each counting its own passes."""
 
 from .base import NeuronScores, ProbeSet, Scorer, ScoringTask
+from .attribution import AttributionPatchingScorer
+from .exhaustive import ExhaustiveScorer
 from .neat import NeatScorer
 from .reference import ReferenceScorer
+from .screen_verify import ScreenVerifyScorer
+from .simple import ActivationScorer, AurocScorer, RandomScorer
 
-SCORERS = {"neat": NeatScorer, "reference": ReferenceScorer}
+SCORERS = {
+    "neat": NeatScorer,
+    "reference": ReferenceScorer,
+    "exhaustive": ExhaustiveScorer,
+    "screen-verify": ScreenVerifyScorer,
+    "attribution-patching": AttributionPatchingScorer,
+    "activation": ActivationScorer,
+    "auroc": AurocScorer,
+    "random": RandomScorer,
+}
 
 
 def get_scorer(name: str, **kwargs) -> Scorer:
@@ -13,5 +26,6 @@ def get_scorer(name: str, **kwargs) -> Scorer:
     return SCORERS[name](**kwargs)
 
 
-__all__ = ["NeuronScores", "ProbeSet", "Scorer", "ScoringTask", "NeatScorer", "ReferenceScorer", "SCORERS",
+__all__ = ["NeuronScores", "ProbeSet", "Scorer", "ScoringTask", "NeatScorer", "ReferenceScorer", "ExhaustiveScorer",
+           "ScreenVerifyScorer", "AttributionPatchingScorer", "ActivationScorer", "AurocScorer", "RandomScorer", "SCORERS",
            "get_scorer"]

@@ -48,6 +48,9 @@ class ScoringTask:
     done: dict[int, torch.Tensor] = field(default_factory=dict)
     on_layer_done: Callable[[int, torch.Tensor], None] | None = None
     on_progress: Callable[[int], None] | None = None  # called with the number of neurons just scored
+    positives: list[str] | None = None  # fit positives P_fit (scorers that use the whole fit set)
+    contrast: list[str] | None = None  # fit contrast texts N_fit
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.ablation not in ("zero", "mean"):
@@ -65,6 +68,11 @@ class ScoringTask:
         if self.ablation == "zero":
             return torch.zeros(d_ff)
         return self.means[layer].float()
+
+    def fit_texts(self, scorer: str) -> tuple[list[str], list[str]]:
+        if not self.positives or not self.contrast:
+            raise ValueError(f"the {scorer} scorer needs the fit texts (ScoringTask.positives and .contrast)")
+        return self.positives, self.contrast
 
     def n_selected(self, n_layers: int, d_ff: int) -> int:
         return sum(len(self.neurons_of(l, d_ff)) for l in self.layers if 0 <= l < n_layers)

@@ -1,0 +1,62 @@
+"""Language-model likelihood of texts: per-text log-likelihoods, mean per-token log-likelihood,
+and perplexity. Right padding is masked out, so batching never changes a result.
+
+A text of T tokens has T - 1 predicted tokens (token t is predicted from tokens < t).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..concepts.representations import batches
+from ..models.loaded import LoadedModel
+
+
+@torch.inference_mode()
+def text_logliks(model: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-likelihood of every text's predicted tokens and how many there are.
+
+    Returns ``(sums [N] float64, counts [N] long)`` with
+    sums[i] = sum_{t=1}^{T_i-1} log p(x_t | x_<t) and counts[i] = T_i - 1.
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts given")
+    sums = torch.zeros(len(texts), dtype=torch.float64)
+    counts = torch.zeros(len(texts), dtype=torch.long)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+    for rows in batches(len(texts), batch_size):
+        ids = [order[r] for r in rows]
+        enc = model.encode([texts[i] for i in ids])
+        logits = model.hf(**enc, use_cache=False).logits  # [B, T, V]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]
+        target = enc["input_ids"][:, 1:]  # [B, T-1]
+        ll = logp.gather(-1, target[..., None]).squeeze(-1)  # [B, T-1]
+        m = enc["attention_mask"][:, 1:].bool()  # right padding: target t is real iff mask[t] is set
+        sums[ids] = ll.masked_fill(~m, 0.0).double().sum(1).cpu()
+        counts[ids] = m.sum(1).cpu()
+    return sums, counts
+
+
+def mean_token_loglik(model: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """Per-text mean log-likelihood per predicted token: [N] float64 (sums / counts).
+
+    Raises ValueError for a text of a single token (nothing to predict)."""
+    sums, counts = text_logliks(model, texts, batch_size)
+    short = torch.nonzero(counts == 0).flatten()
+    if len(short):
+        raise ValueError(f"{len(short)} text(s) have a single token, so no token to predict "
+                         f"(first: #{int(short[0])} {list(texts)[int(short[0])]!r})")
+    return sums / counts
+
+
+def perplexity(model: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> float:
+    """exp(-(sum of log p over all predicted tokens of all texts) / (number of those tokens))."""
+    sums, counts = text_logliks(model, texts, batch_size)
+    n = int(counts.sum())
+    if n == 0:
+        raise ValueError("the texts have no token to predict (every text is a single token)")
+    return math.exp(-float(sums.sum()) / n)

@@ -1,0 +1,23 @@
+"""Exhaustive ablation, the O(n*m) method NEAT replaces.
+
+score(l, k) = mean_{x in P_fit} [ S(x) - S(x | do(a_{l,k} = 0)) ]
+
+Every fit positive is its own probe: the NEAT sweep with X* = P_fit. Cost: n * m partial passes,
+so on a CPU it is run on a neuron subset (``ScoringTask.neurons``)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.loaded import LoadedModel
+from .base import ProbeSet, ScoringTask
+from .neat import NeatScorer
+
+
+class ExhaustiveScorer(NeatScorer):
+    name = "exhaustive"
+
+    def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
+        pos, _ = task.fit_texts(self.name)
+        every = ScoringTask(**{**task.__dict__, "probes": ProbeSet(list(pos), [1.0 / len(pos)] * len(pos))})
+        super()._score(model, every, scores)

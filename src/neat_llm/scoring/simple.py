@@ -1,0 +1,66 @@
+"""Scorers that need no ablation: ``random`` and the activation contrasts ``activation`` / ``auroc``."""
+
+from __future__ import annotations
+
+import torch
+
+from ..concepts.representations import neuron_profiles
+from ..models.loaded import LoadedModel
+from .base import Scorer, ScoringTask
+
+
+class RandomScorer(Scorer):
+    """A seeded random order: score(l, k) ~ U(0, 1) from ``task.seed``. Cost: 0 passes.
+    The floor every method has to beat."""
+
+    name = "random"
+
+    def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
+        g = torch.Generator().manual_seed(task.seed)
+        noise = torch.rand(model.n_layers, model.d_ff, generator=g)
+        for l in task.layers:
+            idx = task.neurons_of(l, model.d_ff)
+            scores[l, idx] = noise[l, idx]
+
+
+class ActivationScorer(Scorer):
+    """Activation contrast: score(l, k) = mean_{x in P_fit} a(x) - mean_{x in N_fit} a(x), where a(x)
+    is the neuron's activation averaged over the text's tokens (``pool="mean"``) or taken at the
+    last token (``pool="last"``). Cost: m forward passes, no ablation."""
+
+    name = "activation"
+
+    def __init__(self, pool: str = "mean"):
+        self.pool = pool
+
+    def params(self) -> dict:
+        return {"pool": self.pool}
+
+    def _contrast(self, prof_p: torch.Tensor, prof_n: torch.Tensor) -> torch.Tensor:
+        return prof_p.mean(0) - prof_n.mean(0)
+
+    def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
+        pos, neg = task.fit_texts(self.name)
+        layers = sorted(task.layers)
+        prof_p = neuron_profiles(model, pos, layers, pool=self.pool)  # [P, len(layers), d_ff]
+        prof_n = neuron_profiles(model, neg, layers, pool=self.pool)
+        values = self._contrast(prof_p, prof_n)  # [len(layers), d_ff]
+        for i, l in enumerate(layers):
+            idx = task.neurons_of(l, model.d_ff)
+            scores[l, idx] = values[i, idx]
+            if task.on_progress:
+                task.on_progress(len(idx))
+
+
+class AurocScorer(ActivationScorer):
+    """score(l, k) = AUROC of the neuron's pooled activation as a P-vs-N classifier (0.5 = chance,
+    1 = fires more on every positive than on every contrast text). Computed exactly with the
+    Mann-Whitney U statistic (ties count one half). Cost: m forward passes."""
+
+    name = "auroc"
+
+    def _contrast(self, prof_p: torch.Tensor, prof_n: torch.Tensor) -> torch.Tensor:
+        # U / (|P| |N|): share of (p, n) pairs with a_p > a_n, ties counting 1/2; [len(layers), d_ff]
+        gt = (prof_p[:, None] > prof_n[None, :]).float().mean((0, 1))
+        eq = (prof_p[:, None] == prof_n[None, :]).float().mean((0, 1))
+        return gt + 0.5 * eq

@@ -1,0 +1,124 @@
+"""Every baseline scorer against a direct computation on a tiny model."""
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from conftest import concept_texts
+from neat_llm.concepts.vectors import ConceptReadout
+from neat_llm.hooks import capture_inputs, edit_inputs
+from neat_llm.scoring import (ActivationScorer, AttributionPatchingScorer, AurocScorer, ExhaustiveScorer, NeatScorer,
+                              ProbeSet, RandomScorer, ReferenceScorer, ScoringTask, ScreenVerifyScorer, get_scorer)
+from neat_llm.scoring.reference import concept_score_of
+
+
+@pytest.fixture
+def setup(tiny_llama):
+    pos, neg = concept_texts(6)
+    torch.manual_seed(3)
+    readout = ConceptReadout(1, torch.nn.functional.normalize(torch.randn(tiny_llama.d_model), dim=0))
+
+    def task(**kw):
+        base = dict(readout=readout, probes=ProbeSet([pos[0]], [1.0]), layers=[0, 1, 2], positives=pos, contrast=neg)
+        return ScoringTask(**{**base, **kw})
+
+    return tiny_llama, pos, neg, readout, task
+
+
+def _pooled(model, text, layer):
+    """Mean activation of every neuron of ``layer`` over the tokens of ``text``, one text alone."""
+    enc = model.encode([text])
+    with torch.inference_mode(), capture_inputs({0: model.sites[layer]}) as acts:
+        model.hf(**enc)
+    return acts[0][0][0].mean(0)  # [d_ff]
+
+
+def test_random_is_seeded_and_free(setup):
+    m, *_, task = setup
+    a = RandomScorer().score(m, task(seed=1))
+    b = RandomScorer().score(m, task(seed=1))
+    c = RandomScorer().score(m, task(seed=2))
+    assert torch.equal(a.scores, b.scores) and not torch.equal(a.scores, c.scores)
+    assert a.passes.forward == 0 and a.passes.partial_forward == 0 and a.n_scored == 3 * m.d_ff
+
+
+def test_activation_contrast_equals_direct_means(setup):
+    m, pos, neg, _, task = setup
+    got = ActivationScorer().score(m, task())
+    for l in range(3):
+        want = torch.stack([_pooled(m, t, l) for t in pos]).mean(0) - torch.stack([_pooled(m, t, l) for t in neg]).mean(0)
+        torch.testing.assert_close(got.scores[l], want, atol=1e-5, rtol=1e-4)
+    assert got.passes.forward == len(pos) + len(neg)
+
+
+def test_auroc_equals_sklearn(setup):
+    m, pos, neg, _, task = setup
+    got = AurocScorer().score(m, task(layers=[2]))
+    a_p = torch.stack([_pooled(m, t, 2) for t in pos])
+    a_n = torch.stack([_pooled(m, t, 2) for t in neg])
+    y = [1] * len(pos) + [0] * len(neg)
+    for k in range(0, m.d_ff, 7):
+        want = roc_auc_score(y, torch.cat([a_p[:, k], a_n[:, k]]).numpy())
+        assert got.scores[2, k].item() == pytest.approx(want, abs=1e-6)
+    assert torch.isnan(got.scores[0]).all()
+
+
+def test_attribution_patching_matches_finite_differences(setup):
+    m, pos, _, readout, task = setup
+    got = AttributionPatchingScorer(batch_size=4).score(m, task())
+    assert got.passes.backward == len(pos) and got.passes.forward == len(pos)
+    eps = 1e-2  # central differences: error O(eps^2); float32 round-off ~1e-7 / eps
+    checked = []
+    flat = got.scores[:2].abs().flatten()
+    picks = torch.topk(flat, 3).indices.tolist() + [5, m.d_ff + 30]
+    for l, k in [(i // m.d_ff, i % m.d_ff) for i in picks]:
+        fd = 0.0
+        for t in pos:
+            vals = []
+            for sign in (1, -1):
+                def scale(_key, x, s=sign):
+                    x = x.clone()
+                    x[..., k] *= 1 + s * eps
+                    return x
+                with edit_inputs({l: m.sites[l]}, scale):
+                    vals.append(concept_score_of(m, t, readout.layer, readout.vector))
+            fd += (vals[0] - vals[1]) / (2 * eps)  # d/de S(a(1+e)) = sum_t a_t dS/da_t
+        fd /= len(pos)
+        assert got.scores[l, k].item() == pytest.approx(fd, rel=2e-2, abs=1e-4)
+        checked.append(abs(fd))
+    assert max(checked) > 1e-2, "finite differences too small to test anything"
+    assert torch.all(got.scores[2] == 0)
+
+
+def test_exhaustive_equals_reference_over_all_fit_positives(setup):
+    m, pos, _, readout, task = setup
+    subset = {0: [1, 7, 22], 1: [0, 47]}
+    got = ExhaustiveScorer().score(m, task(layers=[0, 1], neurons=subset))
+    ref = ReferenceScorer().score(m, task(layers=[0, 1], neurons=subset,
+                                          probes=ProbeSet(list(pos), [1 / len(pos)] * len(pos))))
+    ok = torch.isfinite(ref.scores)
+    assert torch.equal(ok, torch.isfinite(got.scores)) and int(ok.sum()) == 5
+    torch.testing.assert_close(got.scores[ok], ref.scores[ok], atol=1e-5, rtol=1e-4)
+    assert got.passes.partial_forward == 5 * len(pos)  # n * m
+
+
+def test_screen_verify_scores_top_candidates_exactly(setup):
+    m, pos, _, readout, task = setup
+    R = 10
+    got = ScreenVerifyScorer(candidates=R).score(m, task())
+    attr = AttributionPatchingScorer().score(m, task()).scores
+    neat = NeatScorer().score(m, task()).scores
+    verified = torch.isfinite(got.scores)
+    assert int(verified.sum()) == R
+    top_attr = set(torch.topk(attr.flatten(), R).indices.tolist())
+    assert set(torch.nonzero(verified.flatten()).flatten().tolist()) == top_attr
+    torch.testing.assert_close(got.scores[verified], neat[verified], atol=1e-5, rtol=1e-4)
+    assert got.passes.partial_forward == R and got.passes.backward == len(pos)
+
+
+def test_scorers_need_fit_texts(setup):
+    m, _, _, readout, _ = setup
+    bare = ScoringTask(readout, ProbeSet(["the rain"], [1.0]), layers=[0])
+    for name in ("activation", "auroc", "attribution-patching", "exhaustive", "screen-verify"):
+        with pytest.raises(ValueError, match="needs the fit texts"):
+            get_scorer(name).score(m, bare)

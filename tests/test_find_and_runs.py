@@ -107,7 +107,7 @@ def test_run_load_errors(tmp_path):
         nl.Run.load(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("method", ["exhaustive", "screen-verify", "attribution-patching", "activation", "auroc",
+@pytest.mark.parametrize("method", ["neat-cluster", "exhaustive", "screen-verify", "attribution-patching", "activation", "auroc",
                                     "random"])
 def test_every_method_runs_through_the_pipeline(tiny_llama, concept_set, tmp_path, method):
     run = nl.find_concept_neurons(tiny_llama, concept_set, method=method, out=tmp_path / method, progress=False,
@@ -120,6 +120,7 @@ def test_every_method_runs_through_the_pipeline(tiny_llama, concept_set, tmp_pat
     lstar, d_ff = run.meta.reading_layer, tiny_llama.d_ff
     expected = {
         "exhaustive": {"partial_forward": n_pos * (lstar + 1) * d_ff, "backward": 0},
+        "neat-cluster": {"forward": n_pos + n_neg + 2, "backward": 0},  # profiles + probe caches (2 stages)
         "screen-verify": {"partial_forward": min(500, (lstar + 1) * d_ff), "backward": n_pos},
         "attribution-patching": {"forward": n_pos, "backward": n_pos, "partial_forward": 0},
         "activation": {"forward": n_pos + n_neg, "backward": 0},

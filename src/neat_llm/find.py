@@ -91,7 +91,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         layers = parse_layers(layers, model.n_layers)
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
-    uses_sweep = method in ("neat", "exhaustive", "screen-verify")
+    uses_sweep = method in ("neat", "exhaustive", "screen-verify", "neat-cluster")
     scorer = get_scorer(method, **({"tokens_per_batch": tokens_per_batch} if uses_sweep else {}))
     run_dir = Path(out) if out is not None else default_run_dir(concept, method)
     if (run_dir / "meta.json").exists():

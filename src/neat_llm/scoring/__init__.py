@@ -2,6 +2,7 @@
 
 from .base import NeuronScores, ProbeSet, Scorer, ScoringTask
 from .attribution import AttributionPatchingScorer
+from .cluster import ClusterScorer
 from .exhaustive import ExhaustiveScorer
 from .neat import NeatScorer
 from .reference import ReferenceScorer
@@ -10,6 +11,7 @@ from .simple import ActivationScorer, AurocScorer, RandomScorer
 
 SCORERS = {
     "neat": NeatScorer,
+    "neat-cluster": ClusterScorer,
     "reference": ReferenceScorer,
     "exhaustive": ExhaustiveScorer,
     "screen-verify": ScreenVerifyScorer,
@@ -27,5 +29,5 @@ def get_scorer(name: str, **kwargs) -> Scorer:
 
 
 __all__ = ["NeuronScores", "ProbeSet", "Scorer", "ScoringTask", "NeatScorer", "ReferenceScorer", "ExhaustiveScorer",
-           "ScreenVerifyScorer", "AttributionPatchingScorer", "ActivationScorer", "AurocScorer", "RandomScorer", "SCORERS",
+           "ScreenVerifyScorer", "ClusterScorer", "AttributionPatchingScorer", "ActivationScorer", "AurocScorer", "RandomScorer", "SCORERS",
            "get_scorer"]

@@ -145,3 +145,36 @@ class NeatScorer(Scorer):
         h_in = cache.block_input(l).expand(C, -1, -1)
         with edit_inputs({l: model.sites[l]}, off):
             return call_block(model.blocks[l], h_in, cache.calls[l])
+
+
+@torch.inference_mode()
+def group_effects(model: LoadedModel, cache: ProbeCache, l: int, top: int, masks: torch.Tensor, v_off: torch.Tensor,
+                  tokens_per_batch: int = 4096) -> torch.Tensor:
+    """S_clean - S_off on one probe text when each group of neurons of block ``l`` is turned off
+    together: masks [G, d_ff] (1 = off), v_off [d_ff] the value they take. Returns [G].
+    One partial pass per group; the same two paths (fused shift / block re-run) as single neurons."""
+    T = cache.n_tokens
+    chunk = max(1, tokens_per_batch // T)
+    masks = masks.to(model.device, model.dtype)
+    out = torch.empty(len(masks))
+    for s in range(0, len(masks), chunk):
+        M = masks[s:s + chunk]  # [C, d_ff]
+        C = len(M)
+        if model.family.mlp_output_direct:
+            shift = v_off[None, :] - cache.acts[l][0]  # [T, d_ff]
+            h = cache.block_out[l] + (M[:, None, :] * shift[None]) @ model.weight_out(l)  # [C, T, d]
+        else:
+            def off(_key, x, M=M):
+                keep = M[:, None, :].bool()
+                return torch.where(keep, v_off.to(x.dtype), x)
+
+            with edit_inputs({l: model.sites[l]}, off):
+                h = call_block(model.blocks[l], cache.block_input(l).expand(C, -1, -1), cache.calls[l])
+        for j in range(l + 1, top + 1):
+            h = call_block(model.blocks[j], h, cache.calls[j])
+        s_off = h[:, -1].float() @ cache.vector.float()
+        check_finite(s_off, f"the ablated forward of block {l}")
+        out[s:s + C] = (cache.s_clean - s_off).cpu()
+        model.counter.partial_forward += C
+        model.counter.block_forward += C * (top - l + (0 if model.family.mlp_output_direct else 1))
+    return out

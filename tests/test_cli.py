@@ -58,3 +58,40 @@ def test_find_errors_are_clear(tiny_model_dir, tmp_path):
     r = runner.invoke(app, ["show", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "no such run folder" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_reloads_the_concept_and_writes_evaluation(tiny_model_dir, tmp_path):
+    csv = _concept_csv(tmp_path)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
+                            "--label-col", "kind", "--positive", "weather", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(out), "--k", "5,20", "--random", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [row["k"] for row in obj["rows"]] == [5, 20]
+    assert 0 <= obj["auroc_before"] <= 1 and obj["method"] == "neat"
+    assert json.loads((out / "evaluation.json").read_text())["rows"][1]["k"] == 20
+    r = runner.invoke(app, ["evaluate", str(out), "--k", "5,x"])
+    assert r.exit_code == 2 and "--k" in r.output
+    moved = tmp_path / "moved.csv"
+    csv.rename(moved)
+    r = runner.invoke(app, ["evaluate", str(out), "--k", "5", "--random", "1", "--concept", str(moved), "--json"])
+    assert r.exit_code == 0, r.output
+
+
+def test_find_with_label_readout_methods(tiny_model_dir, tmp_path):
+    csv = _concept_csv(tmp_path)
+    for method in ("logprob-increase", "integrated-gradients"):
+        r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
+                                "--label-col", "kind", "--positive", "weather", "--method", method, "--layers", "2",
+                                "--label-template", "{text} ?", "--label-yes", "x", "--label-no", "y",
+                                "--out", str(tmp_path / method), "--json"])
+        assert r.exit_code == 0, r.output
+        obj = json.loads(r.stdout.strip().splitlines()[-1])
+        assert obj["n_neurons_scored"] == 48 and obj["method"] == method
+    r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
+                            "--label-col", "kind", "--positive", "weather", "--method", "logprob-increase",
+                            "--label-yes", " thunderstorm-xyz", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "single-token" in r.output
+    assert not (tmp_path / "bad").exists()

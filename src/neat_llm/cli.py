@@ -1,4 +1,4 @@
-"""The ``neat`` command line: find, show, generate."""
+"""The ``neat`` command line: find, show, generate, evaluate."""
 
 from __future__ import annotations
 
@@ -70,6 +70,12 @@ def find(
     dtype: str = typer.Option("float32", "--dtype"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
     show: int = typer.Option(10, "--show", help="rows of the table printed"),
+    label_template: Optional[str] = typer.Option(None, "--label-template", help="label readout prompt with {text} (integrated-gradients, logprob-increase)"),
+    label_yes: str = typer.Option(" Yes", "--label-yes", help="label readout: the positive answer token"),
+    label_no: str = typer.Option(" No", "--label-no", help="label readout: the negative answer token"),
+    clusters: int = typer.Option(32, "--clusters", help="neat-cluster: k-means clusters per block"),
+    keep_clusters: int = typer.Option(16, "--keep-clusters", help="neat-cluster: clusters whose neurons are scored"),
+    candidates: int = typer.Option(500, "--candidates", help="screen-verify: neurons verified exactly"),
 ) -> None:
     """Find the concept neurons of a model: concept vector, reading layer, NEAT sweep, run folder."""
     import neat_llm as nl
@@ -86,12 +92,19 @@ def find(
             cs = nl.ConceptSet.from_file(concept, text=text_col, label=label_col, positive=positive.split(","),
                                          contrast=contrast.split(",") if contrast else None)
         m = nl.load_model(model, device=device, dtype=dtype)
+        from neat_llm.concepts.label_readout import DEFAULT_TEMPLATE, LabelReadout
+
+        label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
+                             negative_word=label_no)
+        scorer_options = {"neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
+                          "screen-verify": {"candidates": candidates}}.get(method, {})
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             run = nl.find_concept_neurons(m, cs, method=method, reading_layer=reading_layer, vector=vector, pool=pool,
                                           probe_size=probe_size, contrastive=contrastive, layers=layers,
                                           ablation=ablation, eval_fraction=eval_fraction, seed=seed, out=out_dir,
-                                          top_k=top_k, strict=strict, progress=True)
+                                          top_k=top_k, strict=strict, progress=True, label=label,
+                                          scorer_options=scorer_options)
     except (ValueError, FloatingPointError, OSError) as e:
         _fail(str(e))
     meta = run.meta
@@ -170,6 +183,66 @@ def generate(run_dir: Path = typer.Argument(..., help="a run folder"),
     t.add_column(f"top-{k} {run.meta.concept_name} neurons off ({mode})")
     t.add_row(before, after)
     out.print(t)
+
+
+def _parse_ks(spec: str) -> list[int]:
+    try:
+        ks = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        _fail(f"--k takes comma-separated whole numbers, got {spec!r}")
+    if not ks or ks[0] < 1:
+        _fail(f"--k needs positive numbers, got {spec!r}")
+    return ks
+
+
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
+             k: str = typer.Option("10,50,100,500", "--k", help="sizes of the top-K sets turned off"),
+             n_random: int = typer.Option(5, "--random", help="random K-sets per K (the control)"),
+             mode: str = typer.Option("zero", "--mode", help="zero or mean ablation"),
+             seed: int = typer.Option(0, "--seed", help="seed of the random K-sets"),
+             concept: Optional[Path] = typer.Option(None, "--concept", help="the run's concept file, if it moved"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Turn off the run's top-K neurons and measure concept removal on the held-out eval split,
+    against random K-sets; writes evaluation.json into the run folder."""
+    import neat_llm as nl
+    from neat_llm.evaluation import evaluate_removal, run_eval_set, run_readout, run_selections
+    from neat_llm.runs import write_text
+
+    _quiet_libraries()
+    ks = _parse_ks(k)
+    try:
+        run = nl.Run.load(run_dir)
+        src = dict(run.meta.extra.get("concept_source") or {})
+        if concept is not None:
+            if src.get("kind") != "file":
+                _fail("--concept replaces a concept file, but this run did not use one")
+            src["path"] = str(concept)
+        cs = nl.ConceptSet.from_source(src)
+        m = nl.load_model(None if run.meta.model_id == "smollm2-135m-instruct" else run.meta.model_id)
+        if m.weights_hash != run.meta.weights_hash:
+            _fail(f"the model {run.meta.model_id} now has other weights than when the run was made")
+        report = evaluate_removal(m, run_readout(run), run_eval_set(run, cs), run_selections(run, ks),
+                                  n_random=n_random, seed=seed, mode=mode)
+    except (ValueError, OSError, FloatingPointError) as e:
+        _fail(str(e))
+    obj = {"run_dir": str(run.run_dir), "method": run.meta.method, **report.to_dict()}
+    write_text(run.run_dir / "evaluation.json", json.dumps(obj, indent=2))
+    if as_json:
+        print(json.dumps(obj))
+        return
+    t = Table(title=f"concept removal on held-out data: {run.meta.concept_name}, {run.meta.method}, {mode} ablation "
+                    f"(AUROC before {report.auroc_before:.3f})")
+    for col in ("K", "gap removal", "random", "positive shift", "random", "AUROC after", "random",
+                "specificity", "ppl ratio", "random"):
+        t.add_column(col, justify="right")
+    for r in report.rows:
+        t.add_row(str(r.k), f"{r.gap_removal:.3f}", f"{r.random_gap_removal_mean:.3f}±{r.random_gap_removal_std:.3f}",
+                  f"{r.positive_shift:.3f}", f"{r.random_positive_shift_mean:.3f}", f"{r.auroc_after:.3f}",
+                  f"{r.random_auroc_after_mean:.3f}", f"{r.specificity:+.3f}", f"{r.ppl_ratio:.3f}",
+                  f"{r.random_ppl_ratio_mean:.3f}")
+    out.print(t)
+    out.print(f"written to {run.run_dir / 'evaluation.json'}")
 
 
 def main() -> None:

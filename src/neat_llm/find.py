@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .concepts.conceptset import ConceptSet
+from .concepts.label_readout import LabelReadout
 from .concepts.representations import text_pass
 from .concepts.vectors import ConceptReadout, choose_reading_layer, concept_vectors, layer_aurocs
 from .models.loaded import LoadedModel
@@ -76,7 +77,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
                          probe_size: int = 1, contrastive: bool = False, layers: list[int] | str | None = None,
                          ablation: str = "zero", eval_fraction: float = 0.3, seed: int = 0,
                          out: str | Path | None = None, top_k: int = 100, strict: bool = False,
-                         progress: bool = True, batch_size: int = 16, tokens_per_batch: int = 4096) -> Run:
+                         progress: bool = True, batch_size: int = 16, tokens_per_batch: int = 4096,
+                         label: LabelReadout | None = None, scorer_options: dict | None = None) -> Run:
     """Find the concept neurons of ``model`` for ``concept`` and write a run folder.
 
     Steps: seeded stratified fit/eval split; one pass over the fit texts (residuals at every layer,
@@ -84,6 +86,10 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     layer (cross-validated AUROC; ties go to the later layer); the probe batch X* (the
     ``probe_size`` fit positives with the highest S, plus as many lowest-S contrast texts if
     ``contrastive``); the scorer over every requested neuron; the run folder.
+
+    ``label``: the label readout used by ``integrated-gradients`` and ``logprob-increase`` (default:
+    the generic template with the concept's name). ``scorer_options``: extra constructor arguments
+    of the scorer (e.g. ``{"n_clusters": 32, "keep": 16}`` for ``neat-cluster``).
     """
     if probe_size < 1:
         raise ValueError(f"probe_size must be at least 1, got {probe_size}")
@@ -91,8 +97,13 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         layers = parse_layers(layers, model.n_layers)
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
-    uses_sweep = method in ("neat", "exhaustive", "screen-verify", "neat-cluster")
-    scorer = get_scorer(method, **({"tokens_per_batch": tokens_per_batch} if uses_sweep else {}))
+    options = dict(scorer_options or {})
+    if method in ("neat", "exhaustive", "screen-verify", "neat-cluster"):
+        options.setdefault("tokens_per_batch", tokens_per_batch)
+    if method in ("integrated-gradients", "logprob-increase"):
+        options.setdefault("label", label or LabelReadout(concept=concept.name))
+        options["label"].token_ids(model)  # bad label words fail here, before anything is written
+    scorer = get_scorer(method, **options)
     run_dir = Path(out) if out is not None else default_run_dir(concept, method)
     if (run_dir / "meta.json").exists():
         raise RunError(f"{run_dir} already holds a finished run; choose another --out")
@@ -172,7 +183,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         method=method, params=params, seed=seed, reading_layer=layer, eval_auroc=eval_auroc,
         n_neurons_scored=result.n_scored, passes=passes, seconds=seconds, versions=_versions(),
         probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"resumed_layers": sorted(done)},
+        extra={"resumed_layers": sorted(done), "concept_source": concept.source},
     )
     run.save()
     partial.clear()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -34,6 +34,7 @@ class ConceptSet:
     labels: tuple[bool, ...]
     name: str = "concept"
     positive_label: str = "positive"
+    source: dict | None = field(default=None, compare=False)  # how to load it again (file + mapping, or demo)
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
@@ -147,8 +148,9 @@ class ConceptSet:
             if isinstance(err, ConceptSetError):
                 raise
             raise ConceptSetError(f"could not parse {p}: {err}") from err
-        return cls.from_pandas(df, text=text, label=label, positive=positive, contrast=contrast,
-                               name=name or p.stem)
+        cs = cls.from_pandas(df, text=text, label=label, positive=positive, contrast=contrast, name=name or p.stem)
+        return replace(cs, source={"kind": "file", "path": str(p.resolve()), "text": text, "label": label,
+                                   "positive": positive, "contrast": contrast, "name": cs.name})
 
     @classmethod
     def from_hf(cls, dataset, text: str = "text", label: str = "label", positive=None, contrast=None,
@@ -168,6 +170,18 @@ class ConceptSet:
                                contrast=contrast, name=name or ds_name or "hf-dataset")
 
     # --- split -----------------------------------------------------------------------------
+    @classmethod
+    def from_source(cls, source: dict) -> "ConceptSet":
+        """Load a concept set again from the ``source`` a run recorded."""
+        if source.get("kind") == "demo":
+            from .demo import demo_concept
+
+            return demo_concept()
+        if source.get("kind") == "file":
+            return cls.from_file(source["path"], text=source["text"], label=source["label"],
+                                 positive=source["positive"], contrast=source["contrast"], name=source.get("name"))
+        raise ConceptSetError(f"cannot reload a concept set from {source!r}; pass it explicitly (--concept ...)")
+
     def subset(self, idx: Iterable[int], name: str | None = None) -> "ConceptSet":
         idx = list(idx)
         return ConceptSet(tuple(self.texts[i] for i in idx), tuple(self.labels[i] for i in idx),

@@ -3,6 +3,7 @@ text of the same length and often the same topic. Written for this project (no d
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib import resources
 
 from .conceptset import ConceptSet
@@ -14,4 +15,4 @@ def demo_concept() -> ConceptSet:
     path = resources.files("neat_llm.concepts") / "data" / "demo_insults.jsonl"
     with resources.as_file(path) as p:
         cs = ConceptSet.from_file(p, text="text", label="label", positive="insult", name=DEMO_CONCEPT)
-    return cs
+    return replace(cs, source={"kind": "demo", "name": DEMO_CONCEPT})

@@ -4,6 +4,7 @@ from .base import NeuronScores, ProbeSet, Scorer, ScoringTask
 from .attribution import AttributionPatchingScorer
 from .cluster import ClusterScorer
 from .exhaustive import ExhaustiveScorer
+from .label_based import IntegratedGradientsScorer, LogprobIncreaseScorer
 from .neat import NeatScorer
 from .reference import ReferenceScorer
 from .screen_verify import ScreenVerifyScorer
@@ -16,6 +17,8 @@ SCORERS = {
     "exhaustive": ExhaustiveScorer,
     "screen-verify": ScreenVerifyScorer,
     "attribution-patching": AttributionPatchingScorer,
+    "integrated-gradients": IntegratedGradientsScorer,
+    "logprob-increase": LogprobIncreaseScorer,
     "activation": ActivationScorer,
     "auroc": AurocScorer,
     "random": RandomScorer,
@@ -29,5 +32,5 @@ def get_scorer(name: str, **kwargs) -> Scorer:
 
 
 __all__ = ["NeuronScores", "ProbeSet", "Scorer", "ScoringTask", "NeatScorer", "ReferenceScorer", "ExhaustiveScorer",
-           "ScreenVerifyScorer", "ClusterScorer", "AttributionPatchingScorer", "ActivationScorer", "AurocScorer", "RandomScorer", "SCORERS",
+           "ScreenVerifyScorer", "ClusterScorer", "IntegratedGradientsScorer", "LogprobIncreaseScorer", "AttributionPatchingScorer", "ActivationScorer", "AurocScorer", "RandomScorer", "SCORERS",
            "get_scorer"]

@@ -1,0 +1,144 @@
+"""Loaders for the public evaluation data: ToxiGen, Davidson et al., CrowS-Pairs, IndiBias.
+
+Each takes any path (a file, or the folder that holds it); with no path it looks in
+``$NEAT_LLM_DATA`` and then ``../shared/data`` (relative to the working directory and to this
+checkout), and says clearly where it looked when nothing is there. None of this data ships with
+neat-llm.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .conceptset import ConceptSet, ConceptSetError
+
+FILES = {
+    "toxigen": "toxigen/toxigen_sentences.jsonl",
+    "davidson": "davidson/labeled_data.csv",
+    "crows-pairs": "crows_pairs/crows_pairs_anonymized.csv",
+    "indibias": "indibias/IndiBias_v1_sample.csv",
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set is not where it was looked for."""
+
+
+def data_roots() -> list[Path]:
+    roots = []
+    if os.environ.get("NEAT_LLM_DATA"):
+        roots.append(Path(os.environ["NEAT_LLM_DATA"]))
+    roots.append(Path.cwd() / ".." / "shared" / "data")
+    roots.append(Path(__file__).resolve().parents[4] / "shared" / "data")  # <checkout>/../shared/data
+    return roots
+
+
+def resolve(name: str, path: str | Path | None = None) -> Path:
+    """The file of data set ``name``: ``path`` itself, ``path/<default file>``, or the default places."""
+    rel = FILES[name]
+    if path is not None:
+        p = Path(path)
+        for cand in (p, p / rel, p / Path(rel).name):
+            if cand.is_file():
+                return cand
+        raise DataNotFoundError(f"{name}: no data at {p} (expected the file itself or a folder holding {rel})")
+    for root in data_roots():
+        if (root / rel).is_file():
+            return root / rel
+    looked = ", ".join(str(r / rel) for r in data_roots())
+    raise DataNotFoundError(f"{name}: data not found (looked at {looked}); pass its path, or set NEAT_LLM_DATA "
+                            "to the folder that holds it")
+
+
+def load_toxigen(path: str | Path | None = None, groups: list[str] | None = None) -> ConceptSet:
+    """ToxiGen statements: positives = ``hate``, contrast = ``neutral``; optionally only some target
+    groups (column ``group``)."""
+    import pandas as pd
+
+    df = pd.read_json(resolve("toxigen", path), lines=True)
+    if groups:
+        unknown = sorted(set(groups) - set(df["group"]))
+        if unknown:
+            raise ConceptSetError(f"unknown ToxiGen group(s) {unknown}; groups: {sorted(df['group'].unique())}")
+        df = df[df["group"].isin(groups)]
+    name = "toxigen-hate" + (f"[{','.join(sorted(groups))}]" if groups else "")
+    return ConceptSet.from_pandas(df, text="text", label="label", positive="hate", contrast="neutral", name=name)
+
+
+def load_davidson(path: str | Path | None = None, positive: str = "hate") -> ConceptSet:
+    """Davidson et al. tweets: positives = class 0 (hate speech) or, with ``positive="offensive"``,
+    class 1; contrast = class 2 (neither). The other class is left out."""
+    import pandas as pd
+
+    classes = {"hate": 0, "offensive": 1}
+    if positive not in classes:
+        raise ConceptSetError(f"positive must be 'hate' or 'offensive', got {positive!r}")
+    df = pd.read_csv(resolve("davidson", path))
+    return ConceptSet.from_pandas(df, text="tweet", label="class", positive=classes[positive], contrast=2,
+                                  name=f"davidson-{positive}")
+
+
+@dataclass(frozen=True)
+class MinimalPairs:
+    """Minimal sentence pairs: ``more`` is the more stereotypical sentence of each pair, ``less`` the
+    other; ``bias_type`` per pair (lower case)."""
+
+    more: tuple[str, ...]
+    less: tuple[str, ...]
+    bias_type: tuple[str, ...]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.more)
+
+    def types(self) -> list[str]:
+        return sorted(set(self.bias_type))
+
+    def only(self, bias_type: str | None) -> "MinimalPairs":
+        if bias_type is None:
+            return self
+        bt = bias_type.lower()
+        if bt not in self.bias_type:
+            raise ConceptSetError(f"no pairs of bias type {bias_type!r} in {self.name}; types: {self.types()}")
+        keep = [i for i, t in enumerate(self.bias_type) if t == bt]
+        return MinimalPairs(tuple(self.more[i] for i in keep), tuple(self.less[i] for i in keep),
+                            tuple(self.bias_type[i] for i in keep), f"{self.name}[{bt}]")
+
+    def as_concept_set(self) -> ConceptSet:
+        """Stereotypical sentences as positives, their minimal counterparts as contrast."""
+        return ConceptSet.from_texts(self.more, self.less, name=self.name)
+
+
+def pairs_from_frame(df, more: str, less: str, bias_type: str | None, name: str) -> MinimalPairs:
+    """Pairs from any table with a column mapping (a user's own CSV of minimal pairs works too)."""
+    missing = [c for c in (more, less, bias_type) if c is not None and c not in df.columns]
+    if missing:
+        raise ConceptSetError(f"column(s) {missing} not found; available columns: {list(df.columns)}")
+    df = df.dropna(subset=[more, less])
+    if df.empty:
+        raise ConceptSetError(f"{name}: no complete pairs")
+    types = df[bias_type].astype(str).str.lower() if bias_type else ["all"] * len(df)
+    return MinimalPairs(tuple(df[more].astype(str)), tuple(df[less].astype(str)), tuple(types), name)
+
+
+def load_crows_pairs(path: str | Path | None = None) -> MinimalPairs:
+    """CrowS-Pairs: ``sent_more`` is the more stereotypical sentence in both directions (the metric of
+    Nangia et al. counts a pair as biased when the model prefers ``sent_more``)."""
+    import pandas as pd
+
+    return pairs_from_frame(pd.read_csv(resolve("crows-pairs", path)), "sent_more", "sent_less", "bias_type",
+                            "crows-pairs")
+
+
+def load_indibias(path: str | Path | None = None, lang: str = "en") -> MinimalPairs:
+    """IndiBias (Indian context), English (``lang="en"``) or Hindi (``"hi"``) pairs; bias types
+    caste, religion, gender, socioeconomic, age, physical appearance, disability."""
+    import pandas as pd
+
+    cols = {"en": ("modified_eng_sent_more", "modified_eng_sent_less"), "hi": ("sent_more_hindi", "sent_less_hindi")}
+    if lang not in cols:
+        raise ConceptSetError(f"lang must be 'en' or 'hi', got {lang!r}")
+    more, less = cols[lang]
+    return pairs_from_frame(pd.read_csv(resolve("indibias", path)), more, less, "bias_type", f"indibias-{lang}")

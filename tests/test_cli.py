@@ -95,3 +95,34 @@ def test_find_with_label_readout_methods(tiny_model_dir, tmp_path):
                             "--label-yes", " thunderstorm-xyz", "--out", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "single-token" in r.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_compare_every_method_end_to_end(tiny_model_dir, tmp_path):
+    csv = _concept_csv(tmp_path)
+    out = tmp_path / "cmp"
+    methods = ("neat,neat-cluster,screen-verify,exhaustive,attribution-patching,integrated-gradients,"
+               "logprob-increase,activation,auroc,random")
+    args = ["compare", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
+            "--label-col", "kind", "--positive", "weather", "--methods", methods, "--neurons-subset", "60",
+            "--k", "5,20", "--random", "2", "--label-template", "{text} ?", "--label-yes", "x", "--label-no", "y",
+            "--out", str(out), "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    table = json.loads(r.stdout.strip().splitlines()[-1])["table"]
+    assert [row["method"] for row in table[:-1]] == methods.split(",")
+    assert table[-1]["method"].startswith("random K-sets")
+    by = {row["method"]: row for row in table}
+    assert by["neat"]["neurons scored"] == 60 and by["exhaustive"]["neurons scored"] == 60
+    assert by["exhaustive"]["Spearman vs exhaustive"] is None
+    assert -1 <= by["neat"]["Spearman vs exhaustive"] <= 1
+    assert by["exhaustive"]["forward passes"] > by["neat"]["forward passes"]  # n*m vs n*b
+    assert by["attribution-patching"]["backward passes"] > 0
+    for f in ("compare.csv", "compare.md", "compare.json", "dose_response.png"):
+        assert (out / f).stat().st_size > 0
+    assert "| neat |" in (out / "compare.md").read_text()
+    before = {p.name: p.stat().st_mtime for p in (out / "runs").iterdir()}
+    r = runner.invoke(app, args)  # a rerun reuses the finished runs
+    assert r.exit_code == 0, r.output
+    assert {p.name: (p / "meta.json").exists() for p in (out / "runs").iterdir()} == {m: True for m in before}
+    r = runner.invoke(app, args[:-1] + ["--methods", "neat,magic"])
+    assert r.exit_code == 2 and "magic" in r.output

@@ -245,6 +245,77 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     out.print(f"written to {run.run_dir / 'evaluation.json'}")
 
 
+def _concept_from_options(concept, data, data_path, text_col, label_col, positive, contrast, max_per_side, seed):
+    import neat_llm as nl
+    from neat_llm.concepts.datasets import load_named
+
+    if concept is not None and data is not None:
+        _fail("give --concept FILE or --data NAME, not both")
+    if data is not None:
+        cs = load_named(data, data_path)
+    elif concept is not None:
+        if positive is None:
+            _fail("--concept needs --positive VALUE: the label value that marks positive examples")
+        cs = nl.ConceptSet.from_file(concept, text=text_col, label=label_col, positive=positive.split(","),
+                                     contrast=contrast.split(",") if contrast else None)
+    else:
+        cs = nl.demo_concept()
+    return cs.sample(max_per_side, seed) if max_per_side else cs
+
+
+@app.command()
+def compare(
+    methods: str = typer.Option("neat,neat-cluster,screen-verify,exhaustive,attribution-patching,integrated-gradients,"
+                                "logprob-increase,activation,auroc,random", "--methods", help="comma-separated methods"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    concept: Optional[Path] = typer.Option(None, "--concept", "-c", help="concept file (default: the demo concept)"),
+    data: Optional[str] = typer.Option(None, "--data", help="a named data set: toxigen, davidson, davidson-offensive, crows-pairs, indibias-en, indibias-hi"),
+    data_path: Optional[Path] = typer.Option(None, "--data-path", help="where that data set is (default: ../shared/data)"),
+    text_col: str = typer.Option("text", "--text-col"),
+    label_col: str = typer.Option("label", "--label-col"),
+    positive: Optional[str] = typer.Option(None, "--positive"),
+    contrast: Optional[str] = typer.Option(None, "--contrast"),
+    max_per_side: Optional[int] = typer.Option(None, "--max-per-side", help="seeded subsample of the concept set"),
+    neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons, the same for every method"),
+    k: str = typer.Option("10,50,100,500", "--k"),
+    n_random: int = typer.Option(5, "--random"),
+    mode: str = typer.Option("zero", "--mode"),
+    probe_size: int = typer.Option(1, "--probe-size", "-b"),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Path = typer.Option(Path("compare"), "--out", "-o", help="folder for the runs, compare.csv/.md/.json and dose_response.png; rerun to resume"),
+    label_template: Optional[str] = typer.Option(None, "--label-template"),
+    label_yes: str = typer.Option(" Yes", "--label-yes"),
+    label_no: str = typer.Option(" No", "--label-no"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run several methods on the same split and neurons, evaluate each on held-out data, compare."""
+    import neat_llm as nl
+    from neat_llm.compare import compare_methods
+    from neat_llm.concepts.label_readout import DEFAULT_TEMPLATE, LabelReadout
+    from neat_llm.scoring import SCORERS
+
+    _quiet_libraries()
+    ks = _parse_ks(k)
+    names = [x.strip() for x in methods.split(",") if x.strip()]
+    unknown = [x for x in names if x not in SCORERS]
+    if unknown:
+        _fail(f"unknown method(s) {unknown}; available: {', '.join(SCORERS)}")
+    try:
+        cs = _concept_from_options(concept, data, data_path, text_col, label_col, positive, contrast, max_per_side, seed)
+        m = nl.load_model(model)
+        label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
+                             negative_word=label_no)
+        cmp = compare_methods(m, cs, names, out_dir, ks=ks, neurons_subset=neurons_subset, n_random=n_random, mode=mode,
+                              seed=seed, probe_size=probe_size, label=label)
+    except (ValueError, OSError, FloatingPointError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps({"out": str(out_dir), "table": json.loads(cmp.table().to_json(orient="records"))}))
+        return
+    out.print(cmp.markdown())
+    out.print(f"written: {out_dir / 'compare.md'}, compare.csv, compare.json, dose_response.png")
+
+
 def main() -> None:
     app()
 

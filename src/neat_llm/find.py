@@ -78,7 +78,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
                          ablation: str = "zero", eval_fraction: float = 0.3, seed: int = 0,
                          out: str | Path | None = None, top_k: int = 100, strict: bool = False,
                          progress: bool = True, batch_size: int = 16, tokens_per_batch: int = 4096,
-                         label: LabelReadout | None = None, scorer_options: dict | None = None) -> Run:
+                         label: LabelReadout | None = None, scorer_options: dict | None = None,
+                         neurons: dict[int, list[int]] | None = None) -> Run:
     """Find the concept neurons of ``model`` for ``concept`` and write a run folder.
 
     Steps: seeded stratified fit/eval split; one pass over the fit texts (residuals at every layer,
@@ -89,12 +90,19 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
 
     ``label``: the label readout used by ``integrated-gradients`` and ``logprob-increase`` (default:
     the generic template with the concept's name). ``scorer_options``: extra constructor arguments
-    of the scorer (e.g. ``{"n_clusters": 32, "keep": 16}`` for ``neat-cluster``).
+    of the scorer (e.g. ``{"n_clusters": 32, "keep": 16}`` for ``neat-cluster``). ``neurons``:
+    {block: [neuron indices]} to score only a subset (blocks not named are not scored).
     """
     if probe_size < 1:
         raise ValueError(f"probe_size must be at least 1, got {probe_size}")
     if isinstance(layers, str):
         layers = parse_layers(layers, model.n_layers)
+    if neurons is not None:
+        neurons = {int(l): sorted(int(k) for k in ks) for l, ks in neurons.items()}
+        bad = [(l, k) for l, ks in neurons.items() for k in ks if not (0 <= l < model.n_layers and 0 <= k < model.d_ff)]
+        if bad:
+            raise ValueError(f"neurons {bad[:3]} out of range: {model.n_layers} blocks of {model.d_ff}")
+        layers = sorted(set(layers or neurons) & set(neurons))
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
     options = dict(scorer_options or {})
@@ -144,13 +152,13 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     # 3. score, resuming finished blocks
     params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
               "probe_size": b, "contrastive": contrastive, "ablation": ablation, "eval_fraction": eval_fraction,
-              "layers": layers, "top_k": top_k, **scorer.params()}
+              "layers": layers, "top_k": top_k, "neuron_subset": neurons, **scorer.params()}
     fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": seed,
                    **{k: v for k, v in params.items() if k != "tokens_per_batch"}}
     partial = PartialSweep(run_dir, fingerprint)
     score_layers = layers if layers is not None else list(range(model.n_layers))
     done = partial.done()
-    task = ScoringTask(readout=readout, probes=probes, layers=score_layers, ablation=ablation,
+    task = ScoringTask(readout=readout, probes=probes, layers=score_layers, neurons=neurons, ablation=ablation,
                        means=contrast_means, done=done, on_layer_done=partial.save, positives=pos, contrast=neg,
                        seed=seed)
     n_total = task.n_selected(model.n_layers, model.d_ff)

@@ -144,6 +144,7 @@ class PartialSweep:
 
     def __init__(self, run_dir: Path, fingerprint: dict):
         self.dir = run_dir / ".partial"
+        fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back (int keys -> str)
         self.fingerprint = fingerprint
         fp_file = self.dir / "fingerprint.json"
         if fp_file.is_file():

@@ -173,6 +173,12 @@ class ConceptSet:
     @classmethod
     def from_source(cls, source: dict) -> "ConceptSet":
         """Load a concept set again from the ``source`` a run recorded."""
+        if "sample" in source:
+            return cls.from_source({k: v for k, v in source.items() if k != "sample"}).sample(*source["sample"])
+        if source.get("kind") == "dataset":
+            from . import datasets
+
+            return datasets.load_named(source["dataset"], source.get("path"))
         if source.get("kind") == "demo":
             from .demo import demo_concept
 
@@ -181,6 +187,18 @@ class ConceptSet:
             return cls.from_file(source["path"], text=source["text"], label=source["label"],
                                  positive=source["positive"], contrast=source["contrast"], name=source.get("name"))
         raise ConceptSetError(f"cannot reload a concept set from {source!r}; pass it explicitly (--concept ...)")
+
+    def sample(self, max_per_side: int, seed: int = 0) -> "ConceptSet":
+        """At most ``max_per_side`` positives and as many contrast texts, drawn with a seed (order kept)."""
+        import random
+
+        rng = random.Random(seed)
+        keep: list[int] = []
+        for side in (True, False):
+            idx = [i for i, y in enumerate(self.labels) if y == side]
+            keep += idx if len(idx) <= max_per_side else rng.sample(idx, max_per_side)
+        out = self.subset(sorted(keep))
+        return replace(out, source=None if self.source is None else {**self.source, "sample": [max_per_side, seed]})
 
     def subset(self, idx: Iterable[int], name: str | None = None) -> "ConceptSet":
         idx = list(idx)

@@ -67,6 +67,23 @@ def load_toxigen(path: str | Path | None = None, groups: list[str] | None = None
     return ConceptSet.from_pandas(df, text="text", label="label", positive="hate", contrast="neutral", name=name)
 
 
+def load_named(name: str, path: str | Path | None = None) -> ConceptSet:
+    """A concept set by data-set name: ``toxigen`` (hate vs neutral), ``davidson`` (hate vs neither),
+    ``davidson-offensive``, ``crows-pairs`` / ``indibias-en`` / ``indibias-hi`` (stereotypical vs
+    anti-stereotypical sentences). Remembers how to load it again (``source``)."""
+    from dataclasses import replace
+
+    loaders = {"toxigen": lambda: load_toxigen(path), "davidson": lambda: load_davidson(path),
+               "davidson-offensive": lambda: load_davidson(path, positive="offensive"),
+               "crows-pairs": lambda: load_crows_pairs(path).as_concept_set(),
+               "indibias-en": lambda: load_indibias(path, "en").as_concept_set(),
+               "indibias-hi": lambda: load_indibias(path, "hi").as_concept_set()}
+    if name not in loaders:
+        raise ConceptSetError(f"unknown data set {name!r}; choose from {', '.join(loaders)}")
+    cs = loaders[name]()
+    return replace(cs, source={"kind": "dataset", "dataset": name, "path": None if path is None else str(path)})
+
+
 def load_davidson(path: str | Path | None = None, positive: str = "hate") -> ConceptSet:
     """Davidson et al. tweets: positives = class 0 (hate speech) or, with ``positive="offensive"``,
     class 1; contrast = class 2 (neither). The other class is left out."""

@@ -90,9 +90,18 @@ def removal_effect(before: ConceptScores, after: ConceptScores, ppl_before: floa
 
 # --- random K-sets ------------------------------------------------------------------------------
 def random_selections(model: LoadedModel, k: int, n: int, seed: int = 0, layers_pool: Sequence[int] | None = None,
-                      means: torch.Tensor | None = None) -> list[NeuronSelection]:
+                      means: torch.Tensor | None = None,
+                      neuron_pool: Sequence[tuple[int, int]] | None = None) -> list[NeuronSelection]:
     """``n`` sets of ``k`` distinct neurons, drawn uniformly from every neuron of the model (or of the
-    blocks ``layers_pool``). Seeded by (seed, k): the sets for one K do not depend on the other Ks."""
+    blocks ``layers_pool``, or from the neurons ``neuron_pool``). Seeded by (seed, k): the sets for
+    one K do not depend on the other Ks."""
+    if neuron_pool is not None:
+        pool = sorted({(int(l), int(n_)) for l, n_ in neuron_pool})
+        if not 0 <= k <= len(pool):
+            raise ValueError(f"K={k} is larger than the {len(pool)} neurons of the pool")
+        rng = np.random.default_rng([seed, k])
+        return [NeuronSelection(tuple(pool[int(i)] for i in rng.choice(len(pool), size=k, replace=False)), means=means)
+                for _ in range(n)]
     layers = _pool_layers(model, layers_pool)
     size = len(layers) * model.d_ff
     if not 0 <= k <= size:
@@ -180,13 +189,18 @@ class RemovalReport:
 def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: ConceptSet,
                      selection_by_k: Mapping[int, NeuronSelection], *, n_random: int = 5, seed: int = 0,
                      mode: str = "zero", layers_pool: Sequence[int] | None = None,
-                     neutral_texts: Sequence[str] | None = None, batch_size: int = 16) -> RemovalReport:
+                     neutral_texts: Sequence[str] | None = None, batch_size: int = 16,
+                     neuron_pool: Sequence[tuple[int, int]] | None = None,
+                     random_cache: dict[int, list[RemovalEffect]] | None = None) -> RemovalReport:
     """Turn off each top-K set (``selection_by_k[K]``, exactly K neurons) and ``n_random`` random
     K-sets, and measure the removal numbers of the module docstring on the held-out ``eval_set``
     and perplexity on ``neutral_texts`` (default ``NEUTRAL_TEXTS``).
 
     Cost: (1 + len(selection_by_k) * (1 + n_random)) passes over eval_set + neutral texts.
     ``mode``: ``"zero"`` or ``"mean"`` (mean ablation uses the selections' ``means``, also for the random sets).
+    ``neuron_pool``: draw the random K-sets from these neurons (e.g. the subset every method scored).
+    ``random_cache``: {K: effects of the random sets}, filled and reused across calls that share the
+    model, readout, eval set, mode, seed and pool (``neat compare`` evaluates many methods).
     """
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
@@ -231,7 +245,12 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
     rows = []
     for k in sorted(selection_by_k):
         top = effect(selection_by_k[k])
-        rand = [effect(s) for s in random_selections(model, k, n_random, seed, layers, means)]
+        if random_cache is not None and k in random_cache:
+            rand = random_cache[k]
+        else:
+            rand = [effect(s) for s in random_selections(model, k, n_random, seed, layers, means, neuron_pool)]
+            if random_cache is not None:
+                random_cache[k] = rand
         rows.append(RemovalAtK.from_effects(k, top, rand))
     return RemovalReport(
         concept=eval_set.name, mode=mode, seed=seed, n_random=n_random,

@@ -128,3 +128,9 @@ def test_every_method_runs_through_the_pipeline(tiny_llama, concept_set, tmp_pat
         "random": {"forward": 0, "partial_forward": 0, "backward": 0},
     }[method]
     assert {k: p[k] for k in expected} == expected
+
+
+def test_scorer_options_do_not_overwrite_the_readout_settings(tiny_llama, concept_set, tmp_path):
+    # the activation scorer pools over all tokens; the concept readout still reads the last token
+    run = nl.find_concept_neurons(tiny_llama, concept_set, method="activation", out=tmp_path / "r", progress=False)
+    assert run.meta.params["pool"] == "last" and run.meta.params["scorer"] == {"pool": "mean"}

@@ -286,6 +286,10 @@ def compare(
     label_template: Optional[str] = typer.Option(None, "--label-template"),
     label_yes: str = typer.Option(" Yes", "--label-yes"),
     label_no: str = typer.Option(" No", "--label-no"),
+    ig_max_texts: Optional[int] = typer.Option(None, "--ig-max-texts", help="integrated-gradients: use at most this many fit positives (its cost is m x layers x 20 steps)"),
+    clusters: int = typer.Option(32, "--clusters"),
+    keep_clusters: int = typer.Option(16, "--keep-clusters"),
+    candidates: int = typer.Option(500, "--candidates"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run several methods on the same split and neurons, evaluate each on held-out data, compare."""
@@ -306,7 +310,10 @@ def compare(
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)
         cmp = compare_methods(m, cs, names, out_dir, ks=ks, neurons_subset=neurons_subset, n_random=n_random, mode=mode,
-                              seed=seed, probe_size=probe_size, label=label)
+                              seed=seed, probe_size=probe_size, label=label,
+                              scorer_options={"integrated-gradients": {"max_texts": ig_max_texts},
+                                              "neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
+                                              "screen-verify": {"candidates": candidates}})
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     if as_json:

@@ -160,10 +160,12 @@ class Comparison:
 
 def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str], out: str | Path, *,
                     ks: list[int] = (10, 50, 100, 500), neurons_subset: int | None = None, n_random: int = 5,
-                    mode: str = "zero", seed: int = 0, progress: bool = True, **find_kwargs) -> Comparison:
+                    mode: str = "zero", seed: int = 0, progress: bool = True,
+                    scorer_options: dict[str, dict] | None = None, **find_kwargs) -> Comparison:
     """Run every method on the same split (same seed) and neuron subset, evaluate each on the
     held-out split against the same random K-sets, and write compare.{csv,md,json} and
-    dose_response.png into ``out`` (one run folder per method under ``out/runs``)."""
+    dose_response.png into ``out`` (one run folder per method under ``out/runs``).
+    ``scorer_options``: {method: constructor options}, e.g. {"integrated-gradients": {"max_texts": 8}}."""
     out = Path(out)
     subset = subset_neurons(model, neurons_subset, seed) if neurons_subset else None
     pool = [(l, k) for l, ks_ in subset.items() for k in ks_] if subset else None
@@ -174,7 +176,8 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str],
     for method in methods:
         run_dir = out / "runs" / method
         run = Run.load(run_dir) if (run_dir / "meta.json").exists() else find_concept_neurons(
-            model, concept, method=method, out=run_dir, neurons=subset, seed=seed, progress=progress, **find_kwargs)
+            model, concept, method=method, out=run_dir, neurons=subset, seed=seed, progress=progress,
+            scorer_options=(scorer_options or {}).get(method), **find_kwargs)
         runs[method] = run
         n_scored = int(torch.isfinite(run.scores).sum())
         usable = [k for k in ks if k <= n_scored]

@@ -152,9 +152,11 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     # 3. score, resuming finished blocks
     params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
               "probe_size": b, "contrastive": contrastive, "ablation": ablation, "eval_fraction": eval_fraction,
-              "layers": layers, "top_k": top_k, "neuron_subset": neurons, **scorer.params()}
+              "layers": layers, "top_k": top_k, "neuron_subset": neurons,
+              "scorer": scorer.params()}  # the scorer's own options, kept apart from the readout's
     fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": seed,
-                   **{k: v for k, v in params.items() if k != "tokens_per_batch"}}
+                   **{k: v for k, v in params.items() if k != "scorer"},
+                   "scorer": {k: v for k, v in params["scorer"].items() if k != "tokens_per_batch"}}  # speed only
     partial = PartialSweep(run_dir, fingerprint)
     score_layers = layers if layers is not None else list(range(model.n_layers))
     done = partial.done()

@@ -27,12 +27,14 @@ from .base import Scorer, ScoringTask
 class IntegratedGradientsScorer(Scorer):
     name = "integrated-gradients"
 
-    def __init__(self, steps: int = 20, label: LabelReadout | None = None):
+    def __init__(self, steps: int = 20, label: LabelReadout | None = None, max_texts: int | None = None):
         self.steps = steps
         self.label = label or LabelReadout()
+        self.max_texts = max_texts  # cap on the fit positives used (the cost is m * L * steps)
 
     def params(self) -> dict:
-        return {"steps": self.steps, "template": self.label.template, "concept": self.label.concept,
+        return {"steps": self.steps, "max_texts": self.max_texts, "template": self.label.template,
+                "concept": self.label.concept,
                 "positive_word": self.label.positive_word, "negative_word": self.label.negative_word}
 
     def layer_attribution(self, model: LoadedModel, text: str, layer: int) -> torch.Tensor:
@@ -57,6 +59,10 @@ class IntegratedGradientsScorer(Scorer):
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
         pos, _ = task.fit_texts(self.name)
+        if self.max_texts is not None and len(pos) > self.max_texts:
+            import random
+
+            pos = random.Random(task.seed).sample(list(pos), self.max_texts)
         for l in task.layers:
             idx = task.neurons_of(l, model.d_ff)
             total = torch.zeros(model.d_ff)

@@ -25,8 +25,13 @@ def _first(x):
 
 
 @contextmanager
-def _registered(handles: list) -> Iterator[None]:
+def _hooked(modules: Mapping[Hashable, nn.Module], register: Callable[[Hashable, nn.Module], object]) -> Iterator[None]:
+    """Register one hook per module with ``register(key, module) -> handle``; remove them all on
+    exit, on an exception inside the context, and when a later registration fails."""
+    handles = []
     try:
+        for key, mod in modules.items():
+            handles.append(register(key, mod))
         yield
     finally:
         for h in handles:
@@ -37,17 +42,11 @@ def _registered(handles: list) -> Iterator[None]:
 def capture_inputs(modules: Mapping[Hashable, nn.Module]) -> Iterator[dict[Hashable, list[torch.Tensor]]]:
     """Yield ``{key: [input of each call]}``; tensors are kept as given (detach them if needed)."""
     store: dict[Hashable, list[torch.Tensor]] = {k: [] for k in modules}
-    handles = []
-    try:
-        for key, mod in modules.items():
-            def hook(_m, args, _key=key):
-                store[_key].append(args[0])
-            handles.append(mod.register_forward_pre_hook(hook))
-    except BaseException:
-        for h in handles:
-            h.remove()
-        raise
-    with _registered(handles):
+
+    def register(key, mod):
+        return mod.register_forward_pre_hook(lambda _m, args: store[key].append(args[0]))
+
+    with _hooked(modules, register):
         yield store
 
 
@@ -55,17 +54,11 @@ def capture_inputs(modules: Mapping[Hashable, nn.Module]) -> Iterator[dict[Hasha
 def capture_outputs(modules: Mapping[Hashable, nn.Module]) -> Iterator[dict[Hashable, list[torch.Tensor]]]:
     """Yield ``{key: [output of each call]}`` (first element of tuple outputs)."""
     store: dict[Hashable, list[torch.Tensor]] = {k: [] for k in modules}
-    handles = []
-    try:
-        for key, mod in modules.items():
-            def hook(_m, _args, out, _key=key):
-                store[_key].append(_first(out))
-            handles.append(mod.register_forward_hook(hook))
-    except BaseException:
-        for h in handles:
-            h.remove()
-        raise
-    with _registered(handles):
+
+    def register(key, mod):
+        return mod.register_forward_hook(lambda _m, _args, out: store[key].append(_first(out)))
+
+    with _hooked(modules, register):
         yield store
 
 
@@ -73,17 +66,12 @@ def capture_outputs(modules: Mapping[Hashable, nn.Module]) -> Iterator[dict[Hash
 def capture_calls(modules: Mapping[Hashable, nn.Module]) -> Iterator[dict[Hashable, list[tuple[tuple, dict]]]]:
     """Yield ``{key: [(args, kwargs) of each call]}``: what it takes to call the module again."""
     store: dict[Hashable, list[tuple[tuple, dict]]] = {k: [] for k in modules}
-    handles = []
-    try:
-        for key, mod in modules.items():
-            def hook(_m, args, kwargs, _key=key):
-                store[_key].append((args, dict(kwargs)))
-            handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
-    except BaseException:
-        for h in handles:
-            h.remove()
-        raise
-    with _registered(handles):
+
+    def register(key, mod):
+        return mod.register_forward_pre_hook(lambda _m, args, kwargs: store[key].append((args, dict(kwargs))),
+                                             with_kwargs=True)
+
+    with _hooked(modules, register):
         yield store
 
 
@@ -91,17 +79,10 @@ def capture_calls(modules: Mapping[Hashable, nn.Module]) -> Iterator[dict[Hashab
 def edit_inputs(modules: Mapping[Hashable, nn.Module],
                 fn: Callable[[Hashable, torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Replace each module's first input ``x`` with ``fn(key, x)`` while the context is open."""
-    handles = []
-    try:
-        for key, mod in modules.items():
-            def hook(_m, args, _key=key):
-                return (fn(_key, args[0]),) + tuple(args[1:])
-            handles.append(mod.register_forward_pre_hook(hook))
-    except BaseException:
-        for h in handles:
-            h.remove()
-        raise
-    with _registered(handles):
+    def register(key, mod):
+        return mod.register_forward_pre_hook(lambda _m, args: (fn(key, args[0]),) + tuple(args[1:]))
+
+    with _hooked(modules, register):
         yield
 
 
@@ -110,8 +91,8 @@ def stop_after(module: nn.Module) -> Iterator[None]:
     """Raise ``StopForward`` right after ``module`` runs; use with ``run_until``."""
     def hook(_m, _a, _o):
         raise StopForward
-    handle = module.register_forward_hook(hook)
-    with _registered([handle]):
+
+    with _hooked({0: module}, lambda _k, mod: mod.register_forward_hook(hook)):
         yield
 
 

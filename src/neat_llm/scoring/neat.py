@@ -64,6 +64,19 @@ def call_block(block: torch.nn.Module, h: torch.Tensor, call: tuple[tuple, dict]
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: torch.Tensor) -> torch.Tensor:
+    """Run replicas h [C, T, d] (the output of block ``l``) through blocks l+1..top, read S at the
+    last token and return S_clean - S_off: [C]. Counts one partial forward per replica."""
+    for j in range(l + 1, top + 1):
+        h = call_block(model.blocks[j], h, cache.calls[j])
+    s_off = h[:, -1].float() @ cache.vector.float()
+    check_finite(s_off, f"the ablated forward of block {l}")
+    C = h.shape[0]
+    model.counter.partial_forward += C
+    model.counter.block_forward += C * (top - l + (0 if model.family.mlp_output_direct else 1))
+    return (cache.s_clean - s_off).cpu()
+
+
 class NeatScorer(Scorer):
     """NEAT (batched exact ablation sweep). ``tokens_per_batch`` bounds C * T, the replica batch."""
 
@@ -121,13 +134,7 @@ class NeatScorer(Scorer):
                 h = cache.block_out[l] + shift[:, :, None] * w_out[ks][:, None, :]  # [C, T, d]
             else:
                 h = self._rerun_block(model, cache, l, ks, v_off)
-            for j in range(l + 1, top + 1):
-                h = call_block(model.blocks[j], h, cache.calls[j])
-            s_off = h[:, -1].float() @ cache.vector.float()
-            check_finite(s_off, f"the ablated forward of block {l}")
-            out[s:s + C] = (cache.s_clean - s_off).cpu()
-            model.counter.partial_forward += C
-            model.counter.block_forward += C * (top - l + (0 if model.family.mlp_output_direct else 1))
+            out[s:s + C] = finish_replicas(model, cache, l, top, h)
             if task.on_progress:
                 task.on_progress(C / len(task.probes.texts))
         return out
@@ -170,11 +177,5 @@ def group_effects(model: LoadedModel, cache: ProbeCache, l: int, top: int, masks
 
             with edit_inputs({l: model.sites[l]}, off):
                 h = call_block(model.blocks[l], cache.block_input(l).expand(C, -1, -1), cache.calls[l])
-        for j in range(l + 1, top + 1):
-            h = call_block(model.blocks[j], h, cache.calls[j])
-        s_off = h[:, -1].float() @ cache.vector.float()
-        check_finite(s_off, f"the ablated forward of block {l}")
-        out[s:s + C] = (cache.s_clean - s_off).cpu()
-        model.counter.partial_forward += C
-        model.counter.block_forward += C * (top - l + (0 if model.family.mlp_output_direct else 1))
+        out[s:s + C] = finish_replicas(model, cache, l, top, h)
     return out

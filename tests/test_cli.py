@@ -116,6 +116,7 @@ def test_compare_every_method_end_to_end(tiny_model_dir, tmp_path):
     assert by["exhaustive"]["Spearman vs exhaustive"] is None
     assert -1 <= by["neat"]["Spearman vs exhaustive"] <= 1
     assert by["exhaustive"]["forward passes"] > by["neat"]["forward passes"]  # n*m vs n*b
+    assert by["random"]["forward passes"] == 0 and by["random"]["backward passes"] == 0  # scoring stage only
     assert by["attribution-patching"]["backward passes"] > 0
     for f in ("compare.csv", "compare.md", "compare.json", "dose_response.png"):
         assert (out / f).stat().st_size > 0

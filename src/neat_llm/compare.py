@@ -51,6 +51,8 @@ def agreement(a: torch.Tensor, b: torch.Tensor, k: int = 100) -> tuple[float, fl
 
 @dataclass
 class MethodRow:
+    """One method: passes and seconds of its scoring stage, its removal report, agreement with exhaustive."""
+
     method: str
     run_dir: str
     n_scored: int
@@ -185,8 +187,10 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str],
                                   {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=mode,
                                   neuron_pool=pool, random_cache=random_cache) if usable else None
         reports[method] = report
-        rows.append(MethodRow(method, str(run.run_dir), n_scored, run.meta.forward_passes, run.meta.backward_passes,
-                              run.meta.seconds.get("scoring", 0.0), report.to_dict() if report else {}))
+        spent = run.meta.passes.get("scoring", {})  # the concept stage (m passes) is the same for every method
+        rows.append(MethodRow(method, str(run.run_dir), n_scored, spent.get("forward", 0) + spent.get("partial_forward", 0),
+                              spent.get("backward", 0), run.meta.seconds.get("scoring", 0.0),
+                              report.to_dict() if report else {}))
     if "exhaustive" in runs:
         ref = runs["exhaustive"].scores
         for r in rows:

@@ -59,6 +59,28 @@ def run(name: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def findings(cmp: dict) -> str:
+    """Plain statements read off the numbers (nothing here is typed in by hand)."""
+    rand = {int(k): v for k, v in cmp["random_sets"].items()}
+    lines = []
+    for r in cmp["rows"]:
+        rows = {row["k"]: row for row in r["removal"].get("rows", [])}
+        if not rows:
+            continue
+        k = max(rows)
+        g, mu, sd = rows[k]["gap_removal"], rand[k]["gap_removal_mean"], rand[k]["gap_removal_std"]
+        verdict = "beats" if g > mu + 2 * sd else "does not beat"
+        lines.append(f"- `{r['method']}`: gap removal {g:.3f} at K={k} {verdict} the random K-sets "
+                     f"({mu:.3f} ± {sd:.3f}); AUROC after {rows[k]['auroc_after']:.3f} "
+                     f"(before {cmp['auroc_before']:.3f}); perplexity ratio {rows[k]['ppl_ratio']:.3f}"
+                     + (f"; Spearman with exhaustive {r['spearman_vs_exhaustive']:.2f}"
+                        if r.get("spearman_vs_exhaustive") is not None else "") + ".")
+    best = max((r for r in cmp["rows"] if r["removal"].get("rows")),
+               key=lambda r: max(r["removal"]["rows"], key=lambda x: x["k"])["gap_removal"])
+    lines.append(f"- Largest gap removal at its largest K: `{best['method']}`.")
+    return "\n".join(lines) + "\n"
+
+
 def write() -> None:
     docs = ROOT / "docs"
     (docs / "img").mkdir(parents=True, exist_ok=True)
@@ -89,7 +111,8 @@ def write() -> None:
                      f"Model `{cmp['model_id']}`, concept `{cmp['concept']}`, P-vs-N AUROC of S before: "
                      f"{cmp['auroc_before']:.3f}, {cmp['mode']} ablation.\n\n"
                      + (out / "compare.md").read_text()
-                     + f"\n![dose-response {name}](img/{name}_dose_response.png)\n")
+                     + f"\n![dose-response {name}](img/{name}_dose_response.png)\n\n"
+                     + "What the numbers say:\n\n" + findings(cmp))
     (docs / "results.md").write_text("\n".join(parts))
     print("wrote", docs / "results.md")
 

@@ -150,7 +150,9 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
                                                       trust_remote_code=False, **from_pretrained_kwargs)
         else:
             path = Path(key)
-            if (key.startswith((".", "/", "~")) or os.sep in key.strip("/").split("/", 1)[-1]) and not path.exists():
+            # a hub id is "name" or "org/name"; anything path-like that does not exist is a missing folder
+            looks_like_path = key.startswith((".", "/", "~")) or key.count("/") > 1
+            if looks_like_path and not path.exists():
                 raise ModelLoadError(f"no such model folder: {path}")
             model, tok, family = _from_pretrained(key, gguf_file=None, dtype=dtype, device=device,
                                                   trust_remote_code=trust_remote_code, **from_pretrained_kwargs)

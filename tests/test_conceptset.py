@@ -283,3 +283,14 @@ def test_hash_identifies_data():
     assert one_text.hash != cs.hash
     reordered = ConceptSet(cs.texts[1:] + cs.texts[:1], cs.labels[1:] + cs.labels[:1])
     assert reordered.hash != cs.hash  # order is part of the data
+
+
+def test_dedupe_keeps_first_and_drops_ambiguous_texts():
+    from neat_llm import ConceptSet
+
+    cs = ConceptSet(("a b", "c d", "a b", "e f", "g h", "e f", "i j", "k l"),
+                    (True, True, True, False, False, True, True, False))
+    assert cs.n_repeated == 2
+    d = cs.dedupe()
+    assert d.texts == ("a b", "c d", "g h", "i j", "k l")  # "e f" has both labels: dropped
+    assert d.n_repeated == 0 and d.labels == (True, True, False, True, False)

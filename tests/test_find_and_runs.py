@@ -134,3 +134,13 @@ def test_scorer_options_do_not_overwrite_the_readout_settings(tiny_llama, concep
     # the activation scorer pools over all tokens; the concept readout still reads the last token
     run = nl.find_concept_neurons(tiny_llama, concept_set, method="activation", out=tmp_path / "r", progress=False)
     assert run.meta.params["pool"] == "last" and run.meta.params["scorer"] == {"pool": "mean"}
+
+
+def test_repeated_texts_warn_and_probes_are_distinct(tiny_llama, tmp_path):
+    from conftest import concept_texts
+
+    pos, neg = concept_texts(8)
+    cs = nl.ConceptSet.from_texts(pos + pos[:3], neg, name="with-repeats")
+    with pytest.warns(UserWarning, match="repeats 3"):
+        run = nl.find_concept_neurons(tiny_llama, cs, probe_size=4, out=tmp_path / "r", progress=False)
+    assert len(set(run.meta.probe_texts)) == len(run.meta.probe_texts) == 4

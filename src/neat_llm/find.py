@@ -115,6 +115,11 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     run_dir = Path(out) if out is not None else default_run_dir(concept, method)
     if (run_dir / "meta.json").exists():
         raise RunError(f"{run_dir} already holds a finished run; choose another --out")
+    if concept.n_repeated:
+        import warnings
+
+        warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s); repeats can land in both "
+                      "the fit and the eval part (use concept.dedupe())", stacklevel=2)
     seconds: dict[str, float] = {}
     passes: dict[str, dict] = {}
 
@@ -140,14 +145,15 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     passes["concept"] = model.counter.since(c0).as_dict()
 
     # 2. probe batch X*
-    s_pos = readout.score(sp.residuals[:, layer])
-    order = torch.argsort(s_pos, descending=True)[:probe_size]
-    b = len(order)
-    probes = ProbeSet([pos[int(i)] for i in order], [1.0 / b] * b)
+    def distinct(texts: list[str], order: torch.Tensor) -> list[str]:  # the first probe_size distinct texts
+        return list(dict.fromkeys(texts[int(i)] for i in order))[:probe_size]
+
+    top_pos = distinct(pos, torch.argsort(readout.score(sp.residuals[:, layer]), descending=True))
+    b = len(top_pos)
+    probes = ProbeSet(top_pos, [1.0 / b] * b)
     if contrastive:
-        s_neg = readout.score(sn.residuals[:, layer])
-        nb = torch.argsort(s_neg)[:probe_size]
-        probes = ProbeSet(probes.texts + [neg[int(i)] for i in nb], probes.weights + [-1.0 / len(nb)] * len(nb))
+        low_neg = distinct(neg, torch.argsort(readout.score(sn.residuals[:, layer])))
+        probes = ProbeSet(probes.texts + low_neg, probes.weights + [-1.0 / len(low_neg)] * len(low_neg))
 
     # 3. score, resuming finished blocks
     params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,

@@ -188,6 +188,25 @@ class ConceptSet:
                                  positive=source["positive"], contrast=source["contrast"], name=source.get("name"))
         raise ConceptSetError(f"cannot reload a concept set from {source!r}; pass it explicitly (--concept ...)")
 
+    @property
+    def n_repeated(self) -> int:
+        """How many texts are repeats of an earlier text."""
+        return len(self.texts) - len(set(self.texts))
+
+    def dedupe(self) -> "ConceptSet":
+        """Keep the first of repeated texts; drop texts that occur with both labels (ambiguous).
+        Repeats can otherwise land in both the fit and the eval part."""
+        labels: dict[str, set[bool]] = {}
+        for t, y in zip(self.texts, self.labels):
+            labels.setdefault(t, set()).add(y)
+        seen: set[str] = set()
+        keep = []
+        for i, t in enumerate(self.texts):
+            if t not in seen and len(labels[t]) == 1:
+                keep.append(i)
+            seen.add(t)
+        return replace(self.subset(keep), source=self.source)
+
     def sample(self, max_per_side: int, seed: int = 0) -> "ConceptSet":
         """At most ``max_per_side`` positives and as many contrast texts, drawn with a seed (order kept)."""
         import random

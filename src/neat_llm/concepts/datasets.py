@@ -64,7 +64,9 @@ def load_toxigen(path: str | Path | None = None, groups: list[str] | None = None
             raise ConceptSetError(f"unknown ToxiGen group(s) {unknown}; groups: {sorted(df['group'].unique())}")
         df = df[df["group"].isin(groups)]
     name = "toxigen-hate" + (f"[{','.join(sorted(groups))}]" if groups else "")
-    return ConceptSet.from_pandas(df, text="text", label="label", positive="hate", contrast="neutral", name=name)
+    # the same statement is listed once per target group; keep one copy
+    return ConceptSet.from_pandas(df, text="text", label="label", positive="hate", contrast="neutral",
+                                  name=name).dedupe()
 
 
 def load_named(name: str, path: str | Path | None = None) -> ConceptSet:
@@ -94,7 +96,7 @@ def load_davidson(path: str | Path | None = None, positive: str = "hate") -> Con
         raise ConceptSetError(f"positive must be 'hate' or 'offensive', got {positive!r}")
     df = pd.read_csv(resolve("davidson", path))
     return ConceptSet.from_pandas(df, text="tweet", label="class", positive=classes[positive], contrast=2,
-                                  name=f"davidson-{positive}")
+                                  name=f"davidson-{positive}").dedupe()
 
 
 @dataclass(frozen=True)

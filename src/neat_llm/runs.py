@@ -111,8 +111,6 @@ class Run:
                                scores=tuple(float(self.scores[l, n]) for l, n in r))
 
     def save(self) -> None:
-        import pandas as pd  # noqa: F401  (top_table is a DataFrame)
-
         tensors = {"scores": self.scores.contiguous(), "concept_vector": self.concept_vector.contiguous(),
                    "contrast_means": self.contrast_means.contiguous(), "layer_auroc": self.layer_auroc.contiguous()}
         atomic_write(self.run_dir / "scores.safetensors", lambda p: save_file(tensors, str(p)))

@@ -136,7 +136,7 @@ class Comparison:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+        fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=120)
         ks = [k for k in self.ks if k in self.random_sets]
         if ks:
             mu = np.array([self.random_sets[k]["gap_removal_mean"] for k in ks])
@@ -154,7 +154,7 @@ class Comparison:
         ax.set_ylabel("gap removal on held-out data")
         ax.set_title(f"{self.concept} on {self.model_id}")
         ax.axhline(0, color="k", lw=0.5)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # never over the lines
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)

@@ -33,6 +33,17 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _model_of_run(run):
+    """Load the model a run was made with, and refuse one whose weights changed since."""
+    import neat_llm as nl
+    from neat_llm.models import DEFAULT_MODEL
+
+    m = nl.load_model(None if run.meta.model_id == DEFAULT_MODEL else run.meta.model_id)
+    if m.weights_hash != run.meta.weights_hash:
+        _fail(f"the model {run.meta.model_id} now has other weights than when the run was made")
+    return m
+
+
 def _top_table(df, k: int, title: str) -> Table:
     t = Table(title=title)
     for col, just in (("rank", "right"), ("layer", "right"), ("neuron", "right"), ("score", "right"),
@@ -82,15 +93,9 @@ def find(
 
     _quiet_libraries()
     try:
-        if concept is None:
-            if positive is not None:
-                _fail("--positive needs --concept FILE")
-            cs = nl.demo_concept()
-        else:
-            if positive is None:
-                _fail("--concept needs --positive VALUE: the label value that marks positive examples")
-            cs = nl.ConceptSet.from_file(concept, text=text_col, label=label_col, positive=positive.split(","),
-                                         contrast=contrast.split(",") if contrast else None)
+        if concept is None and positive is not None:
+            _fail("--positive needs --concept FILE")
+        cs = _concept_from_options(concept, None, None, text_col, label_col, positive, contrast, None, seed)
         m = nl.load_model(model, device=device, dtype=dtype)
         from neat_llm.concepts.label_readout import DEFAULT_TEMPLATE, LabelReadout
 
@@ -166,10 +171,7 @@ def generate(run_dir: Path = typer.Argument(..., help="a run folder"),
     _quiet_libraries()
     try:
         run = nl.Run.load(run_dir)
-        model_id = run.meta.model_id
-        m = nl.load_model(None if model_id == "smollm2-135m-instruct" else model_id)
-        if m.weights_hash != run.meta.weights_hash:
-            _fail(f"the model {model_id} now has other weights than when the run was made")
+        m = _model_of_run(run)
         before = m.generate(prompt, max_new_tokens, chat=chat)
         with nl.turn_off(m, run.top(k), mode=mode):
             after = m.generate(prompt, max_new_tokens, chat=chat)
@@ -219,9 +221,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
                 _fail("--concept replaces a concept file, but this run did not use one")
             src["path"] = str(concept)
         cs = nl.ConceptSet.from_source(src)
-        m = nl.load_model(None if run.meta.model_id == "smollm2-135m-instruct" else run.meta.model_id)
-        if m.weights_hash != run.meta.weights_hash:
-            _fail(f"the model {run.meta.model_id} now has other weights than when the run was made")
+        m = _model_of_run(run)
         report = evaluate_removal(m, run_readout(run), run_eval_set(run, cs), run_selections(run, ks),
                                   n_random=n_random, seed=seed, mode=mode)
     except (ValueError, OSError, FloatingPointError) as e:

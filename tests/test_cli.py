@@ -18,11 +18,15 @@ def _concept_csv(tmp_path):
     return p
 
 
+def _concept_args(model_dir, csv):
+    return ["--model", str(model_dir), "--concept", str(csv), "--text-col", "sentence", "--label-col", "kind",
+            "--positive", "weather"]
+
+
 def test_find_show_generate(tiny_model_dir, tmp_path):
     csv = _concept_csv(tmp_path)
     out = tmp_path / "run"
-    r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
-                            "--label-col", "kind", "--positive", "weather", "--out", str(out), "--json"])
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout.strip().splitlines()[-1])
     assert obj["run_dir"] == str(out)
@@ -63,8 +67,7 @@ def test_find_errors_are_clear(tiny_model_dir, tmp_path):
 def test_evaluate_reloads_the_concept_and_writes_evaluation(tiny_model_dir, tmp_path):
     csv = _concept_csv(tmp_path)
     out = tmp_path / "run"
-    r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
-                            "--label-col", "kind", "--positive", "weather", "--out", str(out), "--json"])
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["evaluate", str(out), "--k", "5,20", "--random", "2", "--json"])
     assert r.exit_code == 0, r.output

@@ -12,8 +12,9 @@ from .base import Scorer, ScoringTask
 
 
 def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Tensor,
-                     off: tuple[int, int, float] | None = None) -> float:
-    """S(text), optionally with neuron (layer, k) set to value v at every position: off=(l, k, v)."""
+                     off: tuple[int, int, float] | None = None, positions: str = "all") -> float:
+    """S(text), optionally with neuron (layer, k) set to value v: off=(l, k, v), at every position
+    (``positions="all"``) or at the read position, the last token, only (``"read"``)."""
     enc = model.encode([text])
     edits = {}
     if off is not None:
@@ -21,7 +22,10 @@ def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Te
 
     def set_value(_key, x):
         x = x.clone()
-        x[..., off[1]] = off[2]
+        if positions == "read":
+            x[:, -1, off[1]] = off[2]
+        else:
+            x[..., off[1]] = off[2]
         return x
 
     with torch.inference_mode(), capture_outputs({layer: model.blocks[layer]}) as outs, \
@@ -32,9 +36,18 @@ def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Te
 
 class ReferenceScorer(Scorer):
     """score(l, k) = sum_x w_x [S(x) - S(x | do(a_{l,k} = v_k))], each term one full forward.
+    ``positions="read"``: the neuron is turned off at the last token only.
     Cost: (n + 1) full forwards per probe text."""
 
     name = "reference"
+
+    def __init__(self, positions: str = "all"):
+        if positions not in ("all", "read"):
+            raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
+        self.positions = positions
+
+    def params(self) -> dict:
+        return {"positions": self.positions}
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
         r = task.readout
@@ -44,7 +57,8 @@ class ReferenceScorer(Scorer):
             for k in task.neurons_of(l, model.d_ff):
                 total = 0.0
                 for t, w, s0 in zip(task.probes.texts, task.probes.weights, clean):
-                    total += w * (s0 - concept_score_of(model, t, r.layer, r.vector, (l, k, float(v_off[k]))))
+                    total += w * (s0 - concept_score_of(model, t, r.layer, r.vector, (l, k, float(v_off[k])),
+                                                          self.positions))
                 scores[l, k] = total
                 if task.on_progress:
                     task.on_progress(1)

@@ -13,7 +13,7 @@ from neat_llm.runs import PartialSweep, RunError
 def test_find_writes_a_complete_run(tiny_llama, concept_set, tmp_path):
     run = nl.find_concept_neurons(tiny_llama, concept_set, out=tmp_path / "run", progress=False, top_k=20, seed=3)
     d = tmp_path / "run"
-    assert {p.name for p in d.iterdir()} == {"scores.safetensors", "top.csv", "meta.json"}
+    assert {p.name for p in d.iterdir()} == {"scores.safetensors", "top.csv", "meta.json", "examples.json"}
     meta = json.loads((d / "meta.json").read_text())
     L, d_ff = tiny_llama.n_layers, tiny_llama.d_ff
     assert meta["n_neurons_scored"] == L * d_ff  # every neuron, those after the reading layer included

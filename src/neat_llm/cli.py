@@ -1,4 +1,4 @@
-"""The ``neat`` command line: find, show, generate, evaluate."""
+"""The ``neat`` command line: find, show, generate, evaluate, compare, report."""
 
 from __future__ import annotations
 
@@ -113,6 +113,7 @@ def find(
     except (ValueError, FloatingPointError, OSError) as e:
         _fail(str(e))
     meta = run.meta
+    report = _write_run_report(run.run_dir)
     if as_json:
         top = [{"layer": int(r.layer), "neuron": int(r.neuron), "score": float(r.score)}
                for r in run.top_table.itertuples()]
@@ -120,12 +121,27 @@ def find(
                           "method": meta.method, "reading_layer": meta.reading_layer, "eval_auroc": meta.eval_auroc,
                           "n_neurons_scored": meta.n_neurons_scored, "forward_passes": meta.forward_passes,
                           "backward_passes": meta.backward_passes, "passes": meta.passes,
-                          "seconds": meta.seconds["total"], "top": top}))
+                          "seconds": meta.seconds["total"], "top": top,
+                          "report": str(report) if report else None}))
         return
     out.print(_top_table(run.top_table, show, f"top concept neurons: {meta.concept_name} ({meta.model_id})"))
     out.print(f"reading layer {meta.reading_layer} (eval AUROC {meta.eval_auroc:.3f}); {meta.n_neurons_scored:,} neurons "
               f"scored with {meta.forward_passes:,} forward passes in {meta.seconds['total']:.1f} s")
     out.print(f"run folder: {run.run_dir}")
+    if report:
+        out.print(f"report: {report}")
+
+
+def _write_run_report(run_dir: Path) -> Path | None:
+    """Write run_dir/report.html; a failure is reported but never costs the run (already written)."""
+    from neat_llm.report import write_report
+
+    try:
+        return write_report(run_dir)
+    except Exception as e:  # the run folder is complete; the report can be redone with `neat report`
+        err.print(f"[yellow]warning:[/] the report could not be written ({type(e).__name__}: {e}); "
+                  f"the run is complete, retry with `neat report {run_dir}`", highlight=False)
+        return None
 
 
 @app.command("show")
@@ -321,6 +337,37 @@ def compare(
         return
     out.print(cmp.markdown())
     out.print(f"written: {out_dir / 'compare.md'}, compare.csv, compare.json, dose_response.png")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="a run folder"),
+               out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: RUN_DIR/report.html)"),
+               open_it: bool = typer.Option(False, "--open", help="open the report in the default browser"),
+               screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="also save a PNG of the page (headless Chromium)"),
+               width: int = typer.Option(1280, "--width", help="screenshot width in pixels")) -> None:
+    """Write a run's self-contained HTML report: facts, per-layer AUROC, where the neurons live,
+    the top neurons with their top-activating examples, and any evaluation/hate/bias results."""
+    from neat_llm.report import write_report
+
+    try:
+        path = write_report(run_dir, out_file)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    out.print(f"report: {path}")
+    if screenshot is not None:
+        from neat_llm.report.browser import BrowserError, check_page
+
+        try:
+            check = check_page(path, screenshot=screenshot, width=width)
+        except BrowserError as e:
+            _fail(str(e))
+        for msg in check.errors:
+            err.print(f"[yellow]page error:[/] {msg}", highlight=False)
+        out.print(f"screenshot: {screenshot}")
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
 
 
 def main() -> None:

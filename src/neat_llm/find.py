@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import json
 import platform
 import re
 import time
@@ -17,8 +18,12 @@ from .concepts.representations import text_pass
 from .concepts.vectors import ConceptReadout, choose_reading_layer, concept_vectors, layer_aurocs
 from .models.loaded import LoadedModel
 from .progress import progress_bar
-from .runs import PartialSweep, Run, RunError, RunMeta
+from .report.examples import EXAMPLES_FILE, neuron_examples
+from .runs import PartialSweep, Run, RunError, RunMeta, write_text
 from .scoring import ProbeSet, ScoringTask, get_scorer
+
+
+EXAMPLE_NEURONS = 50  # top neurons whose top-activating examples the run keeps for its report
 
 
 def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
@@ -190,7 +195,13 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         "score": list(sel.scores),
         "top_tokens": [top_tokens(model, pos, sp, l, k) for l, k in sel.neurons],
     })
-    seconds["total"] = seconds["concept"] + seconds["scoring"]
+    # 5. the top neurons' top-activating examples, token by token, for the report (one pass over those texts)
+    t0, c0 = time.perf_counter(), model.counter.snapshot()
+    examples = neuron_examples(model, {"positive": pos, "contrast": neg}, {"positive": sp, "contrast": sn},
+                               list(sel.neurons[:EXAMPLE_NEURONS]), batch_size=batch_size)
+    seconds["examples"] = time.perf_counter() - t0
+    passes["examples"] = model.counter.since(c0).as_dict()
+    seconds["total"] = seconds["concept"] + seconds["scoring"] + seconds["examples"]
     run.meta = RunMeta(
         model_id=model.model_id, model_family=model.family.name, weights_hash=model.weights_hash,
         n_layers=model.n_layers, d_ff=model.d_ff, concept_name=concept.name, concept_hash=concept.hash,
@@ -201,6 +212,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         extra={"resumed_layers": sorted(done), "concept_source": concept.source},
     )
+    write_text(run_dir / EXAMPLES_FILE, json.dumps(examples))  # before meta.json, which marks the run finished
     run.save()
     partial.clear()
     return run

@@ -178,7 +178,15 @@ class ConceptSet:
         if source.get("kind") == "dataset":
             from . import datasets
 
+            if source.get("groups"):
+                return datasets.load_toxigen(source.get("path"), source["groups"])
             return datasets.load_named(source["dataset"], source.get("path"))
+        if source.get("kind") == "pairs":  # the fit part of minimal pairs, as a study split them
+            from . import datasets
+
+            pairs = datasets.load_pairs(source["data"], source.get("path"), source.get("lang", "en"),
+                                        **source.get("columns", {})).only(source.get("bias_type"))
+            return pairs.split(source["eval_fraction"], source["seed"])[0].as_concept_set().dedupe()
         if source.get("kind") == "demo":
             from .demo import demo_concept
 

@@ -125,6 +125,29 @@ class MinimalPairs:
         return MinimalPairs(tuple(self.more[i] for i in keep), tuple(self.less[i] for i in keep),
                             tuple(self.bias_type[i] for i in keep), f"{self.name}[{bt}]")
 
+    def split(self, eval_fraction: float = 0.3, seed: int = 0) -> tuple["MinimalPairs", "MinimalPairs"]:
+        """Seeded (fit, eval) split of whole pairs, stratified by bias type where every type has at
+        least 2 pairs; both parts keep at least 2 pairs."""
+        import numpy as np
+        from sklearn.model_selection import train_test_split
+
+        n = len(self)
+        if n < 4:
+            raise ConceptSetError(f"{self.name}: {n} pair(s); at least 4 are needed to fit on some and evaluate on others")
+        if not 0 < eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+        types = np.array(self.bias_type)
+        _, counts = np.unique(types, return_counts=True)
+        n_eval = min(max(2, round(n * eval_fraction)), n - 2)
+        strat = types if counts.min() >= 2 and min(n_eval, n - n_eval) >= len(counts) else None
+        fit_i, eval_i = train_test_split(np.arange(n), test_size=n_eval, random_state=seed, stratify=strat)
+        return self.subset(fit_i, f"{self.name}:fit"), self.subset(eval_i, f"{self.name}:eval")
+
+    def subset(self, idx, name: str | None = None) -> "MinimalPairs":
+        idx = sorted(int(i) for i in idx)
+        return MinimalPairs(tuple(self.more[i] for i in idx), tuple(self.less[i] for i in idx),
+                            tuple(self.bias_type[i] for i in idx), name or self.name)
+
     def as_concept_set(self) -> ConceptSet:
         """Stereotypical sentences as positives, their minimal counterparts as contrast."""
         return ConceptSet.from_texts(self.more, self.less, name=self.name)
@@ -161,3 +184,25 @@ def load_indibias(path: str | Path | None = None, lang: str = "en") -> MinimalPa
         raise ConceptSetError(f"lang must be 'en' or 'hi', got {lang!r}")
     more, less = cols[lang]
     return pairs_from_frame(pd.read_csv(resolve("indibias", path)), more, less, "bias_type", f"indibias-{lang}")
+
+
+def load_pairs(data: str, path: str | Path | None = None, lang: str = "en", *, more: str = "sent_more",
+               less: str = "sent_less", bias_type: str | None = "bias_type") -> MinimalPairs:
+    """Minimal pairs by name (``crows-pairs``, ``indibias`` with ``lang`` en or hi) or from any
+    CSV/TSV/JSONL/parquet file with a column mapping (``more``, ``less``, ``bias_type`` or None)."""
+    if data == "crows-pairs":
+        if lang != "en":
+            raise ConceptSetError(f"CrowS-Pairs is English only; --lang {lang} is for IndiBias")
+        return load_crows_pairs(path)
+    if data == "indibias":
+        return load_indibias(path, lang)
+    import pandas as pd
+
+    p = Path(data)
+    if not p.is_file():
+        raise ConceptSetError(f"--data must be crows-pairs, indibias or a file of minimal pairs; no file {p}")
+    readers = {".csv": pd.read_csv, ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".parquet": pd.read_parquet,
+               ".jsonl": lambda f: pd.read_json(f, lines=True), ".json": pd.read_json}
+    if p.suffix.lower() not in readers:
+        raise ConceptSetError(f"{p}: unknown file type {p.suffix!r}; use one of {', '.join(readers)}")
+    return pairs_from_frame(readers[p.suffix.lower()](p), more, less, bias_type, p.stem)

@@ -40,6 +40,21 @@ class LabelReadout:
         yes, no = self.token_ids(model)
         return logits[..., yes].float() - logits[..., no].float()
 
+    @torch.inference_mode()
+    def scores(self, model: LoadedModel, texts, batch_size: int = 16) -> torch.Tensor:
+        """S_tok of every text's prompt, from full forward passes (under whatever intervention is
+        active): [N] float32. Right padding: each prompt is read at its own last token."""
+        from .representations import batches
+
+        texts = list(texts)
+        out = torch.empty(len(texts))
+        for rows in batches(len(texts), batch_size):
+            enc = model.encode([self.prompt(texts[i]) for i in rows])
+            logits = model.hf(**enc, use_cache=False).logits  # [B, T, V]
+            last = enc["attention_mask"].sum(1) - 1  # [B]
+            out[list(rows)] = self.from_logits(model, logits[torch.arange(len(rows)), last]).cpu()
+        return out
+
     def from_residual(self, model: LoadedModel, h: torch.Tensor) -> torch.Tensor:
         """S_tok of residual vectors read directly through the final norm and unembedding
         (logit-lens style): h [..., d_model] -> [...]. Final-logit soft-capping is applied when the

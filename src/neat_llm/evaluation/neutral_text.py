@@ -34,3 +34,21 @@ NEUTRAL_TEXTS: tuple[str, ...] = (
     "The hotel room had a view of the harbour and the old lighthouse.",
     "At the end of the day, she watered the plants on the balcony.",
 )
+
+# Plain everyday Hindi sentences (written for this package), for the perplexity check of Hindi studies.
+NEUTRAL_TEXTS_HI: tuple[str, ...] = (
+    "आज सुबह से हल्की बारिश हो रही है।",
+    "मेरी दादी हर शाम बगीचे में टहलती हैं।",
+    "बाज़ार से सब्ज़ियाँ और दूध लाना है।",
+    "पुस्तकालय रविवार को बंद रहता है।",
+    "बच्चे स्कूल के बाद मैदान में खेलते हैं।",
+    "रेलगाड़ी सात बजे स्टेशन से निकलती है।",
+    "उसने चाय बनाई और खिड़की खोल दी।",
+    "हमारे पड़ोसी ने छत पर फूल लगाए हैं।",
+    "कल मौसम साफ़ और धूप वाला रहेगा।",
+    "शिक्षक ने बच्चों को एक कहानी सुनाई।",
+    "दुकान सुबह नौ बजे खुलती है।",
+    "हम रात के खाने के बाद थोड़ी देर घूमने गए।",
+)
+
+NEUTRAL_BY_LANG = {"en": NEUTRAL_TEXTS, "hi": NEUTRAL_TEXTS_HI}

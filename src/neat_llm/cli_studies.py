@@ -1,0 +1,169 @@
+"""The ``neat hate`` and ``neat bias`` commands (registered on the ``neat`` app by cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .cli import _fail, _parse_ks, _quiet_libraries, app, out
+
+
+def _find_options(neurons_subset, layers, probe_size, model) -> dict:
+    opts: dict = {"probe_size": probe_size}
+    if neurons_subset:
+        from .compare import subset_neurons
+
+        opts["neurons"] = subset_neurons(model, neurons_subset)
+    if layers:
+        opts["layers"] = layers
+    return opts
+
+
+def _csv(v: Optional[str]) -> Optional[list[str]]:
+    return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+
+@app.command()
+def hate(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
+    data: str = typer.Option("toxigen", "--data", help="toxigen, davidson, or a file of labelled texts"),
+    data_path: Optional[Path] = typer.Option(None, "--data-path", help="where toxigen/davidson are (default: $NEAT_LLM_DATA, ../shared/data)"),
+    text_col: str = typer.Option("text", "--text-col", help="(own file) column holding the text"),
+    label_col: str = typer.Option("label", "--label-col", help="(own file) column holding the label"),
+    positive: str = typer.Option("hate", "--positive", help="(own file) label value(s) of hateful texts"),
+    contrast: Optional[str] = typer.Option(None, "--contrast", help="(own file) label value(s) of neutral texts (default: all others)"),
+    method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
+    k: str = typer.Option("10,50,100", "--k", help="sizes of the top-K sets turned off"),
+    n_random: int = typer.Option(3, "--random", help="random K-sets per K (the control)"),
+    fit_groups: Optional[str] = typer.Option(None, "--fit-groups", help="ToxiGen target groups to find the neurons on (default: all but --eval-groups)"),
+    eval_groups: Optional[str] = typer.Option(None, "--eval-groups", help="ToxiGen target groups to evaluate on (default: all but --fit-groups)"),
+    max_per_side: Optional[int] = typer.Option(None, "--max-per-side", help="seeded cap on fit texts per side"),
+    max_eval: Optional[int] = typer.Option(None, "--max-eval", help="seeded cap on held-out texts per side"),
+    n_prompts: int = typer.Option(40, "--prompts", help="hate-prone prompts (first half of held-out hateful sentences) to continue"),
+    new_tokens: int = typer.Option(20, "--new-tokens", help="tokens sampled per continuation"),
+    classifier_data: Optional[Path] = typer.Option(None, "--classifier-data", help="Davidson labeled_data.csv the judge is trained on"),
+    label_yes: str = typer.Option(" Yes", "--label-yes", help="label readout: the single-token 'hateful' answer"),
+    label_no: str = typer.Option(" No", "--label-no", help="label readout: the single-token 'not hateful' answer"),
+    mode: str = typer.Option("zero", "--mode", help="turn off as zero or mean"),
+    neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-'"),
+    probe_size: int = typer.Option(1, "--probe-size", "-b"),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (= run folder); rerun to resume"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Hate-speech neurons: find them, turn them off, measure on held-out text vs random neurons.
+
+    Measures: log-likelihood of hateful vs neutral sentences, label-readout accuracy, hate rate of sampled
+    continuations (judged by a classifier trained on Davidson et al.), perplexity ratio."""
+    import neat_llm as nl
+    from neat_llm.evaluation.hate import HATE_READOUT
+    from neat_llm.studies import hate_study
+
+    _quiet_libraries()
+    ks = _parse_ks(k)
+    try:
+        m = nl.load_model(model)
+        readout = type(HATE_READOUT)(template=HATE_READOUT.template, concept=HATE_READOUT.concept,
+                                     positive_word=label_yes, negative_word=label_no)
+        study = hate_study(m, data=data, data_path=data_path, text_col=text_col, label_col=label_col,
+                           positive=_csv(positive), contrast=_csv(contrast), method=method, ks=ks,
+                           fit_groups=_csv(fit_groups), eval_groups=_csv(eval_groups), out=out_dir, n_random=n_random,
+                           max_per_side=max_per_side, max_eval=max_eval, n_prompts=n_prompts,
+                           max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode,
+                           seed=seed, **_find_options(neurons_subset, layers, probe_size, m))
+    except (ValueError, OSError, FloatingPointError) as e:
+        _fail(str(e))
+    r = study.report
+    if as_json:
+        print(json.dumps({"path": str(study.path), **r.to_dict()}))
+        return
+    q = r.classifier
+    t = Table(title=f"hate speech: {r.dataset}, {r.method}, {r.mode} ablation; held-out {r.n_eval['hate']} hateful / "
+                    f"{r.n_eval['neutral']} neutral, {r.n_prompts} prompts")
+    for col in ("K", "neurons", "loglik hate", "loglik neutral", "gap", "readout acc", "hate rate", "toxic rate",
+                "ppl ratio"):
+        t.add_column(col, justify="right")
+    for row in r.rows:
+        sd = row.std
+
+        def f(name, fmt="{:.3f}"):
+            v = fmt.format(getattr(row, name))
+            return v + (f"±{fmt.format(sd[name])}" if name in sd else "")
+
+        t.add_row(str(row.k), row.condition if row.condition != "random" else f"random ×{row.n_sets}",
+                  f("loglik_hate"), f("loglik_neutral"), f("gap"), f("readout_accuracy"), f("hate_rate"),
+                  f("toxic_rate"), f"{row.ppl_ratio:.3f}")
+    out.print(t)
+    out.print(f"judge: TF-IDF + logistic regression on Davidson et al., held-out accuracy {q['accuracy']:.3f}, "
+              f"hate-class F1 {q['f1_hate']:.3f} (n={q['n_test']})")
+    out.print(f"written to {study.path}")
+
+
+@app.command()
+def bias(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
+    data: str = typer.Option("crows-pairs", "--data", help="crows-pairs, indibias, or a file of minimal pairs"),
+    data_path: Optional[Path] = typer.Option(None, "--data-path", help="where crows-pairs/indibias are (default: $NEAT_LLM_DATA, ../shared/data)"),
+    lang: str = typer.Option("en", "--lang", help="IndiBias language: en or hi"),
+    bias_type: Optional[str] = typer.Option(None, "--bias-type", help="only pairs of this bias type (find and evaluate)"),
+    more_col: str = typer.Option("sent_more", "--more-col", help="(own file) column of the more stereotypical sentence"),
+    less_col: str = typer.Option("sent_less", "--less-col", help="(own file) column of the less stereotypical sentence"),
+    type_col: str = typer.Option("bias_type", "--type-col", help="(own file) column of the bias type ('' for none)"),
+    method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
+    k: str = typer.Option("10,50,100", "--k", help="sizes of the top-K sets turned off"),
+    n_random: int = typer.Option(3, "--random", help="random K-sets per K (the control)"),
+    eval_fraction: float = typer.Option(0.3, "--eval-fraction", help="share of pairs held out for the evaluation"),
+    max_fit_pairs: Optional[int] = typer.Option(None, "--max-fit-pairs", help="seeded cap on fit pairs"),
+    max_eval_pairs: Optional[int] = typer.Option(None, "--max-eval-pairs", help="seeded cap on held-out pairs"),
+    n_boot: int = typer.Option(1000, "--boot", help="bootstrap resamples for the 95% intervals"),
+    min_pairs: int = typer.Option(5, "--min-pairs", help="bias types with fewer held-out pairs only count towards 'all'"),
+    mode: str = typer.Option("zero", "--mode", help="turn off as zero or mean"),
+    neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-'"),
+    probe_size: int = typer.Option(1, "--probe-size", "-b"),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (= run folder); rerun to resume"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Social-bias neurons on minimal pairs: stereotype score per bias type, before / after / random.
+
+    Finds the neurons on fit pairs, turns them off, and reports the stereotype score (50 = no preference; n and 95% bootstrap interval) per bias type on held-out pairs, before and
+    after, with random neurons as the control and the perplexity ratio."""
+    import neat_llm as nl
+    from neat_llm.studies import bias_study
+
+    _quiet_libraries()
+    ks = _parse_ks(k)
+    columns = {} if data in ("crows-pairs", "indibias") else {"more": more_col, "less": less_col,
+                                                               "bias_type": type_col or None}
+    try:
+        m = nl.load_model(model)
+        study = bias_study(m, data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
+                           method=method, ks=ks, out=out_dir, n_random=n_random, eval_fraction=eval_fraction,
+                           max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
+                           min_pairs=min_pairs, mode=mode, seed=seed,
+                           **_find_options(neurons_subset, layers, probe_size, m))
+    except (ValueError, OSError, FloatingPointError) as e:
+        _fail(str(e))
+    r = study.report
+    if as_json:
+        print(json.dumps({"path": str(study.path), **r.to_dict()}))
+        return
+    t = Table(title=f"stereotype score (%, 50 = no preference, 95% bootstrap interval): {r.dataset}, {r.method}, "
+                    f"{r.mode} ablation; {r.n_eval_pairs} held-out pairs")
+    for col in ("bias type", "n", "K", "before", "top-K off", "random off", "ppl ratio", "random ppl"):
+        t.add_column(col, justify="right" if col != "bias type" else "left")
+
+    def s(x):
+        return f"{x['score']:.1f} [{x['lo']:.1f}, {x['hi']:.1f}]"
+
+    for row in r.rows:
+        t.add_row(row.bias_type, str(row.n), str(row.k), s(row.before), s(row.after), s(row.random),
+                  f"{row.ppl_ratio:.3f}", f"{row.random_ppl_ratio:.3f}")
+    out.print(t)
+    out.print(f"written to {study.path}")

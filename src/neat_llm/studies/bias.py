@@ -1,0 +1,90 @@
+"""``neat bias``: social-bias neurons found on fit minimal pairs (stereotypical sentences as
+positives, their anti-stereotypical counterparts as contrast), turned off, and the stereotype
+score of held-out pairs measured per bias type against random neurons, with the perplexity ratio
+alongside. CrowS-Pairs, IndiBias (Indian context) in English and Hindi, or a user's own pairs.
+
+The study folder is the run folder: the run's files, ``bias.json`` and ``.bias-partial/``
+(finished conditions, so an interrupted study resumes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..concepts.datasets import MinimalPairs, load_pairs
+from ..evaluation.bias import BiasReport, evaluate_bias
+from ..evaluation.checkpoints import ConditionStore
+from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
+from ..evaluation.removal import run_selections
+from ..find import default_run_dir
+from ..models.loaded import LoadedModel
+from ..runs import Run, write_text
+from .common import condition_progress, find_or_reuse, neuron_pool
+
+__all__ = ["BiasStudy", "bias_study", "load_pairs"]
+
+
+@dataclass
+class BiasStudy:
+    run: Run
+    report: BiasReport
+    path: Path  # bias.json
+    fit: MinimalPairs
+    eval: MinimalPairs
+
+
+def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str | Path | None = None,
+               lang: str = "en", bias_type: str | None = None, columns: dict | None = None, method: str = "neat",
+               ks: Sequence[int] = (10, 50, 100), out: str | Path | None = None, n_random: int = 3,
+               eval_fraction: float = 0.3, max_fit_pairs: int | None = None, max_eval_pairs: int | None = None,
+               n_boot: int = 1000, min_pairs: int = 5, mode: str = "zero", seed: int = 0, progress: bool = True,
+               **find_options) -> BiasStudy:
+    """Split the pairs (seeded, whole pairs, stratified by bias type), find the bias neurons with
+    ``method`` on the fit pairs, and score the eval pairs before / after / with random neurons.
+
+    ``columns``: {"more": ..., "less": ..., "bias_type": ...} for a user's own file;
+    ``max_fit_pairs`` / ``max_eval_pairs``: seeded caps (bound the cost); ``find_options`` go to
+    ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--k needs positive sizes, got {ks}")
+    columns = dict(columns or {})
+    pairs = load_pairs(data, data_path, lang, **columns).only(bias_type)
+    fit, ev = pairs.split(eval_fraction, seed)
+    if max_eval_pairs and len(ev) > max_eval_pairs:
+        ev = ev.subset(_sample(len(ev), max_eval_pairs, seed), ev.name)
+    concept = fit.as_concept_set().dedupe()
+    concept = replace(concept, name=f"{pairs.name}-stereo", source={
+        "kind": "pairs", "data": data, "path": None if data_path is None else str(data_path), "lang": lang,
+        "bias_type": bias_type, "columns": columns, "eval_fraction": eval_fraction, "seed": seed})
+    if max_fit_pairs:
+        concept = concept.sample(max_fit_pairs, seed)
+    out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
+    run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
+
+    neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
+    fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
+                   "n_random": n_random, "seed": seed, "mode": mode, "eval": [ev.more, ev.less], "neutral": neutral}
+    store = ConditionStore(out / ".bias-partial", fingerprint)
+    with condition_progress("bias evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
+        report = evaluate_bias(model, ev, run_selections(run, ks), n_random=n_random, seed=seed, mode=mode,
+                               neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
+                               min_pairs=min_pairs, store=store, on_condition=tick, dataset=pairs.name, lang=lang,
+                               method=method)
+    report.settings.update({"bias_type": bias_type, "n_fit_pairs": len(fit), "eval_fraction": eval_fraction,
+                            "reading_layer": run.meta.reading_layer, "eval_auroc": run.meta.eval_auroc,
+                            "n_fit": run.meta.n_fit})
+    path = out / "bias.json"
+    write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
+    store.clear()
+    return BiasStudy(run, report, path, fit, ev)
+
+
+def _sample(n: int, k: int, seed: int) -> list[int]:
+    import random
+
+    return sorted(random.Random(seed).sample(range(n), k))

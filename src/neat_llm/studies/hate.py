@@ -1,0 +1,146 @@
+"""``neat hate``: hate-speech concept neurons found on fit data (hateful vs neutral text), turned
+off, and measured on held-out data (log-likelihoods, label readout, hate rate of sampled
+continuations, perplexity) against random neurons. With target groups (ToxiGen), the neurons found
+on some groups are evaluated on sentences about the others.
+
+The study folder is the run folder: the run's files, ``hate.json`` (the report),
+``hate_continuations.json`` (every sampled continuation per condition) and ``.hate-partial/``
+(finished conditions, so an interrupted study resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..concepts.conceptset import ConceptSet, ConceptSetError
+from ..concepts.datasets import load_davidson, load_toxigen, resolve
+from ..evaluation.checkpoints import ConditionStore
+from ..evaluation.generation import prompt_prefixes
+from ..concepts.label_readout import LabelReadout
+from ..evaluation.hate import HATE_READOUT, HateData, HateReport, evaluate_hate
+from ..evaluation.hate_classifier import load_hate_classifier
+from ..evaluation.removal import run_eval_set, run_selections
+from ..find import default_run_dir
+from ..models.loaded import LoadedModel
+from ..runs import Run, write_text
+from .common import condition_progress, find_or_reuse, neuron_pool
+
+
+@dataclass
+class HateStudy:
+    run: Run
+    report: HateReport
+    path: Path  # hate.json
+
+
+def hate_concept(data: str = "toxigen", data_path: str | Path | None = None, *, groups: Sequence[str] | None = None,
+                 text_col: str = "text", label_col: str = "label", positive: Sequence[str] = ("hate",),
+                 contrast: Sequence[str] | None = None) -> ConceptSet:
+    """Hateful (positive) vs neutral (contrast) texts: ``toxigen`` (optionally some target groups),
+    ``davidson`` (hate speech vs neither), or any file with a column mapping."""
+    if data == "toxigen":
+        cs = load_toxigen(data_path, list(groups) if groups else None)
+    elif groups:
+        raise ConceptSetError("--fit-groups / --eval-groups need the ToxiGen data (target groups)")
+    elif data == "davidson":
+        cs = load_davidson(data_path)
+    else:
+        path = Path(data)
+        if not path.is_file():
+            raise ConceptSetError(f"--data must be toxigen, davidson or a file; no file {path}")
+        return ConceptSet.from_file(path, text=text_col, label=label_col, positive=list(positive),
+                                    contrast=list(contrast) if contrast else None)
+    source = {"kind": "dataset", "dataset": data, "path": None if data_path is None else str(data_path),
+              "groups": sorted(groups) if groups else None}  # lets `neat evaluate` reload it
+    return replace(cs, source=source)
+
+
+def _groups(data_path, fit_groups, eval_groups) -> tuple[list[str] | None, list[str] | None]:
+    """Complete the group split: groups not named on one side go to the other."""
+    if not fit_groups and not eval_groups:
+        return None, None
+    import pandas as pd
+
+    every = sorted(pd.read_json(resolve("toxigen", data_path), lines=True)["group"].unique())
+    fit = sorted(fit_groups) if fit_groups else sorted(set(every) - set(eval_groups))
+    ev = sorted(eval_groups) if eval_groups else sorted(set(every) - set(fit))
+    unknown = sorted((set(fit) | set(ev)) - set(every))
+    if unknown:
+        raise ConceptSetError(f"unknown ToxiGen group(s) {unknown}; groups: {every}")
+    if set(fit) & set(ev):
+        raise ConceptSetError(f"group(s) {sorted(set(fit) & set(ev))} are in both --fit-groups and --eval-groups")
+    if not fit or not ev:
+        raise ConceptSetError("the group split leaves no group on one side")
+    return fit, ev
+
+
+def _cap(texts: list[str], n: int | None, seed: int) -> list[str]:
+    if n is None or len(texts) <= n:
+        return texts
+    keep = sorted(random.Random(seed).sample(range(len(texts)), n))
+    return [texts[i] for i in keep]
+
+
+def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Path | None = None,
+               text_col: str = "text", label_col: str = "label", positive: Sequence[str] = ("hate",),
+               contrast: Sequence[str] | None = None, method: str = "neat", ks: Sequence[int] = (10, 50, 100),
+               fit_groups: Sequence[str] | None = None, eval_groups: Sequence[str] | None = None,
+               out: str | Path | None = None, n_random: int = 3, max_per_side: int | None = None,
+               max_eval: int | None = None, n_prompts: int = 40, max_new_tokens: int = 20,
+               classifier_data: str | Path | None = None, readout: LabelReadout = HATE_READOUT, mode: str = "zero",
+               seed: int = 0, progress: bool = True, **find_options) -> HateStudy:
+    """Find hate-speech neurons with ``method`` and measure what turning the top-K off does.
+
+    ``max_per_side``: seeded subsample of the fit data per side (bounds the finding cost);
+    ``max_eval``: at most this many held-out sentences per side; ``n_prompts``: hate-prone prompts
+    (the first half of held-out hateful sentences) continued with ``max_new_tokens`` sampled tokens;
+    ``classifier_data``: the Davidson file the judge is trained on (default: the shared data).
+    ``find_options`` go to ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--k needs positive sizes, got {ks}")
+    fit_g, eval_g = _groups(data_path, fit_groups, eval_groups) if data == "toxigen" else (fit_groups, eval_groups)
+    concept = hate_concept(data, data_path, groups=fit_g, text_col=text_col, label_col=label_col, positive=positive,
+                           contrast=contrast)
+    if max_per_side:
+        concept = concept.sample(max_per_side, seed)
+    readout.token_ids(model)  # before the long part: bad label words and a missing file fail now
+    classifier = load_hate_classifier(classifier_data)
+    out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
+    run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
+
+    if eval_g:
+        held = hate_concept(data, data_path, groups=eval_g)
+        seen = set(concept.texts)
+        hate = [t for t in held.positives if t not in seen]
+        neutral = [t for t in held.contrast if t not in seen]
+    else:
+        ev = run_eval_set(run, concept)
+        hate, neutral = ev.positives, ev.contrast
+    hate, neutral = _cap(hate, max_eval, seed), _cap(neutral, max_eval, seed)
+    prompts = prompt_prefixes(hate)[:n_prompts]
+    if not prompts:
+        raise ConceptSetError("no held-out hateful sentence is long enough (4+ words) to make a prompt from")
+    hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts))
+
+    selections = run_selections(run, ks)
+    fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
+                   "n_random": n_random, "seed": seed, "mode": mode, "data": [hdata.hate, hdata.neutral, hdata.prompts],
+                   "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "readout": repr(readout)}
+    store = ConditionStore(out / ".hate-partial", fingerprint)
+    with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
+        report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=mode,
+                               neuron_pool=neuron_pool(run), max_new_tokens=max_new_tokens, readout=readout, store=store,
+                               on_condition=tick, dataset=concept.name, method=method)
+    report.settings.update({"fit_groups": fit_g, "eval_groups": eval_g, "reading_layer": run.meta.reading_layer,
+                            "eval_auroc": run.meta.eval_auroc, "n_fit": run.meta.n_fit})
+    path = out / "hate.json"
+    write_text(out / "hate_continuations.json", json.dumps({"prompts": list(hdata.prompts), **report.continuations}))
+    write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
+    store.clear()
+    return HateStudy(run, report, path)

@@ -1,0 +1,249 @@
+"""`neat hate` and `neat bias` on a tiny model with small fixture files written for the tests
+(tests/fixtures/study, fictional groups), and their parts checked against direct computations."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from neat_llm.cli import app
+from neat_llm.concepts.conceptset import ConceptSetError
+from neat_llm.concepts.datasets import load_pairs
+from neat_llm.concepts.label_readout import LabelReadout
+from neat_llm.evaluation.bias import StereotypeScore, evaluate_bias, pair_preferences, sentence_logliks
+from neat_llm.evaluation.checkpoints import ConditionStore
+from neat_llm.evaluation.generation import prompt_prefixes, sample_continuations
+from neat_llm.evaluation.hate_classifier import load_hate_classifier, train_hate_classifier
+from neat_llm.evaluation.perplexity import text_logliks
+from neat_llm.interventions import NeuronSelection
+from neat_llm.studies import bias_study, hate_study
+
+DATA = Path(__file__).parent / "fixtures" / "study"
+# the tiny test tokenizer has no single-token " Yes" / " No"
+READOUT = LabelReadout(template="{text} is it hateful", concept="hate", positive_word=" today", negative_word=" and")
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _data_and_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEAT_LLM_DATA", str(DATA))
+    monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path / "cache"))
+
+
+# --- the judge --------------------------------------------------------------------------------
+def test_hate_classifier_quality_and_cache(tmp_path, monkeypatch):
+    clf = train_hate_classifier(DATA / "davidson" / "labeled_data.csv")
+    q = clf.quality
+    assert q.n_train + q.n_test == 48 and q.n_test == 10
+    assert 0 <= q.f1_hate <= 1 and 0 <= q.accuracy <= 1
+    p = clf.hate_probability(["keep the hill folk out", "the hill folk bake bread"])
+    assert p.shape == (2,) and p[0] > p[1]
+    assert clf.predict(["no river folk can stay here"]) == ["hate"]
+    assert clf.rates(["keep the coast folk out", "coast folk grow rice"])["hate_rate"] == 0.5
+
+    cached = load_hate_classifier(None, tmp_path / "c")
+    monkeypatch.setattr("neat_llm.evaluation.hate_classifier.train_hate_classifier",
+                        lambda path: (_ for _ in ()).throw(AssertionError("retrained despite the cache")))
+    again = load_hate_classifier(None, tmp_path / "c")
+    assert again.quality == cached.quality and len(list((tmp_path / "c").glob("*.pkl"))) == 1
+
+
+def test_hate_classifier_refuses_a_file_without_its_columns(tmp_path):
+    bad = tmp_path / "labeled_data.csv"
+    bad.write_text("text,label\na,b\n")
+    with pytest.raises(ConceptSetError, match="'tweet'"):
+        train_hate_classifier(bad)
+
+
+# --- prompts and sampling -----------------------------------------------------------------------
+def test_prompt_prefixes():
+    assert prompt_prefixes(["one two three four five six", "too short here"]) == ["one two three"]
+    assert prompt_prefixes(["a b c d e f g h i j k l m n o p q r s t u v"], max_words=10) == ["a b c d e f g h i j"]
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny_llama):
+    prompts = ["the rain came", "a cake and", "the wind moved over"]
+    state = torch.random.get_rng_state()
+    a = sample_continuations(tiny_llama, prompts, max_new_tokens=4, seed=3, batch_size=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = sample_continuations(tiny_llama, prompts, max_new_tokens=4, seed=3, batch_size=2)
+    c = sample_continuations(tiny_llama, prompts, max_new_tokens=4, seed=4, batch_size=2)
+    assert a == b and len(a) == 3 and a != c
+    assert tiny_llama.tokenizer.padding_side == "right"
+
+
+# --- bias parts ---------------------------------------------------------------------------------
+def test_sentence_logliks_score_the_first_token(tiny_llama):
+    texts = ["the rain came", "hill folk are lazy"]
+    got = sentence_logliks(tiny_llama, texts)
+    eos = tiny_llama.tokenizer.eos_token
+    want, counts = text_logliks(tiny_llama, [eos + t for t in texts])
+    assert torch.allclose(got, want)
+    plain = [len(tiny_llama.tokenizer(t)["input_ids"]) for t in texts]
+    assert counts.tolist() == plain  # every token of the sentence is predicted
+
+
+def test_pair_preferences_and_scores(tiny_llama):
+    pairs = load_pairs("crows-pairs")
+    prefs = pair_preferences(tiny_llama, pairs)
+    ll = sentence_logliks(tiny_llama, list(pairs.more) + list(pairs.less)).numpy()
+    assert np.array_equal(prefs, (ll[:12] > ll[12:]).astype(float))
+    s = StereotypeScore.of(np.array([1, 1, 1, 0.0]), n_boot=2000)
+    assert s.score == 75 and s.n == 4 and 0 <= s.lo <= 75 <= s.hi <= 100
+    assert StereotypeScore.of(np.ones(5)) == StereotypeScore(100, 100, 100, 5)
+
+
+def test_pairs_split_keeps_whole_pairs_and_types():
+    pairs = load_pairs("indibias", lang="hi")
+    fit, ev = pairs.split(0.3, seed=1)
+    assert len(fit) + len(ev) == len(pairs) and len(ev) == 4
+    assert set(zip(fit.more, fit.less, fit.bias_type)) | set(zip(ev.more, ev.less, ev.bias_type)) == \
+        set(zip(pairs.more, pairs.less, pairs.bias_type))
+    assert sorted(set(ev.bias_type)) == ["caste", "religion"]  # stratified
+    assert pairs.split(0.3, seed=1) == (fit, ev)
+
+
+def test_own_pairs_file_and_bad_columns(tmp_path):
+    import pandas as pd
+
+    f = tmp_path / "mine.csv"
+    pd.DataFrame({"a": ["x is bad", "y is bad"], "b": ["z is bad", "w is bad"]}).to_csv(f, index=False)
+    pairs = load_pairs(str(f), more="a", less="b", bias_type=None)
+    assert pairs.more == ("x is bad", "y is bad") and pairs.types() == ["all"]
+    with pytest.raises(ConceptSetError, match="column"):
+        load_pairs(str(f), more="sent_more", less="b", bias_type=None)
+    with pytest.raises(ConceptSetError, match="English only"):
+        load_pairs("crows-pairs", lang="hi")
+
+
+def test_evaluate_bias_matches_a_direct_computation(tiny_llama):
+    from neat_llm import turn_off
+
+    pairs = load_pairs("crows-pairs")
+    sel = NeuronSelection(((0, 1), (1, 2), (2, 3)))
+    rep = evaluate_bias(tiny_llama, pairs, {3: sel}, n_random=2, seed=0, min_pairs=2, n_boot=200)
+    assert [r.bias_type for r in rep.rows] == ["all", "race-color", "socioeconomic"]
+    all_row = rep.rows[0]
+    assert all_row.before["score"] == pytest.approx(100 * pair_preferences(tiny_llama, pairs).mean())
+    with turn_off(tiny_llama, sel):
+        after = pair_preferences(tiny_llama, pairs)
+    assert all_row.after["score"] == pytest.approx(100 * after.mean())
+    assert all_row.n == 12 and all_row.n_random == 2 and all_row.ppl_ratio > 0
+
+
+# --- resuming -----------------------------------------------------------------------------------
+def test_condition_store_resumes_and_drops_other_settings(tmp_path):
+    s = ConditionStore(tmp_path / "p", {"a": 1})
+    s.put("before", {"x": 1})
+    assert ConditionStore(tmp_path / "p", {"a": 1}).get("before") == {"x": 1}
+    assert ConditionStore(tmp_path / "p", {"a": 2}).get("before") is None
+
+
+def test_bias_evaluation_resumes_after_an_interruption(tiny_llama, tmp_path, monkeypatch):
+    import neat_llm.evaluation.bias as bias_mod
+
+    pairs = load_pairs("crows-pairs")
+    sels = {2: NeuronSelection(((0, 1), (1, 2))), 3: NeuronSelection(((0, 1), (1, 2), (2, 3)))}
+    full = evaluate_bias(tiny_llama, pairs, sels, n_random=2, min_pairs=2)
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop_after_three(name):
+        seen.append(name)
+        if len(seen) == 3:
+            raise Stop
+
+    store = ConditionStore(tmp_path / "p", {"x": 1})
+    with pytest.raises(Stop):
+        evaluate_bias(tiny_llama, pairs, sels, n_random=2, min_pairs=2, store=store, on_condition=stop_after_three)
+    assert store.n_done() == 3
+    calls = []
+    real = bias_mod.pair_preferences
+    monkeypatch.setattr(bias_mod, "pair_preferences", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    again = evaluate_bias(tiny_llama, pairs, sels, n_random=2, min_pairs=2, store=store)
+    assert len(calls) == 1 + 2 * (1 + 2) - 3  # only the unfinished conditions ran
+    assert [r.after for r in again.rows] == [r.after for r in full.rows]
+    assert [r.random for r in again.rows] == [r.random for r in full.rows]
+
+
+# --- the studies end to end ---------------------------------------------------------------------
+def test_hate_study_across_groups(tiny_llama, tmp_path):
+    study = hate_study(tiny_llama, ks=[2, 5], fit_groups=["hillfolk", "riverfolk"], out=tmp_path / "h", n_random=2,
+                       n_prompts=6, max_new_tokens=4, readout=READOUT, progress=False)
+    r = study.report
+    assert r.settings["eval_groups"] == ["coastfolk"]
+    assert r.n_eval == {"hate": 6, "neutral": 6} and r.n_prompts == 6  # every coast-folk sentence, none seen in fit
+    assert [(x.k, x.condition) for x in r.rows] == [(0, "before"), (2, "concept"), (2, "random"), (5, "concept"),
+                                                    (5, "random")]
+    before = r.rows[0]
+    assert before.ppl_ratio == 1.0 and before.gap == pytest.approx(before.loglik_hate - before.loglik_neutral)
+    assert all(0 <= x.hate_rate <= x.toxic_rate <= 1 and 0 <= x.readout_accuracy <= 1 for x in r.rows)
+    assert r.rows[2].n_sets == 2 and set(r.rows[2].std) >= {"gap", "hate_rate"}
+    saved = json.loads(study.path.read_text())
+    assert len(saved["results"]) == 5 and "continuations" not in saved
+    conts = json.loads((tmp_path / "h" / "hate_continuations.json").read_text())
+    assert len(conts["prompts"]) == 6 and len(conts["random-k5-s1"]) == 6
+    assert not (tmp_path / "h" / ".hate-partial").exists()
+    with pytest.raises(ConceptSetError, match="both"):
+        hate_study(tiny_llama, fit_groups=["hillfolk"], eval_groups=["hillfolk"], out=tmp_path / "x",
+                   readout=READOUT, progress=False)
+
+
+def test_hate_study_reuses_its_finished_run(tiny_llama, tmp_path, monkeypatch):
+    import neat_llm.studies.common as common
+
+    kw = dict(ks=[2], out=tmp_path / "h", n_random=1, n_prompts=3, max_new_tokens=3, readout=READOUT, progress=False)
+    first = hate_study(tiny_llama, **kw)
+    monkeypatch.setattr(common, "find_concept_neurons", lambda *a, **k: pytest.fail("searched the neurons again"))
+    second = hate_study(tiny_llama, **kw)
+    assert second.report.rows[1].gap == first.report.rows[1].gap
+    with pytest.raises(ValueError, match="other"):
+        hate_study(tiny_llama, **{**kw, "method": "activation"})
+
+
+def test_bias_study_indibias_hindi(tiny_llama, tmp_path):
+    study = bias_study(tiny_llama, data="indibias", lang="hi", ks=[3], out=tmp_path / "b", n_random=2, min_pairs=2,
+                       progress=False)
+    r = study.report
+    assert r.lang == "hi" and r.n_eval_pairs == len(study.eval) == 4
+    assert {x.bias_type for x in r.rows} == {"all", "caste", "religion"}
+    assert len(study.fit) == 8 and study.run.meta.concept_name == "indibias-hi-stereo"
+    from neat_llm import ConceptSet, Run
+
+    reloaded = ConceptSet.from_source(Run.load(tmp_path / "b").meta.extra["concept_source"])
+    assert reloaded.hash == study.run.meta.concept_hash  # `neat evaluate` can reload the fit pairs
+
+
+# --- the commands -------------------------------------------------------------------------------
+def test_cli_hate_and_bias(tiny_model_dir, tmp_path):
+    r = runner.invoke(app, ["hate", "--model", str(tiny_model_dir), "--k", "2,3", "--random", "1", "--prompts", "4",
+                            "--new-tokens", "3", "--label-yes", " today", "--label-no", " and", "--eval-groups",
+                            "coastfolk", "--out", str(tmp_path / "h"), "--json"])
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    assert obj["settings"]["fit_groups"] == ["hillfolk", "riverfolk"] and len(obj["results"]) == 5
+    assert 0 <= obj["classifier"]["f1_hate"] <= 1
+
+    r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "crows-pairs", "--k", "2",
+                            "--random", "1", "--min-pairs", "2", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "stereotype score" in r.stdout and "bias.json" in r.stdout
+    saved = json.loads((tmp_path / "b" / "bias.json").read_text())
+    assert [x["bias_type"] for x in saved["results"]] == ["all", "race-color", "socioeconomic"]
+    assert saved["results"][0]["n"] == 4 and set(saved["results"][0]["before"]) == {"score", "lo", "hi", "n"}
+
+    r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "indibias", "--bias-type", "gender",
+                            "--out", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "no pairs of bias type" in r.output
+    r = runner.invoke(app, ["hate", "--model", str(tiny_model_dir), "--eval-groups", "martians",
+                            "--label-yes", " today", "--label-no", " and", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "unknown ToxiGen group" in r.output
+    r = runner.invoke(app, ["hate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "single-token" in r.output  # " Yes" is several tokens for the tiny tokenizer
+    assert not (tmp_path / "y").exists()  # refused before anything was written

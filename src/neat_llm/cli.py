@@ -29,7 +29,9 @@ def _quiet_libraries() -> None:
 
 
 def _fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)  # escape: messages may hold [brackets]
     raise typer.Exit(2)
 
 
@@ -87,8 +89,17 @@ def find(
     clusters: int = typer.Option(32, "--clusters", help="neat-cluster: k-means clusters per block"),
     keep_clusters: int = typer.Option(16, "--keep-clusters", help="neat-cluster: clusters whose neurons are scored"),
     candidates: int = typer.Option(500, "--candidates", help="screen-verify: neurons verified exactly"),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="'auto': spread a large model over this machine's GPUs (accelerate)"),
+    ray: bool = typer.Option(False, "--ray", help="shard the NEAT sweep over a Ray cluster (pip install 'neat-llm[ray]'); a local one unless --ray-address; see docs/scaling.md"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join a running Ray cluster: 'auto', HOST:6379 or ray://HOST:10001 (implies --ray)"),
+    workers: int = typer.Option(2, "--workers", help="--ray: workers, each loading the model once"),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", help="--ray: GPUs per worker (use with --device cuda)"),
 ) -> None:
-    """Find the concept neurons of a model: concept vector, reading layer, NEAT sweep, run folder."""
+    """Find the concept neurons of a model: concept vector, reading layer, NEAT sweep, run folder.
+
+    With --ray the sweep is split into shards (by block, and within blocks when blocks are few) that
+    Ray workers score; finished shards are stored in the run folder, so an interrupted run resumes
+    with the same command. The scores are those of a single process."""
     import neat_llm as nl
 
     _quiet_libraries()
@@ -96,7 +107,14 @@ def find(
         if concept is None and positive is not None:
             _fail("--positive needs --concept FILE")
         cs = _concept_from_options(concept, None, None, text_col, label_col, positive, contrast, None, seed)
-        m = nl.load_model(model, device=device, dtype=dtype)
+        distributed = None
+        if ray or ray_address:
+            from neat_llm.distributed import ModelSpec, RaySweep
+
+            distributed = RaySweep(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                                   model=ModelSpec(model, device=device, dtype=dtype, device_map=device_map))
+            distributed.check(method)  # Ray missing: say what to install before loading anything
+        m = nl.load_model(model, device=device, dtype=dtype, **({"device_map": device_map} if device_map else {}))
         from neat_llm.concepts.label_readout import DEFAULT_TEMPLATE, LabelReadout
 
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
@@ -109,7 +127,7 @@ def find(
                                           probe_size=probe_size, contrastive=contrastive, layers=layers,
                                           ablation=ablation, eval_fraction=eval_fraction, seed=seed, out=out_dir,
                                           top_k=top_k, strict=strict, progress=True, label=label,
-                                          scorer_options=scorer_options)
+                                          scorer_options=scorer_options, distributed=distributed)
     except (ValueError, FloatingPointError, OSError) as e:
         _fail(str(e))
     meta = run.meta

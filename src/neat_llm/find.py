@@ -84,7 +84,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
                          out: str | Path | None = None, top_k: int = 100, strict: bool = False,
                          progress: bool = True, batch_size: int = 16, tokens_per_batch: int = 4096,
                          label: LabelReadout | None = None, scorer_options: dict | None = None,
-                         neurons: dict[int, list[int]] | None = None) -> Run:
+                         neurons: dict[int, list[int]] | None = None, distributed=None) -> Run:
     """Find the concept neurons of ``model`` for ``concept`` and write a run folder.
 
     Steps: seeded stratified fit/eval split; one pass over the fit texts (residuals at every layer,
@@ -97,6 +97,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     the generic template with the concept's name). ``scorer_options``: extra constructor arguments
     of the scorer (e.g. ``{"n_clusters": 32, "keep": 16}`` for ``neat-cluster``). ``neurons``:
     {block: [neuron indices]} to score only a subset (blocks not named are not scored).
+    ``distributed``: a ``neat_llm.distributed.RaySweep`` to shard the sweep over a Ray cluster
+    (same scores; see docs/scaling.md).
     """
     if probe_size < 1:
         raise ValueError(f"probe_size must be at least 1, got {probe_size}")
@@ -117,6 +119,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         options.setdefault("label", label or LabelReadout(concept=concept.name))
         options["label"].token_ids(model)  # bad label words fail here, before anything is written
     scorer = get_scorer(method, **options)
+    if distributed is not None:
+        distributed.check(method)  # Ray missing or a method it cannot shard: fail before any work
     run_dir = Path(out) if out is not None else default_run_dir(concept, method)
     if (run_dir / "meta.json").exists():
         raise RunError(f"{run_dir} already holds a finished run; choose another --out")
@@ -175,10 +179,14 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
                        means=contrast_means, done=done, on_layer_done=partial.save, positives=pos, contrast=neg,
                        seed=seed)
     n_total = task.n_selected(model.n_layers, model.d_ff)
-    with progress_bar(f"{method} sweep ({len(done)} blocks resumed)" if done else f"{method} sweep", n_total,
-                      progress) as adv:
-        task.on_progress = adv
-        result = scorer.score(model, task)
+    sharded = None
+    if distributed is not None:
+        result, sharded = distributed.sweep(model, method, scorer, task, partial, progress=progress)
+    else:
+        with progress_bar(f"{method} sweep ({len(done)} blocks resumed)" if done else f"{method} sweep", n_total,
+                          progress) as adv:
+            task.on_progress = adv
+            result = scorer.score(model, task)
     seconds["scoring"] = result.seconds
     passes["scoring"] = result.passes.as_dict()
 
@@ -210,7 +218,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         method=method, params=params, seed=seed, reading_layer=layer, eval_auroc=eval_auroc,
         n_neurons_scored=result.n_scored, passes=passes, seconds=seconds, versions=_versions(),
         probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"resumed_layers": sorted(done), "concept_source": concept.source},
+        extra={"resumed_layers": sorted(done), "concept_source": concept.source,
+               **({"distributed": sharded} if sharded is not None else {})},
     )
     write_text(run_dir / EXAMPLES_FILE, json.dumps(examples))  # before meta.json, which marks the run finished
     run.save()

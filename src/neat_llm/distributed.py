@@ -1,0 +1,411 @@
+"""The NEAT sweep sharded over a Ray cluster (``pip install 'neat-llm[ray]'``).
+
+The driver (the process that runs ``find_concept_neurons``) computes everything before the sweep
+itself: the concept vector, the reading layer, the probe batch X*. The neurons are then split into
+shards = (block, contiguous range of the block's selected neurons): one shard per block when there
+are enough blocks to keep every worker busy, otherwise several per block. Ray does the scheduling,
+retrying and restarting:
+
+- one actor per worker (``_ShardWorker``) loads the model once in its constructor and scores a shard
+  with the same ``NeatScorer`` code path as a single process, restricted to the shard's neurons;
+- ``ray.util.ActorPool.map_unordered`` hands the shards to idle actors and yields results as they
+  finish; ``max_restarts`` / ``max_task_retries`` make Ray restart a killed actor and re-run its
+  lost shard;
+- the driver alone writes results: each finished shard goes to ``RUN/.partial/shards/`` (one file
+  per shard, atomic rename), and a block whose shards are all done becomes the same per-block file
+  a single-process sweep writes. A shard is written once, by the driver, so nothing is counted
+  twice; a restarted driver reads the stored plan and skips finished shards and blocks.
+
+Identical to a single process: the sweep batches C = tokens_per_batch // T replicas of a probe of
+T tokens, and float results depend (by ~1e-5) on the batch composition and the thread count. Shard
+boundaries therefore fall on the single-process batch grid (multiples of C for every probe), so
+each worker runs exactly the batches a single process would; with the same per-process thread
+count and device the scores are bit for bit the same (tested). Pass counts: every shard
+rebuilds the probe cache (b forwards through blocks 0..l*, cheap next to the shard), so
+``forward`` is b per shard while ``partial_forward`` equals the single-process count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .concepts.vectors import ConceptReadout
+from .models.loaded import LoadedModel, PassCounter
+from .progress import progress_bar
+from .runs import PartialSweep, RunError, atomic_write, write_text
+from .scoring import ProbeSet, ScoringTask, get_scorer
+from .scoring.base import NeuronScores, Scorer
+
+SHARDABLE_METHODS = ("neat",)
+INSTALL_HINT = "pip install 'neat-llm[ray]'  (or: pip install 'ray>=2.40')"
+
+
+class RayUnavailableError(ValueError):
+    """Ray is not installed; the message says what to install."""
+
+
+def require_ray():
+    """Import and return ``ray``, or raise ``RayUnavailableError`` saying what to install."""
+    try:
+        import ray
+    except ImportError as err:
+        raise RayUnavailableError(f"--ray needs the optional Ray extra, which is not installed: {INSTALL_HINT}") from err
+    return ray
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker loads the model: the arguments of ``load_model``. ``device_map="auto"`` spreads
+    one model over the GPUs a worker was given (``gpus_per_worker``)."""
+
+    name: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    device_map: str | dict | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> "ModelSpec":
+        """Reload ``model`` the way it is identified: its model id, dtype and device."""
+        from .models.loading import DEFAULT_MODEL
+
+        dtype = str(model.dtype).removeprefix("torch.")
+        return cls(None if model.model_id == DEFAULT_MODEL else model.model_id, device=str(model.device), dtype=dtype)
+
+    def load(self) -> LoadedModel:
+        from .models.loading import load_model
+
+        kw = {"device_map": self.device_map} if self.device_map is not None else {}
+        return load_model(self.name, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code, **kw)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Neurons ``neurons`` (= the block's selected neurons [start:stop]) of block ``layer``."""
+
+    id: int
+    layer: int
+    start: int
+    stop: int
+    neurons: tuple[int, ...]
+
+
+@dataclass
+class ShardResult:
+    """scores [len(shard.neurons)] in the shard's neuron order; passes the worker spent on it."""
+
+    shard: Shard
+    scores: torch.Tensor
+    passes: dict
+    seconds: float
+    host: str
+    pid: int
+
+
+@dataclass
+class _SweepSpec:
+    """Everything a worker needs besides the model (shipped once through the object store)."""
+
+    method: str
+    options: dict
+    readout: ConceptReadout
+    probes: ProbeSet
+    ablation: str
+    means: torch.Tensor | None
+    seed: int
+
+
+class _ShardWorker:
+    """A Ray actor: loads the model once, then scores shards."""
+
+    def __init__(self, spec: ModelSpec, threads: int | None, weights_hash: str | None):
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            import transformers
+
+            transformers.utils.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+        except Exception:  # noqa: BLE001  quieter logs only
+            pass
+        self.model = spec.load()
+        if weights_hash is not None and self.model.weights_hash != weights_hash:
+            raise RunError(f"the worker on {socket.gethostname()} loaded {spec.name or 'the default model'} with other "
+                           "weights than the driver's model; give every node the same model files")
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def score(self, sweep: _SweepSpec, shard: Shard) -> ShardResult:
+        task = ScoringTask(readout=sweep.readout, probes=sweep.probes, layers=[shard.layer],
+                           neurons={shard.layer: list(shard.neurons)}, ablation=sweep.ablation, means=sweep.means,
+                           seed=sweep.seed)
+        res = get_scorer(sweep.method, **sweep.options).score(self.model, task)
+        scores = res.scores[shard.layer, list(shard.neurons)].clone()
+        return ShardResult(shard, scores, res.passes.as_dict(), res.seconds, socket.gethostname(), os.getpid())
+
+
+def replicas_per_batch(scorer: Scorer, n_tokens: int) -> int:
+    """The C of ``NeatScorer._block_effect`` for a probe of ``n_tokens`` tokens (kept in step with it;
+    a mismatch only costs bit-identity, which the tests check)."""
+    tpb = getattr(scorer, "tokens_per_batch", 4096)
+    if getattr(scorer, "positions", "all") == "read" and getattr(scorer, "kv_cache", False):
+        n_tokens = 1
+    return max(1, tpb // n_tokens)
+
+
+def batch_unit(model: LoadedModel, scorer: Scorer, probes: ProbeSet) -> int:
+    """Shard boundaries fall on multiples of this: the lcm of every probe's replica batch size."""
+    unit = 1
+    for text in probes.texts:
+        unit = math.lcm(unit, replicas_per_batch(scorer, int(model.encode([text])["input_ids"].shape[1])))
+    return unit
+
+
+def plan_shards(blocks: dict[int, list[int]], unit: int, target: int, shard_size: int | None = None) -> list[Shard]:
+    """Split {block: selected neurons} into shards, earliest (costliest) blocks first.
+
+    One shard per block when there are at least ``target`` blocks; otherwise each block is cut into
+    about ``target / n_blocks`` pieces (``shard_size`` neurons each if given), every cut at a
+    multiple of ``unit`` so each piece runs the batches a single process would."""
+    shards: list[Shard] = []
+    n_blocks = max(1, len(blocks))
+    for layer in sorted(blocks):
+        idx = blocks[layer]
+        n = len(idx)
+        if n == 0:
+            continue
+        size = shard_size if shard_size else math.ceil(n / max(1, math.ceil(target / n_blocks)))
+        size = max(unit, math.ceil(size / unit) * unit)
+        for a in range(0, n, size):
+            b = min(n, a + size)
+            shards.append(Shard(len(shards), layer, a, b, tuple(idx[a:b])))
+    return shards
+
+
+class ShardStore:
+    """``RUN/.partial/shards/``: the shard plan (``plan.json``) and one file per finished shard.
+    Only the driver writes here; every write is an atomic rename."""
+
+    def __init__(self, partial: PartialSweep):
+        self.partial = partial
+        self.dir = partial.dir / "shards"
+
+    def plan(self, blocks: dict[int, list[int]], make: Callable[[], list[Shard]]) -> list[Shard]:
+        """The shards of ``blocks`` ({block: selected neurons} still to finish): the stored plan of an
+        interrupted sweep (kept whatever ``workers`` is now, so its finished shards count), else
+        ``make()``, stored. A stored plan that does not cover ``blocks`` exactly is replaced."""
+        f = self.dir / "plan.json"
+        if f.is_file():
+            try:
+                raw = json.loads(f.read_text())
+                stored = [Shard(s["id"], s["layer"], s["start"], s["stop"], tuple(s["neurons"])) for s in raw["shards"]]
+            except (ValueError, KeyError, TypeError):
+                stored = []
+            kept = [s for s in stored if s.layer in blocks]  # blocks finished since then drop out
+            covered: dict[int, list[int]] = {}
+            for s in sorted(kept, key=lambda s: (s.layer, s.start)):
+                covered.setdefault(s.layer, []).extend(s.neurons)
+            if covered == {l: list(ks) for l, ks in blocks.items() if ks}:
+                return kept
+            shutil.rmtree(self.dir, ignore_errors=True)
+        shards = make()
+        write_text(f, json.dumps({"shards": [asdict(s) for s in shards]}))
+        return shards
+
+    def _path(self, shard: Shard) -> Path:
+        return self.dir / f"shard_{shard.id:06d}_L{shard.layer:03d}_{shard.start}-{shard.stop}.safetensors"
+
+    def finished(self, shards: list[Shard]) -> dict[int, torch.Tensor]:
+        """{shard id: scores} of the shards already written (a damaged file is recomputed)."""
+        out = {}
+        for s in shards:
+            p = self._path(s)
+            if p.is_file():
+                try:
+                    t = load_file(str(p))
+                    if t["neurons"].tolist() == list(s.neurons):
+                        out[s.id] = t["scores"]
+                        continue
+                except Exception:  # noqa: BLE001
+                    pass
+                p.unlink(missing_ok=True)
+        return out
+
+    def write(self, r: ShardResult) -> None:
+        passes = torch.tensor([r.passes.get(k, 0) for k in ("forward", "partial_forward", "block_forward", "backward")])
+        t = {"neurons": torch.tensor(r.shard.neurons, dtype=torch.long), "scores": r.scores.contiguous(),
+             "passes": passes}
+        atomic_write(self._path(r.shard), lambda p: save_file(t, str(p), metadata={"host": r.host, "pid": str(r.pid)}))
+
+    def drop(self, shards: list[Shard]) -> None:
+        for s in shards:
+            self._path(s).unlink(missing_ok=True)
+
+
+@dataclass
+class RaySweep:
+    """Run the scoring stage of ``find_concept_neurons`` on a Ray cluster.
+
+    address: None starts a local Ray cluster on this machine (``workers * cpus_per_worker`` CPUs)
+        and stops it afterwards; ``"auto"`` joins the cluster this machine belongs to (``ray start``);
+        ``"HOST:6379"`` / ``"ray://HOST:10001"`` a remote one. If Ray is already initialised in this
+        process, that cluster is used as is.
+    workers: actors, each holding one copy of the model.
+    model: how workers load the model (default ``ModelSpec.of(driver model)``); every worker checks
+        that its weights hash equals the driver's.
+    cpus_per_worker / gpus_per_worker: Ray resources per actor; torch threads = ``threads_per_worker``
+        (default ``max(1, int(cpus_per_worker))``).
+    shards_per_worker: blocks are cut into pieces until there are about this many shards per worker.
+    shard_size: neurons per shard inside a block (rounded up to the batch grid); overrides the above.
+    max_restarts: how often Ray restarts a dead actor and retries its shard.
+    on_shard: called on the driver after each shard is written (``ShardResult``, shards done, total).
+    """
+
+    address: str | None = None
+    workers: int = 2
+    model: ModelSpec | None = None
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+    threads_per_worker: int | None = None
+    shards_per_worker: int = 4
+    shard_size: int | None = None
+    max_restarts: int = 3
+    on_shard: Callable[[ShardResult, int, int], None] | None = None
+    worker_pids: list[int] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+
+    def check(self, method: str) -> None:
+        """Fail before any work: Ray missing, or a method that is not a per-neuron sweep."""
+        require_ray()
+        if method not in SHARDABLE_METHODS:
+            raise ValueError(f"--ray shards the per-neuron NEAT sweep (--method {', '.join(SHARDABLE_METHODS)}); "
+                             f"{method!r} runs in one process")
+
+    def sweep(self, model: LoadedModel, method: str, scorer: Scorer, task: ScoringTask, partial: PartialSweep,
+              progress: bool = True) -> tuple[NeuronScores, dict]:
+        """Score ``task`` on the cluster; returns the scores (as ``scorer.score`` would) and a summary
+        for the run's metadata (workers, shards, resumed shards, hosts)."""
+        self.check(method)
+        t0 = time.perf_counter()
+        L, d_ff, top = model.n_layers, model.d_ff, task.readout.layer
+        scores = torch.full((L, d_ff), float("nan"))
+        blocks: dict[int, list[int]] = {}
+        for l in sorted(task.layers):
+            idx = task.neurons_of(l, d_ff)
+            if l > top:
+                scores[l, idx] = 0.0  # cannot reach the reading layer: exactly 0, no pass
+            elif l in task.done:
+                scores[l] = task.done[l]
+            else:
+                blocks[l] = idx
+        store = ShardStore(partial)
+        unit = batch_unit(model, scorer, task.probes)
+        shards = store.plan(blocks, lambda: plan_shards(blocks, unit, self.workers * self.shards_per_worker,
+                                                        self.shard_size))
+        by_block: dict[int, list[Shard]] = {}
+        for s in shards:
+            by_block.setdefault(s.layer, []).append(s)
+        for l in blocks:
+            if l not in by_block:  # a block with no neurons selected
+                scores[l] = torch.full((d_ff,), float("nan"))
+        rows = {l: torch.full((d_ff,), float("nan")) for l in by_block}
+        left = {l: {s.id for s in ss} for l, ss in by_block.items()}
+        finished = store.finished(shards)
+        for s in shards:
+            if s.id in finished:
+                rows[s.layer][list(s.neurons)] = finished[s.id]
+                left[s.layer].discard(s.id)
+        passes = PassCounter()
+        summary = {"backend": "ray", "address": self.address or "local", "workers": self.workers,
+                   "shards": len(shards), "shards_resumed": len(finished), "shards_written": 0, "batch_unit": unit,
+                   "hosts": {}}
+
+        def block_finished(l: int) -> None:
+            scores[l] = rows[l]
+            partial.save(l, rows[l].clone())  # the same per-block file a single process writes
+            store.drop(by_block[l])
+
+        for l in list(left):
+            if not left[l]:
+                block_finished(l)
+        todo = [s for s in shards if s.id not in finished]
+        if todo:
+            self._run(model, method, scorer, task, todo, store, rows, left, block_finished, passes, summary,
+                      len(shards), len(finished), progress)
+        summary["seconds"] = time.perf_counter() - t0
+        return NeuronScores(scores=scores, method=method, passes=passes, seconds=summary["seconds"],
+                            params=scorer.params()), summary
+
+    def _run(self, model, method, scorer, task, todo, store, rows, left, block_finished, passes, summary,
+             n_total, n_resumed, progress) -> None:
+        ray = require_ray()
+        from ray.util import ActorPool
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            if self.address is None:
+                kw["num_cpus"] = max(1, math.ceil(self.workers * self.cpus_per_worker))
+            else:
+                kw["address"] = self.address
+            ray.init(**kw)
+        actors = []
+        try:
+            spec = ModelSpec.of(model) if self.model is None else self.model
+            sweep_spec = ray.put(_SweepSpec(method, scorer.params(), task.readout, task.probes, task.ablation,
+                                            task.means if task.ablation == "mean" else None, task.seed))
+            threads = self.threads_per_worker or max(1, int(self.cpus_per_worker))
+            Worker = ray.remote(_ShardWorker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
+                                                      max_restarts=self.max_restarts,
+                                                      max_task_retries=self.max_restarts)
+            n_actors = min(self.workers, len(todo))
+            actors = [Worker.remote(spec, threads, model.weights_hash) for _ in range(n_actors)]
+            try:  # wait for every model load here, so a bad model or path fails with its own message
+                self.worker_pids = ray.get([a.pid.remote() for a in actors])
+            except ray.exceptions.RayActorError as err:
+                raise RunError(f"a Ray worker could not load the model {spec}: {err}") from None
+            pool = ActorPool(actors)
+            done = n_resumed
+            label = f"{method} sweep on Ray, {n_actors} workers: shards" + (f" ({n_resumed} resumed)" if n_resumed else "")
+            with progress_bar(label, n_total, progress) as advance:
+                advance(n_resumed)
+                for r in pool.map_unordered(lambda a, s: a.score.remote(sweep_spec, s), todo):
+                    store.write(r)  # first on disk, then counted: a crash in between only recomputes the shard
+                    rows[r.shard.layer][list(r.shard.neurons)] = r.scores
+                    for k, v in r.passes.items():
+                        setattr(passes, k, getattr(passes, k) + v)
+                    summary["shards_written"] += 1
+                    summary["hosts"][r.host] = summary["hosts"].get(r.host, 0) + 1
+                    left[r.shard.layer].discard(r.shard.id)
+                    if not left[r.shard.layer]:
+                        block_finished(r.shard.layer)
+                    done += 1
+                    advance(1)
+                    if self.on_shard:
+                        self.on_shard(r, done, n_total)
+        except ray.exceptions.RayActorError as err:
+            raise RuntimeError(f"a Ray worker died more than {self.max_restarts} times ({err}); the finished shards "
+                               "are kept: run the same command again to resume") from err
+        finally:
+            for a in actors:
+                ray.kill(a)
+            if started_here:
+                ray.shutdown()

@@ -37,6 +37,22 @@ EXPERIMENTS = {
 }
 
 
+# The paper's applications: `neat hate` and `neat bias` (NEAT, 10% seeded neuron subset, 3 random K-sets).
+STUDY_COMMON = ["--neurons-subset", "4608", "--k", "10,50,100", "--random", "3", "--seed", "0"]
+STUDIES = {
+    "hate-toxigen": {"title": "ToxiGen, all target groups (held-out 30%)",
+                     "args": ["hate", "--data", "toxigen", *STUDY_COMMON]},
+    "hate-toxigen-groups": {"title": "ToxiGen, generalisation: found on 7 target groups, evaluated on 4 others",
+                            "args": ["hate", "--data", "toxigen", "--eval-groups", "jewish,muslim,trans,women",
+                                     *STUDY_COMMON]},
+    "bias-crows-pairs": {"title": "CrowS-Pairs (English)", "args": ["bias", "--data", "crows-pairs", *STUDY_COMMON]},
+    "bias-indibias-en": {"title": "IndiBias, English (Indian context)",
+                         "args": ["bias", "--data", "indibias", "--lang", "en", *STUDY_COMMON]},
+    "bias-indibias-hi": {"title": "IndiBias, Hindi (Indian context)",
+                         "args": ["bias", "--data", "indibias", "--lang", "hi", *STUDY_COMMON]},
+}
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -54,7 +70,7 @@ def machine() -> str:
 
 def run(name: str) -> None:
     out = ROOT / "results" / name
-    cmd = [NEAT, *EXPERIMENTS[name]["args"], "--out", str(out)]
+    cmd = [NEAT, *{**EXPERIMENTS, **STUDIES}[name]["args"], "--out", str(out)]
     print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -81,11 +97,151 @@ def findings(cmp: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _hate_table(obj: dict) -> str:
+    cols = [("loglik_hate", "loglik hate"), ("loglik_neutral", "loglik neutral"), ("gap", "gap"),
+            ("readout_accuracy", "readout acc."), ("readout_auroc", "readout AUROC"), ("hate_rate", "hate rate"),
+            ("toxic_rate", "hate or offensive rate")]
+    lines = ["| K | neurons off | " + " | ".join(c for _, c in cols) + " | ppl ratio |",
+             "|---|---|" + "---|" * len(cols) + "---|"]
+    for r in obj["results"]:
+        sd = r.get("std") or {}
+        cells = [f"{r[n]:.3f}" + (f" ± {sd[n]:.3f}" if n in sd else "") for n, _ in cols]
+        what = {"before": "none (before)", "concept": f"top-{r['k']} (NEAT)",
+                "random": f"random {r['k']} (mean of {r['n_sets']})"}[r["condition"]]
+        lines.append(f"| {r['k']} | {what} | " + " | ".join(cells) + f" | {r['ppl_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _hate_findings(obj: dict) -> str:
+    rows = obj["results"]
+    before = rows[0]
+    out = []
+    for k in sorted({r["k"] for r in rows if r["k"]}):
+        c = next(r for r in rows if r["k"] == k and r["condition"] == "concept")
+        rnd = next(r for r in rows if r["k"] == k and r["condition"] == "random")
+        parts = []
+        for n, label in (("gap", "log-likelihood gap (hate − neutral)"), ("hate_rate", "hate rate"),
+                         ("toxic_rate", "hate-or-offensive rate"), ("readout_accuracy", "readout accuracy")):
+            d, dr, sd = c[n] - before[n], rnd[n] - before[n], rnd["std"].get(n, 0.0)
+            beyond = abs(d - dr) > 2 * sd and abs(d - dr) > 1e-9
+            parts.append(f"{label} {before[n]:.3f} → {c[n]:.3f} (random: {rnd[n]:.3f} ± {sd:.3f}; "
+                         + ("outside" if beyond else "within") + " 2 s.d. of random)")
+        out.append(f"- K={k}: " + "; ".join(parts) + f"; perplexity ratio {c['ppl_ratio']:.3f} "
+                   f"(random {rnd['ppl_ratio']:.3f}).")
+    return "\n".join(out) + "\n"
+
+
+def _bias_table(obj: dict) -> str:
+    def s(x):
+        return f"{x['score']:.1f} [{x['lo']:.1f}, {x['hi']:.1f}]"
+
+    lines = ["| bias type | n | K | before | top-K off | random K off | ppl ratio | random ppl ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in obj["results"]:
+        lines.append(f"| {r['bias_type']} | {r['n']} | {r['k']} | {s(r['before'])} | {s(r['after'])} | "
+                     f"{s(r['random'])} | {r['ppl_ratio']:.3f} | {r['random_ppl_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _bias_findings(obj: dict) -> str:
+    k = max(r["k"] for r in obj["results"])
+    out = []
+    for r in (x for x in obj["results"] if x["k"] == k):
+        b, a, rn = r["before"], r["after"], r["random"]
+        toward = abs(b["score"] - 50) - abs(a["score"] - 50)
+        toward_r = abs(b["score"] - 50) - abs(rn["score"] - 50)
+        inside = b["lo"] <= a["score"] <= b["hi"]
+        out.append(f"- {r['bias_type']} (n={r['n']}): {b['score']:.1f} → {a['score']:.1f} with the top-{k} off "
+                   f"({toward:+.1f} points toward 50; random {k}: {toward_r:+.1f}); the new score is "
+                   + ("inside" if inside else "outside") + " the before interval"
+                   + (f"; before interval {'excludes' if not b['lo'] <= 50 <= b['hi'] else 'includes'} 50" ) + ".")
+    ppl = next(r for r in obj["results"] if r["k"] == k)
+    out.append(f"- Perplexity ratio with the top-{k} off: {ppl['ppl_ratio']:.3f} (random {k}: "
+               f"{ppl['random_ppl_ratio']:.3f}).")
+    return "\n".join(out) + "\n"
+
+
+def _bias_plot(obj: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    k = max(r["k"] for r in obj["results"])
+    rows = [r for r in obj["results"] if r["k"] == k]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows) + 2), 3.6))
+    for i, (key, label) in enumerate((("before", "before"), ("after", f"top-{k} off"), ("random", f"random {k} off"))):
+        v = np.array([r[key]["score"] for r in rows])
+        err = np.array([[r[key]["score"] - r[key]["lo"] for r in rows], [r[key]["hi"] - r[key]["score"] for r in rows]])
+        ax.bar(x + (i - 1) * 0.27, v, 0.27, yerr=err, capsize=2, label=label)
+    ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.set_xticks(x, [f"{r['bias_type']}\n(n={r['n']})" for r in rows], fontsize=8)
+    ax.set_ylabel("stereotype score (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{obj['dataset']}: stereotype score with 95% bootstrap intervals", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def study_sections() -> list[str]:
+    docs = ROOT / "docs"
+    hate = ["## Hate speech: `neat hate`\n",
+            "NEAT finds hate-speech neurons on the fit part (hateful vs neutral statements), the top-K are turned "
+            "off (zero ablation), and everything is measured on held-out sentences, next to K random neurons from "
+            "the same pool (3 sets; mean ± s.d.). *loglik* = mean per-token log-likelihood (nats); *gap* = hate − "
+            "neutral; *readout* = the label readout \"Is this text hateful? Answer:\" (logit \" Yes\" − \" No\" > 0); "
+            "*hate rate* = share of continuations (20 sampled tokens, fixed seeds) of hate-prone prompts (the first "
+            "half of held-out hateful sentences) that the Davidson-trained classifier labels hate speech; "
+            "*ppl ratio* = perplexity on neutral text after / before. Cost limit: NEAT scores a seeded 10% subset of "
+            "the neurons (4,608 of 46,080), so K=100 is the top 2% of that subset.\n"]
+    bias = ["## Social bias: `neat bias`\n",
+            "Minimal pairs are split (seeded, whole pairs, stratified by bias type) into 70% fit and 30% eval. NEAT "
+            "finds bias neurons on the fit pairs (the more stereotypical sentences as positives, their counterparts "
+            "as contrast); the *stereotype score* is the share of held-out pairs whose more stereotypical sentence "
+            "the model finds more likely (summed token log-likelihood after the start token; 50 = no preference), "
+            "with n and a 95% bootstrap interval (1,000 resamples of pairs). Random K neurons (3 sets, per-pair "
+            "preferences averaged) are the control; the perplexity ratio is on neutral English text (Hindi text for "
+            "the Hindi run). Bias types with fewer than 5 held-out pairs only count towards *all*. Same cost limit "
+            "as above (10% neuron subset).\n"]
+    for name, exp in STUDIES.items():
+        out = ROOT / "results" / name
+        kind = exp["args"][0]
+        f = out / f"{kind}.json"
+        cmd = "neat " + " ".join(shlex.quote(a) for a in exp["args"]) + f" --out results/{name}"
+        head = f"### {exp['title']}\n\n```bash\n{cmd}\n```\n\n"
+        if not f.exists():
+            (hate if kind == "hate" else bias).append(head + "Not run yet.\n")
+            continue
+        obj = json.loads(f.read_text())
+        st = obj["settings"]
+        if kind == "hate":
+            q = obj["classifier"]
+            hate.append(head + f"Held out: {obj['n_eval']['hate']} hateful and {obj['n_eval']['neutral']} neutral "
+                        f"sentences, {obj['n_prompts']} prompts; reading layer {st['reading_layer']} (held-out "
+                        f"AUROC of the concept score {st['eval_auroc']:.3f}); fit groups "
+                        f"{st['fit_groups'] or 'all'}, eval groups {st['eval_groups'] or 'all (held-out split)'}. "
+                        f"Judge: held-out accuracy {q['accuracy']:.3f}, hate-class F1 {q['f1_hate']:.3f} "
+                        f"(precision {q['precision_hate']:.3f}, recall {q['recall_hate']:.3f}, n={q['n_test']}).\n\n"
+                        + _hate_table(obj) + "\nWhat the numbers say:\n\n" + _hate_findings(obj))
+        else:
+            _bias_plot(obj, docs / "img" / f"{name}.png")
+            bias.append(head + f"{obj['n_eval_pairs']} held-out pairs ({st['n_fit_pairs']} fit pairs); reading "
+                        f"layer {st['reading_layer']} (held-out AUROC of the concept score, stereotypical vs "
+                        f"counterpart sentence: {st['eval_auroc']:.3f}).\n\n" + _bias_table(obj)
+                        + f"\n![{name}](img/{name}.png)\n\nWhat the numbers say (K = largest):\n\n"
+                        + _bias_findings(obj))
+    return hate + bias
+
+
 def write() -> None:
     docs = ROOT / "docs"
     (docs / "img").mkdir(parents=True, exist_ok=True)
     parts = ["# Results\n",
-             "Generated by `python scripts/make_results.py` from real runs of `neat compare` on the embedded "
+             "Generated by `python scripts/make_results.py` from real runs of `neat compare`, `neat hate` and `neat bias` on the embedded "
              "SmolLM2-135M-Instruct (46,080 MLP neurons). Every number is measured on the held-out eval split.\n",
              f"- Machine: {machine()}\n- Written: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n",
              "How to read the tables: *gap removal* = 1 − (S gap after / S gap before) on held-out data (1 = the "
@@ -113,6 +269,7 @@ def write() -> None:
                      + (out / "compare.md").read_text()
                      + f"\n![dose-response {name}](img/{name}_dose_response.png)\n\n"
                      + "What the numbers say:\n\n" + findings(cmp))
+    parts += study_sections()
     (docs / "results.md").write_text("\n".join(parts))
     print("wrote", docs / "results.md")
 
@@ -120,7 +277,7 @@ def write() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only-write", action="store_true")
-    ap.add_argument("--experiments", default=",".join(EXPERIMENTS))
+    ap.add_argument("--experiments", default=",".join([*EXPERIMENTS, *STUDIES]))
     args = ap.parse_args()
     if not args.only_write:
         for name in args.experiments.split(","):

@@ -388,6 +388,9 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="a run folder"),
         webbrowser.open(path.resolve().as_uri())
 
 
+from . import cli_studies  # noqa: E402,F401  (registers `neat hate` and `neat bias` on the app)
+
+
 def main() -> None:
     app()
 

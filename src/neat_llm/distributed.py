@@ -359,6 +359,7 @@ class RaySweep:
         ray = require_ray()
         from ray.util import ActorPool
 
+        t_start = time.perf_counter()
         started_here = not ray.is_initialized()
         if started_here:
             kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -382,6 +383,7 @@ class RaySweep:
                 self.worker_pids = ray.get([a.pid.remote() for a in actors])
             except ray.exceptions.RayActorError as err:
                 raise RunError(f"a Ray worker could not load the model {spec}: {err}") from None
+            summary["seconds_startup"] = time.perf_counter() - t_start  # cluster start and model loads
             pool = ActorPool(actors)
             done = n_resumed
             label = f"{method} sweep on Ray, {n_actors} workers: shards" + (f" ({n_resumed} resumed)" if n_resumed else "")

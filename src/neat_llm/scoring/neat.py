@@ -23,6 +23,7 @@ import torch
 
 from ..concepts.representations import check_finite
 from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
+from ..models.adapters import get_module
 from ..models.loaded import LoadedModel
 from .base import Scorer, ScoringTask
 from .positions import ReadPositionCache, read_block_effect
@@ -65,11 +66,28 @@ def call_block(block: torch.nn.Module, h: torch.Tensor, call: tuple[tuple, dict]
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def call_block_last(model: LoadedModel, j: int, h: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
+    """Block ``j`` on h [C, T, d] where only the last position of the output is read: its MLP runs
+    on the last position alone (a pre-hook slices its input to [C, 1, d]; the residual add then
+    broadcasts, so positions < T-1 of the returned tensor are not the block's output and must not
+    be used). The MLP is ~3/4 of a block's FLOPs. Attention still runs on every position."""
+    mlp = get_module(model.blocks[j], model.family.site.rsplit(".", 1)[0])
+    handle = mlp.register_forward_pre_hook(lambda _m, args: (args[0][:, -1:],) + tuple(args[1:]))
+    try:
+        return call_block(model.blocks[j], h, call)
+    finally:
+        handle.remove()
+
+
 def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: torch.Tensor) -> torch.Tensor:
     """Run replicas h [C, T, d] (the output of block ``l``) through blocks l+1..top, read S at the
-    last token and return S_clean - S_off: [C]. Counts one partial forward per replica."""
+    last token and return S_clean - S_off: [C]. Counts one partial forward per replica. Block
+    ``top`` computes its MLP at the last position only (``call_block_last``)."""
     for j in range(l + 1, top + 1):
-        h = call_block(model.blocks[j], h, cache.calls[j])
+        if j == top and h.shape[1] > 1:
+            h = call_block_last(model, j, h, cache.calls[j])
+        else:
+            h = call_block(model.blocks[j], h, cache.calls[j])
     s_off = h[:, -1].float() @ cache.vector.float()
     check_finite(s_off, f"the ablated forward of block {l}")
     C = h.shape[0]

@@ -103,7 +103,7 @@ def test_examples_match_a_direct_reading_of_each_neuron(run_dir, tiny_llama):
         l, k = n["layer"], n["neuron"]
         maxima = [x["max"] for x in n["examples"]]
         assert maxima == sorted(maxima, reverse=True) and len(n["examples"]) == 4
-        assert len({(x["side"], x["text_index"]) for x in n["examples"]}) == 4  # distinct texts
+        assert len({texts[x["side"]][x["text_index"]] for x in n["examples"]}) == 4  # distinct texts
         for x in n["examples"]:
             text = texts[x["side"]][x["text_index"]]
             enc = tiny_llama.encode([text])
@@ -118,6 +118,20 @@ def test_examples_match_a_direct_reading_of_each_neuron(run_dir, tiny_llama):
         assert n["mean_positive"] == pytest.approx(n["mean_positive"])  # finite
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["passes"]["examples"]["forward"] > 0 and meta["seconds"]["examples"] > 0
+
+
+def test_examples_are_distinct_texts_when_the_data_repeats_a_text(tiny_llama, tmp_path):
+    """A text listed twice (on one side or on both) is shown once per neuron."""
+    pos, neg = concept_texts(12)
+    neg = neg + [pos[0], pos[0], neg[0]]  # repeats within and across sides
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # find warns about the repeats
+        run = nl.find_concept_neurons(tiny_llama, nl.ConceptSet.from_texts(pos + [pos[0]], neg, name="rep"),
+                                      out=tmp_path / "run", progress=False, top_k=30, eval_fraction=0.2)
+    ex = json.loads((tmp_path / "run" / "examples.json").read_text())
+    for n in ex["neurons"]:
+        shown = ["".join(x["tokens"]) for x in n["examples"]]
+        assert len(shown) == len(set(shown)) > 0, (n["layer"], n["neuron"], shown)
 
 
 def test_report_has_every_section(run_dir):

@@ -32,7 +32,7 @@ def _candidates(stats, side: str, layer: int, neuron: int):
 @torch.inference_mode()
 def neuron_examples(model: LoadedModel, texts: dict[str, list[str]], stats: dict, neurons: list[tuple[int, int]], *,
                     per_neuron: int = 4, window: int = 48, batch_size: int = 16) -> dict:
-    """For each (layer, neuron): its ``per_neuron`` distinct texts with the highest activation
+    """For each (layer, neuron): its ``per_neuron`` distinct texts (by string) with the highest activation
     (positives and contrast together), each with the tokens and the neuron's activation at every
     token (a ``window``-token span around the maximum for long texts).
 
@@ -44,8 +44,8 @@ def neuron_examples(model: LoadedModel, texts: dict[str, list[str]], stats: dict
         cands = sorted((c for side in texts for c in _candidates(stats[side], side, l, k)), key=lambda c: -c[0])
         seen, picked = set(), []
         for v, side, t, p in cands:
-            if (side, t) not in seen:
-                seen.add((side, t))
+            if texts[side][t] not in seen:  # by text: a data set may hold the same text twice
+                seen.add(texts[side][t])
                 picked.append((v, side, t, p))
                 needed[(side, t)] = None
             if len(picked) == per_neuron:

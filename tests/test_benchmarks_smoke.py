@@ -1,0 +1,97 @@
+"""The benchmark scripts run end to end on a tiny saved Llama (in-process, --quick sizes) and write
+what they promise: the columns, rows, pass counts and agreement values of a real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def quiet_transformers():
+    """The scripts quiet transformers' logging and progress bars; give the other tests theirs back."""
+    from transformers.utils import logging
+
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    yield
+    logging.set_verbosity(level)
+    if bars:
+        logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize("name", ["bench_sweep", "bench_variants", "bench_costs"])
+def test_scripts_import_and_help(name, capsys, quiet_transformers):
+    module = _script(name)  # bench_sweep: the shared set-up it imports from _common resolves
+    if name == "bench_sweep":
+        assert callable(module.main)
+        return
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"])
+    assert exc.value.code == 0
+    assert "--model" in capsys.readouterr().out
+
+
+def test_bench_variants_smoke(tiny_model_dir, tmp_path, capsys, quiet_transformers):
+    rows = _script("bench_variants").main(["--model", str(tiny_model_dir), "--candidates", "30", "--top", "10",
+                                           "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    df = pd.read_csv(tmp_path / "variants.csv")
+    assert list(df.variant) == ["all", "read", "screen-verify"] == [r["variant"] for r in rows]
+    for col in ("seconds", "forward", "partial_forward", "block_forward", "backward", "peak_rss_mb",
+                "rss_increase_mb", "n_scored", "spearman_vs_all", "top_overlap_vs_all", "max_abs_diff_vs_all"):
+        assert col in df.columns, col
+    a, r, sv = (df.iloc[i] for i in range(3))
+    assert a.n_scored == r.n_scored == 3 * 48 and sv.n_scored == 30
+    assert a.spearman_vs_all == pytest.approx(1.0) and a.top_overlap_vs_all == 1.0 and a.max_abs_diff_vs_all == 0
+    assert -1 <= r.spearman_vs_all <= 1 and 0 <= r.top_overlap_vs_all <= 1
+    assert 0 <= sv.top_overlap_vs_all <= 1
+    assert sv.max_abs_diff_vs_all < 1e-4, "verified scores are exact NEAT scores"
+    assert a.forward == 1 and a.backward == 0 and 0 < a.partial_forward <= a.n_scored
+    assert sv.backward > 0 and sv.partial_forward <= 30
+    assert (df.peak_rss_mb > 0).all() and (df.seconds > 0).all()
+    assert "read-position sweep:" in out and "the all-position sweep" in out and "Spearman" in out
+    assert "top-10 overlap" in out and "max |verified - exact|" in out
+
+
+def test_bench_costs_smoke(tiny_model_dir, tmp_path, capsys, quiet_transformers):
+    bench = _script("bench_costs")
+    res = bench.main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--scale-check"])
+    out = capsys.readouterr().out
+    assert (tmp_path / "costs.png").stat().st_size > 10_000
+    df = pd.read_csv(tmp_path / "costs.csv")
+    assert list(df.columns[:len(bench.COLUMNS)]) == bench.COLUMNS
+    vs_n, vs_m, concept = (df[df.sweep == s] for s in ("n", "m", "concept"))
+    for method in bench.METHODS:
+        assert sorted(vs_n[vs_n.method == method].n) == [8, 16, 32], method
+        assert sorted(vs_m[vs_m.method == method].m) == [2, 4], method
+    ex = vs_n[vs_n.method == "exhaustive"].set_index("n")
+    assert list(ex.extrapolated) == [False, False, True], "exhaustive is measured up to n = 16 only"
+    assert math.isnan(ex.loc[32, "peak_rss_mb"]) and ex.loc[32, "seconds"] > 0
+    assert not df[df.method != "exhaustive"].extrapolated.any()
+    for _, row in pd.concat([vs_n, vs_m]).iterrows():  # the passes each method is documented to cost
+        if row.method == "neat":
+            assert (row.forward, row.partial_forward, row.backward) == (1, row.n, 0)
+        elif row.method == "exhaustive":
+            assert (row.forward, row.partial_forward, row.backward) == (row.m, row.n * row.m, 0)
+        else:
+            assert (row.forward, row.partial_forward, row.backward) == (row.m, 0, row.m)
+    assert list(concept.forward) == [2 * m for m in concept.m]
+    assert set(res["slopes"]) == {*bench.METHODS, "concept-stage"}
+    assert all(math.isfinite(s["m"]) for s in res["slopes"].values())
+    assert "growth exponents" in out and "x the neurons" in out
+    scale = pd.read_csv(tmp_path / "scale.csv")
+    assert list(scale.d_ff) == [48, 192] and list(scale.n_neurons) == [144, 576]
+    assert (scale.rss_increase_mb >= 0).all()

@@ -64,7 +64,7 @@ class LoadedModel:
         if getattr(self.tokenizer, "pad_token", None) is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"  # right padding keeps positions of real tokens unchanged
-        d_ffs = {self.weight_out(i).shape[0] for i in range(self.n_layers)}
+        d_ffs = {self._out_shape(i)[0] for i in range(self.n_layers)}
         if len(d_ffs) != 1:
             raise ValueError(f"blocks of {self.model_id} have different MLP widths {sorted(d_ffs)}; not supported")
         # registered last: a model that fails the checks above must not keep a counting hook
@@ -104,11 +104,11 @@ class LoadedModel:
 
     @property
     def d_ff(self) -> int:
-        return int(self.weight_out(0).shape[0])
+        return int(self._out_shape(0)[0])
 
     @property
     def d_model(self) -> int:
-        return int(self.weight_out(0).shape[1])
+        return int(self._out_shape(0)[1])
 
     @property
     def n_neurons(self) -> int:
@@ -131,9 +131,45 @@ class LoadedModel:
                 return v
         return 2048
 
+    def _out_shape(self, layer: int) -> torch.Size:
+        """[d_ff, d_model] of block ``layer``, without loading offloaded weights."""
+        return down_weight_columns(self.sites[layer].weight, self.family.down_layout).shape
+
     def weight_out(self, layer: int) -> torch.Tensor:
-        """Output vector of every neuron of block ``layer``: [d_ff, d_model] (a view, no copy)."""
-        return down_weight_columns(self.sites[layer].weight, self.family.down_layout)
+        """Output vector of every neuron of block ``layer``: [d_ff, d_model] (a view, no copy), on
+        the device the block runs on. Where accelerate offloaded the block (``device_map`` with
+        "cpu"/"disk" offload) the weight is a meta tensor outside the block's forward: it is then
+        loaded through accelerate's hook (a copy; the last one is kept)."""
+        w = self.sites[layer].weight
+        if w.device.type == "meta":
+            if self._onloaded[0] != layer:
+                self._onloaded = (layer, self._onload_site_weight(layer))
+            w = self._onloaded[1]
+        return down_weight_columns(w, self.family.down_layout)
+
+    _onloaded = (None, None)  # (layer, weight) of the last offloaded down projection loaded
+
+    def _onload_site_weight(self, layer: int) -> torch.Tensor:
+        from accelerate.utils import align_module_device, has_offloaded_params
+
+        site = self.sites[layer]
+        owners = [m for m in self.hf.modules() if has_offloaded_params(m) and any(s is site for s in m.modules())]
+        if not owners:
+            raise UnsupportedModelError(f"the down projection of block {layer} has no weights (meta tensor) and no "
+                                        "accelerate offload hook that could load them")
+        owner = min(owners, key=lambda m: sum(1 for _ in m.modules()))  # the innermost
+        with torch.no_grad(), align_module_device(owner):
+            return site.weight.detach().clone()
+
+    def block_device(self, layer: int) -> torch.device:
+        """Where block ``layer`` computes: accelerate's execution device for a dispatched model,
+        else the device of its weights."""
+        hook = getattr(self.blocks[layer], "_hf_hook", None)
+        dev = getattr(hook, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
+        w = self.sites[layer].weight
+        return w.device if w.device.type != "meta" else self.device
 
     @cached_property
     def weights_hash(self) -> str:

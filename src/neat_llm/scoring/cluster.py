@@ -76,7 +76,7 @@ class ClusterScorer(Scorer):
             self.last_clusters[l] = labels
             n_c = int(labels.max()) + 1
             masks = torch.stack([(labels == c).float() for c in range(n_c)])  # [n_c, d_ff]
-            v_off = task.value_off(l, model.d_ff).to(model.device, model.dtype)
+            v_off = task.value_off(l, model.d_ff).to(model.block_device(l), model.dtype)
             total = torch.zeros(n_c)
             for cache, w in zip(caches, task.probes.weights):
                 total += w * group_effects(model, cache, l, top, masks, v_off, self.tokens_per_batch)

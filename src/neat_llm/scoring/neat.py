@@ -46,7 +46,7 @@ class ProbeCache:
         self.block_out = {l: outs[l][0] for l in blocks}
         self.acts = {l: acts[l][0] for l in blocks}
         self.n_tokens = int(enc["input_ids"].shape[1])
-        self.vector = vector.to(model.device, model.dtype)
+        self.vector = vector.to(self.block_out[readout_layer].device, model.dtype)  # where the reading block runs
         self.s_clean = float(self.block_out[readout_layer][0, -1].float() @ self.vector.float())
         check_finite(self.block_out[readout_layer], "the clean forward of a probe text")
 
@@ -88,7 +88,7 @@ def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: 
             h = call_block_last(model, j, h, cache.calls[j])
         else:
             h = call_block(model.blocks[j], h, cache.calls[j])
-    s_off = h[:, -1].float() @ cache.vector.float()
+    s_off = h[:, -1].float() @ cache.vector.to(h.device).float()
     check_finite(s_off, f"the ablated forward of block {l}")
     C = h.shape[0]
     model.counter.partial_forward += C
@@ -147,7 +147,7 @@ class NeatScorer(Scorer):
             row = torch.full((d_ff,), float("nan"))
             if idx:
                 row[idx] = 0.0
-                v_off = task.value_off(l, d_ff).to(model.device, model.dtype)
+                v_off = task.value_off(l, d_ff).to(model.block_device(l), model.dtype)
                 for cache, w in zip(caches, task.probes.weights):
                     row[idx] += w * self._block_effect(model, cache, l, top, torch.tensor(idx), v_off, task)
             scores[l] = row
@@ -165,7 +165,7 @@ class NeatScorer(Scorer):
         # read position only: every position but the last keeps its clean value
         at = slice(-1, None) if read else slice(None)
         for s in range(0, len(idx), chunk):
-            ks = idx[s:s + chunk].to(model.device)
+            ks = idx[s:s + chunk].to(v_off.device)
             C = len(ks)
             if kv:
                 out[s:s + C] = read_block_effect(model, cache.read, l, top, ks, v_off)
@@ -208,7 +208,7 @@ def group_effects(model: LoadedModel, cache: ProbeCache, l: int, top: int, masks
     One partial pass per group; the same two paths (fused shift / block re-run) as single neurons."""
     T = cache.n_tokens
     chunk = max(1, tokens_per_batch // T)
-    masks = masks.to(model.device, model.dtype)
+    masks = masks.to(model.block_device(l), model.dtype)
     out = torch.empty(len(masks))
     for s in range(0, len(masks), chunk):
         M = masks[s:s + chunk]  # [C, d_ff]

@@ -48,7 +48,7 @@ class ReadPositionCache:
                  full_block_out: torch.Tensor, s_clean: float, kv: bool = True):
         from transformers import DynamicCache
 
-        self.vector = vector.to(model.device, model.dtype)
+        self.vector = vector.to(full_block_out.device, model.dtype)
         self.s_clean = s_clean
         self.kv = False
         enc = model.encode([text])
@@ -140,7 +140,7 @@ def read_block_effect(model: LoadedModel, rc: ReadPositionCache, l: int, top: in
         model.counter.block_forward += C * (top - l + 1)
     for j in range(l + 1, top + 1):
         h = call_block(model.blocks[j], h, rc.replay_call(j, C, cache))
-    s_off = h[:, -1].float() @ rc.vector.float()
+    s_off = h[:, -1].float() @ rc.vector.to(h.device).float()
     check_finite(s_off, f"the ablated forward of block {l}")
     model.counter.partial_forward += C
     return (rc.s_clean - s_off).cpu()

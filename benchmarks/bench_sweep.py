@@ -19,16 +19,19 @@ remove (torch.compile gave ~13% on one block in a trial, at ~20 s of compile tim
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import neat_llm as nl
-from neat_llm.concepts.representations import text_pass
-from neat_llm.concepts.vectors import ConceptReadout, choose_reading_layer, concept_vectors, layer_aurocs
 from neat_llm.scoring import NeatScorer, ProbeSet, ReferenceScorer, ScoringTask
 from neat_llm.scoring.neat import ProbeCache, call_block
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import demo_setup, sample_neurons  # noqa: E402
 
 
 def matmul_gflops(m: int, k: int, n: int, seconds: float = 3.0) -> float:
@@ -57,17 +60,9 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     model = nl.load_model()
-    concept = nl.demo_concept()
-    fit = concept.split(0.3, seed=0).fit
-    tp = text_pass(model, list(fit.texts))
-    y = torch.tensor(fit.labels)
-    layer = choose_reading_layer(layer_aurocs(tp.residuals, y))
-    readout = ConceptReadout(layer, concept_vectors(tp.residuals, y)[layer])
-    s = readout.score(tp.residuals[:, layer])
-    s[~y] = -float("inf")
-    probe = fit.texts[int(s.argmax())]
-    n_tokens = len(model.tokenizer(probe)["input_ids"])
-    print(f"demo concept, reading layer {layer}, probe of {n_tokens} tokens: {probe!r}")
+    setup = demo_setup(model)
+    readout, probe, layer = setup.readout, setup.probe, setup.layer
+    print(setup.describe())
 
     mm_sweep = matmul_gflops(args.tokens_per_batch, model.d_model, model.d_ff)
     mm_square = matmul_gflops(2048, 2048, 2048)
@@ -86,11 +81,7 @@ def main() -> None:
           f"{fast.passes.block_forward:,} block calls x {per_block / 1e6:.1f} MFLOP = {flops / 1e12:.1f} TFLOP; "
           f"{rate:.0f} GFLOP/s = {rate / mm_sweep:.0%} of the sweep-shape matmul rate, {rate / mm_square:.0%} of 2048^3")
 
-    g = torch.Generator().manual_seed(0)
-    flat = torch.randperm(len(layers) * model.d_ff, generator=g)[:args.naive_sample]
-    sample: dict[int, list[int]] = {}
-    for i in flat.tolist():
-        sample.setdefault(layers[i // model.d_ff], []).append(i % model.d_ff)
+    sample = sample_neurons(layers, model.d_ff, args.naive_sample, seed=0)
     naive_task = ScoringTask(readout, ProbeSet([probe], [1.0]), layers=sorted(sample), neurons=sample)
     naive = ReferenceScorer().score(model, naive_task)
     per_neuron = naive.seconds / args.naive_sample

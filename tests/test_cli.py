@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import torch
 from typer.testing import CliRunner
 
 from conftest import concept_texts
@@ -130,3 +131,27 @@ def test_compare_every_method_end_to_end(tiny_model_dir, tmp_path):
     assert {p.name: (p / "meta.json").exists() for p in (out / "runs").iterdir()} == {m: True for m in before}
     r = runner.invoke(app, args[:-1] + ["--methods", "neat,magic"])
     assert r.exit_code == 2 and "magic" in r.output
+
+
+def test_find_position_restricted(tiny_model_dir, tmp_path):
+    """--positions read gives the read-position scorer's scores (not the all-position ones) and is
+    recorded in the run; it is refused for other methods."""
+    import neat_llm as nl
+    from neat_llm.scoring import NeatScorer, ProbeSet, ScoringTask
+
+    csv = _concept_csv(tmp_path)
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--positions", "read", "--out",
+                            str(tmp_path / "read"), "--json"])
+    assert r.exit_code == 0, r.output
+    run = nl.Run.load(tmp_path / "read")
+    assert run.meta.params["scorer"]["positions"] == "read"
+    model = nl.load_model(tiny_model_dir)
+    from neat_llm.evaluation import run_readout
+
+    task = ScoringTask(run_readout(run), ProbeSet(run.meta.probe_texts, [1.0]), layers=list(range(model.n_layers)))
+    direct = NeatScorer(positions="read").score(model, task).scores
+    assert torch.allclose(run.scores, direct, atol=1e-5)
+    assert not torch.allclose(run.scores, NeatScorer().score(model, task).scores, atol=1e-4)
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--method", "exhaustive", "--positions",
+                            "read", "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "--positions read is an option of --method neat" in r.output

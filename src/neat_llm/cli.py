@@ -89,6 +89,7 @@ def find(
     clusters: int = typer.Option(32, "--clusters", help="neat-cluster: k-means clusters per block"),
     keep_clusters: int = typer.Option(16, "--keep-clusters", help="neat-cluster: clusters whose neurons are scored"),
     candidates: int = typer.Option(500, "--candidates", help="screen-verify: neurons verified exactly"),
+    positions: str = typer.Option("all", "--positions", help="neat: turn a neuron off at every position ('all') or at the read position only ('read', ~T times cheaper, a different score)"),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="'auto': spread a large model over this machine's GPUs (accelerate)"),
     ray: bool = typer.Option(False, "--ray", help="shard the NEAT sweep over a Ray cluster (pip install 'neat-llm[ray]'); a local one unless --ray-address; see docs/scaling.md"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join a running Ray cluster: 'auto', HOST:6379 or ray://HOST:10001 (implies --ray)"),
@@ -119,8 +120,13 @@ def find(
 
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)
+        if positions not in ("all", "read"):
+            _fail(f"--positions must be 'all' or 'read', got {positions!r}")
+        if positions != "all" and method != "neat":
+            _fail("--positions read is an option of --method neat")
         scorer_options = {"neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
-                          "screen-verify": {"candidates": candidates}}.get(method, {})
+                          "screen-verify": {"candidates": candidates},
+                          "neat": {"positions": positions} if positions != "all" else {}}.get(method, {})
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             run = nl.find_concept_neurons(m, cs, method=method, reading_layer=reading_layer, vector=vector, pool=pool,

@@ -58,3 +58,27 @@ def test_pass_counts(tiny_llama):
     assert fast.passes.partial_forward == 2 * 2 * tiny_llama.d_ff
     ref = ReferenceScorer().score(tiny_llama, task)
     assert ref.passes.forward == 2 + 2 * 3 * tiny_llama.d_ff
+
+
+def test_compiled_sweep_equals_reference(tokenizer):
+    """NeatScorer(compile=True): the replayed blocks through torch.compile give the reference's numbers
+    (a 4-block Llama, reading layer 3: three compiled block calls per neuron of block 0, and a
+    remainder chunk, so a second replica count is compiled too)."""
+    import transformers as tf
+    from transformers import AutoModelForCausalLM
+
+    from neat_llm.models import LoadedModel, family_for
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         initializer_range=0.2)
+    cfg._attn_implementation = "sdpa"
+    m = LoadedModel(hf=AutoModelForCausalLM.from_config(cfg), tokenizer=tokenizer, family=family_for("llama"),
+                    model_id="tiny-llama-4")
+    pos, _ = concept_texts(2)
+    readout = ConceptReadout(layer=3, vector=torch.nn.functional.normalize(torch.randn(m.d_model), dim=0))
+    task = ScoringTask(readout, ProbeSet([pos[0]], [1.0]), layers=[0, 1, 3])
+    fast = NeatScorer(tokens_per_batch=200, compile=True).score(m, task)
+    _close(fast.scores, ReferenceScorer().score(m, task).scores)
+    assert fast.params["compile"] is True

@@ -79,15 +79,30 @@ def call_block_last(model: LoadedModel, j: int, h: torch.Tensor, call: tuple[tup
         handle.remove()
 
 
-def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: torch.Tensor) -> torch.Tensor:
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_call_block():
+    """``call_block`` through ``torch.compile`` (inductor fuses the norms, rotary, gating and
+    residual adds around the matmuls). Compiled once per process: with nn.Module inlining the
+    blocks' weights are graph inputs, so every block of a model (and every model of the same
+    family and shapes) reuses one graph; a new replica count C recompiles once."""
+    if "call_block" not in _COMPILED:
+        _COMPILED["call_block"] = torch.compile(call_block, dynamic=False)
+    return _COMPILED["call_block"]
+
+
+def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: torch.Tensor,
+                    run_block=call_block) -> torch.Tensor:
     """Run replicas h [C, T, d] (the output of block ``l``) through blocks l+1..top, read S at the
     last token and return S_clean - S_off: [C]. Counts one partial forward per replica. Block
-    ``top`` computes its MLP at the last position only (``call_block_last``)."""
+    ``top`` computes its MLP at the last position only (``call_block_last``); the blocks before it
+    go through ``run_block`` (``call_block`` or its compiled form)."""
     for j in range(l + 1, top + 1):
         if j == top and h.shape[1] > 1:
             h = call_block_last(model, j, h, cache.calls[j])
         else:
-            h = call_block(model.blocks[j], h, cache.calls[j])
+            h = run_block(model.blocks[j], h, cache.calls[j])
     s_off = h[:, -1].float() @ cache.vector.to(h.device).float()
     check_finite(s_off, f"the ablated forward of block {l}")
     C = h.shape[0]
@@ -101,21 +116,27 @@ class NeatScorer(Scorer):
 
     ``positions``: ``"all"`` turns a neuron off at every position (the method's default);
     ``"read"`` only at the read position (the last token), replayed through the model's KV cache
-    (see ``positions.py``): about T times cheaper, a different (position-restricted) score."""
+    (see ``positions.py``): about T times cheaper, a different (position-restricted) score.
+    ``compile``: run the replayed blocks through ``torch.compile`` (all-position sweep; one compile
+    per process, tens of seconds on a CPU, so it pays off on full sweeps only)."""
 
     name = "neat"
 
-    def __init__(self, tokens_per_batch: int = 4096, positions: str = "all", kv_cache: bool = True):
+    def __init__(self, tokens_per_batch: int = 4096, positions: str = "all", kv_cache: bool = True,
+                 compile: bool = False):
         if positions not in ("all", "read"):
             raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
         self.tokens_per_batch = tokens_per_batch
         self.positions = positions
         self.kv_cache = kv_cache
+        self.compile = compile
 
     def params(self) -> dict:
         out = {"tokens_per_batch": self.tokens_per_batch, "positions": self.positions}
         if self.positions == "read" and not self.kv_cache:
             out["kv_cache"] = False
+        if self.compile:
+            out["compile"] = True
         return out
 
     @torch.inference_mode()
@@ -180,7 +201,8 @@ class NeatScorer(Scorer):
                         h = cache.block_out[l] + delta  # [C, T, d]
                 else:
                     h = self._rerun_block(model, cache, l, ks, v_off, at)
-                out[s:s + C] = finish_replicas(model, cache, l, top, h)
+                out[s:s + C] = finish_replicas(model, cache, l, top, h,
+                                               compiled_call_block() if self.compile else call_block)
             if task.on_progress:
                 task.on_progress(C / len(task.probes.texts))
         return out

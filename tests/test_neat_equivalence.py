@@ -82,3 +82,18 @@ def test_compiled_sweep_equals_reference(tokenizer):
     fast = NeatScorer(tokens_per_batch=200, compile=True).score(m, task)
     _close(fast.scores, ReferenceScorer().score(m, task).scores)
     assert fast.params["compile"] is True
+
+
+def test_replicas_reach_the_linear_layers_as_one_matmul(tiny_llama):
+    """Every linear layer in the sweep runs as one ``mm`` over the C*T rows: a replica batch in a
+    layout whose batch dimensions cannot be flattened makes torch run ``bmm`` against C broadcast
+    copies of the weight (2.5x slower on SmolLM2). Llama's SDPA attention uses no bmm either."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pos, _ = concept_texts(2)
+    readout = ConceptReadout(layer=2, vector=torch.nn.functional.normalize(torch.ones(tiny_llama.d_model), dim=0))
+    task = ScoringTask(readout, ProbeSet([pos[0]], [1.0]), layers=[0, 1, 2])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        NeatScorer(tokens_per_batch=200).score(tiny_llama, task)
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::mm" in names and "aten::bmm" not in names

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..allocator import keep_freed_memory
 from ..concepts.representations import check_finite
 from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
 from ..models.adapters import get_module
@@ -72,7 +73,7 @@ def call_block_last(model: LoadedModel, j: int, h: torch.Tensor, call: tuple[tup
     broadcasts, so positions < T-1 of the returned tensor are not the block's output and must not
     be used). The MLP is ~3/4 of a block's FLOPs. Attention still runs on every position."""
     mlp = get_module(model.blocks[j], model.family.site.rsplit(".", 1)[0])
-    handle = mlp.register_forward_pre_hook(lambda _m, args: (args[0][:, -1:],) + tuple(args[1:]))
+    handle = mlp.register_forward_pre_hook(lambda _m, args: (args[0][:, -1:].contiguous(),) + tuple(args[1:]))
     try:
         return call_block(model.blocks[j], h, call)
     finally:
@@ -97,7 +98,13 @@ def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: 
     """Run replicas h [C, T, d] (the output of block ``l``) through blocks l+1..top, read S at the
     last token and return S_clean - S_off: [C]. Counts one partial forward per replica. Block
     ``top`` computes its MLP at the last position only (``call_block_last``); the blocks before it
-    go through ``run_block`` (``call_block`` or its compiled form)."""
+    go through ``run_block`` (``call_block`` or its compiled form).
+
+    ``h`` is made contiguous first: a replica batch built by broadcasting can come out in a
+    position-major layout, and a linear layer on a [C, T, d] input whose batch dimensions cannot be
+    flattened without a copy runs as a batched matmul against C broadcast copies of the weight
+    (``aten::bmm``, ~2.5x slower than one ``mm`` here)."""
+    h = h.contiguous()
     for j in range(l + 1, top + 1):
         if j == top and h.shape[1] > 1:
             h = call_block_last(model, j, h, cache.calls[j])
@@ -158,6 +165,8 @@ class NeatScorer(Scorer):
                     task.on_progress(len(task.neurons_of(l, d_ff)))
         if not pending:
             return
+        if model.device.type == "cpu":
+            keep_freed_memory()
         caches = [ProbeCache(model, t, top, task.readout.vector) for t in task.probes.texts]
         if self.positions == "read":
             for c, t in zip(caches, task.probes.texts):
@@ -217,7 +226,7 @@ class NeatScorer(Scorer):
             x[rows, at, ks] = v_off[ks][:, None].to(x.dtype)
             return x
 
-        h_in = cache.block_input(l).expand(C, -1, -1)
+        h_in = cache.block_input(l).expand(C, -1, -1).contiguous()  # see finish_replicas on layouts
         with edit_inputs({l: model.sites[l]}, off):
             return call_block(model.blocks[l], h_in, cache.calls[l])
 

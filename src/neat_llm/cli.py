@@ -398,6 +398,9 @@ from . import cli_studies  # noqa: E402,F401  (registers `neat hate` and `neat b
 
 
 def main() -> None:
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # studies and sweeps allocate the same large buffers over and over
     app()
 
 

@@ -31,7 +31,8 @@ def _run(env_value: str) -> tuple[bool, int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_freed_buffers_are_reused_without_page_faults():
     on, faults = _run("1")
-    off, faults_off = _run("0")
+    off, _ = _run("0")
     assert on and not off
-    # 20 fresh 16 MiB buffers fault in ~4,000 pages each when unmapped after every use
-    assert faults < 1000 < faults_off, (faults, faults_off)
+    # 20 fresh 16 MiB buffers would fault in ~4,000 pages each if they were unmapped after every
+    # use (what glibc's defaults do, depending on its dynamic threshold: not asserted here)
+    assert faults < 1000, faults

@@ -49,12 +49,13 @@ def test_bench_variants_smoke(tiny_model_dir, tmp_path, capsys, quiet_transforme
                                            "--out", str(tmp_path)])
     out = capsys.readouterr().out
     df = pd.read_csv(tmp_path / "variants.csv")
-    assert list(df.variant) == ["all", "read", "screen-verify"] == [r["variant"] for r in rows]
+    assert list(df.variant) == ["all", "read", "screen-verify", "screen-verify-probes"] == [r["variant"] for r in rows]
     for col in ("seconds", "forward", "partial_forward", "block_forward", "backward", "peak_rss_mb",
                 "rss_increase_mb", "n_scored", "spearman_vs_all", "top_overlap_vs_all", "max_abs_diff_vs_all"):
         assert col in df.columns, col
-    a, r, sv = (df.iloc[i] for i in range(3))
-    assert a.n_scored == r.n_scored == 3 * 48 and sv.n_scored == 30
+    a, r, sv, svp = (df.iloc[i] for i in range(4))
+    assert a.n_scored == r.n_scored == 3 * 48 and sv.n_scored == svp.n_scored == 30
+    assert svp.max_abs_diff_vs_all < 1e-4 and svp.backward == 1  # the screen on the one probe text
     assert a.spearman_vs_all == pytest.approx(1.0) and a.top_overlap_vs_all == 1.0 and a.max_abs_diff_vs_all == 0
     assert -1 <= r.spearman_vs_all <= 1 and 0 <= r.top_overlap_vs_all <= 1
     assert 0 <= sv.top_overlap_vs_all <= 1

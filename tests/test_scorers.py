@@ -108,12 +108,31 @@ def test_screen_verify_scores_top_candidates_exactly(setup):
     got = ScreenVerifyScorer(candidates=R).score(m, task())
     attr = AttributionPatchingScorer().score(m, task()).scores
     neat = NeatScorer().score(m, task()).scores
-    verified = torch.isfinite(got.scores)
+    assert torch.all(got.scores[2] == 0), "blocks after the reading layer are exactly 0 and take no slot"
+    verified = torch.isfinite(got.scores[:2])
     assert int(verified.sum()) == R
-    top_attr = set(torch.topk(attr.flatten(), R).indices.tolist())
+    top_attr = set(torch.topk(attr[:2].flatten(), R).indices.tolist())
     assert set(torch.nonzero(verified.flatten()).flatten().tolist()) == top_attr
-    torch.testing.assert_close(got.scores[verified], neat[verified], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.scores[:2][verified], neat[:2][verified], atol=1e-5, rtol=1e-4)
     assert got.passes.partial_forward == R and got.passes.backward == len(pos)
+
+
+def test_screen_verify_on_the_probe_batch(setup):
+    """screen_on="probes": the screen is a·dS/da on X* (weighted), b backward passes."""
+    from neat_llm.scoring.attribution import gradient_x_activation
+
+    m, pos, neg, readout, task = setup
+    R = 12
+    probes = ProbeSet([pos[0], neg[0]], [1.0, -1.0])
+    got = ScreenVerifyScorer(candidates=R, screen_on="probes").score(m, task(probes=probes))
+    est = (gradient_x_activation(m, [pos[0]], 1, readout.vector) - gradient_x_activation(m, [neg[0]], 1, readout.vector))
+    verified = torch.isfinite(got.scores[:2])
+    assert set(torch.nonzero(verified.flatten()).flatten().tolist()) == set(torch.topk(est.flatten(), R).indices.tolist())
+    neat = NeatScorer().score(m, task(probes=probes)).scores
+    torch.testing.assert_close(got.scores[:2][verified], neat[:2][verified], atol=1e-5, rtol=1e-4)
+    assert got.passes.backward == 2
+    with pytest.raises(ValueError, match="screen_on"):
+        ScreenVerifyScorer(screen_on="all")
 
 
 def test_scorers_need_fit_texts(setup):

@@ -89,6 +89,7 @@ def find(
     clusters: int = typer.Option(32, "--clusters", help="neat-cluster: k-means clusters per block"),
     keep_clusters: int = typer.Option(16, "--keep-clusters", help="neat-cluster: clusters whose neurons are scored"),
     candidates: int = typer.Option(500, "--candidates", help="screen-verify: neurons verified exactly"),
+    screen_on: str = typer.Option("fit", "--screen-on", help="screen-verify: first-order screen on the fit positives ('fit') or on the probe batch ('probes': recovers NEAT's own top neurons)"),
     positions: str = typer.Option("all", "--positions", help="neat: turn a neuron off at every position ('all') or at the read position only ('read', ~T times cheaper, a different score)"),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="'auto': spread a large model over this machine's GPUs (accelerate)"),
     ray: bool = typer.Option(False, "--ray", help="shard the NEAT sweep over a Ray cluster (pip install 'neat-llm[ray]'); a local one unless --ray-address; see docs/scaling.md"),
@@ -125,7 +126,7 @@ def find(
         if positions != "all" and method != "neat":
             _fail("--positions read is an option of --method neat")
         scorer_options = {"neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
-                          "screen-verify": {"candidates": candidates},
+                          "screen-verify": {"candidates": candidates, "screen_on": screen_on},
                           "neat": {"positions": positions} if positions != "all" else {}}.get(method, {})
         with warnings.catch_warnings():
             warnings.simplefilter("always")

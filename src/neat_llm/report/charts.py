@@ -312,7 +312,7 @@ def interval_chart(rows: list[tuple[str, list[tuple[str, float, float | None, fl
     label_w = min(220, 16 + 6.4 * max([len(r) for r, _ in rows] + [4]))
     f = _Frame(width, 0, left=int(label_w), right=24)
     legend = [(c, colors[c], "line") for c in conds]
-    f.top = 16 + 15 * _legend_rows(legend, f)
+    f.top = 16 + 15 * _legend_rows(legend, f) + (14 if reference else 0)  # the reference's label above the rows
     f.height = f.top + len(rows) * row_h + 44
     vals = [v for _, items in rows for _, v, lo, hi in items for v in (v, lo, hi) if v is not None and math.isfinite(v)]
     if reference:
@@ -332,7 +332,8 @@ def interval_chart(rows: list[tuple[str, list[tuple[str, float, float | None, fl
     if reference:
         x, label = reference
         f.parts.append(f'<line x1="{X(x):.1f}" y1="{f.top}" x2="{X(x):.1f}" y2="{y0}" stroke="{GREY}" '
-                       f'stroke-dasharray="4 3"/><text x="{X(x) + 4:.1f}" y="{f.top + 10}" fill="{GREY}">{_e(label)}</text>')
+                       f'stroke-dasharray="4 3"/><text x="{X(x):.1f}" y="{f.top - 4}" text-anchor="middle" fill="{GREY}">'
+                       f'{_e(label)}</text>')
     for r, (label, items) in enumerate(rows):
         top = f.top + r * row_h
         if r:

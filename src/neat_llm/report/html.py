@@ -445,17 +445,23 @@ def _bias(inp: ReportInputs) -> str:
     res = [r for r in (b.get("results") or []) if isinstance(r, dict)]
     if not res:
         return _section("bias", title, _note("bias.json holds no results."))
+    ks = [r.get("k") for r in res if isinstance(r.get("k"), (int, float))]
+    k_chart = max(ks) if ks else None  # one K in the chart (the largest); the table has every K
     rows = []
     for r in res:
+        if k_chart is not None and r.get("k") != k_chart:
+            continue
         items = []
         for cond in ("before", "after", "random"):
             c = r.get(cond)
             if isinstance(c, dict) and _num(c.get("score")) is not None:
                 name = {"before": "before", "after": "concept neurons off", "random": "random neurons off"}[cond]
                 items.append((name, _num(c.get("score")), _num(c.get("lo")), _num(c.get("hi"))))
-        label = f"{r.get('bias_type', '?')} (K={r.get('k', '?')}, n={r.get('n', '?')})"
+        label = f"{r.get('bias_type', '?')} (n={r.get('n', '?')})"
         rows.append((label, items))
-    chart = interval_chart(rows, title="stereotype preference per bias type", xlabel="stereotype preference (%; 50 = none)",
+    k_title = f", K = {_f(k_chart)} neurons off" if k_chart is not None else ""
+    chart = interval_chart(rows, title=f"stereotype preference per bias type{k_title}",
+                           xlabel=f"stereotype preference (%; 50 = none){k_title}",
                            reference=(50.0, "no preference"), css_class="bias")
     table = ('<table class="small"><thead><tr><th>bias type</th><th>K</th><th>n</th><th>before</th><th>after</th>'
              '<th>random</th><th>ppl ratio</th></tr></thead><tbody>'
@@ -463,7 +469,8 @@ def _bias(inp: ReportInputs) -> str:
                        + "".join(f"<td>{e(_ci(r.get(c)))}</td>" for c in ("before", "after", "random"))
                        + f"<td>{e(_f(_num(r.get('ppl_ratio'))))}</td></tr>" for r in res) + "</tbody></table>")
     intro = (f"Data set: {e(b.get('dataset', '?'))} ({e(b.get('lang', '?'))}); method: {e(b.get('method', '?'))}. "
-             "Percent of pairs where the model prefers the stereotypical sentence, with its interval.")
+             "Percent of pairs where the model prefers the stereotypical sentence, with its 95% interval; the "
+             "chart shows the largest K, the table every K.")
     return _section("bias", title, chart + table, intro)
 
 

@@ -14,16 +14,23 @@ Workers run one torch thread each (2 workers on 2 cores); single process runs at
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import neat_llm as nl
 from neat_llm.distributed import RaySweep
-from neat_llm.scoring.neat import ProbeCache, call_block
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sweep import executed_flops  # noqa: E402
+from neat_llm.concepts.vectors import ConceptReadout
+from neat_llm.find import parse_layers
+from neat_llm.scoring import ProbeSet, ScoringTask
+from neat_llm.scoring.neat import ProbeCache
 
 
 def main() -> None:
@@ -51,13 +58,11 @@ def main() -> None:
     ref = runs["single process, 1 thread"][0]
     top = ref.meta.reading_layer
     cache = ProbeCache(model, ref.meta.probe_texts[0], top, ref.concept_vector)
-    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-        call_block(model.blocks[top], cache.block_input(top), cache.calls[top])
-    per_call = fc.get_total_flops()
-    calls = ref.meta.passes["scoring"]["block_forward"]
-    flops = calls * per_call
+    task = ScoringTask(ConceptReadout(top, ref.concept_vector), ProbeSet(ref.meta.probe_texts, [1.0]),
+                       layers=parse_layers(args.layers, model.n_layers))
+    flops, full, calls = executed_flops(model, cache, task, SimpleNamespace(**ref.meta.passes["scoring"]))
     print(f"reading layer {top}; probe {cache.n_tokens} tokens; {int(torch.isfinite(ref.scores).sum()):,} neurons; "
-          f"{calls:,} block calls x {per_call / 1e6:.1f} MFLOP = {flops / 1e12:.2f} TFLOP")
+          f"{calls:,} block calls, {flops / 1e12:.2f} TFLOP executed")
     base = runs["Ray, 1 worker x 1 thread"][0].meta.seconds["scoring"]
     for name, (run, wall) in runs.items():
         s = run.meta.seconds["scoring"]

@@ -4,17 +4,9 @@ per neuron), on tiny models of every adapter family."""
 import pytest
 import torch
 
-from conftest import FAMILY_KINDS, build_tiny, concept_texts
+from conftest import FAMILY_KINDS, build_tiny, close_scores as _close, concept_texts
 from neat_llm.concepts.vectors import ConceptReadout
 from neat_llm.scoring import NeatScorer, ProbeSet, ReferenceScorer, ScoringTask
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert torch.equal(torch.isnan(a), torch.isnan(b))
-    fa, fb = a[~torch.isnan(a)], b[~torch.isnan(b)]
-    scale = fb.abs().max().item()
-    assert scale > 1e-4, "scores are all ~0: the test would prove nothing"
-    torch.testing.assert_close(fa, fb, atol=2e-5 * scale + 1e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", FAMILY_KINDS)

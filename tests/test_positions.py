@@ -7,19 +7,11 @@ import warnings
 import pytest
 import torch
 
-from conftest import FAMILY_KINDS, build_tiny, concept_texts
+from conftest import FAMILY_KINDS, build_tiny, close_scores as _close, concept_texts
 from neat_llm.concepts.vectors import ConceptReadout
 from neat_llm.scoring import NeatScorer, ProbeSet, ReferenceScorer, ScoringTask
 from neat_llm.scoring.neat import ProbeCache
 from neat_llm.scoring.positions import ReadPositionCache
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert torch.equal(torch.isnan(a), torch.isnan(b))
-    fa, fb = a[~torch.isnan(a)], b[~torch.isnan(b)]
-    scale = fb.abs().max().item()
-    assert scale > 1e-4, "scores are all ~0: the test would prove nothing"
-    torch.testing.assert_close(fa, fb, atol=2e-5 * scale + 1e-6, rtol=1e-4)
 
 
 def _task(m, layer=2, seed=1, **kw):

@@ -126,8 +126,8 @@ def test_examples_are_distinct_texts_when_the_data_repeats_a_text(tiny_llama, tm
     neg = neg + [pos[0], pos[0], neg[0]]  # repeats within and across sides
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # find warns about the repeats
-        run = nl.find_concept_neurons(tiny_llama, nl.ConceptSet.from_texts(pos + [pos[0]], neg, name="rep"),
-                                      out=tmp_path / "run", progress=False, top_k=30, eval_fraction=0.2)
+        nl.find_concept_neurons(tiny_llama, nl.ConceptSet.from_texts(pos + [pos[0]], neg, name="rep"),
+                                 out=tmp_path / "run", progress=False, top_k=30, eval_fraction=0.2)
     ex = json.loads((tmp_path / "run" / "examples.json").read_text())
     for n in ex["neurons"]:
         shown = ["".join(x["tokens"]) for x in n["examples"]]

@@ -230,9 +230,19 @@ def study_sections() -> list[str]:
                         + _hate_table(obj) + "\nWhat the numbers say:\n\n" + _hate_findings(obj))
         else:
             _bias_plot(obj, docs / "img" / f"{name}.png")
+            caveat = ""
+            if st["eval_auroc"] < 0.6:
+                caveat = (f"\n\n**The concept is not readable here:** the concept score separates the held-out "
+                          f"stereotypical sentences from their counterparts no better than chance (AUROC "
+                          f"{st['eval_auroc']:.3f}; the reading layer {st['reading_layer']} is merely the least bad). "
+                          "A minimal pair differs in a word or two; a diff-means direction between the two sides "
+                          "does not generalise (checked on IndiBias English: the best cross-validated AUROC over "
+                          "all 30 layers is 0.47 with last-token and 0.50 with mean pooling). The neurons found are therefore not bias neurons in any useful sense, "
+                          "and the changes below should be read as noise unless they clearly beat the random "
+                          "control.")
             bias.append(head + f"{obj['n_eval_pairs']} held-out pairs ({st['n_fit_pairs']} fit pairs); reading "
                         f"layer {st['reading_layer']} (held-out AUROC of the concept score, stereotypical vs "
-                        f"counterpart sentence: {st['eval_auroc']:.3f}).\n\n" + _bias_table(obj)
+                        f"counterpart sentence: {st['eval_auroc']:.3f}).{caveat}\n\n" + _bias_table(obj)
                         + f"\n![{name}](img/{name}.png)\n\nWhat the numbers say (K = largest):\n\n"
                         + _bias_findings(obj))
     return hate + bias

@@ -20,8 +20,11 @@ Identical to a single process: the sweep batches C = tokens_per_batch // T repli
 T tokens, and float results depend (by ~1e-5) on the batch composition and the thread count. Shard
 boundaries therefore fall on the single-process batch grid (multiples of C for every probe), so
 each worker runs exactly the batches a single process would; with the same per-process thread
-count and device the scores are bit for bit the same (tested). Pass counts: every shard
-rebuilds the probe cache (b forwards through blocks 0..l*, cheap next to the shard), so
+count and device the scores are bit for bit the same (tested on a tiny model). On SmolLM2 a Ray
+worker's scores differed from an in-process 1-thread sweep by up to 3.8e-5 (scores up to 49;
+benchmarks/bench_ray.py), probably because Ray starts its workers with OMP_NUM_THREADS=1 and
+the BLAS library then takes other code paths than after ``torch.set_num_threads(1)`` in a
+running process. Pass counts: every shard rebuilds the probe cache (b forwards through blocks 0..l*, cheap next to the shard), so
 ``forward`` is b per shard while ``partial_forward`` equals the single-process count.
 """
 

@@ -131,6 +131,33 @@ def _hate_findings(obj: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _hate_headline(obj: dict) -> str:
+    """One plain sentence on the largest K: the effect on the likelihood gap, the hate rate and
+    fluency, each against the random control."""
+    rows = obj["results"]
+    before = rows[0]
+    k = max(r["k"] for r in rows)
+    c = next(r for r in rows if r["k"] == k and r["condition"] == "concept")
+    rnd = next(r for r in rows if r["k"] == k and r["condition"] == "random")
+    sd = rnd["std"]
+
+    def beyond(n):
+        return abs((c[n] - before[n]) - (rnd[n] - before[n])) > 2 * sd.get(n, 0.0) + 1e-9
+
+    gap = c["gap"] - before["gap"]
+    parts = [f"**Plainly (top-{k} off):** "
+             + (f"hateful text becomes {'less' if gap < 0 else 'more'} likely relative to neutral text by "
+                f"{abs(gap):.3f} nats per token, beyond the random control (random {rnd['gap'] - before['gap']:+.3f} "
+                f"± {sd.get('gap', 0):.3f})" if beyond("gap") and abs(gap) > 0.02
+                else "the hate-vs-neutral likelihood gap does not move beyond the random control"),
+             f"the hate rate of continuations goes {before['hate_rate']:.3f} → {c['hate_rate']:.3f} "
+             + ("(beyond" if beyond("hate_rate") else "(within") + f" the random control's {rnd['hate_rate']:.3f} ± "
+             f"{sd.get('hate_rate', 0):.3f}; {obj['n_prompts']} prompts, so one continuation is "
+             f"{1 / obj['n_prompts']:.3f})",
+             f"perplexity on neutral text rises {100 * (c['ppl_ratio'] - 1):.1f}% (random {100 * (rnd['ppl_ratio'] - 1):.1f}%)"]
+    return "; ".join(parts) + ".\n"
+
+
 def _bias_table(obj: dict) -> str:
     def s(x):
         return f"{x['score']:.1f} [{x['lo']:.1f}, {x['hi']:.1f}]"
@@ -161,6 +188,20 @@ def _bias_findings(obj: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _bias_headline(obj: dict) -> str:
+    k = max(r["k"] for r in obj["results"])
+    r = next(x for x in obj["results"] if x["k"] == k and x["bias_type"] == "all")
+    b, a, rn = r["before"], r["after"], r["random"]
+    inside = b["lo"] <= a["score"] <= b["hi"]
+    return (f"**Plainly (top-{k} off):** the overall stereotype score goes {b['score']:.1f} [{b['lo']:.1f}, "
+            f"{b['hi']:.1f}] → {a['score']:.1f} (random {k}: {rn['score']:.1f}), "
+            + ("inside the before interval: no measurable change" if inside else "outside the before interval")
+            + f"; perplexity rises {100 * (r['ppl_ratio'] - 1):.1f}% (random {k}: "
+            f"{100 * (r['random_ppl_ratio'] - 1):.1f}%)"
+            + (": turning these neurons off harms fluency more than it changes bias" if r["ppl_ratio"] > 1.05
+               and inside else "") + ".\n")
+
+
 def _bias_plot(obj: dict, path: Path) -> None:
     import matplotlib
 
@@ -180,8 +221,8 @@ def _bias_plot(obj: dict, path: Path) -> None:
     ax.set_xticks(x, [f"{r['bias_type']}\n(n={r['n']})" for r in rows], fontsize=8)
     ax.set_ylabel("stereotype score (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{obj['dataset']}: stereotype score with 95% bootstrap intervals", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{obj['dataset']}: stereotype score with 95% bootstrap intervals", fontsize=10, pad=20)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)  # above the bars
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -227,7 +268,8 @@ def study_sections() -> list[str]:
                         f"{st['fit_groups'] or 'all'}, eval groups {st['eval_groups'] or 'all (held-out split)'}. "
                         f"Judge: held-out accuracy {q['accuracy']:.3f}, hate-class F1 {q['f1_hate']:.3f} "
                         f"(precision {q['precision_hate']:.3f}, recall {q['recall_hate']:.3f}, n={q['n_test']}).\n\n"
-                        + _hate_table(obj) + "\nWhat the numbers say:\n\n" + _hate_findings(obj))
+                        + _hate_table(obj) + "\n" + _hate_headline(obj) + "\nWhat the numbers say:\n\n"
+                        + _hate_findings(obj))
         else:
             _bias_plot(obj, docs / "img" / f"{name}.png")
             caveat = ""
@@ -243,7 +285,8 @@ def study_sections() -> list[str]:
             bias.append(head + f"{obj['n_eval_pairs']} held-out pairs ({st['n_fit_pairs']} fit pairs); reading "
                         f"layer {st['reading_layer']} (held-out AUROC of the concept score, stereotypical vs "
                         f"counterpart sentence: {st['eval_auroc']:.3f}).{caveat}\n\n" + _bias_table(obj)
-                        + f"\n![{name}](img/{name}.png)\n\nWhat the numbers say (K = largest):\n\n"
+                        + f"\n![{name}](img/{name}.png)\n\n" + _bias_headline(obj)
+                        + "\nWhat the numbers say (K = largest):\n\n"
                         + _bias_findings(obj))
     return hate + bias
 

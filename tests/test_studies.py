@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import concept_texts
 from neat_llm.cli import app
 from neat_llm.concepts.conceptset import ConceptSetError
 from neat_llm.concepts.datasets import load_pairs
@@ -220,6 +221,52 @@ def test_bias_study_indibias_hindi(tiny_llama, tmp_path):
     assert reloaded.hash == study.run.meta.concept_hash  # `neat evaluate` can reload the fit pairs
 
 
+def test_paired_accuracy_against_a_direct_computation(tiny_llama):
+    """pair_differences = h(more) - h(less) per layer; the CV accuracy of the fold-wise diff-means
+    direction equals a hand-written loop; paired_accuracy counts positive projections."""
+    from sklearn.model_selection import KFold
+
+    from neat_llm.concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
+    from neat_llm.concepts.representations import text_pass
+
+    pos, neg = concept_texts(6)
+    d = pair_differences(tiny_llama, pos, neg)
+    direct = text_pass(tiny_llama, pos).residuals - text_pass(tiny_llama, neg).residuals
+    torch.testing.assert_close(d, direct, atol=1e-5, rtol=1e-5)
+    cv = paired_cv_accuracy(d, folds=3, seed=1)
+    for layer in range(tiny_llama.n_layers):
+        hits = 0
+        for train, test in KFold(3, shuffle=True, random_state=1).split(range(6)):
+            c = d[train, layer].mean(0)
+            hits += sum(float(d[i, layer] @ c) > 0 for i in test)
+        assert cv[layer] == pytest.approx(hits / 6)
+    c = torch.nn.functional.normalize(d[:, 1].mean(0), dim=0)
+    assert paired_accuracy(d[:, 1], c) == pytest.approx(float(((d[:, 1] @ c) > 0).float().mean()))
+    assert paired_accuracy(d[:, 1], -c) == pytest.approx(float(((d[:, 1] @ c) < 0).float().mean()))
+    with pytest.raises(ValueError, match="equally many"):
+        pair_differences(tiny_llama, pos, neg[:-1])
+
+
+def test_bias_study_reads_at_the_paired_layer(tiny_llama, tmp_path):
+    """layer_rule="paired": the reading layer is the best (latest on ties) CV paired accuracy on
+    the fit pairs; "auroc" keeps find's layer; both report the held-out paired accuracy."""
+    from neat_llm.concepts.paired import pair_differences, paired_cv_accuracy
+    from neat_llm.concepts.vectors import choose_reading_layer
+
+    study = bias_study(tiny_llama, data="indibias", lang="en", ks=[2], out=tmp_path / "p", n_random=1, min_pairs=2,
+                       progress=False)
+    st = study.report.settings
+    cv = paired_cv_accuracy(pair_differences(tiny_llama, study.fit.more, study.fit.less))
+    assert st["layer_rule"] == "paired" and st["reading_layer"] == choose_reading_layer(cv)
+    assert st["paired_cv_accuracy_by_layer"] == pytest.approx(list(cv))
+    assert 0 <= st["eval_paired_accuracy"] <= 1
+    auroc = bias_study(tiny_llama, data="indibias", lang="en", ks=[2], out=tmp_path / "a", n_random=1, min_pairs=2,
+                       progress=False, layer_rule="auroc")
+    assert auroc.report.settings["paired_cv_accuracy"] is None and auroc.report.settings["layer_rule"] == "auroc"
+    with pytest.raises(ValueError, match="layer_rule"):
+        bias_study(tiny_llama, data="indibias", ks=[2], out=tmp_path / "x", layer_rule="best")
+
+
 # --- the commands -------------------------------------------------------------------------------
 def test_cli_hate_and_bias(tiny_model_dir, tmp_path):
     r = runner.invoke(app, ["hate", "--model", str(tiny_model_dir), "--k", "2,3", "--random", "1", "--prompts", "4",
@@ -233,7 +280,7 @@ def test_cli_hate_and_bias(tiny_model_dir, tmp_path):
     r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "crows-pairs", "--k", "2",
                             "--random", "1", "--min-pairs", "2", "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
-    assert "stereotype score" in r.stdout and "bias.json" in r.stdout
+    assert "stereotype score" in r.stdout and "bias.json" in r.stdout and "paired accuracy" in r.stdout
     saved = json.loads((tmp_path / "b" / "bias.json").read_text())
     assert [x["bias_type"] for x in saved["results"]] == ["all", "race-color", "socioeconomic"]
     assert saved["results"][0]["n"] == 4 and set(saved["results"][0]["before"]) == {"score", "lo", "hi", "n"}

@@ -122,6 +122,7 @@ def bias(
     max_eval_pairs: Optional[int] = typer.Option(None, "--max-eval-pairs", help="seeded cap on held-out pairs"),
     n_boot: int = typer.Option(1000, "--boot", help="bootstrap resamples for the 95% intervals"),
     min_pairs: int = typer.Option(5, "--min-pairs", help="bias types with fewer held-out pairs only count towards 'all'"),
+    layer_rule: str = typer.Option("paired", "--layer-rule", help="reading layer: best cross-validated paired accuracy on the fit pairs ('paired') or find's P-vs-N AUROC ('auroc')"),
     mode: str = typer.Option("zero", "--mode", help="turn off as zero or mean"),
     neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons"),
     layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-'"),
@@ -146,7 +147,7 @@ def bias(
         study = bias_study(m, data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
                            method=method, ks=ks, out=out_dir, n_random=n_random, eval_fraction=eval_fraction,
                            max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
-                           min_pairs=min_pairs, mode=mode, seed=seed,
+                           min_pairs=min_pairs, mode=mode, seed=seed, layer_rule=layer_rule,
                            **_find_options(neurons_subset, layers, probe_size, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
@@ -166,4 +167,10 @@ def bias(
         t.add_row(row.bias_type, str(row.n), str(row.k), s(row.before), s(row.after), s(row.random),
                   f"{row.ppl_ratio:.3f}", f"{row.random_ppl_ratio:.3f}")
     out.print(t)
+    st = r.settings
+    cv = st.get("paired_cv_accuracy")
+    out.print(f"reading layer {st['reading_layer']} ({st['layer_rule']} rule); paired accuracy (stereotypical sentence "
+              f"scores higher than its counterpart): held-out {st['eval_paired_accuracy']:.3f}"
+              + (f", cross-validated on the fit pairs {cv:.3f}" if cv is not None else "")
+              + f"; P-vs-N AUROC {st['eval_auroc']:.3f}")
     out.print(f"written to {study.path}")

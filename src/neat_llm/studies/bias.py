@@ -15,10 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..concepts.datasets import MinimalPairs, load_pairs
+from ..concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
+from ..concepts.vectors import choose_reading_layer
 from ..evaluation.bias import BiasReport, evaluate_bias
 from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
-from ..evaluation.removal import run_selections
+from ..evaluation.removal import run_readout, run_selections
 from ..find import default_run_dir
 from ..models.loaded import LoadedModel
 from ..runs import Run, write_text
@@ -41,13 +43,17 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                ks: Sequence[int] = (10, 50, 100), out: str | Path | None = None, n_random: int = 3,
                eval_fraction: float = 0.3, max_fit_pairs: int | None = None, max_eval_pairs: int | None = None,
                n_boot: int = 1000, min_pairs: int = 5, mode: str = "zero", seed: int = 0, progress: bool = True,
-               **find_options) -> BiasStudy:
+               layer_rule: str = "paired", **find_options) -> BiasStudy:
     """Split the pairs (seeded, whole pairs, stratified by bias type), find the bias neurons with
     ``method`` on the fit pairs, and score the eval pairs before / after / with random neurons.
 
     ``columns``: {"more": ..., "less": ..., "bias_type": ...} for a user's own file;
     ``max_fit_pairs`` / ``max_eval_pairs``: seeded caps (bound the cost); ``find_options`` go to
     ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
+    ``layer_rule``: ``"paired"`` reads the concept at the layer with the best cross-validated paired
+    accuracy on the fit pairs (share of pairs whose stereotypical sentence scores higher than its
+    own counterpart; see concepts/paired.py), ``"auroc"`` at find's usual P-vs-N AUROC layer. The
+    held-out paired accuracy at the reading layer is reported either way.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -64,7 +70,18 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
     if max_fit_pairs:
         concept = concept.sample(max_fit_pairs, seed)
     out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
+    if layer_rule not in ("paired", "auroc"):
+        raise ValueError(f"layer_rule must be 'paired' or 'auroc', got {layer_rule!r}")
+    paired_cv = None
+    if layer_rule == "paired" and find_options.get("reading_layer") is None:
+        # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
+        paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less,
+                                                        pool=find_options.get("pool", "last")), seed=seed)
+        find_options["reading_layer"] = choose_reading_layer(paired_cv)
     run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
+    readout = run_readout(run)
+    eval_paired = paired_accuracy(pair_differences(model, ev.more, ev.less, pool=readout.pool)[:, readout.layer],
+                                  readout.vector)
 
     neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
     fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
@@ -77,7 +94,10 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                                method=method)
     report.settings.update({"bias_type": bias_type, "n_fit_pairs": len(fit), "eval_fraction": eval_fraction,
                             "reading_layer": run.meta.reading_layer, "eval_auroc": run.meta.eval_auroc,
-                            "n_fit": run.meta.n_fit})
+                            "n_fit": run.meta.n_fit, "layer_rule": layer_rule,
+                            "paired_cv_accuracy": None if paired_cv is None else float(paired_cv[readout.layer]),
+                            "paired_cv_accuracy_by_layer": None if paired_cv is None else [float(x) for x in paired_cv],
+                            "eval_paired_accuracy": eval_paired})
     path = out / "bias.json"
     write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
     store.clear()

@@ -21,10 +21,11 @@ def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Pat
     (which itself resumes an interrupted sweep in ``out``)."""
     if (out / "meta.json").is_file():
         run = Run.load(out)
+        layer = find_options.get("reading_layer")
         same = (run.meta.weights_hash == model.weights_hash, run.meta.concept_hash == concept.hash,
-                run.meta.method == method)
+                run.meta.method == method, layer is None or run.meta.reading_layer == layer)
         if not all(same):
-            what = [w for w, ok in zip(("model weights", "data", "method"), same) if not ok]
+            what = [w for w, ok in zip(("model weights", "data", "method", "reading layer"), same) if not ok]
             raise RunError(f"{out} holds a finished run with other {', '.join(what)}; choose another --out")
         return run
     return find_concept_neurons(model, concept, method, out=out, **find_options)

@@ -247,7 +247,14 @@ def study_sections() -> list[str]:
             "with n and a 95% bootstrap interval (1,000 resamples of pairs). Random K neurons (3 sets, per-pair "
             "preferences averaged) are the control; the perplexity ratio is on neutral English text (Hindi text for "
             "the Hindi run). Bias types with fewer than 5 held-out pairs only count towards *all*. Same cost limit "
-            "as above (10% neuron subset).\n"]
+            "as above (10% neuron subset).\n",
+            "Where the concept is read: a minimal pair differs in a word or two while different pairs differ in "
+            "everything, so the usual P-vs-N AUROC of the concept score (every stereotypical sentence against every "
+            "counterpart) stays near 0.5 at every layer and picks an arbitrary one (layer 0 on IndiBias English in "
+            "an earlier run of these studies). `neat bias` therefore reads the concept at the layer with the best "
+            "cross-validated *paired accuracy* on the fit pairs: the share of pairs whose stereotypical sentence "
+            "scores higher than its own counterpart (`--layer-rule paired`, the default; `concepts/paired.py`), and "
+            "reports the same share on the held-out pairs.\n"]
     for name, exp in STUDIES.items():
         out = ROOT / "results" / name
         kind = exp["args"][0]
@@ -272,19 +279,25 @@ def study_sections() -> list[str]:
                         + _hate_findings(obj))
         else:
             _bias_plot(obj, docs / "img" / f"{name}.png")
-            caveat = ""
-            if st["eval_auroc"] < 0.6:
-                caveat = (f"\n\n**The concept is not readable here:** the concept score separates the held-out "
-                          f"stereotypical sentences from their counterparts no better than chance (AUROC "
-                          f"{st['eval_auroc']:.3f}; the reading layer {st['reading_layer']} is merely the least bad). "
-                          "A minimal pair differs in a word or two; a diff-means direction between the two sides "
-                          "does not generalise (checked on IndiBias English: the best cross-validated AUROC over "
-                          "all 30 layers is 0.47 with last-token and 0.50 with mean pooling). The neurons found are therefore not bias neurons in any useful sense, "
-                          "and the changes below should be read as noise unless they clearly beat the random "
-                          "control.")
-            bias.append(head + f"{obj['n_eval_pairs']} held-out pairs ({st['n_fit_pairs']} fit pairs); reading "
-                        f"layer {st['reading_layer']} (held-out AUROC of the concept score, stereotypical vs "
-                        f"counterpart sentence: {st['eval_auroc']:.3f}).{caveat}\n\n" + _bias_table(obj)
+            acc = st.get("eval_paired_accuracy")
+            n_ev = obj["n_eval_pairs"]
+            se = (0.25 / n_ev) ** 0.5  # s.e. of a share near 1/2
+            if acc is None:
+                readable = f"held-out AUROC of the concept score {st['eval_auroc']:.3f}"
+                caveat = ""
+            else:
+                cv = st.get("paired_cv_accuracy")
+                readable = (f"chosen by the {st.get('layer_rule', 'auroc')} rule"
+                            + (f" (cross-validated paired accuracy on the fit pairs {cv:.3f})" if cv is not None else "")
+                            + f"; held-out paired accuracy {acc:.3f} (the share of held-out pairs whose stereotypical "
+                            f"sentence scores higher than its own counterpart; chance 0.5, s.e. {se:.3f}); "
+                            f"unpaired P-vs-N AUROC {st['eval_auroc']:.3f}")
+                caveat = ("" if acc - 0.5 > 2 * se else
+                          f"\n\n**The concept is barely readable here:** held-out paired accuracy {acc:.3f} is within "
+                          f"2 s.e. of chance, so the neurons found need not be bias neurons; read the changes below "
+                          "as noise unless they clearly beat the random control.")
+            bias.append(head + f"{n_ev} held-out pairs ({st['n_fit_pairs']} fit pairs); reading layer "
+                        f"{st['reading_layer']}, {readable}.{caveat}\n\n" + _bias_table(obj)
                         + f"\n![{name}](img/{name}.png)\n\n" + _bias_headline(obj)
                         + "\nWhat the numbers say (K = largest):\n\n"
                         + _bias_findings(obj))

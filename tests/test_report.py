@@ -22,6 +22,7 @@ EVIL = "<script>console.error('pwned')</script>"
 EVIL_IMG = '"><img src=x onerror="console.error(1)"> & </details></section>'
 
 BIAS = {"dataset": "crows-pairs", "lang": "en", "method": "neat", "extra_key": {"ignored": True},
+        "settings": {"reading_layer": 2, "layer_rule": "paired", "eval_paired_accuracy": 0.612},
         "results": [
             {"bias_type": "race-color", "k": 50, "n": 120, "before": {"score": 61.5, "lo": 55.0, "hi": 67.9},
              "after": {"score": 55.2, "lo": 48.8, "hi": 61.0}, "random": {"score": 60.9, "lo": 54.1, "hi": 66.3},
@@ -146,6 +147,7 @@ def test_report_has_every_section(run_dir):
     text = "".join(page.text)
     assert "weather" in text and "tiny-llama" in text and "crows-pairs" in text and "toxigen" in text
     assert "gender <b>" in text  # shown as text, not as markup
+    assert "held-out paired accuracy 0.612" in text and "(paired rule)" in text
     tokens = [a for t, a in page.tags if t == "span" and a.get("class") == "t"]
     assert len(tokens) > 100 and all(a["style"].startswith("background:rgba(") for a in tokens)
 

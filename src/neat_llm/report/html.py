@@ -468,9 +468,14 @@ def _bias(inp: ReportInputs) -> str:
              + "".join(f"<tr><td>{e(r.get('bias_type', '?'))}</td><td>{e(r.get('k', ''))}</td><td>{e(r.get('n', ''))}</td>"
                        + "".join(f"<td>{e(_ci(r.get(c)))}</td>" for c in ("before", "after", "random"))
                        + f"<td>{e(_f(_num(r.get('ppl_ratio'))))}</td></tr>" for r in res) + "</tbody></table>")
-    intro = (f"Data set: {e(b.get('dataset', '?'))} ({e(b.get('lang', '?'))}); method: {e(b.get('method', '?'))}. "
-             "Percent of pairs where the model prefers the stereotypical sentence, with its 95% interval; the "
-             "chart shows the largest K, the table every K.")
+    st = b.get("settings") if isinstance(b.get("settings"), dict) else {}
+    acc = _num(st.get("eval_paired_accuracy"))
+    readable = (f" Concept read at layer {e(st.get('reading_layer', '?'))} ({e(st.get('layer_rule', '?'))} rule); "
+                f"held-out paired accuracy {e(_f(acc))} (share of pairs whose stereotypical sentence scores higher "
+                "than its counterpart; 0.5 = not readable)." if acc is not None else "")
+    intro = (f"Data set: {e(b.get('dataset', '?'))} ({e(b.get('lang', '?'))}); method: {e(b.get('method', '?'))}."
+             f"{readable} Percent of pairs where the model prefers the stereotypical sentence, with its 95% "
+             "interval; the chart shows the largest K, the table every K.")
     return _section("bias", title, chart + table, intro)
 
 

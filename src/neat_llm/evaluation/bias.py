@@ -21,7 +21,7 @@ import torch
 from ..concepts.datasets import MinimalPairs
 from ..interventions import NeuronSelection, turn_off
 from ..models.loaded import LoadedModel
-from .checkpoints import ConditionStore
+from .checkpoints import ConditionStore, check_conditions
 from .neutral_text import NEUTRAL_TEXTS
 from .perplexity import perplexity, text_logliks
 from .removal import random_selections
@@ -121,12 +121,7 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs, selection_by_k: Mappi
     """Stereotype scores of the held-out ``pairs`` per bias type (types with fewer than ``min_pairs``
     pairs only count towards ``all``) before, with each top-K set off and with ``n_random`` random
     K-sets off (from ``neuron_pool``, default every neuron); perplexity ratio on ``neutral_texts``."""
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
-    if n_random < 1:
-        raise ValueError(f"n_random must be at least 1 (the random-neuron control), got {n_random}")
-    if not selection_by_k:
-        raise ValueError("selection_by_k is empty: give at least one K and its neuron selection")
+    check_conditions(mode, n_random, selection_by_k)
     if len(pairs) == 0:
         raise ValueError(f"{pairs.name}: no pairs to evaluate")
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)

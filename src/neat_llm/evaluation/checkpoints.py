@@ -41,3 +41,13 @@ class ConditionStore:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def check_conditions(mode: str, n_random: int, selection_by_k) -> None:
+    """What every study's conditions need: a known ablation mode, a random control, at least one K."""
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    if n_random < 1:
+        raise ValueError(f"n_random must be at least 1 (the random-neuron control), got {n_random}")
+    if not selection_by_k:
+        raise ValueError("selection_by_k is empty: give at least one K and its neuron selection")

@@ -22,7 +22,7 @@ import numpy as np
 from ..concepts.label_readout import LabelReadout
 from ..interventions import NeuronSelection, turn_off
 from ..models.loaded import LoadedModel
-from .checkpoints import ConditionStore
+from .checkpoints import ConditionStore, check_conditions
 from .generation import sample_continuations
 from .hate_classifier import HateClassifier
 from .neutral_text import NEUTRAL_TEXTS
@@ -136,12 +136,7 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
     """Measure before, with each top-K set off, and with ``n_random`` random K-sets off (drawn from
     ``neuron_pool``, default every neuron). Finished conditions are taken from / saved to ``store``.
     ``on_condition(name)`` is called after each condition (progress)."""
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
-    if n_random < 1:
-        raise ValueError(f"n_random must be at least 1 (the random-neuron control), got {n_random}")
-    if not selection_by_k:
-        raise ValueError("selection_by_k is empty: give at least one K and its neuron selection")
+    check_conditions(mode, n_random, selection_by_k)
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     readout.token_ids(model)  # label words that are not single tokens fail before any work
     t0, c0 = time.perf_counter(), model.counter.snapshot()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import neat_llm as nl
+from neat_llm.evaluation import run_readout
 from neat_llm.runs import PartialSweep, RunError
 
 
@@ -26,7 +27,8 @@ def test_find_writes_a_complete_run(tiny_llama, concept_set, tmp_path):
     assert meta["seconds"]["total"] > 0 and "torch" in meta["versions"]
     loaded = nl.Run.load(d)
     assert torch.equal(loaded.scores, run.scores)
-    assert torch.all(loaded.scores[lstar + 1:] == 0)
+    assert torch.all(loaded.effect[lstar + 1:] == 0)  # blocks after the reading layer cannot move S
+    assert torch.all(loaded.scores[lstar + 1:] <= 0)  # ... so only their fluency cost is left
     top = loaded.top(5)
     assert len(top) == 5 and top.means is not None
     ranked = sorted(((float(loaded.scores[l, k]), l, k) for l in range(L) for k in range(d_ff)), reverse=True)
@@ -39,7 +41,7 @@ def test_layers_option_scores_only_those_blocks(tiny_llama, concept_set, tmp_pat
     run = nl.find_concept_neurons(tiny_llama, concept_set, layers="0,2", reading_layer=1, out=tmp_path / "r",
                                   progress=False)
     assert torch.isnan(run.scores[1]).all()
-    assert torch.isfinite(run.scores[0]).all() and torch.all(run.scores[2] == 0)
+    assert torch.isfinite(run.scores[0]).all() and torch.all(run.effect[2] == 0)
     assert run.meta.n_neurons_scored == 2 * tiny_llama.d_ff
     assert run.meta.reading_layer == 1 and run.meta.params["reading_layer_chosen"] is False
 
@@ -62,11 +64,10 @@ def test_interrupted_sweep_resumes_without_redoing_blocks(tiny_llama, concept_se
     with pytest.raises(RunError, match="not a finished run"):
         nl.Run.load(tmp_path / "cut")
     monkeypatch.setattr(PartialSweep, "save", original)
-    before = tiny_llama.counter.snapshot()
     resumed = nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=2, out=tmp_path / "cut", progress=False)
-    spent = tiny_llama.counter.since(before)
+    b = resumed.meta.params["probe_size"]
     assert resumed.meta.extra["resumed_layers"] == saved
-    assert spent.partial_forward == 1 * tiny_llama.d_ff  # only the one unfinished block was swept
+    assert resumed.meta.passes["scoring"]["partial_forward"] == b * tiny_llama.d_ff  # only the unfinished block
     assert torch.equal(resumed.scores, full.scores)
     assert not (tmp_path / "cut" / ".partial").exists()
 
@@ -88,7 +89,7 @@ def test_contrastive_and_mean_ablation_options(tiny_llama, concept_set, tmp_path
                                   out=tmp_path / "r", progress=False)
     assert len(run.meta.probe_texts) == 4
     assert run.meta.params["contrastive"] and run.meta.params["ablation"] == "mean"
-    positives = set(concept_set.positives)
+    positives = set(run_readout(run).apply(concept_set.positives))  # the probes are read with the template
     assert [t in positives for t in run.meta.probe_texts] == [True, True, False, False]
 
 
@@ -117,11 +118,11 @@ def test_every_method_runs_through_the_pipeline(tiny_llama, concept_set, tmp_pat
     assert torch.equal(torch.isnan(reloaded.scores), torch.isnan(run.scores))
     p = run.meta.passes["scoring"]
     n_pos, n_neg = run.meta.n_fit["positive"], run.meta.n_fit["contrast"]
-    lstar, d_ff = run.meta.reading_layer, tiny_llama.d_ff
+    lstar, d_ff, b = run.meta.reading_layer, tiny_llama.d_ff, run.meta.params["probe_size"]
     expected = {
         "exhaustive": {"partial_forward": n_pos * (lstar + 1) * d_ff, "backward": 0},
-        "neat-cluster": {"forward": n_pos + n_neg + 2, "backward": 0},  # profiles + probe caches (2 stages)
-        "screen-verify": {"partial_forward": min(500, (lstar + 1) * d_ff), "backward": n_pos},
+        "neat-cluster": {"forward": n_pos + n_neg + 2 * b, "backward": 0},  # profiles + probe caches (2 stages)
+        "screen-verify": {"partial_forward": b * min(500, (lstar + 1) * d_ff), "backward": n_pos},
         "attribution-patching": {"forward": n_pos, "backward": n_pos, "partial_forward": 0},
         "activation": {"forward": n_pos + n_neg, "backward": 0},
         "auroc": {"forward": n_pos + n_neg, "backward": 0},

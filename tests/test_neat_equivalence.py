@@ -89,3 +89,21 @@ def test_replicas_reach_the_linear_layers_as_one_matmul(tiny_llama):
         NeatScorer(tokens_per_batch=200).score(tiny_llama, task)
     names = {e.key for e in prof.key_averages()}
     assert "aten::mm" in names and "aten::bmm" not in names
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("positions", ["all", "read"])
+def test_mean_pooled_readout_agrees_with_reference(kind, positions, tokenizer):
+    """S averaged over the tokens (``pool="mean"``): the sweep reads every position of the reading
+    block (all positions) or moves S by 1/T of the last position's change (read position)."""
+    m = build_tiny(kind, tokenizer)
+    pos, _ = concept_texts(4)
+    torch.manual_seed(4)
+    readout = ConceptReadout(layer=1, vector=torch.nn.functional.normalize(torch.randn(m.d_model), dim=0), pool="mean")
+    task = ScoringTask(readout, ProbeSet([pos[0], pos[1] + " and more"], [0.5, 0.5]), layers=[0, 1, 2])
+    fast = NeatScorer(tokens_per_batch=40, positions=positions).score(m, task)
+    ref = ReferenceScorer(positions=positions).score(m, task)
+    _close(fast.scores, ref.scores)
+    last = ReferenceScorer(positions=positions).score(m, ScoringTask(
+        ConceptReadout(1, readout.vector), task.probes, layers=[0, 1, 2]))
+    assert (last.scores[:2] - ref.scores[:2]).abs().max() > 1e-3  # pooling changes the score

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import neat_llm as nl
+from neat_llm.evaluation import run_readout
 from conftest import concept_texts
 from neat_llm.hooks import capture_inputs
 from neat_llm.report import read_run_folder, render_report, write_report
@@ -99,7 +100,8 @@ def test_examples_match_a_direct_reading_of_each_neuron(run_dir, tiny_llama):
     assert [(n["layer"], n["neuron"]) for n in ex["neurons"]] == list(run.top(50).neurons)
     pos, neg = concept_texts(24)
     split = nl.ConceptSet.from_texts(pos, neg, name="weather").split(eval_fraction=0.3, seed=0).fit
-    texts = {"positive": split.positives, "contrast": split.contrast}
+    readout = run_readout(run)  # the examples are the texts as the concept readout reads them
+    texts = {"positive": readout.apply(split.positives), "contrast": readout.apply(split.contrast)}
     for n in ex["neurons"][:12]:
         l, k = n["layer"], n["neuron"]
         maxima = [x["max"] for x in n["examples"]]

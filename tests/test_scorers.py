@@ -141,3 +141,26 @@ def test_scorers_need_fit_texts(setup):
     for name in ("activation", "auroc", "attribution-patching", "exhaustive", "screen-verify"):
         with pytest.raises(ValueError, match="needs the fit texts"):
             get_scorer(name).score(m, bare)
+
+
+def test_attribution_patching_reads_a_mean_pooled_score(setup):
+    """With ``pool="mean"`` the first-order estimate is of S averaged over the tokens."""
+    m, pos, _, readout, task = setup
+    mean_readout = ConceptReadout(readout.layer, readout.vector, pool="mean")
+    got = AttributionPatchingScorer(batch_size=3).score(m, task(readout=mean_readout))
+    eps = 1e-2
+    flat = got.scores[:2].abs().flatten()
+    for i in torch.topk(flat, 2).indices.tolist():
+        l, k = i // m.d_ff, i % m.d_ff
+        fd = 0.0
+        for t in pos:
+            vals = []
+            for sign in (1, -1):
+                def scale(_key, x, s=sign):
+                    x = x.clone()
+                    x[..., k] *= 1 + s * eps
+                    return x
+                with edit_inputs({l: m.sites[l]}, scale):
+                    vals.append(concept_score_of(m, t, readout.layer, readout.vector, pool="mean"))
+            fd += (vals[0] - vals[1]) / (2 * eps)
+        assert got.scores[l, k].item() == pytest.approx(fd / len(pos), rel=2e-2, abs=1e-4)

@@ -9,12 +9,12 @@
 
 from .concepts import ConceptSet, ConceptSetError, demo_concept
 from .find import find_concept_neurons
-from .interventions import NeuronSelection, turn_off
+from .interventions import Intervention, NeuronSelection, turn_off
 from .models import LoadedModel, ModelLoadError, UnsupportedModelError, load_model
 from .runs import Run, RunError
 
 __version__ = "0.1.0"
 load_run = Run.load
 
-__all__ = ["ConceptSet", "ConceptSetError", "demo_concept", "find_concept_neurons", "NeuronSelection", "turn_off",
+__all__ = ["ConceptSet", "ConceptSetError", "demo_concept", "find_concept_neurons", "Intervention", "NeuronSelection", "turn_off",
            "LoadedModel", "ModelLoadError", "UnsupportedModelError", "load_model", "Run", "RunError", "load_run"]

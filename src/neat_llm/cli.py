@@ -46,15 +46,23 @@ def _model_of_run(run):
     return m
 
 
-def _top_table(df, k: int, title: str) -> Table:
-    t = Table(title=title)
-    for col, just in (("rank", "right"), ("layer", "right"), ("neuron", "right"), ("score", "right"),
-                      ("top tokens (activation)", "left")):
-        t.add_column(col, justify=just)
-    for _, r in df.head(k).iterrows():
-        toks = r.get("top_tokens", "")
-        t.add_row(str(r["rank"]), str(r["layer"]), str(r["neuron"]), f"{r['score']:.4g}",
-                  "" if not isinstance(toks, str) else toks)
+def _num(v: float, fmt: str = ".3g") -> str:
+    return "–" if v != v else format(v, fmt)
+
+
+def _top_table(run, k: int, title: str) -> Table:
+    """The top k neurons with what tells a concept neuron from a generic one: the drop of S its
+    removal causes on the positive and on the contrast probes, its mean activation on P and N."""
+    t = Table(title=title, caption="ΔS P / ΔS N: drop of the concept score on the positive / contrast probes when the "
+                                   "neuron alone is off (a generic neuron moves both); act P / act N: mean activation "
+                                   "on the fit positives / contrast texts; cost: fluency cost (nats per token)")
+    for col in ("rank", "layer", "neuron", "score", "ΔS P", "ΔS N", "act P", "act N", "cost"):
+        t.add_column(col, justify="right")
+    t.add_column("top tokens (activation)", justify="left")
+    for r in run.rows(k):
+        t.add_row(str(r.rank), str(r.layer), str(r.neuron), _num(r.score, ".4g"), _num(r.effect_positive),
+                  _num(r.effect_contrast), _num(r.mean_positive), _num(r.mean_contrast), _num(r.fluency_cost, ".2g"),
+                  r.top_tokens)
     return t
 
 
@@ -62,18 +70,24 @@ def _top_table(df, k: int, title: str) -> Table:
 def find(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
     concept: Optional[Path] = typer.Option(None, "--concept", "-c", help="concept file (.jsonl/.csv/.tsv/.parquet); default: built-in demo"),
+    data: Optional[str] = typer.Option(None, "--data", help="a named data set instead: toxigen, davidson, davidson-offensive, crows-pairs, indibias-en, indibias-hi"),
+    data_path: Optional[Path] = typer.Option(None, "--data-path", help="where that data set is (default: ../shared/data)"),
     text_col: str = typer.Option("text", "--text-col", help="column holding the text"),
     label_col: str = typer.Option("label", "--label-col", help="column holding the label"),
     positive: Optional[str] = typer.Option(None, "--positive", help="label value(s) of positives, comma-separated"),
     contrast: Optional[str] = typer.Option(None, "--contrast", help="label value(s) of contrast rows (default: all others)"),
-    method: str = typer.Option("neat", "--method", help="scoring method: neat, exhaustive, screen-verify, attribution-patching, activation, auroc, random, reference"),
+    method: str = typer.Option("neat", "--method", help="scoring method: neat, aura, exhaustive, screen-verify, attribution-patching, activation, auroc, random, reference, ..."),
     layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-' (default: all)"),
-    probe_size: int = typer.Option(1, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
-    contrastive: bool = typer.Option(False, "--contrastive", help="score the effect on the P-N gap"),
+    probe_size: int = typer.Option(8, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
+    contrastive: bool = typer.Option(False, "--contrastive", help="score the effect on the P-N gap (adds the b lowest-S contrast texts)"),
+    positions: Optional[str] = typer.Option(None, "--positions", help="neat: turn a neuron off at the read position only ('read', the default: KV-cache replay) or at every position ('all', ~T times slower)"),
+    specificity: Optional[float] = typer.Option(None, "--specificity", help="lambda of the specificity-aware score: share of the fit gap minus lambda x fluency cost (default 10 for methods scoring a drop of S, 0 otherwise; 0 turns it off)"),
+    read_template: str = typer.Option("{text}\n", "--read-template", help="what the model reads for the concept score; {text} stands for the text (default: the text and a newline, so S is read at the same token for every text)"),
     reading_layer: Optional[int] = typer.Option(None, "--reading-layer", help="default: best cross-validated AUROC"),
     vector: str = typer.Option("diff-means", "--vector", help="concept vector: diff-means, cav, centroid"),
     pool: str = typer.Option("last", "--pool", help="representation: last token or mean"),
     ablation: str = typer.Option("zero", "--ablation", help="turn off as zero or mean"),
+    max_ppl: Optional[float] = typer.Option(None, "--max-ppl", help="choose K on the fit split: the most concept removed while the perplexity ratio on fluency texts stays <= this (e.g. 1.05); then measured on the eval split"),
     eval_fraction: float = typer.Option(0.3, "--eval-fraction"),
     seed: int = typer.Option(0, "--seed"),
     top_k: int = typer.Option(100, "--top-k", help="rows kept in top.csv"),
@@ -90,9 +104,8 @@ def find(
     keep_clusters: int = typer.Option(16, "--keep-clusters", help="neat-cluster: clusters whose neurons are scored"),
     candidates: int = typer.Option(500, "--candidates", help="screen-verify: neurons verified exactly"),
     screen_on: str = typer.Option("fit", "--screen-on", help="screen-verify: first-order screen on the fit positives ('fit') or on the probe batch ('probes': recovers NEAT's own top neurons)"),
-    positions: str = typer.Option("all", "--positions", help="neat: turn a neuron off at every position ('all') or at the read position only ('read', ~T times cheaper, a different score)"),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="'auto': spread a large model over this machine's GPUs (accelerate)"),
-    ray: bool = typer.Option(False, "--ray", help="shard the NEAT sweep over a Ray cluster (pip install 'neat-llm[ray]'); a local one unless --ray-address; see docs/scaling.md"),
+    ray: bool = typer.Option(False, "--ray", help="shard the NEAT sweep over a Ray cluster (needs the ray extra); a local one unless --ray-address; see docs/scaling.md"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join a running Ray cluster: 'auto', HOST:6379 or ray://HOST:10001 (implies --ray)"),
     workers: int = typer.Option(2, "--workers", help="--ray: workers, each loading the model once"),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", help="--ray: GPUs per worker (use with --device cuda)"),
@@ -106,9 +119,9 @@ def find(
 
     _quiet_libraries()
     try:
-        if concept is None and positive is not None:
+        if concept is None and data is None and positive is not None:
             _fail("--positive needs --concept FILE")
-        cs = _concept_from_options(concept, None, None, text_col, label_col, positive, contrast, None, seed)
+        cs = _concept_from_options(concept, data, data_path, text_col, label_col, positive, contrast, None, seed)
         distributed = None
         if ray or ray_address:
             from neat_llm.distributed import ModelSpec, RaySweep
@@ -121,20 +134,21 @@ def find(
 
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)
-        if positions not in ("all", "read"):
+        if positions is not None and positions not in ("all", "read"):
             _fail(f"--positions must be 'all' or 'read', got {positions!r}")
-        if positions != "all" and method != "neat":
-            _fail("--positions read is an option of --method neat")
+        if positions is not None and method != "neat":
+            _fail(f"--positions {positions} is an option of --method neat")
         scorer_options = {"neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
-                          "screen-verify": {"candidates": candidates, "screen_on": screen_on},
-                          "neat": {"positions": positions} if positions != "all" else {}}.get(method, {})
+                          "screen-verify": {"candidates": candidates, "screen_on": screen_on}}.get(method, {})
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             run = nl.find_concept_neurons(m, cs, method=method, reading_layer=reading_layer, vector=vector, pool=pool,
-                                          probe_size=probe_size, contrastive=contrastive, layers=layers,
+                                          read_template=read_template, probe_size=probe_size, contrastive=contrastive,
+                                          positions=positions, specificity=specificity, layers=layers,
                                           ablation=ablation, eval_fraction=eval_fraction, seed=seed, out=out_dir,
                                           top_k=top_k, strict=strict, progress=True, label=label,
-                                          scorer_options=scorer_options, distributed=distributed)
+                                          scorer_options=scorer_options, distributed=distributed, max_ppl=max_ppl)
+            budget = _evaluate_chosen_k(m, run, cs) if max_ppl is not None else None
     except (ValueError, FloatingPointError, OSError) as e:
         _fail(str(e))
     meta = run.meta
@@ -147,14 +161,49 @@ def find(
                           "n_neurons_scored": meta.n_neurons_scored, "forward_passes": meta.forward_passes,
                           "backward_passes": meta.backward_passes, "passes": meta.passes,
                           "seconds": meta.seconds["total"], "top": top,
+                          "k_choice": meta.extra.get("k_choice"), "budget_evaluation": budget,
                           "report": str(report) if report else None}))
         return
-    out.print(_top_table(run.top_table, show, f"top concept neurons: {meta.concept_name} ({meta.model_id})"))
+    out.print(_top_table(run, show, f"top concept neurons: {meta.concept_name} ({meta.model_id})"))
     out.print(f"reading layer {meta.reading_layer} (eval AUROC {meta.eval_auroc:.3f}); {meta.n_neurons_scored:,} neurons "
               f"scored with {meta.forward_passes:,} forward passes in {meta.seconds['total']:.1f} s")
+    if budget is not None:
+        _print_budget(run, budget)
     out.print(f"run folder: {run.run_dir}")
     if report:
         out.print(f"report: {report}")
+
+
+def _evaluate_chosen_k(m, run, cs) -> dict:
+    """The K chosen on the fit split within --max-ppl, measured on the eval split against 5 random
+    K-sets; written to evaluation.json. Returns {"k_choice", "evaluation"} (evaluation None when no K fits)."""
+    from neat_llm.evaluation import evaluate_removal, run_eval_set, run_intervention, run_readout
+    from neat_llm.runs import write_text
+
+    choice = run.meta.extra["k_choice"]
+    if choice["k"] is None:
+        return {"k_choice": choice, "evaluation": None}
+    iv = run_intervention(run)
+    report = evaluate_removal(m, run_readout(run), run_eval_set(run, cs), {choice["k"]: run.top(choice["k"])},
+                              n_random=5, mode=iv.mode, alpha=iv.alpha)
+    obj = {"run_dir": str(run.run_dir), "method": run.meta.method, **report.to_dict()}
+    write_text(run.run_dir / "evaluation.json", json.dumps(obj, indent=2))
+    return {"k_choice": choice, "evaluation": report.to_dict()}
+
+
+def _print_budget(run, budget: dict) -> None:
+    c = budget["k_choice"]
+    if c["k"] is None:
+        out.print(f"--max-ppl {c['max_ppl']}: even the top {c['ks'][0]} neurons raise the perplexity ratio on the fit "
+                  f"fluency texts to {c['fit_ppl_ratio'][0]:.3f}; no K chosen")
+        return
+    r = budget["evaluation"]["rows"][0]
+    i = c["ks"].index(c["k"])
+    out.print(f"--max-ppl {c['max_ppl']}: K = {c['k']} chosen on the fit split (fit gap removal "
+              f"{c['fit_gap_removal'][i]:.3f}, fluency-text perplexity ratio {c['fit_ppl_ratio'][i]:.3f}); on the eval "
+              f"split: gap removal {r['gap_removal']:.3f} (random {r['random_gap_removal_mean']:.3f} ± "
+              f"{r['random_gap_removal_std']:.3f}), AUROC {budget['evaluation']['auroc_before']:.3f} -> "
+              f"{r['auroc_after']:.3f}, perplexity ratio on neutral text {r['ppl_ratio']:.3f}")
 
 
 def _write_run_report(run_dir: Path) -> Path | None:
@@ -182,27 +231,18 @@ def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
         _fail(str(e))
     m = run.meta
     if as_json:
-        sel = run.top(k)
         print(json.dumps({"run_dir": str(run.run_dir), "model": m.model_id, "method": m.method,
-                          "reading_layer": m.reading_layer,
-                          "top": [{"layer": l, "neuron": n, "score": s} for (l, n), s in zip(sel.neurons, sel.scores)]}))
+                          "reading_layer": m.reading_layer, "top": [r.to_dict() for r in run.rows(k)]}))
         return
-    df = run.top_table
-    if k > len(df):  # top.csv keeps top_k rows; rank the rest from the scores
-        import pandas as pd
-
-        sel = run.top(k)
-        df = pd.DataFrame({"rank": range(1, len(sel) + 1), "layer": [l for l, _ in sel.neurons],
-                           "neuron": [n for _, n in sel.neurons], "score": list(sel.scores),
-                           "top_tokens": list(df["top_tokens"]) + [""] * (len(sel) - len(df))})
-    out.print(_top_table(df, k, f"{m.concept_name}: {m.method} on {m.model_id} (reading layer {m.reading_layer})"))
+    out.print(_top_table(run, k, f"{m.concept_name}: {m.method} on {m.model_id} (reading layer {m.reading_layer})"))
 
 
 @app.command()
 def generate(run_dir: Path = typer.Argument(..., help="a run folder"),
              prompt: str = typer.Argument(..., help="the prompt to continue"),
              k: int = typer.Option(50, "--k", help="turn off the top-k neurons"),
-             mode: str = typer.Option("zero", "--mode", help="zero or mean ablation"),
+             mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura runs)"),
+             alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: multiply the neurons by this factor (default: each neuron's own, for aura runs)"),
              max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
              chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
              as_json: bool = typer.Option(False, "--json")) -> None:
@@ -213,17 +253,20 @@ def generate(run_dir: Path = typer.Argument(..., help="a run folder"),
     try:
         run = nl.Run.load(run_dir)
         m = _model_of_run(run)
+        from neat_llm.evaluation import run_intervention
+
+        iv = run_intervention(run, mode, alpha)
         before = m.generate(prompt, max_new_tokens, chat=chat)
-        with nl.turn_off(m, run.top(k), mode=mode):
+        with nl.turn_off(m, run.top(k), iv):
             after = m.generate(prompt, max_new_tokens, chat=chat)
     except (ValueError, OSError) as e:
         _fail(str(e))
     if as_json:
-        print(json.dumps({"prompt": prompt, "k": k, "mode": mode, "before": before, "after": after}))
+        print(json.dumps({"prompt": prompt, "k": k, "mode": iv.mode, "alpha": iv.alpha, "before": before, "after": after}))
         return
     t = Table(title=f"{prompt!r}", show_lines=True)
     t.add_column("model as is")
-    t.add_column(f"top-{k} {run.meta.concept_name} neurons off ({mode})")
+    t.add_column(f"top-{k} {run.meta.concept_name} neurons off ({iv.describe()})")
     t.add_row(before, after)
     out.print(t)
 
@@ -242,14 +285,16 @@ def _parse_ks(spec: str) -> list[int]:
 def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              k: str = typer.Option("10,50,100,500", "--k", help="sizes of the top-K sets turned off"),
              n_random: int = typer.Option(5, "--random", help="random K-sets per K (the control)"),
-             mode: str = typer.Option("zero", "--mode", help="zero or mean ablation"),
+             mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own)"),
+             alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura runs)"),
              seed: int = typer.Option(0, "--seed", help="seed of the random K-sets"),
              concept: Optional[Path] = typer.Option(None, "--concept", help="the run's concept file, if it moved"),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Turn off the run's top-K neurons and measure concept removal on the held-out eval split,
     against random K-sets; writes evaluation.json into the run folder."""
     import neat_llm as nl
-    from neat_llm.evaluation import evaluate_removal, run_eval_set, run_readout, run_selections
+    from neat_llm.evaluation import evaluate_removal, run_eval_set, run_intervention, run_readout, run_selections
+    from neat_llm.evaluation.removal import BUDGETS
     from neat_llm.runs import write_text
 
     _quiet_libraries()
@@ -262,9 +307,10 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
                 _fail("--concept replaces a concept file, but this run did not use one")
             src["path"] = str(concept)
         cs = nl.ConceptSet.from_source(src)
+        iv = run_intervention(run, mode, alpha)
         m = _model_of_run(run)
         report = evaluate_removal(m, run_readout(run), run_eval_set(run, cs), run_selections(run, ks),
-                                  n_random=n_random, seed=seed, mode=mode)
+                                  n_random=n_random, seed=seed, mode=iv.mode, alpha=iv.alpha)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     obj = {"run_dir": str(run.run_dir), "method": run.meta.method, **report.to_dict()}
@@ -272,7 +318,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     if as_json:
         print(json.dumps(obj))
         return
-    t = Table(title=f"concept removal on held-out data: {run.meta.concept_name}, {run.meta.method}, {mode} ablation "
+    t = Table(title=f"concept removal on held-out data: {run.meta.concept_name}, {run.meta.method}, {iv.describe()} "
                     f"(AUROC before {report.auroc_before:.3f})")
     for col in ("K", "gap removal", "random", "positive shift", "random", "AUROC after", "random",
                 "specificity", "ppl ratio", "random"):
@@ -283,6 +329,13 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
                   f"{r.random_auroc_after_mean:.3f}", f"{r.specificity:+.3f}", f"{r.ppl_ratio:.3f}",
                   f"{r.random_ppl_ratio_mean:.3f}")
     out.print(t)
+    for b in BUDGETS:
+        res = report.at_budget(b)
+        if res.k is None:
+            out.print(f"within a perplexity ratio of {b}: no K tried stays within it")
+        else:
+            out.print(f"within a perplexity ratio of {b}: gap removal {res.gap_removal:.3f} at K = {res.k} "
+                      f"(random K-sets {res.random_gap_removal_mean:.3f} ± {res.random_gap_removal_std:.3f})")
     out.print(f"written to {run.run_dir / 'evaluation.json'}")
 
 

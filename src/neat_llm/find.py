@@ -15,12 +15,20 @@ import torch
 from .concepts.conceptset import ConceptSet
 from .concepts.label_readout import LabelReadout
 from .concepts.representations import text_pass
-from .concepts.vectors import ConceptReadout, choose_reading_layer, concept_vectors, layer_aurocs
+from .concepts.vectors import (DEFAULT_READ_TEMPLATE, ConceptReadout, apply_template, check_template,
+                               choose_reading_layer, concept_vectors, layer_aurocs)
 from .models.loaded import LoadedModel
 from .progress import progress_bar
 from .report.examples import EXAMPLES_FILE, neuron_examples
 from .runs import PartialSweep, Run, RunError, RunMeta, write_text
+from .interventions import Intervention
 from .scoring import ProbeSet, ScoringTask, get_scorer
+from .scoring.fluency import DEFAULT_SPECIFICITY, fluency_cost, specificity_aware
+
+DEFAULT_PROBE_SIZE = 8
+DEFAULT_POSITIONS = "read"
+# methods whose score is a drop of the concept score S (the ones a specificity-aware score applies to)
+EFFECT_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive", "attribution-patching", "reference")
 
 
 EXAMPLE_NEURONS = 50  # top neurons whose top-activating examples the run keeps for its report
@@ -77,14 +85,36 @@ def top_tokens(model: LoadedModel, texts: list[str], stats, layer: int, neuron: 
     return " ".join(f"{tok!r}:{v:.2f}" for tok, v in list(best.items())[:n])
 
 
+def probe_effects(model: LoadedModel, readout: ConceptReadout, positives: list[str], contrast: list[str], sel,
+                  ablation: str, means: torch.Tensor, positions: str,
+                  tokens_per_batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean drop of S on the positive probes and on the contrast probes when each neuron of
+    ``sel`` alone is turned off (NEAT's exact sweep restricted to those neurons): two
+    [n_layers, d_ff] tables, NaN outside ``sel``. Cost: len(sel) x (b positive + b contrast)
+    partial passes."""
+    from .scoring.neat import NeatScorer
+
+    neurons = sel.by_layer()
+    out = []
+    for texts in (positives, contrast):
+        task = ScoringTask(readout=readout, probes=ProbeSet(list(texts), [1.0 / len(texts)] * len(texts)),
+                           layers=sorted(neurons), neurons=neurons, ablation=ablation, means=means)
+        out.append(NeatScorer(tokens_per_batch, positions=positions).score(model, task).scores)
+    return out[0], out[1]
+
+
 def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = "neat", *,
                          reading_layer: int | None = None, vector: str = "diff-means", pool: str = "last",
-                         probe_size: int = 1, contrastive: bool = False, layers: list[int] | str | None = None,
+                         read_template: str = DEFAULT_READ_TEMPLATE,
+                         probe_size: int = DEFAULT_PROBE_SIZE, contrastive: bool = False,
+                         positions: str | None = None, specificity: float | None = None,
+                         layers: list[int] | str | None = None,
                          ablation: str = "zero", eval_fraction: float = 0.3, seed: int = 0,
                          out: str | Path | None = None, top_k: int = 100, strict: bool = False,
                          progress: bool = True, batch_size: int = 16, tokens_per_batch: int = 4096,
                          label: LabelReadout | None = None, scorer_options: dict | None = None,
-                         neurons: dict[int, list[int]] | None = None, distributed=None) -> Run:
+                         neurons: dict[int, list[int]] | None = None, distributed=None,
+                         max_ppl: float | None = None) -> Run:
     """Find the concept neurons of ``model`` for ``concept`` and write a run folder.
 
     Steps: seeded stratified fit/eval split; one pass over the fit texts (residuals at every layer,
@@ -93,15 +123,31 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     ``probe_size`` fit positives with the highest S, plus as many lowest-S contrast texts if
     ``contrastive``); the scorer over every requested neuron; the run folder.
 
+    Defaults (each chosen by the held-out grid of docs/results.md): ``probe_size`` 8 positives;
+    ``positions`` (neat only; default ``"read"``): NEAT turns a neuron off at the read position only
+    (the KV-cache replay, T times cheaper; ``"all"`` turns it off at every position, the method's
+    plain form);
+    ``specificity`` (lambda of ``scoring/fluency.py``, default 10 for the methods whose score is a
+    drop of S, 0 for the others): score = effect / gap_fit - lambda * fluency cost, which ranks down
+    neurons whose removal hurts language modelling of everything.
+    ``read_template``: what the model reads for the concept score, ``{text}`` standing for the text
+    (default: the text and a newline, so S is read at the same token for every text; ``"{text}"``
+    reads the text's own last token).
     ``label``: the label readout used by ``integrated-gradients`` and ``logprob-increase`` (default:
     the generic template with the concept's name). ``scorer_options``: extra constructor arguments
     of the scorer (e.g. ``{"n_clusters": 32, "keep": 16}`` for ``neat-cluster``). ``neurons``:
     {block: [neuron indices]} to score only a subset (blocks not named are not scored).
     ``distributed``: a ``neat_llm.distributed.RaySweep`` to shard the sweep over a Ray cluster
     (same scores; see docs/scaling.md).
+    ``max_ppl``: also choose K on the fit split: the top-K set with the largest fit gap removal
+    whose perplexity ratio on fluency texts stays <= max_ppl (``evaluation/budget.py``); stored in
+    meta.json (``extra["k_choice"]``).
     """
     if probe_size < 1:
         raise ValueError(f"probe_size must be at least 1, got {probe_size}")
+    check_template(read_template)
+    if max_ppl is not None and not max_ppl > 1.0:
+        raise ValueError(f"max_ppl is a perplexity ratio and must be > 1, got {max_ppl}")
     if isinstance(layers, str):
         layers = parse_layers(layers, model.n_layers)
     if neurons is not None:
@@ -113,6 +159,19 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
     options = dict(scorer_options or {})
+    if positions is not None and method != "neat":
+        raise ValueError(f"positions is an option of the neat method, not of {method!r}")
+    positions = DEFAULT_POSITIONS if positions is None else positions
+    if positions not in ("all", "read"):
+        raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
+    if method == "neat":
+        options.setdefault("positions", positions)
+    lam = (DEFAULT_SPECIFICITY if method in EFFECT_METHODS else 0.0) if specificity is None else float(specificity)
+    if lam < 0:
+        raise ValueError(f"specificity must be >= 0, got {lam}")
+    if lam > 0 and method not in EFFECT_METHODS:
+        raise ValueError(f"specificity applies to methods that score a drop of the concept score "
+                         f"({', '.join(EFFECT_METHODS)}), not to {method!r}")
     if method in ("neat", "exhaustive", "screen-verify", "neat-cluster"):
         options.setdefault("tokens_per_batch", tokens_per_batch)
     if method in ("integrated-gradients", "logprob-increase"):
@@ -137,19 +196,23 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     split = concept.split(eval_fraction=eval_fraction, seed=seed)
     fit = split.fit
     pos, neg = fit.positives, fit.contrast
+    read_pos, read_neg = apply_template(read_template, pos), apply_template(read_template, neg)  # as the model reads them
     with progress_bar("fit texts", len(fit) + len(split.eval), progress) as adv:
-        sp = text_pass(model, pos, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
-        sn = text_pass(model, neg, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
-        se = text_pass(model, list(split.eval.texts), pool=pool, batch_size=batch_size, strict=strict, on_batch=adv)
+        sp = text_pass(model, read_pos, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
+        sn = text_pass(model, read_neg, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
+        se = text_pass(model, apply_template(read_template, split.eval.texts), pool=pool, batch_size=batch_size,
+                       strict=strict, on_batch=adv)
     h = torch.cat([sp.residuals, sn.residuals])  # [m, L, d]
     y = torch.tensor([True] * len(pos) + [False] * len(neg))
     aucs = layer_aurocs(h, y, method=vector, seed=seed)
     layer = choose_reading_layer(aucs) if reading_layer is None else reading_layer
-    readout = ConceptReadout(layer, concept_vectors(h, y, vector, seed)[layer], vector, pool)
+    readout = ConceptReadout(layer, concept_vectors(h, y, vector, seed)[layer], vector, pool, read_template)
     from sklearn.metrics import roc_auc_score
 
     eval_auroc = float(roc_auc_score(list(split.eval.labels), readout.score(se.residuals[:, layer]).numpy()))
     contrast_means = (sn.neuron_sum / max(sn.n_tokens, 1)).float()
+    positive_means = (sp.neuron_sum / max(sp.n_tokens, 1)).float()
+    gap_fit = float(readout.score(sp.residuals[:, layer]).double().mean() - readout.score(sn.residuals[:, layer]).double().mean())
     seconds["concept"] = time.perf_counter() - t0
     passes["concept"] = model.counter.since(c0).as_dict()
 
@@ -157,16 +220,18 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     def distinct(texts: list[str], order: torch.Tensor) -> list[str]:  # the first probe_size distinct texts
         return list(dict.fromkeys(texts[int(i)] for i in order))[:probe_size]
 
-    top_pos = distinct(pos, torch.argsort(readout.score(sp.residuals[:, layer]), descending=True))
+    top_pos = distinct(read_pos, torch.argsort(readout.score(sp.residuals[:, layer]), descending=True))
+    low_neg = distinct(read_neg, torch.argsort(readout.score(sn.residuals[:, layer])))
     b = len(top_pos)
     probes = ProbeSet(top_pos, [1.0 / b] * b)
     if contrastive:
-        low_neg = distinct(neg, torch.argsort(readout.score(sn.residuals[:, layer])))
         probes = ProbeSet(probes.texts + low_neg, probes.weights + [-1.0 / len(low_neg)] * len(low_neg))
 
     # 3. score, resuming finished blocks
     params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
-              "probe_size": b, "contrastive": contrastive, "ablation": ablation, "eval_fraction": eval_fraction,
+              "read_template": read_template,
+              "probe_size": b, "contrastive": contrastive, "specificity": lam, "gap_fit": gap_fit,
+              "ablation": ablation, "eval_fraction": eval_fraction,
               "layers": layers, "top_k": top_k, "neuron_subset": neurons,
               "scorer": scorer.params()}  # the scorer's own options, kept apart from the readout's
     fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": seed,
@@ -189,27 +254,52 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
             result = scorer.score(model, task)
     seconds["scoring"] = result.seconds
     passes["scoring"] = result.passes.as_dict()
+    scores, cost = result.scores, None
+    if lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
+        t0, c0 = time.perf_counter(), model.counter.snapshot()
+        cost = fluency_cost(model, neg, Intervention.of(ablation, contrast_means), batch_size=8)
+        scores = specificity_aware(result.scores, cost, gap_fit, lam)
+        seconds["fluency_cost"] = time.perf_counter() - t0
+        passes["fluency_cost"] = model.counter.since(c0).as_dict()
 
     # 4. the run folder
     import pandas as pd
 
-    run = Run(run_dir, meta=None, scores=result.scores, concept_vector=readout.vector.float(),
-              contrast_means=contrast_means, layer_auroc=torch.tensor(aucs, dtype=torch.float32), top_table=None)
+    run = Run(run_dir, meta=None, scores=scores, concept_vector=readout.vector.float(),
+              contrast_means=contrast_means, layer_auroc=torch.tensor(aucs, dtype=torch.float32), top_table=None,
+              positive_means=positive_means, effect=result.scores if lam > 0 else None, fluency_cost=cost,
+              alpha=result.alpha)
     sel = run.top(top_k)
+    # 4b. what the top rows do to positives and to contrast texts, measured apart (a generic neuron moves both)
+    t0, c0 = time.perf_counter(), model.counter.snapshot()
+    run.effect_positive, run.effect_contrast = probe_effects(model, readout, top_pos, low_neg, sel, ablation,
+                                                             contrast_means, positions, tokens_per_batch)
+    seconds["probe_effects"] = time.perf_counter() - t0
+    passes["probe_effects"] = model.counter.since(c0).as_dict()
     run.top_table = pd.DataFrame({
         "rank": range(1, len(sel) + 1),
         "layer": [l for l, _ in sel.neurons],
         "neuron": [k for _, k in sel.neurons],
         "score": list(sel.scores),
-        "top_tokens": [top_tokens(model, pos, sp, l, k) for l, k in sel.neurons],
+        "top_tokens": [top_tokens(model, read_pos, sp, l, k) for l, k in sel.neurons],
     })
+    k_choice = None
+    if max_ppl is not None:  # 4c. K within the fluency budget, chosen on the fit split
+        from .evaluation.budget import choose_k
+
+        t0, c0 = time.perf_counter(), model.counter.snapshot()
+        ranking = run.top(int(torch.isfinite(scores).sum()))
+        k_choice = choose_k(model, readout, fit, ranking, max_ppl, Intervention.of(ablation, contrast_means),
+                            seed=seed, batch_size=batch_size).to_dict()
+        seconds["k_choice"] = time.perf_counter() - t0
+        passes["k_choice"] = model.counter.since(c0).as_dict()
     # 5. the top neurons' top-activating examples, token by token, for the report (one pass over those texts)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
-    examples = neuron_examples(model, {"positive": pos, "contrast": neg}, {"positive": sp, "contrast": sn},
+    examples = neuron_examples(model, {"positive": read_pos, "contrast": read_neg}, {"positive": sp, "contrast": sn},
                                list(sel.neurons[:EXAMPLE_NEURONS]), batch_size=batch_size)
     seconds["examples"] = time.perf_counter() - t0
     passes["examples"] = model.counter.since(c0).as_dict()
-    seconds["total"] = seconds["concept"] + seconds["scoring"] + seconds["examples"]
+    seconds["total"] = sum(seconds.values())
     run.meta = RunMeta(
         model_id=model.model_id, model_family=model.family.name, weights_hash=model.weights_hash,
         n_layers=model.n_layers, d_ff=model.d_ff, concept_name=concept.name, concept_hash=concept.hash,
@@ -219,6 +309,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         n_neurons_scored=result.n_scored, passes=passes, seconds=seconds, versions=_versions(),
         probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         extra={"resumed_layers": sorted(done), "concept_source": concept.source,
+               **({"k_choice": k_choice} if k_choice is not None else {}),
                **({"distributed": sharded} if sharded is not None else {})},
     )
     write_text(run_dir / EXAMPLES_FILE, json.dumps(examples))  # before meta.json, which marks the run finished

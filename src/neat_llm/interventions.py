@@ -1,7 +1,11 @@
-"""Turning neurons off: ``with turn_off(model, neurons): ...`` (zero or mean ablation).
+"""Turning neurons off: ``with turn_off(model, neurons): ...``.
 
-Contexts compose (nest them, or add selections with ``+``), work with ``model.generate`` (every
-forward, cached decoding included, sees the neurons off), and are always undone on exit.
+What a chosen neuron becomes is an ``Intervention`` value (the pyvene idea of interventions as
+types): ``zero`` (a -> 0), ``mean`` (a -> its mean activation over the contrast texts) or
+``dampen`` (a -> alpha * a, one alpha per neuron or one for all; alpha = 0 is ``zero``, alpha = 1
+leaves the neuron alone). Contexts compose (nest them, or add selections with ``+``), work with
+``model.generate`` (every forward, cached decoding included, sees the neurons changed), and are
+always undone on exit.
 """
 
 from __future__ import annotations
@@ -15,15 +19,23 @@ import torch
 from .hooks import edit_inputs
 from .models.loaded import LoadedModel
 
+MODES = ("zero", "mean", "dampen")
+
 
 @dataclass(frozen=True)
 class NeuronSelection:
     """A set of neurons (layer, index), in rank order, with optional mean activations
-    ``means`` [n_layers, d_ff] (needed for mean ablation) and their scores."""
+    ``means`` [n_layers, d_ff] (needed for mean ablation), their scores, and their own dampening
+    factors ``alphas`` (one per neuron, e.g. AurA's 1 - 2 (AUROC - 0.5))."""
 
     neurons: tuple[tuple[int, int], ...]
     means: torch.Tensor | None = None
     scores: tuple[float, ...] | None = None
+    alphas: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.alphas is not None and len(self.alphas) != len(self.neurons):
+            raise ValueError(f"{len(self.alphas)} dampening factors for {len(self.neurons)} neurons")
 
     def __len__(self) -> int:
         return len(self.neurons)
@@ -34,13 +46,21 @@ class NeuronSelection:
     def __add__(self, other: "NeuronSelection") -> "NeuronSelection":
         seen = dict.fromkeys(self.neurons)
         seen.update(dict.fromkeys(other.neurons))
-        return NeuronSelection(tuple(seen), self.means if self.means is not None else other.means)
+        alphas = None
+        if self.alphas is not None and other.alphas is not None:
+            own = dict(zip(other.neurons, other.alphas)) | dict(zip(self.neurons, self.alphas))
+            alphas = tuple(own[n] for n in seen)
+        return NeuronSelection(tuple(seen), self.means if self.means is not None else other.means, alphas=alphas)
 
     def by_layer(self) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
         for l, k in self.neurons:
             out.setdefault(int(l), []).append(int(k))
         return out
+
+    def with_alphas(self, alphas: Iterable[float] | None) -> "NeuronSelection":
+        """The same neurons with these dampening factors (in rank order)."""
+        return NeuronSelection(self.neurons, self.means, self.scores, None if alphas is None else tuple(map(float, alphas)))
 
 
 def as_selection(neurons) -> NeuronSelection:
@@ -49,28 +69,88 @@ def as_selection(neurons) -> NeuronSelection:
     return NeuronSelection(tuple((int(l), int(k)) for l, k in neurons))
 
 
+@dataclass(frozen=True)
+class Intervention:
+    """What a turned-off neuron becomes, at every position.
+
+    mode ``zero``: a -> 0; ``mean``: a -> means[l, k] (``means`` [n_layers, d_ff]);
+    ``dampen``: a -> alpha * a with ``alpha`` a number in [0, 1] for every neuron, or None to use
+    each selected neuron's own factor (``NeuronSelection.alphas``)."""
+
+    mode: str = "zero"
+    means: torch.Tensor | None = None
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "mean" and self.means is None:
+            raise ValueError("mean ablation needs mean activations: pass means=[n_layers, d_ff] or a run's selection")
+        if self.alpha is not None:
+            if self.mode != "dampen":
+                raise ValueError(f"alpha is a dampening factor; it does not apply to mode {self.mode!r}")
+            if not 0.0 <= float(self.alpha) <= 1.0:
+                raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    @classmethod
+    def of(cls, mode: "str | Intervention" = "zero", means: torch.Tensor | None = None,
+           alpha: float | None = None) -> "Intervention":
+        """An ``Intervention`` from the arguments ``turn_off`` and the evaluations take."""
+        if isinstance(mode, Intervention):
+            return mode
+        return cls(mode, means if mode == "mean" else None, alpha)
+
+    def factors(self, sel: NeuronSelection) -> list[float]:
+        """The dampening factor of each neuron of ``sel`` (mode ``dampen``)."""
+        if self.alpha is not None:
+            return [float(self.alpha)] * len(sel)
+        if sel.alphas is None:
+            raise ValueError("dampening needs a factor: pass alpha=... or a selection with its own alphas "
+                             "(e.g. from the aura method)")
+        bad = [a for a in sel.alphas if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"dampening factors must be in [0, 1], got {bad[0]}")
+        return list(sel.alphas)
+
+    def describe(self) -> str:
+        if self.mode == "dampen":
+            return f"dampen (alpha={self.alpha:g})" if self.alpha is not None else "dampen (per-neuron alpha)"
+        return self.mode
+
+
 @contextmanager
-def turn_off(model: LoadedModel, neurons: NeuronSelection | Iterable[tuple[int, int]], mode: str = "zero",
-             means: torch.Tensor | None = None) -> Iterator[NeuronSelection]:
-    """Set the chosen neurons to 0 (``mode="zero"``) or to their mean activation over the contrast
-    set (``mode="mean"``; ``means`` [n_layers, d_ff], or the selection's own) at every position."""
+def turn_off(model: LoadedModel, neurons: NeuronSelection | Iterable[tuple[int, int]],
+             mode: str | Intervention = "zero", means: torch.Tensor | None = None,
+             alpha: float | None = None) -> Iterator[NeuronSelection]:
+    """Turn the chosen neurons off at every position: set them to 0 (``mode="zero"``), to their
+    mean activation over the contrast set (``mode="mean"``; ``means`` [n_layers, d_ff], or the
+    selection's own), or multiply them by a factor (``mode="dampen"``; ``alpha`` for all, or the
+    selection's own ``alphas``). ``mode`` may also be an ``Intervention``."""
     sel = as_selection(neurons)
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
-    means = means if means is not None else sel.means
-    if mode == "mean" and means is None:
-        raise ValueError("mean ablation needs mean activations: pass means=[n_layers, d_ff] or a run's selection")
+    if isinstance(mode, Intervention):
+        iv = mode
+    else:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        iv = Intervention.of(mode, means if means is not None else sel.means, alpha)
     layers = sel.by_layer()
     for l, ks in layers.items():
         if not 0 <= l < model.n_layers or any(not 0 <= k < model.d_ff for k in ks):
             raise ValueError(f"neuron out of range in layer {l}: the model has {model.n_layers} blocks of {model.d_ff}")
     index = {l: torch.tensor(ks, device=model.device) for l, ks in layers.items()}
-    values = {l: (torch.zeros(len(ks)) if mode == "zero" else means[l, ks].float()).to(model.device)
-              for l, ks in layers.items()}
+    if iv.mode == "dampen":
+        factor = dict(zip(sel.neurons, iv.factors(sel)))
+        scale = {l: torch.tensor([factor[(l, k)] for k in ks]).to(model.device) for l, ks in layers.items()}
+    else:
+        values = {l: (torch.zeros(len(ks)) if iv.mode == "zero" else iv.means[l, ks].float()).to(model.device)
+                  for l, ks in layers.items()}
 
     def off(layer, x):
         x = x.clone()
-        x[..., index[layer]] = values[layer].to(x.dtype)
+        if iv.mode == "dampen":
+            x[..., index[layer]] = x[..., index[layer]] * scale[layer].to(x.dtype)
+        else:
+            x[..., index[layer]] = values[layer].to(x.dtype)
         return x
 
     with edit_inputs({l: model.sites[l] for l in layers}, off):

@@ -1,7 +1,14 @@
 """The run folder: everything a finished run leaves, written atomically.
 
     scores.safetensors  scores [n_layers, d_ff] (NaN = not scored), concept_vector [d_model],
-                        contrast_means [n_layers, d_ff], layer_auroc [n_layers]
+                        contrast_means [n_layers, d_ff], layer_auroc [n_layers]; where the run has
+                        them: positive_means [n_layers, d_ff] (mean activation over the fit
+                        positives' tokens), effect [n_layers, d_ff] (the scorer's own score before
+                        the specificity-aware penalty), effect_positive / effect_contrast
+                        [n_layers, d_ff] (the drop of S on the b positive / b contrast probes, measured
+                        for the top rows; NaN elsewhere), fluency_cost
+                        [n_layers, d_ff] (nats per token, see scoring/fluency.py), alpha
+                        [n_layers, d_ff] (each neuron's own dampening factor, e.g. AurA's)
     top.csv             rank, layer, neuron, score, top_tokens
     meta.json           model, data hash, parameters, seed, versions, passes, wall time
     .partial/           finished blocks of an interrupted sweep (removed when the run completes)
@@ -84,6 +91,30 @@ class RunMeta:
         return sum(p.get("backward", 0) for p in self.passes.values())
 
 
+@dataclass(frozen=True)
+class NeuronRow:
+    """One ranked neuron with what shows whether it is specific: its mean activation on the fit
+    positives and contrast texts, the drop of S its removal causes on the positive and on the
+    contrast probes (a generic neuron moves both), its fluency cost (nats per token). NaN where
+    the run does not have the number."""
+
+    rank: int
+    layer: int
+    neuron: int
+    score: float
+    effect: float
+    effect_positive: float
+    effect_contrast: float
+    mean_positive: float
+    mean_contrast: float
+    fluency_cost: float
+    alpha: float
+    top_tokens: str
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and v != v else v) for k, v in self.__dict__.items()}
+
+
 @dataclass
 class Run:
     """A finished run. scores [n_layers, d_ff]; top: the top-K table (pandas DataFrame)."""
@@ -95,6 +126,14 @@ class Run:
     contrast_means: torch.Tensor
     layer_auroc: torch.Tensor
     top_table: "object"
+    positive_means: torch.Tensor | None = None
+    effect: torch.Tensor | None = None
+    effect_positive: torch.Tensor | None = None
+    effect_contrast: torch.Tensor | None = None
+    fluency_cost: torch.Tensor | None = None
+    alpha: torch.Tensor | None = None
+
+    OPTIONAL = ("positive_means", "effect", "effect_positive", "effect_contrast", "fluency_cost", "alpha")
 
     def ranking(self) -> torch.Tensor:
         """All scored neurons, best first: [n, 2] of (layer, neuron). Ties keep (layer, neuron) order."""
@@ -105,14 +144,37 @@ class Run:
         return torch.stack([order // d_ff, order % d_ff], 1)
 
     def top(self, k: int) -> NeuronSelection:
-        """The k best neurons, with the contrast means attached (for ``turn_off(..., mode="mean")``)."""
+        """The k best neurons, with the contrast means attached (for ``turn_off(..., mode="mean")``)
+        and, where the run has them, each neuron's own dampening factor (``mode="dampen"``)."""
         r = self.ranking()[:k]
         return NeuronSelection(tuple((int(l), int(n)) for l, n in r), means=self.contrast_means,
-                               scores=tuple(float(self.scores[l, n]) for l, n in r))
+                               scores=tuple(float(self.scores[l, n]) for l, n in r),
+                               alphas=None if self.alpha is None else tuple(float(self.alpha[l, n]) for l, n in r))
+
+    def rows(self, k: int) -> list[NeuronRow]:
+        """The top k neurons as ``NeuronRow``s (top tokens for the rows top.csv holds)."""
+        sel = self.top(k)
+        tokens = {}
+        if self.top_table is not None and "top_tokens" in self.top_table:
+            for r in self.top_table.itertuples():
+                tokens[(int(r.layer), int(r.neuron))] = r.top_tokens if isinstance(r.top_tokens, str) else ""
+
+        def at(t: torch.Tensor | None, l: int, n: int) -> float:
+            return float("nan") if t is None else float(t[l, n])
+
+        return [NeuronRow(rank=i + 1, layer=l, neuron=n, score=float(self.scores[l, n]),
+                          effect=at(self.effect if self.effect is not None else self.scores, l, n),
+                          effect_positive=at(self.effect_positive, l, n), effect_contrast=at(self.effect_contrast, l, n),
+                          mean_positive=at(self.positive_means, l, n), mean_contrast=at(self.contrast_means, l, n),
+                          fluency_cost=at(self.fluency_cost, l, n), alpha=at(self.alpha, l, n),
+                          top_tokens=tokens.get((l, n), ""))
+                for i, (l, n) in enumerate(sel.neurons)]
 
     def save(self) -> None:
         tensors = {"scores": self.scores.contiguous(), "concept_vector": self.concept_vector.contiguous(),
                    "contrast_means": self.contrast_means.contiguous(), "layer_auroc": self.layer_auroc.contiguous()}
+        tensors.update({name: getattr(self, name).float().contiguous() for name in self.OPTIONAL
+                        if getattr(self, name) is not None})
         atomic_write(self.run_dir / "scores.safetensors", lambda p: save_file(tensors, str(p)))
         atomic_write(self.run_dir / "top.csv", lambda p: self.top_table.to_csv(p, index=False))
         write_text(self.run_dir / "meta.json", json.dumps(asdict(self.meta), indent=2))  # last: marks completion
@@ -132,7 +194,7 @@ class Run:
             raise RunError(f"{d} was written by an incompatible neat-llm (format {raw.get('format')})")
         t = load_file(str(d / "scores.safetensors"))
         return cls(d, RunMeta(**raw), t["scores"], t["concept_vector"], t["contrast_means"], t["layer_auroc"],
-                   pd.read_csv(d / "top.csv"))
+                   pd.read_csv(d / "top.csv"), **{name: t.get(name) for name in cls.OPTIONAL})
 
 
 class PartialSweep:

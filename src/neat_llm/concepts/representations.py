@@ -116,9 +116,10 @@ def neuron_profiles(model: LoadedModel, texts: list[str], layers: list[int], *, 
                     batch_size: int = 16) -> torch.Tensor:
     """Each text's neuron activations, pooled over its tokens: [N, len(layers), d_ff].
 
-    pool: ``"mean"`` over non-padding tokens, or ``"last"`` (the last non-padding token)."""
-    if pool not in ("last", "mean"):
-        raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
+    pool: ``"mean"`` over non-padding tokens, ``"max"`` (the largest over non-padding tokens), or
+    ``"last"`` (the last non-padding token)."""
+    if pool not in ("last", "mean", "max"):
+        raise ValueError(f"pool must be 'last', 'mean' or 'max', got {pool!r}")
     out = torch.empty(len(texts), len(layers), model.d_ff)
     sites = {i: model.sites[l] for i, l in enumerate(layers)}
     for rows in batches(len(texts), batch_size):
@@ -131,6 +132,8 @@ def neuron_profiles(model: LoadedModel, texts: list[str], layers: list[int], *, 
             check_finite(a, f"the neuron activations of block {layers[i]}")
             if pool == "last":
                 v = a[torch.arange(len(rows)), mask.sum(1) - 1]
+            elif pool == "max":
+                v = a.masked_fill(~mask[..., None], -torch.inf).amax(1)
             else:
                 m = mask[..., None].to(a.dtype)
                 v = (a * m).sum(1) / m.sum(1)

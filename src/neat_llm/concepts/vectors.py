@@ -65,15 +65,47 @@ def choose_reading_layer(aucs: np.ndarray, tol: float = 1e-9) -> int:
     return int(np.nonzero(aucs >= best - tol)[0].max())
 
 
+# S is read at the last token of the text followed by a newline: the read token is then the same
+# for every text, so the surface form of a text's own last token (a final '.', or none) cannot
+# carry the concept (ToxiGen: 51% of neutral but 7% of hateful statements end with '.').
+DEFAULT_READ_TEMPLATE = "{text}\n"
+IDENTITY_TEMPLATE = "{text}"
+
+
+def check_template(template: str) -> str:
+    if not isinstance(template, str) or template.count("{text}") != 1:
+        raise ValueError(f"a read template must contain '{{text}}' exactly once, got {template!r}")
+    return template
+
+
 @dataclass(frozen=True)
 class ConceptReadout:
-    """S(x) = <h_layer(x), vector>. vector: [d_model]; layer: block index whose output is read."""
+    """S(x) = <h_layer(template(x)), vector>. vector: [d_model]; layer: block index whose output is
+    read; template: what the model reads, with ``{text}`` standing for the text (trailing whitespace
+    of the text removed); pool: the last token or the mean over tokens of the templated text."""
 
     layer: int
     vector: torch.Tensor
     method: str = "diff-means"
     pool: str = "last"
+    template: str = IDENTITY_TEMPLATE
+
+    def __post_init__(self) -> None:
+        check_template(self.template)
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
         """h: [..., d_model] residual after block ``layer`` -> S: [...]"""
         return h.float() @ self.vector.to(h.device).float()
+
+    def apply(self, texts) -> list[str]:
+        """The texts as the readout reads them."""
+        return apply_template(self.template, texts)
+
+
+def apply_template(template: str, texts) -> list[str]:
+    """``template`` with ``{text}`` replaced by each text (trailing whitespace removed); the identity
+    template returns the texts unchanged."""
+    if template == IDENTITY_TEMPLATE:
+        return list(texts)
+    head, tail = template.split("{text}")
+    return [head + t.rstrip() + tail for t in texts]

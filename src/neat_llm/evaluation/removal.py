@@ -24,7 +24,7 @@ import torch
 from ..concepts.conceptset import ConceptSet
 from ..concepts.representations import text_pass
 from ..concepts.vectors import ConceptReadout
-from ..interventions import NeuronSelection, turn_off
+from ..interventions import MODES, Intervention, NeuronSelection, turn_off
 from ..models.loaded import LoadedModel
 from ..runs import Run, RunError
 from .neutral_text import NEUTRAL_TEXTS
@@ -57,7 +57,7 @@ def concept_scores(model: LoadedModel, readout: ConceptReadout, eval_set: Concep
                    batch_size: int = 16) -> ConceptScores:
     """One pass over the eval texts (under whatever ``turn_off`` is active): S at ``readout.layer``."""
     _check_two_sided(eval_set)
-    texts = list(eval_set.texts)
+    texts = readout.apply(eval_set.texts)
     res = text_pass(model, texts, pool=readout.pool, batch_size=batch_size).residuals[:, readout.layer]  # [N, d]
     s = readout.score(res)  # [N]
     y = torch.tensor(eval_set.labels, dtype=torch.bool)
@@ -153,6 +153,23 @@ class RemovalAtK:
         return cls(k=k, **{nm: getattr(top, nm) for nm in names}, **rand, top=top, random=list(random))
 
 
+BUDGETS = (1.05, 1.10)  # perplexity ratios at which methods are compared
+
+
+@dataclass
+class BudgetResult:
+    """Removal at a fluency budget: the best top-K set whose perplexity ratio stays <= ``max_ppl``
+    (``k`` None when no K does), with the random K-sets of the same K beside it."""
+
+    max_ppl: float
+    k: int | None
+    gap_removal: float
+    auroc_after: float
+    ppl_ratio: float
+    random_gap_removal_mean: float
+    random_gap_removal_std: float
+
+
 @dataclass
 class RemovalReport:
     """Concept removal for every K. ``*_before`` are computed once, with nothing turned off.
@@ -180,9 +197,20 @@ class RemovalReport:
                 return r
         raise KeyError(f"no row for K={k}; have {[r.k for r in self.rows]}")
 
+    def at_budget(self, max_ppl: float) -> BudgetResult:
+        """The largest gap removal among the top-K sets with ppl_ratio <= max_ppl (ties: the smaller
+        K), next to the random K-sets of that K: the one number to compare methods by."""
+        ok = [r for r in self.rows if r.ppl_ratio <= max_ppl]
+        if not ok:
+            nan = float("nan")
+            return BudgetResult(max_ppl, None, nan, nan, nan, nan, nan)
+        best = max(ok, key=lambda r: (r.gap_removal, -r.k))
+        return BudgetResult(max_ppl, best.k, best.gap_removal, best.auroc_after, best.ppl_ratio,
+                            best.random_gap_removal_mean, best.random_gap_removal_std)
+
     def to_dict(self) -> dict:
-        """Plain JSON-ready dict (floats, ints, lists)."""
-        return asdict(self)
+        """Plain JSON-ready dict (floats, ints, lists), with the removal at each budget of ``BUDGETS``."""
+        return {**asdict(self), "budgets": [asdict(self.at_budget(b)) for b in BUDGETS]}
 
 
 # --- the evaluation -----------------------------------------------------------------------------
@@ -191,19 +219,22 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
                      mode: str = "zero", layers_pool: Sequence[int] | None = None,
                      neutral_texts: Sequence[str] | None = None, batch_size: int = 16,
                      neuron_pool: Sequence[tuple[int, int]] | None = None,
-                     random_cache: dict[int, list[RemovalEffect]] | None = None) -> RemovalReport:
+                     random_cache: dict[int, list[RemovalEffect]] | None = None,
+                     alpha: float | None = None) -> RemovalReport:
     """Turn off each top-K set (``selection_by_k[K]``, exactly K neurons) and ``n_random`` random
     K-sets, and measure the removal numbers of the module docstring on the held-out ``eval_set``
     and perplexity on ``neutral_texts`` (default ``NEUTRAL_TEXTS``).
 
     Cost: (1 + len(selection_by_k) * (1 + n_random)) passes over eval_set + neutral texts.
-    ``mode``: ``"zero"`` or ``"mean"`` (mean ablation uses the selections' ``means``, also for the random sets).
+    ``mode``: ``"zero"``, ``"mean"`` (mean ablation uses the selections' ``means``, also for the random
+    sets) or ``"dampen"`` (multiply by ``alpha``, or by each selected neuron's own factor; a random
+    K-set then gets the top-K set's factors, so it is dampened by the same amounts).
     ``neuron_pool``: draw the random K-sets from these neurons (e.g. the subset every method scored).
     ``random_cache``: {K: effects of the random sets}, filled and reused across calls that share the
     model, readout, eval set, mode, seed and pool (``neat compare`` evaluates many methods).
     """
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if n_random < 1:
         raise ValueError(f"n_random must be at least 1 (the baseline of random K-sets), got {n_random}")
     _check_two_sided(eval_set)
@@ -227,6 +258,12 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     if mode == "mean" and means is None:
         raise ValueError("mean ablation needs mean activations: pass selections with means (e.g. run.top(k))")
+    intervention = Intervention.of(mode, means, alpha)
+    if mode == "dampen":
+        for sel in selection_by_k.values():
+            intervention.factors(sel)  # every selection has its factors: fail before any pass
+        if alpha is None:
+            random_cache = None  # the random sets borrow each top set's own factors: nothing to share
 
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     before = concept_scores(model, readout, eval_set, batch_size)
@@ -237,7 +274,8 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
     ppl_before = perplexity(model, neutral, batch_size)
 
     def effect(sel: NeuronSelection) -> RemovalEffect:
-        with turn_off(model, sel, mode=mode, means=sel.means if sel.means is not None else means):
+        iv = Intervention("mean", sel.means) if mode == "mean" and sel.means is not None else intervention
+        with turn_off(model, sel, iv):
             after = concept_scores(model, readout, eval_set, batch_size)
             ppl_after = perplexity(model, neutral, batch_size)
         return removal_effect(before, after, ppl_before, ppl_after)
@@ -248,7 +286,9 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
         if random_cache is not None and k in random_cache:
             rand = random_cache[k]
         else:
-            rand = [effect(s) for s in random_selections(model, k, n_random, seed, layers, means, neuron_pool)]
+            top_alphas = selection_by_k[k].alphas if mode == "dampen" and alpha is None else None
+            rand = [effect(s.with_alphas(top_alphas))
+                    for s in random_selections(model, k, n_random, seed, layers, means, neuron_pool)]
             if random_cache is not None:
                 random_cache[k] = rand
         rows.append(RemovalAtK.from_effects(k, top, rand))
@@ -266,7 +306,19 @@ def run_readout(run: Run) -> ConceptReadout:
     """The concept readout a run used (reading layer, vector, pooling)."""
     p = run.meta.params
     return ConceptReadout(run.meta.reading_layer, run.concept_vector, p.get("vector", "diff-means"),
-                          p.get("pool", "last"))
+                          p.get("pool", "last"), p.get("read_template", "{text}"))
+
+
+def run_intervention(run: Run, mode: str | None = None, alpha: float | None = None) -> Intervention:
+    """How a run's neurons are turned off: ``mode`` (zero, mean, dampen) if given, else the run's
+    own: dampening with each neuron's factor for runs that define one (AurA), else its ablation."""
+    if mode is None:
+        mode = "dampen" if run.alpha is not None and alpha is None else run.meta.params.get("ablation", "zero")
+        if alpha is not None:
+            mode = "dampen"
+    if mode == "dampen" and alpha is None and run.alpha is None:
+        raise ValueError(f"dampening needs --alpha: the {run.meta.method} run has no per-neuron factors")
+    return Intervention.of(mode, run.contrast_means, alpha)
 
 
 def run_eval_set(run: Run, concept: ConceptSet) -> ConceptSet:

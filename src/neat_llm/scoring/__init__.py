@@ -8,7 +8,7 @@ from .label_based import IntegratedGradientsScorer, LogprobIncreaseScorer
 from .neat import NeatScorer
 from .reference import ReferenceScorer
 from .screen_verify import ScreenVerifyScorer
-from .simple import ActivationScorer, AurocScorer, RandomScorer
+from .simple import ActivationScorer, AuraScorer, AurocScorer, RandomScorer
 
 SCORERS = {
     "neat": NeatScorer,
@@ -21,6 +21,7 @@ SCORERS = {
     "logprob-increase": LogprobIncreaseScorer,
     "activation": ActivationScorer,
     "auroc": AurocScorer,
+    "aura": AuraScorer,
     "random": RandomScorer,
 }
 
@@ -32,5 +33,5 @@ def get_scorer(name: str, **kwargs) -> Scorer:
 
 
 __all__ = ["NeuronScores", "ProbeSet", "Scorer", "ScoringTask", "NeatScorer", "ReferenceScorer", "ExhaustiveScorer",
-           "ScreenVerifyScorer", "ClusterScorer", "IntegratedGradientsScorer", "LogprobIncreaseScorer", "AttributionPatchingScorer", "ActivationScorer", "AurocScorer", "RandomScorer", "SCORERS",
+           "ScreenVerifyScorer", "ClusterScorer", "IntegratedGradientsScorer", "LogprobIncreaseScorer", "AttributionPatchingScorer", "ActivationScorer", "AuraScorer", "AurocScorer", "RandomScorer", "SCORERS",
            "get_scorer"]

@@ -18,7 +18,7 @@ from .base import Scorer, ScoringTask
 
 
 def gradient_x_activation(model: LoadedModel, texts: list[str], layer: int, vector: torch.Tensor,
-                          batch_size: int = 8) -> torch.Tensor:
+                          batch_size: int = 8, pool: str = "last") -> torch.Tensor:
     """sum_t a * dS/da for every neuron of blocks 0..layer, averaged over ``texts``: [layer + 1, d_ff].
 
     The embedding output is made to require grad, so every neuron activation is a non-leaf node of
@@ -41,7 +41,11 @@ def gradient_x_activation(model: LoadedModel, texts: list[str], layer: int, vect
                     capture_outputs({0: model.blocks[layer]}) as outs, stop_after(model.blocks[layer]):
                 run_until(lambda: model.hf(**enc, use_cache=False))
                 h = outs[0][0]
-                s = h[torch.arange(len(rows)), last].float() @ vec  # [B]: S of each text
+                if pool == "last":
+                    s = h[torch.arange(len(rows)), last].float() @ vec  # [B]: S of each text
+                else:  # the mean over each text's own tokens
+                    mm = mask[..., None].float()
+                    s = ((h.float() * mm).sum(1) / mm.sum(1)) @ vec
                 a = [acts[l][0] for l in range(layer + 1)]
                 grads = torch.autograd.grad(s.sum(), a)  # texts are independent: per-text gradients
         finally:
@@ -67,9 +71,9 @@ class AttributionPatchingScorer(Scorer):
         return {"batch_size": self.batch_size}
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
-        pos, _ = task.fit_texts(self.name)
+        pos = task.readout.apply(task.fit_texts(self.name)[0])
         top = task.readout.layer
-        est = gradient_x_activation(model, pos, top, task.readout.vector, self.batch_size)
+        est = gradient_x_activation(model, pos, top, task.readout.vector, self.batch_size, task.readout.pool)
         for l in task.layers:
             idx = task.neurons_of(l, model.d_ff)
             scores[l, idx] = est[l, idx] if l <= top else 0.0

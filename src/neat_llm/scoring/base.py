@@ -16,7 +16,7 @@ from ..models.loaded import LoadedModel, PassCounter
 
 @dataclass
 class ProbeSet:
-    """The probe batch X*: texts and their weights in the score (+1/b for the b positives; the
+    """The probe batch X*: texts as the readout reads them (its template applied) and their weights in the score (+1/b for the b positives; the
     contrastive option adds the b lowest-S contrast texts with weight -1/b)."""
 
     texts: list[str]
@@ -48,8 +48,8 @@ class ScoringTask:
     done: dict[int, torch.Tensor] = field(default_factory=dict)
     on_layer_done: Callable[[int, torch.Tensor], None] | None = None
     on_progress: Callable[[int], None] | None = None  # called with the number of neurons just scored
-    positives: list[str] | None = None  # fit positives P_fit (scorers that use the whole fit set)
-    contrast: list[str] | None = None  # fit contrast texts N_fit
+    positives: list[str] | None = None  # fit positives P_fit, as given (readout.apply(...) is what S reads)
+    contrast: list[str] | None = None  # fit contrast texts N_fit, as given
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,13 +80,15 @@ class ScoringTask:
 
 @dataclass
 class NeuronScores:
-    """scores: [n_layers, d_ff] (NaN = not scored); passes spent; wall seconds; parameters."""
+    """scores: [n_layers, d_ff] (NaN = not scored); passes spent; wall seconds; parameters;
+    alpha: [n_layers, d_ff] each neuron's own dampening factor, for methods that define one (AurA)."""
 
     scores: torch.Tensor
     method: str
     passes: PassCounter
     seconds: float
     params: dict
+    alpha: torch.Tensor | None = None
 
     @property
     def n_scored(self) -> int:
@@ -107,7 +109,7 @@ class Scorer(ABC):
         scores = torch.full((model.n_layers, model.d_ff), float("nan"))
         self._score(model, task, scores)
         return NeuronScores(scores=scores, method=self.name, passes=model.counter.since(before),
-                            seconds=time.perf_counter() - t0, params=self.params())
+                            seconds=time.perf_counter() - t0, params=self.params(), alpha=self.dampening(scores))
 
     @abstractmethod
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
@@ -115,3 +117,7 @@ class Scorer(ABC):
 
     def params(self) -> dict:
         return {}
+
+    def dampening(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Each neuron's own dampening factor [n_layers, d_ff], for methods that define one."""
+        return None

@@ -66,7 +66,7 @@ class ClusterScorer(Scorer):
         if not layers:
             return
         feats = self._features(model, task, layers)
-        caches = [ProbeCache(model, t, top, task.readout.vector) for t in task.probes.texts]
+        caches = [ProbeCache(model, t, top, task.readout.vector, task.readout.pool) for t in task.probes.texts]
         ranked: list[tuple[float, int, int]] = []  # (cluster score, layer, cluster id)
         self.last_clusters = {}
         for l in layers:

@@ -18,6 +18,6 @@ class ExhaustiveScorer(NeatScorer):
     name = "exhaustive"
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
-        pos, _ = task.fit_texts(self.name)
-        every = ScoringTask(**{**task.__dict__, "probes": ProbeSet(list(pos), [1.0 / len(pos)] * len(pos))})
+        pos = task.readout.apply(task.fit_texts(self.name)[0])  # as the readout reads them
+        every = ScoringTask(**{**task.__dict__, "probes": ProbeSet(pos, [1.0 / len(pos)] * len(pos))})
         super()._score(model, every, scores)

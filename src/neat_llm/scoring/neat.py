@@ -34,9 +34,13 @@ class ProbeCache:
     """Everything one probe text's clean forward leaves behind, for blocks 0..l*.
 
     block_in[l], block_out[l]: [1, T, d_model]; acts[l]: [1, T, d_ff]; calls[l]: (args, kwargs) the
-    model passed to block l; s_clean: S of the unmodified text."""
+    model passed to block l; s_clean: S of the unmodified text, read at the last token
+    (``pool="last"``) or averaged over the tokens (``pool="mean"``)."""
 
-    def __init__(self, model: LoadedModel, text: str, readout_layer: int, vector: torch.Tensor):
+    def __init__(self, model: LoadedModel, text: str, readout_layer: int, vector: torch.Tensor, pool: str = "last"):
+        if pool not in ("last", "mean"):
+            raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
+        self.pool = pool
         enc = model.encode([text])
         blocks = {l: model.blocks[l] for l in range(readout_layer + 1)}
         sites = {l: model.sites[l] for l in range(readout_layer + 1)}
@@ -48,12 +52,19 @@ class ProbeCache:
         self.acts = {l: acts[l][0] for l in blocks}
         self.n_tokens = int(enc["input_ids"].shape[1])
         self.vector = vector.to(self.block_out[readout_layer].device, model.dtype)  # where the reading block runs
-        self.s_clean = float(self.block_out[readout_layer][0, -1].float() @ self.vector.float())
+        self.s_clean = float(read_s(self.block_out[readout_layer], self.vector, pool)[0])
         check_finite(self.block_out[readout_layer], "the clean forward of a probe text")
 
     def block_input(self, layer: int) -> torch.Tensor:
         args, kwargs = self.calls[layer]
         return args[0] if args else kwargs["hidden_states"]
+
+
+def read_s(h: torch.Tensor, vector: torch.Tensor, pool: str) -> torch.Tensor:
+    """S of each row of h [C, T, d]: the last position's residual (``"last"``) or the mean over the
+    positions (``"mean"``; a probe is one unpadded text) projected on ``vector``: [C] float32."""
+    x = h[:, -1] if pool == "last" else h.float().mean(1)
+    return x.float() @ vector.to(h.device).float()
 
 
 def call_block(block: torch.nn.Module, h: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
@@ -95,10 +106,11 @@ def compiled_call_block():
 
 def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: torch.Tensor,
                     run_block=call_block) -> torch.Tensor:
-    """Run replicas h [C, T, d] (the output of block ``l``) through blocks l+1..top, read S at the
-    last token and return S_clean - S_off: [C]. Counts one partial forward per replica. Block
-    ``top`` computes its MLP at the last position only (``call_block_last``); the blocks before it
-    go through ``run_block`` (``call_block`` or its compiled form).
+    """Run replicas h [C, T, d] (the output of block ``l``) through blocks l+1..top, read S (at the
+    last token or averaged over the tokens, as the cache's ``pool``) and return S_clean - S_off: [C].
+    Counts one partial forward per replica. When S is read at the last token, block ``top``
+    computes its MLP at the last position only (``call_block_last``); the blocks before it go
+    through ``run_block`` (``call_block`` or its compiled form).
 
     ``h`` is made contiguous first: a replica batch built by broadcasting can come out in a
     position-major layout, and a linear layer on a [C, T, d] input whose batch dimensions cannot be
@@ -106,11 +118,11 @@ def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: 
     (``aten::bmm``, ~2.5x slower than one ``mm`` here)."""
     h = h.contiguous()
     for j in range(l + 1, top + 1):
-        if j == top and h.shape[1] > 1:
+        if j == top and h.shape[1] > 1 and cache.pool == "last":
             h = call_block_last(model, j, h, cache.calls[j])
         else:
             h = run_block(model.blocks[j], h, cache.calls[j])
-    s_off = h[:, -1].float() @ cache.vector.to(h.device).float()
+    s_off = read_s(h, cache.vector, cache.pool)
     check_finite(s_off, f"the ablated forward of block {l}")
     C = h.shape[0]
     model.counter.partial_forward += C
@@ -167,11 +179,11 @@ class NeatScorer(Scorer):
             return
         if model.device.type == "cpu":
             keep_freed_memory()
-        caches = [ProbeCache(model, t, top, task.readout.vector) for t in task.probes.texts]
+        caches = [ProbeCache(model, t, top, task.readout.vector, task.readout.pool) for t in task.probes.texts]
         if self.positions == "read":
             for c, t in zip(caches, task.probes.texts):
                 c.read = ReadPositionCache(model, t, top, task.readout.vector, c.block_out[top], c.s_clean,
-                                           kv=self.kv_cache)
+                                           kv=self.kv_cache, pool=task.readout.pool)
         for l in pending:
             idx = task.neurons_of(l, d_ff)
             row = torch.full((d_ff,), float("nan"))

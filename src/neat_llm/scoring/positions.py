@@ -45,11 +45,13 @@ class ReadPositionCache:
     ``kv``: True when the one-token replay through the cache reproduces the clean S (checked here)."""
 
     def __init__(self, model: LoadedModel, text: str, readout_layer: int, vector: torch.Tensor,
-                 full_block_out: torch.Tensor, s_clean: float, kv: bool = True):
+                 full_block_out: torch.Tensor, s_clean: float, kv: bool = True, pool: str = "last"):
         from transformers import DynamicCache
 
         self.vector = vector.to(full_block_out.device, model.dtype)
         self.s_clean = s_clean
+        self.pool = pool
+        self.n_tokens = int(full_block_out.shape[1])
         self.kv = False
         enc = model.encode([text])
         T = int(enc["input_ids"].shape[1])
@@ -141,6 +143,9 @@ def read_block_effect(model: LoadedModel, rc: ReadPositionCache, l: int, top: in
     for j in range(l + 1, top + 1):
         h = call_block(model.blocks[j], h, rc.replay_call(j, C, cache))
     s_off = h[:, -1].float() @ rc.vector.to(h.device).float()
+    if rc.pool == "mean":  # only the last of the T positions changed: S moves by 1/T of its change there
+        s_last = rc.block_out[top][0, -1].float() @ rc.vector.to(h.device).float()
+        s_off = rc.s_clean + (s_off - s_last) / rc.n_tokens
     check_finite(s_off, f"the ablated forward of block {l}")
     model.counter.partial_forward += C
     return (rc.s_clean - s_off).cpu()

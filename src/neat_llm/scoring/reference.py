@@ -12,9 +12,10 @@ from .base import Scorer, ScoringTask
 
 
 def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Tensor,
-                     off: tuple[int, int, float] | None = None, positions: str = "all") -> float:
+                     off: tuple[int, int, float] | None = None, positions: str = "all", pool: str = "last") -> float:
     """S(text), optionally with neuron (layer, k) set to value v: off=(l, k, v), at every position
-    (``positions="all"``) or at the read position, the last token, only (``"read"``)."""
+    (``positions="all"``) or at the read position, the last token, only (``"read"``). S reads the
+    residual after block ``layer`` at the last token (``pool="last"``) or its mean over the tokens."""
     enc = model.encode([text])
     edits = {}
     if off is not None:
@@ -31,7 +32,9 @@ def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Te
     with torch.inference_mode(), capture_outputs({layer: model.blocks[layer]}) as outs, \
             edit_inputs(edits, set_value):
         model.hf(**enc, use_cache=False)
-    return float(outs[layer][0][0, -1].float() @ vector.to(model.device).float())
+    h = outs[layer][0][0]  # [T, d]
+    x = h[-1] if pool == "last" else h.float().mean(0)
+    return float(x.float() @ vector.to(model.device).float())
 
 
 class ReferenceScorer(Scorer):
@@ -51,14 +54,14 @@ class ReferenceScorer(Scorer):
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
         r = task.readout
-        clean = [concept_score_of(model, t, r.layer, r.vector) for t in task.probes.texts]
+        clean = [concept_score_of(model, t, r.layer, r.vector, pool=r.pool) for t in task.probes.texts]
         for l in task.layers:
             v_off = task.value_off(l, model.d_ff)
             for k in task.neurons_of(l, model.d_ff):
                 total = 0.0
                 for t, w, s0 in zip(task.probes.texts, task.probes.weights, clean):
                     total += w * (s0 - concept_score_of(model, t, r.layer, r.vector, (l, k, float(v_off[k])),
-                                                          self.positions))
+                                                          self.positions, r.pool))
                 scores[l, k] = total
                 if task.on_progress:
                     task.on_progress(1)

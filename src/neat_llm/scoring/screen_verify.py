@@ -36,9 +36,9 @@ class ScreenVerifyScorer(Scorer):
         the probe batch X* with its weights (b fwd + b bwd; approximates the NEAT score itself)."""
         top = task.readout.layer
         if self.screen_on == "fit":
-            pos, _ = task.fit_texts(self.name)
-            return gradient_x_activation(model, pos, top, task.readout.vector)
-        return sum(w * gradient_x_activation(model, [t], top, task.readout.vector)
+            pos = task.readout.apply(task.fit_texts(self.name)[0])
+            return gradient_x_activation(model, pos, top, task.readout.vector, pool=task.readout.pool)
+        return sum(w * gradient_x_activation(model, [t], top, task.readout.vector, pool=task.readout.pool)
                    for t, w in zip(task.probes.texts, task.probes.weights))
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:

@@ -31,6 +31,8 @@ class ActivationScorer(Scorer):
     name = "activation"
 
     def __init__(self, pool: str = "mean"):
+        if pool not in ("mean", "last", "max"):
+            raise ValueError(f"pool must be 'mean', 'last' or 'max', got {pool!r}")
         self.pool = pool
 
     def params(self) -> dict:
@@ -64,3 +66,25 @@ class AurocScorer(ActivationScorer):
         gt = (prof_p[:, None] > prof_n[None, :]).float().mean((0, 1))
         eq = (prof_p[:, None] == prof_n[None, :]).float().mean((0, 1))
         return gt + 0.5 * eq
+
+
+class AuraScorer(AurocScorer):
+    """AurA (Suau et al., ICML 2024, "Whispering Experts"): score(l, k) = AUROC of the neuron's
+    activation max-pooled over the text's tokens as a P-vs-N classifier. Every neuron with
+    AUROC > 0.5 is an expert, dampened by its own factor alpha = 1 - 2 (AUROC - 0.5) (alpha = 1, left
+    alone, elsewhere): ``turn_off(..., mode="dampen")`` with a run's selection applies them.
+    Cost: m forward passes."""
+
+    name = "aura"
+
+    def __init__(self, pool: str = "max"):
+        super().__init__(pool)
+
+    def dampening(self, scores: torch.Tensor) -> torch.Tensor:
+        return aura_alpha(scores)
+
+
+def aura_alpha(auroc: torch.Tensor) -> torch.Tensor:
+    """AurA's dampening factor of each neuron from its AUROC: 1 - 2 (AUROC - 0.5) where AUROC > 0.5,
+    else 1 (NaN, not scored, stays NaN)."""
+    return torch.where(auroc > 0.5, 1.0 - 2.0 * (auroc - 0.5), torch.where(torch.isnan(auroc), auroc, torch.ones_like(auroc)))

@@ -21,24 +21,33 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from grid import CELLS as _CELLS, EVAL_GROUPS as GRID_EVAL_GROUPS  # noqa: E402
+
+CELL_ORDER = list(_CELLS)
 NEAT = str(Path(sys.executable).parent / "neat")
-COMMON = ["--max-per-side", "40", "--neurons-subset", "1000", "--k", "10,50,100,500", "--random", "5",
-          "--ig-max-texts", "4", "--clusters", "8", "--keep-clusters", "8", "--candidates", "200", "--seed", "0"]
+COMMON = ["--k", "10,50,100,500,2000", "--random", "5", "--agreement-subset", "1000", "--ig-max-texts", "4",
+          "--seed", "0"]
 EXPERIMENTS = {
     "toxigen": {
-        "title": "ToxiGen: hateful vs neutral statements",
+        "title": "Methods compared: ToxiGen, hateful vs neutral statements",
         "args": ["compare", "--data", "toxigen", *COMMON,
                  "--label-template", "Text: {text}\nIs this text hateful? Answer:"],
     },
     "insults": {
-        "title": "Built-in demo concept: insults vs friendly text",
+        "title": "Methods compared: the built-in demo concept, insults vs friendly text",
         "args": ["compare", *COMMON, "--label-template", "Text: {text}\nIs this text insulting? Answer:"],
+    },
+    "threats": {
+        "title": "Methods compared: threats of violence vs matched harmless sentences",
+        "args": ["compare", "--concept", "scripts/data/threats.jsonl", "--positive", "threat", *COMMON,
+                 "--label-template", "Text: {text}\nIs this text a threat? Answer:"],
     },
 }
 
 
-# The paper's applications: `neat hate` and `neat bias` (NEAT, 10% seeded neuron subset, 3 random K-sets).
-STUDY_COMMON = ["--neurons-subset", "4608", "--k", "10,50,100", "--random", "3", "--seed", "0"]
+# The paper's applications: `neat hate` and `neat bias` (NEAT with find's defaults, whole model, 3 random K-sets).
+STUDY_COMMON = ["--k", "10,50,100", "--random", "3", "--seed", "0"]
 STUDIES = {
     "hate-toxigen": {"title": "ToxiGen, all target groups (held-out 30%)",
                      "args": ["hate", "--data", "toxigen", *STUDY_COMMON]},
@@ -76,24 +85,28 @@ def run(name: str) -> None:
 
 
 def findings(cmp: dict) -> str:
-    """Plain statements read off the numbers (nothing here is typed in by hand)."""
-    rand = {int(k): v for k, v in cmp["random_sets"].items()}
+    """Plain statements read off the numbers (nothing here is typed in by hand): per method, the
+    removal within each fluency budget against the random K-sets of the same K, and whether the
+    concept is erased (the AUROC of S after turning off the largest K within 1.10)."""
     lines = []
     for r in cmp["rows"]:
-        rows = {row["k"]: row for row in r["removal"].get("rows", [])}
-        if not rows:
+        rep = r["removal"]
+        if not rep.get("rows"):
             continue
-        k = max(rows)
-        g, mu, sd = rows[k]["gap_removal"], rand[k]["gap_removal_mean"], rand[k]["gap_removal_std"]
-        verdict = "beats" if g > mu + 2 * sd else "does not beat"
-        lines.append(f"- `{r['method']}`: gap removal {g:.3f} at K={k} {verdict} the random K-sets "
-                     f"({mu:.3f} ± {sd:.3f}); AUROC after {rows[k]['auroc_after']:.3f} "
-                     f"(before {cmp['auroc_before']:.3f}); perplexity ratio {rows[k]['ppl_ratio']:.3f}"
-                     + (f"; Spearman with exhaustive {r['spearman_vs_exhaustive']:.2f}"
-                        if r.get("spearman_vs_exhaustive") is not None else "") + ".")
-    best = max((r for r in cmp["rows"] if r["removal"].get("rows")),
-               key=lambda r: max(r["removal"]["rows"], key=lambda x: x["k"])["gap_removal"])
-    lines.append(f"- Largest gap removal at its largest K: `{best['method']}`.")
+        parts = []
+        for b in rep["budgets"]:
+            if b["k"] is None:
+                parts.append(f"no K stays within a perplexity ratio of {b['max_ppl']}")
+                continue
+            beats = b["gap_removal"] > b["random_gap_removal_mean"] + 2 * b["random_gap_removal_std"]
+            parts.append(f"within {b['max_ppl']}: gap removal {b['gap_removal']:.3f} at K={b['k']} "
+                         f"({'beats' if beats else 'does not beat'} random {b['random_gap_removal_mean']:.3f} ± "
+                         f"{b['random_gap_removal_std']:.3f}; AUROC {rep['auroc_before']:.3f} → {b['auroc_after']:.3f})")
+        lines.append(f"- `{r['method']}` ({r['intervention']}): " + "; ".join(parts) + ".")
+    scored = [r for r in cmp["rows"] if r["removal"].get("budgets") and r["removal"]["budgets"][0]["k"] is not None]
+    if scored:
+        best = max(scored, key=lambda r: r["removal"]["budgets"][0]["gap_removal"])
+        lines.append(f"- Most removed within a perplexity ratio of 1.05: `{best['method']}`.")
     return "\n".join(lines) + "\n"
 
 
@@ -237,8 +250,8 @@ def study_sections() -> list[str]:
             "neutral; *readout* = the label readout \"Is this text hateful? Answer:\" (logit \" Yes\" − \" No\" > 0); "
             "*hate rate* = share of continuations (20 sampled tokens, fixed seeds) of hate-prone prompts (the first "
             "half of held-out hateful sentences) that the Davidson-trained classifier labels hate speech; "
-            "*ppl ratio* = perplexity on neutral text after / before. Cost limit: NEAT scores a seeded 10% subset of "
-            "the neurons (4,608 of 46,080), so K=100 is the top 2% of that subset.\n"]
+            "*ppl ratio* = perplexity on neutral text after / before. NEAT scores every neuron of the model with "
+            "`neat find`'s defaults.\n"]
     bias = ["## Social bias: `neat bias`\n",
             "Minimal pairs are split (seeded, whole pairs, stratified by bias type) into 70% fit and 30% eval. NEAT "
             "finds bias neurons on the fit pairs (the more stereotypical sentences as positives, their counterparts "
@@ -246,8 +259,8 @@ def study_sections() -> list[str]:
             "the model finds more likely (summed token log-likelihood after the start token; 50 = no preference), "
             "with n and a 95% bootstrap interval (1,000 resamples of pairs). Random K neurons (3 sets, per-pair "
             "preferences averaged) are the control; the perplexity ratio is on neutral English text (Hindi text for "
-            "the Hindi run). Bias types with fewer than 5 held-out pairs only count towards *all*. Same cost limit "
-            "as above (10% neuron subset).\n",
+            "the Hindi run). Bias types with fewer than 5 held-out pairs only count towards *all*. NEAT scores "
+            "every neuron of the model.\n",
             "Where the concept is read: a minimal pair differs in a word or two while different pairs differ in "
             "everything, so the usual P-vs-N AUROC of the concept score (every stereotypical sentence against every "
             "counterpart) stays near 0.5 at every layer and picks an arbitrary one (layer 0 on IndiBias English in "
@@ -322,6 +335,114 @@ def previous_section(heading: str) -> str | None:
     return None if "Not run yet." in section else section.rstrip("\n") + "\n"
 
 
+GRID_TITLES = {"toxigen": "ToxiGen: hateful vs neutral statements (shared data)",
+               "insults": "Built-in demo concept: insults vs friendly text",
+               "threats": "Threats of violence vs matched harmless sentences (written for this project, "
+                          "scripts/data/threats.jsonl)"}
+
+
+def _grid_row(cell: dict, row: dict, ks: list[int]) -> str:
+    rep = row["report"]
+    by_k = {r["k"]: r for r in rep["rows"]}
+    lam = row["lambda"]
+    cells = [f"{cell['cell']}", f"{lam:g}", f"{cell['search_seconds']:.0f}"]
+    cells += [f"{by_k[k]['gap_removal']:.3f}" for k in ks]
+    cells += [f"{by_k[k]['auroc_after']:.3f}" for k in (100, 500, 2000)]
+    cells += [f"{by_k[k]['ppl_ratio']:.3f}" for k in (100, 500, 2000)]
+    for b in rep["budgets"]:
+        cells.append("none" if b["k"] is None else f"{b['gap_removal']:.3f} (K={b['k']})")
+    return "| " + " | ".join(cells) + " |"
+
+
+def _grid_plot(concept: str, cells: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.4), dpi=120)
+    rand = None
+    for c in cells:
+        for row in c["rows"]:
+            if c["cell"] == "held-out target groups":
+                continue
+            keep = (c["cell"] == "default") or row["lambda"] == 10 and c["cell"] in (
+                "contrastive b=8", "all positions b=1", "text's own last token", "mean ablation")
+            if c["cell"] == "default" and row["lambda"] not in (0, 10):
+                continue
+            if not keep:
+                continue
+            pts = sorted((r["ppl_ratio"], r["gap_removal"]) for r in row["report"]["rows"])
+            ax.plot(*zip(*pts), marker="o", lw=1.4, label=f"{c['cell']}, λ={row['lambda']:g}")
+            if rand is None and c["cell"] == "default":
+                rand = sorted((r["random_ppl_ratio_mean"], r["random_gap_removal_mean"]) for r in row["report"]["rows"])
+    if rand:
+        ax.plot(*zip(*rand), color="0.5", marker=".", lw=1, label="random K-sets (mean of 5)")
+    for b in (1.05, 1.10):
+        ax.axvline(b, color="k", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("perplexity ratio on neutral text (K = 10, 50, 100, 500, 2000 along each line)")
+    ax.set_ylabel("gap removal on held-out data")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_title(GRID_TITLES.get(concept, concept), fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def grid_sections() -> list[str]:
+    f = ROOT / "results" / "grid" / "grid.json"
+    if not f.exists():
+        return [previous_section("## Choosing the defaults: the grid\n") or
+                "## Choosing the defaults: the grid\n\nNot run yet (`python scripts/grid.py`).\n"]
+    grid = json.loads(f.read_text())
+    ks = [10, 50, 100, 500, 2000]
+    parts = ["## Choosing the defaults: the grid\n",
+             "Every cell scores the **whole model** (46,080 neurons) with NEAT, changing one setting of `neat find`'s "
+             "defaults (b = 8 prototypical positives, neurons turned off at the read position during the search, "
+             "specificity λ = 10, S read at the newline after the text, zero ablation, last-token readout); each is "
+             "judged on the held-out split with the top-K turned off at *every* position, against 5 random K-sets. "
+             "λ = 0 is plain NEAT (the drop of S alone); λ > 0 is the specificity-aware score "
+             "(`scoring/fluency.py`): share of the fit gap minus λ × the neuron's first-order fluency cost on the "
+             "fit contrast texts and on fluency texts written for the package (not the neutral texts of the "
+             "perplexity check). Seconds: the search (the sweep and the fluency cost) on this machine. "
+             "Regenerate with `python scripts/grid.py` then `python scripts/make_results.py --only-write`.\n"]
+    head = (["cell", "λ", "search s"] + [f"gap removal @{k}" for k in ks]
+            + [f"AUROC after @{k}" for k in (100, 500, 2000)] + [f"ppl ratio @{k}" for k in (100, 500, 2000)]
+            + ["removal, ppl ≤ 1.05", "removal, ppl ≤ 1.10"])
+    for concept in [c for c in GRID_TITLES if any(r["concept"] == c for r in grid)]:
+        cells = [r for r in grid if r["concept"] == concept]
+        order = {name: i for i, name in enumerate(CELL_ORDER)}
+        cells.sort(key=lambda r: order.get(r["cell"], 99))
+        d = next((c for c in cells if c["cell"] == "default"), cells[0])
+        rep0 = d["rows"][0]["report"]
+        lines = [f"### {GRID_TITLES[concept]}\n",
+                 f"Held-out split: {d['n_eval']['positive']} positive and {d['n_eval']['contrast']} contrast texts; "
+                 f"default reading layer {d['reading_layer']}, held-out AUROC of S before {rep0['auroc_before']:.3f}.\n",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for c in cells:
+            for row in c["rows"]:
+                lines.append(_grid_row(c, row, ks))
+        rnd = {r["k"]: r for r in rep0["rows"]}
+        lines.append("| random K-sets (mean ± s.d. of 5) | – | – | "
+                     + " | ".join(f"{rnd[k]['random_gap_removal_mean']:.3f} ± {rnd[k]['random_gap_removal_std']:.3f}"
+                                  for k in ks)
+                     + " | " + " | ".join(f"{rnd[k]['random_auroc_after_mean']:.3f}" for k in (100, 500, 2000))
+                     + " | " + " | ".join(f"{rnd[k]['random_ppl_ratio_mean']:.3f}" for k in (100, 500, 2000)) + " | – | – |")
+        held = next((c for c in cells if c["cell"] == "held-out target groups"), None)
+        if held:
+            lines.append(f"\n*held-out target groups*: found on the 7 other ToxiGen groups, evaluated on every "
+                         f"sentence about {', '.join(GRID_EVAL_GROUPS)} ({held['n_eval']['positive']} hateful, "
+                         f"{held['n_eval']['contrast']} neutral; held-out AUROC of S before "
+                         f"{held['rows'][0]['report']['auroc_before']:.3f}); its random K-sets are measured on "
+                         "that set.")
+        _grid_plot(concept, cells, ROOT / "docs" / "img" / f"grid_{concept}.png")
+        lines.append(f"\n![grid {concept}](img/grid_{concept}.png)\n")
+        parts.append("\n".join(lines) + "\n")
+    return parts
+
+
 def write() -> None:
     docs = ROOT / "docs"
     (docs / "img").mkdir(parents=True, exist_ok=True)
@@ -335,12 +456,17 @@ def write() -> None:
              "*positive shift* = how far the positives' S moved toward the contrast mean, in units of the gap; "
              "*AUROC after* = how well S still tells P from N (0.5 = erased); *ppl ratio* = perplexity on neutral "
              "text after / before (1 = fluency untouched). The *random K-sets* row is the mean over 5 random "
-             "sets of K neurons drawn from the same subset: an effect counts only where it clearly beats it.\n",
-             "Cost limits on this 2-core CPU, the same for every method: each concept set is subsampled to 40 "
-             "positive and 40 contrast texts (seeded; 70% fit, 30% eval), and every method scores the same "
-             "seeded subset of 1,000 of the 46,080 neurons (exhaustive ablation costs n·m partial passes). "
-             "Integrated gradients costs m·layers·20 forward and backward passes whatever the subset, so it uses "
-             "4 of the fit positives (`--ig-max-texts 4`). NEAT-cluster uses 8 k-means clusters per block and keeps the best 8; screen-verify verifies the top 200 candidates. Passes and seconds are those of the scoring stage.\n"]
+             "sets of K neurons drawn from the whole model: an effect counts only where it clearly beats it.\n",
+             "Every method scores the **whole model** (all 46,080 neurons); the removal comparisons never use a "
+             "neuron subset. Exhaustive ablation (n·m partial passes) and integrated gradients (m·layers·20 forward "
+             "and backward passes, here on 4 fit positives) are too slow for that on this 2-core CPU: they run on a "
+             "seeded subset of 1,000 neurons, and only in the *agreement check* below each comparison, where every "
+             "method's scores are compared with exhaustive ablation's on that subset. NEAT-cluster (32 k-means "
+             "clusters per block, the best 16 kept) and screen-verify (the top 500 candidates verified) look at every "
+             "neuron and score the promising ones exactly. Passes and seconds are those of the scoring stage. AurA "
+             "dampens its neurons by their own factors (its random K-sets are dampened by the same factors); every "
+             "other method zeroes them.\n"]
+    parts += grid_sections()
     for name, exp in EXPERIMENTS.items():
         out = ROOT / "results" / name
         if not (out / "compare.json").exists():

@@ -2,6 +2,8 @@
 
 import json
 
+import neat_llm as nl
+
 import pandas as pd
 import torch
 from typer.testing import CliRunner
@@ -102,35 +104,47 @@ def test_find_with_label_readout_methods(tiny_model_dir, tmp_path):
 
 
 def test_compare_every_method_end_to_end(tiny_model_dir, tmp_path):
+    """Every cheap method on the whole (tiny) model, the slow ones on a subset as an agreement check."""
     csv = _concept_csv(tmp_path)
     out = tmp_path / "cmp"
-    methods = ("neat,neat-cluster,screen-verify,exhaustive,attribution-patching,integrated-gradients,"
-               "logprob-increase,activation,auroc,random")
+    methods = "neat,neat-cluster,screen-verify,attribution-patching,logprob-increase,activation,auroc,aura,random"
     args = ["compare", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "sentence",
-            "--label-col", "kind", "--positive", "weather", "--methods", methods, "--neurons-subset", "60",
+            "--label-col", "kind", "--positive", "weather", "--methods", methods,
+            "--agreement-methods", "exhaustive,integrated-gradients", "--agreement-subset", "60", "--probe-size", "2",
             "--k", "5,20", "--random", "2", "--label-template", "{text} ?", "--label-yes", "x", "--label-no", "y",
             "--out", str(out), "--json"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    table = json.loads(r.stdout.strip().splitlines()[-1])["table"]
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    table = obj["table"]
     assert [row["method"] for row in table[:-1]] == methods.split(",")
     assert table[-1]["method"].startswith("random K-sets")
     by = {row["method"]: row for row in table}
-    assert by["neat"]["neurons scored"] == 60 and by["exhaustive"]["neurons scored"] == 60
-    assert by["exhaustive"]["Spearman vs exhaustive"] is None
-    assert -1 <= by["neat"]["Spearman vs exhaustive"] <= 1
-    assert by["exhaustive"]["forward passes"] > by["neat"]["forward passes"]  # n*m vs n*b
+    model = nl.load_model(str(tiny_model_dir))
+    full = [m for m in methods.split(",") if m not in ("neat-cluster", "screen-verify")]
+    assert all(by[m]["neurons scored"] == model.n_neurons for m in full)  # the whole model
+    # these two look at every neuron but score exactly only the best clusters / screened candidates
+    assert 0 < by["neat-cluster"]["neurons scored"] < model.n_neurons and by["screen-verify"]["neurons scored"] > 0
+    assert by["aura"]["turned off by"] == "dampen (per-neuron alpha)" and by["neat"]["turned off by"] == "zero"
     assert by["random"]["forward passes"] == 0 and by["random"]["backward passes"] == 0  # scoring stage only
     assert by["attribution-patching"]["backward passes"] > 0
+    assert "removal within ppl 1.05" in by["neat"] and "K within ppl 1.1" in by["neat"]
+    agree = {a["method"]: a for a in obj["agreement"]}
+    assert set(agree) == set(methods.split(",")) | {"exhaustive", "integrated-gradients"}
+    assert agree["exhaustive"]["spearman"] == 1.0 and agree["neat"]["n_common"] == 60
+    assert agree["exhaustive"]["forward_passes"] > 0 and agree["neat"]["forward_passes"] is None
     for f in ("compare.csv", "compare.md", "compare.json", "dose_response.png"):
         assert (out / f).stat().st_size > 0
-    assert "| neat |" in (out / "compare.md").read_text()
+    md = (out / "compare.md").read_text()
+    assert "| neat |" in md and "Agreement check on a seeded subset of 60 neurons" in md and "ppl <= 1.05" in md
     before = {p.name: p.stat().st_mtime for p in (out / "runs").iterdir()}
     r = runner.invoke(app, args)  # a rerun reuses the finished runs
     assert r.exit_code == 0, r.output
-    assert {p.name: (p / "meta.json").exists() for p in (out / "runs").iterdir()} == {m: True for m in before}
+    assert {p.name: p.stat().st_mtime for p in (out / "runs").iterdir()} == before
     r = runner.invoke(app, args[:-1] + ["--methods", "neat,magic"])
     assert r.exit_code == 2 and "magic" in r.output
+    r = runner.invoke(app, args[:-1] + ["--methods", "neat,exhaustive"])
+    assert r.exit_code == 2 and "agreement" in r.output
 
 
 def test_find_position_restricted(tiny_model_dir, tmp_path):

@@ -359,8 +359,12 @@ def _concept_from_options(concept, data, data_path, text_col, label_col, positiv
 
 @app.command()
 def compare(
-    methods: str = typer.Option("neat,neat-cluster,screen-verify,exhaustive,attribution-patching,integrated-gradients,"
-                                "logprob-increase,activation,auroc,random", "--methods", help="comma-separated methods"),
+    methods: str = typer.Option(",".join(("neat", "neat-cluster", "screen-verify", "attribution-patching", "logprob-increase",
+                                          "activation", "auroc", "aura", "random")), "--methods",
+                                help="comma-separated methods, each scoring every neuron of the model"),
+    agreement_methods: str = typer.Option("exhaustive,integrated-gradients", "--agreement-methods",
+                                          help="methods too slow for the whole model: run on --agreement-subset neurons and compared with exhaustive ablation there (not a removal comparison); '' for none"),
+    agreement_subset: int = typer.Option(1000, "--agreement-subset", help="size of the seeded neuron subset of the agreement check"),
     model: Optional[str] = typer.Option(None, "--model", "-m"),
     concept: Optional[Path] = typer.Option(None, "--concept", "-c", help="concept file (default: the demo concept)"),
     data: Optional[str] = typer.Option(None, "--data", help="a named data set: toxigen, davidson, davidson-offensive, crows-pairs, indibias-en, indibias-hi"),
@@ -370,11 +374,11 @@ def compare(
     positive: Optional[str] = typer.Option(None, "--positive"),
     contrast: Optional[str] = typer.Option(None, "--contrast"),
     max_per_side: Optional[int] = typer.Option(None, "--max-per-side", help="seeded subsample of the concept set"),
-    neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons, the same for every method"),
-    k: str = typer.Option("10,50,100,500", "--k"),
+    k: str = typer.Option("10,50,100,500,2000", "--k"),
     n_random: int = typer.Option(5, "--random"),
-    mode: str = typer.Option("zero", "--mode"),
-    probe_size: int = typer.Option(1, "--probe-size", "-b"),
+    mode: str = typer.Option("zero", "--mode", help="zero or mean (AurA always dampens by its own factors)"),
+    probe_size: int = typer.Option(8, "--probe-size", "-b"),
+    positions: str = typer.Option("read", "--positions", help="neat and exhaustive: read or all"),
     seed: int = typer.Option(0, "--seed"),
     out_dir: Path = typer.Option(Path("compare"), "--out", "-o", help="folder for the runs, compare.csv/.md/.json and dose_response.png; rerun to resume"),
     label_template: Optional[str] = typer.Option(None, "--label-template"),
@@ -386,7 +390,8 @@ def compare(
     candidates: int = typer.Option(500, "--candidates"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Run several methods on the same split and neurons, evaluate each on held-out data, compare."""
+    """Run several methods on the same split, each on the whole model; evaluate each on held-out
+    data against the same random K-sets and compare, also at a fluency budget."""
     import neat_llm as nl
     from neat_llm.compare import compare_methods
     from neat_llm.concepts.label_readout import DEFAULT_TEMPLATE, LabelReadout
@@ -395,23 +400,29 @@ def compare(
     _quiet_libraries()
     ks = _parse_ks(k)
     names = [x.strip() for x in methods.split(",") if x.strip()]
-    unknown = [x for x in names if x not in SCORERS]
+    slow = [x.strip() for x in agreement_methods.split(",") if x.strip()]
+    unknown = [x for x in names + slow if x not in SCORERS]
     if unknown:
         _fail(f"unknown method(s) {unknown}; available: {', '.join(SCORERS)}")
+    if positions not in ("all", "read"):
+        _fail(f"--positions must be 'all' or 'read', got {positions!r}")
     try:
         cs = _concept_from_options(concept, data, data_path, text_col, label_col, positive, contrast, max_per_side, seed)
         m = nl.load_model(model)
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)
-        cmp = compare_methods(m, cs, names, out_dir, ks=ks, neurons_subset=neurons_subset, n_random=n_random, mode=mode,
-                              seed=seed, probe_size=probe_size, label=label,
-                              scorer_options={"integrated-gradients": {"max_texts": ig_max_texts},
-                                              "neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
-                                              "screen-verify": {"candidates": candidates}})
+        options = {"integrated-gradients": {"max_texts": ig_max_texts},
+                   "neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
+                   "screen-verify": {"candidates": candidates},
+                   "neat": {"positions": positions}, "exhaustive": {"positions": positions}}
+        cmp = compare_methods(m, cs, names, out_dir, ks=ks, n_random=n_random, mode=mode, seed=seed,
+                              probe_size=probe_size, label=label, scorer_options=options,
+                              agreement_methods=slow, agreement_subset=agreement_subset)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     if as_json:
-        print(json.dumps({"out": str(out_dir), "table": json.loads(cmp.table().to_json(orient="records"))}))
+        print(json.dumps({"out": str(out_dir), "table": json.loads(cmp.table().to_json(orient="records")),
+                          "agreement": [a.__dict__ for a in cmp.agreement]}, default=float))
         return
     out.print(cmp.markdown())
     out.print(f"written: {out_dir / 'compare.md'}, compare.csv, compare.json, dose_response.png")

@@ -1,5 +1,12 @@
-"""``neat compare``: every method on the same model, concept split and neuron subset, judged by the
-same held-out evaluation, with cost and agreement with exhaustive ablation side by side."""
+"""``neat compare``: every method on the same model and concept split, each scoring the *whole*
+model, judged by the same held-out evaluation (against the same random K-sets, next to its
+perplexity cost), with the removal at a fluency budget and the cost of each method side by side.
+
+Methods too slow to score every neuron (exhaustive ablation, integrated gradients) run on a seeded
+neuron subset, and only to check agreement: their table compares every method's scores with
+exhaustive ablation's on that subset. It is never a removal comparison: the top K of a 2% subset
+are not the model's concept neurons.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +19,21 @@ import numpy as np
 import torch
 
 from .concepts.conceptset import ConceptSet
-from .evaluation.removal import RemovalReport, evaluate_removal, run_eval_set, run_readout
+from .evaluation.removal import BUDGETS, evaluate_removal, run_eval_set, run_intervention, run_readout
 from .find import find_concept_neurons
 from .models.loaded import LoadedModel
 from .runs import Run, write_text
+
+WHOLE_MODEL_METHODS = ("neat", "neat-cluster", "screen-verify", "attribution-patching", "logprob-increase",
+                       "activation", "auroc", "aura", "random")
+AGREEMENT_METHODS = ("exhaustive", "integrated-gradients")
 
 
 def subset_neurons(model: LoadedModel, n: int, seed: int = 0) -> dict[int, list[int]]:
     """A seeded uniform sample of ``n`` neurons of the whole model: {block: [neuron indices]}."""
     total = model.n_layers * model.d_ff
     if not 0 < n <= total:
-        raise ValueError(f"--neurons-subset must be in 1..{total}, got {n}")
+        raise ValueError(f"the neuron subset must have 1..{total} neurons, got {n}")
     flat = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
     out: dict[int, list[int]] = {}
     for i in flat.tolist():
@@ -51,7 +62,8 @@ def agreement(a: torch.Tensor, b: torch.Tensor, k: int = 100) -> tuple[float, fl
 
 @dataclass
 class MethodRow:
-    """One method: passes and seconds of its scoring stage, its removal report, agreement with exhaustive."""
+    """One whole-model method: passes and seconds of its scoring stage, how its neurons were turned
+    off, its removal report (with the removal at each fluency budget)."""
 
     method: str
     run_dir: str
@@ -59,10 +71,21 @@ class MethodRow:
     forward_passes: int
     backward_passes: int
     seconds: float
-    removal: dict  # RemovalReport.to_dict() (rows only for the K the method could fill)
-    spearman_vs_exhaustive: float | None = None
-    overlap_vs_exhaustive: float | None = None
-    n_common_with_exhaustive: int | None = None
+    intervention: str
+    removal: dict  # RemovalReport.to_dict()
+
+
+@dataclass
+class AgreementRow:
+    """A method's scores against exhaustive ablation's on the agreement subset."""
+
+    method: str
+    n_common: int
+    spearman: float
+    top_k_overlap: float
+    forward_passes: int | None = None  # for the subset-only methods: their scoring cost on the subset
+    backward_passes: int | None = None
+    seconds: float | None = None
 
 
 @dataclass
@@ -70,12 +93,13 @@ class Comparison:
     model_id: str
     concept: str
     ks: list[int]
-    subset_size: int | None
     mode: str
     n_random: int
     auroc_before: float
     rows: list[MethodRow] = field(default_factory=list)
     random_sets: dict = field(default_factory=dict)  # {K: {gap_removal_mean, _std, ...}}
+    agreement_subset: int | None = None
+    agreement: list[AgreementRow] = field(default_factory=list)
 
     def table(self):
         """One row per method (plus the random K-sets): the columns of compare.csv."""
@@ -83,121 +107,183 @@ class Comparison:
 
         recs = []
         for r in self.rows:
-            rec = {"method": r.method, "neurons scored": r.n_scored, "forward passes": r.forward_passes,
-                   "backward passes": r.backward_passes, "seconds": round(r.seconds, 2)}
+            rec = {"method": r.method, "turned off by": r.intervention, "neurons scored": r.n_scored,
+                   "forward passes": r.forward_passes, "backward passes": r.backward_passes,
+                   "seconds": round(r.seconds, 2)}
             by_k = {row["k"]: row for row in r.removal.get("rows", [])}
             for k in self.ks:
                 row = by_k.get(k)
-                rec[f"gap removal @{k}"] = row["gap_removal"] if row else math.nan
-                rec[f"positive shift @{k}"] = row["positive_shift"] if row else math.nan
-                rec[f"AUROC after @{k}"] = row["auroc_after"] if row else math.nan
-                rec[f"specificity @{k}"] = row["specificity"] if row else math.nan
-                rec[f"ppl ratio @{k}"] = row["ppl_ratio"] if row else math.nan
-            rec["Spearman vs exhaustive"] = r.spearman_vs_exhaustive
-            rec["top-k overlap vs exhaustive"] = r.overlap_vs_exhaustive
+                for name, key in (("gap removal", "gap_removal"), ("positive shift", "positive_shift"),
+                                  ("AUROC after", "auroc_after"), ("specificity", "specificity"),
+                                  ("ppl ratio", "ppl_ratio")):
+                    rec[f"{name} @{k}"] = row[key] if row else math.nan
+            for b in r.removal.get("budgets", []):
+                rec[f"removal within ppl {b['max_ppl']}"] = b["gap_removal"]
+                rec[f"K within ppl {b['max_ppl']}"] = b["k"]
             recs.append(rec)
         rec = {"method": f"random K-sets (mean of {self.n_random})"}
         for k in self.ks:
             rs = self.random_sets.get(k, {})
-            rec[f"gap removal @{k}"] = rs.get("gap_removal_mean", math.nan)
-            rec[f"positive shift @{k}"] = rs.get("positive_shift_mean", math.nan)
-            rec[f"AUROC after @{k}"] = rs.get("auroc_after_mean", math.nan)
-            rec[f"specificity @{k}"] = rs.get("specificity_mean", math.nan)
-            rec[f"ppl ratio @{k}"] = rs.get("ppl_ratio_mean", math.nan)
+            for name, key in (("gap removal", "gap_removal"), ("positive shift", "positive_shift"),
+                              ("AUROC after", "auroc_after"), ("specificity", "specificity"), ("ppl ratio", "ppl_ratio")):
+                rec[f"{name} @{k}"] = rs.get(f"{key}_mean", math.nan)
         recs.append(rec)
         return pd.DataFrame(recs)
 
     def markdown(self) -> str:
+        """The removal table (whole model), the fluency-budget table and, where run, the agreement table."""
         df = self.table()
-        keep = ["method", "neurons scored", "forward passes", "backward passes", "seconds"]
-        keep += [f"{m} @{k}" for m in ("gap removal", "positive shift", "AUROC after") for k in self.ks]
-        keep += ["ppl ratio @" + str(self.ks[-1]), "Spearman vs exhaustive", "top-k overlap vs exhaustive"]
+        keep = ["method", "turned off by", "neurons scored", "forward passes", "backward passes", "seconds"]
+        keep += [f"{m} @{k}" for m in ("gap removal", "AUROC after", "ppl ratio") for k in self.ks]
         df = df[[c for c in keep if c in df.columns]]
-        head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+        parts = [_md_table(df), "\n" + self.budget_markdown()]
+        if self.agreement:
+            parts.append("\n" + self.agreement_markdown())
+        return "".join(parts)
 
-        counts = {"neurons scored", "forward passes", "backward passes"}
+    def budget_markdown(self) -> str:
+        """Removal at a fluency budget: the largest held-out gap removal among the K tried whose
+        perplexity ratio stays within each budget, with its K and the random K-sets of that K."""
+        head = ["method"] + [c for b in BUDGETS for c in (f"gap removal, ppl <= {b}", "K", "random K-sets")]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            cells = [r.method]
+            for b in r.removal.get("budgets", []):
+                if b["k"] is None:
+                    cells += ["none", "–", "–"]
+                else:
+                    cells += [f"{b['gap_removal']:.3f}", str(b["k"]),
+                              f"{b['random_gap_removal_mean']:.3f} ± {b['random_gap_removal_std']:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
 
-        def fmt(col, v):
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                return "–"
-            if col in counts:
-                return f"{int(v):,}"
-            if col == "seconds":
-                return f"{v:.1f}"
-            return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-        return head + "".join("| " + " | ".join(fmt(c, v) for c, v in zip(df.columns, row)) + " |\n"
-                              for row in df.itertuples(index=False))
+    def agreement_markdown(self) -> str:
+        lines = [f"Agreement check on a seeded subset of {self.agreement_subset:,} neurons (not a removal comparison):",
+                 "", "| method | neurons in common | Spearman vs exhaustive | top-k overlap | forward passes | seconds |",
+                 "|---|---|---|---|---|---|"]
+        for a in self.agreement:
+            lines.append(f"| {a.method} | {a.n_common:,} | {_f(a.spearman)} | {_f(a.top_k_overlap)} | "
+                         f"{'–' if a.forward_passes is None else f'{a.forward_passes:,}'} | "
+                         f"{'–' if a.seconds is None else f'{a.seconds:.1f}'} |")
+        return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> None:
-        """Dose-response: gap removal against K, one line per method, random K-sets as a band."""
+        """Dose-response: gap removal against K and against the perplexity ratio, one line per
+        method, the random K-sets as a band (left) and as grey points (right)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=120)
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4), dpi=120)
         ks = [k for k in self.ks if k in self.random_sets]
         if ks:
             mu = np.array([self.random_sets[k]["gap_removal_mean"] for k in ks])
             sd = np.array([self.random_sets[k]["gap_removal_std"] for k in ks])
             ax.fill_between(ks, mu - sd, mu + sd, color="0.8", label=f"random K-sets (±1 sd, n={self.n_random})")
             ax.plot(ks, mu, color="0.5", lw=1)
+            bx.plot([self.random_sets[k]["ppl_ratio_mean"] for k in ks], mu, color="0.5", lw=1, marker=".",
+                    label="random K-sets (mean)")
         for r in self.rows:
-            pts = sorted((row["k"], row["gap_removal"]) for row in r.removal.get("rows", []))
+            pts = sorted((row["k"], row["gap_removal"], row["ppl_ratio"]) for row in r.removal.get("rows", []))
             if pts:
-                ax.plot(*zip(*pts), marker="o", lw=1.5, label=r.method)
+                line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1.5, label=r.method)
+                bx.plot([p[2] for p in pts], [p[1] for p in pts], marker="o", lw=1.5, color=line.get_color())
         ax.set_xscale("log")
         ax.set_xticks(self.ks, [str(k) for k in self.ks])
         ax.minorticks_off()
         ax.set_xlabel("K (top neurons turned off)")
         ax.set_ylabel("gap removal on held-out data")
-        ax.set_title(f"{self.concept} on {self.model_id}")
-        ax.axhline(0, color="k", lw=0.5)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # never over the lines
-        fig.tight_layout()
+        bx.set_xscale("log")
+        bx.set_xlabel("perplexity ratio on neutral text (after / before)")
+        for b in BUDGETS:
+            bx.axvline(b, color="k", lw=0.6, ls=":")
+        for a in (ax, bx):
+            a.axhline(0, color="k", lw=0.5)
+        fig.suptitle(f"{self.concept} on {self.model_id}")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(2.25, 1.0), frameon=False)  # right of both panels
+        fig.tight_layout(rect=(0, 0, 0.86, 1))
         fig.savefig(path)
         plt.close(fig)
 
 
+def _f(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _md_table(df) -> str:
+    counts = {"neurons scored", "forward passes", "backward passes"}
+
+    def fmt(col, v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        if col in counts:
+            return f"{int(v):,}"
+        if col == "seconds":
+            return f"{v:.1f}"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "".join("| " + " | ".join(fmt(c, v) for c, v in zip(df.columns, row)) + " |\n"
+                          for row in df.itertuples(index=False))
+
+
+def _scoring_cost(run: Run) -> tuple[int, int, float]:
+    spent = run.meta.passes.get("scoring", {})  # the concept stage (m passes) is the same for every method
+    return (spent.get("forward", 0) + spent.get("partial_forward", 0), spent.get("backward", 0),
+            run.meta.seconds.get("scoring", 0.0))
+
+
+def _find_or_load(model, concept, method, run_dir: Path, **kwargs) -> Run:
+    return Run.load(run_dir) if (run_dir / "meta.json").exists() else find_concept_neurons(
+        model, concept, method=method, out=run_dir, **kwargs)
+
+
 def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str], out: str | Path, *,
-                    ks: list[int] = (10, 50, 100, 500), neurons_subset: int | None = None, n_random: int = 5,
-                    mode: str = "zero", seed: int = 0, progress: bool = True,
-                    scorer_options: dict[str, dict] | None = None, **find_kwargs) -> Comparison:
-    """Run every method on the same split (same seed) and neuron subset, evaluate each on the
-    held-out split against the same random K-sets, and write compare.{csv,md,json} and
-    dose_response.png into ``out`` (one run folder per method under ``out/runs``).
+                    ks: list[int] = (10, 50, 100, 500, 2000), n_random: int = 5, mode: str = "zero", seed: int = 0,
+                    progress: bool = True, scorer_options: dict[str, dict] | None = None,
+                    agreement_methods: list[str] = (), agreement_subset: int = 1000,
+                    **find_kwargs) -> Comparison:
+    """Run every method in ``methods`` on the whole model (same split, same seed), evaluate each on
+    the held-out split against the same random K-sets (each method's neurons turned off by ``mode``,
+    or dampened by their own factors for AurA), and write compare.{csv,md,json} and
+    dose_response.png into ``out`` (one run folder per method under ``out/runs``; a rerun reuses
+    them). ``agreement_methods`` (exhaustive, integrated-gradients) run on a seeded subset of
+    ``agreement_subset`` neurons; every method's scores are compared with exhaustive's there.
     ``scorer_options``: {method: constructor options}, e.g. {"integrated-gradients": {"max_texts": 8}}."""
     out = Path(out)
-    subset = subset_neurons(model, neurons_subset, seed) if neurons_subset else None
-    pool = [(l, k) for l, ks_ in subset.items() for k in ks_] if subset else None
+    slow = [m for m in methods if m in AGREEMENT_METHODS]
+    if slow:
+        raise ValueError(f"{', '.join(slow)} cannot score the whole model here; give them as agreement methods "
+                         "(run on a neuron subset, compared with exhaustive ablation, never a removal comparison)")
     random_cache: dict = {}
     rows: list[MethodRow] = []
     runs: dict[str, Run] = {}
-    reports: dict[str, RemovalReport] = {}
     for method in methods:
-        run_dir = out / "runs" / method
-        run = Run.load(run_dir) if (run_dir / "meta.json").exists() else find_concept_neurons(
-            model, concept, method=method, out=run_dir, neurons=subset, seed=seed, progress=progress,
-            scorer_options=(scorer_options or {}).get(method), **find_kwargs)
+        run = _find_or_load(model, concept, method, out / "runs" / method, seed=seed, progress=progress,
+                            scorer_options=(scorer_options or {}).get(method), **find_kwargs)
         runs[method] = run
         n_scored = int(torch.isfinite(run.scores).sum())
         usable = [k for k in ks if k <= n_scored]
+        iv = run_intervention(run, None if run.alpha is not None else mode)
         report = evaluate_removal(model, run_readout(run), run_eval_set(run, concept),
-                                  {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=mode,
-                                  neuron_pool=pool, random_cache=random_cache) if usable else None
-        reports[method] = report
-        spent = run.meta.passes.get("scoring", {})  # the concept stage (m passes) is the same for every method
-        rows.append(MethodRow(method, str(run.run_dir), n_scored, spent.get("forward", 0) + spent.get("partial_forward", 0),
-                              spent.get("backward", 0), run.meta.seconds.get("scoring", 0.0),
+                                  {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=iv.mode,
+                                  alpha=iv.alpha, random_cache=random_cache if iv.mode == mode else None) if usable else None
+        fwd, bwd, secs = _scoring_cost(run)
+        rows.append(MethodRow(method, str(run.run_dir), n_scored, fwd, bwd, secs, iv.describe(),
                               report.to_dict() if report else {}))
-    if "exhaustive" in runs:
-        ref = runs["exhaustive"].scores
-        for r in rows:
-            if r.method != "exhaustive":
-                r.spearman_vs_exhaustive, r.overlap_vs_exhaustive, r.n_common_with_exhaustive = agreement(
-                    runs[r.method].scores, ref)
-    first = next((rep for rep in reports.values() if rep is not None), None)
+    agreement_rows: list[AgreementRow] = []
+    if agreement_methods:
+        subset = subset_neurons(model, agreement_subset, seed)
+        sub_runs = {m: _find_or_load(model, concept, m, out / "agreement" / m, seed=seed, progress=progress,
+                                     neurons=subset, scorer_options=(scorer_options or {}).get(m), **find_kwargs)
+                    for m in agreement_methods}
+        ref = sub_runs.get("exhaustive")
+        for name, run in {**runs, **sub_runs}.items():
+            rho, overlap, n = agreement(run.scores, ref.scores) if ref is not None else (math.nan, math.nan, 0)
+            cost = _scoring_cost(run) if name in sub_runs else (None, None, None)
+            agreement_rows.append(AgreementRow(name, n, rho, overlap, *cost))
+    first = next((r for r in rows if r.removal), None)
     random_sets = {}
     for k, effects in sorted(random_cache.items()):
         rec = {}
@@ -205,12 +291,14 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str],
             v = np.array([getattr(e, nm) for e in effects], dtype=np.float64)
             rec[f"{nm}_mean"], rec[f"{nm}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
         random_sets[k] = rec
-    cmp = Comparison(model.model_id, concept.name, list(ks), neurons_subset, mode, n_random,
-                     first.auroc_before if first else math.nan, rows, random_sets)
+    cmp = Comparison(model.model_id, concept.name, list(ks), mode, n_random,
+                     first.removal["auroc_before"] if first else math.nan, rows, random_sets,
+                     agreement_subset if agreement_methods else None, agreement_rows)
     out.mkdir(parents=True, exist_ok=True)
-    table = cmp.table()
-    write_text(out / "compare.csv", table.to_csv(index=False))
+    write_text(out / "compare.csv", cmp.table().to_csv(index=False))
     write_text(out / "compare.md", cmp.markdown())
     write_text(out / "compare.json", json.dumps(asdict(cmp), indent=2, default=float))
     cmp.plot(out / "dose_response.png")
     return cmp
+
+

@@ -25,6 +25,9 @@ from .interventions import Intervention
 from .scoring import ProbeSet, ScoringTask, get_scorer
 from .scoring.fluency import DEFAULT_SPECIFICITY, fluency_cost, specificity_aware
 
+# top.csv: the ranking with what tells a concept neuron from a generic one (runs.NeuronRow)
+TOP_COLUMNS = ("rank", "layer", "neuron", "score", "effect", "effect_positive", "effect_contrast", "mean_positive",
+               "mean_contrast", "fluency_cost")
 DEFAULT_PROBE_SIZE = 8
 DEFAULT_POSITIONS = "read"
 # methods whose score is a drop of the concept score S (the ones a specificity-aware score applies to)
@@ -159,13 +162,13 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
     options = dict(scorer_options or {})
-    if positions is not None and method != "neat":
-        raise ValueError(f"positions is an option of the neat method, not of {method!r}")
-    positions = DEFAULT_POSITIONS if positions is None else positions
-    if positions not in ("all", "read"):
+    if positions is not None and method not in ("neat", "exhaustive"):
+        raise ValueError(f"positions is an option of the neat and exhaustive methods, not of {method!r}")
+    if positions is not None and positions not in ("all", "read"):
         raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
-    if method == "neat":
-        options.setdefault("positions", positions)
+    if method in ("neat", "exhaustive"):  # exhaustive: all positions unless asked (its plain definition)
+        options.setdefault("positions", positions or (DEFAULT_POSITIONS if method == "neat" else "all"))
+    positions = positions or DEFAULT_POSITIONS
     lam = (DEFAULT_SPECIFICITY if method in EFFECT_METHODS else 0.0) if specificity is None else float(specificity)
     if lam < 0:
         raise ValueError(f"specificity must be >= 0, got {lam}")
@@ -276,13 +279,9 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
                                                              contrast_means, positions, tokens_per_batch)
     seconds["probe_effects"] = time.perf_counter() - t0
     passes["probe_effects"] = model.counter.since(c0).as_dict()
-    run.top_table = pd.DataFrame({
-        "rank": range(1, len(sel) + 1),
-        "layer": [l for l, _ in sel.neurons],
-        "neuron": [k for _, k in sel.neurons],
-        "score": list(sel.scores),
-        "top_tokens": [top_tokens(model, read_pos, sp, l, k) for l, k in sel.neurons],
-    })
+    tokens = {(l, k): top_tokens(model, read_pos, sp, l, k) for l, k in sel.neurons}
+    run.top_table = pd.DataFrame([{**{c: getattr(r, c) for c in TOP_COLUMNS}, "top_tokens": tokens[(r.layer, r.neuron)]}
+                                  for r in run.rows(top_k)], columns=[*TOP_COLUMNS, "top_tokens"])
     k_choice = None
     if max_ppl is not None:  # 4c. K within the fluency budget, chosen on the fit split
         from .evaluation.budget import choose_k

@@ -9,7 +9,8 @@
                         for the top rows; NaN elsewhere), fluency_cost
                         [n_layers, d_ff] (nats per token, see scoring/fluency.py), alpha
                         [n_layers, d_ff] (each neuron's own dampening factor, e.g. AurA's)
-    top.csv             rank, layer, neuron, score, top_tokens
+    top.csv             rank, layer, neuron, score, effect, effect_positive, effect_contrast,
+                        mean_positive, mean_contrast, fluency_cost, top_tokens (see NeuronRow)
     meta.json           model, data hash, parameters, seed, versions, passes, wall time
     .partial/           finished blocks of an interrupted sweep (removed when the run completes)
 

@@ -23,15 +23,17 @@ import torch
 
 from ..models.loaded import LoadedModel
 from .representations import text_pass
+from .vectors import apply_template
 
 
 def pair_differences(model: LoadedModel, more: Sequence[str], less: Sequence[str], pool: str = "last",
-                     strict: bool = False) -> torch.Tensor:
-    """h(more_i) - h(less_i) after every block: [n_pairs, n_layers, d_model]. 2n forward passes."""
+                     strict: bool = False, template: str = "{text}") -> torch.Tensor:
+    """h(more_i) - h(less_i) after every block, each sentence read through ``template`` (see
+    ``ConceptReadout``): [n_pairs, n_layers, d_model]. 2n forward passes."""
     if len(more) != len(less) or not more:
         raise ValueError(f"paired readout needs equally many, at least one, sentences per side; got {len(more)} "
                          f"and {len(less)}")
-    both = text_pass(model, list(more) + list(less), pool=pool, strict=strict).residuals
+    both = text_pass(model, apply_template(template, list(more) + list(less)), pool=pool, strict=strict).residuals
     return both[: len(more)] - both[len(more):]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..concepts.datasets import MinimalPairs, load_pairs
 from ..concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
-from ..concepts.vectors import choose_reading_layer
+from ..concepts.vectors import DEFAULT_READ_TEMPLATE, choose_reading_layer
 from ..evaluation.bias import BiasReport, evaluate_bias
 from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
@@ -75,13 +75,14 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
     paired_cv = None
     if layer_rule == "paired" and find_options.get("reading_layer") is None:
         # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
-        paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less,
-                                                        pool=find_options.get("pool", "last")), seed=seed)
+        paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=find_options.get("pool", "last"),
+                                                        template=find_options.get("read_template", DEFAULT_READ_TEMPLATE)),
+                                       seed=seed)
         find_options["reading_layer"] = choose_reading_layer(paired_cv)
     run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
     readout = run_readout(run)
-    eval_paired = paired_accuracy(pair_differences(model, ev.more, ev.less, pool=readout.pool)[:, readout.layer],
-                                  readout.vector)
+    eval_paired = paired_accuracy(pair_differences(model, ev.more, ev.less, pool=readout.pool,
+                                                   template=readout.template)[:, readout.layer], readout.vector)
 
     neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
     fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,

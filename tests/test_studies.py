@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import neat_llm as nl
 from conftest import concept_texts
 from neat_llm.cli import app
 from neat_llm.concepts.conceptset import ConceptSetError
@@ -251,12 +252,13 @@ def test_bias_study_reads_at_the_paired_layer(tiny_llama, tmp_path):
     """layer_rule="paired": the reading layer is the best (latest on ties) CV paired accuracy on
     the fit pairs; "auroc" keeps find's layer; both report the held-out paired accuracy."""
     from neat_llm.concepts.paired import pair_differences, paired_cv_accuracy
-    from neat_llm.concepts.vectors import choose_reading_layer
+    from neat_llm.concepts.vectors import DEFAULT_READ_TEMPLATE, choose_reading_layer
 
     study = bias_study(tiny_llama, data="indibias", lang="en", ks=[2], out=tmp_path / "p", n_random=1, min_pairs=2,
                        progress=False)
     st = study.report.settings
-    cv = paired_cv_accuracy(pair_differences(tiny_llama, study.fit.more, study.fit.less))
+    cv = paired_cv_accuracy(pair_differences(tiny_llama, study.fit.more, study.fit.less,
+                                             template=DEFAULT_READ_TEMPLATE))  # read as find reads the concept
     assert st["layer_rule"] == "paired" and st["reading_layer"] == choose_reading_layer(cv)
     assert st["paired_cv_accuracy_by_layer"] == pytest.approx(list(cv))
     assert 0 <= st["eval_paired_accuracy"] <= 1
@@ -294,3 +296,29 @@ def test_cli_hate_and_bias(tiny_model_dir, tmp_path):
     r = runner.invoke(app, ["hate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "y")])
     assert r.exit_code == 2 and "single-token" in r.output  # " Yes" is several tokens for the tiny tokenizer
     assert not (tmp_path / "y").exists()  # refused before anything was written
+
+
+def test_studies_dampen_aura_neurons_by_their_own_factors(tiny_llama, tmp_path):
+    """An AurA run is dampened by default (its random K-sets by the same factors); a plain run can be
+    dampened with one alpha; dampening without any factor is refused before any pass."""
+    from neat_llm.evaluation.bias import evaluate_bias
+    from neat_llm.evaluation.removal import random_selections
+
+    study = bias_study(tiny_llama, data="crows-pairs", method="aura", ks=[3], out=tmp_path / "a", n_random=1,
+                       min_pairs=2, progress=False)
+    assert study.report.mode == "dampen"
+    sel = study.run.top(3)
+    assert sel.alphas is not None and all(0 <= a <= 1 for a in sel.alphas)
+    # the random condition is the random 3-set dampened by the top set's factors: recompute it directly
+    from neat_llm.evaluation.bias import pair_preferences
+
+    rand = random_selections(tiny_llama, 3, 1, 0)[0].with_alphas(sel.alphas)
+    with nl.turn_off(tiny_llama, rand, mode="dampen"):
+        prefs = pair_preferences(tiny_llama, study.eval)
+    row = study.report.rows[0]
+    assert row.random["score"] == pytest.approx(100 * float(prefs.mean()), abs=1e-6)
+    plain = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "p", n_random=1, min_pairs=2,
+                       progress=False, mode="dampen", alpha=0.5)
+    assert plain.report.mode == "dampen"
+    with pytest.raises(ValueError, match="dampen"):
+        evaluate_bias(tiny_llama, study.eval, {3: plain.run.top(3)}, mode="dampen")

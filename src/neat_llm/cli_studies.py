@@ -48,7 +48,8 @@ def hate(
     classifier_data: Optional[Path] = typer.Option(None, "--classifier-data", help="Davidson labeled_data.csv the judge is trained on"),
     label_yes: str = typer.Option(" Yes", "--label-yes", help="label readout: the single-token 'hateful' answer"),
     label_no: str = typer.Option(" No", "--label-no", help="label readout: the single-token 'not hateful' answer"),
-    mode: str = typer.Option("zero", "--mode", help="turn off as zero or mean"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura)"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura)"),
     neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons"),
     layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-'"),
     probe_size: int = typer.Option(8, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
@@ -74,7 +75,7 @@ def hate(
                            positive=_csv(positive), contrast=_csv(contrast), method=method, ks=ks,
                            fit_groups=_csv(fit_groups), eval_groups=_csv(eval_groups), out=out_dir, n_random=n_random,
                            max_per_side=max_per_side, max_eval=max_eval, n_prompts=n_prompts,
-                           max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode,
+                           max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode, alpha=alpha,
                            seed=seed, **_find_options(neurons_subset, layers, probe_size, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
@@ -123,7 +124,8 @@ def bias(
     n_boot: int = typer.Option(1000, "--boot", help="bootstrap resamples for the 95% intervals"),
     min_pairs: int = typer.Option(5, "--min-pairs", help="bias types with fewer held-out pairs only count towards 'all'"),
     layer_rule: str = typer.Option("paired", "--layer-rule", help="reading layer: best cross-validated paired accuracy on the fit pairs ('paired') or find's P-vs-N AUROC ('auroc')"),
-    mode: str = typer.Option("zero", "--mode", help="turn off as zero or mean"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura)"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura)"),
     neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons"),
     layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-'"),
     probe_size: int = typer.Option(8, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
@@ -147,7 +149,7 @@ def bias(
         study = bias_study(m, data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
                            method=method, ks=ks, out=out_dir, n_random=n_random, eval_fraction=eval_fraction,
                            max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
-                           min_pairs=min_pairs, mode=mode, seed=seed, layer_rule=layer_rule,
+                           min_pairs=min_pairs, mode=mode, alpha=alpha, seed=seed, layer_rule=layer_rule,
                            **_find_options(neurons_subset, layers, probe_size, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))

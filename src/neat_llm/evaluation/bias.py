@@ -21,7 +21,7 @@ import torch
 from ..concepts.datasets import MinimalPairs
 from ..interventions import NeuronSelection, turn_off
 from ..models.loaded import LoadedModel
-from .checkpoints import ConditionStore, check_conditions
+from .checkpoints import ConditionStore, check_conditions, condition_intervention, random_like
 from .neutral_text import NEUTRAL_TEXTS
 from .perplexity import perplexity, text_logliks
 from .removal import random_selections
@@ -117,11 +117,11 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs, selection_by_k: Mappi
                   neuron_pool: Sequence[tuple[int, int]] | None = None, neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
                   n_boot: int = 1000, min_pairs: int = 5, batch_size: int = 16, store: ConditionStore | None = None,
                   on_condition: Callable[[str], None] | None = None, dataset: str = "", lang: str = "",
-                  method: str = "") -> BiasReport:
+                  method: str = "", alpha: float | None = None) -> BiasReport:
     """Stereotype scores of the held-out ``pairs`` per bias type (types with fewer than ``min_pairs``
     pairs only count towards ``all``) before, with each top-K set off and with ``n_random`` random
     K-sets off (from ``neuron_pool``, default every neuron); perplexity ratio on ``neutral_texts``."""
-    check_conditions(mode, n_random, selection_by_k)
+    check_conditions(mode, n_random, selection_by_k, alpha)
     if len(pairs) == 0:
         raise ValueError(f"{pairs.name}: no pairs to evaluate")
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
@@ -136,7 +136,7 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs, selection_by_k: Mappi
             if sel is None:
                 prefs, ppl = run()
             else:
-                with turn_off(model, sel, mode=mode, means=sel.means if sel.means is not None else means):
+                with turn_off(model, sel, condition_intervention(mode, sel, means, alpha)):
                     prefs, ppl = run()
             got = {"prefs": prefs, "ppl": ppl}
             if store is not None:
@@ -155,7 +155,8 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs, selection_by_k: Mappi
             raise ValueError(f"the selection for K={k} has {len(set(sel.neurons))} distinct neurons, not {k}")
         pa, ppl_a = measure(f"concept-k{k}", sel)
         rand = [measure(f"random-k{k}-s{i}", s)
-                for i, s in enumerate(random_selections(model, k, n_random, seed, None, means, neuron_pool))]
+                for i, s in enumerate(random_like(random_selections(model, k, n_random, seed, None, means, neuron_pool),
+                                                  sel, mode, alpha))]
         pr = np.mean([p for p, _ in rand], axis=0)
         ppl_r = float(np.mean([q for _, q in rand]))
         for g in groups:

@@ -22,7 +22,7 @@ import numpy as np
 from ..concepts.label_readout import LabelReadout
 from ..interventions import NeuronSelection, turn_off
 from ..models.loaded import LoadedModel
-from .checkpoints import ConditionStore, check_conditions
+from .checkpoints import ConditionStore, check_conditions, condition_intervention, random_like
 from .generation import sample_continuations
 from .hate_classifier import HateClassifier
 from .neutral_text import NEUTRAL_TEXTS
@@ -132,11 +132,12 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
                   classifier: HateClassifier, *, n_random: int = 3, seed: int = 0, mode: str = "zero",
                   neuron_pool: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 20,
                   batch_size: int = 16, readout: LabelReadout = HATE_READOUT, store: ConditionStore | None = None,
-                  on_condition: Callable[[str], None] | None = None, dataset: str = "", method: str = "") -> HateReport:
+                  on_condition: Callable[[str], None] | None = None, dataset: str = "", method: str = "",
+                  alpha: float | None = None) -> HateReport:
     """Measure before, with each top-K set off, and with ``n_random`` random K-sets off (drawn from
     ``neuron_pool``, default every neuron). Finished conditions are taken from / saved to ``store``.
     ``on_condition(name)`` is called after each condition (progress)."""
-    check_conditions(mode, n_random, selection_by_k)
+    check_conditions(mode, n_random, selection_by_k, alpha)
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     readout.token_ids(model)  # label words that are not single tokens fail before any work
     t0, c0 = time.perf_counter(), model.counter.snapshot()
@@ -149,7 +150,7 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
                 m, conts = hate_measures(model, data, classifier, seed=seed, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, readout=readout)
             else:
-                with turn_off(model, sel, mode=mode, means=sel.means if sel.means is not None else means):
+                with turn_off(model, sel, condition_intervention(mode, sel, means, alpha)):
                     m, conts = hate_measures(model, data, classifier, seed=seed, max_new_tokens=max_new_tokens,
                                              batch_size=batch_size, readout=readout)
             got = {"measures": asdict(m), "continuations": conts}
@@ -175,7 +176,7 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
         if len(set(sel.neurons)) != k:
             raise ValueError(f"the selection for K={k} has {len(set(sel.neurons))} distinct neurons, not {k}")
         rows.append(row(k, "concept", [measure(f"concept-k{k}", sel)]))
-        rand = random_selections(model, k, n_random, seed, None, means, neuron_pool)
+        rand = random_like(random_selections(model, k, n_random, seed, None, means, neuron_pool), sel, mode, alpha)
         rows.append(row(k, "random", [measure(f"random-k{k}-s{i}", s) for i, s in enumerate(rand)]))
     return HateReport(dataset=dataset, method=method, mode=mode,
                       n_eval={"hate": len(data.hate), "neutral": len(data.neutral)}, n_prompts=len(data.prompts),

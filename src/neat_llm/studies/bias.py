@@ -20,7 +20,7 @@ from ..concepts.vectors import DEFAULT_READ_TEMPLATE, choose_reading_layer
 from ..evaluation.bias import BiasReport, evaluate_bias
 from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
-from ..evaluation.removal import run_readout, run_selections
+from ..evaluation.removal import run_intervention, run_readout, run_selections
 from ..find import default_run_dir
 from ..models.loaded import LoadedModel
 from ..runs import Run, write_text
@@ -42,7 +42,8 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                lang: str = "en", bias_type: str | None = None, columns: dict | None = None, method: str = "neat",
                ks: Sequence[int] = (10, 50, 100), out: str | Path | None = None, n_random: int = 3,
                eval_fraction: float = 0.3, max_fit_pairs: int | None = None, max_eval_pairs: int | None = None,
-               n_boot: int = 1000, min_pairs: int = 5, mode: str = "zero", seed: int = 0, progress: bool = True,
+               n_boot: int = 1000, min_pairs: int = 5, mode: str | None = None, alpha: float | None = None,
+               seed: int = 0, progress: bool = True,
                layer_rule: str = "paired", **find_options) -> BiasStudy:
     """Split the pairs (seeded, whole pairs, stratified by bias type), find the bias neurons with
     ``method`` on the fit pairs, and score the eval pairs before / after / with random neurons.
@@ -81,15 +82,17 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
         find_options["reading_layer"] = choose_reading_layer(paired_cv)
     run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
     readout = run_readout(run)
+    iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
+    mode, alpha = iv.mode, iv.alpha
     eval_paired = paired_accuracy(pair_differences(model, ev.more, ev.less, pool=readout.pool,
                                                    template=readout.template)[:, readout.layer], readout.vector)
 
     neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
     fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                   "n_random": n_random, "seed": seed, "mode": mode, "eval": [ev.more, ev.less], "neutral": neutral}
+                   "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "eval": [ev.more, ev.less], "neutral": neutral}
     store = ConditionStore(out / ".bias-partial", fingerprint)
     with condition_progress("bias evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-        report = evaluate_bias(model, ev, run_selections(run, ks), n_random=n_random, seed=seed, mode=mode,
+        report = evaluate_bias(model, ev, run_selections(run, ks), n_random=n_random, seed=seed, mode=mode, alpha=alpha,
                                neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
                                min_pairs=min_pairs, store=store, on_condition=tick, dataset=pairs.name, lang=lang,
                                method=method)

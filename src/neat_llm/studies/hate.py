@@ -23,7 +23,7 @@ from ..evaluation.generation import prompt_prefixes
 from ..concepts.label_readout import LabelReadout
 from ..evaluation.hate import HATE_READOUT, HateData, HateReport, evaluate_hate
 from ..evaluation.hate_classifier import load_hate_classifier
-from ..evaluation.removal import run_eval_set, run_selections
+from ..evaluation.removal import run_eval_set, run_intervention, run_selections
 from ..find import default_run_dir
 from ..models.loaded import LoadedModel
 from ..runs import Run, write_text
@@ -91,7 +91,8 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
                fit_groups: Sequence[str] | None = None, eval_groups: Sequence[str] | None = None,
                out: str | Path | None = None, n_random: int = 3, max_per_side: int | None = None,
                max_eval: int | None = None, n_prompts: int = 40, max_new_tokens: int = 20,
-               classifier_data: str | Path | None = None, readout: LabelReadout = HATE_READOUT, mode: str = "zero",
+               classifier_data: str | Path | None = None, readout: LabelReadout = HATE_READOUT, mode: str | None = None,
+               alpha: float | None = None,
                seed: int = 0, progress: bool = True, **find_options) -> HateStudy:
     """Find hate-speech neurons with ``method`` and measure what turning the top-K off does.
 
@@ -99,7 +100,8 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     ``max_eval``: at most this many held-out sentences per side; ``n_prompts``: hate-prone prompts
     (the first half of held-out hateful sentences) continued with ``max_new_tokens`` sampled tokens;
     ``classifier_data``: the Davidson file the judge is trained on (default: the shared data).
-    ``find_options`` go to ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
+    ``mode`` / ``alpha``: how the neurons are turned off (default: the run's own, see
+    ``run_intervention``). ``find_options`` go to ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -113,6 +115,8 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     classifier = load_hate_classifier(classifier_data)
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
     run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
+    iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
+    mode, alpha = iv.mode, iv.alpha
 
     if eval_g:
         held = hate_concept(data, data_path, groups=eval_g)
@@ -130,11 +134,11 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
 
     selections = run_selections(run, ks)
     fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                   "n_random": n_random, "seed": seed, "mode": mode, "data": [hdata.hate, hdata.neutral, hdata.prompts],
+                   "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts],
                    "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "readout": repr(readout)}
     store = ConditionStore(out / ".hate-partial", fingerprint)
     with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-        report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=mode,
+        report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=mode, alpha=alpha,
                                neuron_pool=neuron_pool(run), max_new_tokens=max_new_tokens, readout=readout, store=store,
                                on_condition=tick, dataset=concept.name, method=method)
     report.settings.update({"fit_groups": fit_g, "eval_groups": eval_g, "reading_layer": run.meta.reading_layer,

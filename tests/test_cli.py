@@ -165,8 +165,8 @@ def test_find_position_restricted(tiny_model_dir, tmp_path):
     b = len(run.meta.probe_texts)
     task = ScoringTask(run_readout(run), ProbeSet(run.meta.probe_texts, [1.0 / b] * b), layers=list(range(model.n_layers)))
     direct = NeatScorer(positions="read").score(model, task).scores
-    assert torch.allclose(run.effect, direct, atol=1e-5)  # the sweep under the specificity-aware score
-    assert not torch.allclose(run.effect, NeatScorer().score(model, task).scores, atol=1e-4)
+    assert torch.allclose(run.effect_positive, direct, atol=1e-5)  # the positive probes' sweep
+    assert not torch.allclose(run.effect_positive, NeatScorer().score(model, task).scores, atol=1e-4)
     r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--method", "exhaustive", "--positions",
                             "read", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "--positions read is an option of --method neat" in r.output

@@ -80,12 +80,17 @@ def test_two_workers_give_the_single_process_result(ray_cluster, model, single, 
     _same(run.scores, ref.scores)
     assert run.top_table[["layer", "neuron", "score"]].equals(ref.top_table[["layer", "neuron", "score"]])
     info = run.meta.extra["distributed"]
-    assert info["shards"] > 3 and info["shards_written"] == info["shards"]  # blocks were cut
-    assert len(pids) == 2 and set(sweep.worker_pids) == pids  # both workers took shards
+    # the default score sweeps the positive and the contrast probes; the contrastive one, one mixed set
+    sides = info if "shards" not in info else {"positive": info}
+    assert len(sides) == (1 if kw.get("contrastive") else 2)
+    for info in sides.values():
+        assert info["shards"] > 3 and info["shards_written"] == info["shards"]  # blocks were cut
+    assert len(pids) == 2 and set(sweep.worker_pids) == pids  # both workers took shards, of both sweeps
     sharded, plain = run.meta.passes["scoring"], ref.meta.passes["scoring"]
     assert sharded["partial_forward"] == plain["partial_forward"]  # every neuron replayed exactly once
     assert sharded["block_forward"] == plain["block_forward"]
-    assert sharded["forward"] == info["shards"] * plain["forward"]  # the probe caches once per shard
+    per_side = plain["forward"] // len(sides)  # the probe caches of one side
+    assert sharded["forward"] == sum(i["shards"] for i in sides.values()) * per_side  # once per shard
     assert not (tmp_path / "ray" / ".partial").exists()
 
 
@@ -106,7 +111,8 @@ def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(ray_cluster, mod
     assert set(seen) - set(sweep.worker_pids), "no shard came from the restarted worker"
     _same(run.scores, ref.scores)
     info = run.meta.extra["distributed"]
-    assert info["shards_written"] == info["shards"] == len(seen)  # each shard written exactly once
+    sides = info if "shards" not in info else {"positive": info}
+    assert sum(i["shards_written"] for i in sides.values()) == sum(i["shards"] for i in sides.values()) == len(seen)
     assert run.meta.passes["scoring"]["partial_forward"] == ref.meta.passes["scoring"]["partial_forward"]
 
 
@@ -123,14 +129,15 @@ def test_an_interrupted_driver_resumes_without_redoing_shards(ray_cluster, model
         nl.find_concept_neurons(model, cs, out=out, distributed=RaySweep(workers=2, shard_size=8,
                                                                           on_shard=stop_after_three),
                                 **SETTINGS, **kw)
-    plan = json.loads((out / ".partial" / "shards" / "plan.json").read_text())["shards"]
+    # the default score sweeps the positive probes first: the cut fell in that sweep
+    plan = json.loads((out / ".partial" / "positive" / "shards" / "plan.json").read_text())["shards"]
     assert not (out / "meta.json").exists()
     # resumed with another worker count: the stored plan is kept, so its finished shards count
     run = nl.find_concept_neurons(model, cs, out=out, distributed=RaySweep(workers=1, shard_size=16),
                                   **SETTINGS, **kw)
-    info = run.meta.extra["distributed"]
+    info = run.meta.extra["distributed"]["positive"]
     per_block = {l: sum(s["layer"] == l for s in plan) for l in range(3)}
-    resumed_in_blocks = sum(per_block[l] for l in run.meta.extra["resumed_layers"])
+    resumed_in_blocks = sum(per_block[l] for l in run.meta.extra["resumed_layers"]["positive"])
     assert info["shards_written"] == len(plan) - 3
     assert info["shards_resumed"] + resumed_in_blocks == 3
     _same(run.scores, ref.scores)

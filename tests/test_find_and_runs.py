@@ -23,7 +23,8 @@ def test_find_writes_a_complete_run(tiny_llama, concept_set, tmp_path):
     assert meta["passes"]["concept"]["forward"] == len(concept_set)  # fit and eval texts, once each
     b = meta["params"]["probe_size"]
     lstar = meta["reading_layer"]
-    assert meta["passes"]["scoring"]["partial_forward"] == b * (lstar + 1) * d_ff
+    assert meta["params"]["score"] == "specific"  # the default: positive and contrast probes, b each
+    assert meta["passes"]["scoring"]["partial_forward"] == 2 * b * (lstar + 1) * d_ff
     assert meta["seconds"]["total"] > 0 and "torch" in meta["versions"]
     loaded = nl.Run.load(d)
     assert torch.equal(loaded.scores, run.scores)
@@ -66,8 +67,9 @@ def test_interrupted_sweep_resumes_without_redoing_blocks(tiny_llama, concept_se
     monkeypatch.setattr(PartialSweep, "save", original)
     resumed = nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=2, out=tmp_path / "cut", progress=False)
     b = resumed.meta.params["probe_size"]
-    assert resumed.meta.extra["resumed_layers"] == saved
-    assert resumed.meta.passes["scoring"]["partial_forward"] == b * tiny_llama.d_ff  # only the unfinished block
+    assert resumed.meta.extra["resumed_layers"]["positive"] == saved  # the positive probes' sweep was cut
+    # only the unfinished block of the positive sweep and the whole contrast sweep (cut before it began)
+    assert resumed.meta.passes["scoring"]["partial_forward"] == b * tiny_llama.d_ff + b * 3 * tiny_llama.d_ff
     assert torch.equal(resumed.scores, full.scores)
     assert not (tmp_path / "cut" / ".partial").exists()
 
@@ -121,8 +123,10 @@ def test_every_method_runs_through_the_pipeline(tiny_llama, concept_set, tmp_pat
     lstar, d_ff, b = run.meta.reading_layer, tiny_llama.d_ff, run.meta.params["probe_size"]
     expected = {
         "exhaustive": {"partial_forward": n_pos * (lstar + 1) * d_ff, "backward": 0},
-        "neat-cluster": {"forward": n_pos + n_neg + 2 * b, "backward": 0},  # profiles + probe caches (2 stages)
-        "screen-verify": {"partial_forward": b * min(500, (lstar + 1) * d_ff), "backward": n_pos},
+        # profiles + probe caches (2 stages) + the contrast probes' read-position caches (2 forwards each)
+        "neat-cluster": {"forward": n_pos + n_neg + 4 * b, "backward": 0},  # read-position caches: 2 forwards
+        # the candidates, on the positive and on the contrast probes
+        "screen-verify": {"partial_forward": 2 * b * min(500, (lstar + 1) * d_ff), "backward": n_pos},
         "attribution-patching": {"forward": n_pos, "backward": n_pos, "partial_forward": 0},
         "activation": {"forward": n_pos + n_neg, "backward": 0},
         "auroc": {"forward": n_pos + n_neg, "backward": 0},

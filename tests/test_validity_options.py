@@ -125,9 +125,13 @@ def test_specificity_is_refused_for_methods_without_an_effect(tiny_llama, concep
 
 
 # --- effects on positive and contrast probes ------------------------------------------------
-def test_top_rows_carry_their_effects_on_positive_and_contrast_probes(tiny_llama, concept_set, tmp_path):
+@pytest.mark.parametrize("score", ["positive", "specific"])
+def test_top_rows_carry_their_effects_on_positive_and_contrast_probes(tiny_llama, concept_set, tmp_path, score):
+    """score="positive": the top rows' effects are measured after the ranking; score="specific":
+    both sides are swept in full and the score is the drop on the positives minus the size of the
+    change on the contrast probes."""
     run = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, positions="all", specificity=0, top_k=6,
-                                  out=tmp_path / "r", progress=False)
+                                  out=tmp_path / "r", progress=False, score=score)
     readout = run_readout(run)
     split = concept_set.split(0.3, 0)
     s_neg = readout.score(text_pass(tiny_llama, readout.apply(split.fit.contrast)).residuals[:, readout.layer])
@@ -144,8 +148,12 @@ def test_top_rows_carry_their_effects_on_positive_and_contrast_probes(tiny_llama
         assert r.effect_positive == pytest.approx(want_p, rel=1e-3, abs=1e-5)
         assert r.effect_contrast == pytest.approx(want_n, rel=1e-3, abs=1e-5)
         assert r.mean_contrast == pytest.approx(float(run.contrast_means[r.layer, r.neuron]))
-    # outside the top rows nothing was measured
-    assert int(torch.isfinite(run.effect_contrast).sum()) == 6
+    if score == "positive":  # outside the top rows nothing was measured
+        assert int(torch.isfinite(run.effect_contrast).sum()) == 6
+        torch.testing.assert_close(run.scores, run.effect_positive.where(torch.isfinite(run.effect_positive), run.scores))
+    else:
+        assert bool(torch.isfinite(run.effect_contrast).all())
+        torch.testing.assert_close(run.scores, run.effect_positive - run.effect_contrast.abs())
 
 
 # --- AurA and dampening ---------------------------------------------------------------------

@@ -79,7 +79,8 @@ def find(
     method: str = typer.Option("neat", "--method", help="scoring method: neat, aura, exhaustive, screen-verify, attribution-patching, activation, auroc, random, reference, ..."),
     layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-' (default: all)"),
     probe_size: int = typer.Option(8, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
-    contrastive: bool = typer.Option(False, "--contrastive", help="score the effect on the P-N gap (adds the b lowest-S contrast texts)"),
+    score: Optional[str] = typer.Option(None, "--score", help="probe-based methods: 'specific' (default: drop of S on the positive probes minus the size of its change on the b lowest-S contrast texts), 'contrastive' (the effect on the P-N gap) or 'positive' (the drop on the positives alone)"),
+    contrastive: bool = typer.Option(False, "--contrastive", help="the same as --score contrastive"),
     positions: Optional[str] = typer.Option(None, "--positions", help="neat: turn a neuron off at the read position only ('read', the default: KV-cache replay) or at every position ('all', ~T times slower)"),
     specificity: Optional[float] = typer.Option(None, "--specificity", help="lambda of the specificity-aware score: share of the fit gap minus lambda x fluency cost (default 10 for methods scoring a drop of S, 0 otherwise; 0 turns it off)"),
     read_template: str = typer.Option("{text}\n", "--read-template", help="what the model reads for the concept score; {text} stands for the text (default: the text and a newline, so S is read at the same token for every text)"),
@@ -143,7 +144,8 @@ def find(
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             run = nl.find_concept_neurons(m, cs, method=method, reading_layer=reading_layer, vector=vector, pool=pool,
-                                          read_template=read_template, probe_size=probe_size, contrastive=contrastive,
+                                          read_template=read_template, probe_size=probe_size, score=score,
+                                          contrastive=contrastive,
                                           positions=positions, specificity=specificity, layers=layers,
                                           ablation=ablation, eval_fraction=eval_fraction, seed=seed, out=out_dir,
                                           top_k=top_k, strict=strict, progress=True, label=label,

@@ -288,6 +288,8 @@ class RaySweep:
     max_restarts: int = 3
     on_shard: Callable[[ShardResult, int, int], None] | None = None
     worker_pids: list[int] = field(default_factory=list, init=False)
+    _actors: list = field(default_factory=list, init=False, repr=False)  # kept across the sweeps of one run
+    _started_here: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -363,29 +365,11 @@ class RaySweep:
         from ray.util import ActorPool
 
         t_start = time.perf_counter()
-        started_here = not ray.is_initialized()
-        if started_here:
-            kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-            if self.address is None:
-                kw["num_cpus"] = max(1, math.ceil(self.workers * self.cpus_per_worker))
-            else:
-                kw["address"] = self.address
-            ray.init(**kw)
-        actors = []
         try:
-            spec = ModelSpec.of(model) if self.model is None else self.model
+            actors = self._workers(model, min(self.workers, len(todo)))
             sweep_spec = ray.put(_SweepSpec(method, scorer.params(), task.readout, task.probes, task.ablation,
                                             task.means if task.ablation == "mean" else None, task.seed))
-            threads = self.threads_per_worker or max(1, int(self.cpus_per_worker))
-            Worker = ray.remote(_ShardWorker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
-                                                      max_restarts=self.max_restarts,
-                                                      max_task_retries=self.max_restarts)
-            n_actors = min(self.workers, len(todo))
-            actors = [Worker.remote(spec, threads, model.weights_hash) for _ in range(n_actors)]
-            try:  # wait for every model load here, so a bad model or path fails with its own message
-                self.worker_pids = ray.get([a.pid.remote() for a in actors])
-            except ray.exceptions.RayActorError as err:
-                raise RunError(f"a Ray worker could not load the model {spec}: {err}") from None
+            n_actors = len(actors)
             summary["seconds_startup"] = time.perf_counter() - t_start  # cluster start and model loads
             pool = ActorPool(actors)
             done = n_resumed
@@ -407,10 +391,47 @@ class RaySweep:
                     if self.on_shard:
                         self.on_shard(r, done, n_total)
         except ray.exceptions.RayActorError as err:
+            self.close()
             raise RuntimeError(f"a Ray worker died more than {self.max_restarts} times ({err}); the finished shards "
                                "are kept: run the same command again to resume") from err
-        finally:
-            for a in actors:
-                ray.kill(a)
-            if started_here:
-                ray.shutdown()
+        except BaseException:
+            self.close()
+            raise
+
+    def _workers(self, model: LoadedModel, n: int) -> list:
+        """The actors, each holding the model: started (and the cluster joined or started) on the
+        first sweep, reused by the next sweeps of the run until ``close``."""
+        ray = require_ray()
+        if self._actors:
+            return self._actors
+        self._started_here = not ray.is_initialized()
+        if self._started_here:
+            kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            if self.address is None:
+                kw["num_cpus"] = max(1, math.ceil(self.workers * self.cpus_per_worker))
+            else:
+                kw["address"] = self.address
+            ray.init(**kw)
+        spec = ModelSpec.of(model) if self.model is None else self.model
+        threads = self.threads_per_worker or max(1, int(self.cpus_per_worker))
+        Worker = ray.remote(_ShardWorker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
+                                                  max_restarts=self.max_restarts, max_task_retries=self.max_restarts)
+        self._actors = [Worker.remote(spec, threads, model.weights_hash) for _ in range(n)]
+        try:  # wait for every model load here, so a bad model or path fails with its own message
+            self.worker_pids = ray.get([a.pid.remote() for a in self._actors])
+        except ray.exceptions.RayActorError as err:
+            self.close()
+            raise RunError(f"a Ray worker could not load the model {spec}: {err}") from None
+        return self._actors
+
+    def close(self) -> None:
+        """Stop the actors (and the local cluster if this object started it)."""
+        if not self._actors and not self._started_here:
+            return
+        ray = require_ray()
+        for a in self._actors:
+            ray.kill(a)
+        self._actors = []
+        if self._started_here:
+            ray.shutdown()
+            self._started_here = False

@@ -29,6 +29,9 @@ from .scoring.fluency import DEFAULT_SPECIFICITY, fluency_cost, specificity_awar
 TOP_COLUMNS = ("rank", "layer", "neuron", "score", "effect", "effect_positive", "effect_contrast", "mean_positive",
                "mean_contrast", "fluency_cost")
 DEFAULT_PROBE_SIZE = 8
+SCORE_RULES = ("specific", "contrastive", "positive")
+DEFAULT_SCORE = "specific"
+PROBE_METHODS = ("neat", "neat-cluster", "screen-verify", "reference")  # methods that score a probe batch
 DEFAULT_POSITIONS = "read"
 # methods whose score is a drop of the concept score S (the ones a specificity-aware score applies to)
 EFFECT_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive", "attribution-patching", "reference")
@@ -109,7 +112,7 @@ def probe_effects(model: LoadedModel, readout: ConceptReadout, positives: list[s
 def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = "neat", *,
                          reading_layer: int | None = None, vector: str = "diff-means", pool: str = "last",
                          read_template: str = DEFAULT_READ_TEMPLATE,
-                         probe_size: int = DEFAULT_PROBE_SIZE, contrastive: bool = False,
+                         probe_size: int = DEFAULT_PROBE_SIZE, score: str | None = None, contrastive: bool = False,
                          positions: str | None = None, specificity: float | None = None,
                          layers: list[int] | str | None = None,
                          ablation: str = "zero", eval_fraction: float = 0.3, seed: int = 0,
@@ -127,6 +130,12 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     ``contrastive``); the scorer over every requested neuron; the run folder.
 
     Defaults (each chosen by the held-out grid of docs/results.md): ``probe_size`` 8 positives;
+    ``score`` (probe-based methods: neat, neat-cluster, screen-verify, reference): ``"specific"``
+    (default): effect = drop of S on the b positive probes minus the size of the change of S on the b
+    lowest-S contrast texts, ΔS_P − |ΔS_N| (a neuron that moves contrast texts as much as positives
+    is generic machinery; the contrast side is NEAT's exact sweep over the neurons the method
+    scored); ``"contrastive"`` (``contrastive=True``): ΔS_P − ΔS_N, the effect on the P−N gap;
+    ``"positive"``: ΔS_P alone (the only rule of the other methods);
     ``positions`` (neat only; default ``"read"``): NEAT turns a neuron off at the read position only
     (the KV-cache replay, T times cheaper; ``"all"`` turns it off at every position, the method's
     plain form);
@@ -162,6 +171,16 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
     options = dict(scorer_options or {})
+    if contrastive:
+        if score not in (None, "contrastive"):
+            raise ValueError(f"contrastive=True is score='contrastive', not {score!r}")
+        score = "contrastive"
+    score = (DEFAULT_SCORE if method in PROBE_METHODS else "positive") if score is None else score
+    if score not in SCORE_RULES:
+        raise ValueError(f"score must be one of {', '.join(SCORE_RULES)}, got {score!r}")
+    if score != "positive" and method not in PROBE_METHODS:
+        raise ValueError(f"score {score!r} needs contrast probes, which the {method!r} method does not use "
+                         f"(probe-based methods: {', '.join(PROBE_METHODS)})")
     if positions is not None and method not in ("neat", "exhaustive"):
         raise ValueError(f"positions is an option of the neat and exhaustive methods, not of {method!r}")
     if positions is not None and positions not in ("all", "read"):
@@ -227,41 +246,60 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     low_neg = distinct(read_neg, torch.argsort(readout.score(sn.residuals[:, layer])))
     b = len(top_pos)
     probes = ProbeSet(top_pos, [1.0 / b] * b)
-    if contrastive:
+    if score == "contrastive":
         probes = ProbeSet(probes.texts + low_neg, probes.weights + [-1.0 / len(low_neg)] * len(low_neg))
 
     # 3. score, resuming finished blocks
     params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
               "read_template": read_template,
-              "probe_size": b, "contrastive": contrastive, "specificity": lam, "gap_fit": gap_fit,
+              "probe_size": b, "score": score, "contrastive": score == "contrastive", "specificity": lam,
+              "gap_fit": gap_fit,
               "ablation": ablation, "eval_fraction": eval_fraction,
               "layers": layers, "top_k": top_k, "neuron_subset": neurons,
               "scorer": scorer.params()}  # the scorer's own options, kept apart from the readout's
     fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": seed,
                    **{k: v for k, v in params.items() if k != "scorer"},
                    "scorer": {k: v for k, v in params["scorer"].items() if k != "tokens_per_batch"}}  # speed only
-    partial = PartialSweep(run_dir, fingerprint)
     score_layers = layers if layers is not None else list(range(model.n_layers))
-    done = partial.done()
-    task = ScoringTask(readout=readout, probes=probes, layers=score_layers, neurons=neurons, ablation=ablation,
-                       means=contrast_means, done=done, on_layer_done=partial.save, positives=pos, contrast=neg,
-                       seed=seed)
-    n_total = task.n_selected(model.n_layers, model.d_ff)
-    sharded = None
-    if distributed is not None:
-        result, sharded = distributed.sweep(model, method, scorer, task, partial, progress=progress)
-    else:
-        with progress_bar(f"{method} sweep ({len(done)} blocks resumed)" if done else f"{method} sweep", n_total,
-                          progress) as adv:
-            task.on_progress = adv
-            result = scorer.score(model, task)
-    seconds["scoring"] = result.seconds
-    passes["scoring"] = result.passes.as_dict()
-    scores, cost = result.scores, None
+    sides = {"positive": probes} if score != "specific" else {
+        "positive": probes, "contrast": ProbeSet(low_neg, [1.0 / len(low_neg)] * len(low_neg))}
+    results, sharded, resumed = {}, {}, {}
+    try:
+        for side, side_probes in sides.items():
+            partial = PartialSweep(run_dir, {**fingerprint, "side": side}, name=side if len(sides) > 1 else None)
+            done = partial.done()
+            resumed[side] = sorted(done)
+            side_scorer, side_neurons, side_method = scorer, neurons, method
+            if side == "contrast" and method != "neat":  # the contrast side: NEAT's exact sweep over what was scored
+                ok = torch.isfinite(results["positive"].scores)
+                side_neurons = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model.n_layers) if ok[l].any()}
+                side_scorer, side_method = get_scorer("neat", tokens_per_batch=tokens_per_batch, positions=positions), "neat"
+            task = ScoringTask(readout=readout, probes=side_probes, layers=score_layers if side_neurons is None else
+                               sorted(side_neurons), neurons=side_neurons, ablation=ablation, means=contrast_means,
+                               done=done, on_layer_done=partial.save, positives=pos, contrast=neg, seed=seed)
+            n_total = task.n_selected(model.n_layers, model.d_ff)
+            what = f"{method} sweep" + (f", {side} probes" if len(sides) > 1 else "")
+            if distributed is not None:
+                results[side], sharded[side] = distributed.sweep(model, side_method, side_scorer, task, partial,
+                                                                 progress=progress)
+            else:
+                with progress_bar(f"{what} ({len(done)} blocks resumed)" if done else what, n_total, progress) as adv:
+                    task.on_progress = adv
+                    results[side] = side_scorer.score(model, task)
+    finally:
+        if distributed is not None:
+            distributed.close()  # the workers served every sweep of the run
+    result = results["positive"]
+    seconds["scoring"] = sum(r.seconds for r in results.values())
+    passes["scoring"] = {k: sum(r.passes.as_dict()[k] for r in results.values()) for k in result.passes.as_dict()}
+    effect = result.scores
+    if score == "specific":  # the drop on the positives minus the size of the change on the contrast texts
+        effect = result.scores - results["contrast"].scores.abs()
+    scores, cost = effect, None
     if lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
         t0, c0 = time.perf_counter(), model.counter.snapshot()
         cost = fluency_cost(model, neg, Intervention.of(ablation, contrast_means), batch_size=8)
-        scores = specificity_aware(result.scores, cost, gap_fit, lam)
+        scores = specificity_aware(effect, cost, gap_fit, lam)
         seconds["fluency_cost"] = time.perf_counter() - t0
         passes["fluency_cost"] = model.counter.since(c0).as_dict()
 
@@ -270,13 +308,16 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
 
     run = Run(run_dir, meta=None, scores=scores, concept_vector=readout.vector.float(),
               contrast_means=contrast_means, layer_auroc=torch.tensor(aucs, dtype=torch.float32), top_table=None,
-              positive_means=positive_means, effect=result.scores if lam > 0 else None, fluency_cost=cost,
-              alpha=result.alpha)
+              positive_means=positive_means, effect=effect if lam > 0 else None,
+              fluency_cost=cost, alpha=result.alpha)
     sel = run.top(top_k)
     # 4b. what the top rows do to positives and to contrast texts, measured apart (a generic neuron moves both)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
-    run.effect_positive, run.effect_contrast = probe_effects(model, readout, top_pos, low_neg, sel, ablation,
-                                                             contrast_means, positions, tokens_per_batch)
+    if score == "specific" and method == "neat":  # both sides were swept in full
+        run.effect_positive, run.effect_contrast = result.scores, results["contrast"].scores
+    else:
+        run.effect_positive, run.effect_contrast = probe_effects(model, readout, top_pos, low_neg, sel, ablation,
+                                                                 contrast_means, positions, tokens_per_batch)
     seconds["probe_effects"] = time.perf_counter() - t0
     passes["probe_effects"] = model.counter.since(c0).as_dict()
     tokens = {(l, k): top_tokens(model, read_pos, sp, l, k) for l, k in sel.neurons}
@@ -305,13 +346,14 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         n_fit={"positive": fit.n_positive, "contrast": fit.n_contrast},
         n_eval={"positive": split.eval.n_positive, "contrast": split.eval.n_contrast},
         method=method, params=params, seed=seed, reading_layer=layer, eval_auroc=eval_auroc,
-        n_neurons_scored=result.n_scored, passes=passes, seconds=seconds, versions=_versions(),
+        n_neurons_scored=int(torch.isfinite(scores).sum()), passes=passes, seconds=seconds, versions=_versions(),
         probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"resumed_layers": sorted(done), "concept_source": concept.source,
+        extra={"resumed_layers": resumed["positive"] if len(sides) == 1 else resumed, "concept_source": concept.source,
+               "contrast_probe_texts": low_neg,
                **({"k_choice": k_choice} if k_choice is not None else {}),
-               **({"distributed": sharded} if sharded is not None else {})},
+               **({"distributed": sharded["positive"] if len(sides) == 1 else sharded} if sharded else {})},
     )
     write_text(run_dir / EXAMPLES_FILE, json.dumps(examples))  # before meta.json, which marks the run finished
     run.save()
-    partial.clear()
+    PartialSweep.clear_all(run_dir)
     return run

@@ -203,8 +203,16 @@ class PartialSweep:
 
     Bound to a fingerprint (model, data, parameters); a folder holding another run's blocks is refused."""
 
-    def __init__(self, run_dir: Path, fingerprint: dict):
-        self.dir = run_dir / ".partial"
+    def __init__(self, run_dir: Path, fingerprint: dict, name: str | None = None):
+        """``name``: one of several sweeps of the run (``.partial/<name>/``); a folder holding an
+        interrupted run's blocks under the other layout is refused like other settings."""
+        self.dir = run_dir / ".partial" / name if name else run_dir / ".partial"
+        root = run_dir / ".partial"
+        other = (root / "fingerprint.json").is_file() if name else any(
+            p.is_dir() and (p / "fingerprint.json").is_file() for p in root.glob("*"))
+        if other:
+            raise RunError(f"{run_dir} holds an interrupted run with other settings (another probe layout); "
+                           "use another --out or delete the folder")
         fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back (int keys -> str)
         self.fingerprint = fingerprint
         fp_file = self.dir / "fingerprint.json"
@@ -231,3 +239,8 @@ class PartialSweep:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def clear_all(run_dir: Path) -> None:
+        """Remove every sweep's finished blocks of ``run_dir`` (the run is complete)."""
+        shutil.rmtree(Path(run_dir) / ".partial", ignore_errors=True)

@@ -29,19 +29,24 @@ KS = [10, 50, 100, 500, 2000]
 N_RANDOM = 5
 EVAL_GROUPS = ["jewish", "muslim", "trans", "women"]  # ToxiGen target groups held out of the fit data
 
-# cell name -> the settings it changes (everything else: find's defaults: b = 8 positives, read
-# position, lambda = 10, read template "{text}\n", zero ablation, last-token readout)
+# cell name -> the settings it changes (everything else: find's defaults: score "specific" with b = 8
+# positive and 8 contrast probes, read position, lambda = 10, read template "{text}\n", zero
+# ablation, last-token readout). An all-position sweep costs ~T times a read-position one (23 min
+# per 45-token ToxiGen probe here), so those cells use one positive probe, next to their
+# read-position partner "positive-only b=1".
 CELLS: dict[str, dict] = {
     "default": {},
     "b=1": {"probe_size": 1},
     "b=4": {"probe_size": 4},
     "b=16": {"probe_size": 16},
-    "contrastive b=1": {"probe_size": 1, "contrastive": True},
-    "contrastive b=4": {"probe_size": 4, "contrastive": True},
-    "contrastive b=8": {"contrastive": True},
+    "positive-only b=8": {"score": "positive"},
+    "contrastive b=1": {"probe_size": 1, "score": "contrastive"},
+    "contrastive b=8": {"score": "contrastive"},
     "mean ablation": {"ablation": "mean"},
-    "all positions b=1": {"positions": "all", "probe_size": 1},
-    "mean-pooled readout, all positions b=1": {"pool": "mean", "positions": "all", "probe_size": 1},
+    "positive-only b=1": {"score": "positive", "probe_size": 1},
+    "all positions, positive-only b=1": {"positions": "all", "score": "positive", "probe_size": 1},
+    "mean-pooled readout, all positions, positive-only b=1": {"pool": "mean", "positions": "all", "score": "positive",
+                                                             "probe_size": 1},
     "text's own last token": {"read_template": "{text}"},
     "held-out target groups": {},  # ToxiGen only: found on 7 groups, evaluated on the other 4
 }

@@ -367,7 +367,8 @@ def _grid_plot(concept: str, cells: list[dict], path: Path) -> None:
             if c["cell"] == "held-out target groups":
                 continue
             keep = (c["cell"] == "default") or row["lambda"] == 10 and c["cell"] in (
-                "contrastive b=8", "all positions b=1", "text's own last token", "mean ablation")
+                "positive-only b=8", "contrastive b=8", "all positions, positive-only b=1", "text's own last token",
+                "mean ablation")
             if c["cell"] == "default" and row["lambda"] not in (0, 10):
                 continue
             if not keep:
@@ -400,8 +401,9 @@ def grid_sections() -> list[str]:
     ks = [10, 50, 100, 500, 2000]
     parts = ["## Choosing the defaults: the grid\n",
              "Every cell scores the **whole model** (46,080 neurons) with NEAT, changing one setting of `neat find`'s "
-             "defaults (b = 8 prototypical positives, neurons turned off at the read position during the search, "
-             "specificity λ = 10, S read at the newline after the text, zero ablation, last-token readout); each is "
+             "defaults (score *specific*: the drop of S on b = 8 prototypical positives minus the size of its change "
+             "on the 8 lowest-S contrast texts; neurons turned off at the read position during the search; "
+             "specificity λ = 10; S read at the newline after the text; zero ablation; last-token readout); each is "
              "judged on the held-out split with the top-K turned off at *every* position, against 5 random K-sets. "
              "λ = 0 is plain NEAT (the drop of S alone); λ > 0 is the specificity-aware score "
              "(`scoring/fluency.py`): share of the fit gap minus λ × the neuron's first-order fluency cost on the "

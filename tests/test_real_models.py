@@ -92,3 +92,19 @@ def test_gemma3_270m_real_model(tmp_path_factory):
     assert model.family.name == "gemma2" and not model.family.mlp_output_direct
     assert (model.n_layers, model.d_ff) == (18, 2048)
     _sample_agreement(model, {0: [1, 500, 2047], 5: [7, 99], 9: [3, 1024]}, reading_layer=9)
+
+
+@needs_smollm2
+@pytest.mark.smollm2
+def test_demo_top_ten_are_specific_not_generic(smollm2, tmp_path):
+    """With the defaults, none of the demo concept's top 10 neurons is generic machinery: each
+    moves S on the insult probes at least twice as much as on the friendly contrast probes, and
+    the '.'- and massive-activation neurons of the old defaults (0/1194 first, 11/1229 third) do
+    not lead the list any more. The whole `neat find` demo run (~2.5 minutes on 2 cores)."""
+    run = nl.find_concept_neurons(smollm2, nl.demo_concept(), out=tmp_path / "demo", progress=False)
+    rows = run.rows(10)
+    for r in rows:
+        assert r.effect_positive > 0 and abs(r.effect_contrast) * 2 < r.effect_positive, r
+    assert (11, 1229) not in [(r.layer, r.neuron) for r in rows]
+    assert (rows[0].layer, rows[0].neuron) != (0, 1194)
+    assert run.meta.eval_auroc > 0.9

@@ -29,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import neat_llm as nl
 from neat_llm.scoring import NeatScorer, ProbeSet, ReferenceScorer, ScoringTask
 from neat_llm.allocator import keep_freed_memory
-from neat_llm.scoring.neat import ProbeCache, call_block, call_block_last
+from neat_llm.scoring.blocks import call_block
+from neat_llm.scoring.neat import ProbeCache, call_block_last
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import demo_setup, sample_neurons  # noqa: E402
@@ -53,7 +54,7 @@ def block_flops(model, cache: ProbeCache, layer: int, last_only: bool = False) -
         if last_only:
             call_block_last(model, layer, h, cache.calls[layer])
         else:
-            call_block(model.blocks[layer], h, cache.calls[layer])
+            call_block(model, layer, h, cache.calls[layer])
     return fc.get_total_flops()
 
 

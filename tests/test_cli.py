@@ -5,6 +5,7 @@ import json
 import neat_llm as nl
 
 import pandas as pd
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -48,6 +49,29 @@ def test_find_show_generate(tiny_model_dir, tmp_path):
     assert r.exit_code == 0, r.output
     g = json.loads(r.stdout)
     assert g["k"] == 40 and isinstance(g["before"], str) and isinstance(g["after"], str)
+    assert g["after"] != g["before"]  # 40 of the 144 neurons off changes the greedy continuation
+
+
+def test_nonsense_sizes_and_layers_are_refused(tiny_model_dir, tmp_path):
+    """Each used to be accepted silently (a run of 0 neurons, 'top--5', everything turned off)."""
+    csv = _concept_csv(tmp_path)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(tmp_path / "a"), "--layers", "5-2"])
+    assert r.exit_code == 2 and "'5-2' is empty" in r.output and not (tmp_path / "a").exists()
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(tmp_path / "b"), "--top-k", "-5"])
+    assert r.exit_code == 2 and "top_k" in r.output and not (tmp_path / "b").exists()
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(out), "--reading-layer", "1",
+                            "--layers", "2"])
+    assert r.exit_code == 2 and "past the reading layer 1" in r.output and not out.exists()
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    for cmd in (["show", str(out), "--k", "-5"], ["show", str(out), "--k", "0", "--json"],
+                ["generate", str(out), "the rain", "--k", "-5"], ["generate", str(out), "the rain", "--k", "999999"]):
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 2 and "error" in r.output, (cmd, r.output)
+    assert "more than the 144 neurons" in r.output
+    r = runner.invoke(app, ["show", str(out), "--k", "999999", "--json"])  # more rows than exist: all of them
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["top"]) == 144
 
 
 def test_find_errors_are_clear(tiny_model_dir, tmp_path):
@@ -170,3 +194,31 @@ def test_find_position_restricted(tiny_model_dir, tmp_path):
     r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--method", "exhaustive", "--positions",
                             "read", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "--positions read is an option of --method neat" in r.output
+
+
+def test_ctrl_c_says_how_to_resume(tiny_model_dir, tmp_path, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nl, "find_concept_neurons", interrupted)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, _concept_csv(tmp_path)), "--out", str(out)])
+    assert r.exit_code == 130 and "rerun the same command to resume" in r.output and str(out) in r.output
+
+
+def test_model_names_that_are_neither_folder_nor_reachable_hub_id(tmp_path, monkeypatch):
+    import time
+    import urllib.request
+
+    (tmp_path / "weights-only").mkdir()
+    r = runner.invoke(app, ["find", "--model", str(tmp_path / "weights-only")])
+    assert r.exit_code == 2 and "without config.json" in r.output and "model_type" not in r.output
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    t0 = time.time()
+    with pytest.raises(nl.ModelLoadError, match="not in the Hugging Face cache") as e:
+        nl.load_model("some-org/some-model")
+    assert time.time() - t0 < 10 and "cannot be reached" in str(e.value)

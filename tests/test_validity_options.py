@@ -14,7 +14,6 @@ import neat_llm as nl
 from neat_llm.concepts.representations import neuron_profiles, text_pass
 from neat_llm.concepts.vectors import ConceptReadout, apply_template
 from neat_llm.evaluation import concept_scores, evaluate_removal, perplexity, run_eval_set, run_readout
-from neat_llm.evaluation.budget import choose_k
 from neat_llm.interventions import Intervention, NeuronSelection
 from neat_llm.scoring.fluency import FLUENCY_TEXTS, fluency_cost, loss_effect_first_order
 from neat_llm.scoring.reference import concept_score_of

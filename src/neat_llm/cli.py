@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Find the concept neurons of a language model, turn them off, measure what changes.")
-out = Console()
-err = Console(stderr=True)
-
-
-def _quiet_libraries() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def _fail(msg: str) -> None:
-    from rich.markup import escape
-
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)  # escape: messages may hold [brackets]
-    raise typer.Exit(2)
-
+from .cli_app import _fail, _parse_ks, _quiet_libraries, app, err, out, resumable
 
 def _model_of_run(run):
     """Load the model a run was made with, and refuse one whose weights changed since."""
@@ -67,6 +44,7 @@ def _top_table(run, k: int, title: str) -> Table:
 
 
 @app.command()
+@resumable
 def find(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
     concept: Optional[Path] = typer.Option(None, "--concept", "-c", help="concept file (.jsonl/.csv/.tsv/.parquet); default: built-in demo"),
@@ -227,11 +205,14 @@ def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
     """Print a run's stored ranking."""
     import neat_llm as nl
 
+    if k < 1:
+        _fail(f"--k (rows to show) must be at least 1, got {k}")
     try:
         run = nl.Run.load(run_dir)
     except (ValueError, OSError) as e:
         _fail(str(e))
     m = run.meta
+    k = min(k, m.n_neurons_scored)  # asking for more rows than there are shows them all
     if as_json:
         print(json.dumps({"run_dir": str(run.run_dir), "model": m.model_id, "method": m.method,
                           "reading_layer": m.reading_layer, "top": [r.to_dict() for r in run.rows(k)]}))
@@ -273,16 +254,6 @@ def generate(run_dir: Path = typer.Argument(..., help="a run folder"),
     out.print(t)
 
 
-def _parse_ks(spec: str) -> list[int]:
-    try:
-        ks = sorted({int(x) for x in spec.split(",") if x.strip()})
-    except ValueError:
-        _fail(f"--k takes comma-separated whole numbers, got {spec!r}")
-    if not ks or ks[0] < 1:
-        _fail(f"--k needs positive numbers, got {spec!r}")
-    return ks
-
-
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              k: str = typer.Option("10,50,100,500", "--k", help="sizes of the top-K sets turned off"),
@@ -297,6 +268,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     import neat_llm as nl
     from neat_llm.evaluation import evaluate_removal, run_eval_set, run_intervention, run_readout, run_selections
     from neat_llm.evaluation.removal import BUDGETS
+    from neat_llm.concepts.sources import load_concept_source
     from neat_llm.runs import write_text
 
     _quiet_libraries()
@@ -308,7 +280,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
             if src.get("kind") != "file":
                 _fail("--concept replaces a concept file, but this run did not use one")
             src["path"] = str(concept)
-        cs = nl.ConceptSet.from_source(src)
+        cs = load_concept_source(src)
         iv = run_intervention(run, mode, alpha)
         m = _model_of_run(run)
         report = evaluate_removal(m, run_readout(run), run_eval_set(run, cs), run_selections(run, ks),
@@ -360,6 +332,7 @@ def _concept_from_options(concept, data, data_path, text_col, label_col, positiv
 
 
 @app.command()
+@resumable
 def compare(
     methods: str = typer.Option(",".join(("neat", "neat-cluster", "screen-verify", "attribution-patching", "logprob-increase",
                                           "activation", "auroc", "aura", "random")), "--methods",

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli import _fail, _parse_ks, _quiet_libraries, app, out
+from .cli_app import _fail, _parse_ks, _quiet_libraries, app, out, resumable
 
 
 def _find_options(neurons_subset, layers, probe_size, model) -> dict:
@@ -28,6 +28,7 @@ def _csv(v: Optional[str]) -> Optional[list[str]]:
 
 
 @app.command()
+@resumable
 def hate(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
     data: str = typer.Option("toxigen", "--data", help="toxigen, davidson, or a file of labelled texts"),
@@ -106,6 +107,7 @@ def hate(
 
 
 @app.command()
+@resumable
 def bias(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
     data: str = typer.Option("crows-pairs", "--data", help="crows-pairs, indibias, or a file of minimal pairs"),

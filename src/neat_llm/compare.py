@@ -22,7 +22,7 @@ from .concepts.conceptset import ConceptSet
 from .evaluation.removal import BUDGETS, evaluate_removal, run_eval_set, run_intervention, run_readout
 from .find import find_concept_neurons
 from .models.loaded import LoadedModel
-from .runs import Run, write_text
+from .runs import Run, run_folder_lock, write_text
 
 WHOLE_MODEL_METHODS = ("neat", "neat-cluster", "screen-verify", "attribution-patching", "logprob-increase",
                        "activation", "auroc", "aura", "random")
@@ -252,53 +252,54 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str],
     ``agreement_subset`` neurons; every method's scores are compared with exhaustive's there.
     ``scorer_options``: {method: constructor options}, e.g. {"integrated-gradients": {"max_texts": 8}}."""
     out = Path(out)
-    slow = [m for m in methods if m in AGREEMENT_METHODS]
-    if slow:
-        raise ValueError(f"{', '.join(slow)} cannot score the whole model here; give them as agreement methods "
-                         "(run on a neuron subset, compared with exhaustive ablation, never a removal comparison)")
-    random_cache: dict = {}
-    rows: list[MethodRow] = []
-    runs: dict[str, Run] = {}
-    for method in methods:
-        run = _find_or_load(model, concept, method, out / "runs" / method, seed=seed, progress=progress,
-                            scorer_options=(scorer_options or {}).get(method), **find_kwargs)
-        runs[method] = run
-        n_scored = int(torch.isfinite(run.scores).sum())
-        usable = [k for k in ks if k <= n_scored]
-        iv = run_intervention(run, None if run.alpha is not None else mode)
-        report = evaluate_removal(model, run_readout(run), run_eval_set(run, concept),
-                                  {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=iv.mode,
-                                  alpha=iv.alpha, random_cache=random_cache if iv.mode == mode else None) if usable else None
-        fwd, bwd, secs = _scoring_cost(run)
-        rows.append(MethodRow(method, str(run.run_dir), n_scored, fwd, bwd, secs, iv.describe(),
-                              report.to_dict() if report else {}))
-    agreement_rows: list[AgreementRow] = []
-    if agreement_methods:
-        subset = subset_neurons(model, agreement_subset, seed)
-        sub_runs = {m: _find_or_load(model, concept, m, out / "agreement" / m, seed=seed, progress=progress,
-                                     neurons=subset, scorer_options=(scorer_options or {}).get(m), **find_kwargs)
-                    for m in agreement_methods}
-        ref = sub_runs.get("exhaustive")
-        for name, run in {**runs, **sub_runs}.items():
-            rho, overlap, n = agreement(run.scores, ref.scores) if ref is not None else (math.nan, math.nan, 0)
-            cost = _scoring_cost(run) if name in sub_runs else (None, None, None)
-            agreement_rows.append(AgreementRow(name, n, rho, overlap, *cost))
-    first = next((r for r in rows if r.removal), None)
-    random_sets = {}
-    for k, effects in sorted(random_cache.items()):
-        rec = {}
-        for nm in ("gap_removal", "positive_shift", "auroc_after", "specificity", "ppl_ratio"):
-            v = np.array([getattr(e, nm) for e in effects], dtype=np.float64)
-            rec[f"{nm}_mean"], rec[f"{nm}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        random_sets[k] = rec
-    cmp = Comparison(model.model_id, concept.name, list(ks), mode, n_random,
-                     first.removal["auroc_before"] if first else math.nan, rows, random_sets,
-                     agreement_subset if agreement_methods else None, agreement_rows)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "compare.csv", cmp.table().to_csv(index=False))
-    write_text(out / "compare.md", cmp.markdown())
-    write_text(out / "compare.json", json.dumps(asdict(cmp), indent=2, default=float))
-    cmp.plot(out / "dose_response.png")
-    return cmp
+    with run_folder_lock(out):  # one writer per comparison folder
+        slow = [m for m in methods if m in AGREEMENT_METHODS]
+        if slow:
+            raise ValueError(f"{', '.join(slow)} cannot score the whole model here; give them as agreement methods "
+                             "(run on a neuron subset, compared with exhaustive ablation, never a removal comparison)")
+        random_cache: dict = {}
+        rows: list[MethodRow] = []
+        runs: dict[str, Run] = {}
+        for method in methods:
+            run = _find_or_load(model, concept, method, out / "runs" / method, seed=seed, progress=progress,
+                                scorer_options=(scorer_options or {}).get(method), **find_kwargs)
+            runs[method] = run
+            n_scored = int(torch.isfinite(run.scores).sum())
+            usable = [k for k in ks if k <= n_scored]
+            iv = run_intervention(run, None if run.alpha is not None else mode)
+            report = evaluate_removal(model, run_readout(run), run_eval_set(run, concept),
+                                      {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=iv.mode,
+                                      alpha=iv.alpha, random_cache=random_cache if iv.mode == mode else None) if usable else None
+            fwd, bwd, secs = _scoring_cost(run)
+            rows.append(MethodRow(method, str(run.run_dir), n_scored, fwd, bwd, secs, iv.describe(),
+                                  report.to_dict() if report else {}))
+        agreement_rows: list[AgreementRow] = []
+        if agreement_methods:
+            subset = subset_neurons(model, agreement_subset, seed)
+            sub_runs = {m: _find_or_load(model, concept, m, out / "agreement" / m, seed=seed, progress=progress,
+                                         neurons=subset, scorer_options=(scorer_options or {}).get(m), **find_kwargs)
+                        for m in agreement_methods}
+            ref = sub_runs.get("exhaustive")
+            for name, run in {**runs, **sub_runs}.items():
+                rho, overlap, n = agreement(run.scores, ref.scores) if ref is not None else (math.nan, math.nan, 0)
+                cost = _scoring_cost(run) if name in sub_runs else (None, None, None)
+                agreement_rows.append(AgreementRow(name, n, rho, overlap, *cost))
+        first = next((r for r in rows if r.removal), None)
+        random_sets = {}
+        for k, effects in sorted(random_cache.items()):
+            rec = {}
+            for nm in ("gap_removal", "positive_shift", "auroc_after", "specificity", "ppl_ratio"):
+                v = np.array([getattr(e, nm) for e in effects], dtype=np.float64)
+                rec[f"{nm}_mean"], rec[f"{nm}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            random_sets[k] = rec
+        cmp = Comparison(model.model_id, concept.name, list(ks), mode, n_random,
+                         first.removal["auroc_before"] if first else math.nan, rows, random_sets,
+                         agreement_subset if agreement_methods else None, agreement_rows)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "compare.csv", cmp.table().to_csv(index=False))
+        write_text(out / "compare.md", cmp.markdown())
+        write_text(out / "compare.json", json.dumps(asdict(cmp), indent=2, default=float))
+        cmp.plot(out / "dose_response.png")
+        return cmp
 
 

@@ -231,8 +231,10 @@ class ShardStore:
     def _path(self, shard: Shard) -> Path:
         return self.dir / f"shard_{shard.id:06d}_L{shard.layer:03d}_{shard.start}-{shard.stop}.safetensors"
 
-    def finished(self, shards: list[Shard]) -> dict[int, torch.Tensor]:
-        """{shard id: scores} of the shards already written (a damaged file is recomputed)."""
+    def finished(self, shards: list[Shard]) -> dict[int, tuple[torch.Tensor, dict]]:
+        """{shard id: (scores, passes)} of the shards already written (a damaged file is recomputed)."""
+        from safetensors import safe_open
+
         out = {}
         for s in shards:
             p = self._path(s)
@@ -240,7 +242,9 @@ class ShardStore:
                 try:
                     t = load_file(str(p))
                     if t["neurons"].tolist() == list(s.neurons):
-                        out[s.id] = t["scores"]
+                        with safe_open(str(p), "pt") as f:
+                            passes = json.loads((f.metadata() or {}).get("passes", "{}"))
+                        out[s.id] = (t["scores"], passes)
                         continue
                 except Exception:  # noqa: BLE001
                     pass
@@ -248,10 +252,9 @@ class ShardStore:
         return out
 
     def write(self, r: ShardResult) -> None:
-        passes = torch.tensor([r.passes.get(k, 0) for k in ("forward", "partial_forward", "block_forward", "backward")])
-        t = {"neurons": torch.tensor(r.shard.neurons, dtype=torch.long), "scores": r.scores.contiguous(),
-             "passes": passes}
-        atomic_write(self._path(r.shard), lambda p: save_file(t, str(p), metadata={"host": r.host, "pid": str(r.pid)}))
+        t = {"neurons": torch.tensor(r.shard.neurons, dtype=torch.long), "scores": r.scores.contiguous()}
+        meta = {"host": r.host, "pid": str(r.pid), "passes": json.dumps(r.passes)}
+        atomic_write(self._path(r.shard), lambda p: save_file(t, str(p), metadata=meta))
 
     def drop(self, shards: list[Shard]) -> None:
         for s in shards:
@@ -332,11 +335,13 @@ class RaySweep:
             if l not in by_block:  # a block with no neurons selected
                 scores[l] = torch.full((d_ff,), float("nan"))
         rows = {l: torch.full((d_ff,), float("nan")) for l in by_block}
+        block_passes = {l: PassCounter() for l in by_block}  # every shard's cost, this process's or not
         left = {l: {s.id for s in ss} for l, ss in by_block.items()}
         finished = store.finished(shards)
         for s in shards:
             if s.id in finished:
-                rows[s.layer][list(s.neurons)] = finished[s.id]
+                rows[s.layer][list(s.neurons)] = finished[s.id][0]
+                block_passes[s.layer] = block_passes[s.layer].plus(PassCounter.from_dict(finished[s.id][1]))
                 left[s.layer].discard(s.id)
         passes = PassCounter()
         summary = {"backend": "ray", "address": self.address or "local", "workers": self.workers,
@@ -345,7 +350,7 @@ class RaySweep:
 
         def block_finished(l: int) -> None:
             scores[l] = rows[l]
-            partial.save(l, rows[l].clone())  # the same per-block file a single process writes
+            partial.save(l, rows[l].clone(), block_passes[l].as_dict())  # the file a single process writes
             store.drop(by_block[l])
 
         for l in list(left):
@@ -353,13 +358,13 @@ class RaySweep:
                 block_finished(l)
         todo = [s for s in shards if s.id not in finished]
         if todo:
-            self._run(model, method, scorer, task, todo, store, rows, left, block_finished, passes, summary,
+            self._run(model, method, scorer, task, todo, store, rows, left, block_finished, passes, block_passes, summary,
                       len(shards), len(finished), progress)
         summary["seconds"] = time.perf_counter() - t0
         return NeuronScores(scores=scores, method=method, passes=passes, seconds=summary["seconds"],
                             params=scorer.params()), summary
 
-    def _run(self, model, method, scorer, task, todo, store, rows, left, block_finished, passes, summary,
+    def _run(self, model, method, scorer, task, todo, store, rows, left, block_finished, passes, block_passes, summary,
              n_total, n_resumed, progress) -> None:
         ray = require_ray()
         from ray.util import ActorPool
@@ -379,8 +384,9 @@ class RaySweep:
                 for r in pool.map_unordered(lambda a, s: a.score.remote(sweep_spec, s), todo):
                     store.write(r)  # first on disk, then counted: a crash in between only recomputes the shard
                     rows[r.shard.layer][list(r.shard.neurons)] = r.scores
-                    for k, v in r.passes.items():
-                        setattr(passes, k, getattr(passes, k) + v)
+                    shard_passes = PassCounter.from_dict(r.passes)
+                    passes.add_all(shard_passes)
+                    block_passes[r.shard.layer] = block_passes[r.shard.layer].plus(shard_passes)
                     summary["shards_written"] += 1
                     summary["hosts"][r.host] = summary["hosts"].get(r.host, 0) + 1
                     left[r.shard.layer].discard(r.shard.id)

@@ -20,7 +20,7 @@ from .concepts.vectors import (DEFAULT_READ_TEMPLATE, ConceptReadout, apply_temp
 from .models.loaded import LoadedModel
 from .progress import progress_bar
 from .report.examples import EXAMPLES_FILE, neuron_examples
-from .runs import PartialSweep, Run, RunError, RunMeta, write_text
+from .runs import PartialSweep, Run, RunError, RunMeta, run_folder_lock, write_text
 from .interventions import Intervention
 from .scoring import ProbeSet, ScoringTask, get_scorer
 from .scoring.fluency import DEFAULT_SPECIFICITY, fluency_cost, specificity_aware
@@ -51,6 +51,8 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
         if m:
             a = int(m.group(1)) if m.group(1) else 0
             b = int(m.group(2)) if m.group(2) else n_layers - 1
+            if a > b:
+                raise ValueError(f"layer range {part!r} is empty: write the lower block first (e.g. '{b}-{a}')")
             out.update(range(a, b + 1))
         elif part.isdigit():
             out.add(int(part))
@@ -89,6 +91,47 @@ def top_tokens(model: LoadedModel, texts: list[str], stats, layer: int, neuron: 
         tok = model.tokenizer.decode([ids[int(p)]]) if int(p) < len(ids) else "?"
         best.setdefault(tok, float(v))  # values arrive in descending order
     return " ".join(f"{tok!r}:{v:.2f}" for tok, v in list(best.items())[:n])
+
+
+def _check_layers_reach_the_readout(layers: list[int], reading_layer: int, method: str) -> None:
+    """Removing a neuron after the reading layer cannot change S (read at that layer's output), so
+    methods that score a change of S rank such blocks at exactly 0: an error when every requested
+    block lies there, a warning when some do."""
+    if method not in EFFECT_METHODS:
+        return
+    past = [l for l in layers if l > reading_layer]
+    if not past:
+        return
+    what = (f"blocks {past} lie past the reading layer {reading_layer}: removing a neuron there cannot change the "
+            f"concept score read at block {reading_layer}")
+    if len(past) == len(layers):
+        raise ValueError(f"{what}; choose --layers up to {reading_layer} or a later --reading-layer")
+    import warnings
+
+    warnings.warn(f"{what}, so they all score 0", stacklevel=3)
+
+
+class _BlockPasses:
+    """Saves each finished block of a sweep with the passes it cost in this process, so the passes of
+    a run resumed over several processes add up (``total``)."""
+
+    def __init__(self, model: LoadedModel, partial: PartialSweep):
+        self.model, self.partial = model, partial
+        self.last = model.counter.snapshot()
+
+    def save(self, layer: int, row: torch.Tensor) -> None:
+        now = self.model.counter.snapshot()
+        self.partial.save(layer, row, now.since(self.last).as_dict())
+        self.last = now
+
+    def total(self, this_process) -> dict[str, int]:
+        """Every stored block's passes (this process's and earlier ones') plus what this process
+        spent after its last finished block; a scorer that stores no blocks: its own passes."""
+        stored = self.partial.stored_passes()
+        if stored is None:
+            return this_process.as_dict()
+        rest = self.model.counter.since(self.last).as_dict()
+        return {k: stored.get(k, 0) + rest[k] for k in rest}
 
 
 def probe_effects(model: LoadedModel, readout: ConceptReadout, positives: list[str], contrast: list[str], sel,
@@ -170,6 +213,10 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         layers = sorted(set(layers or neurons) & set(neurons))
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k (rows kept in top.csv) must be a whole number >= 1, got {top_k!r}")
+    if layers is not None and reading_layer is not None:
+        _check_layers_reach_the_readout(layers, reading_layer, method)
     options = dict(scorer_options or {})
     if contrastive:
         if score not in (None, "contrastive"):
@@ -203,157 +250,162 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     if distributed is not None:
         distributed.check(method)  # Ray missing or a method it cannot shard: fail before any work
     run_dir = Path(out) if out is not None else default_run_dir(concept, method)
-    if (run_dir / "meta.json").exists():
-        raise RunError(f"{run_dir} already holds a finished run; choose another --out")
-    if concept.n_repeated:
-        import warnings
+    with run_folder_lock(run_dir):  # one writer: a second process gets an error, not a mixed folder
+        if (run_dir / "meta.json").exists():
+            raise RunError(f"{run_dir} already holds a finished run; choose another --out")
+        if concept.n_repeated:
+            import warnings
 
-        warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s); repeats can land in both "
-                      "the fit and the eval part (use concept.dedupe())", stacklevel=2)
-    seconds: dict[str, float] = {}
-    passes: dict[str, dict] = {}
+            warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s); repeats can land in both "
+                          "the fit and the eval part (use concept.dedupe())", stacklevel=2)
+        seconds: dict[str, float] = {}
+        passes: dict[str, dict] = {}
 
-    # 1. data and concept vector (m passes, once)
-    t0, c0 = time.perf_counter(), model.counter.snapshot()
-    split = concept.split(eval_fraction=eval_fraction, seed=seed)
-    fit = split.fit
-    pos, neg = fit.positives, fit.contrast
-    read_pos, read_neg = apply_template(read_template, pos), apply_template(read_template, neg)  # as the model reads them
-    with progress_bar("fit texts", len(fit) + len(split.eval), progress) as adv:
-        sp = text_pass(model, read_pos, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
-        sn = text_pass(model, read_neg, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
-        se = text_pass(model, apply_template(read_template, split.eval.texts), pool=pool, batch_size=batch_size,
-                       strict=strict, on_batch=adv)
-    h = torch.cat([sp.residuals, sn.residuals])  # [m, L, d]
-    y = torch.tensor([True] * len(pos) + [False] * len(neg))
-    aucs = layer_aurocs(h, y, method=vector, seed=seed)
-    layer = choose_reading_layer(aucs) if reading_layer is None else reading_layer
-    readout = ConceptReadout(layer, concept_vectors(h, y, vector, seed)[layer], vector, pool, read_template)
-    from sklearn.metrics import roc_auc_score
+        # 1. data and concept vector (m passes, once)
+        t0, c0 = time.perf_counter(), model.counter.snapshot()
+        split = concept.split(eval_fraction=eval_fraction, seed=seed)
+        fit = split.fit
+        pos, neg = fit.positives, fit.contrast
+        read_pos, read_neg = apply_template(read_template, pos), apply_template(read_template, neg)  # as the model reads them
+        with progress_bar("fit texts", len(fit) + len(split.eval), progress) as adv:
+            sp = text_pass(model, read_pos, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
+            sn = text_pass(model, read_neg, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
+            se = text_pass(model, apply_template(read_template, split.eval.texts), pool=pool, batch_size=batch_size,
+                           strict=strict, on_batch=adv)
+        h = torch.cat([sp.residuals, sn.residuals])  # [m, L, d]
+        y = torch.tensor([True] * len(pos) + [False] * len(neg))
+        aucs = layer_aurocs(h, y, method=vector, seed=seed)
+        layer = choose_reading_layer(aucs) if reading_layer is None else reading_layer
+        if layers is not None and reading_layer is None:
+            _check_layers_reach_the_readout(layers, layer, method)
+        readout = ConceptReadout(layer, concept_vectors(h, y, vector, seed)[layer], vector, pool, read_template)
+        from sklearn.metrics import roc_auc_score
 
-    eval_auroc = float(roc_auc_score(list(split.eval.labels), readout.score(se.residuals[:, layer]).numpy()))
-    contrast_means = (sn.neuron_sum / max(sn.n_tokens, 1)).float()
-    positive_means = (sp.neuron_sum / max(sp.n_tokens, 1)).float()
-    gap_fit = float(readout.score(sp.residuals[:, layer]).double().mean() - readout.score(sn.residuals[:, layer]).double().mean())
-    seconds["concept"] = time.perf_counter() - t0
-    passes["concept"] = model.counter.since(c0).as_dict()
+        eval_auroc = float(roc_auc_score(list(split.eval.labels), readout.score(se.residuals[:, layer]).numpy()))
+        contrast_means = (sn.neuron_sum / max(sn.n_tokens, 1)).float()
+        positive_means = (sp.neuron_sum / max(sp.n_tokens, 1)).float()
+        gap_fit = float(readout.score(sp.residuals[:, layer]).double().mean() - readout.score(sn.residuals[:, layer]).double().mean())
+        seconds["concept"] = time.perf_counter() - t0
+        passes["concept"] = model.counter.since(c0).as_dict()
 
-    # 2. probe batch X*
-    def distinct(texts: list[str], order: torch.Tensor) -> list[str]:  # the first probe_size distinct texts
-        return list(dict.fromkeys(texts[int(i)] for i in order))[:probe_size]
+        # 2. probe batch X*
+        def distinct(texts: list[str], order: torch.Tensor) -> list[str]:  # the first probe_size distinct texts
+            return list(dict.fromkeys(texts[int(i)] for i in order))[:probe_size]
 
-    top_pos = distinct(read_pos, torch.argsort(readout.score(sp.residuals[:, layer]), descending=True))
-    low_neg = distinct(read_neg, torch.argsort(readout.score(sn.residuals[:, layer])))
-    b = len(top_pos)
-    probes = ProbeSet(top_pos, [1.0 / b] * b)
-    if score == "contrastive":
-        probes = ProbeSet(probes.texts + low_neg, probes.weights + [-1.0 / len(low_neg)] * len(low_neg))
+        top_pos = distinct(read_pos, torch.argsort(readout.score(sp.residuals[:, layer]), descending=True))
+        low_neg = distinct(read_neg, torch.argsort(readout.score(sn.residuals[:, layer])))
+        b = len(top_pos)
+        probes = ProbeSet(top_pos, [1.0 / b] * b)
+        if score == "contrastive":
+            probes = ProbeSet(probes.texts + low_neg, probes.weights + [-1.0 / len(low_neg)] * len(low_neg))
 
-    # 3. score, resuming finished blocks
-    params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
-              "read_template": read_template,
-              "probe_size": b, "score": score, "contrastive": score == "contrastive", "specificity": lam,
-              "gap_fit": gap_fit,
-              "ablation": ablation, "eval_fraction": eval_fraction,
-              "layers": layers, "top_k": top_k, "neuron_subset": neurons,
-              "scorer": scorer.params()}  # the scorer's own options, kept apart from the readout's
-    fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": seed,
-                   **{k: v for k, v in params.items() if k != "scorer"},
-                   "scorer": {k: v for k, v in params["scorer"].items() if k != "tokens_per_batch"}}  # speed only
-    score_layers = layers if layers is not None else list(range(model.n_layers))
-    sides = {"positive": probes} if score != "specific" else {
-        "positive": probes, "contrast": ProbeSet(low_neg, [1.0 / len(low_neg)] * len(low_neg))}
-    results, sharded, resumed = {}, {}, {}
-    try:
-        for side, side_probes in sides.items():
-            partial = PartialSweep(run_dir, {**fingerprint, "side": side}, name=side if len(sides) > 1 else None)
-            done = partial.done()
-            resumed[side] = sorted(done)
-            side_scorer, side_neurons, side_method = scorer, neurons, method
-            if side == "contrast" and method != "neat":  # the contrast side: NEAT's exact sweep over what was scored
-                ok = torch.isfinite(results["positive"].scores)
-                side_neurons = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model.n_layers) if ok[l].any()}
-                side_scorer, side_method = get_scorer("neat", tokens_per_batch=tokens_per_batch, positions=positions), "neat"
-            task = ScoringTask(readout=readout, probes=side_probes, layers=score_layers if side_neurons is None else
-                               sorted(side_neurons), neurons=side_neurons, ablation=ablation, means=contrast_means,
-                               done=done, on_layer_done=partial.save, positives=pos, contrast=neg, seed=seed)
-            n_total = task.n_selected(model.n_layers, model.d_ff)
-            what = f"{method} sweep" + (f", {side} probes" if len(sides) > 1 else "")
+        # 3. score, resuming finished blocks
+        params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
+                  "read_template": read_template,
+                  "probe_size": b, "score": score, "contrastive": score == "contrastive", "specificity": lam,
+                  "gap_fit": gap_fit,
+                  "ablation": ablation, "eval_fraction": eval_fraction,
+                  "layers": layers, "top_k": top_k, "neuron_subset": neurons,
+                  "scorer": scorer.params()}  # the scorer's own options, kept apart from the readout's
+        fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": seed,
+                       **{k: v for k, v in params.items() if k != "scorer"},
+                       "scorer": {k: v for k, v in params["scorer"].items() if k != "tokens_per_batch"}}  # speed only
+        score_layers = layers if layers is not None else list(range(model.n_layers))
+        sides = {"positive": probes} if score != "specific" else {
+            "positive": probes, "contrast": ProbeSet(low_neg, [1.0 / len(low_neg)] * len(low_neg))}
+        results, sharded, resumed, side_passes = {}, {}, {}, {}
+        try:
+            for side, side_probes in sides.items():
+                partial = PartialSweep(run_dir, {**fingerprint, "side": side}, name=side if len(sides) > 1 else None)
+                done = partial.done()
+                resumed[side] = sorted(done)
+                side_scorer, side_neurons, side_method = scorer, neurons, method
+                if side == "contrast" and method != "neat":  # the contrast side: NEAT's exact sweep over what was scored
+                    ok = torch.isfinite(results["positive"].scores)
+                    side_neurons = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model.n_layers) if ok[l].any()}
+                    side_scorer, side_method = get_scorer("neat", tokens_per_batch=tokens_per_batch, positions=positions), "neat"
+                tracker = _BlockPasses(model, partial)
+                task = ScoringTask(readout=readout, probes=side_probes, layers=score_layers if side_neurons is None else
+                                   sorted(side_neurons), neurons=side_neurons, ablation=ablation, means=contrast_means,
+                                   done=done, on_layer_done=tracker.save, positives=pos, contrast=neg, seed=seed)
+                n_total = task.n_selected(model.n_layers, model.d_ff)
+                what = f"{method} sweep" + (f", {side} probes" if len(sides) > 1 else "")
+                if distributed is not None:
+                    results[side], sharded[side] = distributed.sweep(model, side_method, side_scorer, task, partial,
+                                                                     progress=progress)
+                else:
+                    with progress_bar(f"{what} ({len(done)} blocks resumed)" if done else what, n_total, progress) as adv:
+                        task.on_progress = adv
+                        results[side] = side_scorer.score(model, task)
+                side_passes[side] = tracker.total(results[side].passes)
+        finally:
             if distributed is not None:
-                results[side], sharded[side] = distributed.sweep(model, side_method, side_scorer, task, partial,
-                                                                 progress=progress)
-            else:
-                with progress_bar(f"{what} ({len(done)} blocks resumed)" if done else what, n_total, progress) as adv:
-                    task.on_progress = adv
-                    results[side] = side_scorer.score(model, task)
-    finally:
-        if distributed is not None:
-            distributed.close()  # the workers served every sweep of the run
-    result = results["positive"]
-    seconds["scoring"] = sum(r.seconds for r in results.values())
-    passes["scoring"] = {k: sum(r.passes.as_dict()[k] for r in results.values()) for k in result.passes.as_dict()}
-    effect = result.scores
-    if score == "specific":  # the drop on the positives minus the size of the change on the contrast texts
-        effect = result.scores - results["contrast"].scores.abs()
-    scores, cost = effect, None
-    if lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
+                distributed.close()  # the workers served every sweep of the run
+        result = results["positive"]
+        seconds["scoring"] = sum(r.seconds for r in results.values())
+        passes["scoring"] = {k: sum(p[k] for p in side_passes.values()) for k in result.passes.as_dict()}
+        effect = result.scores
+        if score == "specific":  # the drop on the positives minus the size of the change on the contrast texts
+            effect = result.scores - results["contrast"].scores.abs()
+        scores, cost = effect, None
+        if lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
+            t0, c0 = time.perf_counter(), model.counter.snapshot()
+            cost = fluency_cost(model, neg, Intervention.of(ablation, contrast_means), batch_size=8)
+            scores = specificity_aware(effect, cost, gap_fit, lam)
+            seconds["fluency_cost"] = time.perf_counter() - t0
+            passes["fluency_cost"] = model.counter.since(c0).as_dict()
+
+        # 4. the run folder
+        import pandas as pd
+
+        run = Run(run_dir, meta=None, scores=scores, concept_vector=readout.vector.float(),
+                  contrast_means=contrast_means, layer_auroc=torch.tensor(aucs, dtype=torch.float32), top_table=None,
+                  positive_means=positive_means, effect=effect if lam > 0 else None,
+                  fluency_cost=cost, alpha=result.alpha)
+        sel = run.top(min(top_k, int(torch.isfinite(scores).sum())))
+        # 4b. what the top rows do to positives and to contrast texts, measured apart (a generic neuron moves both)
         t0, c0 = time.perf_counter(), model.counter.snapshot()
-        cost = fluency_cost(model, neg, Intervention.of(ablation, contrast_means), batch_size=8)
-        scores = specificity_aware(effect, cost, gap_fit, lam)
-        seconds["fluency_cost"] = time.perf_counter() - t0
-        passes["fluency_cost"] = model.counter.since(c0).as_dict()
+        if score == "specific" and method == "neat":  # both sides were swept in full
+            run.effect_positive, run.effect_contrast = result.scores, results["contrast"].scores
+        else:
+            run.effect_positive, run.effect_contrast = probe_effects(model, readout, top_pos, low_neg, sel, ablation,
+                                                                     contrast_means, positions, tokens_per_batch)
+        seconds["probe_effects"] = time.perf_counter() - t0
+        passes["probe_effects"] = model.counter.since(c0).as_dict()
+        tokens = {(l, k): top_tokens(model, read_pos, sp, l, k) for l, k in sel.neurons}
+        run.top_table = pd.DataFrame([{**{c: getattr(r, c) for c in TOP_COLUMNS}, "top_tokens": tokens[(r.layer, r.neuron)]}
+                                      for r in run.rows(len(sel.neurons))], columns=[*TOP_COLUMNS, "top_tokens"])
+        k_choice = None
+        if max_ppl is not None:  # 4c. K within the fluency budget, chosen on the fit split
+            from .evaluation.budget import choose_k
 
-    # 4. the run folder
-    import pandas as pd
-
-    run = Run(run_dir, meta=None, scores=scores, concept_vector=readout.vector.float(),
-              contrast_means=contrast_means, layer_auroc=torch.tensor(aucs, dtype=torch.float32), top_table=None,
-              positive_means=positive_means, effect=effect if lam > 0 else None,
-              fluency_cost=cost, alpha=result.alpha)
-    sel = run.top(top_k)
-    # 4b. what the top rows do to positives and to contrast texts, measured apart (a generic neuron moves both)
-    t0, c0 = time.perf_counter(), model.counter.snapshot()
-    if score == "specific" and method == "neat":  # both sides were swept in full
-        run.effect_positive, run.effect_contrast = result.scores, results["contrast"].scores
-    else:
-        run.effect_positive, run.effect_contrast = probe_effects(model, readout, top_pos, low_neg, sel, ablation,
-                                                                 contrast_means, positions, tokens_per_batch)
-    seconds["probe_effects"] = time.perf_counter() - t0
-    passes["probe_effects"] = model.counter.since(c0).as_dict()
-    tokens = {(l, k): top_tokens(model, read_pos, sp, l, k) for l, k in sel.neurons}
-    run.top_table = pd.DataFrame([{**{c: getattr(r, c) for c in TOP_COLUMNS}, "top_tokens": tokens[(r.layer, r.neuron)]}
-                                  for r in run.rows(top_k)], columns=[*TOP_COLUMNS, "top_tokens"])
-    k_choice = None
-    if max_ppl is not None:  # 4c. K within the fluency budget, chosen on the fit split
-        from .evaluation.budget import choose_k
-
+            t0, c0 = time.perf_counter(), model.counter.snapshot()
+            ranking = run.top(int(torch.isfinite(scores).sum()))
+            k_choice = choose_k(model, readout, fit, ranking, max_ppl, Intervention.of(ablation, contrast_means),
+                                seed=seed, batch_size=batch_size).to_dict()
+            seconds["k_choice"] = time.perf_counter() - t0
+            passes["k_choice"] = model.counter.since(c0).as_dict()
+        # 5. the top neurons' top-activating examples, token by token, for the report (one pass over those texts)
         t0, c0 = time.perf_counter(), model.counter.snapshot()
-        ranking = run.top(int(torch.isfinite(scores).sum()))
-        k_choice = choose_k(model, readout, fit, ranking, max_ppl, Intervention.of(ablation, contrast_means),
-                            seed=seed, batch_size=batch_size).to_dict()
-        seconds["k_choice"] = time.perf_counter() - t0
-        passes["k_choice"] = model.counter.since(c0).as_dict()
-    # 5. the top neurons' top-activating examples, token by token, for the report (one pass over those texts)
-    t0, c0 = time.perf_counter(), model.counter.snapshot()
-    examples = neuron_examples(model, {"positive": read_pos, "contrast": read_neg}, {"positive": sp, "contrast": sn},
-                               list(sel.neurons[:EXAMPLE_NEURONS]), batch_size=batch_size)
-    seconds["examples"] = time.perf_counter() - t0
-    passes["examples"] = model.counter.since(c0).as_dict()
-    seconds["total"] = sum(seconds.values())
-    run.meta = RunMeta(
-        model_id=model.model_id, model_family=model.family.name, weights_hash=model.weights_hash,
-        n_layers=model.n_layers, d_ff=model.d_ff, concept_name=concept.name, concept_hash=concept.hash,
-        n_fit={"positive": fit.n_positive, "contrast": fit.n_contrast},
-        n_eval={"positive": split.eval.n_positive, "contrast": split.eval.n_contrast},
-        method=method, params=params, seed=seed, reading_layer=layer, eval_auroc=eval_auroc,
-        n_neurons_scored=int(torch.isfinite(scores).sum()), passes=passes, seconds=seconds, versions=_versions(),
-        probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"resumed_layers": resumed["positive"] if len(sides) == 1 else resumed, "concept_source": concept.source,
-               "contrast_probe_texts": low_neg,
-               **({"k_choice": k_choice} if k_choice is not None else {}),
-               **({"distributed": sharded["positive"] if len(sides) == 1 else sharded} if sharded else {})},
-    )
-    write_text(run_dir / EXAMPLES_FILE, json.dumps(examples))  # before meta.json, which marks the run finished
-    run.save()
-    PartialSweep.clear_all(run_dir)
-    return run
+        examples = neuron_examples(model, {"positive": read_pos, "contrast": read_neg}, {"positive": sp, "contrast": sn},
+                                   list(sel.neurons[:EXAMPLE_NEURONS]), batch_size=batch_size)
+        seconds["examples"] = time.perf_counter() - t0
+        passes["examples"] = model.counter.since(c0).as_dict()
+        seconds["total"] = sum(seconds.values())
+        run.meta = RunMeta(
+            model_id=model.model_id, model_family=model.family.name, weights_hash=model.weights_hash,
+            n_layers=model.n_layers, d_ff=model.d_ff, concept_name=concept.name, concept_hash=concept.hash,
+            n_fit={"positive": fit.n_positive, "contrast": fit.n_contrast},
+            n_eval={"positive": split.eval.n_positive, "contrast": split.eval.n_contrast},
+            method=method, params=params, seed=seed, reading_layer=layer, eval_auroc=eval_auroc,
+            n_neurons_scored=int(torch.isfinite(scores).sum()), passes=passes, seconds=seconds, versions=_versions(),
+            probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            extra={"resumed_layers": resumed["positive"] if len(sides) == 1 else resumed, "concept_source": concept.source,
+                   "contrast_probe_texts": low_neg,
+                   **({"k_choice": k_choice} if k_choice is not None else {}),
+                   **({"distributed": sharded["positive"] if len(sides) == 1 else sharded} if sharded else {})},
+        )
+        write_text(run_dir / EXAMPLES_FILE, json.dumps(examples))  # before meta.json, which marks the run finished
+        run.save()
+        PartialSweep.clear_all(run_dir)
+        return run

@@ -19,10 +19,13 @@ A folder is a finished run exactly when meta.json exists (it is written last).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,14 +48,90 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and some writers) make 0600; a run's files get what any new file gets
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
+
+
+LOCK_FILE = ".lock"
+_held: dict[str, int] = {}  # run folders this process holds: resolved path -> nesting depth
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def run_folder_lock(run_dir: str | Path):
+    """One writer per run folder: an advisory lock (``flock``) on ``RUN/.lock`` for as long as the
+    block runs, released on exit, on an exception and by the kernel when the process dies (a stale
+    lock file left by a killed process locks nothing). The file holds the writer's pid for the error
+    message. Re-entrant within one process (a study holds its folder while ``find`` writes its run
+    there). Another process writing to the folder: ``RunError`` at once, nothing written."""
+    d = Path(run_dir)
+    key = str(d.resolve())
+    with _held_guard:
+        if key in _held:
+            _held[key] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    created = not d.exists()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise RunError(f"{d} is being written by another neat process (pid {pid}); wait for it to finish or "
+                           "choose another --out") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the file that is there
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    with _held_guard:
+        _held[key] = 1
+    try:
+        yield
+    finally:
+        with _held_guard:
+            del _held[key]
+        try:
+            os.unlink(path)  # while still locked: a waiting process then sees another inode and retries
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # releases the lock
+        if created:
+            try:
+                d.rmdir()  # the folder it made for a run that failed before writing anything
+            except OSError:
+                pass  # not empty: it holds the run (or a resumable part of it)
 
 
 @dataclass
@@ -147,6 +226,11 @@ class Run:
     def top(self, k: int) -> NeuronSelection:
         """The k best neurons, with the contrast means attached (for ``turn_off(..., mode="mean")``)
         and, where the run has them, each neuron's own dampening factor (``mode="dampen"``)."""
+        n = int(torch.isfinite(self.scores).sum())
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k (neurons to take from the top) must be a whole number >= 0, got {k!r}")
+        if k > n:
+            raise ValueError(f"k={k} is more than the {n} neurons this run scored")
         r = self.ranking()[:k]
         return NeuronSelection(tuple((int(l), int(n)) for l, n in r), means=self.contrast_means,
                                scores=tuple(float(self.scores[l, n]) for l, n in r),
@@ -172,6 +256,8 @@ class Run:
                 for i, (l, n) in enumerate(sel.neurons)]
 
     def save(self) -> None:
+        if (self.run_dir / "meta.json").exists():  # checked again right before the run is written
+            raise RunError(f"{self.run_dir} already holds a finished run; choose another --out")
         tensors = {"scores": self.scores.contiguous(), "concept_vector": self.concept_vector.contiguous(),
                    "contrast_means": self.contrast_means.contiguous(), "layer_auroc": self.layer_auroc.contiguous()}
         tensors.update({name: getattr(self, name).float().contiguous() for name in self.OPTIONAL
@@ -234,8 +320,30 @@ class PartialSweep:
                 p.unlink(missing_ok=True)
         return out
 
-    def save(self, layer: int, row: torch.Tensor) -> None:
-        atomic_write(self.dir / f"layer_{layer:03d}.safetensors", lambda p: save_file({"scores": row}, str(p)))
+    def save(self, layer: int, row: torch.Tensor, passes: dict | None = None) -> None:
+        """Keep a finished block's scores, and the passes it cost (so a resumed run's meta.json
+        counts the work of every process, not only the last one's)."""
+        meta = {"passes": json.dumps(passes or {})}
+        atomic_write(self.dir / f"layer_{layer:03d}.safetensors",
+                     lambda p: save_file({"scores": row.contiguous()}, str(p), metadata=meta))
+
+    def stored_passes(self) -> dict[str, int] | None:
+        """The passes of every finished block stored here, summed; None when no block is stored."""
+        from safetensors import safe_open
+
+        files = sorted(self.dir.glob("layer_*.safetensors"))
+        if not files:
+            return None
+        total: dict[str, int] = {}
+        for p in files:
+            try:
+                with safe_open(str(p), "pt") as f:
+                    got = json.loads((f.metadata() or {}).get("passes", "{}"))
+            except Exception:  # a damaged file: its block is recomputed (done() drops it)
+                continue
+            for k, v in got.items():
+                total[k] = total.get(k, 0) + int(v)
+        return total
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -50,7 +50,8 @@ class ConceptSet:
             raise ConceptSetError(f"concept set {self.name!r} is one-sided: no {side} examples "
                                   f"({n_pos} positive, {n_neg} contrast)")
         if min(n_pos, n_neg) < MIN_PER_SIDE:
-            raise ConceptSetError(f"concept set {self.name!r} needs at least {MIN_PER_SIDE} examples per side "
+            raise ConceptSetError(f"concept set {self.name!r} needs at least {MIN_PER_SIDE} examples per side, and "
+                                  f"{2 * MIN_PER_SIDE} per side to be split into fit and eval parts as `find` does "
                                   f"(has {n_pos} positive, {n_neg} contrast)")
 
     # --- sizes and identity ----------------------------------------------------------------
@@ -106,7 +107,13 @@ class ConceptSet:
                                   f"(values: {_values(df[label])})")
         is_pos = labels_str.isin(pos_vals)
         keep = is_pos.copy()
-        if contrast is None:
+        if contrast is None:  # every other row is a contrast example: a row without a label must not become one
+            blank = df[label].isna() | (labels_str.str.strip() == "")
+            if blank.any():
+                first = int(blank.to_numpy().nonzero()[0][0])
+                raise ConceptSetError(f"{int(blank.sum())} row(s) have no value in column {label!r} (first: row "
+                                      f"{first}); label every row, or name the contrast label(s) so such rows are "
+                                      "left out")
             keep[:] = True
         else:
             neg_vals = {str(v) for v in (contrast if isinstance(contrast, (list, tuple, set)) else [contrast])}
@@ -132,14 +139,15 @@ class ConceptSet:
             raise ConceptSetError(f"no such concept file: {p}")
         suffix = p.suffix.lower()
         try:
+            # texts such as "NA", "None" or "null" are texts, not missing values: no NA guessing, no type guessing
             if suffix in (".jsonl", ".ndjson"):
-                df = pd.read_json(p, lines=True)
+                df = pd.DataFrame(_read_jsonl(p))
             elif suffix == ".json":
-                df = pd.read_json(p)
+                df = pd.read_json(p, dtype=False, convert_dates=False)
             elif suffix == ".csv":
-                df = pd.read_csv(p)
+                df = pd.read_csv(p, keep_default_na=False)
             elif suffix == ".tsv":
-                df = pd.read_csv(p, sep="\t")
+                df = pd.read_csv(p, sep="\t", keep_default_na=False)
             elif suffix == ".parquet":
                 df = pd.read_parquet(p)
             else:
@@ -170,31 +178,6 @@ class ConceptSet:
                                contrast=contrast, name=name or ds_name or "hf-dataset")
 
     # --- split -----------------------------------------------------------------------------
-    @classmethod
-    def from_source(cls, source: dict) -> "ConceptSet":
-        """Load a concept set again from the ``source`` a run recorded."""
-        if "sample" in source:
-            return cls.from_source({k: v for k, v in source.items() if k != "sample"}).sample(*source["sample"])
-        if source.get("kind") == "dataset":
-            from . import datasets
-
-            if source.get("groups"):
-                return datasets.load_toxigen(source.get("path"), source["groups"])
-            return datasets.load_named(source["dataset"], source.get("path"))
-        if source.get("kind") == "pairs":  # the fit part of minimal pairs, as a study split them
-            from . import datasets
-
-            pairs = datasets.load_pairs(source["data"], source.get("path"), source.get("lang", "en"),
-                                        **source.get("columns", {})).only(source.get("bias_type"))
-            return pairs.split(source["eval_fraction"], source["seed"])[0].as_concept_set().dedupe()
-        if source.get("kind") == "demo":
-            from .demo import demo_concept
-
-            return demo_concept()
-        if source.get("kind") == "file":
-            return cls.from_file(source["path"], text=source["text"], label=source["label"],
-                                 positive=source["positive"], contrast=source["contrast"], name=source.get("name"))
-        raise ConceptSetError(f"cannot reload a concept set from {source!r}; pass it explicitly (--concept ...)")
 
     @property
     def n_repeated(self) -> int:
@@ -268,6 +251,25 @@ class ConceptSplit:
     eval: ConceptSet
     seed: int
     eval_fraction: float
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line (blank lines skipped); a broken line is named by its line number."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConceptSetError(f"could not parse {path}, line {i}: not valid JSON ({err.msg} at column "
+                                      f"{err.colno})") from None
+            if not isinstance(obj, dict):
+                raise ConceptSetError(f"{path}, line {i}: expected a JSON object with named fields, got "
+                                      f"{type(obj).__name__}")
+            rows.append(obj)
+    return rows
 
 
 def _values(col) -> list:

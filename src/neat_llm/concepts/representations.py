@@ -4,7 +4,7 @@ optionally, per-neuron statistics (mean activation over tokens, top-activating t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -44,18 +44,44 @@ def batches(n: int, size: int):
         yield range(s, min(n, s + size))
 
 
+TEXT_TOKENS_PER_BATCH = 8192  # padded tokens per batch of a text pass (batch size x its longest text)
+
+
+def token_batches(model: LoadedModel, texts: Sequence[str], batch_size: int,
+                  tokens_per_batch: int = TEXT_TOKENS_PER_BATCH) -> list[list[int]]:
+    """The texts' indices in batches of similar token length, each holding at most ``batch_size``
+    texts and at most ``tokens_per_batch`` padded tokens (a text longer than that runs alone), so
+    one long text never pads a whole batch to its length."""
+    if batch_size < 1 or tokens_per_batch < 1:
+        raise ValueError(f"batch_size and tokens_per_batch must be >= 1, got {batch_size}, {tokens_per_batch}")
+    lengths = [min(len(ids), model.max_length) for ids in model.tokenizer(list(texts))["input_ids"]]
+    out: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i in sorted(range(len(texts)), key=lambda i: lengths[i]):
+        if cur and (len(cur) == batch_size or (len(cur) + 1) * max(longest, lengths[i]) > tokens_per_batch):
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, lengths[i])
+    if cur:
+        out.append(cur)
+    return out
+
+
 @torch.inference_mode()
 def text_pass(model: LoadedModel, texts: list[str], *, pool: str = "last", batch_size: int = 16,
               neuron_stats: bool = False, top_k: int = 8, strict: bool = False,
-              on_batch: Callable[[int], None] | None = None) -> TextPass:
-    """Run every text once (right-padded batches; padding never changes a result).
+              on_batch: Callable[[int], None] | None = None,
+              tokens_per_batch: int = TEXT_TOKENS_PER_BATCH) -> TextPass:
+    """Run every text once (right-padded batches of similar length, at most ``batch_size`` texts and
+    ``tokens_per_batch`` padded tokens each; padding never changes a result).
 
     pool: ``"last"`` = the last non-padding token, ``"mean"`` = mean over non-padding tokens.
     """
     if pool not in ("last", "mean"):
         raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
     L, d_ff = model.n_layers, model.d_ff
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
     residuals = torch.empty(len(texts), L, model.d_model)
     lengths = torch.empty(len(texts), dtype=torch.long)
     out = TextPass(residuals, lengths)
@@ -66,8 +92,7 @@ def text_pass(model: LoadedModel, texts: list[str], *, pool: str = "last", batch
         out.top_pos = torch.full((L, d_ff, top_k), -1, dtype=torch.long)
     blocks = dict(enumerate(model.blocks))
     sites = dict(enumerate(model.sites)) if neuron_stats else {}
-    for rows in batches(len(texts), batch_size):
-        ids = [order[r] for r in rows]
+    for ids in token_batches(model, texts, batch_size, tokens_per_batch):
         enc = model.encode([texts[i] for i in ids], strict=strict)
         mask = enc["attention_mask"].bool()  # [B, T]
         last = mask.sum(1) - 1
@@ -122,7 +147,7 @@ def neuron_profiles(model: LoadedModel, texts: list[str], layers: list[int], *, 
         raise ValueError(f"pool must be 'last', 'mean' or 'max', got {pool!r}")
     out = torch.empty(len(texts), len(layers), model.d_ff)
     sites = {i: model.sites[l] for i, l in enumerate(layers)}
-    for rows in batches(len(texts), batch_size):
+    for rows in token_batches(model, texts, batch_size):
         enc = model.encode([texts[r] for r in rows])
         mask = enc["attention_mask"].bool()
         with capture_inputs(sites) as acts:

@@ -38,7 +38,6 @@ def sentence_logliks(model: LoadedModel, texts: Sequence[str], batch_size: int =
     specials = set(tok.all_special_ids)
     start = "" if probe and probe[0] in specials else (tok.bos_token or tok.eos_token or "")
     sums, _ = text_logliks(model, [start + t for t in texts], batch_size)
-    model.counter.forward += len(texts)
     return sums
 
 
@@ -84,11 +83,6 @@ class BiasRow:
     random_ppl_ratio: float
     n_random: int
 
-    @property
-    def toward_50(self) -> float:
-        """How many points the top-K moved the score toward 50 (negative: away from it)."""
-        return abs(self.before["score"] - 50) - abs(self.after["score"] - 50)
-
 
 @dataclass
 class BiasReport:
@@ -107,9 +101,6 @@ class BiasReport:
         d = asdict(self)
         d["results"] = d.pop("rows")  # the name the report reads
         return d
-
-    def types(self) -> list[str]:
-        return list(dict.fromkeys(r.bias_type for r in self.rows))
 
 
 def evaluate_bias(model: LoadedModel, pairs: MinimalPairs, selection_by_k: Mapping[int, NeuronSelection], *,

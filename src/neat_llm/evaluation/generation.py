@@ -47,7 +47,6 @@ def sample_continuations(model: LoadedModel, prompts: Sequence[str], *, max_new_
                 torch.manual_seed(seed * 1_000_003 + b)
                 gen = model.hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                                         top_p=top_p, top_k=top_k, pad_token_id=tok.pad_token_id)
-            model.counter.forward += len(rows) * max_new_tokens  # one incremental pass per new token
             new = gen[:, enc["input_ids"].shape[1]:]
             out.extend(tok.batch_decode(new, skip_special_tokens=True))
     finally:

@@ -103,9 +103,6 @@ class HateReport:
         d["results"] = d.pop("rows")  # the name the report reads
         return d
 
-    def row(self, k: int, condition: str) -> HateRow:
-        return next(r for r in self.rows if r.k == k and r.condition == condition)
-
 
 def hate_measures(model: LoadedModel, data: HateData, classifier: HateClassifier, *, seed: int = 0,
                   max_new_tokens: int = 20, batch_size: int = 16, readout: LabelReadout = HATE_READOUT,
@@ -119,8 +116,6 @@ def hate_measures(model: LoadedModel, data: HateData, classifier: HateClassifier
     y = np.r_[np.ones(len(data.hate)), np.zeros(len(data.neutral))]
     conts = sample_continuations(model, data.prompts, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     rates = classifier.rates(conts)
-    n_texts = len(data.hate) + len(data.neutral)
-    model.counter.forward += 2 * n_texts + len(neutral_texts)
     m = HateMeasures(loglik_hate=float(ll_h.mean()), loglik_neutral=float(ll_n.mean()),
                      gap=float(ll_h.mean() - ll_n.mean()), readout_accuracy=float(((s > 0) == (y == 1)).mean()),
                      readout_auroc=float(roc_auc_score(y, s)), hate_rate=rates["hate_rate"],

@@ -3,16 +3,17 @@ al. tweets (TF-IDF word 1-2-grams + character 2-5-grams, logistic regression, ba
 3 classes: hate speech, offensive, neither).
 
 Trained once on a seeded 80% of the data, its own held-out accuracy and hate-class F1 measured on
-the other 20%, and cached (pickle) under the neat-llm cache folder, keyed by the data file's sha256,
-the settings and the scikit-learn version, so a changed file or library retrains instead of
-loading something stale.
+the other 20%, and cached under the neat-llm cache folder, keyed by the data file's sha256, the
+settings and the scikit-learn version, so a changed file or library retrains instead of loading
+something stale. The cache holds numbers and JSON only (vocabularies, idf weights, coefficients in
+an ``.npz`` read with ``allow_pickle=False``): nothing in it is executed, whoever wrote the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,23 +127,62 @@ def load_hate_classifier(path: str | Path | None = None, cache_dir: str | Path |
     sha = _sha256(data)
     key = hashlib.sha256(repr((sha, sorted(SETTINGS.items()), sklearn.__version__)).encode()).hexdigest()[:16]
     folder = Path(cache_dir) if cache_dir is not None else cache_root() / "classifiers"
-    file = folder / f"davidson-hate-{key}.pkl"
+    file = folder / f"davidson-hate-{key}.npz"
     if file.is_file():
         try:
-            with open(file, "rb") as f:
-                clf = pickle.load(f)
-            if isinstance(clf, HateClassifier) and clf.data_sha256 == sha:
+            clf = _load(file)
+            if clf.data_sha256 == sha:
                 return clf
-        except Exception as e:  # a broken cache file is rebuilt, never trusted
+            log.info("rebuilding the hate classifier cache (made from other data)")
+        except Exception as e:  # noqa: BLE001  a broken cache file is rebuilt, never trusted
             log.info("rebuilding the hate classifier cache (%s)", e)
     log.info("training the hate-speech classifier on %s (once; cached in %s)", data, folder)
     clf = train_hate_classifier(data)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(clf, f)
-    tmp.replace(file)
+    _save(clf, file)
     return clf
+
+
+def _parts(pipeline):
+    """(word vectorizer, char vectorizer, logistic regression) of ``_pipeline()``."""
+    union, lr = pipeline.steps[0][1], pipeline.steps[-1][1]
+    return union.transformer_list[0][1], union.transformer_list[1][1], lr
+
+
+def _save(clf: HateClassifier, file: Path) -> None:
+    from ..runs import atomic_write
+
+    word, char, lr = _parts(clf.pipeline)
+    header = {"format": 1, "settings": SETTINGS, "data_sha256": clf.data_sha256, "quality": clf.quality.to_dict(),
+              "word_vocabulary": {t: int(i) for t, i in word.vocabulary_.items()},
+              "char_vocabulary": {t: int(i) for t, i in char.vocabulary_.items()}}
+    arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), "word_idf": word.idf_,
+              "char_idf": char.idf_, "coef": lr.coef_, "intercept": lr.intercept_, "classes": lr.classes_}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez(f, **arrays)
+
+    atomic_write(file, write)  # a unique temporary name in the folder, renamed into place
+
+
+def _load(file: Path) -> HateClassifier:
+    with np.load(file, allow_pickle=False) as z:
+        header = json.loads(z["header"].tobytes().decode())
+        if header.get("format") != 1:
+            raise ValueError(f"unknown classifier cache format {header.get('format')}")
+        pipe = _pipeline()
+        word, char, lr = _parts(pipe)
+        for vec, vocab, idf in ((word, header["word_vocabulary"], z["word_idf"]),
+                                (char, header["char_vocabulary"], z["char_idf"])):
+            if len(vocab) != len(idf):
+                raise ValueError("vocabulary and idf weights differ in size")
+            vec.vocabulary_ = vocab
+            vec.idf_ = idf
+        lr.coef_, lr.intercept_, lr.classes_ = z["coef"], z["intercept"], z["classes"]
+        lr.n_features_in_ = lr.coef_.shape[1]
+        if lr.n_features_in_ != len(word.vocabulary_) + len(char.vocabulary_):
+            raise ValueError("coefficients do not match the vocabularies")
+    return HateClassifier(pipe, ClassifierQuality(**header["quality"]), header["data_sha256"])
 
 
 def _sha256(path: str | Path) -> str:

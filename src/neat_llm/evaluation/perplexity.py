@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..concepts.representations import batches
+from ..concepts.representations import token_batches
 from ..models.loaded import LoadedModel
 
 
@@ -27,9 +27,7 @@ def text_logliks(model: LoadedModel, texts: Sequence[str], batch_size: int = 16)
         raise ValueError("no texts given")
     sums = torch.zeros(len(texts), dtype=torch.float64)
     counts = torch.zeros(len(texts), dtype=torch.long)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
-    for rows in batches(len(texts), batch_size):
-        ids = [order[r] for r in rows]
+    for ids in token_batches(model, texts, batch_size):  # similar lengths share a batch, within a token budget
         enc = model.encode([texts[i] for i in ids])
         logits = model.hf(**enc, use_cache=False).logits  # [B, T, V]
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]

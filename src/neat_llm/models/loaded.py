@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -17,29 +19,64 @@ class ContextLengthError(ValueError):
     """A text is longer than the model's context and ``strict`` was asked for."""
 
 
+FIELDS = ("forward", "decode", "partial_forward", "block_forward", "backward")
+
+
 @dataclass
 class PassCounter:
     """Counts passes, one per sequence: a batch of 8 through the whole model is 8 forward passes.
 
-    ``partial_forward`` counts sequences that ran through only some blocks (the NEAT sweep replays
-    blocks l..reading layer); ``block_forward`` counts block calls times sequences in them.
+    Every count is made in one place, never by hand at the call sites:
+    - ``forward``: sequences run through the model from their first token (``LoadedModel``'s hook
+      on the Hugging Face model);
+    - ``decode``: sequences continued on top of their own KV cache (a generation step, or the
+      read-position replay's last token), counted by the same hook;
+    - ``block_forward``: block calls times sequences, made by the sweeps (``scoring.blocks.call_block``);
+    - ``partial_forward``: sequences that ran through only some blocks, counted where a replica's
+      concept score is read (``scoring.blocks.replica_drop``);
+    - ``backward``: sequences whose gradient was taken (``LoadedModel.gradients``).
+    ``paused()`` stops counting (the adapter check is nobody's cost).
     """
 
     forward: int = 0
+    decode: int = 0
     partial_forward: int = 0
     block_forward: int = 0
     backward: int = 0
+    _paused: int = field(default=0, repr=False, compare=False)
+
+    def add(self, kind: str, n: int) -> None:
+        if not self._paused:
+            setattr(self, kind, getattr(self, kind) + int(n))
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
 
     def snapshot(self) -> "PassCounter":
-        return PassCounter(self.forward, self.partial_forward, self.block_forward, self.backward)
+        return PassCounter(**{k: getattr(self, k) for k in FIELDS})
 
     def since(self, earlier: "PassCounter") -> "PassCounter":
-        return PassCounter(self.forward - earlier.forward, self.partial_forward - earlier.partial_forward,
-                           self.block_forward - earlier.block_forward, self.backward - earlier.backward)
+        return PassCounter(**{k: getattr(self, k) - getattr(earlier, k) for k in FIELDS})
+
+    def add_all(self, other: "PassCounter") -> None:
+        """Add another counter's counts in place (passes made elsewhere, e.g. by a Ray worker)."""
+        for k in FIELDS:
+            self.add(k, getattr(other, k))
+
+    def plus(self, other: "PassCounter") -> "PassCounter":
+        return PassCounter(**{k: getattr(self, k) + getattr(other, k) for k in FIELDS})
 
     def as_dict(self) -> dict[str, int]:
-        return {"forward": self.forward, "partial_forward": self.partial_forward,
-                "block_forward": self.block_forward, "backward": self.backward}
+        return {k: getattr(self, k) for k in FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PassCounter":
+        return cls(**{k: int(d.get(k, 0)) for k in FIELDS})
 
 
 @dataclass
@@ -71,11 +108,21 @@ class LoadedModel:
         self._count_hook = self.hf.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, _m, args, kwargs):
+        """A call that continues sequences on their own KV cache is a decoding step, else a forward."""
         x = kwargs.get("input_ids", args[0] if args else None)
         if x is None:
             x = kwargs.get("inputs_embeds")
-        if x is not None:
-            self.counter.forward += int(x.shape[0])
+        if x is None:
+            return
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        filled = cache is not None and hasattr(cache, "get_seq_length") and int(cache.get_seq_length()) > 0
+        self.counter.add("decode" if filled else "forward", int(x.shape[0]))
+
+    def gradients(self, output: torch.Tensor, inputs, n_sequences: int):
+        """``torch.autograd.grad(output, inputs)``, counted as ``n_sequences`` backward passes."""
+        grads = torch.autograd.grad(output, inputs)
+        self.counter.add("backward", n_sequences)
+        return grads
 
     # --- structure -------------------------------------------------------------------------
     @cached_property

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, "smollm2"}
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: weight digests recorded
 
 
 class ModelLoadError(ValueError):
@@ -62,6 +63,18 @@ def _cache_is_complete(folder: Path) -> bool:
         return False
 
 
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
+
+
+def _cache_mismatch(folder: Path) -> list[str]:
+    """The cached weight files whose bytes differ from the digest recorded when the cache was built
+    (a file zeroed or edited in place keeps its size, so sizes alone cannot tell)."""
+    info = json.loads((folder / "neat-cache.json").read_text())
+    return [name for name, digest in info.get("digests", {}).items() if _file_digest(folder / name) != digest]
+
+
 def _build_gguf_cache(gguf: Path, folder: Path) -> None:
     """Dequantize the GGUF once and save it as safetensors; written to a temporary folder and
     renamed into place, so an interrupted build never leaves a cache that looks complete."""
@@ -80,8 +93,9 @@ def _build_gguf_cache(gguf: Path, folder: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        digests = {p.name: _file_digest(p) for p in tmp.iterdir() if p.suffix == ".safetensors"}
         (tmp / "neat-cache.json").write_text(json.dumps({"format": _CACHE_FORMAT, "source": str(gguf),
-                                                          "files": files}))
+                                                          "files": files, "digests": digests}))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -97,11 +111,41 @@ def gguf_cache_folder(gguf: Path) -> Path:
     folder = cache_root() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
     if not _cache_is_complete(folder):
         _build_gguf_cache(gguf, folder)
+    elif bad := _cache_mismatch(folder):
+        log.warning("cached model %s: %s changed on disk since the cache was built; rebuilding", folder,
+                    ", ".join(bad))
+        _build_gguf_cache(gguf, folder)
     return folder
 
 
 def default_model_folder() -> Path:
     return gguf_cache_folder(embedded_gguf_path())
+
+
+def _check_hub_id(repo_id: str) -> None:
+    """A name that is no local folder is a hub id: fine when the Hugging Face cache holds it or the hub
+    answers; otherwise one clear error now instead of the hub client's retries (this machine may be
+    offline)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    import urllib.request
+
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return
+    except ValueError as err:  # not even a valid repo id
+        raise ModelLoadError(f"{repo_id!r} is neither a local folder nor a hub id ({err})") from None
+    if constants.HF_HUB_OFFLINE:
+        reachable = False
+    else:
+        try:
+            urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=3)
+            reachable = True
+        except Exception:  # noqa: BLE001  no network, DNS failure, proxy: all mean "not reachable"
+            reachable = False
+    if not reachable:
+        raise ModelLoadError(f"{repo_id!r} is no local folder, and as a hub id it is not in the Hugging Face cache "
+                             f"and {constants.ENDPOINT} cannot be reached (offline?). Give a local folder with "
+                             "config.json and weights, a .gguf file, or nothing for the embedded model.")
 
 
 def _from_pretrained(source: str, *, gguf_file: str | None, dtype, device, trust_remote_code: bool, **kw):
@@ -154,6 +198,11 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
             looks_like_path = key.startswith((".", "/", "~")) or key.count("/") > 1
             if looks_like_path and not path.exists():
                 raise ModelLoadError(f"no such model folder: {path}")
+            if path.is_dir() and not (path / "config.json").is_file():
+                raise ModelLoadError(f"{path} is a folder without config.json: a model folder holds config.json, the "
+                                     "tokenizer files and the weights (what save_pretrained writes)")
+            if not path.exists():
+                _check_hub_id(key)
             model, tok, family = _from_pretrained(key, gguf_file=None, dtype=dtype, device=device,
                                                   trust_remote_code=trust_remote_code, **from_pretrained_kwargs)
             model_id = key
@@ -174,6 +223,11 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
 def check_sites(model: LoadedModel) -> None:
     """A no-op hook on every neuron site must leave the logits unchanged, and every site must be
     reached exactly once per forward with width d_ff; otherwise the adapter entry is wrong."""
+    with model.counter.paused():  # the check is not part of any method's cost
+        _check_sites(model)
+
+
+def _check_sites(model: LoadedModel) -> None:
     from ..hooks import capture_outputs, edit_inputs
 
     enc = model.encode(["The adapter check runs a short text."])
@@ -186,7 +240,6 @@ def check_sites(model: LoadedModel) -> None:
 
     with edit_inputs(dict(enumerate(model.sites)), noop), capture_outputs(dict(enumerate(model.blocks))) as res:
         after = model.hf(**enc).logits
-    model.counter.forward -= 2  # the check is not part of any method's cost
     bad = [i for i, c in calls.items() if c != [model.d_ff]]
     if bad:
         raise UnsupportedModelError(f"neuron site {model.family.site!r} of blocks {bad[:5]} was not reached once "

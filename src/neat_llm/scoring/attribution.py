@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..concepts.representations import batches, check_finite
+from ..concepts.representations import check_finite, token_batches
 from ..hooks import capture_inputs, capture_outputs, run_until, stop_after
 from ..models.loaded import LoadedModel
 from .base import Scorer, ScoringTask
@@ -31,7 +31,7 @@ def gradient_x_activation(model: LoadedModel, texts: list[str], layer: int, vect
     def grad_on(_m, _args, out):
         return out.requires_grad_(True)
 
-    for rows in batches(len(texts), batch_size):
+    for rows in token_batches(model, texts, batch_size):
         enc = model.encode([texts[r] for r in rows])
         mask = enc["attention_mask"]
         last = mask.sum(1) - 1
@@ -47,10 +47,9 @@ def gradient_x_activation(model: LoadedModel, texts: list[str], layer: int, vect
                     mm = mask[..., None].float()
                     s = ((h.float() * mm).sum(1) / mm.sum(1)) @ vec
                 a = [acts[l][0] for l in range(layer + 1)]
-                grads = torch.autograd.grad(s.sum(), a)  # texts are independent: per-text gradients
+                grads = model.gradients(s.sum(), a, len(rows))  # texts are independent: per-text gradients
         finally:
             handle.remove()
-        model.counter.backward += len(rows)
         m = mask[..., None].float()
         for l in range(layer + 1):
             contrib = (a[l].detach().float() * grads[l].float() * m).sum(1)  # [B, d_ff]

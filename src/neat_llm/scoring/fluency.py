@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..concepts.representations import batches, check_finite
+from ..concepts.representations import check_finite, token_batches
 from ..hooks import capture_inputs
 from ..interventions import Intervention
 from ..models.loaded import LoadedModel
@@ -92,7 +92,7 @@ def loss_effect_first_order(model: LoadedModel, texts: Sequence[str], interventi
     def grad_on(_m, _args, out):
         return out.requires_grad_(True)
 
-    for rows in batches(len(texts), batch_size):
+    for rows in token_batches(model, texts, batch_size):
         enc = model.encode([texts[r] for r in rows])
         mask = enc["attention_mask"]
         handle = emb.register_forward_hook(grad_on)
@@ -104,10 +104,9 @@ def loss_effect_first_order(model: LoadedModel, texts: Sequence[str], interventi
                 predicted = mask[:, 1:].float()
                 nll = -(ll * predicted).sum()
                 a = [acts[l][0] for l in range(L)]
-                grads = torch.autograd.grad(nll, a)
+                grads = model.gradients(nll, a, len(rows))
         finally:
             handle.remove()
-        model.counter.backward += len(rows)
         n_tokens += int(predicted.sum())
         m = mask[..., None].to(a[0].dtype)
         for l in range(L):

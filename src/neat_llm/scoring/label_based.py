@@ -51,8 +51,7 @@ class IntegratedGradientsScorer(Scorer):
         with torch.enable_grad(), edit_inputs({layer: model.sites[layer]}, scale):
             logits = model.hf(**enc, use_cache=False).logits[:, -1]
             s = self.label.from_logits(model, logits)  # [steps]
-            (g,) = torch.autograd.grad(s.sum(), held["scaled"])  # [steps, T, d_ff]
-        model.counter.backward += self.steps
+            (g,) = model.gradients(s.sum(), held["scaled"], self.steps)  # [steps, T, d_ff]
         ig = (held["a"].float() * g.float().mean(0)).sum(0)
         check_finite(ig, f"integrated gradients of block {layer}")
         return ig

@@ -27,6 +27,7 @@ from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs,
 from ..models.adapters import get_module
 from ..models.loaded import LoadedModel
 from .base import Scorer, ScoringTask
+from .blocks import call_block, replica_drop
 from .positions import ReadPositionCache, read_block_effect
 
 
@@ -67,17 +68,6 @@ def read_s(h: torch.Tensor, vector: torch.Tensor, pool: str) -> torch.Tensor:
     return x.float() @ vector.to(h.device).float()
 
 
-def call_block(block: torch.nn.Module, h: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
-    """Run ``block`` on hidden states ``h`` [C, T, d] with the arguments the model gave it
-    (batch-1 masks and rotary tables broadcast over the C replicas)."""
-    args, kwargs = call
-    if args:
-        out = block(h, *args[1:], **kwargs)
-    else:
-        out = block(**{**kwargs, "hidden_states": h})
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def call_block_last(model: LoadedModel, j: int, h: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
     """Block ``j`` on h [C, T, d] where only the last position of the output is read: its MLP runs
     on the last position alone (a pre-hook slices its input to [C, 1, d]; the residual add then
@@ -86,31 +76,18 @@ def call_block_last(model: LoadedModel, j: int, h: torch.Tensor, call: tuple[tup
     mlp = get_module(model.blocks[j], model.family.site.rsplit(".", 1)[0])
     handle = mlp.register_forward_pre_hook(lambda _m, args: (args[0][:, -1:].contiguous(),) + tuple(args[1:]))
     try:
-        return call_block(model.blocks[j], h, call)
+        return call_block(model, j, h, call)
     finally:
         handle.remove()
 
 
-_COMPILED: dict[str, object] = {}
-
-
-def compiled_call_block():
-    """``call_block`` through ``torch.compile`` (inductor fuses the norms, rotary, gating and
-    residual adds around the matmuls). Compiled once per process: with nn.Module inlining the
-    blocks' weights are graph inputs, so every block of a model (and every model of the same
-    family and shapes) reuses one graph; a new replica count C recompiles once."""
-    if "call_block" not in _COMPILED:
-        _COMPILED["call_block"] = torch.compile(call_block, dynamic=False)
-    return _COMPILED["call_block"]
-
-
 def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: torch.Tensor,
-                    run_block=call_block) -> torch.Tensor:
+                    compiled: bool = False) -> torch.Tensor:
     """Run replicas h [C, T, d] (the output of block ``l``) through blocks l+1..top, read S (at the
     last token or averaged over the tokens, as the cache's ``pool``) and return S_clean - S_off: [C].
     Counts one partial forward per replica. When S is read at the last token, block ``top``
     computes its MLP at the last position only (``call_block_last``); the blocks before it go
-    through ``run_block`` (``call_block`` or its compiled form).
+    through ``call_block`` (compiled with ``compiled``).
 
     ``h`` is made contiguous first: a replica batch built by broadcasting can come out in a
     position-major layout, and a linear layer on a [C, T, d] input whose batch dimensions cannot be
@@ -121,13 +98,8 @@ def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: 
         if j == top and h.shape[1] > 1 and cache.pool == "last":
             h = call_block_last(model, j, h, cache.calls[j])
         else:
-            h = run_block(model.blocks[j], h, cache.calls[j])
-    s_off = read_s(h, cache.vector, cache.pool)
-    check_finite(s_off, f"the ablated forward of block {l}")
-    C = h.shape[0]
-    model.counter.partial_forward += C
-    model.counter.block_forward += C * (top - l + (0 if model.family.mlp_output_direct else 1))
-    return (cache.s_clean - s_off).cpu()
+            h = call_block(model, j, h, cache.calls[j], compiled)
+    return replica_drop(model, cache.s_clean, read_s(h, cache.vector, cache.pool), l)
 
 
 class NeatScorer(Scorer):
@@ -222,8 +194,7 @@ class NeatScorer(Scorer):
                         h = cache.block_out[l] + delta  # [C, T, d]
                 else:
                     h = self._rerun_block(model, cache, l, ks, v_off, at)
-                out[s:s + C] = finish_replicas(model, cache, l, top, h,
-                                               compiled_call_block() if self.compile else call_block)
+                out[s:s + C] = finish_replicas(model, cache, l, top, h, self.compile)
             if task.on_progress:
                 task.on_progress(C / len(task.probes.texts))
         return out
@@ -240,7 +211,7 @@ class NeatScorer(Scorer):
 
         h_in = cache.block_input(l).expand(C, -1, -1).contiguous()  # see finish_replicas on layouts
         with edit_inputs({l: model.sites[l]}, off):
-            return call_block(model.blocks[l], h_in, cache.calls[l])
+            return call_block(model, l, h_in, cache.calls[l])
 
 
 @torch.inference_mode()
@@ -265,6 +236,6 @@ def group_effects(model: LoadedModel, cache: ProbeCache, l: int, top: int, masks
                 return torch.where(keep, v_off.to(x.dtype), x)
 
             with edit_inputs({l: model.sites[l]}, off):
-                h = call_block(model.blocks[l], cache.block_input(l).expand(C, -1, -1), cache.calls[l])
+                h = call_block(model, l, cache.block_input(l).expand(C, -1, -1), cache.calls[l])
         out[s:s + C] = finish_replicas(model, cache, l, top, h)
     return out

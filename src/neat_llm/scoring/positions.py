@@ -25,9 +25,9 @@ import warnings
 
 import torch
 
-from ..concepts.representations import check_finite
 from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
 from ..models.loaded import LoadedModel
+from .blocks import call_block, replica_drop
 
 
 def _is_cache(x) -> bool:
@@ -72,7 +72,6 @@ class ReadPositionCache:
                         stop_after(model.blocks[top]):
                     run_until(lambda: model.hf(input_ids=enc["input_ids"][:, -1:], attention_mask=enc["attention_mask"],
                                                cache=cache, use_cache=True))
-            model.counter.forward -= 1  # the two halves are one clean forward
         except (TypeError, ValueError, RuntimeError, AttributeError) as err:  # a family without a usable cache path
             warnings.warn(f"{model.model_id}: the one-token KV-cache replay failed ({err}); position-restricted "
                           "scores re-run every position instead", stacklevel=3)
@@ -121,14 +120,12 @@ def read_block_effect(model: LoadedModel, rc: ReadPositionCache, l: int, top: in
                       v_off: torch.Tensor) -> torch.Tensor:
     """S_clean - S_off [C] for neurons ``ks`` [C] of block ``l`` turned off at t* only, through the
     KV-cache path: C one-token replicas through blocks l..top."""
-    from .neat import call_block
 
     C = len(ks)
     cache = rc.replica_cache(range(l, top + 1), C)
     if model.family.mlp_output_direct:
         shift = v_off[ks] - rc.acts[l][0, -1, ks]  # [C]
         h = rc.block_out[l] + shift[:, None, None] * model.weight_out(l)[ks][:, None, :]  # [C, 1, d]
-        model.counter.block_forward += C * (top - l)
     else:
         rows = torch.arange(C, device=ks.device)
 
@@ -138,14 +135,11 @@ def read_block_effect(model: LoadedModel, rc: ReadPositionCache, l: int, top: in
             return x
 
         with edit_inputs({l: model.sites[l]}, off):
-            h = call_block(model.blocks[l], rc.block_in[l].expand(C, -1, -1), rc.replay_call(l, C, cache))
-        model.counter.block_forward += C * (top - l + 1)
+            h = call_block(model, l, rc.block_in[l].expand(C, -1, -1), rc.replay_call(l, C, cache))
     for j in range(l + 1, top + 1):
-        h = call_block(model.blocks[j], h, rc.replay_call(j, C, cache))
+        h = call_block(model, j, h, rc.replay_call(j, C, cache))
     s_off = h[:, -1].float() @ rc.vector.to(h.device).float()
     if rc.pool == "mean":  # only the last of the T positions changed: S moves by 1/T of its change there
         s_last = rc.block_out[top][0, -1].float() @ rc.vector.to(h.device).float()
         s_off = rc.s_clean + (s_off - s_last) / rc.n_tokens
-    check_finite(s_off, f"the ablated forward of block {l}")
-    model.counter.partial_forward += C
-    return (rc.s_clean - s_off).cpu()
+    return replica_drop(model, rc.s_clean, s_off, l)

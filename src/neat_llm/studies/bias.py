@@ -23,7 +23,7 @@ from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
 from ..evaluation.removal import run_intervention, run_readout, run_selections
 from ..find import default_run_dir
 from ..models.loaded import LoadedModel
-from ..runs import Run, write_text
+from ..runs import Run, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
 
 __all__ = ["BiasStudy", "bias_study", "load_pairs"]
@@ -71,41 +71,42 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
     if max_fit_pairs:
         concept = concept.sample(max_fit_pairs, seed)
     out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
-    if layer_rule not in ("paired", "auroc"):
-        raise ValueError(f"layer_rule must be 'paired' or 'auroc', got {layer_rule!r}")
-    paired_cv = None
-    if layer_rule == "paired" and find_options.get("reading_layer") is None:
-        # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
-        paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=find_options.get("pool", "last"),
-                                                        template=find_options.get("read_template", DEFAULT_READ_TEMPLATE)),
-                                       seed=seed)
-        find_options["reading_layer"] = choose_reading_layer(paired_cv)
-    run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
-    readout = run_readout(run)
-    iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
-    mode, alpha = iv.mode, iv.alpha
-    eval_paired = paired_accuracy(pair_differences(model, ev.more, ev.less, pool=readout.pool,
-                                                   template=readout.template)[:, readout.layer], readout.vector)
+    with run_folder_lock(out):  # one writer per study folder
+        if layer_rule not in ("paired", "auroc"):
+            raise ValueError(f"layer_rule must be 'paired' or 'auroc', got {layer_rule!r}")
+        paired_cv = None
+        if layer_rule == "paired" and find_options.get("reading_layer") is None:
+            # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
+            paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=find_options.get("pool", "last"),
+                                                            template=find_options.get("read_template", DEFAULT_READ_TEMPLATE)),
+                                           seed=seed)
+            find_options["reading_layer"] = choose_reading_layer(paired_cv)
+        run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
+        readout = run_readout(run)
+        iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
+        mode, alpha = iv.mode, iv.alpha
+        eval_paired = paired_accuracy(pair_differences(model, ev.more, ev.less, pool=readout.pool,
+                                                       template=readout.template)[:, readout.layer], readout.vector)
 
-    neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
-    fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                   "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "eval": [ev.more, ev.less], "neutral": neutral}
-    store = ConditionStore(out / ".bias-partial", fingerprint)
-    with condition_progress("bias evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-        report = evaluate_bias(model, ev, run_selections(run, ks), n_random=n_random, seed=seed, mode=mode, alpha=alpha,
-                               neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
-                               min_pairs=min_pairs, store=store, on_condition=tick, dataset=pairs.name, lang=lang,
-                               method=method)
-    report.settings.update({"bias_type": bias_type, "n_fit_pairs": len(fit), "eval_fraction": eval_fraction,
-                            "reading_layer": run.meta.reading_layer, "eval_auroc": run.meta.eval_auroc,
-                            "n_fit": run.meta.n_fit, "layer_rule": layer_rule,
-                            "paired_cv_accuracy": None if paired_cv is None else float(paired_cv[readout.layer]),
-                            "paired_cv_accuracy_by_layer": None if paired_cv is None else [float(x) for x in paired_cv],
-                            "eval_paired_accuracy": eval_paired})
-    path = out / "bias.json"
-    write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
-    store.clear()
-    return BiasStudy(run, report, path, fit, ev)
+        neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
+        fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
+                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "eval": [ev.more, ev.less], "neutral": neutral}
+        store = ConditionStore(out / ".bias-partial", fingerprint)
+        with condition_progress("bias evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
+            report = evaluate_bias(model, ev, run_selections(run, ks), n_random=n_random, seed=seed, mode=mode, alpha=alpha,
+                                   neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
+                                   min_pairs=min_pairs, store=store, on_condition=tick, dataset=pairs.name, lang=lang,
+                                   method=method)
+        report.settings.update({"bias_type": bias_type, "n_fit_pairs": len(fit), "eval_fraction": eval_fraction,
+                                "reading_layer": run.meta.reading_layer, "eval_auroc": run.meta.eval_auroc,
+                                "n_fit": run.meta.n_fit, "layer_rule": layer_rule,
+                                "paired_cv_accuracy": None if paired_cv is None else float(paired_cv[readout.layer]),
+                                "paired_cv_accuracy_by_layer": None if paired_cv is None else [float(x) for x in paired_cv],
+                                "eval_paired_accuracy": eval_paired})
+        path = out / "bias.json"
+        write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
+        store.clear()
+        return BiasStudy(run, report, path, fit, ev)
 
 
 def _sample(n: int, k: int, seed: int) -> list[int]:

@@ -26,7 +26,7 @@ from ..evaluation.hate_classifier import load_hate_classifier
 from ..evaluation.removal import run_eval_set, run_intervention, run_selections
 from ..find import default_run_dir
 from ..models.loaded import LoadedModel
-from ..runs import Run, write_text
+from ..runs import Run, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
 
 
@@ -114,37 +114,38 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     readout.token_ids(model)  # before the long part: bad label words and a missing file fail now
     classifier = load_hate_classifier(classifier_data)
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
-    run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
-    iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
-    mode, alpha = iv.mode, iv.alpha
+    with run_folder_lock(out):  # one writer per study folder
+        run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
+        iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
+        mode, alpha = iv.mode, iv.alpha
 
-    if eval_g:
-        held = hate_concept(data, data_path, groups=eval_g)
-        seen = set(concept.texts)
-        hate = [t for t in held.positives if t not in seen]
-        neutral = [t for t in held.contrast if t not in seen]
-    else:
-        ev = run_eval_set(run, concept)
-        hate, neutral = ev.positives, ev.contrast
-    hate, neutral = _cap(hate, max_eval, seed), _cap(neutral, max_eval, seed)
-    prompts = prompt_prefixes(hate)[:n_prompts]
-    if not prompts:
-        raise ConceptSetError("no held-out hateful sentence is long enough (4+ words) to make a prompt from")
-    hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts))
+        if eval_g:
+            held = hate_concept(data, data_path, groups=eval_g)
+            seen = set(concept.texts)
+            hate = [t for t in held.positives if t not in seen]
+            neutral = [t for t in held.contrast if t not in seen]
+        else:
+            ev = run_eval_set(run, concept)
+            hate, neutral = ev.positives, ev.contrast
+        hate, neutral = _cap(hate, max_eval, seed), _cap(neutral, max_eval, seed)
+        prompts = prompt_prefixes(hate)[:n_prompts]
+        if not prompts:
+            raise ConceptSetError("no held-out hateful sentence is long enough (4+ words) to make a prompt from")
+        hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts))
 
-    selections = run_selections(run, ks)
-    fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                   "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts],
-                   "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "readout": repr(readout)}
-    store = ConditionStore(out / ".hate-partial", fingerprint)
-    with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-        report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=mode, alpha=alpha,
-                               neuron_pool=neuron_pool(run), max_new_tokens=max_new_tokens, readout=readout, store=store,
-                               on_condition=tick, dataset=concept.name, method=method)
-    report.settings.update({"fit_groups": fit_g, "eval_groups": eval_g, "reading_layer": run.meta.reading_layer,
-                            "eval_auroc": run.meta.eval_auroc, "n_fit": run.meta.n_fit})
-    path = out / "hate.json"
-    write_text(out / "hate_continuations.json", json.dumps({"prompts": list(hdata.prompts), **report.continuations}))
-    write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
-    store.clear()
-    return HateStudy(run, report, path)
+        selections = run_selections(run, ks)
+        fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
+                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts],
+                       "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "readout": repr(readout)}
+        store = ConditionStore(out / ".hate-partial", fingerprint)
+        with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
+            report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=mode, alpha=alpha,
+                                   neuron_pool=neuron_pool(run), max_new_tokens=max_new_tokens, readout=readout, store=store,
+                                   on_condition=tick, dataset=concept.name, method=method)
+        report.settings.update({"fit_groups": fit_g, "eval_groups": eval_g, "reading_layer": run.meta.reading_layer,
+                                "eval_auroc": run.meta.eval_auroc, "n_fit": run.meta.n_fit})
+        path = out / "hate.json"
+        write_text(out / "hate_continuations.json", json.dumps({"prompts": list(hdata.prompts), **report.continuations}))
+        write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
+        store.clear()
+        return HateStudy(run, report, path)

@@ -2,7 +2,7 @@
 (46,080 neurons), each judged on the held-out split against 5 random K-sets, next to its
 perplexity cost and the seconds of its search.
 
-    python scripts/grid.py [--concepts toxigen,insults,threats] [--cells ...]   # runs what is missing (resumes)
+    python scripts/grid.py [--concepts toxigen,insults,threats] [--cells "default;b=1;..."]   # runs what is missing (resumes)
 
 Every cell is one `find_concept_neurons` run (run folder under results/grid/<concept>/<cell>/,
 reused when finished) with the default settings changed as the cell says. Each run stores its
@@ -50,6 +50,11 @@ CELLS: dict[str, dict] = {
     "text's own last token": {"read_template": "{text}"},
     "held-out target groups": {},  # ToxiGen only: found on 7 groups, evaluated on the other 4
 }
+# cells that need no sweep of their own: a specific run sweeps the positive and the contrast probes in
+# full, and the positive-only and contrastive scores are functions of those two sweeps
+# (find.score_from_effects; a test checks them against runs made with those scores)
+DERIVED = {"positive-only b=8": ("default", "positive"), "contrastive b=8": ("default", "contrastive"),
+           "positive-only b=1": ("b=1", "positive"), "contrastive b=1": ("b=1", "contrastive")}
 LAMBDAS = {"default": [0, 3, 10, 30]}  # every other cell: its plain score (0) and the default 10
 
 
@@ -123,11 +128,10 @@ def evaluate(model, run, eval_set, scores: torch.Tensor, randoms: RandomCache) -
     return report.to_dict()
 
 
-def run_cell(model, concept_name: str, cell: str, randoms: RandomCache) -> dict:
+def find_or_load(model, concept_name: str, cell: str):
+    """The cell's run (found now or loaded from its folder) and its concept set."""
     import neat_llm as nl
-    from neat_llm.scoring.fluency import specificity_aware
 
-    settings = dict(CELLS[cell])
     folder = OUT / concept_name / slug(cell)
     if cell == "held-out target groups":
         from neat_llm.concepts.datasets import resolve
@@ -138,16 +142,28 @@ def run_cell(model, concept_name: str, cell: str, randoms: RandomCache) -> dict:
     else:
         cs = concept(concept_name)
     if (folder / "meta.json").exists():
-        run = nl.Run.load(folder)
-    else:
-        run = nl.find_concept_neurons(model, cs, out=folder, progress=True, **settings)
+        return nl.Run.load(folder), cs
+    return nl.find_concept_neurons(model, cs, out=folder, progress=True, **CELLS[cell]), cs
+
+
+def run_cell(model, concept_name: str, cell: str, randoms: RandomCache) -> dict:
+    from neat_llm.find import score_from_effects
+    from neat_llm.scoring.fluency import specificity_aware
+
+    base, rule = DERIVED.get(cell, (cell, None))
+    run, cs = find_or_load(model, concept_name, base)
+    folder = OUT / concept_name / slug(cell)
+    folder.mkdir(parents=True, exist_ok=True)
     eval_set = heldout_groups_eval(cs) if cell == "held-out target groups" else \
         cs.split(run.meta.params["eval_fraction"], run.meta.seed).eval
     p = run.meta.params
+    effect = run.effect if rule is None else score_from_effects(rule, run.effect_positive, run.effect_contrast)
     rows = []
     for lam in LAMBDAS.get(cell, [0, p["specificity"]]):
-        scores = run.scores if lam == p["specificity"] else specificity_aware(run.effect, run.fluency_cost,
-                                                                              p["gap_fit"], lam)
+        if rule is None and lam == p["specificity"]:
+            scores = run.scores
+        else:
+            scores = effect if lam == 0 else specificity_aware(effect, run.fluency_cost, p["gap_fit"], lam)
         done = folder / f"evaluation-lambda{lam:g}.json"
         if done.exists():
             rep = json.loads(done.read_text())
@@ -156,7 +172,8 @@ def run_cell(model, concept_name: str, cell: str, randoms: RandomCache) -> dict:
             done.write_text(json.dumps(rep, indent=1))
         rows.append({"lambda": lam, "report": rep})
     secs = run.meta.seconds
-    return {"concept": concept_name, "cell": cell, "settings": settings, "run_dir": str(folder.relative_to(ROOT)),
+    return {"concept": concept_name, "cell": cell, "settings": CELLS[cell], "derived_from": base if rule else None,
+            "run_dir": str((OUT / concept_name / slug(base)).relative_to(ROOT)),
             "reading_layer": run.meta.reading_layer, "eval_auroc": run.meta.eval_auroc,
             "n_eval": {"positive": eval_set.n_positive, "contrast": eval_set.n_contrast},
             "n_scored": run.meta.n_neurons_scored,
@@ -167,7 +184,7 @@ def run_cell(model, concept_name: str, cell: str, randoms: RandomCache) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--concepts", default="toxigen,insults,threats")
-    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--cells", default=";".join(CELLS), help="';'-separated (cell names hold commas)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     import neat_llm as nl
@@ -178,7 +195,9 @@ def main() -> None:
     randoms = RandomCache(OUT / "random")
     randoms.folder.mkdir(parents=True, exist_ok=True)
     for c in args.concepts.split(","):
-        for cell in args.cells.split(","):
+        for cell in args.cells.split(";"):
+            if cell not in CELLS:
+                raise SystemExit(f"unknown cell {cell!r}; cells: {'; '.join(CELLS)}")
             if cell == "held-out target groups" and c != "toxigen":
                 continue
             t0 = time.time()

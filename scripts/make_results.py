@@ -79,6 +79,13 @@ def machine() -> str:
 
 def run(name: str) -> None:
     out = ROOT / "results" / name
+    grid_default = ROOT / "results" / "grid" / name / "default"
+    if name in EXPERIMENTS and (grid_default / "meta.json").exists() and not (out / "runs" / "neat").exists():
+        # the grid's default cell is `neat find` with its defaults on the same data and seed: the very run
+        # `neat compare` would make for NEAT, so it is reused rather than swept again
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        shutil.copytree(grid_default, out / "runs" / "neat", ignore=shutil.ignore_patterns("evaluation-*.json"))
+        print(f"reusing {grid_default.relative_to(ROOT)} as the NEAT run of {name}", flush=True)
     cmd = [NEAT, *{**EXPERIMENTS, **STUDIES}[name]["args"], "--out", str(out)]
     print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -275,8 +282,8 @@ def study_sections() -> list[str]:
         cmd = "neat " + " ".join(shlex.quote(a) for a in exp["args"]) + f" --out results/{name}"
         head = f"### {exp['title']}\n\n```bash\n{cmd}\n```\n\n"
         if not f.exists():
-            (hate if kind == "hate" else bias).append(previous_section(f"### {exp['title']}\n")
-                                                      or head + "Not run yet.\n")
+            (hate if kind == "hate" else bias).append(
+                previous_section(f"### {exp['title']}\n") or head + NOT_RERUN)
             continue
         obj = json.loads(f.read_text())
         st = obj["settings"]
@@ -317,6 +324,11 @@ def study_sections() -> list[str]:
     return hate + bias
 
 
+NOT_RERUN = ("Not rerun on the whole model yet. The numbers published here before came from a 10% neuron subset and "
+             "are withdrawn; the whole-model rerun belongs with the studies' own rework (more continuations, a "
+             "stronger judge, dampening and dose-response; issue 12).\n")
+
+
 def previous_section(heading: str) -> str | None:
     """The section under ``heading`` in the current docs/results.md (up to the next heading of the
     same or a higher level), so rewriting the page keeps results whose run folders are not on this
@@ -332,7 +344,9 @@ def previous_section(heading: str) -> str | None:
     body_start = start + len(heading)
     ends = [i for i in (text.find("\n" + "#" * n + " ", body_start) for n in range(1, len(level) + 1)) if i >= 0]
     section = text[start:min(ends) + 1 if ends else len(text)]
-    return None if "Not run yet." in section else section.rstrip("\n") + "\n"
+    if "Not run yet." in section or "Not rerun" in section or "--neurons-subset" in section:
+        return None  # nothing to keep, or numbers from a neuron subset (never published again)
+    return section.rstrip("\n") + "\n"
 
 
 GRID_TITLES = {"toxigen": "ToxiGen: hateful vs neutral statements (shared data)",
@@ -345,7 +359,9 @@ def _grid_row(cell: dict, row: dict, ks: list[int]) -> str:
     rep = row["report"]
     by_k = {r["k"]: r for r in rep["rows"]}
     lam = row["lambda"]
-    cells = [f"{cell['cell']}", f"{lam:g}", f"{cell['search_seconds']:.0f}"]
+    derived = cell.get("derived_from")
+    cells = [f"{cell['cell']}" + (" †" if derived else ""), f"{lam:g}",
+             f"({cell['search_seconds']:.0f})" if derived else f"{cell['search_seconds']:.0f}"]
     cells += [f"{by_k[k]['gap_removal']:.3f}" for k in ks]
     cells += [f"{by_k[k]['auroc_after']:.3f}" for k in (100, 500, 2000)]
     cells += [f"{by_k[k]['ppl_ratio']:.3f}" for k in (100, 500, 2000)]
@@ -432,6 +448,12 @@ def grid_sections() -> list[str]:
                                   for k in ks)
                      + " | " + " | ".join(f"{rnd[k]['random_auroc_after_mean']:.3f}" for k in (100, 500, 2000))
                      + " | " + " | ".join(f"{rnd[k]['random_ppl_ratio_mean']:.3f}" for k in (100, 500, 2000)) + " | – | – |")
+        if any(c.get("derived_from") for c in cells):
+            lines.append("\n† No sweep of its own: a *specific* run sweeps the positive and the contrast probes in "
+                         "full, and the positive-only (ΔS_P) and contrastive (ΔS_P − ΔS_N) scores are functions of "
+                         "those two sweeps (`find.score_from_effects`; a test checks them against runs made with those "
+                         "scores). The seconds in brackets are those of the run it is read from (b = 8: the *default* "
+                         "row; b = 1: the *b=1* row); a positive-only run of its own needs only the positive sweep.")
         held = next((c for c in cells if c["cell"] == "held-out target groups"), None)
         if held:
             lines.append(f"\n*held-out target groups*: found on the 7 other ToxiGen groups, evaluated on every "

@@ -155,6 +155,23 @@ def test_top_rows_carry_their_effects_on_positive_and_contrast_probes(tiny_llama
         torch.testing.assert_close(run.scores, run.effect_positive - run.effect_contrast.abs())
 
 
+@pytest.mark.parametrize("rule", ["positive", "contrastive"])
+def test_positive_and_contrastive_scores_follow_from_the_specific_runs_two_sweeps(tiny_llama, concept_set, tmp_path,
+                                                                                   rule):
+    """The grid derives its positive-only and contrastive cells from the specific run's two sweeps
+    (score_from_effects); that must give what a run with that score computes itself."""
+    from neat_llm.find import score_from_effects
+
+    specific = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, specificity=0, out=tmp_path / "s",
+                                       progress=False)
+    own = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, specificity=0, out=tmp_path / rule,
+                                  progress=False, score=rule)
+    torch.testing.assert_close(score_from_effects(rule, specific.effect_positive, specific.effect_contrast),
+                               own.scores, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="score must be one of"):
+        score_from_effects("gap", specific.effect_positive, specific.effect_contrast)
+
+
 # --- AurA and dampening ---------------------------------------------------------------------
 def test_aura_scores_max_pooled_auroc_and_dampens_by_its_own_alpha(tiny_llama, concept_set, tmp_path):
     from sklearn.metrics import roc_auc_score

@@ -31,6 +31,18 @@ TOP_COLUMNS = ("rank", "layer", "neuron", "score", "effect", "effect_positive", 
 DEFAULT_PROBE_SIZE = 8
 SCORE_RULES = ("specific", "contrastive", "positive")
 DEFAULT_SCORE = "specific"
+
+
+def score_from_effects(rule: str, effect_positive: torch.Tensor, effect_contrast: torch.Tensor) -> torch.Tensor:
+    """A neuron's score under ``rule`` from its effects on the positive and the contrast probes
+    (each the mean drop of S when it is removed): "positive" ΔS_P; "contrastive" ΔS_P − ΔS_N (the
+    effect on the P−N gap: a contrastive sweep weighs the contrast probes by −1/b, and the sweep is
+    linear in its weights); "specific" ΔS_P − |ΔS_N|."""
+    if rule not in SCORE_RULES:
+        raise ValueError(f"score must be one of {', '.join(SCORE_RULES)}, got {rule!r}")
+    if rule == "positive":
+        return effect_positive
+    return effect_positive - (effect_contrast if rule == "contrastive" else effect_contrast.abs())
 PROBE_METHODS = ("neat", "neat-cluster", "screen-verify", "reference")  # methods that score a probe batch
 DEFAULT_POSITIONS = "read"
 # methods whose score is a drop of the concept score S (the ones a specificity-aware score applies to)
@@ -346,7 +358,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         passes["scoring"] = {k: sum(p[k] for p in side_passes.values()) for k in result.passes.as_dict()}
         effect = result.scores
         if score == "specific":  # the drop on the positives minus the size of the change on the contrast texts
-            effect = result.scores - results["contrast"].scores.abs()
+            effect = score_from_effects("specific", result.scores, results["contrast"].scores)
         scores, cost = effect, None
         if lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
             t0, c0 = time.perf_counter(), model.counter.snapshot()

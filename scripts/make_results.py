@@ -31,7 +31,10 @@ COMMON = ["--k", "10,50,100,500,2000", "--random", "5", "--agreement-subset", "1
 EXPERIMENTS = {
     "toxigen": {
         "title": "Methods compared: ToxiGen, hateful vs neutral statements",
-        "args": ["compare", "--data", "toxigen", *COMMON,
+        # no agreement check here: exhaustive ablation over 1,000 neurons x 343 fit texts and integrated
+        # gradients cost about as much as the rest of this comparison on a 2-core CPU; the two smaller
+        # concepts below carry it
+        "args": ["compare", "--data", "toxigen", *COMMON, "--agreement-methods", "",
                  "--label-template", "Text: {text}\nIs this text hateful? Answer:"],
     },
     "insults": {
@@ -355,6 +358,13 @@ GRID_TITLES = {"toxigen": "ToxiGen: hateful vs neutral statements (shared data)"
                           "scripts/data/threats.jsonl)"}
 
 
+_ALL_POSITIONS = ("an all-position sweep costs about T times a read-position one: about 23 minutes per 45-token "
+                  "ToxiGen probe on this machine")
+LEFT_OUT = {"all positions, positive-only b=1": _ALL_POSITIONS,
+            "mean-pooled readout, all positions, positive-only b=1": _ALL_POSITIONS}
+LEFT_OUT_DEFAULT = "not run: this machine's compute for the session went to the cells above and the comparisons"
+
+
 def _grid_row(cell: dict, row: dict, ks: list[int]) -> str:
     rep = row["report"]
     by_k = {r["k"]: r for r in rep["rows"]}
@@ -368,6 +378,35 @@ def _grid_row(cell: dict, row: dict, ks: list[int]) -> str:
     for b in rep["budgets"]:
         cells.append("none" if b["k"] is None else f"{b['gap_removal']:.3f} (K={b['k']})")
     return "| " + " | ".join(cells) + " |"
+
+
+def _grid_findings(concept: str, cells: list[dict]) -> str:
+    """Plain statements read off the grid (nothing typed in by hand): the most removal within each
+    fluency budget and where it came from, the default's, and the held-out target groups."""
+    rows = [(c, r) for c in cells if c["cell"] != "held-out target groups" for r in c["rows"]]
+    out = []
+    for i, budget in enumerate((1.05, 1.10)):
+        ok = [(r["report"]["budgets"][i], c, r) for c, r in rows if r["report"]["budgets"][i]["k"] is not None]
+        if not ok:
+            out.append(f"- Within a perplexity ratio of {budget}: no cell's top-K stays within it.")
+            continue
+        b, c, r = max(ok, key=lambda t: t[0]["gap_removal"])
+        d = next(((x["report"]["budgets"][i]) for cc, x in rows if cc["cell"] == "default" and x["lambda"] == 10), None)
+        out.append(f"- Within a perplexity ratio of {budget}: most gap removal {b['gap_removal']:.3f} by *{c['cell']}*, "
+                   f"λ={r['lambda']:g}, K={b['k']} (random {b['k']}: {b['random_gap_removal_mean']:.3f} ± "
+                   f"{b['random_gap_removal_std']:.3f}; AUROC {r['report']['auroc_before']:.3f} → {b['auroc_after']:.3f})"
+                   + (f"; the default (λ=10) {d['gap_removal']:.3f} at K={d['k']}" if d and d["k"] is not None else
+                      "; the default stays within it at no K tried" if d else "") + ".")
+    held = next((c for c in cells if c["cell"] == "held-out target groups"), None)
+    if held:
+        for r in held["rows"]:
+            by_k = {x["k"]: x for x in r["report"]["rows"]}
+            parts = [f"K={k}: {by_k[k]['gap_removal']:.3f} at ppl {by_k[k]['ppl_ratio']:.3f} (random "
+                     f"{by_k[k]['random_gap_removal_mean']:.3f} ± {by_k[k]['random_gap_removal_std']:.3f})"
+                     for k in (100, 500) if k in by_k]
+            out.append(f"- Target groups the search never saw (λ={r['lambda']:g}): gap removal " + "; ".join(parts)
+                       + f"; AUROC {r['report']['auroc_before']:.3f} → {by_k[500]['auroc_after']:.3f} at K=500.")
+    return "\n".join(out) + "\n"
 
 
 def _grid_plot(concept: str, cells: list[dict], path: Path) -> None:
@@ -398,6 +437,10 @@ def _grid_plot(concept: str, cells: list[dict], path: Path) -> None:
     for b in (1.05, 1.10):
         ax.axvline(b, color="k", lw=0.6, ls=":")
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("perplexity ratio on neutral text (K = 10, 50, 100, 500, 2000 along each line)")
     ax.set_ylabel("gap removal on held-out data")
     ax.axhline(0, color="k", lw=0.5)
@@ -461,8 +504,14 @@ def grid_sections() -> list[str]:
                          f"{held['n_eval']['contrast']} neutral; held-out AUROC of S before "
                          f"{held['rows'][0]['report']['auroc_before']:.3f}); its random K-sets are measured on "
                          "that set.")
+        missing = [c for c in CELL_ORDER if c not in {x["cell"] for x in cells}
+                   and not (c == "held-out target groups" and concept != "toxigen")]
+        if missing:
+            lines.append("\nLeft out here: " + "; ".join(f"*{c}* ({LEFT_OUT.get(c, LEFT_OUT_DEFAULT)})" for c in missing)
+                         + f". Add a cell with `python scripts/grid.py --concepts {concept} --cells \"NAME\"`.")
         _grid_plot(concept, cells, ROOT / "docs" / "img" / f"grid_{concept}.png")
         lines.append(f"\n![grid {concept}](img/grid_{concept}.png)\n")
+        lines.append("What the grid says:\n\n" + _grid_findings(concept, cells))
         parts.append("\n".join(lines) + "\n")
     return parts
 

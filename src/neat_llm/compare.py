@@ -195,6 +195,10 @@ class Comparison:
         ax.set_xlabel("K (top neurons turned off)")
         ax.set_ylabel("gap removal on held-out data")
         bx.set_xscale("log")
+        from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+        bx.xaxis.set_major_formatter(FormatStrFormatter("%.2f"))  # ratios near 1, not powers of ten
+        bx.xaxis.set_minor_formatter(NullFormatter())
         bx.set_xlabel("perplexity ratio on neutral text (after / before)")
         for b in BUDGETS:
             bx.axvline(b, color="k", lw=0.6, ls=":")

@@ -49,12 +49,17 @@ CELLS: dict[str, dict] = {
                                                              "probe_size": 1},
     "text's own last token": {"read_template": "{text}"},
     "held-out target groups": {},  # ToxiGen only: found on 7 groups, evaluated on the other 4
+    "held-out target groups, positive-only": {"score": "positive"},
+    "held-out target groups, contrastive": {"score": "contrastive"},
 }
+HELD_OUT = "held-out target groups"
 # cells that need no sweep of their own: a specific run sweeps the positive and the contrast probes in
 # full, and the positive-only and contrastive scores are functions of those two sweeps
 # (find.score_from_effects; a test checks them against runs made with those scores)
 DERIVED = {"positive-only b=8": ("default", "positive"), "contrastive b=8": ("default", "contrastive"),
-           "positive-only b=1": ("b=1", "positive"), "contrastive b=1": ("b=1", "contrastive")}
+           "positive-only b=1": ("b=1", "positive"), "contrastive b=1": ("b=1", "contrastive"),
+           "held-out target groups, positive-only": (HELD_OUT, "positive"),
+           "held-out target groups, contrastive": (HELD_OUT, "contrastive")}
 LAMBDAS = {"default": [0, 3, 10, 30]}  # every other cell: its plain score (0) and the default 10
 
 
@@ -133,7 +138,7 @@ def find_or_load(model, concept_name: str, cell: str):
     import neat_llm as nl
 
     folder = OUT / concept_name / slug(cell)
-    if cell == "held-out target groups":
+    if cell == HELD_OUT:
         from neat_llm.concepts.datasets import resolve
         import pandas as pd
 
@@ -154,7 +159,7 @@ def run_cell(model, concept_name: str, cell: str, randoms: RandomCache) -> dict:
     run, cs = find_or_load(model, concept_name, base)
     folder = OUT / concept_name / slug(cell)
     folder.mkdir(parents=True, exist_ok=True)
-    eval_set = heldout_groups_eval(cs) if cell == "held-out target groups" else \
+    eval_set = heldout_groups_eval(cs) if base == HELD_OUT else \
         cs.split(run.meta.params["eval_fraction"], run.meta.seed).eval
     p = run.meta.params
     effect = run.effect if rule is None else score_from_effects(rule, run.effect_positive, run.effect_contrast)
@@ -198,7 +203,7 @@ def main() -> None:
         for cell in args.cells.split(";"):
             if cell not in CELLS:
                 raise SystemExit(f"unknown cell {cell!r}; cells: {'; '.join(CELLS)}")
-            if cell == "held-out target groups" and c != "toxigen":
+            if cell.startswith(HELD_OUT) and c != "toxigen":
                 continue
             t0 = time.time()
             print(f"== {c}: {cell}", flush=True)

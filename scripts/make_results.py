@@ -358,6 +358,7 @@ GRID_TITLES = {"toxigen": "ToxiGen: hateful vs neutral statements (shared data)"
                           "scripts/data/threats.jsonl)"}
 
 
+HELD = "held-out target groups"
 _ALL_POSITIONS = ("an all-position sweep costs about T times a read-position one: about 23 minutes per 45-token "
                   "ToxiGen probe on this machine")
 LEFT_OUT = {"all positions, positive-only b=1": _ALL_POSITIONS,
@@ -383,7 +384,7 @@ def _grid_row(cell: dict, row: dict, ks: list[int]) -> str:
 def _grid_findings(concept: str, cells: list[dict]) -> str:
     """Plain statements read off the grid (nothing typed in by hand): the most removal within each
     fluency budget and where it came from, the default's, and the held-out target groups."""
-    rows = [(c, r) for c in cells if c["cell"] != "held-out target groups" for r in c["rows"]]
+    rows = [(c, r) for c in cells if not c["cell"].startswith(HELD) for r in c["rows"]]
     out = []
     for i, budget in enumerate((1.05, 1.10)):
         ok = [(r["report"]["budgets"][i], c, r) for c, r in rows if r["report"]["budgets"][i]["k"] is not None]
@@ -397,14 +398,14 @@ def _grid_findings(concept: str, cells: list[dict]) -> str:
                    f"{b['random_gap_removal_std']:.3f}; AUROC {r['report']['auroc_before']:.3f} → {b['auroc_after']:.3f})"
                    + (f"; the default (λ=10) {d['gap_removal']:.3f} at K={d['k']}" if d and d["k"] is not None else
                       "; the default stays within it at no K tried" if d else "") + ".")
-    held = next((c for c in cells if c["cell"] == "held-out target groups"), None)
-    if held:
+    for held in (c for c in cells if c["cell"].startswith(HELD)):
         for r in held["rows"]:
             by_k = {x["k"]: x for x in r["report"]["rows"]}
             parts = [f"K={k}: {by_k[k]['gap_removal']:.3f} at ppl {by_k[k]['ppl_ratio']:.3f} (random "
                      f"{by_k[k]['random_gap_removal_mean']:.3f} ± {by_k[k]['random_gap_removal_std']:.3f})"
                      for k in (100, 500) if k in by_k]
-            out.append(f"- Target groups the search never saw (λ={r['lambda']:g}): gap removal " + "; ".join(parts)
+            out.append(f"- Target groups the search never saw, *{held['cell']}* (λ={r['lambda']:g}): gap removal "
+                       + "; ".join(parts)
                        + f"; AUROC {r['report']['auroc_before']:.3f} → {by_k[500]['auroc_after']:.3f} at K=500.")
     return "\n".join(out) + "\n"
 
@@ -419,7 +420,7 @@ def _grid_plot(concept: str, cells: list[dict], path: Path) -> None:
     rand = None
     for c in cells:
         for row in c["rows"]:
-            if c["cell"] == "held-out target groups":
+            if c["cell"].startswith(HELD):
                 continue
             keep = (c["cell"] == "default") or row["lambda"] == 10 and c["cell"] in (
                 "positive-only b=8", "contrastive b=8", "all positions, positive-only b=1", "text's own last token",
@@ -505,7 +506,7 @@ def grid_sections() -> list[str]:
                          f"{held['rows'][0]['report']['auroc_before']:.3f}); its random K-sets are measured on "
                          "that set.")
         missing = [c for c in CELL_ORDER if c not in {x["cell"] for x in cells}
-                   and not (c == "held-out target groups" and concept != "toxigen")]
+                   and not (c.startswith(HELD) and concept != "toxigen")]
         if missing:
             lines.append("\nLeft out here: " + "; ".join(f"*{c}* ({LEFT_OUT.get(c, LEFT_OUT_DEFAULT)})" for c in missing)
                          + f". Add a cell with `python scripts/grid.py --concepts {concept} --cells \"NAME\"`.")

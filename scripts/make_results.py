@@ -94,6 +94,28 @@ def run(name: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def _stale_rows(out: Path) -> str:
+    """A warning for method runs made before neat-cluster and screen-verify scored at the read
+    position: their positive probes were ablated at every position while the contrast side and the
+    per-row effects were measured at the read position, a mix that ranks massive-activation neurons
+    first. Read from the run folders (their scorer parameters lack ``positions``)."""
+    stale = []
+    for m in ("neat-cluster", "screen-verify"):
+        meta = out / "runs" / m / "meta.json"
+        if meta.exists() and "positions" not in json.loads(meta.read_text())["params"]["scorer"]:
+            stale.append(m)
+    if not stale:
+        return ""
+    return ("\n**Do not read the " + " and ".join(f"`{m}`" for m in stale) + " rows as those methods' results.** "
+            "These runs were made before a fault this comparison exposed was fixed: their exactly scored neurons "
+            "were turned off at every position on the positive probes, while the contrast side of the *specific* "
+            "score and the per-neuron effects were measured at the read position. The mix put massive-activation "
+            "neurons first (2/90, activation about 100 on 'its', scored 12.3 against 0.02 at the read position), "
+            "hence their perplexity. They now score at the read position like `neat` (a test checks they give "
+            "NEAT's numbers); deleting their run folders and rerunning the command above regenerates their "
+            "rows.\n")
+
+
 def findings(cmp: dict) -> str:
     """Plain statements read off the numbers (nothing here is typed in by hand): per method, the
     removal within each fluency budget against the random K-sets of the same K, and whether the
@@ -534,8 +556,8 @@ def write() -> None:
              "Every method scores the **whole model** (all 46,080 neurons); the removal comparisons never use a "
              "neuron subset. Exhaustive ablation (n·m partial passes) and integrated gradients (m·layers·20 forward "
              "and backward passes, here on 4 fit positives) are too slow for that on this 2-core CPU: they run on a "
-             "seeded subset of 1,000 neurons, and only in the *agreement check* below each comparison, where every "
-             "method's scores are compared with exhaustive ablation's on that subset. NEAT-cluster (32 k-means "
+             "seeded subset of 1,000 neurons, and only in an *agreement check* below a comparison (where one was run), "
+             "where every method's scores are compared with exhaustive ablation's on that subset. NEAT-cluster (32 k-means "
              "clusters per block, the best 16 kept) and screen-verify (the top 500 candidates verified) look at every "
              "neuron and score the promising ones exactly. Passes and seconds are those of the scoring stage. AurA "
              "dampens its neurons by their own factors (its random K-sets are dampened by the same factors); every "
@@ -544,7 +566,11 @@ def write() -> None:
     for name, exp in EXPERIMENTS.items():
         out = ROOT / "results" / name
         if not (out / "compare.json").exists():
-            parts.append(previous_section(f"## {exp['title']}\n") or f"## {exp['title']}\n\nNot run yet.\n")
+            cmd = "neat " + " ".join(shlex.quote(a) for a in exp["args"]) + f" --out results/{name}"
+            parts.append(previous_section(f"## {exp['title']}\n") or
+                         f"## {exp['title']}\n\n```bash\n{cmd}\n```\n\nNot rerun on the whole model yet (the "
+                         "numbers published here before scored a 1,000-neuron subset and are withdrawn); the command "
+                         "above writes this section.\n")
             continue
         cmp = json.loads((out / "compare.json").read_text())
         shutil.copy(out / "dose_response.png", docs / "img" / f"{name}_dose_response.png")
@@ -554,7 +580,7 @@ def write() -> None:
                      f"{cmp['auroc_before']:.3f}, {cmp['mode']} ablation.\n\n"
                      + (out / "compare.md").read_text()
                      + f"\n![dose-response {name}](img/{name}_dose_response.png)\n\n"
-                     + "What the numbers say:\n\n" + findings(cmp))
+                     + "What the numbers say:\n\n" + findings(cmp) + _stale_rows(out))
     parts += study_sections()
     (docs / "results.md").write_text("\n".join(parts))
     print("wrote", docs / "results.md")

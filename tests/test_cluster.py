@@ -36,7 +36,7 @@ def test_cluster_scorer_two_stages(tiny_llama):
     torch.manual_seed(1)
     readout = ConceptReadout(1, torch.nn.functional.normalize(torch.randn(m.d_model), dim=0))
     task = ScoringTask(readout, ProbeSet([pos[0]], [1.0]), layers=[0, 1, 2], positives=pos, contrast=neg, seed=0)
-    scorer = ClusterScorer(n_clusters=6, keep=3)
+    scorer = ClusterScorer(n_clusters=6, keep=3, positions="all")
     got = scorer.score(m, task)
     full = NeatScorer().score(m, task).scores
     kept = torch.isfinite(got.scores[:2])
@@ -57,5 +57,5 @@ def test_keeping_every_cluster_is_full_neat(tiny_llama):
     pos, neg = concept_texts(6)
     readout = ConceptReadout(2, torch.nn.functional.normalize(torch.ones(m.d_model), dim=0))
     task = ScoringTask(readout, ProbeSet([pos[1]], [1.0]), layers=[0, 1, 2], positives=pos, contrast=neg)
-    got = ClusterScorer(n_clusters=4, keep=100, basis="weights").score(m, task)
+    got = ClusterScorer(n_clusters=4, keep=100, basis="weights", positions="all").score(m, task)
     torch.testing.assert_close(got.scores, NeatScorer().score(m, task).scores, atol=1e-5, rtol=1e-4)

@@ -105,7 +105,7 @@ def test_exhaustive_equals_reference_over_all_fit_positives(setup):
 def test_screen_verify_scores_top_candidates_exactly(setup):
     m, pos, _, readout, task = setup
     R = 10
-    got = ScreenVerifyScorer(candidates=R).score(m, task())
+    got = ScreenVerifyScorer(candidates=R, positions="all").score(m, task())
     attr = AttributionPatchingScorer().score(m, task()).scores
     neat = NeatScorer().score(m, task()).scores
     assert torch.all(got.scores[2] == 0), "blocks after the reading layer are exactly 0 and take no slot"
@@ -124,7 +124,7 @@ def test_screen_verify_on_the_probe_batch(setup):
     m, pos, neg, readout, task = setup
     R = 12
     probes = ProbeSet([pos[0], neg[0]], [1.0, -1.0])
-    got = ScreenVerifyScorer(candidates=R, screen_on="probes").score(m, task(probes=probes))
+    got = ScreenVerifyScorer(candidates=R, screen_on="probes", positions="all").score(m, task(probes=probes))
     est = (gradient_x_activation(m, [pos[0]], 1, readout.vector) - gradient_x_activation(m, [neg[0]], 1, readout.vector))
     verified = torch.isfinite(got.scores[:2])
     assert set(torch.nonzero(verified.flatten()).flatten().tolist()) == set(torch.topk(est.flatten(), R).indices.tolist())

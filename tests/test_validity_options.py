@@ -172,6 +172,24 @@ def test_positive_and_contrastive_scores_follow_from_the_specific_runs_two_sweep
         score_from_effects("gap", specific.effect_positive, specific.effect_contrast)
 
 
+@pytest.mark.parametrize("method", ["neat-cluster", "screen-verify"])
+def test_screened_methods_score_exactly_at_the_same_positions_as_neat(tiny_llama, concept_set, tmp_path, method):
+    """Their exactly scored neurons get NEAT's own numbers at the read position (by default), so the
+    contrast side and the per-row effects, measured there too, describe the same intervention (an
+    all-position positive score beside a read-position contrast score ranked massive-activation
+    neurons first)."""
+    plain = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, specificity=0, score="positive",
+                                    out=tmp_path / "neat", progress=False)
+    run = nl.find_concept_neurons(tiny_llama, concept_set, method=method, probe_size=2, specificity=0,
+                                  score="positive", out=tmp_path / method, progress=False,
+                                  scorer_options={"candidates": 40} if method == "screen-verify" else
+                                  {"n_clusters": 4, "keep": 3})
+    assert run.meta.params["scorer"]["positions"] == "read"
+    ok = torch.isfinite(run.scores)
+    assert 0 < int(ok.sum()) < ok.numel()
+    torch.testing.assert_close(run.scores[ok], plain.scores[ok], rtol=1e-4, atol=1e-6)
+
+
 # --- AurA and dampening ---------------------------------------------------------------------
 def test_aura_scores_max_pooled_auroc_and_dampens_by_its_own_alpha(tiny_llama, concept_set, tmp_path):
     from sklearn.metrics import roc_auc_score

@@ -387,8 +387,8 @@ def compare(
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)
         options = {"integrated-gradients": {"max_texts": ig_max_texts},
-                   "neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
-                   "screen-verify": {"candidates": candidates},
+                   "neat-cluster": {"n_clusters": clusters, "keep": keep_clusters, "positions": positions},
+                   "screen-verify": {"candidates": candidates, "positions": positions},
                    "neat": {"positions": positions}, "exhaustive": {"positions": positions}}
         cmp = compare_methods(m, cs, names, out_dir, ks=ks, n_random=n_random, mode=mode, seed=seed,
                               probe_size=probe_size, label=label, scorer_options=options,

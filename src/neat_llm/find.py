@@ -45,6 +45,9 @@ def score_from_effects(rule: str, effect_positive: torch.Tensor, effect_contrast
     return effect_positive - (effect_contrast if rule == "contrastive" else effect_contrast.abs())
 PROBE_METHODS = ("neat", "neat-cluster", "screen-verify", "reference")  # methods that score a probe batch
 DEFAULT_POSITIONS = "read"
+# methods that turn neurons off exactly at a choice of positions (neat-cluster and screen-verify for the
+# neurons they score exactly: the same positions as neat, so their scores and the contrast side agree)
+POSITION_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive")
 # methods whose score is a drop of the concept score S (the ones a specificity-aware score applies to)
 EFFECT_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive", "attribution-patching", "reference")
 
@@ -240,12 +243,12 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     if score != "positive" and method not in PROBE_METHODS:
         raise ValueError(f"score {score!r} needs contrast probes, which the {method!r} method does not use "
                          f"(probe-based methods: {', '.join(PROBE_METHODS)})")
-    if positions is not None and method not in ("neat", "exhaustive"):
-        raise ValueError(f"positions is an option of the neat and exhaustive methods, not of {method!r}")
+    if positions is not None and method not in POSITION_METHODS:
+        raise ValueError(f"positions is an option of the {', '.join(POSITION_METHODS)} methods, not of {method!r}")
     if positions is not None and positions not in ("all", "read"):
         raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
-    if method in ("neat", "exhaustive"):  # exhaustive: all positions unless asked (its plain definition)
-        options.setdefault("positions", positions or (DEFAULT_POSITIONS if method == "neat" else "all"))
+    if method in POSITION_METHODS:  # exhaustive: all positions unless asked (its plain definition)
+        options.setdefault("positions", positions or (DEFAULT_POSITIONS if method != "exhaustive" else "all"))
     positions = positions or DEFAULT_POSITIONS
     lam = (DEFAULT_SPECIFICITY if method in EFFECT_METHODS else 0.0) if specificity is None else float(specificity)
     if lam < 0:

@@ -20,15 +20,20 @@ from .neat import NeatScorer
 class ScreenVerifyScorer(Scorer):
     name = "screen-verify"
 
-    def __init__(self, candidates: int = 500, tokens_per_batch: int = 4096, screen_on: str = "fit"):
+    def __init__(self, candidates: int = 500, tokens_per_batch: int = 4096, screen_on: str = "fit",
+                 positions: str = "read"):
         if screen_on not in ("fit", "probes"):
             raise ValueError(f"screen_on must be 'fit' or 'probes', got {screen_on!r}")
+        if positions not in ("all", "read"):
+            raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
+        self.positions = positions  # where the candidates are turned off when verified
         self.candidates = candidates
         self.tokens_per_batch = tokens_per_batch
         self.screen_on = screen_on
 
     def params(self) -> dict:
-        return {"candidates": self.candidates, "tokens_per_batch": self.tokens_per_batch, "screen_on": self.screen_on}
+        return {"candidates": self.candidates, "tokens_per_batch": self.tokens_per_batch, "screen_on": self.screen_on,
+                "positions": self.positions}
 
     def _screen(self, model: LoadedModel, task: ScoringTask) -> torch.Tensor:
         """The first-order estimate of S - S(a=0) for blocks 0..l*: [l* + 1, d_ff]. ``fit``: averaged
@@ -59,4 +64,4 @@ class ScreenVerifyScorer(Scorer):
             neurons.setdefault(i // model.d_ff, []).append(i % model.d_ff)
         verify = ScoringTask(**{**task.__dict__, "layers": sorted(neurons), "neurons": neurons, "done": {},
                                 "on_layer_done": None})
-        NeatScorer(self.tokens_per_batch)._score(model, verify, scores)
+        NeatScorer(self.tokens_per_batch, positions=self.positions)._score(model, verify, scores)

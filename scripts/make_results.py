@@ -530,7 +530,8 @@ def grid_sections() -> list[str]:
         missing = [c for c in CELL_ORDER if c not in {x["cell"] for x in cells}
                    and not (c.startswith(HELD) and concept != "toxigen")]
         if missing:
-            lines.append("\nLeft out here: " + "; ".join(f"*{c}* ({LEFT_OUT.get(c, LEFT_OUT_DEFAULT)})" for c in missing)
+            why = LEFT_OUT if concept == "toxigen" else {}
+            lines.append("\nLeft out here: " + "; ".join(f"*{c}* ({why.get(c, LEFT_OUT_DEFAULT)})" for c in missing)
                          + f". Add a cell with `python scripts/grid.py --concepts {concept} --cells \"NAME\"`.")
         _grid_plot(concept, cells, ROOT / "docs" / "img" / f"grid_{concept}.png")
         lines.append(f"\n![grid {concept}](img/grid_{concept}.png)\n")

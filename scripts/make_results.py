@@ -569,8 +569,8 @@ def write() -> None:
         if not (out / "compare.json").exists():
             cmd = "neat " + " ".join(shlex.quote(a) for a in exp["args"]) + f" --out results/{name}"
             parts.append(previous_section(f"## {exp['title']}\n") or
-                         f"## {exp['title']}\n\n```bash\n{cmd}\n```\n\nNot rerun on the whole model yet (the "
-                         "numbers published here before scored a 1,000-neuron subset and are withdrawn); the command "
+                         f"## {exp['title']}\n\n```bash\n{cmd}\n```\n\nNot run on the whole model yet (earlier "
+                         "numbers, where there were any, scored a 1,000-neuron subset and are withdrawn); the command "
                          "above writes this section.\n")
             continue
         cmp = json.loads((out / "compare.json").read_text())

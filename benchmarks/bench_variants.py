@@ -12,7 +12,7 @@ Variants (the scorers of neat_llm.scoring):
         cache; a different, position-restricted score: its agreement with `all` is measured
         (Spearman over the neurons of blocks <= the reading layer, later blocks are exactly 0 in
         both; and top-K overlap |top-K(all) ∩ top-K(read)| / K).
-  screen-verify  ScreenVerifyScorer(candidates=R): attribution patching over the fit positives
+  screen-verify  ScreenVerifyScorer(candidates=R, positions="all"): attribution patching over the fit positives
         ranks every neuron, the top R are scored exactly; its top-K overlap with `all`, and the
         max |verified - all| over its R verified neurons (the same exact score: float noise only).
 
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     variants = [("all", "all-position sweep", NeatScorer(args.tokens_per_batch, positions="all")),
                 ("read", "read-position sweep", NeatScorer(args.tokens_per_batch, positions="read")),
                 ("screen-verify", f"screen-verify R={args.candidates} (screen on the fit positives)",
-                 ScreenVerifyScorer(args.candidates, args.tokens_per_batch)),
+                 ScreenVerifyScorer(args.candidates, args.tokens_per_batch, positions="all")),
                 ("screen-verify-probes", f"screen-verify R={args.candidates} (screen on the probe)",
-                 ScreenVerifyScorer(args.candidates, args.tokens_per_batch, screen_on="probes"))]
+                 ScreenVerifyScorer(args.candidates, args.tokens_per_batch, screen_on="probes", positions="all"))]
     rows, scores = [], {}
     for key, label, scorer in variants:
         result, row = measured(model, lambda: scorer.score(model, task))

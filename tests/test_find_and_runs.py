@@ -125,8 +125,9 @@ def test_every_method_runs_through_the_pipeline(tiny_llama, concept_set, tmp_pat
     lstar, d_ff, b = run.meta.reading_layer, tiny_llama.d_ff, run.meta.params["probe_size"]
     expected = {
         "exhaustive": {"partial_forward": n_pos * (lstar + 1) * d_ff, "backward": 0},
-        # profiles + probe caches (2 stages) + the contrast probes' read-position caches (2 forwards each)
-        "neat-cluster": {"forward": n_pos + n_neg + 4 * b, "backward": 0},  # read-position caches: 2 forwards
+        # profiles + the cluster stage's probe caches (1 forward each) + the kept neurons' read-position
+        # caches on the positive and on the contrast probes (2 forwards each: the text, then its read token)
+        "neat-cluster": {"forward": n_pos + n_neg + b + 2 * b + 2 * b, "backward": 0},
         # the candidates, on the positive and on the contrast probes
         "screen-verify": {"partial_forward": 2 * b * min(500, (lstar + 1) * d_ff), "backward": n_pos},
         "attribution-patching": {"forward": n_pos, "backward": n_pos, "partial_forward": 0},

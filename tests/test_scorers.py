@@ -63,27 +63,32 @@ def test_auroc_equals_sklearn(setup):
     assert torch.isnan(got.scores[0]).all()
 
 
+def _finite_difference(m, texts, readout, l, k, pool="last", eps=1e-2):
+    """d/de S(a(1+e)) at e = 0 for neuron (l, k), averaged over ``texts``: sum_t a_t dS/da_t, by
+    central differences (error O(eps^2); float32 round-off ~1e-7 / eps)."""
+    fd = 0.0
+    for t in texts:
+        vals = []
+        for sign in (1, -1):
+            def scale(_key, x, s=sign):
+                x = x.clone()
+                x[..., k] *= 1 + s * eps
+                return x
+            with edit_inputs({l: m.sites[l]}, scale):
+                vals.append(concept_score_of(m, t, readout.layer, readout.vector, pool=pool))
+        fd += (vals[0] - vals[1]) / (2 * eps)
+    return fd / len(texts)
+
+
 def test_attribution_patching_matches_finite_differences(setup):
     m, pos, _, readout, task = setup
     got = AttributionPatchingScorer(batch_size=4).score(m, task())
     assert got.passes.backward == len(pos) and got.passes.forward == len(pos)
-    eps = 1e-2  # central differences: error O(eps^2); float32 round-off ~1e-7 / eps
     checked = []
     flat = got.scores[:2].abs().flatten()
     picks = torch.topk(flat, 3).indices.tolist() + [5, m.d_ff + 30]
     for l, k in [(i // m.d_ff, i % m.d_ff) for i in picks]:
-        fd = 0.0
-        for t in pos:
-            vals = []
-            for sign in (1, -1):
-                def scale(_key, x, s=sign):
-                    x = x.clone()
-                    x[..., k] *= 1 + s * eps
-                    return x
-                with edit_inputs({l: m.sites[l]}, scale):
-                    vals.append(concept_score_of(m, t, readout.layer, readout.vector))
-            fd += (vals[0] - vals[1]) / (2 * eps)  # d/de S(a(1+e)) = sum_t a_t dS/da_t
-        fd /= len(pos)
+        fd = _finite_difference(m, pos, readout, l, k)
         assert got.scores[l, k].item() == pytest.approx(fd, rel=2e-2, abs=1e-4)
         checked.append(abs(fd))
     assert max(checked) > 1e-2, "finite differences too small to test anything"
@@ -148,19 +153,8 @@ def test_attribution_patching_reads_a_mean_pooled_score(setup):
     m, pos, _, readout, task = setup
     mean_readout = ConceptReadout(readout.layer, readout.vector, pool="mean")
     got = AttributionPatchingScorer(batch_size=3).score(m, task(readout=mean_readout))
-    eps = 1e-2
     flat = got.scores[:2].abs().flatten()
     for i in torch.topk(flat, 2).indices.tolist():
         l, k = i // m.d_ff, i % m.d_ff
-        fd = 0.0
-        for t in pos:
-            vals = []
-            for sign in (1, -1):
-                def scale(_key, x, s=sign):
-                    x = x.clone()
-                    x[..., k] *= 1 + s * eps
-                    return x
-                with edit_inputs({l: m.sites[l]}, scale):
-                    vals.append(concept_score_of(m, t, readout.layer, readout.vector, pool="mean"))
-            fd += (vals[0] - vals[1]) / (2 * eps)
-        assert got.scores[l, k].item() == pytest.approx(fd / len(pos), rel=2e-2, abs=1e-4)
+        fd = _finite_difference(m, pos, readout, l, k, pool="mean")
+        assert got.scores[l, k].item() == pytest.approx(fd, rel=2e-2, abs=1e-4)

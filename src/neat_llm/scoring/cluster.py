@@ -39,16 +39,15 @@ class ClusterScorer(Scorer):
                  positions: str = "read"):
         if basis not in ("activation", "weights"):
             raise ValueError(f"basis must be 'activation' or 'weights', got {basis!r}")
-        if positions not in ("all", "read"):
-            raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
         self.n_clusters, self.keep, self.basis, self.tokens_per_batch = n_clusters, keep, basis, tokens_per_batch
-        self.positions = positions  # where the kept clusters' neurons are turned off when scored exactly
+        # the kept clusters' neurons are turned off at ``positions`` when scored exactly (NeatScorer checks the value)
+        self.verifier = NeatScorer(tokens_per_batch, positions=positions)
         self.last_clusters: dict[int, torch.Tensor] = {}
         self.last_cluster_scores: list[tuple[float, int, int]] = []
 
     def params(self) -> dict:
         return {"n_clusters": self.n_clusters, "keep": self.keep, "basis": self.basis,
-                "tokens_per_batch": self.tokens_per_batch, "positions": self.positions}
+                "tokens_per_batch": self.tokens_per_batch, "positions": self.verifier.positions}
 
     def _features(self, model: LoadedModel, task: ScoringTask, layers: list[int]) -> dict[int, torch.Tensor]:
         if self.basis == "weights":
@@ -92,4 +91,4 @@ class ClusterScorer(Scorer):
             chosen.setdefault(l, []).extend(torch.nonzero(self.last_clusters[l] == c).flatten().tolist())
         verify = ScoringTask(**{**task.__dict__, "layers": sorted(chosen), "neurons": chosen, "done": {},
                                 "on_layer_done": None})
-        NeatScorer(self.tokens_per_batch, positions=self.positions)._score(model, verify, scores)
+        self.verifier._score(model, verify, scores)

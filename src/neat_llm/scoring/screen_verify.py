@@ -24,16 +24,15 @@ class ScreenVerifyScorer(Scorer):
                  positions: str = "read"):
         if screen_on not in ("fit", "probes"):
             raise ValueError(f"screen_on must be 'fit' or 'probes', got {screen_on!r}")
-        if positions not in ("all", "read"):
-            raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
-        self.positions = positions  # where the candidates are turned off when verified
+        # the candidates are turned off at ``positions`` when verified (NeatScorer checks the value)
+        self.verifier = NeatScorer(tokens_per_batch, positions=positions)
         self.candidates = candidates
         self.tokens_per_batch = tokens_per_batch
         self.screen_on = screen_on
 
     def params(self) -> dict:
         return {"candidates": self.candidates, "tokens_per_batch": self.tokens_per_batch, "screen_on": self.screen_on,
-                "positions": self.positions}
+                "positions": self.verifier.positions}
 
     def _screen(self, model: LoadedModel, task: ScoringTask) -> torch.Tensor:
         """The first-order estimate of S - S(a=0) for blocks 0..l*: [l* + 1, d_ff]. ``fit``: averaged
@@ -64,4 +63,4 @@ class ScreenVerifyScorer(Scorer):
             neurons.setdefault(i // model.d_ff, []).append(i % model.d_ff)
         verify = ScoringTask(**{**task.__dict__, "layers": sorted(neurons), "neurons": neurons, "done": {},
                                 "on_layer_done": None})
-        NeatScorer(self.tokens_per_batch, positions=self.positions)._score(model, verify, scores)
+        self.verifier._score(model, verify, scores)

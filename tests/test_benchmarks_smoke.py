@@ -32,7 +32,7 @@ def quiet_transformers():
         logging.enable_progress_bar()
 
 
-@pytest.mark.parametrize("name", ["bench_sweep", "bench_variants", "bench_costs"])
+@pytest.mark.parametrize("name", ["bench_sweep", "bench_variants", "bench_costs", "bench_conditions"])
 def test_scripts_import_and_help(name, capsys, quiet_transformers):
     module = _script(name)  # bench_sweep: the shared set-up it imports from _common resolves
     if name == "bench_sweep":
@@ -96,3 +96,15 @@ def test_bench_costs_smoke(tiny_model_dir, tmp_path, capsys, quiet_transformers)
     scale = pd.read_csv(tmp_path / "scale.csv")
     assert list(scale.d_ff) == [48, 192] and list(scale.n_neurons) == [144, 576]
     assert (scale.rss_increase_mb >= 0).all()
+
+
+def test_bench_conditions_smoke(tiny_model_dir, tmp_path, capsys, quiet_transformers):
+    rows = _script("bench_conditions").main(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+    df = pd.read_csv(tmp_path / "conditions.csv")
+    assert len(df) == len(rows) == 4
+    assert sorted(zip(df.measure, df.per_batch)) == [("generation", 1), ("generation", 4), ("removal", 1), ("removal", 4)]
+    assert (df.conditions == 4).all() and (df.seconds > 0).all()
+    assert df[df.measure == "generation"].max_diff.max() == 0  # the same continuations, batched or not
+    assert df[df.measure == "removal"].max_diff.max() < 1e-4
+    assert (df[df.per_batch == 1].speedup == 1).all()
+    assert "x" in capsys.readouterr().out

@@ -120,3 +120,16 @@ def test_paused_counter_counts_nothing(tiny_llama):
         with torch.inference_mode():
             tiny_llama.hf(**tiny_llama.encode(TEXTS), use_cache=False)
     assert tiny_llama.counter.since(before).as_dict() == PassCounter().as_dict()
+
+
+def test_a_pass_ended_at_the_reading_layer_counts_as_partial(tiny_llama):
+    from neat_llm.concepts.representations import residuals_along, text_pass
+
+    with HandCount(tiny_llama) as h:
+        got = residuals_along(tiny_llama, TEXTS, 1, 2, batch_size=2)
+    assert h.spent.as_dict() == {**PassCounter().as_dict(), "partial_forward": 3 * 2}  # 3 texts, 2 replicas
+    want = text_pass(tiny_llama, TEXTS).residuals[:, 1]
+    torch.testing.assert_close(got[0], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        tiny_llama.run_through(tiny_llama.n_layers, tiny_llama.encode(TEXTS))

@@ -187,11 +187,11 @@ def test_bias_evaluation_resumes_after_an_interruption(tiny_llama, tmp_path, mon
     with pytest.raises(Stop):
         evaluate_bias(tiny_llama, pairs, sels, n_random=2, min_pairs=2, store=store, on_condition=stop_after_three)
     assert store.n_done() == 3
-    calls = []
-    real = bias_mod.pair_preferences
-    monkeypatch.setattr(bias_mod, "pair_preferences", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    measured = []
+    real = bias_mod.BiasMeasure.measure
+    monkeypatch.setattr(bias_mod.BiasMeasure, "measure", lambda self, m, g: measured.append(g) or real(self, m, g))
     again = evaluate_bias(tiny_llama, pairs, sels, n_random=2, min_pairs=2, store=store)
-    assert len(calls) == 1 + 2 * (1 + 2) - 3  # only the unfinished conditions ran
+    assert sum(measured) == 1 + 2 * (1 + 2) - 3  # only the unfinished conditions ran
     assert [r.after for r in again.rows] == [r.after for r in full.rows]
     assert [r.random for r in again.rows] == [r.random for r in full.rows]
 
@@ -324,7 +324,7 @@ def test_studies_dampen_aura_neurons_by_their_own_factors(tiny_llama, tmp_path):
     """An AurA run is dampened by default (its random K-sets by the same factors); a plain run can be
     dampened with one alpha; dampening without any factor is refused before any pass."""
     from neat_llm.evaluation.bias import evaluate_bias
-    from neat_llm.evaluation.removal import random_selections
+    from neat_llm.evaluation.conditions import random_selections
 
     study = bias_study(tiny_llama, data="crows-pairs", method="aura", ks=[3], out=tmp_path / "a", n_random=1,
                        min_pairs=2, progress=False)

@@ -237,7 +237,7 @@ def test_dampened_random_sets_borrow_the_top_sets_factors(tiny_llama, concept_se
     ev = run_eval_set(run, concept_set)
     sel = run.top(10)
     report = evaluate_removal(tiny_llama, run_readout(run), ev, {10: sel}, n_random=2, mode="dampen")
-    from neat_llm.evaluation.removal import random_selections
+    from neat_llm.evaluation.conditions import random_selections
 
     readout = run_readout(run)
     before = concept_scores(tiny_llama, readout, ev)

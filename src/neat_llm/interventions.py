@@ -6,11 +6,16 @@ types): ``zero`` (a -> 0), ``mean`` (a -> its mean activation over the contrast 
 leaves the neuron alone). Contexts compose (nest them, or add selections with ``+``), work with
 ``model.generate`` (every forward, cached decoding included, sees the neurons changed), and are
 always undone on exit.
+
+A ``Condition`` is one arm of an evaluation (a name, a neuron set and its intervention).
+``conditions_along_batch`` runs several at once: every batch holds G equal blocks of rows, block c
+under condition c, so one pass over the texts measures G conditions (``turn_off`` is its plain
+one-condition reference).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -155,3 +160,70 @@ def turn_off(model: LoadedModel, neurons: NeuronSelection | Iterable[tuple[int, 
 
     with edit_inputs({l: model.sites[l] for l in layers}, off):
         yield sel
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One arm of an evaluation: ``name``, the neurons turned off (none: the model as it is) and
+    how. Checked when made: a dampened selection has its factors, mean ablation its means."""
+
+    name: str
+    selection: NeuronSelection = NeuronSelection(())
+    intervention: Intervention = Intervention()
+
+    def __post_init__(self) -> None:
+        if self.intervention.mode == "dampen" and len(self.selection):
+            self.intervention.factors(self.selection)
+
+    def edits(self, model: LoadedModel) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """{layer: (neuron indices, scale, shift)}: neuron a -> a * scale + shift (zero: 0, 0;
+        mean: 0, its mean; dampen: alpha, 0)."""
+        sel, iv = self.selection, self.intervention
+        layers = sel.by_layer()
+        for l, ks in layers.items():
+            if not 0 <= l < model.n_layers or any(not 0 <= k < model.d_ff for k in ks):
+                raise ValueError(f"condition {self.name!r}: neuron out of range in layer {l}: the model has "
+                                 f"{model.n_layers} blocks of {model.d_ff}")
+        factor = dict(zip(sel.neurons, iv.factors(sel))) if iv.mode == "dampen" else {}
+        out = {}
+        for l, ks in layers.items():
+            idx = torch.tensor(ks, dtype=torch.long)
+            if iv.mode == "dampen":
+                scale, shift = torch.tensor([factor[(l, k)] for k in ks]), torch.zeros(len(ks))
+            else:
+                scale = torch.zeros(len(ks))
+                shift = torch.zeros(len(ks)) if iv.mode == "zero" else iv.means[l, ks].float().cpu()
+            out[l] = (idx, scale, shift)
+        return out
+
+
+@contextmanager
+def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) -> Iterator[int]:
+    """Turn neurons off per block of rows: every batch the model sees while the context is open
+    must hold ``G = len(conditions)`` equal blocks of rows (condition-major: rows [c*B, (c+1)*B)
+    are under ``conditions[c]``); yields G. Each neuron activation becomes a * scale + shift with
+    (1, 0) for neurons a condition leaves alone, so a block equals ``turn_off`` with its condition."""
+    conditions = list(conditions)
+    if not conditions:
+        raise ValueError("no conditions given")
+    G, d_ff = len(conditions), model.d_ff
+    scale: dict[int, torch.Tensor] = {}
+    shift: dict[int, torch.Tensor] = {}
+    for c, cond in enumerate(conditions):
+        for l, (idx, sc, sh) in cond.edits(model).items():
+            if l not in scale:
+                scale[l], shift[l] = torch.ones(G, d_ff), torch.zeros(G, d_ff)
+            scale[l][c, idx], shift[l][c, idx] = sc, sh
+    scale = {l: t.to(model.device) for l, t in scale.items()}
+    shift = {l: t.to(model.device) for l, t in shift.items()}
+
+    def edit(layer, x):
+        if x.shape[0] % G:
+            raise RuntimeError(f"a batch of {x.shape[0]} rows cannot be split into {G} condition blocks")
+        y = x.reshape(G, -1, x.shape[-1])
+        y = y * scale[layer][:, None].to(x.dtype) + shift[layer][:, None].to(x.dtype)
+        return y.reshape(x.shape)
+
+    with edit_inputs({l: model.sites[l] for l in scale}, edit):
+        yield G
+

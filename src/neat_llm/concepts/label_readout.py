@@ -40,19 +40,26 @@ class LabelReadout:
         yes, no = self.token_ids(model)
         return logits[..., yes].float() - logits[..., no].float()
 
-    @torch.inference_mode()
     def scores(self, model: LoadedModel, texts, batch_size: int = 16) -> torch.Tensor:
         """S_tok of every text's prompt, from full forward passes (under whatever intervention is
         active): [N] float32. Right padding: each prompt is read at its own last token."""
-        from .representations import batches
+        return self.scores_along(model, texts, 1, batch_size)[0]
 
-        texts = list(texts)
-        out = torch.empty(len(texts))
-        for rows in batches(len(texts), batch_size):
-            enc = model.encode([self.prompt(texts[i]) for i in rows])
-            logits = model.hf(**enc, use_cache=False).logits  # [B, T, V]
-            last = enc["attention_mask"].sum(1) - 1  # [B]
-            out[list(rows)] = self.from_logits(model, logits[torch.arange(len(rows)), last]).cpu()
+    @torch.inference_mode()
+    def scores_along(self, model: LoadedModel, texts, replicas: int, batch_size: int = 16) -> torch.Tensor:
+        """``scores`` under each of ``replicas`` conditions along the batch
+        (``interventions.conditions_along_batch``): [G, N] float32."""
+        from .representations import TEXT_TOKENS_PER_BATCH, repeat_rows, token_batches
+
+        prompts = [self.prompt(t) for t in texts]
+        G = replicas
+        out = torch.empty(G, len(prompts))
+        for rows in token_batches(model, prompts, batch_size, max(1, TEXT_TOKENS_PER_BATCH // G)):
+            enc = model.encode([prompts[i] for i in rows])
+            logits = model.hf(**repeat_rows(enc, G), use_cache=False).logits  # [G*B, T, V]
+            last = (enc["attention_mask"].sum(1) - 1).repeat(G)  # [G*B]
+            s = self.from_logits(model, logits[torch.arange(G * len(rows)), last])
+            out[:, rows] = s.reshape(G, len(rows)).cpu()
         return out
 
     def from_residual(self, model: LoadedModel, h: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,28 @@ def batches(n: int, size: int):
         yield range(s, min(n, s + size))
 
 
+def repeat_rows(enc: dict[str, torch.Tensor], replicas: int) -> dict[str, torch.Tensor]:
+    """An encoded batch repeated along the batch, replica-major (rows [r*B, (r+1)*B) are copy r):
+    the layout ``interventions.conditions_along_batch`` reads, one condition per copy."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    if replicas == 1:
+        return enc
+    return {k: v.repeat(replicas, *[1] * (v.dim() - 1)) for k, v in enc.items()}
+
+
+def pool_tokens(h: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
+    """h [B, ..., T, d] pooled over the non-padding tokens of mask [B, T] (right padding):
+    ``last`` = the last real token, ``mean`` = their mean -> [B, ..., d]."""
+    if h.dim() not in (3, 4):
+        raise ValueError(f"expected h of shape [B, T, d] or [B, L, T, d], got {tuple(h.shape)}")
+    if pool == "last":
+        rows, last = torch.arange(h.shape[0]), mask.sum(1) - 1
+        return h[rows, last] if h.dim() == 3 else h[rows, :, last]
+    m = mask.reshape(mask.shape[0], *[1] * (h.dim() - 3), mask.shape[1], 1).to(h.dtype)
+    return (h * m).sum(-2) / m.sum(-2)
+
+
 TEXT_TOKENS_PER_BATCH = 8192  # padded tokens per batch of a text pass (batch size x its longest text)
 
 
@@ -95,17 +117,11 @@ def text_pass(model: LoadedModel, texts: list[str], *, pool: str = "last", batch
     for ids in token_batches(model, texts, batch_size, tokens_per_batch):
         enc = model.encode([texts[i] for i in ids], strict=strict)
         mask = enc["attention_mask"].bool()  # [B, T]
-        last = mask.sum(1) - 1
         with capture_outputs(blocks) as res, capture_inputs(sites) as acts:
             model.hf(**enc, use_cache=False)
         h = torch.stack([res[l][0] for l in range(L)], 1).float()  # [B, L, T, d]
         check_finite(h, "the residual stream")
-        if pool == "last":
-            pooled = h[torch.arange(len(ids)), :, last]  # [B, L, d]
-        else:
-            m = mask[:, None, :, None].to(h.dtype)
-            pooled = (h * m).sum(2) / m.sum(2)
-        residuals[ids] = pooled.cpu()
+        residuals[ids] = pool_tokens(h, mask, pool).cpu()  # [B, L, d]
         lengths[ids] = mask.sum(1).cpu()
         if neuron_stats:
             _update_neuron_stats(out, acts, mask, torch.tensor(ids), top_k)
@@ -163,4 +179,24 @@ def neuron_profiles(model: LoadedModel, texts: list[str], layers: list[int], *, 
                 m = mask[..., None].to(a.dtype)
                 v = (a * m).sum(1) / m.sum(1)
             out[list(rows), i] = v.cpu()
+    return out
+
+
+@torch.inference_mode()
+def residuals_along(model: LoadedModel, texts: Sequence[str], layer: int, replicas: int, *, pool: str = "last",
+                    batch_size: int = 16) -> torch.Tensor:
+    """The residual stream after block ``layer``, pooled per text, under each of ``replicas``
+    conditions along the batch (``interventions.conditions_along_batch``): [G, N, d_model]. With one
+    replica it equals ``text_pass(...).residuals[:, layer]``; the passes end after block ``layer``."""
+    if pool not in ("last", "mean"):
+        raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
+    texts, G = list(texts), replicas
+    out = torch.empty(G, len(texts), model.d_model)
+    for ids in token_batches(model, texts, batch_size, max(1, TEXT_TOKENS_PER_BATCH // G)):
+        enc = model.encode([texts[i] for i in ids])
+        mask = enc["attention_mask"].bool()
+        h = model.run_through(layer, repeat_rows(enc, G)).float()  # [G*B, T, d]
+        check_finite(h, "the residual stream")
+        pooled = pool_tokens(h, mask.repeat(G, 1), pool)  # [G*B, d]
+        out[:, ids] = pooled.reshape(G, len(ids), -1).cpu()
     return out

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from ..concepts.datasets import MinimalPairs
-from ..interventions import NeuronSelection, turn_off
+from ..interventions import Condition, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
-from .checkpoints import ConditionStore, check_conditions, condition_intervention, random_like
+from .checkpoints import ConditionStore
+from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_conditions
 from .neutral_text import NEUTRAL_TEXTS
-from .perplexity import perplexity, text_logliks
-from .removal import random_selections
+from .perplexity import perplexities_along, text_logliks_along
 
 ALL = "all"
 
@@ -33,18 +33,30 @@ def sentence_logliks(model: LoadedModel, texts: Sequence[str], batch_size: int =
     """Summed log-likelihood of each sentence given the start token: [N] float64. A tokenizer
     that adds no start token of its own gets its BOS (or EOS) string prepended, so the sentence's
     first token is predicted like the others."""
+    return sentence_logliks_along(model, texts, 1, batch_size)[0]
+
+
+def sentence_logliks_along(model: LoadedModel, texts: Sequence[str], replicas: int,
+                           batch_size: int = 16) -> torch.Tensor:
+    """``sentence_logliks`` under each of ``replicas`` conditions along the batch: [G, N]."""
+    return text_logliks_along(model, [_start(model) + t for t in texts], replicas, batch_size)[0]
+
+
+def _start(model: LoadedModel) -> str:
     tok = model.tokenizer
     probe = tok("a")["input_ids"]
-    specials = set(tok.all_special_ids)
-    start = "" if probe and probe[0] in specials else (tok.bos_token or tok.eos_token or "")
-    sums, _ = text_logliks(model, [start + t for t in texts], batch_size)
-    return sums
+    return "" if probe and probe[0] in set(tok.all_special_ids) else (tok.bos_token or tok.eos_token or "")
 
 
 def pair_preferences(model: LoadedModel, pairs: MinimalPairs, batch_size: int = 16) -> np.ndarray:
     """Per pair: 1 if the more-stereotypical sentence is more likely, 0 if less, 0.5 on a tie: [n]."""
-    ll = sentence_logliks(model, list(pairs.more) + list(pairs.less), batch_size).numpy()
-    d = ll[: len(pairs)] - ll[len(pairs):]
+    return pair_preferences_along(model, pairs, 1, batch_size)[0]
+
+
+def pair_preferences_along(model: LoadedModel, pairs: MinimalPairs, replicas: int, batch_size: int = 16) -> np.ndarray:
+    """``pair_preferences`` under each of ``replicas`` conditions along the batch: [G, n]."""
+    ll = sentence_logliks_along(model, list(pairs.more) + list(pairs.less), replicas, batch_size).numpy()
+    d = ll[:, : len(pairs)] - ll[:, len(pairs):]
     return np.where(d > 0, 1.0, np.where(d < 0, 0.0, 0.5))
 
 
@@ -103,53 +115,54 @@ class BiasReport:
         return d
 
 
+@dataclass
+class BiasMeasure:
+    """Per-pair preferences and perplexity on the neutral texts, per condition."""
+
+    pairs: MinimalPairs
+    neutral_texts: Sequence[str] = NEUTRAL_TEXTS
+    batch_size: int = 16
+
+    def measure(self, model: LoadedModel, replicas: int) -> list[tuple[np.ndarray, float]]:
+        prefs = pair_preferences_along(model, self.pairs, replicas, self.batch_size)
+        ppls = perplexities_along(model, self.neutral_texts, replicas, self.batch_size)
+        return list(zip(prefs, ppls))
+
+    def to_json(self, result: tuple[np.ndarray, float]) -> dict:
+        return {"prefs": result[0].tolist(), "ppl": result[1]}
+
+    def from_json(self, data: dict) -> tuple[np.ndarray, float]:
+        return np.asarray(data["prefs"], dtype=float), float(data["ppl"])
+
+
 def evaluate_bias(model: LoadedModel, pairs: MinimalPairs, selection_by_k: Mapping[int, NeuronSelection], *,
                   n_random: int = 3, seed: int = 0, mode: str = "zero",
                   neuron_pool: Sequence[tuple[int, int]] | None = None, neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
                   n_boot: int = 1000, min_pairs: int = 5, batch_size: int = 16, store: ConditionStore | None = None,
                   on_condition: Callable[[str], None] | None = None, dataset: str = "", lang: str = "",
-                  method: str = "", alpha: float | None = None) -> BiasReport:
+                  method: str = "", alpha: float | None = None, per_batch: int = CONDITIONS_PER_BATCH) -> BiasReport:
     """Stereotype scores of the held-out ``pairs`` per bias type (types with fewer than ``min_pairs``
     pairs only count towards ``all``) before, with each top-K set off and with ``n_random`` random
-    K-sets off (from ``neuron_pool``, default every neuron); perplexity ratio on ``neutral_texts``."""
-    check_conditions(mode, n_random, selection_by_k, alpha)
+    K-sets off (from ``neuron_pool``, default every neuron); perplexity ratio on ``neutral_texts``.
+    ``per_batch`` conditions are measured at a time along the batch."""
     if len(pairs) == 0:
         raise ValueError(f"{pairs.name}: no pairs to evaluate")
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
+    conds = study_conditions(model, selection_by_k, Intervention.of(mode, means, alpha), n_random=n_random, seed=seed,
+                             neuron_pool=neuron_pool)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
-
-    def measure(name: str, sel: NeuronSelection | None) -> tuple[np.ndarray, float]:
-        got = store.get(name) if store is not None else None
-        if got is None:
-            def run():
-                return pair_preferences(model, pairs, batch_size).tolist(), perplexity(model, neutral_texts, batch_size)
-
-            if sel is None:
-                prefs, ppl = run()
-            else:
-                with turn_off(model, sel, condition_intervention(mode, sel, means, alpha)):
-                    prefs, ppl = run()
-            got = {"prefs": prefs, "ppl": ppl}
-            if store is not None:
-                store.put(name, got)
-        if on_condition:
-            on_condition(name)
-        return np.asarray(got["prefs"]), float(got["ppl"])
-
+    flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
+    got = run_conditions(model, flat, BiasMeasure(pairs, neutral_texts, batch_size), store=store,
+                         per_batch=per_batch, on_condition=on_condition)
     types = np.array(pairs.bias_type)
     groups = [ALL] + [t for t in sorted(set(pairs.bias_type)) if (types == t).sum() >= min_pairs]
-    pb, ppl_b = measure("before", None)
+    pb, ppl_b = got[BEFORE]
     rows = []
-    for k in sorted(selection_by_k):
-        sel = selection_by_k[k]
-        if len(set(sel.neurons)) != k:
-            raise ValueError(f"the selection for K={k} has {len(set(sel.neurons))} distinct neurons, not {k}")
-        pa, ppl_a = measure(f"concept-k{k}", sel)
-        rand = [measure(f"random-k{k}-s{i}", s)
-                for i, s in enumerate(random_like(random_selections(model, k, n_random, seed, None, means, neuron_pool),
-                                                  sel, mode, alpha))]
-        pr = np.mean([p for p, _ in rand], axis=0)
-        ppl_r = float(np.mean([q for _, q in rand]))
+    for k in sorted(conds):
+        top, rand = conds[k]
+        pa, ppl_a = got[top.name]
+        pr = np.mean([got[c.name][0] for c in rand], axis=0)
+        ppl_r = float(np.mean([got[c.name][1] for c in rand]))
         for g in groups:
             m = np.ones(len(pairs), bool) if g == ALL else types == g
             score = [asdict(StereotypeScore.of(p[m], n_boot, seed)) for p in (pb, pa, pr)]

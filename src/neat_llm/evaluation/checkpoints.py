@@ -41,38 +41,3 @@ class ConditionStore:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def check_conditions(mode: str, n_random: int, selection_by_k, alpha: float | None = None) -> None:
-    """What every study's conditions need: a known intervention, a random control, at least one K,
-    and, for dampening without one alpha, every selection's own factors."""
-    from ..interventions import MODES, Intervention
-
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "dampen":
-        iv = Intervention("dampen", alpha=alpha)
-        for sel in (selection_by_k or {}).values():
-            iv.factors(sel)
-    if n_random < 1:
-        raise ValueError(f"n_random must be at least 1 (the random-neuron control), got {n_random}")
-    if not selection_by_k:
-        raise ValueError("selection_by_k is empty: give at least one K and its neuron selection")
-
-
-def condition_intervention(mode: str, sel, means, alpha: float | None = None):
-    """How one condition's neurons are turned off: mean ablation with the selection's own means
-    (or ``means``), dampening by ``alpha`` or by the selection's own factors, or zero."""
-    from ..interventions import Intervention
-
-    if mode == "mean":
-        return Intervention("mean", sel.means if sel.means is not None else means)
-    return Intervention(mode, alpha=alpha)
-
-
-def random_like(random_sets, top, mode: str, alpha: float | None = None):
-    """Random K-sets made comparable with the top-K set ``top``: dampened by the top set's own
-    factors (in rank order) when the top set is dampened by its own factors."""
-    if mode == "dampen" and alpha is None:
-        return [s.with_alphas(top.alphas) for s in random_sets]
-    return list(random_sets)

@@ -1,6 +1,8 @@
 """Sampled continuations with fixed seeds, batched (left padding), so the same prompts and seeds
-can be compared with and without neurons turned off: the random stream of each batch depends only
-on (seed, batch index), and the global torch RNG is left as it was."""
+can be compared with and without neurons turned off: every (prompt, sample) draws its tokens with
+its own seeded uniforms (inverse-CDF sampling), so the conditions share their randomness (common
+random numbers: differences come from the intervention, not from the dice), a batch's make-up never
+changes a continuation, and the global torch RNG is never touched."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..concepts.representations import batches
+from ..concepts.representations import batches, repeat_rows
 from ..models.loaded import LoadedModel
 
 
@@ -27,28 +29,98 @@ def prompt_prefixes(texts: Sequence[str], fraction: float = 0.5, min_words: int 
     return out
 
 
-@torch.inference_mode()
+class _InverseCdfSampler:
+    """A logits processor that samples with given uniforms: row r at step t takes the token where
+    the cumulative (temperature, top-k, top-p filtered) probability first reaches u[r, t], and
+    leaves only that token open, so greedy decoding emits it. A row's tokens depend on its own
+    uniforms and logits alone, never on which other rows share its batch."""
+
+    def __init__(self, u: torch.Tensor, prompt_len: int, temperature: float, top_p: float, top_k: int):
+        self.u, self.prompt_len = u, prompt_len
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+
+    HEAD = 1024  # most likely tokens sorted first; the full sort only for rows whose nucleus is wider
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1] - self.prompt_len
+        u = self.u[:, t].to(scores.device)  # [R]
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [R, V]
+        V = probs.shape[-1]
+        if self.top_k:  # the k most likely, renormalised, then the nucleus within them
+            p, order = probs.topk(min(self.top_k, V), dim=-1)
+            chosen = self._pick(p / p.sum(-1, keepdim=True), order, u)
+        elif self.top_p >= 1.0:  # no filter: inverse CDF in vocabulary order, no sort needed
+            chosen = self._pick(probs, torch.arange(V, device=probs.device).expand_as(probs), u)
+        else:  # the nucleus lies in the head when the head's mass reaches top_p (a full sort costs ~50x more)
+            p, order = probs.topk(min(self.HEAD, V), dim=-1)
+            chosen = torch.empty(len(u), dtype=torch.long, device=probs.device)
+            wide = p.sum(-1) < self.top_p
+            if (~wide).any():
+                chosen[~wide] = self._pick(p[~wide], order[~wide], u[~wide])
+            if wide.any():
+                pw, ow = probs[wide].sort(dim=-1, descending=True)
+                chosen[wide] = self._pick(pw, ow, u[wide])
+        return torch.full_like(scores, -torch.inf).scatter_(1, chosen[:, None], 0.0)
+
+    def _pick(self, p: torch.Tensor, order: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The token where the cumulative kept probability first reaches u (of the kept mass);
+        ``p`` in the order given (most likely first when a nucleus is cut): [R]."""
+        if self.top_p < 1.0:
+            p = p * ((p.cumsum(-1) - p) < self.top_p)  # the smallest head reaching top_p
+        cdf = p.cumsum(-1)
+        j = torch.searchsorted(cdf, u[:, None].to(cdf.dtype) * cdf[:, -1:]).clamp(max=cdf.shape[-1] - 1)
+        return order.gather(1, j)[:, 0]
+
+
 def sample_continuations(model: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 20, seed: int = 0,
                          batch_size: int = 16, temperature: float = 1.0, top_p: float = 0.95,
-                         top_k: int = 0) -> list[str]:
-    """One sampled continuation per prompt (only the new text). Deterministic for fixed prompts,
-    seed and batch size, whatever intervention is active."""
+                         top_k: int = 0, samples: int = 1) -> list[str]:
+    """``samples`` sampled continuations per prompt (only the new text; prompt-major: prompt i's
+    sample s is at i * samples + s). Deterministic for fixed prompts, seed and sampling settings,
+    whatever the batch size or intervention: every (prompt, sample) has its own seeded uniforms."""
+    return sample_continuations_along(model, prompts, 1, max_new_tokens=max_new_tokens, seed=seed,
+                                      batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k,
+                                      samples=samples)[0]
+
+
+@torch.inference_mode()
+def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], replicas: int, *, max_new_tokens: int = 20,
+                               seed: int = 0, batch_size: int = 16, temperature: float = 1.0, top_p: float = 0.95,
+                               top_k: int = 0, samples: int = 1) -> list[list[str]]:
+    """``sample_continuations`` under each of ``replicas`` conditions along the batch
+    (``interventions.conditions_along_batch``), with the same uniforms for every condition, so the
+    conditions differ only by what they turned off: [G][n_prompts * samples]."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
+    if samples < 1 or max_new_tokens < 1 or temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"bad sampling settings: samples={samples}, max_new_tokens={max_new_tokens}, "
+                         f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
+    G = replicas
+    jobs = [(i, s) for i in range(len(prompts)) for s in range(samples)]
+    gen_rng = torch.Generator().manual_seed(int(seed))
+    u = torch.rand(len(prompts), samples, max_new_tokens, generator=gen_rng, dtype=torch.float64)
     tok = model.tokenizer
     side = tok.padding_side
-    out: list[str] = []
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tok.pad_token_id, eos_token_id=model.hf.generation_config.eos_token_id,
+                              bos_token_id=model.hf.generation_config.bos_token_id)
+    out: list[list[str]] = [[""] * len(jobs) for _ in range(G)]
     try:
         tok.padding_side = "left"  # generation appends on the right; left padding keeps prompts adjacent to it
-        for b, rows in enumerate(batches(len(prompts), batch_size)):
-            enc = model.encode([prompts[i] for i in rows])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed * 1_000_003 + b)
-                gen = model.hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                                        top_p=top_p, top_k=top_k, pad_token_id=tok.pad_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            out.extend(tok.batch_decode(new, skip_special_tokens=True))
+        for rows in batches(len(jobs), batch_size):
+            enc = model.encode([prompts[jobs[r][0]] for r in rows])
+            width = enc["input_ids"].shape[1]
+            ur = torch.stack([u[jobs[r]] for r in rows]).repeat(G, 1)  # [G*B, max_new_tokens]
+            sampler = _InverseCdfSampler(ur, width, temperature, top_p, top_k)
+            gen = model.hf.generate(**repeat_rows(enc, G), generation_config=config,
+                                    logits_processor=LogitsProcessorList([sampler]))
+            text = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+            for g in range(G):
+                for j, r in enumerate(rows):
+                    out[g][r] = text[g * len(rows) + j]
     finally:
         tok.padding_side = side
     return out

@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from ..concepts.label_readout import LabelReadout
-from ..interventions import NeuronSelection, turn_off
+from ..interventions import Condition, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
-from .checkpoints import ConditionStore, check_conditions, condition_intervention, random_like
-from .generation import sample_continuations
+from .checkpoints import ConditionStore
+from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_conditions
+from .generation import sample_continuations_along
 from .hate_classifier import HateClassifier
 from .neutral_text import NEUTRAL_TEXTS
-from .perplexity import mean_token_loglik, perplexity
-from .removal import random_selections
+from .perplexity import mean_token_logliks_along, perplexities_along
 
 HATE_READOUT = LabelReadout(template="Text: {text}\nIs this text hateful? Answer:", concept="hate speech")
 
@@ -104,23 +104,51 @@ class HateReport:
         return d
 
 
+@dataclass
+class HateMeasure:
+    """The measures of the module docstring and the sampled continuations, per condition."""
+
+    data: HateData
+    classifier: HateClassifier
+    seed: int = 0
+    max_new_tokens: int = 20
+    batch_size: int = 16
+    readout: LabelReadout = HATE_READOUT
+    neutral_texts: Sequence[str] = NEUTRAL_TEXTS
+
+    def measure(self, model: LoadedModel, replicas: int) -> list[tuple[HateMeasures, list[str]]]:
+        from sklearn.metrics import roc_auc_score
+
+        G, d, bs = replicas, self.data, self.batch_size
+        ll_h = mean_token_logliks_along(model, d.hate, G, bs)  # [G, n_hate]
+        ll_n = mean_token_logliks_along(model, d.neutral, G, bs)
+        s = self.readout.scores_along(model, list(d.hate) + list(d.neutral), G, bs).double().numpy()
+        y = np.r_[np.ones(len(d.hate)), np.zeros(len(d.neutral))]
+        conts = sample_continuations_along(model, d.prompts, G, max_new_tokens=self.max_new_tokens, seed=self.seed,
+                                           batch_size=bs)
+        ppls = perplexities_along(model, self.neutral_texts, G, bs)
+        out = []
+        for g in range(G):
+            rates = self.classifier.rates(conts[g])
+            out.append((HateMeasures(loglik_hate=float(ll_h[g].mean()), loglik_neutral=float(ll_n[g].mean()),
+                                     gap=float(ll_h[g].mean() - ll_n[g].mean()),
+                                     readout_accuracy=float(((s[g] > 0) == (y == 1)).mean()),
+                                     readout_auroc=float(roc_auc_score(y, s[g])), hate_rate=rates["hate_rate"],
+                                     toxic_rate=rates["toxic_rate"], ppl=ppls[g]), conts[g]))
+        return out
+
+    def to_json(self, result: tuple[HateMeasures, list[str]]) -> dict:
+        return {"measures": asdict(result[0]), "continuations": result[1]}
+
+    def from_json(self, data: dict) -> tuple[HateMeasures, list[str]]:
+        return HateMeasures(**data["measures"]), list(data["continuations"])
+
+
 def hate_measures(model: LoadedModel, data: HateData, classifier: HateClassifier, *, seed: int = 0,
                   max_new_tokens: int = 20, batch_size: int = 16, readout: LabelReadout = HATE_READOUT,
                   neutral_texts: Sequence[str] = NEUTRAL_TEXTS) -> tuple[HateMeasures, list[str]]:
     """All measures under whatever intervention is active, and the sampled continuations."""
-    from sklearn.metrics import roc_auc_score
-
-    ll_h = mean_token_loglik(model, data.hate, batch_size)
-    ll_n = mean_token_loglik(model, data.neutral, batch_size)
-    s = readout.scores(model, list(data.hate) + list(data.neutral), batch_size).double().numpy()
-    y = np.r_[np.ones(len(data.hate)), np.zeros(len(data.neutral))]
-    conts = sample_continuations(model, data.prompts, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    rates = classifier.rates(conts)
-    m = HateMeasures(loglik_hate=float(ll_h.mean()), loglik_neutral=float(ll_n.mean()),
-                     gap=float(ll_h.mean() - ll_n.mean()), readout_accuracy=float(((s > 0) == (y == 1)).mean()),
-                     readout_auroc=float(roc_auc_score(y, s)), hate_rate=rates["hate_rate"],
-                     toxic_rate=rates["toxic_rate"], ppl=perplexity(model, neutral_texts, batch_size))
-    return m, conts
+    return HateMeasure(data, classifier, seed, max_new_tokens, batch_size, readout, neutral_texts).measure(model, 1)[0]
 
 
 def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[int, NeuronSelection],
@@ -128,35 +156,20 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
                   neuron_pool: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 20,
                   batch_size: int = 16, readout: LabelReadout = HATE_READOUT, store: ConditionStore | None = None,
                   on_condition: Callable[[str], None] | None = None, dataset: str = "", method: str = "",
-                  alpha: float | None = None) -> HateReport:
+                  alpha: float | None = None, per_batch: int = CONDITIONS_PER_BATCH) -> HateReport:
     """Measure before, with each top-K set off, and with ``n_random`` random K-sets off (drawn from
-    ``neuron_pool``, default every neuron). Finished conditions are taken from / saved to ``store``.
-    ``on_condition(name)`` is called after each condition (progress)."""
-    check_conditions(mode, n_random, selection_by_k, alpha)
+    ``neuron_pool``, default every neuron), ``per_batch`` conditions at a time along the batch.
+    Finished conditions are taken from / saved to ``store``. ``on_condition(name)`` is called after
+    each condition (progress)."""
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
+    conds = study_conditions(model, selection_by_k, Intervention.of(mode, means, alpha), n_random=n_random, seed=seed,
+                             neuron_pool=neuron_pool)
     readout.token_ids(model)  # label words that are not single tokens fail before any work
     t0, c0 = time.perf_counter(), model.counter.snapshot()
-    conts_by: dict[str, list[str]] = {}
-
-    def measure(name: str, sel: NeuronSelection | None) -> HateMeasures:
-        got = store.get(name) if store is not None else None
-        if got is None:
-            if sel is None:
-                m, conts = hate_measures(model, data, classifier, seed=seed, max_new_tokens=max_new_tokens,
-                                         batch_size=batch_size, readout=readout)
-            else:
-                with turn_off(model, sel, condition_intervention(mode, sel, means, alpha)):
-                    m, conts = hate_measures(model, data, classifier, seed=seed, max_new_tokens=max_new_tokens,
-                                             batch_size=batch_size, readout=readout)
-            got = {"measures": asdict(m), "continuations": conts}
-            if store is not None:
-                store.put(name, got)
-        conts_by[name] = got["continuations"]
-        if on_condition:
-            on_condition(name)
-        return HateMeasures(**got["measures"])
-
-    before = measure("before", None)
+    flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
+    got = run_conditions(model, flat, HateMeasure(data, classifier, seed, max_new_tokens, batch_size, readout),
+                         store=store, per_batch=per_batch, on_condition=on_condition)
+    before = got[BEFORE][0]
 
     def row(k: int, condition: str, ms: list[HateMeasures]) -> HateRow:
         arr = {n: np.array([getattr(m, n) for m in ms], dtype=float) for n in MEASURES}
@@ -166,16 +179,14 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
                        ppl_ratio=mean["ppl"] / before.ppl, n_sets=len(ms), std=std)
 
     rows = [row(0, "before", [before])]
-    for k in sorted(selection_by_k):
-        sel = selection_by_k[k]
-        if len(set(sel.neurons)) != k:
-            raise ValueError(f"the selection for K={k} has {len(set(sel.neurons))} distinct neurons, not {k}")
-        rows.append(row(k, "concept", [measure(f"concept-k{k}", sel)]))
-        rand = random_like(random_selections(model, k, n_random, seed, None, means, neuron_pool), sel, mode, alpha)
-        rows.append(row(k, "random", [measure(f"random-k{k}-s{i}", s) for i, s in enumerate(rand)]))
+    for k in sorted(conds):
+        top, rand = conds[k]
+        rows.append(row(k, "concept", [got[top.name][0]]))
+        rows.append(row(k, "random", [got[c.name][0] for c in rand]))
     return HateReport(dataset=dataset, method=method, mode=mode,
                       n_eval={"hate": len(data.hate), "neutral": len(data.neutral)}, n_prompts=len(data.prompts),
                       classifier=classifier.quality.to_dict(), rows=rows, passes=model.counter.since(c0).as_dict(),
                       seconds=time.perf_counter() - t0,
                       settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens,
-                                "readout": asdict(readout)}, continuations=conts_by)
+                                "readout": asdict(readout)},
+                      continuations={name: conts for name, (_, conts) in got.items()})

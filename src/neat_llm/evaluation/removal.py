@@ -15,20 +15,21 @@ contrast texts and "|off" the scores with the neurons turned off:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from ..concepts.conceptset import ConceptSet
-from ..concepts.representations import text_pass
+from ..concepts.representations import residuals_along
 from ..concepts.vectors import ConceptReadout
-from ..interventions import MODES, Intervention, NeuronSelection, turn_off
+from ..interventions import Condition, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
 from ..runs import Run, RunError
+from .conditions import BEFORE, CONDITIONS_PER_BATCH, pool_layers, run_conditions, study_conditions
 from .neutral_text import NEUTRAL_TEXTS
-from .perplexity import perplexity
+from .perplexity import perplexities_along
 
 
 # --- the concept score on the eval set -------------------------------------------------------
@@ -56,12 +57,18 @@ class ConceptScores:
 def concept_scores(model: LoadedModel, readout: ConceptReadout, eval_set: ConceptSet,
                    batch_size: int = 16) -> ConceptScores:
     """One pass over the eval texts (under whatever ``turn_off`` is active): S at ``readout.layer``."""
+    return concept_scores_along(model, readout, eval_set, 1, batch_size)[0]
+
+
+def concept_scores_along(model: LoadedModel, readout: ConceptReadout, eval_set: ConceptSet, replicas: int,
+                         batch_size: int = 16) -> list[ConceptScores]:
+    """``concept_scores`` under each of ``replicas`` conditions along the batch."""
     _check_two_sided(eval_set)
-    texts = readout.apply(eval_set.texts)
-    res = text_pass(model, texts, pool=readout.pool, batch_size=batch_size).residuals[:, readout.layer]  # [N, d]
-    s = readout.score(res)  # [N]
+    res = residuals_along(model, readout.apply(eval_set.texts), readout.layer, replicas, pool=readout.pool,
+                          batch_size=batch_size)  # [G, N, d]
+    s = readout.score(res)  # [G, N]
     y = torch.tensor(eval_set.labels, dtype=torch.bool)
-    return ConceptScores(pos=s[y], neg=s[~y])
+    return [ConceptScores(pos=row[y], neg=row[~y]) for row in s]
 
 
 # --- one neuron set's effect --------------------------------------------------------------------
@@ -86,34 +93,6 @@ def removal_effect(before: ConceptScores, after: ConceptScores, ppl_before: floa
     return RemovalEffect(gap_removal=1.0 - (mp_off - mn_off) / gap, positive_shift=(mp - mp_off) / gap,
                          auroc_after=after.auroc, specificity=mn_off - mn, ppl_after=ppl_after,
                          ppl_ratio=ppl_after / ppl_before, mean_s_pos_after=mp_off, mean_s_neg_after=mn_off)
-
-
-# --- random K-sets ------------------------------------------------------------------------------
-def random_selections(model: LoadedModel, k: int, n: int, seed: int = 0, layers_pool: Sequence[int] | None = None,
-                      means: torch.Tensor | None = None,
-                      neuron_pool: Sequence[tuple[int, int]] | None = None) -> list[NeuronSelection]:
-    """``n`` sets of ``k`` distinct neurons, drawn uniformly from every neuron of the model (or of the
-    blocks ``layers_pool``, or from the neurons ``neuron_pool``). Seeded by (seed, k): the sets for
-    one K do not depend on the other Ks."""
-    if neuron_pool is not None:
-        pool = sorted({(int(l), int(n_)) for l, n_ in neuron_pool})
-        if not 0 <= k <= len(pool):
-            raise ValueError(f"K={k} is larger than the {len(pool)} neurons of the pool")
-        rng = np.random.default_rng([seed, k])
-        return [NeuronSelection(tuple(pool[int(i)] for i in rng.choice(len(pool), size=k, replace=False)), means=means)
-                for _ in range(n)]
-    layers = _pool_layers(model, layers_pool)
-    size = len(layers) * model.d_ff
-    if not 0 <= k <= size:
-        raise ValueError(f"K={k} is larger than the {size} neurons to draw from "
-                         f"({len(layers)} blocks of {model.d_ff})" if k > 0 else f"K must be >= 0, got {k}")
-    rng = np.random.default_rng([seed, k])
-    out = []
-    for _ in range(n):
-        flat = rng.choice(size, size=k, replace=False)
-        out.append(NeuronSelection(tuple((layers[int(i) // model.d_ff], int(i) % model.d_ff) for i in flat),
-                                   means=means))
-    return out
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -214,18 +193,42 @@ class RemovalReport:
 
 
 # --- the evaluation -----------------------------------------------------------------------------
+@dataclass
+class RemovalMeasure:
+    """The concept score on the eval set and perplexity on the neutral texts, per condition."""
+
+    readout: ConceptReadout
+    eval_set: ConceptSet
+    neutral: Sequence[str]
+    batch_size: int = 16
+
+    def measure(self, model: LoadedModel, replicas: int) -> list[tuple[ConceptScores, float]]:
+        scores = concept_scores_along(model, self.readout, self.eval_set, replicas, self.batch_size)
+        ppls = perplexities_along(model, self.neutral, replicas, self.batch_size)
+        return list(zip(scores, ppls))
+
+    def to_json(self, result: tuple[ConceptScores, float]) -> dict:
+        s, ppl = result
+        return {"pos": s.pos.tolist(), "neg": s.neg.tolist(), "ppl": ppl}
+
+    def from_json(self, data: dict) -> tuple[ConceptScores, float]:
+        return ConceptScores(torch.tensor(data["pos"]), torch.tensor(data["neg"])), float(data["ppl"])
+
+
 def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: ConceptSet,
                      selection_by_k: Mapping[int, NeuronSelection], *, n_random: int = 5, seed: int = 0,
                      mode: str = "zero", layers_pool: Sequence[int] | None = None,
                      neutral_texts: Sequence[str] | None = None, batch_size: int = 16,
                      neuron_pool: Sequence[tuple[int, int]] | None = None,
                      random_cache: dict[int, list[RemovalEffect]] | None = None,
-                     alpha: float | None = None) -> RemovalReport:
+                     alpha: float | None = None, per_batch: int = CONDITIONS_PER_BATCH,
+                     on_condition: Callable[[str], None] | None = None) -> RemovalReport:
     """Turn off each top-K set (``selection_by_k[K]``, exactly K neurons) and ``n_random`` random
     K-sets, and measure the removal numbers of the module docstring on the held-out ``eval_set``
     and perplexity on ``neutral_texts`` (default ``NEUTRAL_TEXTS``).
 
-    Cost: (1 + len(selection_by_k) * (1 + n_random)) passes over eval_set + neutral texts.
+    Cost: (1 + len(selection_by_k) * (1 + n_random)) passes over eval_set + neutral texts, run
+    ``per_batch`` conditions at a time along the batch (``conditions.run_conditions``).
     ``mode``: ``"zero"``, ``"mean"`` (mean ablation uses the selections' ``means``, also for the random
     sets) or ``"dampen"`` (multiply by ``alpha``, or by each selected neuron's own factor; a random
     K-set then gets the top-K set's factors, so it is dampened by the same amounts).
@@ -233,68 +236,46 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
     ``random_cache``: {K: effects of the random sets}, filled and reused across calls that share the
     model, readout, eval set, mode, seed and pool (``neat compare`` evaluates many methods).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if n_random < 1:
-        raise ValueError(f"n_random must be at least 1 (the baseline of random K-sets), got {n_random}")
     _check_two_sided(eval_set)
     neutral = list(NEUTRAL_TEXTS if neutral_texts is None else neutral_texts)
     if not neutral:
         raise ValueError("neutral_texts is empty; perplexity needs at least one text")
-    layers = _pool_layers(model, layers_pool)
-    pool_size = len(layers) * model.d_ff
-    if not selection_by_k:
-        raise ValueError("selection_by_k is empty: give at least one K and its neuron selection")
-    for k, sel in selection_by_k.items():
-        if not isinstance(k, int) or k < 0:
-            raise ValueError(f"K must be a non-negative int, got {k!r}")
-        if k > pool_size:
-            raise ValueError(f"K={k} is larger than the {pool_size} neurons of the model"
-                             + (f" in blocks {layers}" if layers_pool is not None else "")
-                             + f" ({len(layers)} blocks of {model.d_ff})")
-        if len(sel) != k or len(set(sel.neurons)) != k:
-            raise ValueError(f"the selection for K={k} has {len(set(sel.neurons))} distinct neurons, not {k} "
-                             "(did the run score fewer neurons than K?)")
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
-    if mode == "mean" and means is None:
-        raise ValueError("mean ablation needs mean activations: pass selections with means (e.g. run.top(k))")
     intervention = Intervention.of(mode, means, alpha)
-    if mode == "dampen":
-        for sel in selection_by_k.values():
-            intervention.factors(sel)  # every selection has its factors: fail before any pass
-        if alpha is None:
-            random_cache = None  # the random sets borrow each top set's own factors: nothing to share
+    if mode == "dampen" and alpha is None:
+        random_cache = None  # the random sets borrow each top set's own factors: nothing to share
+    cached = set(random_cache or ())
+    conds = study_conditions(model, selection_by_k, intervention, n_random=n_random, seed=seed,
+                             layers_pool=layers_pool, neuron_pool=neuron_pool,
+                             random_ks=[k for k in selection_by_k if k not in cached])
 
     t0, c0 = time.perf_counter(), model.counter.snapshot()
-    before = concept_scores(model, readout, eval_set, batch_size)
+    measure = RemovalMeasure(readout, eval_set, neutral, batch_size)
+    [(before, ppl_before)] = run_conditions(model, [Condition(BEFORE)], measure).values()
     gap = before.gap
     if not gap > 0:
         raise ValueError(f"the concept readout does not separate the eval set (mean S(P) - mean S(N) = {gap:.4g} "
                          "<= 0), so the removal ratios are undefined")
-    ppl_before = perplexity(model, neutral, batch_size)
+    flat = [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
+    got = run_conditions(model, flat, measure, per_batch=per_batch, on_condition=on_condition)
 
-    def effect(sel: NeuronSelection) -> RemovalEffect:
-        iv = Intervention("mean", sel.means) if mode == "mean" and sel.means is not None else intervention
-        with turn_off(model, sel, iv):
-            after = concept_scores(model, readout, eval_set, batch_size)
-            ppl_after = perplexity(model, neutral, batch_size)
+    def effect(name: str) -> RemovalEffect:
+        after, ppl_after = got[name]
         return removal_effect(before, after, ppl_before, ppl_after)
 
     rows = []
-    for k in sorted(selection_by_k):
-        top = effect(selection_by_k[k])
+    for k in sorted(conds):
+        top, rand = conds[k]
         if random_cache is not None and k in random_cache:
-            rand = random_cache[k]
+            effects = random_cache[k]
         else:
-            top_alphas = selection_by_k[k].alphas if mode == "dampen" and alpha is None else None
-            rand = [effect(s.with_alphas(top_alphas))
-                    for s in random_selections(model, k, n_random, seed, layers, means, neuron_pool)]
+            effects = [effect(c.name) for c in rand]
             if random_cache is not None:
-                random_cache[k] = rand
-        rows.append(RemovalAtK.from_effects(k, top, rand))
+                random_cache[k] = effects
+        rows.append(RemovalAtK.from_effects(k, effect(top.name), effects))
     return RemovalReport(
         concept=eval_set.name, mode=mode, seed=seed, n_random=n_random,
-        layers_pool=list(layers) if layers_pool is not None else None,
+        layers_pool=pool_layers(model, layers_pool) if layers_pool is not None else None,
         n_eval={"positive": eval_set.n_positive, "contrast": eval_set.n_contrast}, n_neutral=len(neutral),
         auroc_before=before.auroc, gap_before=gap, mean_s_pos_before=float(before.pos.double().mean()),
         mean_s_neg_before=float(before.neg.double().mean()), ppl_before=ppl_before, rows=rows,
@@ -345,15 +326,3 @@ def _check_two_sided(eval_set: ConceptSet) -> None:
         side = "positive" if n_pos == 0 else "contrast"
         raise ValueError(f"the eval set {eval_set.name!r} has no {side} examples ({n_pos} positive, {n_neg} contrast); "
                          "removal compares positives with contrast, so both sides are needed")
-
-
-def _pool_layers(model: LoadedModel, layers_pool: Sequence[int] | None) -> list[int]:
-    if layers_pool is None:
-        return list(range(model.n_layers))
-    layers = sorted({int(l) for l in layers_pool})
-    if not layers:
-        raise ValueError("layers_pool is empty")
-    bad = [l for l in layers if not 0 <= l < model.n_layers]
-    if bad:
-        raise ValueError(f"layers_pool blocks {bad} out of range: the model has blocks 0..{model.n_layers - 1}")
-    return layers

@@ -33,7 +33,8 @@ class PassCounter:
       read-position replay's last token), counted by the same hook;
     - ``block_forward``: block calls times sequences, made by the sweeps (``scoring.blocks.call_block``);
     - ``partial_forward``: sequences that ran through only some blocks, counted where a replica's
-      concept score is read (``scoring.blocks.replica_drop``);
+      concept score is read (``scoring.blocks.replica_drop``) and by the hook for the passes
+      ``LoadedModel.run_through`` ends early;
     - ``backward``: sequences whose gradient was taken (``LoadedModel.gradients``).
     ``paused()`` stops counting (the adapter check is nobody's cost).
     """
@@ -116,7 +117,25 @@ class LoadedModel:
             return
         cache = kwargs.get("past_key_values", kwargs.get("cache"))
         filled = cache is not None and hasattr(cache, "get_seq_length") and int(cache.get_seq_length()) > 0
-        self.counter.add("decode" if filled else "forward", int(x.shape[0]))
+        kind = "decode" if filled else "partial_forward" if self._partial else "forward"
+        self.counter.add(kind, int(x.shape[0]))
+
+    _partial = False
+
+    def run_through(self, layer: int, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The output of block ``layer`` for the encoded batch ``enc`` ([B, T, d_model]); the pass
+        ends there (later blocks and the unembedding never run), counted as partial forward passes."""
+        from ..hooks import capture_outputs, run_until, stop_after
+
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"block {layer} out of range: the model has blocks 0..{self.n_layers - 1}")
+        self._partial = True
+        try:
+            with capture_outputs({0: self.blocks[layer]}) as res, stop_after(self.blocks[layer]):
+                run_until(lambda: self.hf(**enc, use_cache=False))
+        finally:
+            self._partial = False
+        return res[0][0]
 
     def gradients(self, output: torch.Tensor, inputs, n_sequences: int):
         """``torch.autograd.grad(output, inputs)``, counted as ``n_sequences`` backward passes."""

@@ -1,0 +1,236 @@
+"""The condition engine: conditions measured along the batch equal the plain one-at-a-time reference
+(``turn_off`` and the one-condition measures), for every family, every measure and every study."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAMILY_KINDS, build_tiny, concept_texts
+from neat_llm import ConceptSet, NeuronSelection, turn_off
+from neat_llm.concepts.datasets import MinimalPairs
+from neat_llm.concepts.label_readout import LabelReadout
+from neat_llm.concepts.representations import repeat_rows
+from neat_llm.concepts.vectors import ConceptReadout
+from neat_llm.evaluation.bias import evaluate_bias, pair_preferences, pair_preferences_along
+from neat_llm.evaluation.checkpoints import ConditionStore
+from neat_llm.evaluation.conditions import BEFORE, random_selections, run_conditions, study_conditions
+from neat_llm.evaluation.generation import _InverseCdfSampler, sample_continuations, sample_continuations_along
+from neat_llm.evaluation.hate import HateData, evaluate_hate
+from neat_llm.evaluation.hate_classifier import ClassifierQuality
+from neat_llm.evaluation.perplexity import (mean_token_loglik, mean_token_logliks_along, perplexities_along,
+                                            perplexity)
+from neat_llm.evaluation.removal import concept_scores, concept_scores_along, evaluate_removal
+from neat_llm.interventions import Condition, Intervention, conditions_along_batch
+
+TEXTS = ["the rain came over the town today", "a cake and bread stayed", "the wind moved over the hills"]
+
+
+def _conditions(model) -> list[Condition]:
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(model.n_layers, model.d_ff, generator=g)
+    a = NeuronSelection(((0, 3), (1, 7), (2, 5)))
+    b = NeuronSelection(((2, 5), (2, 6), (0, 1), (1, 0)), alphas=(0.5, 0.0, 0.9, 0.25))
+    return [Condition(BEFORE), Condition("zero", a), Condition("mean", a, Intervention("mean", means)),
+            Condition("dampen-own", b, Intervention("dampen")), Condition("dampen-half", a, Intervention("dampen", alpha=0.5))]
+
+
+def _plain(model, cond: Condition):
+    """The plain reference: nothing, or ``turn_off`` with the condition's neurons and intervention."""
+    if not len(cond.selection):
+        from contextlib import nullcontext
+        return nullcontext()
+    return turn_off(model, cond.selection, cond.intervention)
+
+
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_conditions_along_the_batch_equal_turn_off_every_family(kind, tokenizer):
+    model = build_tiny(kind, tokenizer)
+    conds = _conditions(model)
+    enc = model.encode(TEXTS)
+    with torch.inference_mode():
+        with conditions_along_batch(model, conds) as G:
+            batched = model.hf(**repeat_rows(enc, G), use_cache=False).logits.reshape(G, len(TEXTS), *enc["input_ids"].shape[1:], -1)
+        for c, cond in enumerate(conds):
+            with _plain(model, cond):
+                want = model.hf(**enc, use_cache=False).logits
+            torch.testing.assert_close(batched[c], want, atol=1e-5, rtol=1e-4)
+    # the conditions differ from each other (the test is not vacuous)
+    assert not torch.allclose(batched[0], batched[1]) and not torch.allclose(batched[1], batched[2])
+    for s in model.sites:
+        assert not s._forward_pre_hooks
+
+
+def test_conditions_along_the_batch_refuse_a_batch_that_does_not_split(tiny_llama):
+    with conditions_along_batch(tiny_llama, _conditions(tiny_llama)[:2]), pytest.raises(RuntimeError, match="2 condition"):
+        tiny_llama.hf(**tiny_llama.encode(TEXTS), use_cache=False)
+    assert not any(s._forward_pre_hooks for s in tiny_llama.sites)  # removed on the exception too
+    with pytest.raises(ValueError, match="no conditions"):
+        with conditions_along_batch(tiny_llama, []):
+            pass
+    with pytest.raises(ValueError, match="out of range"):
+        with conditions_along_batch(tiny_llama, [Condition("bad", NeuronSelection(((0, tiny_llama.d_ff),)))]):
+            pass
+    with pytest.raises(ValueError, match="dampening needs a factor"):
+        Condition("d", NeuronSelection(((0, 1),)), Intervention("dampen"))
+
+
+# --- every measure along the batch equals the measure under turn_off ----------------------------
+def test_each_measure_along_the_batch_equals_one_condition_at_a_time(tiny_llama):
+    model, conds = tiny_llama, _conditions(tiny_llama)
+    pos, neg = concept_texts(6)
+    ev = ConceptSet.from_texts(pos, neg, name="weather")
+    readout = ConceptReadout(2, torch.randn(model.d_model, generator=torch.Generator().manual_seed(1)), pool="last")
+    label = LabelReadout(template="{text} is it", concept="x", positive_word=" today", negative_word=" and")
+    pairs = MinimalPairs(name="p", more=("hill folk are lazy", "river folk steal"),
+                         less=("coast folk are lazy", "town folk steal"), bias_type=("a", "a"))
+    with conditions_along_batch(model, conds) as G:
+        scores = concept_scores_along(model, readout, ev, G, batch_size=4)
+        ppl = perplexities_along(model, TEXTS, G, batch_size=2)
+        ll = mean_token_logliks_along(model, TEXTS, G)
+        lab = label.scores_along(model, TEXTS, G)
+        prefs = pair_preferences_along(model, pairs, G)
+        conts = sample_continuations_along(model, TEXTS, G, max_new_tokens=5, seed=3, batch_size=2, samples=2)
+    for c, cond in enumerate(conds):
+        with _plain(model, cond):
+            s = concept_scores(model, readout, ev)
+            torch.testing.assert_close(scores[c].pos, s.pos, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(scores[c].neg, s.neg, atol=1e-5, rtol=1e-4)
+            assert ppl[c] == pytest.approx(perplexity(model, TEXTS), rel=1e-5)
+            torch.testing.assert_close(ll[c], mean_token_loglik(model, TEXTS), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(lab[c], label.scores(model, TEXTS), atol=1e-4, rtol=1e-4)
+            np.testing.assert_array_equal(prefs[c], pair_preferences(model, pairs))
+            assert conts[c] == sample_continuations(model, TEXTS, max_new_tokens=5, seed=3, batch_size=3, samples=2)
+    assert len({tuple(c) for c in conts}) > 1  # the interventions change what is sampled
+
+
+# --- sampling -----------------------------------------------------------------------------------
+def test_sampling_does_not_depend_on_the_batch_and_draws_each_sample_apart(tiny_llama):
+    one = sample_continuations(tiny_llama, TEXTS, max_new_tokens=6, seed=5, batch_size=1, samples=3)
+    many = sample_continuations(tiny_llama, TEXTS, max_new_tokens=6, seed=5, batch_size=9, samples=3)
+    assert one == many and len(one) == 9
+    assert len(set(one[:3])) > 1  # three samples of the first prompt are not copies
+
+
+def test_inverse_cdf_sampler_draws_from_the_filtered_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]])
+    n = 20000
+    u = torch.rand(n, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sampler = _InverseCdfSampler(u, prompt_len=4, temperature=0.7, top_p=0.95, top_k=0)
+    out = sampler(torch.zeros(n, 4, dtype=torch.long), logits.expand(n, -1))
+    assert torch.isfinite(out).sum(1).eq(1).all()  # exactly one token left open per row
+    counts = torch.bincount(out.argmax(1), minlength=5).double() / n
+    p = torch.softmax(logits[0] / 0.7, 0).double()
+    keep = (p.cumsum(0) - p) < 0.95  # the smallest head reaching 0.95
+    want = torch.where(keep, p, 0) / p[keep].sum()
+    assert keep.tolist() == [True, True, True, False, False]
+    torch.testing.assert_close(counts, want, atol=0.015, rtol=0)
+    top1 = _InverseCdfSampler(u[:100], 4, 1.0, 1.0, top_k=1)(torch.zeros(100, 4, dtype=torch.long), logits.expand(100, -1))
+    assert top1.argmax(1).eq(0).all()
+    narrow = _InverseCdfSampler(u, 4, 0.7, 0.95, 0)
+    narrow.HEAD = 2  # the nucleus (3 tokens) is wider than the head: every row takes the full sort
+    assert torch.equal(narrow(torch.zeros(n, 4, dtype=torch.long), logits.expand(n, -1)).argmax(1), out.argmax(1))
+    free = _InverseCdfSampler(u, 4, 1.0, 1.0, 0)(torch.zeros(n, 4, dtype=torch.long), logits.expand(n, -1))
+    free_counts = torch.bincount(free.argmax(1), minlength=5).double() / n
+    torch.testing.assert_close(free_counts, torch.softmax(logits[0], 0).double(), atol=0.015, rtol=0)
+
+
+# --- the engine ---------------------------------------------------------------------------------
+class _Count:
+    """A measure that records how many conditions each call measured (the row count of its batch)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def measure(self, model, replicas):
+        self.calls.append(replicas)
+        return [perplexity_ for perplexity_ in perplexities_along(model, TEXTS[:1], replicas)]
+
+    def to_json(self, r):
+        return {"ppl": r}
+
+    def from_json(self, d):
+        return d["ppl"]
+
+
+def test_run_conditions_groups_resumes_and_checks(tiny_llama, tmp_path):
+    conds = _conditions(tiny_llama)
+    m = _Count()
+    got = run_conditions(tiny_llama, conds, m, per_batch=2)
+    assert m.calls == [2, 2, 1] and list(got) == [c.name for c in conds]
+    store = ConditionStore(tmp_path / "s", {"a": 1})
+    store.put("zero", {"ppl": got["zero"]})
+    seen = []
+    m2 = _Count()
+    again = run_conditions(tiny_llama, conds, m2, store=store, per_batch=8, on_condition=seen.append)
+    assert m2.calls == [4] and sorted(seen) == sorted(c.name for c in conds)
+    assert again == pytest.approx(got, rel=1e-6) and store.n_done() == len(conds)
+    with pytest.raises(ValueError, match="names repeat"):
+        run_conditions(tiny_llama, [Condition("x"), Condition("x")], m)
+    with pytest.raises(ValueError, match="per_batch"):
+        run_conditions(tiny_llama, conds, m, per_batch=0)
+
+
+def test_study_conditions_match_the_random_control_rules(tiny_llama):
+    means = torch.ones(tiny_llama.n_layers, tiny_llama.d_ff)
+    top = NeuronSelection(((0, 1), (1, 2)), means=means, alphas=(0.2, 0.4))
+    zero = study_conditions(tiny_llama, {2: top}, Intervention("zero"), n_random=3, seed=4)
+    t, rand = zero[2]
+    assert t.name == "concept-k2" and [r.name for r in rand] == ["random-k2-s0", "random-k2-s1", "random-k2-s2"]
+    assert [r.selection.neurons for r in rand] == [s.neurons for s in random_selections(tiny_llama, 2, 3, 4)]
+    own = study_conditions(tiny_llama, {2: top}, Intervention("dampen"), n_random=1)[2][1][0]
+    assert own.selection.alphas == (0.2, 0.4)  # the top set lends its factors in rank order
+    mean = study_conditions(tiny_llama, {2: top}, Intervention("mean", means), n_random=1)[2][1][0]
+    assert mean.intervention.mode == "mean" and mean.intervention.means is means
+    none = study_conditions(tiny_llama, {2: top}, Intervention("zero"), n_random=1, random_ks=[])[2][1]
+    assert none == []
+    with pytest.raises(ValueError, match="n_random"):
+        study_conditions(tiny_llama, {2: top}, Intervention("zero"), n_random=0)
+    with pytest.raises(ValueError, match="distinct neurons"):
+        study_conditions(tiny_llama, {3: top}, Intervention("zero"), n_random=1)
+
+
+class _Judge:
+    """A stand-in judge: a continuation is hateful when it says "rain" (the studies only need rates)."""
+
+    quality = ClassifierQuality(n_train=1, n_test=1, accuracy=1.0, f1_hate=1.0, precision_hate=1.0, recall_hate=1.0,
+                                f1_macro=1.0)
+
+    def rates(self, texts):
+        hate = float(np.mean(["rain" in t for t in texts]))
+        return {"hate_rate": hate, "toxic_rate": hate}
+
+
+# --- the studies: batched equals one condition per batch ---------------------------------------
+def test_studies_give_the_same_report_with_and_without_batched_conditions(tiny_llama):
+    model = tiny_llama
+    pos, neg = concept_texts(8)
+    ev = ConceptSet.from_texts(pos, neg, name="weather")
+    readout = ConceptReadout(2, torch.randn(model.d_model, generator=torch.Generator().manual_seed(2)))
+    s = concept_scores(model, readout, ev)
+    if s.gap < 0:
+        readout = ConceptReadout(2, -readout.vector)
+    sels = {2: NeuronSelection(((0, 1), (2, 9))), 5: NeuronSelection(((0, 1), (2, 9), (1, 4), (1, 5), (0, 30)))}
+    one = evaluate_removal(model, readout, ev, sels, n_random=3, per_batch=1)
+    many = evaluate_removal(model, readout, ev, sels, n_random=3, per_batch=8)
+    for a, b in zip(one.rows, many.rows):
+        assert a.gap_removal == pytest.approx(b.gap_removal, abs=1e-5)
+        assert a.random_gap_removal_mean == pytest.approx(b.random_gap_removal_mean, abs=1e-5)
+        assert a.ppl_ratio == pytest.approx(b.ppl_ratio, rel=1e-6)
+    assert one.passes["forward"] == many.passes["forward"]  # the same sequences, fewer batches
+
+    pairs = MinimalPairs(name="p", more=tuple(pos[:5]), less=tuple(neg[:5]), bias_type=("a",) * 5)
+    b1 = evaluate_bias(model, pairs, sels, n_random=2, per_batch=1, min_pairs=2, n_boot=50)
+    b8 = evaluate_bias(model, pairs, sels, n_random=2, per_batch=8, min_pairs=2, n_boot=50)
+    assert [(r.before, r.after, r.random) for r in b1.rows] == [(r.before, r.after, r.random) for r in b8.rows]
+
+    label = LabelReadout(template="{text} is it", concept="x", positive_word=" today", negative_word=" and")
+    data = HateData(tuple(pos[:4]), tuple(neg[:4]), tuple(t.rsplit(" ", 2)[0] for t in pos[:3]))
+    judge = _Judge()
+    h1 = evaluate_hate(model, data, sels, judge, n_random=2, per_batch=1, max_new_tokens=4, readout=label)
+    h8 = evaluate_hate(model, data, sels, judge, n_random=2, per_batch=8, max_new_tokens=4, readout=label)
+    assert h1.continuations == h8.continuations
+    for a, b in zip(h1.rows, h8.rows):
+        assert (a.k, a.condition, a.hate_rate) == (b.k, b.condition, b.hate_rate)
+        assert a.gap == pytest.approx(b.gap, abs=1e-5) and a.ppl_ratio == pytest.approx(b.ppl_ratio, rel=1e-6)

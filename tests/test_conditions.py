@@ -197,6 +197,9 @@ class _Judge:
     quality = ClassifierQuality(n_train=1, n_test=1, accuracy=1.0, f1_hate=1.0, precision_hate=1.0, recall_hate=1.0,
                                 f1_macro=1.0)
 
+    def predict(self, texts):
+        return ["hate" if "rain" in t else "neither" for t in texts]
+
     def rates(self, texts):
         hate = float(np.mean(["rain" in t for t in texts]))
         return {"hate_rate": hate, "toxic_rate": hate}
@@ -226,11 +229,13 @@ def test_studies_give_the_same_report_with_and_without_batched_conditions(tiny_l
     assert [(r.before, r.after, r.random) for r in b1.rows] == [(r.before, r.after, r.random) for r in b8.rows]
 
     label = LabelReadout(template="{text} is it", concept="x", positive_word=" today", negative_word=" and")
-    data = HateData(tuple(pos[:4]), tuple(neg[:4]), tuple(t.rsplit(" ", 2)[0] for t in pos[:3]))
+    data = HateData(tuple(pos[:4]), tuple(neg[:4]), tuple(t.rsplit(" ", 2)[0] for t in pos[:3]), samples=2)
     judge = _Judge()
     h1 = evaluate_hate(model, data, sels, judge, n_random=2, per_batch=1, max_new_tokens=4, readout=label)
     h8 = evaluate_hate(model, data, sels, judge, n_random=2, per_batch=8, max_new_tokens=4, readout=label)
-    assert h1.continuations == h8.continuations
+    assert h1.continuations == h8.continuations and h1.n_continuations == 6
+    assert all(len(c) == 6 for c in h1.continuations.values())
     for a, b in zip(h1.rows, h8.rows):
-        assert (a.k, a.condition, a.hate_rate) == (b.k, b.condition, b.hate_rate)
+        assert (a.k, a.condition, a.hate_rate, a.hate_rate_ci) == (b.k, b.condition, b.hate_rate, b.hate_rate_ci)
+        assert a.hate_rate_ci[0] <= a.hate_rate <= a.hate_rate_ci[1]
         assert a.gap == pytest.approx(b.gap, abs=1e-5) and a.ppl_ratio == pytest.approx(b.ppl_ratio, rel=1e-6)

@@ -212,7 +212,15 @@ def test_hate_study_across_groups(tiny_llama, tmp_path):
     saved = json.loads(study.path.read_text())
     assert len(saved["results"]) == 5 and "continuations" not in saved
     conts = json.loads((tmp_path / "h" / "hate_continuations.json").read_text())
-    assert len(conts["prompts"]) == 6 and len(conts["random-k5-s1"]) == 6
+    assert len(conts["prompts"]) == 6 and len(conts["random-k5-s1"]) == 6 * 5 == r.n_continuations  # 5 samples each
+    assert conts["samples_per_prompt"] == 5
+    # the rates are the judge's verdicts on the saved continuations, inside their intervals
+    from neat_llm.evaluation.hate_classifier import load_hate_classifier
+
+    judge = load_hate_classifier(None)
+    assert before.hate_rate == pytest.approx(judge.rates(conts["before"])["hate_rate"])
+    lo, hi = before.hate_rate_ci
+    assert lo <= before.hate_rate <= hi
     assert not (tmp_path / "h" / ".hate-partial").exists()
     with pytest.raises(ConceptSetError, match="both"):
         hate_study(tiny_llama, fit_groups=["hillfolk"], eval_groups=["hillfolk"], out=tmp_path / "x",

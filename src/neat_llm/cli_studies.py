@@ -44,7 +44,8 @@ def hate(
     eval_groups: Optional[str] = typer.Option(None, "--eval-groups", help="ToxiGen target groups to evaluate on (default: all but --fit-groups)"),
     max_per_side: Optional[int] = typer.Option(None, "--max-per-side", help="seeded cap on fit texts per side"),
     max_eval: Optional[int] = typer.Option(None, "--max-eval", help="seeded cap on held-out texts per side"),
-    n_prompts: int = typer.Option(40, "--prompts", help="hate-prone prompts (first half of held-out hateful sentences) to continue"),
+    n_prompts: int = typer.Option(80, "--prompts", help="hate-prone prompts (first half of held-out hateful sentences) to continue"),
+    samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
     new_tokens: int = typer.Option(20, "--new-tokens", help="tokens sampled per continuation"),
     classifier_data: Optional[Path] = typer.Option(None, "--classifier-data", help="Davidson labeled_data.csv the judge is trained on"),
     label_yes: str = typer.Option(" Yes", "--label-yes", help="label readout: the single-token 'hateful' answer"),
@@ -75,7 +76,7 @@ def hate(
         study = hate_study(m, data=data, data_path=data_path, text_col=text_col, label_col=label_col,
                            positive=_csv(positive), contrast=_csv(contrast), method=method, ks=ks,
                            fit_groups=_csv(fit_groups), eval_groups=_csv(eval_groups), out=out_dir, n_random=n_random,
-                           max_per_side=max_per_side, max_eval=max_eval, n_prompts=n_prompts,
+                           max_per_side=max_per_side, max_eval=max_eval, n_prompts=n_prompts, samples=samples,
                            max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode, alpha=alpha,
                            seed=seed, **_find_options(neurons_subset, layers, probe_size, m))
     except (ValueError, OSError, FloatingPointError) as e:
@@ -86,7 +87,7 @@ def hate(
         return
     q = r.classifier
     t = Table(title=f"hate speech: {r.dataset}, {r.method}, {r.mode} ablation; held-out {r.n_eval['hate']} hateful / "
-                    f"{r.n_eval['neutral']} neutral, {r.n_prompts} prompts")
+                    f"{r.n_eval['neutral']} neutral, {r.n_prompts} prompts, {r.n_continuations} continuations per condition")
     for col in ("K", "neurons", "loglik hate", "loglik neutral", "gap", "readout acc", "hate rate", "toxic rate",
                 "ppl ratio"):
         t.add_column(col, justify="right")
@@ -97,12 +98,17 @@ def hate(
             v = fmt.format(getattr(row, name))
             return v + (f"±{fmt.format(sd[name])}" if name in sd else "")
 
+        def ci(name):
+            lo, hi = getattr(row, f"{name}_ci")
+            return f"{getattr(row, name):.3f} [{lo:.3f}, {hi:.3f}]"
+
         t.add_row(str(row.k), row.condition if row.condition != "random" else f"random ×{row.n_sets}",
-                  f("loglik_hate"), f("loglik_neutral"), f("gap"), f("readout_accuracy"), f("hate_rate"),
-                  f("toxic_rate"), f"{row.ppl_ratio:.3f}")
+                  f("loglik_hate"), f("loglik_neutral"), f("gap"), f("readout_accuracy"), ci("hate_rate"),
+                  ci("toxic_rate"), f"{row.ppl_ratio:.3f}")
     out.print(t)
     out.print(f"judge: TF-IDF + logistic regression on Davidson et al., held-out accuracy {q['accuracy']:.3f}, "
               f"hate-class F1 {q['f1_hate']:.3f} (n={q['n_test']})")
+    out.print("hate / toxic rate: [95% interval], bootstrap over prompts (random: the sets' mean per prompt)")
     out.print(f"written to {study.path}")
 
 
@@ -117,6 +123,10 @@ def bias(
     more_col: str = typer.Option("sent_more", "--more-col", help="(own file) column of the more stereotypical sentence"),
     less_col: str = typer.Option("sent_less", "--less-col", help="(own file) column of the less stereotypical sentence"),
     type_col: str = typer.Option("bias_type", "--type-col", help="(own file) column of the bias type ('' for none)"),
+    template_col: Optional[str] = typer.Option(None, "--template-col", help="(own file of templates) column of the sentence with a MASK slot, e.g. Sentence"),
+    stereo_col: str = typer.Option("Target_Stereotypical", "--stereo-col", help="(templates) column of the stereotypical targets, a list such as ['Dalits']"),
+    anti_col: str = typer.Option("Target_Anti-Stereotypical", "--anti-col", help="(templates) column of the anti-stereotypical targets"),
+    mask: str = typer.Option("MASK", "--mask", help="(templates) the slot the targets fill"),
     method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
     k: str = typer.Option("10,50,100", "--k", help="sizes of the top-K sets turned off"),
     n_random: int = typer.Option(3, "--random", help="random K-sets per K (the control)"),
@@ -146,13 +156,19 @@ def bias(
     ks = _parse_ks(k)
     columns = {} if data in ("crows-pairs", "indibias") else {"more": more_col, "less": less_col,
                                                                "bias_type": type_col or None}
+    templates = None
+    if template_col is not None:
+        if data in ("crows-pairs", "indibias"):
+            _fail(f"--template-col reads a file of templates; {data} holds sentence pairs")
+        templates, columns = {"template": template_col, "stereo": stereo_col, "anti": anti_col,
+                              "bias_type": type_col or None, "mask": mask}, {}
     try:
         m = nl.load_model(model)
         study = bias_study(m, data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
                            method=method, ks=ks, out=out_dir, n_random=n_random, eval_fraction=eval_fraction,
                            max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
                            min_pairs=min_pairs, mode=mode, alpha=alpha, seed=seed, layer_rule=layer_rule,
-                           **_find_options(neurons_subset, layers, probe_size, m))
+                           templates=templates, **_find_options(neurons_subset, layers, probe_size, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     r = study.report

@@ -128,19 +128,7 @@ class MinimalPairs:
     def split(self, eval_fraction: float = 0.3, seed: int = 0) -> tuple["MinimalPairs", "MinimalPairs"]:
         """Seeded (fit, eval) split of whole pairs, stratified by bias type where every type has at
         least 2 pairs; both parts keep at least 2 pairs."""
-        import numpy as np
-        from sklearn.model_selection import train_test_split
-
-        n = len(self)
-        if n < 4:
-            raise ConceptSetError(f"{self.name}: {n} pair(s); at least 4 are needed to fit on some and evaluate on others")
-        if not 0 < eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-        types = np.array(self.bias_type)
-        _, counts = np.unique(types, return_counts=True)
-        n_eval = min(max(2, round(n * eval_fraction)), n - 2)
-        strat = types if counts.min() >= 2 and min(n_eval, n - n_eval) >= len(counts) else None
-        fit_i, eval_i = train_test_split(np.arange(n), test_size=n_eval, random_state=seed, stratify=strat)
+        fit_i, eval_i = split_indices(self.bias_type, eval_fraction, seed, self.name, "pair")
         return self.subset(fit_i, f"{self.name}:fit"), self.subset(eval_i, f"{self.name}:eval")
 
     def subset(self, idx, name: str | None = None) -> "MinimalPairs":
@@ -151,6 +139,25 @@ class MinimalPairs:
     def as_concept_set(self) -> ConceptSet:
         """Stereotypical sentences as positives, their minimal counterparts as contrast."""
         return ConceptSet.from_texts(self.more, self.less, name=self.name)
+
+
+def split_indices(types, eval_fraction: float, seed: int, name: str, what: str) -> tuple[list[int], list[int]]:
+    """Seeded (fit, eval) indices of ``len(types)`` items, stratified by ``types`` where every type
+    has at least 2 items; both parts keep at least 2."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    n = len(types)
+    if n < 4:
+        raise ConceptSetError(f"{name}: {n} {what}(s); at least 4 are needed to fit on some and evaluate on others")
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    types = np.array(types)
+    _, counts = np.unique(types, return_counts=True)
+    n_eval = min(max(2, round(n * eval_fraction)), n - 2)
+    strat = types if counts.min() >= 2 and min(n_eval, n - n_eval) >= len(counts) else None
+    fit_i, eval_i = train_test_split(np.arange(n), test_size=n_eval, random_state=seed, stratify=strat)
+    return [int(i) for i in fit_i], [int(i) for i in eval_i]
 
 
 def pairs_from_frame(df, more: str, less: str, bias_type: str | None, name: str) -> MinimalPairs:

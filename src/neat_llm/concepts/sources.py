@@ -22,6 +22,11 @@ def load_concept_source(source: dict) -> ConceptSet:
         pairs = datasets.load_pairs(source["data"], source.get("path"), source.get("lang", "en"),
                                     **source.get("columns", {})).only(source.get("bias_type"))
         return pairs.split(source["eval_fraction"], source["seed"])[0].as_concept_set().dedupe()
+    if kind == "templates":  # the fit part of bias templates, as pairs of fillings
+        from .templates import load_templates
+
+        templates = load_templates(source["path"], **source.get("columns", {})).only(source.get("bias_type"))
+        return templates.split(source["eval_fraction"], source["seed"])[0].as_pairs().as_concept_set().dedupe()
     if kind == "demo":
         return demo_concept()
     if kind == "file":

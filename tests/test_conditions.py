@@ -18,7 +18,6 @@ from neat_llm.evaluation.checkpoints import ConditionStore
 from neat_llm.evaluation.conditions import BEFORE, random_selections, run_conditions, study_conditions
 from neat_llm.evaluation.generation import _InverseCdfSampler, sample_continuations, sample_continuations_along
 from neat_llm.evaluation.hate import HateData, evaluate_hate
-from neat_llm.evaluation.hate_classifier import ClassifierQuality
 from neat_llm.evaluation.perplexity import (mean_token_loglik, mean_token_logliks_along, perplexities_along,
                                             perplexity)
 from neat_llm.evaluation.removal import concept_scores, concept_scores_along, evaluate_removal
@@ -194,8 +193,10 @@ def test_study_conditions_match_the_random_control_rules(tiny_llama):
 class _Judge:
     """A stand-in judge: a continuation is hateful when it says "rain" (the studies only need rates)."""
 
-    quality = ClassifierQuality(n_train=1, n_test=1, accuracy=1.0, f1_hate=1.0, precision_hate=1.0, recall_hate=1.0,
-                                f1_macro=1.0)
+    name = "stub"
+
+    def quality_dict(self):
+        return {"davidson": {"n_test": 1, "accuracy": 1.0, "f1_hate": 1.0}}
 
     def predict(self, texts):
         return ["hate" if "rain" in t else "neither" for t in texts]

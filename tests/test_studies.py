@@ -217,8 +217,12 @@ def test_hate_study_across_groups(tiny_llama, tmp_path):
     # the rates are the judge's verdicts on the saved continuations, inside their intervals
     from neat_llm.evaluation.hate_classifier import load_hate_classifier
 
-    judge = load_hate_classifier(None)
-    assert before.hate_rate == pytest.approx(judge.rates(conts["before"])["hate_rate"])
+    tfidf = load_hate_classifier(None)
+    assert r.judge == "minilm" and set(r.judges) == {"minilm", "tfidf"}
+    assert set(r.judges["minilm"]) == set(r.judges["tfidf"]) == {"davidson", "toxigen"}
+    assert before.second_hate_rate == pytest.approx(tfidf.rates(conts["before"])["hate_rate"])  # the second opinion
+    n_all = sum(len(v) for k, v in conts.items() if k not in ("prompts", "samples_per_prompt"))
+    assert r.agreement["n"] == n_all and 0 <= r.agreement["agreement"] <= 1
     lo, hi = before.hate_rate_ci
     assert lo <= before.hate_rate <= hi
     assert not (tmp_path / "h" / ".hate-partial").exists()

@@ -38,7 +38,7 @@ def hate(
     positive: str = typer.Option("hate", "--positive", help="(own file) label value(s) of hateful texts"),
     contrast: Optional[str] = typer.Option(None, "--contrast", help="(own file) label value(s) of neutral texts (default: all others)"),
     method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
-    k: str = typer.Option("10,50,100", "--k", help="sizes of the top-K sets turned off"),
+    k: str = typer.Option("10,50,100,500,2000", "--k", help="sizes of the top-K sets turned off (a dose-response)"),
     n_random: int = typer.Option(3, "--random", help="random K-sets per K (the control)"),
     fit_groups: Optional[str] = typer.Option(None, "--fit-groups", help="ToxiGen target groups to find the neurons on (default: all but --eval-groups)"),
     eval_groups: Optional[str] = typer.Option(None, "--eval-groups", help="ToxiGen target groups to evaluate on (default: all but --fit-groups)"),
@@ -47,7 +47,8 @@ def hate(
     n_prompts: int = typer.Option(80, "--prompts", help="hate-prone prompts (first half of held-out hateful sentences) to continue"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
     new_tokens: int = typer.Option(20, "--new-tokens", help="tokens sampled per continuation"),
-    classifier_data: Optional[Path] = typer.Option(None, "--classifier-data", help="Davidson labeled_data.csv the judge is trained on"),
+    classifier_data: Optional[Path] = typer.Option(None, "--classifier-data", help="Davidson labeled_data.csv the judges are trained on"),
+    judge: str = typer.Option("minilm", "--judge", help="minilm (MiniLM embeddings + logistic regression; TF-IDF as second opinion) or tfidf"),
     label_yes: str = typer.Option(" Yes", "--label-yes", help="label readout: the single-token 'hateful' answer"),
     label_no: str = typer.Option(" No", "--label-no", help="label readout: the single-token 'not hateful' answer"),
     mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura)"),
@@ -77,7 +78,7 @@ def hate(
                            positive=_csv(positive), contrast=_csv(contrast), method=method, ks=ks,
                            fit_groups=_csv(fit_groups), eval_groups=_csv(eval_groups), out=out_dir, n_random=n_random,
                            max_per_side=max_per_side, max_eval=max_eval, n_prompts=n_prompts, samples=samples,
-                           max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode, alpha=alpha,
+                           max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode, alpha=alpha, judge=judge,
                            seed=seed, **_find_options(neurons_subset, layers, probe_size, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
@@ -85,7 +86,6 @@ def hate(
     if as_json:
         print(json.dumps({"path": str(study.path), **r.to_dict()}))
         return
-    q = r.classifier
     t = Table(title=f"hate speech: {r.dataset}, {r.method}, {r.mode} ablation; held-out {r.n_eval['hate']} hateful / "
                     f"{r.n_eval['neutral']} neutral, {r.n_prompts} prompts, {r.n_continuations} continuations per condition")
     for col in ("K", "neurons", "loglik hate", "loglik neutral", "gap", "readout acc", "hate rate", "toxic rate",
@@ -106,8 +106,15 @@ def hate(
                   f("loglik_hate"), f("loglik_neutral"), f("gap"), f("readout_accuracy"), ci("hate_rate"),
                   ci("toxic_rate"), f"{row.ppl_ratio:.3f}")
     out.print(t)
-    out.print(f"judge: TF-IDF + logistic regression on Davidson et al., held-out accuracy {q['accuracy']:.3f}, "
-              f"hate-class F1 {q['f1_hate']:.3f} (n={q['n_test']})")
+    names = {"minilm": "MiniLM embeddings + logistic regression", "tfidf": "TF-IDF + logistic regression"}
+    for name, by_source in r.judges.items():
+        role = "judge" if name == r.judge else "second opinion"
+        out.print(f"{role}: {names.get(name, name)}; held-out " + "; ".join(
+            f"{src} accuracy {q['accuracy']:.3f}, hate-class F1 {q['f1_hate']:.3f} (n={q['n_test']})"
+            for src, q in by_source.items()))
+    if r.agreement:
+        out.print(f"the judges agree on {r.agreement['agreement']:.3f} of {r.agreement['n']} continuations "
+                  f"(hate vs not; Cohen's kappa {r.agreement['kappa']:.3f})")
     out.print("hate / toxic rate: [95% interval], bootstrap over prompts (random: the sets' mean per prompt)")
     out.print(f"written to {study.path}")
 
@@ -128,7 +135,7 @@ def bias(
     anti_col: str = typer.Option("Target_Anti-Stereotypical", "--anti-col", help="(templates) column of the anti-stereotypical targets"),
     mask: str = typer.Option("MASK", "--mask", help="(templates) the slot the targets fill"),
     method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
-    k: str = typer.Option("10,50,100", "--k", help="sizes of the top-K sets turned off"),
+    k: str = typer.Option("10,50,100,500,2000", "--k", help="sizes of the top-K sets turned off (a dose-response)"),
     n_random: int = typer.Option(3, "--random", help="random K-sets per K (the control)"),
     eval_fraction: float = typer.Option(0.3, "--eval-fraction", help="share of pairs held out for the evaluation"),
     max_fit_pairs: Optional[int] = typer.Option(None, "--max-fit-pairs", help="seeded cap on fit pairs"),

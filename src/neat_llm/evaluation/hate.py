@@ -7,7 +7,8 @@ K-sets of the same size:
                                    hateful?" S_tok = logit(" Yes") - logit(" No") > 0) gets right;
                                    readout_auroc is the same readout without a threshold
     hate_rate / toxic_rate       = share of sampled continuations (fixed seeds) of hate-prone prompts
-                                   that the Davidson classifier judges hate speech / hate or offensive
+                                   that the judge labels hate speech / hate or offensive (the MiniLM
+                                   judge in the study; second_hate_rate: the second judge's hate rate)
     ppl_ratio                    = perplexity(neutral text | off) / perplexity(neutral text)
 """
 
@@ -66,6 +67,7 @@ class HateMeasures:
     hate_rate: float
     toxic_rate: float
     ppl: float
+    second_hate_rate: float = float("nan")
 
 
 MEASURES = [f.name for f in fields(HateMeasures)]
@@ -86,6 +88,7 @@ class HateRow:
     hate_rate: float
     toxic_rate: float
     ppl_ratio: float
+    second_hate_rate: float = float("nan")
     n_sets: int = 1
     std: dict = field(default_factory=dict)
     hate_rate_ci: tuple[float, float] = (float("nan"), float("nan"))  # 95%, bootstrap over prompts
@@ -104,6 +107,9 @@ class HateReport:
     passes: dict
     seconds: float
     n_continuations: int = 0
+    judge: str = ""  # the judge of hate_rate / toxic_rate; classifier: its quality on Davidson
+    judges: dict = field(default_factory=dict)  # {judge: {source: held-out quality}}
+    agreement: dict = field(default_factory=dict)  # the two judges on every continuation (hate vs not)
     settings: dict = field(default_factory=dict)
     continuations: dict = field(default_factory=dict, repr=False)  # {condition: [text per prompt]}
 
@@ -126,6 +132,7 @@ class HateMeasure:
     batch_size: int = 16
     readout: LabelReadout = HATE_READOUT
     neutral_texts: Sequence[str] = NEUTRAL_TEXTS
+    second: HateClassifier | None = None  # a second judge (any object with ``rates``)
 
     def measure(self, model: LoadedModel, replicas: int) -> list[tuple[HateMeasures, list[str]]]:
         from sklearn.metrics import roc_auc_score
@@ -145,7 +152,9 @@ class HateMeasure:
                                      gap=float(ll_h[g].mean() - ll_n[g].mean()),
                                      readout_accuracy=float(((s[g] > 0) == (y == 1)).mean()),
                                      readout_auroc=float(roc_auc_score(y, s[g])), hate_rate=rates["hate_rate"],
-                                     toxic_rate=rates["toxic_rate"], ppl=ppls[g]), conts[g]))
+                                     toxic_rate=rates["toxic_rate"], ppl=ppls[g],
+                                     second_hate_rate=self.second.rates(conts[g])["hate_rate"] if self.second
+                                     else float("nan")), conts[g]))
         return out
 
     def to_json(self, result: tuple[HateMeasures, list[str]]) -> dict:
@@ -172,6 +181,16 @@ def rate_interval(continuations: list[list[str]], classifier: HateClassifier, sa
     return float(lo), float(hi)
 
 
+def _agreement(first, second, got) -> dict:
+    """The two judges on every continuation of every condition (empty without a second judge)."""
+    if second is None:
+        return {}
+    from .embedding_judge import agreement
+
+    texts = [t for _, conts in got.values() for t in conts]
+    return agreement(first.predict(texts), second.predict(texts))
+
+
 def hate_measures(model: LoadedModel, data: HateData, classifier: HateClassifier, *, seed: int = 0,
                   max_new_tokens: int = 20, batch_size: int = 16, readout: LabelReadout = HATE_READOUT,
                   neutral_texts: Sequence[str] = NEUTRAL_TEXTS) -> tuple[HateMeasures, list[str]]:
@@ -184,9 +203,12 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
                   neuron_pool: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 20,
                   batch_size: int = 16, readout: LabelReadout = HATE_READOUT, store: ConditionStore | None = None,
                   on_condition: Callable[[str], None] | None = None, dataset: str = "", method: str = "",
-                  alpha: float | None = None, per_batch: int = CONDITIONS_PER_BATCH) -> HateReport:
+                  alpha: float | None = None, per_batch: int = CONDITIONS_PER_BATCH,
+                  second_judge: HateClassifier | None = None) -> HateReport:
     """Measure before, with each top-K set off, and with ``n_random`` random K-sets off (drawn from
     ``neuron_pool``, default every neuron), ``per_batch`` conditions at a time along the batch.
+    ``classifier`` judges the continuations (hate_rate, toxic_rate, their intervals);
+    ``second_judge``, when given, is the second opinion (second_hate_rate, agreement).
     Finished conditions are taken from / saved to ``store``. ``on_condition(name)`` is called after
     each condition (progress)."""
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
@@ -195,7 +217,8 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
     readout.token_ids(model)  # label words that are not single tokens fail before any work
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
-    got = run_conditions(model, flat, HateMeasure(data, classifier, seed, max_new_tokens, batch_size, readout),
+    got = run_conditions(model, flat, HateMeasure(data, classifier, seed, max_new_tokens, batch_size, readout,
+                                                  second=second_judge),
                          store=store, per_batch=per_batch, on_condition=on_condition)
     before = got[BEFORE][0]
 
@@ -218,7 +241,11 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
     return HateReport(dataset=dataset, method=method, mode=mode,
                       n_eval={"hate": len(data.hate), "neutral": len(data.neutral)}, n_prompts=len(data.prompts),
                       n_continuations=data.n_continuations,
-                      classifier=classifier.quality.to_dict(), rows=rows, passes=model.counter.since(c0).as_dict(),
+                      classifier=classifier.quality_dict()["davidson"],
+                      judge=classifier.name,
+                      judges={j.name: j.quality_dict() for j in (classifier, second_judge) if j is not None},
+                      agreement=_agreement(classifier, second_judge, got),
+                      rows=rows, passes=model.counter.since(c0).as_dict(),
                       seconds=time.perf_counter() - t0,
                       settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens,
                                 "samples_per_prompt": data.samples, "readout": asdict(readout)},

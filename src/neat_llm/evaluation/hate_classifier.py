@@ -52,6 +52,11 @@ class HateClassifier:
     pipeline: object
     quality: ClassifierQuality
     data_sha256: str
+    name = "tfidf"
+
+    def quality_dict(self) -> dict:
+        """{source: held-out quality} (the Davidson test part)."""
+        return {"davidson": self.quality.to_dict()}
 
     def hate_probability(self, texts: Sequence[str]) -> np.ndarray:
         """P(hate speech) per text: [N] float64."""

@@ -41,7 +41,7 @@ class BiasStudy:
 
 def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str | Path | None = None,
                lang: str = "en", bias_type: str | None = None, columns: dict | None = None, method: str = "neat",
-               ks: Sequence[int] = (10, 50, 100), out: str | Path | None = None, n_random: int = 3,
+               ks: Sequence[int] = (10, 50, 100, 500, 2000), out: str | Path | None = None, n_random: int = 3,
                eval_fraction: float = 0.3, max_fit_pairs: int | None = None, max_eval_pairs: int | None = None,
                n_boot: int = 1000, min_pairs: int = 5, mode: str | None = None, alpha: float | None = None,
                seed: int = 0, progress: bool = True,

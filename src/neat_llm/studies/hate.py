@@ -87,12 +87,12 @@ def _cap(texts: list[str], n: int | None, seed: int) -> list[str]:
 
 def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Path | None = None,
                text_col: str = "text", label_col: str = "label", positive: Sequence[str] = ("hate",),
-               contrast: Sequence[str] | None = None, method: str = "neat", ks: Sequence[int] = (10, 50, 100),
+               contrast: Sequence[str] | None = None, method: str = "neat", ks: Sequence[int] = (10, 50, 100, 500, 2000),
                fit_groups: Sequence[str] | None = None, eval_groups: Sequence[str] | None = None,
                out: str | Path | None = None, n_random: int = 3, max_per_side: int | None = None,
                max_eval: int | None = None, n_prompts: int = 80, samples: int = 5, max_new_tokens: int = 20,
                classifier_data: str | Path | None = None, readout: LabelReadout = HATE_READOUT, mode: str | None = None,
-               alpha: float | None = None,
+               alpha: float | None = None, judge: str = "minilm",
                seed: int = 0, progress: bool = True, **find_options) -> HateStudy:
     """Find hate-speech neurons with ``method`` and measure what turning the top-K off does.
 
@@ -100,7 +100,10 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     ``max_eval``: at most this many held-out sentences per side; ``n_prompts``: hate-prone prompts
     (the first half of held-out hateful sentences), each continued ``samples`` times (seeded, the
     same draws in every condition) with ``max_new_tokens`` sampled tokens;
-    ``classifier_data``: the Davidson file the judge is trained on (default: the shared data).
+    ``classifier_data``: the Davidson file the judges are trained on (default: the shared data).
+    ``judge``: ``"minilm"`` (MiniLM embeddings + logistic regression on Davidson and the fit part
+    of the study's data; the TF-IDF judge is its second opinion) or ``"tfidf"`` (the TF-IDF judge
+    alone).
     ``mode`` / ``alpha``: how the neurons are turned off (default: the run's own, see
     ``run_intervention``). ``find_options`` go to ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
     """
@@ -113,7 +116,13 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     if max_per_side:
         concept = concept.sample(max_per_side, seed)
     readout.token_ids(model)  # before the long part: bad label words and a missing file fail now
-    classifier = load_hate_classifier(classifier_data)
+    if judge not in ("minilm", "tfidf"):
+        raise ValueError(f"judge must be 'minilm' or 'tfidf', got {judge!r}")
+    tfidf = load_hate_classifier(classifier_data)
+    if judge == "minilm":
+        from ..evaluation.embedding_judge import SentenceEncoder, minilm_dir
+
+        encoder = SentenceEncoder(minilm_dir())  # a missing encoder package fails before the long part
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
     with run_folder_lock(out):  # one writer per study folder
         run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
@@ -134,15 +143,32 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
             raise ConceptSetError("no held-out hateful sentence is long enough (4+ words) to make a prompt from")
         hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts), samples)
 
+        # the judge learns from the fit part only: the held-out texts never train or test it
+        fit = concept.split(eval_fraction=run.meta.params["eval_fraction"], seed=run.meta.seed).fit
+        if judge == "minilm":
+            from ..evaluation.embedding_judge import judge_quality, load_embedding_judge, toxigen_split
+
+            source = data if data in ("toxigen", "davidson") else "fit"
+            classifier = load_embedding_judge(classifier_data, (fit.texts, fit.labels), source=source, encoder=encoder)
+            second = tfidf
+            _, _, test_x, test_y = toxigen_split(fit.texts, fit.labels)
+            tfidf_on_fit = judge_quality(tfidf.predict, test_x, ["hate" if y else "neither" for y in test_y], source)
+        else:
+            classifier, second, tfidf_on_fit = tfidf, None, None
         selections = run_selections(run, ks)
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
                        "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts], "samples": samples,
-                       "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "readout": repr(readout)}
+                       "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "judge": judge,
+                       "readout": repr(readout)}
         store = ConditionStore(out / ".hate-partial", fingerprint)
         with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
             report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=mode, alpha=alpha,
                                    neuron_pool=neuron_pool(run), max_new_tokens=max_new_tokens, readout=readout, store=store,
-                                   on_condition=tick, dataset=concept.name, method=method)
+                                   on_condition=tick, dataset=concept.name, method=method, second_judge=second)
+        if tfidf_on_fit is not None:  # the second opinion measured on the same held-out part of the fit texts
+            from dataclasses import asdict as _asdict
+
+            report.judges.setdefault("tfidf", {})[tfidf_on_fit.source] = _asdict(tfidf_on_fit)
         report.settings.update({"fit_groups": fit_g, "eval_groups": eval_g, "reading_layer": run.meta.reading_layer,
                                 "eval_auroc": run.meta.eval_auroc, "n_fit": run.meta.n_fit})
         path = out / "hate.json"

@@ -40,6 +40,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 
 
 def _fail(msg: str) -> None:

@@ -1,0 +1,32 @@
+"""The README's layout section names every module of the package and every benchmark and script,
+and nothing that is not there."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _layout() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Layout")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_readme_layout_names_every_module():
+    layout = _layout()
+    modules = [p for p in (ROOT / "src" / "neat_llm").rglob("*.py") if p.name != "__init__.py"]
+    missing = [str(p.relative_to(ROOT)) for p in modules if not re.search(rf"\b{re.escape(p.name)}\b", layout)]
+    assert not missing, f"README's layout section does not name {missing}"
+    scripts = [p for d in ("benchmarks", "scripts") for p in (ROOT / d).glob("*.py") if not p.name.startswith("_")]
+    missing = [p.name for p in scripts if p.name not in layout]
+    assert not missing, f"README's layout section does not name {missing}"
+
+
+def test_readme_layout_names_nothing_that_is_gone():
+    layout = _layout()
+    named = set(re.findall(r"\b([a-z_0-9]+\.py)\b", layout))
+    here = {p.name for d in ("src/neat_llm", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")}
+    assert not named - here, f"README's layout section names files that do not exist: {sorted(named - here)}"

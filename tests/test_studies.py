@@ -356,3 +356,53 @@ def test_studies_dampen_aura_neurons_by_their_own_factors(tiny_llama, tmp_path):
     assert plain.report.mode == "dampen"
     with pytest.raises(ValueError, match="dampen"):
         evaluate_bias(tiny_llama, study.eval, {3: plain.run.top(3)}, mode="dampen")
+
+
+def test_paired_probe_scores_the_effect_on_the_within_pair_difference(tiny_llama, tmp_path):
+    """With probe_pairs, the probe batch is the b fit pairs with the largest S(more) - S(less), and the
+    contrastive score (specificity 0, every position) of a neuron is the mean over those pairs of
+    [S(more) - S(more | off)] - [S(less) - S(less | off)], recomputed here with turn_off."""
+    from neat_llm.concepts.vectors import apply_template
+    from neat_llm.evaluation.removal import concept_scores_along, run_readout
+
+    pairs = load_pairs("crows-pairs")
+    concept = pairs.as_concept_set().dedupe()
+    run = nl.find_concept_neurons(tiny_llama, concept, probe_pairs=list(zip(pairs.more, pairs.less)), probe_size=3,
+                                  score="contrastive", specificity=0, positions="all", out=tmp_path / "p",
+                                  progress=False)
+    readout = run_readout(run)
+    assert run.meta.params["probe"] == "paired" and len(run.meta.extra["contrast_probe_texts"]) == 3
+    more = run.meta.probe_texts[:3]
+    less = run.meta.extra["contrast_probe_texts"]
+    template = readout.template
+    pair_of = dict(zip(apply_template(template, pairs.more), apply_template(template, pairs.less)))
+    assert [pair_of[m] for m in more] == less  # each positive probe with its own counterpart
+    # the chosen pairs lean the most towards the stereotype among the fit pairs
+    fit = concept.split(eval_fraction=0.3, seed=0).fit
+    usable = [(a, c) for a, c in zip(pairs.more, pairs.less) if a in fit.positives and c in fit.contrast]
+    ev = nl.ConceptSet.from_texts([a for a, _ in usable], [c for _, c in usable], name="u")
+    s = concept_scores_along(tiny_llama, readout, ev, 1)[0]
+    diffs = sorted((s.pos - s.neg).tolist(), reverse=True)
+    chosen = nl.ConceptSet.from_texts(more, less, name="c")
+    import dataclasses
+
+    plain = dataclasses.replace(readout, template="{text}")  # the probes are stored as the model read them
+    got = concept_scores_along(tiny_llama, plain, chosen, 1)[0]
+    assert sorted((got.pos - got.neg).tolist(), reverse=True) == pytest.approx(diffs[:3], abs=1e-4)
+    for l, k in [(0, 1), (1, 7), (readout.layer, 3)]:
+        with nl.turn_off(tiny_llama, [(l, k)]):
+            off = concept_scores_along(tiny_llama, plain, chosen, 1)[0]
+        want = float((got.pos - off.pos).mean() - (got.neg - off.neg).mean())
+        assert float(run.scores[l, k]) == pytest.approx(want, abs=1e-4)
+
+
+def test_bias_study_with_the_paired_probe(tiny_llama, tmp_path):
+    study = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "b", n_random=1, min_pairs=2,
+                       probe="paired", progress=False)
+    assert study.report.settings["probe"] == "paired" and study.report.settings["score"] == "contrastive"
+    assert study.run.meta.params["probe"] == "paired"
+    with pytest.raises(Exception, match="probe"):  # the folder holds a paired-probe run: not reused for another
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "b", n_random=1, min_pairs=2,
+                   progress=False)
+    with pytest.raises(ValueError, match="probe must be"):
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "c", probe="pairs", progress=False)

@@ -142,6 +142,7 @@ def bias(
     max_eval_pairs: Optional[int] = typer.Option(None, "--max-eval-pairs", help="seeded cap on held-out pairs"),
     n_boot: int = typer.Option(1000, "--boot", help="bootstrap resamples for the 95% intervals"),
     min_pairs: int = typer.Option(5, "--min-pairs", help="bias types with fewer held-out pairs only count towards 'all'"),
+    probe: str = typer.Option("prototypical", "--probe", help="prototypical (find's probe batch) or paired (the b most stereotypical-leaning fit pairs; each neuron scored by its effect on S(stereotypical) - S(its own counterpart))"),
     layer_rule: str = typer.Option("paired", "--layer-rule", help="reading layer: best cross-validated paired accuracy on the fit pairs ('paired') or find's P-vs-N AUROC ('auroc')"),
     mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura)"),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura)"),
@@ -175,7 +176,7 @@ def bias(
                            method=method, ks=ks, out=out_dir, n_random=n_random, eval_fraction=eval_fraction,
                            max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
                            min_pairs=min_pairs, mode=mode, alpha=alpha, seed=seed, layer_rule=layer_rule,
-                           templates=templates, **_find_options(neurons_subset, layers, probe_size, m))
+                           templates=templates, probe=probe, **_find_options(neurons_subset, layers, probe_size, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     r = study.report

@@ -8,6 +8,7 @@ import json
 import platform
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -53,6 +54,27 @@ EFFECT_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive", "attrib
 
 
 EXAMPLE_NEURONS = 50  # top neurons whose top-activating examples the run keeps for its report
+
+
+def paired_probes(pairs: Sequence[tuple[str, str]], pos: list[str], neg: list[str], s_pos: torch.Tensor,
+                  s_neg: torch.Tensor, b: int, read_template: str) -> tuple[list[str], list[str]]:
+    """The probe batch of ``b`` pairs with the largest S(positive) − S(counterpart) among the pairs
+    whose two sentences are both fit texts: (their positives, their counterparts), as the model reads
+    them (with ``read_template``), pair i of one list matching pair i of the other."""
+    sp = {t: float(v) for t, v in zip(pos, s_pos)}
+    sn = {t: float(v) for t, v in zip(neg, s_neg)}
+    usable = list(dict.fromkeys((a, c) for a, c in pairs if a in sp and c in sn))
+    if not usable:
+        raise ValueError("no probe pair has both sentences in the fit split; give the pairs the concept was made from")
+    usable.sort(key=lambda p: sp[p[0]] - sn[p[1]], reverse=True)
+    chosen = usable[:b]
+    return (apply_template(read_template, [a for a, _ in chosen]), apply_template(read_template, [c for _, c in chosen]))
+
+
+def _pairs_sha(pairs: Sequence[tuple[str, str]]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps([list(p) for p in pairs]).encode()).hexdigest()
 
 
 def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
@@ -178,7 +200,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
                          progress: bool = True, batch_size: int = 16, tokens_per_batch: int = 4096,
                          label: LabelReadout | None = None, scorer_options: dict | None = None,
                          neurons: dict[int, list[int]] | None = None, distributed=None,
-                         max_ppl: float | None = None) -> Run:
+                         max_ppl: float | None = None, probe_pairs: Sequence[tuple[str, str]] | None = None) -> Run:
     """Find the concept neurons of ``model`` for ``concept`` and write a run folder.
 
     Steps: seeded stratified fit/eval split; one pass over the fit texts (residuals at every layer,
@@ -209,12 +231,20 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     {block: [neuron indices]} to score only a subset (blocks not named are not scored).
     ``distributed``: a ``neat_llm.distributed.RaySweep`` to shard the sweep over a Ray cluster
     (same scores; see docs/scaling.md).
+    ``probe_pairs``: (positive, its own contrast counterpart) pairs, e.g. minimal pairs (probe-based
+    methods): the probe batch is the ``probe_size`` pairs (both sentences in the fit split) with the
+    largest S(positive) − S(counterpart), the positive probes their positives and the contrast probes
+    their own counterparts, so ``score="contrastive"`` is each neuron's effect on the within-pair
+    difference, averaged over the b pairs.
     ``max_ppl``: also choose K on the fit split: the top-K set with the largest fit gap removal
     whose perplexity ratio on fluency texts stays <= max_ppl (``evaluation/budget.py``); stored in
     meta.json (``extra["k_choice"]``).
     """
     if probe_size < 1:
         raise ValueError(f"probe_size must be at least 1, got {probe_size}")
+    if probe_pairs is not None and method not in PROBE_METHODS:
+        raise ValueError(f"probe_pairs choose a probe batch, which the {method!r} method does not use "
+                         f"(probe-based methods: {', '.join(PROBE_METHODS)})")
     check_template(read_template)
     if max_ppl is not None and not max_ppl > 1.0:
         raise ValueError(f"max_ppl is a perplexity ratio and must be > 1, got {max_ppl}")
@@ -307,8 +337,12 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         def distinct(texts: list[str], order: torch.Tensor) -> list[str]:  # the first probe_size distinct texts
             return list(dict.fromkeys(texts[int(i)] for i in order))[:probe_size]
 
-        top_pos = distinct(read_pos, torch.argsort(readout.score(sp.residuals[:, layer]), descending=True))
-        low_neg = distinct(read_neg, torch.argsort(readout.score(sn.residuals[:, layer])))
+        if probe_pairs is None:
+            top_pos = distinct(read_pos, torch.argsort(readout.score(sp.residuals[:, layer]), descending=True))
+            low_neg = distinct(read_neg, torch.argsort(readout.score(sn.residuals[:, layer])))
+        else:  # the pairs themselves: the b most stereotypical-leaning pairs, each with its own counterpart
+            top_pos, low_neg = paired_probes(probe_pairs, pos, neg, readout.score(sp.residuals[:, layer]),
+                                             readout.score(sn.residuals[:, layer]), probe_size, read_template)
         b = len(top_pos)
         probes = ProbeSet(top_pos, [1.0 / b] * b)
         if score == "contrastive":
@@ -318,6 +352,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
                   "read_template": read_template,
                   "probe_size": b, "score": score, "contrastive": score == "contrastive", "specificity": lam,
+                  **({"probe": "paired", "probe_pairs_sha": _pairs_sha(probe_pairs)} if probe_pairs is not None else {}),
                   "gap_fit": gap_fit,
                   "ablation": ablation, "eval_fraction": eval_fraction,
                   "layers": layers, "top_k": top_k, "neuron_subset": neurons,

@@ -45,7 +45,8 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                eval_fraction: float = 0.3, max_fit_pairs: int | None = None, max_eval_pairs: int | None = None,
                n_boot: int = 1000, min_pairs: int = 5, mode: str | None = None, alpha: float | None = None,
                seed: int = 0, progress: bool = True,
-               layer_rule: str = "paired", templates: dict | None = None, **find_options) -> BiasStudy:
+               layer_rule: str = "paired", templates: dict | None = None, probe: str = "prototypical",
+               **find_options) -> BiasStudy:
     """Split the pairs (seeded, whole pairs, stratified by bias type), find the bias neurons with
     ``method`` on the fit pairs, and score the eval pairs before / after / with random neurons.
 
@@ -56,6 +57,10 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
     accuracy on the fit pairs (share of pairs whose stereotypical sentence scores higher than its
     own counterpart; see concepts/paired.py), ``"auroc"`` at find's usual P-vs-N AUROC layer. The
     held-out paired accuracy at the reading layer is reported either way.
+    ``probe``: ``"prototypical"`` (find's probe batch: the b fit positives with the highest S and,
+    for the contrast side, the b contrast texts with the lowest) or ``"paired"`` (the pair is the
+    probe: the b fit pairs with the largest S(stereotypical) − S(counterpart), each neuron scored by
+    its effect on that within-pair difference, ``score="contrastive"`` unless given).
     ``templates``: ``data`` is a file of bias templates (a ``MASK`` slot and two target lists),
     read with these ``load_templates`` options ({"template": "Sentence", "stereo": ..., "anti": ...,
     "bias_type": ..., "mask": "MASK"}); the neurons are found on pairs of fillings of the fit
@@ -83,6 +88,11 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                       source={**source, "bias_type": bias_type, "eval_fraction": eval_fraction, "seed": seed})
     if max_fit_pairs:
         concept = concept.sample(max_fit_pairs, seed)
+    if probe not in ("prototypical", "paired"):
+        raise ValueError(f"probe must be 'prototypical' or 'paired', got {probe!r}")
+    if probe == "paired":
+        find_options["probe_pairs"] = list(zip(fit.more, fit.less))
+        find_options.setdefault("score", "contrastive")
     out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
     with run_folder_lock(out):  # one writer per study folder
         if layer_rule not in ("paired", "auroc"):
@@ -111,7 +121,8 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                                    min_pairs=min_pairs, store=store, on_condition=tick, dataset=items.name, lang=lang,
                                    method=method)
         report.settings.update({"bias_type": bias_type, "n_fit_pairs": len(fit), "eval_fraction": eval_fraction,
-                                "templates": templates, "n_eval_items": len(ev),
+                                "templates": templates, "n_eval_items": len(ev), "probe": probe,
+                                "score": run.meta.params.get("score"),
                                 "reading_layer": run.meta.reading_layer, "eval_auroc": run.meta.eval_auroc,
                                 "n_fit": run.meta.n_fit, "layer_rule": layer_rule,
                                 "paired_cv_accuracy": None if paired_cv is None else float(paired_cv[readout.layer]),

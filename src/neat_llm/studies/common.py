@@ -22,10 +22,14 @@ def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Pat
     if (out / "meta.json").is_file():
         run = Run.load(out)
         layer = find_options.get("reading_layer")
+        probe = "paired" if find_options.get("probe_pairs") is not None else None
+        score = find_options.get("score")
         same = (run.meta.weights_hash == model.weights_hash, run.meta.concept_hash == concept.hash,
-                run.meta.method == method, layer is None or run.meta.reading_layer == layer)
+                run.meta.method == method, layer is None or run.meta.reading_layer == layer,
+                run.meta.params.get("probe") == probe, score is None or run.meta.params.get("score") == score)
         if not all(same):
-            what = [w for w, ok in zip(("model weights", "data", "method", "reading layer"), same) if not ok]
+            what = [w for w, ok in zip(("model weights", "data", "method", "reading layer", "probe", "score"), same)
+                    if not ok]
             raise RunError(f"{out} holds a finished run with other {', '.join(what)}; choose another --out")
         return run
     return find_concept_neurons(model, concept, method, out=out, **find_options)

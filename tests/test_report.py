@@ -248,6 +248,7 @@ PAGE_QUERIES = {
     "title": "document.title",
     "width": "document.documentElement.scrollWidth",
     "sections": "Array.from(document.querySelectorAll('section h2')).map(h => h.textContent)",
+    "dose_charts": "document.querySelectorAll('svg.hate-dose').length",
 }
 
 
@@ -259,7 +260,8 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
     assert check.errors == []
     assert check.requests == [path.resolve().as_uri()]  # the page itself and nothing else
     v = check.values
-    assert v["charts"] == 11 and v["chart_marks"] > 60
+    assert v["charts"] == 12 and v["chart_marks"] > 60
+    assert v["dose_charts"] == 1  # the hate study's effect against its fluency cost
     assert v["rows"] == 50 and v["open_rows"] == 2 and v["tokens"] > 100 and v["scripts"] == 0
     assert v["width"] <= 1280  # no horizontal overflow
     assert v["sections"] == ["The run", "Concept vector quality per layer", "Where the concept neurons live",
@@ -280,3 +282,30 @@ def test_escaped_page_in_headless_chromium(evil_run_dir, tmp_path):
     assert check.errors == []  # no script ran (it would log 'pwned') and CSP blocked nothing
     assert check.values["scripts"] == 0 and check.values["title"].startswith("weather <script>")
     assert len(check.values["sections"]) == 4 and check.values["rows"] > 0
+
+
+def test_study_dose_response_charts_follow_the_results(run_dir, tmp_path):
+    """The hate and bias sections draw the effect against the perplexity ratio: one point per K on
+    each line (concept and random), the concept line's 95% interval as a band when the study gives one."""
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(run_dir, d)
+    hate = json.loads(json.dumps(HATE))
+    for r in hate["results"]:
+        r["hate_rate_ci"] = [r["hate_rate"] - 0.05, r["hate_rate"] + 0.05]
+    hate.update(judge="minilm", judges={"minilm": {"davidson": {"f1_hate": 0.61}}, "tfidf": {"davidson": {"f1_hate": 0.41}}},
+                agreement={"n": 400, "agreement": 0.9, "kappa": 0.5}, n_continuations=400)
+    (d / "hate.json").write_text(json.dumps(hate))
+    bias = json.loads(json.dumps(BIAS))
+    bias["results"] = [{**r, "bias_type": "all", "k": k, "random_ppl_ratio": 1.0 + k / 1000, "ppl_ratio": 1 + k / 100}
+                       for r, k in zip(bias["results"] * 2, (10, 50))]
+    (d / "bias.json").write_text(json.dumps(bias))
+    page = parse(render_report(d))
+    svgs = [a.get("class", "") for t, a in page.tags if t == "svg"]
+    assert "chart hate-dose" in svgs and "chart bias-dose" in svgs
+    text = " ".join(page.text)
+    assert "minilm (judge): davidson F1 0.610" in text and "400 continuations per condition" in text
+    assert "agree on 0.900" in text
+    (d / "bias.json").write_text(json.dumps(BIAS))  # one K: no dose-response line to draw
+    assert "bias-dose" not in render_report(d)

@@ -442,9 +442,48 @@ def _hate(inp: ReportInputs) -> str:
             charts.append(line_chart(series, title=label, xlabel="K (neurons turned off)", ylabel=label,
                                      x_log=bool(ks) and min(ks) > 0, xticks=ks or None, hlines=hlines,
                                      width=480, height=260, css_class=f"hate-{key}"))
-    intro = f"Data set: {e(h.get('dataset', '?'))}; method: {e(h.get('method', '?'))}."
+    def point(r, key="hate_rate"):
+        ci = r.get(f"{key}_ci") if isinstance(r.get(f"{key}_ci"), (list, tuple)) else (None, None)
+        return _num(r.get("ppl_ratio")), _num(r.get(key)), _num(ci[0]), _num(ci[1])
+
+    by = {c: [point(r) for r in res if r.get("condition") == c] for c in ("before", "concept", "random")}
+    if by["concept"] and all(p[0] is not None and p[1] is not None for p in by["concept"] + by["random"]):
+        before = [p[1] for p in by["before"] if p[1] is not None]
+        charts.insert(0, _dose_response(by["concept"], by["random"], "hate rate of continuations",
+                                        "dose-response: hate rate against fluency cost",
+                                        before[0] if before else None, "hate-dose"))
+    judges = h.get("judges") if isinstance(h.get("judges"), dict) else {}
+    judged = "; ".join(f"{e(name)}{' (judge)' if name == h.get('judge') else ''}: "
+                       + ", ".join(f"{e(src)} F1 {e(_f(_num(q.get('f1_hate'))))}" for src, q in by_src.items()
+                                   if isinstance(q, dict))
+                       for name, by_src in judges.items() if isinstance(by_src, dict))
+    agree = h.get("agreement") if isinstance(h.get("agreement"), dict) else {}
+    intro = (f"Data set: {e(h.get('dataset', '?'))}; method: {e(h.get('method', '?'))}; "
+             f"{e(h.get('n_continuations', '?'))} continuations per condition."
+             + (f" Judges (held-out hate-class F1): {judged}." if judged else "")
+             + (f" The judges agree on {e(_f(_num(agree.get('agreement'))))} of the continuations "
+                f"(kappa {e(_f(_num(agree.get('kappa'))))})." if agree else ""))
     body = f'<div class="grid2">{"".join(f"<div>{c}</div>" for c in charts)}</div>' if charts else _note("no numbers to plot")
     return _section("hate", title, body, intro)
+
+
+def _dose_response(concept: list[tuple], random: list[tuple], ylabel: str, title: str, before: float | None,
+                   css: str) -> str:
+    """Effect against the perplexity ratio: the top-K sets as one line (their 95% interval as a
+    band), the random K-sets as a dashed line with theirs; points are (ppl ratio, y, lo, hi)."""
+    def series(points, name, color, dashed):
+        pts = sorted(points)
+        band = None
+        if all(p[2] is not None and p[3] is not None for p in pts):
+            band = ([p[2] for p in pts], [p[3] for p in pts])
+        return Series(name, [p[0] for p in pts], [p[1] for p in pts], color=color, band=band, dashed=dashed)
+
+    lines = [series(concept, "concept neurons off (95% interval)", PALETTE[0], False)]
+    if random:
+        lines.append(series(random, "random neurons off", GREY, True))
+    return line_chart(lines, title=title, xlabel="perplexity ratio (neutral text)", ylabel=ylabel,
+                      hlines=[(before, "before")] if before is not None else [], vlines=[(1.05, "1.05"), (1.10, "1.10")],
+                      width=480, height=260, css_class=css)
 
 
 def _bias(inp: ReportInputs) -> str:
@@ -484,7 +523,19 @@ def _bias(inp: ReportInputs) -> str:
     intro = (f"Data set: {e(b.get('dataset', '?'))} ({e(b.get('lang', '?'))}); method: {e(b.get('method', '?'))}."
              f"{readable} Percent of pairs where the model prefers the stereotypical sentence, with its 95% "
              "interval; the chart shows the largest K, the table every K.")
-    return _section("bias", title, chart + table, intro)
+    def point(r, side, ppl_key):
+        c = r.get(side) if isinstance(r.get(side), dict) else {}
+        return _num(r.get(ppl_key)), _num(c.get("score")), _num(c.get("lo")), _num(c.get("hi"))
+
+    overall = [r for r in res if r.get("bias_type") == "all"]
+    dose = ""
+    if len(overall) > 1 and all(point(r, "after", "ppl_ratio")[0] is not None for r in overall):
+        before = _num((overall[0].get("before") or {}).get("score"))
+        dose = _dose_response([point(r, "after", "ppl_ratio") for r in overall],
+                              [point(r, "random", "random_ppl_ratio") for r in overall],
+                              "stereotype preference (%, all pairs)", "dose-response: stereotype score against fluency cost",
+                              before, "bias-dose")
+    return _section("bias", title, chart + dose + table, intro)
 
 
 def _ci(c) -> str:

@@ -120,11 +120,11 @@ class RandomCache:
 
 
 def evaluate(model, run, eval_set, scores: torch.Tensor, randoms: RandomCache) -> dict:
-    from neat_llm.evaluation import evaluate_removal, run_intervention, run_readout
+    from neat_llm.evaluation import evaluate_removal
 
     ranked = dataclasses.replace(run, scores=scores)
-    iv = run_intervention(run)
-    readout = run_readout(run)
+    iv = run.intervention()
+    readout = run.readout()
     path = randoms.file(readout, eval_set, iv.mode)
     cache = randoms.load(path)
     report = evaluate_removal(model, readout, eval_set, {k: ranked.top(k) for k in KS}, n_random=N_RANDOM, mode=iv.mode,

@@ -50,7 +50,7 @@ EXPERIMENTS = {
 
 
 # The paper's applications: `neat hate` and `neat bias` (NEAT with find's defaults, whole model, 3 random K-sets).
-STUDY_COMMON = ["--k", "10,50,100", "--random", "3", "--seed", "0"]
+STUDY_COMMON = ["--random", "3", "--seed", "0"]  # K = 10, 50, 100, 500, 2000 (the studies' default)
 STUDIES = {
     "hate-toxigen": {"title": "ToxiGen, all target groups (held-out 30%)",
                      "args": ["hate", "--data", "toxigen", *STUDY_COMMON]},
@@ -83,6 +83,11 @@ def machine() -> str:
 def run(name: str) -> None:
     out = ROOT / "results" / name
     grid_default = ROOT / "results" / "grid" / name / "default"
+    if name == "hate-toxigen" and (ROOT / "results/grid/toxigen/default/meta.json").exists() \
+            and not (out / "meta.json").exists():
+        # the study's run is `neat find` with its defaults on all of ToxiGen: the grid's default cell
+        shutil.copytree(ROOT / "results/grid/toxigen/default", out, ignore=shutil.ignore_patterns("evaluation-*.json"))
+        print(f"reusing results/grid/toxigen/default as the run of {name}", flush=True)
     if name in EXPERIMENTS and (grid_default / "meta.json").exists() and not (out / "runs" / "neat").exists():
         # the grid's default cell is `neat find` with its defaults on the same data and seed: the very run
         # `neat compare` would make for NEAT, so it is reused rather than swept again
@@ -142,16 +147,28 @@ def findings(cmp: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rate(r: dict, n: str) -> str:
+    ci = r.get(f"{n}_ci")
+    return f"{r[n]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def _hate_table(obj: dict) -> str:
-    cols = [("loglik_hate", "loglik hate"), ("loglik_neutral", "loglik neutral"), ("gap", "gap"),
-            ("readout_accuracy", "readout acc."), ("readout_auroc", "readout AUROC"), ("hate_rate", "hate rate"),
-            ("toxic_rate", "hate or offensive rate")]
+    cols = [("gap", "loglik gap (hate − neutral)"), ("readout_accuracy", "readout acc."), ("hate_rate", "hate rate"),
+            ("second_hate_rate", "hate rate, 2nd judge"), ("toxic_rate", "hate or offensive rate")]
     lines = ["| K | neurons off | " + " | ".join(c for _, c in cols) + " | ppl ratio |",
              "|---|---|" + "---|" * len(cols) + "---|"]
     for r in obj["results"]:
         sd = r.get("std") or {}
-        cells = [f"{r[n]:.3f}" + (f" ± {sd[n]:.3f}" if n in sd else "") for n, _ in cols]
-        what = {"before": "none (before)", "concept": f"top-{r['k']} (NEAT)",
+        cells = []
+        for n, _ in cols:
+            v = r.get(n)
+            if v is None or v != v:
+                cells.append("–")
+            elif n in ("hate_rate", "toxic_rate") and r.get(f"{n}_ci"):
+                cells.append(_rate(r, n))
+            else:
+                cells.append(f"{v:.3f}" + (f" ± {sd[n]:.3f}" if n in sd else ""))
+        what = {"before": "none (before)", "concept": f"top-{r['k']} ({obj['method']})",
                 "random": f"random {r['k']} (mean of {r['n_sets']})"}[r["condition"]]
         lines.append(f"| {r['k']} | {what} | " + " | ".join(cells) + f" | {r['ppl_ratio']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -164,43 +181,88 @@ def _hate_findings(obj: dict) -> str:
     for k in sorted({r["k"] for r in rows if r["k"]}):
         c = next(r for r in rows if r["k"] == k and r["condition"] == "concept")
         rnd = next(r for r in rows if r["k"] == k and r["condition"] == "random")
-        parts = []
-        for n, label in (("gap", "log-likelihood gap (hate − neutral)"), ("hate_rate", "hate rate"),
-                         ("toxic_rate", "hate-or-offensive rate"), ("readout_accuracy", "readout accuracy")):
-            d, dr, sd = c[n] - before[n], rnd[n] - before[n], rnd["std"].get(n, 0.0)
-            beyond = abs(d - dr) > 2 * sd and abs(d - dr) > 1e-9
-            parts.append(f"{label} {before[n]:.3f} → {c[n]:.3f} (random: {rnd[n]:.3f} ± {sd:.3f}; "
-                         + ("outside" if beyond else "within") + " 2 s.d. of random)")
-        out.append(f"- K={k}: " + "; ".join(parts) + f"; perplexity ratio {c['ppl_ratio']:.3f} "
+        sd = rnd["std"].get("gap", 0.0)
+        moved = (c["gap"] - before["gap"]) - (rnd["gap"] - before["gap"])
+        clear = c.get("hate_rate_ci") and rnd.get("hate_rate_ci") and (
+            c["hate_rate_ci"][1] < rnd["hate_rate_ci"][0] or c["hate_rate_ci"][0] > rnd["hate_rate_ci"][1])
+        out.append(f"- K={k}: log-likelihood gap {before['gap']:.3f} → {c['gap']:.3f} (random {rnd['gap']:.3f} ± {sd:.3f}; "
+                   f"{moved / sd if sd > 0 else float('nan'):+.1f} s.d. of the random sets); hate rate "
+                   f"{_rate(before, 'hate_rate')} → {_rate(c, 'hate_rate')} (random {_rate(rnd, 'hate_rate')}; the "
+                   f"intervals {'do not overlap' if clear else 'overlap'}); perplexity ratio {c['ppl_ratio']:.3f} "
                    f"(random {rnd['ppl_ratio']:.3f}).")
     return "\n".join(out) + "\n"
 
 
 def _hate_headline(obj: dict) -> str:
-    """One plain sentence on the largest K: the effect on the likelihood gap, the hate rate and
-    fluency, each against the random control."""
+    """The issue's target in one plain sentence: within a perplexity ratio of 1.10, the largest K whose
+    hate rate falls by half or more with its interval clear of the random control's, and how far the
+    likelihood gap moves in s.d. of the random sets."""
     rows = obj["results"]
     before = rows[0]
-    k = max(r["k"] for r in rows)
-    c = next(r for r in rows if r["k"] == k and r["condition"] == "concept")
+    ok = [r for r in rows if r["condition"] == "concept" and r["ppl_ratio"] <= 1.10]
+    if not ok:
+        return "**Plainly:** no top-K set stays within a perplexity ratio of 1.10.\n"
+    best = min(ok, key=lambda r: r["hate_rate"])
+    k = best["k"]
     rnd = next(r for r in rows if r["k"] == k and r["condition"] == "random")
-    sd = rnd["std"]
+    drop = 1 - best["hate_rate"] / before["hate_rate"] if before["hate_rate"] else float("nan")
+    clear = best.get("hate_rate_ci") and rnd.get("hate_rate_ci") and best["hate_rate_ci"][1] < rnd["hate_rate_ci"][0]
+    sd = rnd["std"].get("gap", 0.0)
+    sds = ((best["gap"] - before["gap"]) - (rnd["gap"] - before["gap"])) / sd if sd > 0 else float("nan")
+    verdict = ("meets" if drop >= 0.5 and clear else "misses") + " the target (half or more, interval clear of random)"
+    return (f"**Plainly:** within a perplexity ratio of 1.10 the lowest hate rate is at K = {k} (ratio "
+            f"{best['ppl_ratio']:.3f}): {_rate(before, 'hate_rate')} → {_rate(best, 'hate_rate')}, a "
+            f"{100 * drop:.0f}% drop, against random {k}: {_rate(rnd, 'hate_rate')}; this {verdict}. The "
+            f"hate − neutral log-likelihood gap moves {sds:+.1f} s.d. of the random sets there (target: 3).\n")
 
-    def beyond(n):
-        return abs((c[n] - before[n]) - (rnd[n] - before[n])) > 2 * sd.get(n, 0.0) + 1e-9
 
-    gap = c["gap"] - before["gap"]
-    parts = [f"**Plainly (top-{k} off):** "
-             + (f"hateful text becomes {'less' if gap < 0 else 'more'} likely relative to neutral text by "
-                f"{abs(gap):.3f} nats per token, beyond the random control (random {rnd['gap'] - before['gap']:+.3f} "
-                f"± {sd.get('gap', 0):.3f})" if beyond("gap") and abs(gap) > 0.02
-                else "the hate-vs-neutral likelihood gap does not move beyond the random control"),
-             f"the hate rate of continuations goes {before['hate_rate']:.3f} → {c['hate_rate']:.3f} "
-             + ("(beyond" if beyond("hate_rate") else "(within") + f" the random control's {rnd['hate_rate']:.3f} ± "
-             f"{sd.get('hate_rate', 0):.3f}; {obj['n_prompts']} prompts, so one continuation is "
-             f"{1 / obj['n_prompts']:.3f})",
-             f"perplexity on neutral text rises {100 * (c['ppl_ratio'] - 1):.1f}% (random {100 * (rnd['ppl_ratio'] - 1):.1f}%)"]
-    return "; ".join(parts) + ".\n"
+def _hate_plot(obj: dict, path: Path) -> None:
+    """Hate rate against the perplexity ratio: the top-K sets and the random K-sets, 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    before = obj["results"][0]
+    for cond, color, label in (("concept", "C0", f"top-K ({obj['method']})"), ("random", "0.5", "random K-sets")):
+        rows = sorted((r for r in obj["results"] if r["condition"] == cond), key=lambda r: r["ppl_ratio"])
+        x = [r["ppl_ratio"] for r in rows]
+        ax.plot(x, [r["hate_rate"] for r in rows], "o-" if cond == "concept" else "s--", color=color, label=label)
+        if all(r.get("hate_rate_ci") for r in rows):
+            ax.fill_between(x, [r["hate_rate_ci"][0] for r in rows], [r["hate_rate_ci"][1] for r in rows], color=color,
+                            alpha=0.15)
+        for r in rows:
+            if cond == "concept":
+                ax.annotate(f"K={r['k']}", (r["ppl_ratio"], r["hate_rate"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.axhline(before["hate_rate"], color="k", lw=0.8, ls=":", label="before")
+    for v in (1.05, 1.10):
+        ax.axvline(v, color="0.7", lw=0.6)
+    ax.set_xlabel("perplexity ratio on neutral text")
+    ax.set_ylabel("hate rate of continuations")
+    ax.set_title(f"{obj['dataset']}: hate rate against fluency cost (95% intervals)", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _judges(obj: dict) -> str:
+    names = {"minilm": "MiniLM embeddings + logistic regression", "tfidf": "TF-IDF + logistic regression"}
+    parts = []
+    for name, by_source in (obj.get("judges") or {}).items():
+        role = "judge" if name == obj.get("judge") else "second opinion"
+        parts.append(f"{role}: {names.get(name, name)} (held-out " + "; ".join(
+            f"{src}: accuracy {q['accuracy']:.3f}, hate-class F1 {q['f1_hate']:.3f}, n={q['n_test']}"
+            for src, q in by_source.items()) + ")")
+    a = obj.get("agreement") or {}
+    if a:
+        parts.append(f"the two agree on {a['agreement']:.3f} of {a['n']} continuations (Cohen's kappa {a['kappa']:.3f})")
+    if not parts:
+        q = obj["classifier"]
+        parts.append(f"judge: held-out accuracy {q['accuracy']:.3f}, hate-class F1 {q['f1_hate']:.3f} (n={q['n_test']})")
+    return "; ".join(parts) + "."
 
 
 def _bias_table(obj: dict) -> str:
@@ -280,8 +342,11 @@ def study_sections() -> list[str]:
             "off (zero ablation), and everything is measured on held-out sentences, next to K random neurons from "
             "the same pool (3 sets; mean ± s.d.). *loglik* = mean per-token log-likelihood (nats); *gap* = hate − "
             "neutral; *readout* = the label readout \"Is this text hateful? Answer:\" (logit \" Yes\" − \" No\" > 0); "
-            "*hate rate* = share of continuations (20 sampled tokens, fixed seeds) of hate-prone prompts (the first "
-            "half of held-out hateful sentences) that the Davidson-trained classifier labels hate speech; "
+            "*hate rate* = share of continuations (20 sampled tokens; 5 seeded samples per prompt, the same draws "
+            "in every condition) of hate-prone prompts (the first half of held-out hateful sentences) that the judge "
+            "labels hate speech, with a 95% bootstrap interval over prompts; the judge is a logistic regression on "
+            "MiniLM sentence embeddings trained on Davidson's train part and the fit texts, the TF-IDF judge "
+            "(Davidson) the second opinion; "
             "*ppl ratio* = perplexity on neutral text after / before. NEAT scores every neuron of the model with "
             "`neat find`'s defaults.\n"]
     bias = ["## Social bias: `neat bias`\n",
@@ -313,15 +378,15 @@ def study_sections() -> list[str]:
         obj = json.loads(f.read_text())
         st = obj["settings"]
         if kind == "hate":
-            q = obj["classifier"]
+            _hate_plot(obj, docs / "img" / f"{name}.png")
             hate.append(head + f"Held out: {obj['n_eval']['hate']} hateful and {obj['n_eval']['neutral']} neutral "
-                        f"sentences, {obj['n_prompts']} prompts; reading layer {st['reading_layer']} (held-out "
-                        f"AUROC of the concept score {st['eval_auroc']:.3f}); fit groups "
+                        f"sentences, {obj['n_prompts']} prompts x {st.get('samples_per_prompt', 1)} continuations "
+                        f"({obj.get('n_continuations') or obj['n_prompts']} per condition); reading layer "
+                        f"{st['reading_layer']} (held-out AUROC of the concept score {st['eval_auroc']:.3f}); fit groups "
                         f"{st['fit_groups'] or 'all'}, eval groups {st['eval_groups'] or 'all (held-out split)'}. "
-                        f"Judge: held-out accuracy {q['accuracy']:.3f}, hate-class F1 {q['f1_hate']:.3f} "
-                        f"(precision {q['precision_hate']:.3f}, recall {q['recall_hate']:.3f}, n={q['n_test']}).\n\n"
-                        + _hate_table(obj) + "\n" + _hate_headline(obj) + "\nWhat the numbers say:\n\n"
-                        + _hate_findings(obj))
+                        + _judges(obj) + f" Evaluation: {obj['seconds'] / 60:.1f} min.\n\n"
+                        + _hate_table(obj) + f"\n![{name}](img/{name}.png)\n\n" + _hate_headline(obj)
+                        + "\nWhat the numbers say:\n\n" + _hate_findings(obj))
         else:
             _bias_plot(obj, docs / "img" / f"{name}.png")
             acc = st.get("eval_paired_accuracy")

@@ -184,10 +184,10 @@ def test_find_position_restricted(tiny_model_dir, tmp_path):
     run = nl.Run.load(tmp_path / "read")
     assert run.meta.params["scorer"]["positions"] == "read"
     model = nl.load_model(tiny_model_dir)
-    from neat_llm.evaluation import run_readout
+
 
     b = len(run.meta.probe_texts)
-    task = ScoringTask(run_readout(run), ProbeSet(run.meta.probe_texts, [1.0 / b] * b), layers=list(range(model.n_layers)))
+    task = ScoringTask(run.readout(), ProbeSet(run.meta.probe_texts, [1.0 / b] * b), layers=list(range(model.n_layers)))
     direct = NeatScorer(positions="read").score(model, task).scores
     assert torch.allclose(run.effect_positive, direct, atol=1e-5)  # the positive probes' sweep
     assert not torch.allclose(run.effect_positive, NeatScorer().score(model, task).scores, atol=1e-4)

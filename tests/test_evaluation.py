@@ -13,8 +13,7 @@ from sklearn.metrics import roc_auc_score
 from neat_llm import ConceptSet, ConceptSetError, NeuronSelection, turn_off
 from neat_llm.concepts.representations import text_pass
 from neat_llm.concepts.vectors import ConceptReadout, concept_vectors
-from neat_llm.evaluation import (NEUTRAL_TEXTS, evaluate_removal, mean_token_loglik, perplexity, random_selections,
-                                 run_eval_set, run_readout, run_selections, text_logliks)
+from neat_llm.evaluation import (NEUTRAL_TEXTS, evaluate_removal, mean_token_loglik, perplexity, random_selections, text_logliks)
 
 TEXTS = ["the rain came over the town today", "a cake", "hello world, this is a tiny tokenizer for tests",
          "snow fell near the river"]
@@ -220,14 +219,14 @@ def test_helpers_from_a_finished_run(model, concept_set, tmp_path):
     from neat_llm import find_concept_neurons
 
     run = find_concept_neurons(model, concept_set, method="neat", out=tmp_path / "run", progress=False, top_k=10)
-    ev = run_eval_set(run, concept_set)
+    ev = run.eval_set(concept_set)
     assert ev == concept_set.split(eval_fraction=0.3, seed=0).eval
-    readout = run_readout(run)
+    readout = run.readout()
     assert readout.layer == run.meta.reading_layer and torch.equal(readout.vector, run.concept_vector)
-    sels = run_selections(run, [0, 3])
+    sels = run.selections([0, 3])
     assert sels[3].neurons == run.top(3).neurons and sels[3].means is not None and len(sels[0]) == 0
     with pytest.raises(ValueError, match="more than the"):
-        run_selections(run, [model.n_neurons + 1])
+        run.selections([model.n_neurons + 1])
     other = ConceptSet.from_texts(concept_set.positives[:-1], concept_set.contrast, name="weather")
     with pytest.raises(ValueError, match="is not the data of run"):
-        run_eval_set(run, other)
+        run.eval_set(other)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import neat_llm as nl
-from neat_llm.evaluation import run_readout
+
 from neat_llm.runs import PartialSweep, RunError
 
 
@@ -93,7 +93,7 @@ def test_contrastive_and_mean_ablation_options(tiny_llama, concept_set, tmp_path
                                   out=tmp_path / "r", progress=False)
     assert len(run.meta.probe_texts) == 4
     assert run.meta.params["contrastive"] and run.meta.params["ablation"] == "mean"
-    positives = set(run_readout(run).apply(concept_set.positives))  # the probes are read with the template
+    positives = set(run.readout().apply(concept_set.positives))  # the probes are read with the template
     assert [t in positives for t in run.meta.probe_texts] == [True, True, False, False]
 
 

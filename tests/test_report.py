@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import neat_llm as nl
-from neat_llm.evaluation import run_readout
+
 from conftest import concept_texts
 from neat_llm.hooks import capture_inputs
 from neat_llm.report import read_run_folder, render_report, write_report
@@ -62,13 +62,13 @@ def parse(html: str) -> Tags:
 @pytest.fixture(scope="module")
 def run_dir(tiny_llama, tmp_path_factory):
     """A tiny-model run with an evaluation and hand-written hate/bias results beside it."""
-    from neat_llm.evaluation import evaluate_removal, run_eval_set, run_readout, run_selections
+    from neat_llm.evaluation import evaluate_removal
 
     pos, neg = concept_texts(24)
     cs = nl.ConceptSet.from_texts(pos, neg, name="weather")
     d = tmp_path_factory.mktemp("report") / "run"
     run = nl.find_concept_neurons(tiny_llama, cs, out=d, progress=False, top_k=80)
-    rep = evaluate_removal(tiny_llama, run_readout(run), run_eval_set(run, cs), run_selections(run, [2, 8, 32]),
+    rep = evaluate_removal(tiny_llama, run.readout(), run.eval_set(cs), run.selections([2, 8, 32]),
                            n_random=2)
     (d / "evaluation.json").write_text(json.dumps({"run_dir": str(d), "method": "neat", **rep.to_dict()}))
     (d / "hate.json").write_text(json.dumps(HATE))
@@ -100,7 +100,7 @@ def test_examples_match_a_direct_reading_of_each_neuron(run_dir, tiny_llama):
     assert [(n["layer"], n["neuron"]) for n in ex["neurons"]] == list(run.top(50).neurons)
     pos, neg = concept_texts(24)
     split = nl.ConceptSet.from_texts(pos, neg, name="weather").split(eval_fraction=0.3, seed=0).fit
-    readout = run_readout(run)  # the examples are the texts as the concept readout reads them
+    readout = run.readout()  # the examples are the texts as the concept readout reads them
     texts = {"positive": readout.apply(split.positives), "contrast": readout.apply(split.contrast)}
     for n in ex["neurons"][:12]:
         l, k = n["layer"], n["neuron"]

@@ -363,14 +363,14 @@ def test_paired_probe_scores_the_effect_on_the_within_pair_difference(tiny_llama
     contrastive score (specificity 0, every position) of a neuron is the mean over those pairs of
     [S(more) - S(more | off)] - [S(less) - S(less | off)], recomputed here with turn_off."""
     from neat_llm.concepts.vectors import apply_template
-    from neat_llm.evaluation.removal import concept_scores_along, run_readout
+    from neat_llm.evaluation.removal import concept_scores_along
 
     pairs = load_pairs("crows-pairs")
     concept = pairs.as_concept_set().dedupe()
     run = nl.find_concept_neurons(tiny_llama, concept, probe_pairs=list(zip(pairs.more, pairs.less)), probe_size=3,
                                   score="contrastive", specificity=0, positions="all", out=tmp_path / "p",
                                   progress=False)
-    readout = run_readout(run)
+    readout = run.readout()
     assert run.meta.params["probe"] == "paired" and len(run.meta.extra["contrast_probe_texts"]) == 3
     more = run.meta.probe_texts[:3]
     less = run.meta.extra["contrast_probe_texts"]

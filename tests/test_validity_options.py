@@ -13,7 +13,7 @@ import torch
 import neat_llm as nl
 from neat_llm.concepts.representations import neuron_profiles, text_pass
 from neat_llm.concepts.vectors import ConceptReadout, apply_template
-from neat_llm.evaluation import concept_scores, evaluate_removal, perplexity, run_eval_set, run_readout
+from neat_llm.evaluation import concept_scores, evaluate_removal, perplexity
 from neat_llm.interventions import Intervention, NeuronSelection
 from neat_llm.scoring.fluency import FLUENCY_TEXTS, fluency_cost, loss_effect_first_order
 from neat_llm.scoring.reference import concept_score_of
@@ -46,11 +46,11 @@ def test_template_is_applied_and_checked():
 def test_run_reads_the_concept_at_the_template_token(tiny_llama, concept_set, tmp_path):
     run = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, read_template="{text} today",
                                   out=tmp_path / "r", progress=False, specificity=0)
-    readout = run_readout(run)
+    readout = run.readout()
     assert readout.template == "{text} today"
     assert all(t.endswith(" today") for t in run.meta.probe_texts)
     # the stored eval AUROC is S read on the templated eval texts, computed directly here
-    ev = run_eval_set(run, concept_set)
+    ev = run.eval_set(concept_set)
     direct = [concept_score_of(tiny_llama, t + " today", readout.layer, readout.vector) for t in ev.texts]
     from sklearn.metrics import roc_auc_score
 
@@ -103,7 +103,7 @@ def test_specificity_aware_score_is_share_of_gap_minus_lambda_cost(tiny_llama, c
     assert plain.effect is None and plain.fluency_cost is None and plain.meta.params["specificity"] == 0
     torch.testing.assert_close(aware.effect, plain.scores)  # the same sweep underneath
     split = concept_set.split(0.3, 0)
-    readout = run_readout(aware)
+    readout = aware.readout()
     s_pos = readout.score(text_pass(tiny_llama, readout.apply(split.fit.positives)).residuals[:, readout.layer])
     s_neg = readout.score(text_pass(tiny_llama, readout.apply(split.fit.contrast)).residuals[:, readout.layer])
     gap = float(s_pos.double().mean() - s_neg.double().mean())
@@ -131,7 +131,7 @@ def test_top_rows_carry_their_effects_on_positive_and_contrast_probes(tiny_llama
     change on the contrast probes."""
     run = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, positions="all", specificity=0, top_k=6,
                                   out=tmp_path / "r", progress=False, score=score)
-    readout = run_readout(run)
+    readout = run.readout()
     split = concept_set.split(0.3, 0)
     s_neg = readout.score(text_pass(tiny_llama, readout.apply(split.fit.contrast)).residuals[:, readout.layer])
     low_neg = [readout.apply(split.fit.contrast)[int(i)] for i in torch.argsort(s_neg)[:2]]
@@ -234,12 +234,12 @@ def test_dampen_multiplies_each_neuron_by_its_factor(tiny_llama):
 
 def test_dampened_random_sets_borrow_the_top_sets_factors(tiny_llama, concept_set, tmp_path):
     run = nl.find_concept_neurons(tiny_llama, concept_set, method="aura", out=tmp_path / "r", progress=False)
-    ev = run_eval_set(run, concept_set)
+    ev = run.eval_set(concept_set)
     sel = run.top(10)
-    report = evaluate_removal(tiny_llama, run_readout(run), ev, {10: sel}, n_random=2, mode="dampen")
+    report = evaluate_removal(tiny_llama, run.readout(), ev, {10: sel}, n_random=2, mode="dampen")
     from neat_llm.evaluation.conditions import random_selections
 
-    readout = run_readout(run)
+    readout = run.readout()
     before = concept_scores(tiny_llama, readout, ev)
     for got, rand in zip(report.rows[0].random, random_selections(tiny_llama, 10, 2, 0)):
         with nl.turn_off(tiny_llama, rand.with_alphas(sel.alphas), mode="dampen"):
@@ -252,7 +252,7 @@ def test_choose_k_picks_the_most_removal_within_the_budget(tiny_llama, concept_s
     run = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, out=tmp_path / "r", progress=False,
                                   max_ppl=1.5)
     choice = run.meta.extra["k_choice"]
-    readout = run_readout(run)
+    readout = run.readout()
     fit = concept_set.split(0.3, 0).fit
     ranking = run.top(int(torch.isfinite(run.scores).sum()))
     before = concept_scores(tiny_llama, readout, fit)
@@ -270,7 +270,7 @@ def test_choose_k_picks_the_most_removal_within_the_budget(tiny_llama, concept_s
 
 def test_removal_at_budget_reads_the_best_k_within_it(tiny_llama, concept_set, tmp_path):
     run = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, out=tmp_path / "r", progress=False)
-    report = evaluate_removal(tiny_llama, run_readout(run), run_eval_set(run, concept_set),
+    report = evaluate_removal(tiny_llama, run.readout(), run.eval_set(concept_set),
                               {k: run.top(k) for k in (2, 5, 20)}, n_random=2)
     for budget in (1.0001, 1.05, 10.0):
         res = report.at_budget(budget)

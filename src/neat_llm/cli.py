@@ -157,14 +157,14 @@ def find(
 def _evaluate_chosen_k(m, run, cs) -> dict:
     """The K chosen on the fit split within --max-ppl, measured on the eval split against 5 random
     K-sets; written to evaluation.json. Returns {"k_choice", "evaluation"} (evaluation None when no K fits)."""
-    from neat_llm.evaluation import evaluate_removal, run_eval_set, run_intervention, run_readout
+    from neat_llm.evaluation import evaluate_removal
     from neat_llm.runs import write_text
 
     choice = run.meta.extra["k_choice"]
     if choice["k"] is None:
         return {"k_choice": choice, "evaluation": None}
-    iv = run_intervention(run)
-    report = evaluate_removal(m, run_readout(run), run_eval_set(run, cs), {choice["k"]: run.top(choice["k"])},
+    iv = run.intervention()
+    report = evaluate_removal(m, run.readout(), run.eval_set(cs), {choice["k"]: run.top(choice["k"])},
                               n_random=5, mode=iv.mode, alpha=iv.alpha)
     obj = {"run_dir": str(run.run_dir), "method": run.meta.method, **report.to_dict()}
     write_text(run.run_dir / "evaluation.json", json.dumps(obj, indent=2))
@@ -236,9 +236,7 @@ def generate(run_dir: Path = typer.Argument(..., help="a run folder"),
     try:
         run = nl.Run.load(run_dir)
         m = _model_of_run(run)
-        from neat_llm.evaluation import run_intervention
-
-        iv = run_intervention(run, mode, alpha)
+        iv = run.intervention(mode, alpha)
         before = m.generate(prompt, max_new_tokens, chat=chat)
         with nl.turn_off(m, run.top(k), iv):
             after = m.generate(prompt, max_new_tokens, chat=chat)
@@ -266,7 +264,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     """Turn off the run's top-K neurons and measure concept removal on the held-out eval split,
     against random K-sets; writes evaluation.json into the run folder."""
     import neat_llm as nl
-    from neat_llm.evaluation import evaluate_removal, run_eval_set, run_intervention, run_readout, run_selections
+    from neat_llm.evaluation import evaluate_removal
     from neat_llm.evaluation.removal import BUDGETS
     from neat_llm.concepts.sources import load_concept_source
     from neat_llm.runs import write_text
@@ -281,9 +279,9 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
                 _fail("--concept replaces a concept file, but this run did not use one")
             src["path"] = str(concept)
         cs = load_concept_source(src)
-        iv = run_intervention(run, mode, alpha)
+        iv = run.intervention(mode, alpha)
         m = _model_of_run(run)
-        report = evaluate_removal(m, run_readout(run), run_eval_set(run, cs), run_selections(run, ks),
+        report = evaluate_removal(m, run.readout(), run.eval_set(cs), run.selections(ks),
                                   n_random=n_random, seed=seed, mode=iv.mode, alpha=iv.alpha)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .concepts.conceptset import ConceptSet
-from .evaluation.removal import BUDGETS, evaluate_removal, run_eval_set, run_intervention, run_readout
+from .evaluation.removal import BUDGETS, evaluate_removal
 from .find import find_concept_neurons
 from .models.loaded import LoadedModel
 from .runs import Run, run_folder_lock, write_text
@@ -270,8 +270,8 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str],
             runs[method] = run
             n_scored = int(torch.isfinite(run.scores).sum())
             usable = [k for k in ks if k <= n_scored]
-            iv = run_intervention(run, None if run.alpha is not None else mode)
-            report = evaluate_removal(model, run_readout(run), run_eval_set(run, concept),
+            iv = run.intervention(None if run.alpha is not None else mode)
+            report = evaluate_removal(model, run.readout(), run.eval_set(concept),
                                       {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=iv.mode,
                                       alpha=iv.alpha, random_cache=random_cache if iv.mode == mode else None) if usable else None
             fwd, bwd, secs = _scoring_cost(run)

@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .interventions import NeuronSelection
+from .concepts.conceptset import ConceptSet
+from .concepts.vectors import ConceptReadout
+from .interventions import Intervention, NeuronSelection
 
 FORMAT = 1
 
@@ -254,6 +256,39 @@ class Run:
                           fluency_cost=at(self.fluency_cost, l, n), alpha=at(self.alpha, l, n),
                           top_tokens=tokens.get((l, n), ""))
                 for i, (l, n) in enumerate(sel.neurons)]
+
+    # --- what an evaluation needs from the run -----------------------------------------------------
+    def readout(self) -> ConceptReadout:
+        """The concept readout the run used (reading layer, vector, pooling, read template)."""
+        p = self.meta.params
+        return ConceptReadout(self.meta.reading_layer, self.concept_vector, p.get("vector", "diff-means"),
+                              p.get("pool", "last"), p.get("read_template", "{text}"))
+
+    def intervention(self, mode: str | None = None, alpha: float | None = None) -> Intervention:
+        """How the run's neurons are turned off: ``mode`` (zero, mean, dampen) if given, else the run's
+        own: dampening with each neuron's factor for runs that define one (AurA), else its ablation."""
+        if mode is None:
+            mode = "dampen" if self.alpha is not None and alpha is None else self.meta.params.get("ablation", "zero")
+            if alpha is not None:
+                mode = "dampen"
+        if mode == "dampen" and alpha is None and self.alpha is None:
+            raise ValueError(f"dampening needs --alpha: the {self.meta.method} run has no per-neuron factors")
+        return Intervention.of(mode, self.contrast_means, alpha)
+
+    def eval_set(self, concept: ConceptSet) -> ConceptSet:
+        """The held-out eval part of ``concept`` exactly as the run split it (same data, fraction, seed)."""
+        if concept.hash != self.meta.concept_hash:
+            raise RunError(f"concept set {concept.name!r} is not the data of run {self.run_dir} "
+                           f"(hash {concept.hash[:12]} != {self.meta.concept_hash[:12]})")
+        return concept.split(eval_fraction=self.meta.params["eval_fraction"], seed=self.meta.seed).eval
+
+    def selections(self, ks) -> dict[int, NeuronSelection]:
+        """{K: the run's top-K neurons} (with contrast means, for mean ablation) for every K of ``ks``."""
+        n = int(torch.isfinite(self.scores).sum())
+        too_many = [k for k in ks if k > n]
+        if too_many:
+            raise ValueError(f"K={too_many[0]} is more than the {n} neurons the run scored")
+        return {int(k): self.top(int(k)) for k in ks}
 
     def save(self) -> None:
         if (self.run_dir / "meta.json").exists():  # checked again right before the run is written

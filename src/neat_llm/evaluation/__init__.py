@@ -4,8 +4,8 @@ from .neutral_text import NEUTRAL_TEXTS
 from .perplexity import mean_token_loglik, perplexity, text_logliks
 from .conditions import random_selections, run_conditions, study_conditions
 from .removal import (ConceptScores, RemovalAtK, RemovalEffect, RemovalReport, concept_scores, evaluate_removal,
-                      removal_effect, run_eval_set, run_intervention, run_readout, run_selections)
+                      removal_effect)
 
 __all__ = ["NEUTRAL_TEXTS", "mean_token_loglik", "perplexity", "text_logliks", "ConceptScores", "RemovalAtK",
            "RemovalEffect", "RemovalReport", "concept_scores", "evaluate_removal", "random_selections",
-           "removal_effect", "run_conditions", "study_conditions", "run_eval_set", "run_intervention", "run_readout", "run_selections"]
+           "removal_effect", "run_conditions", "study_conditions"]

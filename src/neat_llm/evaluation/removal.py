@@ -26,7 +26,6 @@ from ..concepts.representations import residuals_along
 from ..concepts.vectors import ConceptReadout
 from ..interventions import Condition, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
-from ..runs import Run, RunError
 from .conditions import BEFORE, CONDITIONS_PER_BATCH, pool_layers, run_conditions, study_conditions
 from .neutral_text import NEUTRAL_TEXTS
 from .perplexity import perplexities_along
@@ -280,43 +279,6 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
         auroc_before=before.auroc, gap_before=gap, mean_s_pos_before=float(before.pos.double().mean()),
         mean_s_neg_before=float(before.neg.double().mean()), ppl_before=ppl_before, rows=rows,
         passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0)
-
-
-# --- from a finished run ------------------------------------------------------------------------
-def run_readout(run: Run) -> ConceptReadout:
-    """The concept readout a run used (reading layer, vector, pooling)."""
-    p = run.meta.params
-    return ConceptReadout(run.meta.reading_layer, run.concept_vector, p.get("vector", "diff-means"),
-                          p.get("pool", "last"), p.get("read_template", "{text}"))
-
-
-def run_intervention(run: Run, mode: str | None = None, alpha: float | None = None) -> Intervention:
-    """How a run's neurons are turned off: ``mode`` (zero, mean, dampen) if given, else the run's
-    own: dampening with each neuron's factor for runs that define one (AurA), else its ablation."""
-    if mode is None:
-        mode = "dampen" if run.alpha is not None and alpha is None else run.meta.params.get("ablation", "zero")
-        if alpha is not None:
-            mode = "dampen"
-    if mode == "dampen" and alpha is None and run.alpha is None:
-        raise ValueError(f"dampening needs --alpha: the {run.meta.method} run has no per-neuron factors")
-    return Intervention.of(mode, run.contrast_means, alpha)
-
-
-def run_eval_set(run: Run, concept: ConceptSet) -> ConceptSet:
-    """The held-out eval part of ``concept`` exactly as the run split it (same data, fraction, seed)."""
-    if concept.hash != run.meta.concept_hash:
-        raise RunError(f"concept set {concept.name!r} is not the data of run {run.run_dir} "
-                       f"(hash {concept.hash[:12]} != {run.meta.concept_hash[:12]})")
-    return concept.split(eval_fraction=run.meta.params["eval_fraction"], seed=run.meta.seed).eval
-
-
-def run_selections(run: Run, ks: Sequence[int]) -> dict[int, NeuronSelection]:
-    """{K: the run's top-K neurons} (with contrast means, for mean ablation)."""
-    n = int(torch.isfinite(run.scores).sum())
-    too_many = [k for k in ks if k > n]
-    if too_many:
-        raise ValueError(f"K={too_many[0]} is more than the {n} neurons the run scored")
-    return {int(k): run.top(int(k)) for k in ks}
 
 
 # --- helpers ------------------------------------------------------------------------------------

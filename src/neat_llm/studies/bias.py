@@ -21,7 +21,7 @@ from ..concepts.vectors import DEFAULT_READ_TEMPLATE, choose_reading_layer
 from ..evaluation.bias import BiasReport, evaluate_bias
 from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
-from ..evaluation.removal import run_intervention, run_readout, run_selections
+
 from ..find import default_run_dir
 from ..models.loaded import LoadedModel
 from ..runs import Run, run_folder_lock, write_text
@@ -105,8 +105,8 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                                            seed=seed)
             find_options["reading_layer"] = choose_reading_layer(paired_cv)
         run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
-        readout = run_readout(run)
-        iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
+        readout = run.readout()
+        iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
         mode, alpha = iv.mode, iv.alpha
         eval_paired = paired_accuracy(pair_differences(model, ev_pairs.more, ev_pairs.less, pool=readout.pool,
                                                        template=readout.template)[:, readout.layer], readout.vector)
@@ -116,7 +116,7 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                        "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "eval": repr(ev), "neutral": neutral}
         store = ConditionStore(out / ".bias-partial", fingerprint)
         with condition_progress("bias evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-            report = evaluate_bias(model, ev, run_selections(run, ks), n_random=n_random, seed=seed, mode=mode, alpha=alpha,
+            report = evaluate_bias(model, ev, run.selections(ks), n_random=n_random, seed=seed, mode=mode, alpha=alpha,
                                    neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
                                    min_pairs=min_pairs, store=store, on_condition=tick, dataset=items.name, lang=lang,
                                    method=method)

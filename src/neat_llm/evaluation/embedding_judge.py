@@ -142,6 +142,7 @@ class EmbeddingJudge:
     quality: dict[str, JudgeQuality]
     data_sha256: str
     name: str = "minilm"
+    settings: dict = field(default_factory=lambda: dict(SETTINGS))
     _seen: dict = field(default_factory=dict, repr=False)  # text -> verdict (conditions repeat continuations)
 
     def predict(self, texts: Sequence[str]) -> list[str]:

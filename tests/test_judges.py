@@ -66,13 +66,15 @@ def test_judge_quality_per_source_and_a_cache_that_follows_the_data(encoder, tmp
     # the quality is what the judge gets on the held-out parts, recomputed here
     _, _, x, y = ej.toxigen_split(*FIT)
     assert tq == ej.judge_quality(judge.predict, x, ["hate" if h else "neither" for h in y], "toxigen")
+    assert judge.hate_threshold is not None and 0 < judge.hate_threshold < 1  # chosen by cross-validation
     assert judge.predict(["drive the hill folk out", "the coast folk trade salt"]) == ["hate", "neither"]
     assert judge.rates(["drive the hill folk out", "the coast folk trade salt"]) == {"hate_rate": 0.5, "toxic_rate": 0.5}
 
     files = list(tmp_path.glob("minilm-hate-*.npz"))
     assert len(files) == 1
     with np.load(files[0], allow_pickle=False) as z:  # numbers and JSON only
-        assert json.loads(z["header"].tobytes().decode())["format"] == 1
+        header = json.loads(z["header"].tobytes().decode())
+        assert header["format"] == 2 and header["hate_threshold"] == judge.hate_threshold
     monkeypatch.setattr(ej, "train_embedding_judge", lambda *a, **k: pytest.fail("retrained despite the cache"))
     cached = ej.load_embedding_judge(DAVIDSON, FIT, encoder=encoder, cache_dir=tmp_path)
     assert cached.quality == judge.quality and np.allclose(cached.coef, judge.coef)
@@ -83,6 +85,20 @@ def test_judge_quality_per_source_and_a_cache_that_follows_the_data(encoder, tmp
     files[0].write_bytes(b"not an npz")  # a broken cache file is rebuilt, never trusted
     rebuilt = ej.load_embedding_judge(DAVIDSON, FIT, encoder=encoder, cache_dir=tmp_path)
     assert rebuilt.quality == judge.quality
+
+
+def test_hate_threshold_decides_hate_and_argmax_the_rest(encoder):
+    """P(hate) >= threshold -> hate; otherwise the likelier of the other classes (offensive, neither)."""
+    coef = np.zeros((3, 384), dtype=np.float32)
+    judge = ej.EmbeddingJudge(encoder, coef, np.log(np.array([0.3, 0.5, 0.2], dtype=np.float32)), np.array([0, 1, 2]),
+                              {}, 0.25, "x")
+    assert judge.predict(["a"]) == ["hate"]  # P(hate) 0.3 >= 0.25, although offensive is likelier
+    judge = ej.EmbeddingJudge(encoder, coef, np.log(np.array([0.3, 0.5, 0.2], dtype=np.float32)), np.array([0, 1, 2]),
+                              {}, 0.35, "x")
+    assert judge.predict(["a"]) == ["offensive"]
+    judge = ej.EmbeddingJudge(encoder, coef, np.log(np.array([0.3, 0.2, 0.5], dtype=np.float32)), np.array([0, 1, 2]),
+                              {}, None, "x")
+    assert judge.predict(["a"]) == ["neither"]  # no threshold: the argmax
 
 
 def test_agreement_of_two_judges():

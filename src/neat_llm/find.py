@@ -20,7 +20,7 @@ from .concepts.vectors import (DEFAULT_READ_TEMPLATE, ConceptReadout, apply_temp
                                choose_reading_layer, concept_vectors, layer_aurocs)
 from .models.loaded import LoadedModel
 from .progress import progress_bar
-from .report.examples import EXAMPLES_FILE, neuron_examples
+from .concepts.examples import EXAMPLES_FILE, neuron_examples
 from .runs import PartialSweep, Run, RunError, RunMeta, run_folder_lock, write_text
 from .interventions import Intervention
 from .scoring import ProbeSet, ScoringTask, get_scorer

@@ -19,7 +19,7 @@ from html import escape
 from pathlib import Path
 
 from .charts import GREY, PALETTE, Series, bar_chart, empty_chart, histogram, interval_chart, line_chart
-from .examples import EXAMPLES_FILE
+from ..concepts.examples import EXAMPLES_FILE
 
 REPORT_FILE = "report.html"
 OPEN_ROWS = 2  # top neurons shown expanded when the page opens

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..concepts.representations import batches, check_finite
+from .representations import batches, check_finite
 from ..hooks import capture_inputs
 from ..models.loaded import LoadedModel
 

@@ -337,3 +337,34 @@ def test_size_messages_agree():
     cs = ConceptSet.from_texts(["a", "b", "c"], ["d", "e", "f"])
     with pytest.raises(ConceptSetError, match="at least 4 examples per side to split"):
         cs.split()
+
+
+def test_concept_source_is_typed_and_round_trips(tmp_path):
+    """Every loader records a ConceptSource; its dict (what meta.json keeps) reads back to the same
+    source, older runs' untyped dicts read too, and each reloads the same concept set."""
+    import json
+
+    from neat_llm.concepts.conceptset import ConceptSource
+    from neat_llm.concepts.demo import demo_concept
+    from neat_llm.concepts.sources import load_concept_source
+
+    p = tmp_path / "c.csv"
+    _frame().to_csv(p, index=False)
+    cs = ConceptSet.from_file(p, text="sentence", label="kind", positive="weather")
+    demo = demo_concept()
+    for c in (cs, cs.sample(3, seed=1), demo):
+        src = c.source
+        assert isinstance(src, ConceptSource)
+        again = ConceptSource.from_dict(json.loads(json.dumps(src.to_dict())))
+        assert again == src and load_concept_source(again).hash == c.hash
+    assert cs.source.columns == {"text": "sentence", "label": "kind", "positive": "weather", "contrast": None}
+    assert cs.sample(3, seed=1).source.sample == (3, 1)
+    legacy = {"kind": "file", "path": str(p), "text": "sentence", "label": "kind", "positive": "weather",
+              "contrast": None, "name": cs.name}
+    assert load_concept_source(legacy).hash == cs.hash  # a run written before the type existed
+    assert ConceptSource.from_dict({"kind": "dataset", "dataset": "toxigen", "path": None}).data == "toxigen"
+    with pytest.raises(ConceptSetError, match="unknown concept source kind"):
+        ConceptSource("url")
+    with pytest.raises(ConceptSetError, match="unknown concept source field"):
+        ConceptSource.from_dict({"kind": "demo", "colour": "red"})
+    assert ConceptSource("dataset", data="toxigen").describe() == "toxigen"

@@ -263,7 +263,10 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Turn off the run's top-K neurons and measure concept removal on the held-out eval split,
     against random K-sets; writes evaluation.json into the run folder."""
+    from dataclasses import replace
+
     import neat_llm as nl
+    from neat_llm.concepts.conceptset import ConceptSource
     from neat_llm.evaluation import evaluate_removal
     from neat_llm.evaluation.removal import BUDGETS
     from neat_llm.concepts.sources import load_concept_source
@@ -273,11 +276,13 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     ks = _parse_ks(k)
     try:
         run = nl.Run.load(run_dir)
-        src = dict(run.meta.extra.get("concept_source") or {})
+        src = ConceptSource.from_dict(run.meta.extra.get("concept_source"))
         if concept is not None:
-            if src.get("kind") != "file":
+            if src is None or src.kind != "file":
                 _fail("--concept replaces a concept file, but this run did not use one")
-            src["path"] = str(concept)
+            src = replace(src, path=str(concept))
+        if src is None:
+            _fail("this run did not record where its concept set came from; pass --concept")
         cs = load_concept_source(src)
         iv = run.intervention(mode, alpha)
         m = _model_of_run(run)

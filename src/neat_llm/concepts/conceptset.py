@@ -23,6 +23,77 @@ class ConceptSetError(ValueError):
     """The concept set cannot be used as given (missing column, unknown label, too few examples...)."""
 
 
+SOURCE_KINDS = ("file", "dataset", "pairs", "templates", "demo")
+
+
+@dataclass(frozen=True)
+class ConceptSource:
+    """How to load a concept set again (a run records it; ``concepts.sources.load_concept_source``
+    reads it back). ``kind``:
+
+    - ``file``: ``path`` with ``columns`` {text, label, positive, contrast} and the set's ``name``;
+    - ``dataset``: the named data set ``data`` (``path``: its file or folder), ToxiGen ``groups``;
+    - ``pairs``: the fit part of the minimal pairs ``data`` (``lang``, ``columns`` {more, less,
+      bias_type}, ``bias_type``, ``eval_fraction``, ``seed``), as a study split them;
+    - ``templates``: the fit part of the bias templates at ``path`` (``columns`` as ``load_templates``
+      takes them), as pairs of fillings;
+    - ``demo``: the built-in demo concept.
+    ``sample``: (max_per_side, seed) of a ``ConceptSet.sample`` taken afterwards."""
+
+    kind: str
+    path: str | None = None
+    data: str | None = None
+    columns: dict = field(default_factory=dict)
+    name: str | None = None
+    groups: tuple[str, ...] | None = None
+    lang: str | None = None
+    bias_type: str | None = None
+    eval_fraction: float | None = None
+    seed: int | None = None
+    sample: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ConceptSetError(f"unknown concept source kind {self.kind!r}; kinds: {', '.join(SOURCE_KINDS)}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready, without the fields left empty."""
+        out = {"kind": self.kind}
+        for f in ("path", "data", "columns", "name", "groups", "lang", "bias_type", "eval_fraction", "seed", "sample"):
+            v = getattr(self, f)
+            if v is not None and v != {}:
+                out[f] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: "dict | ConceptSource | None") -> "ConceptSource | None":
+        """A source from its dict (also the untyped dicts older runs recorded)."""
+        if d is None or isinstance(d, ConceptSource):
+            return d
+        d = dict(d)
+        kind = d.pop("kind", None)
+        if kind is None:
+            raise ConceptSetError(f"a concept source needs a kind, got {d!r}")
+        if kind == "file" and "columns" not in d:  # older runs kept the mapping at the top level
+            d["columns"] = {k: d.pop(k) for k in ("text", "label", "positive", "contrast") if k in d}
+        if "dataset" in d:  # older runs: "dataset" for the named data set
+            d["data"] = d.pop("dataset")
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ConceptSetError(f"unknown concept source field(s) {sorted(unknown)}")
+        for f in ("groups", "sample"):
+            if d.get(f) is not None:
+                d[f] = tuple(d[f])
+        return cls(kind, **d)
+
+    def sampled(self, max_per_side: int, seed: int) -> "ConceptSource":
+        return replace(self, sample=(int(max_per_side), int(seed)))
+
+    def describe(self) -> str:
+        """What a person would call it: the file, the data set or the kind."""
+        return self.path or self.data or self.name or self.kind
+
+
 @dataclass(frozen=True)
 class ConceptSet:
     """Texts with a boolean label: True = positive (the concept), False = contrast.
@@ -34,7 +105,7 @@ class ConceptSet:
     labels: tuple[bool, ...]
     name: str = "concept"
     positive_label: str = "positive"
-    source: dict | None = field(default=None, compare=False)  # how to load it again (file + mapping, or demo)
+    source: ConceptSource | None = field(default=None, compare=False)  # how to load it again
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
@@ -157,8 +228,9 @@ class ConceptSet:
                 raise
             raise ConceptSetError(f"could not parse {p}: {err}") from err
         cs = cls.from_pandas(df, text=text, label=label, positive=positive, contrast=contrast, name=name or p.stem)
-        return replace(cs, source={"kind": "file", "path": str(p.resolve()), "text": text, "label": label,
-                                   "positive": positive, "contrast": contrast, "name": cs.name})
+        return replace(cs, source=ConceptSource("file", path=str(p.resolve()), name=cs.name,
+                                                columns={"text": text, "label": label, "positive": positive,
+                                                         "contrast": contrast}))
 
     @classmethod
     def from_hf(cls, dataset, text: str = "text", label: str = "label", positive=None, contrast=None,
@@ -208,7 +280,7 @@ class ConceptSet:
             idx = [i for i, y in enumerate(self.labels) if y == side]
             keep += idx if len(idx) <= max_per_side else rng.sample(idx, max_per_side)
         out = self.subset(sorted(keep))
-        return replace(out, source=None if self.source is None else {**self.source, "sample": [max_per_side, seed]})
+        return replace(out, source=None if self.source is None else self.source.sampled(max_per_side, seed))
 
     def subset(self, idx: Iterable[int], name: str | None = None) -> "ConceptSet":
         idx = list(idx)

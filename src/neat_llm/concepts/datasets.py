@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .conceptset import ConceptSet, ConceptSetError
+from .conceptset import ConceptSet, ConceptSetError, ConceptSource
 
 FILES = {
     "toxigen": "toxigen/toxigen_sentences.jsonl",
@@ -83,7 +83,7 @@ def load_named(name: str, path: str | Path | None = None) -> ConceptSet:
     if name not in loaders:
         raise ConceptSetError(f"unknown data set {name!r}; choose from {', '.join(loaders)}")
     cs = loaders[name]()
-    return replace(cs, source={"kind": "dataset", "dataset": name, "path": None if path is None else str(path)})
+    return replace(cs, source=ConceptSource("dataset", data=name, path=None if path is None else str(path)))
 
 
 def load_davidson(path: str | Path | None = None, positive: str = "hate") -> ConceptSet:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from importlib import resources
 
-from .conceptset import ConceptSet
+from .conceptset import ConceptSet, ConceptSource
 
 DEMO_CONCEPT = "insults"
 
@@ -15,4 +15,4 @@ def demo_concept() -> ConceptSet:
     path = resources.files("neat_llm.concepts") / "data" / "demo_insults.jsonl"
     with resources.as_file(path) as p:
         cs = ConceptSet.from_file(p, text="text", label="label", positive="insult", name=DEMO_CONCEPT)
-    return replace(cs, source={"kind": "demo", "name": DEMO_CONCEPT})
+    return replace(cs, source=ConceptSource("demo", name=DEMO_CONCEPT))

@@ -4,32 +4,32 @@ apart from ``conceptset.py`` so the data-set loaders can build on ``ConceptSet``
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import datasets
-from .conceptset import ConceptSet, ConceptSetError
+from .conceptset import ConceptSet, ConceptSource
 from .demo import demo_concept
 
 
-def load_concept_source(source: dict) -> ConceptSet:
-    """The concept set a run's recorded ``source`` describes."""
-    if "sample" in source:
-        return load_concept_source({k: v for k, v in source.items() if k != "sample"}).sample(*source["sample"])
-    kind = source.get("kind")
-    if kind == "dataset":
-        if source.get("groups"):
-            return datasets.load_toxigen(source.get("path"), source["groups"])
-        return datasets.load_named(source["dataset"], source.get("path"))
-    if kind == "pairs":  # the fit part of minimal pairs, as a study split them
-        pairs = datasets.load_pairs(source["data"], source.get("path"), source.get("lang", "en"),
-                                    **source.get("columns", {})).only(source.get("bias_type"))
-        return pairs.split(source["eval_fraction"], source["seed"])[0].as_concept_set().dedupe()
-    if kind == "templates":  # the fit part of bias templates, as pairs of fillings
+def load_concept_source(source: ConceptSource | dict) -> ConceptSet:
+    """The concept set a run's recorded ``source`` describes (a ``ConceptSource`` or its dict)."""
+    src = ConceptSource.from_dict(source)
+    if src.sample is not None:
+        return load_concept_source(replace(src, sample=None)).sample(*src.sample)
+    if src.kind == "dataset":
+        if src.groups:
+            return datasets.load_toxigen(src.path, list(src.groups))
+        return datasets.load_named(src.data, src.path)
+    if src.kind == "pairs":  # the fit part of minimal pairs, as a study split them
+        pairs = datasets.load_pairs(src.data, src.path, src.lang or "en", **src.columns).only(src.bias_type)
+        return pairs.split(src.eval_fraction, src.seed)[0].as_concept_set().dedupe()
+    if src.kind == "templates":  # the fit part of bias templates, as pairs of fillings
         from .templates import load_templates
 
-        templates = load_templates(source["path"], **source.get("columns", {})).only(source.get("bias_type"))
-        return templates.split(source["eval_fraction"], source["seed"])[0].as_pairs().as_concept_set().dedupe()
-    if kind == "demo":
+        templates = load_templates(src.path, **src.columns).only(src.bias_type)
+        return templates.split(src.eval_fraction, src.seed)[0].as_pairs().as_concept_set().dedupe()
+    if src.kind == "demo":
         return demo_concept()
-    if kind == "file":
-        return ConceptSet.from_file(source["path"], text=source["text"], label=source["label"],
-                                    positive=source["positive"], contrast=source["contrast"], name=source.get("name"))
-    raise ConceptSetError(f"cannot reload a concept set from {source!r}; pass it explicitly (--concept ...)")
+    c = src.columns
+    return ConceptSet.from_file(src.path, text=c["text"], label=c["label"], positive=c["positive"],
+                                contrast=c.get("contrast"), name=src.name)

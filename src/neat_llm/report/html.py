@@ -19,6 +19,7 @@ from html import escape
 from pathlib import Path
 
 from .charts import GREY, PALETTE, Series, bar_chart, empty_chart, histogram, interval_chart, line_chart
+from ..concepts.conceptset import ConceptSource
 from ..concepts.examples import EXAMPLES_FILE
 
 REPORT_FILE = "report.html"
@@ -174,7 +175,10 @@ def _facts(inp: ReportInputs) -> str:
                ("eval texts (held out)", f"{e(_f(n_eval.get('positive')))} positive, {e(_f(n_eval.get('contrast')))} contrast"),
                ("data hash", f"<code>{e(str(m.get('concept_hash', ''))[:16])}</code>")]
     if src:
-        what = src.get("path") or src.get("name") or src.get("kind")
+        try:
+            what = ConceptSource.from_dict(src).describe()
+        except (ValueError, TypeError):  # a source this version cannot read: show it as recorded
+            what = str(src)
         if what:
             concept.append(("source", f"<code>{e(what)}</code>"))
     layers = p.get("layers")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..concepts.conceptset import ConceptSource
 from ..concepts.datasets import MinimalPairs, load_pairs
 from ..concepts.templates import BiasTemplates, load_templates
 from ..concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
@@ -74,18 +75,18 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
         items = load_templates(data, **templates).only(bias_type)
         fit_items, ev = items.split(eval_fraction, seed)
         fit = fit_items.as_pairs()
-        source = {"kind": "templates", "path": str(data), "columns": dict(templates)}
+        source = ConceptSource("templates", path=str(data), columns=dict(templates))
     else:
         items = load_pairs(data, data_path, lang, **columns).only(bias_type)
         fit, ev = items.split(eval_fraction, seed)
-        source = {"kind": "pairs", "data": data, "path": None if data_path is None else str(data_path), "lang": lang,
-                  "columns": columns}
+        source = ConceptSource("pairs", data=data, path=None if data_path is None else str(data_path), lang=lang,
+                               columns=columns)
     if max_eval_pairs and len(ev) > max_eval_pairs:
         ev = ev.subset(_sample(len(ev), max_eval_pairs, seed), ev.name)
     ev_pairs = ev.as_pairs() if isinstance(ev, BiasTemplates) else ev  # what the paired accuracy reads
     concept = fit.as_concept_set().dedupe()
     concept = replace(concept, name=f"{items.name}-stereo",
-                      source={**source, "bias_type": bias_type, "eval_fraction": eval_fraction, "seed": seed})
+                      source=replace(source, bias_type=bias_type, eval_fraction=eval_fraction, seed=seed))
     if max_fit_pairs:
         concept = concept.sample(max_fit_pairs, seed)
     if probe not in ("prototypical", "paired"):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..concepts.conceptset import ConceptSet, ConceptSetError
+from ..concepts.conceptset import ConceptSet, ConceptSetError, ConceptSource
 from ..concepts.datasets import load_davidson, load_toxigen, resolve
 from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.generation import prompt_prefixes
@@ -54,8 +54,8 @@ def hate_concept(data: str = "toxigen", data_path: str | Path | None = None, *, 
             raise ConceptSetError(f"--data must be toxigen, davidson or a file; no file {path}")
         return ConceptSet.from_file(path, text=text_col, label=label_col, positive=list(positive),
                                     contrast=list(contrast) if contrast else None)
-    source = {"kind": "dataset", "dataset": data, "path": None if data_path is None else str(data_path),
-              "groups": sorted(groups) if groups else None}  # lets `neat evaluate` reload it
+    source = ConceptSource("dataset", data=data, path=None if data_path is None else str(data_path),
+                           groups=tuple(sorted(groups)) if groups else None)  # lets `neat evaluate` reload it
     return replace(cs, source=source)
 
 

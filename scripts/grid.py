@@ -114,7 +114,7 @@ class RandomCache:
         return {int(k): [RemovalEffect(**e) for e in v] for k, v in json.loads(path.read_text()).items()}
 
     def save(self, path: Path, cache: dict) -> None:
-        from neat_llm.runs import write_text
+        from neat_llm.files import write_text
 
         write_text(path, json.dumps({k: [dataclasses.asdict(e) for e in v] for k, v in cache.items()}))
 

@@ -1,6 +1,7 @@
 """neat-llm: find the concept neurons of a language model, turn them off, measure what changes.
 
     model = neat_llm.load_model()                       # embedded SmolLM2-135M-Instruct
+    model = neat_llm.wrap(hf_model, tokenizer)          # or a Hugging Face model you already loaded
     concept = neat_llm.ConceptSet.from_file("data.jsonl", text="text", label="label", positive="hate")
     run = neat_llm.find_concept_neurons(model, concept, method="neat")
     with neat_llm.turn_off(model, run.top(50)):
@@ -9,12 +10,13 @@
 
 from .concepts import ConceptSet, ConceptSetError, demo_concept
 from .find import find_concept_neurons
-from .interventions import Intervention, NeuronSelection, turn_off
-from .models import LoadedModel, ModelLoadError, UnsupportedModelError, load_model
+from .interventions import Intervention, InterventionSpec, NeuronSelection, turn_off
+from .models import LoadedModel, ModelLoadError, UnsupportedModelError, load_model, wrap
 from .runs import Run, RunError
 
 __version__ = "0.1.0"
 load_run = Run.load
 
-__all__ = ["ConceptSet", "ConceptSetError", "demo_concept", "find_concept_neurons", "Intervention", "NeuronSelection", "turn_off",
-           "LoadedModel", "ModelLoadError", "UnsupportedModelError", "load_model", "Run", "RunError", "load_run"]
+__all__ = ["ConceptSet", "ConceptSetError", "demo_concept", "find_concept_neurons", "Intervention", "InterventionSpec",
+           "NeuronSelection", "turn_off", "LoadedModel", "ModelLoadError", "UnsupportedModelError", "load_model", "wrap",
+           "Run", "RunError", "load_run"]

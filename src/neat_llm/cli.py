@@ -158,7 +158,7 @@ def _evaluate_chosen_k(m, run, cs) -> dict:
     """The K chosen on the fit split within --max-ppl, measured on the eval split against 5 random
     K-sets; written to evaluation.json. Returns {"k_choice", "evaluation"} (evaluation None when no K fits)."""
     from neat_llm.evaluation import evaluate_removal
-    from neat_llm.runs import write_text
+    from neat_llm.files import write_text
 
     choice = run.meta.extra["k_choice"]
     if choice["k"] is None:
@@ -221,35 +221,105 @@ def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
 
 
 @app.command()
-def generate(run_dir: Path = typer.Argument(..., help="a run folder"),
-             prompt: str = typer.Argument(..., help="the prompt to continue"),
+def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (or, with --spec, the prompt)"),
+             prompt: Optional[str] = typer.Argument(None, help="the prompt to continue"),
              k: int = typer.Option(50, "--k", help="turn off the top-k neurons"),
              mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura runs)"),
              alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: multiply the neurons by this factor (default: each neuron's own, for aura runs)"),
+             spec: Optional[Path] = typer.Option(None, "--spec", help="an intervention file (neat export) instead of a run folder: its neurons, mode and values"),
+             model: Optional[str] = typer.Option(None, "--model", "-m", help="with --spec: the model (default: the one the file names)"),
              max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
              chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Continue a prompt with the model as is and with the run's top-k neurons turned off."""
+    """Continue a prompt with the model as is and with the run's top-k neurons turned off
+    (or the neurons of an intervention file: neat generate --spec spec.json "prompt")."""
     import neat_llm as nl
+    from neat_llm.interventions import InterventionSpec
 
     _quiet_libraries()
+    if spec is not None:
+        if prompt is None and run_dir is not None:  # `neat generate --spec FILE "prompt"`: the one argument is the prompt
+            prompt, run_dir = str(run_dir), None
+        if run_dir is not None:
+            _fail("give a run folder or --spec, not both")
+        if mode is not None or alpha is not None:
+            _fail("an intervention file carries its own mode and values; drop --mode / --alpha")
+    elif run_dir is None:
+        _fail("give a run folder (or --spec FILE)")
+    if prompt is None:
+        _fail("give the prompt to continue")
     try:
-        run = nl.Run.load(run_dir)
-        m = _model_of_run(run)
-        iv = run.intervention(mode, alpha)
+        if spec is not None:
+            s = InterventionSpec.load(spec)
+            from neat_llm.models import DEFAULT_MODEL
+
+            name = model or s.model_id
+            m = nl.load_model(None if name == DEFAULT_MODEL else name)
+            s.check_model(m)
+            what, neurons, iv = f"{len(s.neurons)} neurons of {spec.name}", s.selection(), s.intervention()
+        else:
+            run = nl.Run.load(run_dir)
+            m = _model_of_run(run)
+            iv = run.intervention(mode, alpha)
+            what, neurons = f"top-{k} {run.meta.concept_name} neurons", run.top(k)
         before = m.generate(prompt, max_new_tokens, chat=chat)
-        with nl.turn_off(m, run.top(k), iv):
+        with nl.turn_off(m, neurons, iv):
             after = m.generate(prompt, max_new_tokens, chat=chat)
     except (ValueError, OSError) as e:
         _fail(str(e))
     if as_json:
-        print(json.dumps({"prompt": prompt, "k": k, "mode": iv.mode, "alpha": iv.alpha, "before": before, "after": after}))
+        print(json.dumps({"prompt": prompt, "k": len(neurons), "mode": iv.mode, "alpha": iv.alpha, "before": before,
+                          "after": after}))
         return
     t = Table(title=f"{prompt!r}", show_lines=True)
     t.add_column("model as is")
-    t.add_column(f"top-{k} {run.meta.concept_name} neurons off ({iv.describe()})")
+    t.add_column(f"{what} off ({iv.describe()})")
     t.add_row(before, after)
     out.print(t)
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="a run folder"),
+           k: int = typer.Option(100, "--k", help="the top-k neurons"),
+           fmt: str = typer.Option("spec", "--format", help="spec (intervention file), hf (the edited model as a Hugging Face checkpoint) or neuronpedia (one JSON line per neuron)"),
+           mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own)"),
+           alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron"),
+           out_path: Path = typer.Option(..., "--out", "-o", help="the file (spec, neuronpedia) or the new folder (hf)"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Take a run's neurons elsewhere: an intervention file, the edited model as a plain checkpoint,
+    or the neurons' evidence for Neuronpedia."""
+    import neat_llm as nl
+    from neat_llm.export import FORMATS, check_baked, export_checkpoint, spec_from_run, write_neuronpedia
+
+    _quiet_libraries()
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if k < 1:
+        _fail(f"--k must be at least 1, got {k}")
+    try:
+        run = nl.Run.load(run_dir)
+        if fmt == "neuronpedia":
+            if mode is not None or alpha is not None:
+                _fail("--mode / --alpha do not apply to --format neuronpedia (it exports evidence, not an edit)")
+            path = write_neuronpedia(run, k, out_path)
+            result = {"format": fmt, "path": str(path), "neurons": k}
+        else:
+            s = spec_from_run(run, k, mode, alpha)
+            if fmt == "spec":
+                path = s.save(out_path)
+                result = {"format": fmt, "path": str(path), "neurons": k, "mode": s.mode}
+            else:
+                m = _model_of_run(run)
+                path = export_checkpoint(m, s, out_path)
+                diff = check_baked(m, s, path, ["The weather today is", "You are"])
+                result = {"format": fmt, "path": str(path), "neurons": k, "mode": s.mode, "max_logit_diff": diff}
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(result))
+        return
+    extra = f"; the checkpoint's logits match turn_off's to {result['max_logit_diff']:.2g}" if fmt == "hf" else ""
+    out.print(f"wrote {result['path']} ({fmt}, {k} neurons{', ' + result['mode'] if 'mode' in result else ''}){extra}")
 
 
 @app.command()
@@ -270,7 +340,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     from neat_llm.evaluation import evaluate_removal
     from neat_llm.evaluation.removal import BUDGETS
     from neat_llm.concepts.sources import load_concept_source
-    from neat_llm.runs import write_text
+    from neat_llm.files import write_text
 
     _quiet_libraries()
     ks = _parse_ks(k)

@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_write, write_text
 from .concepts.conceptset import ConceptSet
 from .concepts.vectors import ConceptReadout
 from .interventions import Intervention, NeuronSelection
@@ -41,30 +41,6 @@ FORMAT = 1
 
 class RunError(ValueError):
     """A run folder is missing, incomplete, or belongs to another run."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and some writers) make 0600; a run's files get what any new file gets
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
 
 
 LOCK_FILE = ".lock"

@@ -9,7 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..runs import write_text
+from ..files import write_text
 
 
 class ConditionStore:

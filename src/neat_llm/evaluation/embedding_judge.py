@@ -257,7 +257,7 @@ def load_embedding_judge(davidson: str | Path | None = None, toxigen: tuple[Sequ
 
     from ..concepts.datasets import resolve
     from ..models.loading import cache_root
-    from ..runs import atomic_write
+    from ..files import atomic_write
 
     data = resolve("davidson", davidson)
     encoder = encoder or SentenceEncoder(minilm_dir())

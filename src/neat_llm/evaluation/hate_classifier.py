@@ -154,7 +154,7 @@ def _parts(pipeline):
 
 
 def _save(clf: HateClassifier, file: Path) -> None:
-    from ..runs import atomic_write
+    from ..files import atomic_write
 
     word, char, lr = _parts(clf.pipeline)
     header = {"format": 1, "settings": SETTINGS, "data_sha256": clf.data_sha256, "quality": clf.quality.to_dict(),

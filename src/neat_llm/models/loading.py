@@ -155,7 +155,7 @@ def _check_hub_id(repo_id: str) -> None:
         except Exception:  # noqa: BLE001  no network, DNS failure, proxy: all mean "not reachable"
             reachable = False
     if not reachable:
-        raise ModelLoadError(f"{repo_id!r} is no local folder, and as a hub id it is not in the Hugging Face cache "
+        raise ModelLoadError(f"there is no folder {repo_id!r} in {Path.cwd()}, and as a hub id it is not in the Hugging Face cache "
                              f"and {constants.ENDPOINT} cannot be reached (offline?). Give a local folder with "
                              "config.json and weights, a .gguf file, or nothing for the embedded model.")
 
@@ -217,7 +217,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
                 raise ModelLoadError(f"{path} is a folder without config.json: a model folder holds config.json, the "
                                      "tokenizer files and the weights (what save_pretrained writes)")
             if not path.exists():
-                _check_hub_id(key)
+                _check_hub_id(key)  # a name with no such folder here: a hub id, or a clear error now
             model, tok, family = _from_pretrained(key, gguf_file=None, dtype=dtype, device=device,
                                                   trust_remote_code=trust_remote_code, **from_pretrained_kwargs)
             model_id = key
@@ -229,6 +229,25 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
             "file, or a hub id that is in your Hugging Face cache (this machine may be offline)."
         ) from err
     loaded = LoadedModel(hf=model, tokenizer=tok, family=family, model_id=model_id)
+    if check:
+        check_sites(loaded)
+    return loaded
+
+
+def wrap(hf_model, tokenizer, *, model_id: str | None = None, check: bool = True) -> LoadedModel:
+    """A Hugging Face causal LM you already loaded (``AutoModelForCausalLM.from_pretrained(...)``,
+    or the model inside your TransformerLens / nnsight session's Hugging Face object), for neuron
+    work: its family is looked up in the adapter table by ``config.model_type`` and, with
+    ``check``, a no-op hook on every neuron site must leave the logits unchanged (as ``load_model``
+    checks). The model is put in eval mode with its parameters frozen, and the tokenizer pads on the
+    right (with its EOS token when it has no pad token): what every measurement here assumes."""
+    if not hasattr(hf_model, "config") or not hasattr(hf_model, "forward"):
+        raise TypeError(f"wrap() takes a Hugging Face causal LM (a PreTrainedModel), got {type(hf_model).__name__}")
+    if tokenizer is None or not callable(tokenizer):
+        raise TypeError("wrap() needs the model's tokenizer (AutoTokenizer.from_pretrained(...))")
+    family = family_for(getattr(hf_model.config, "model_type", None))
+    name = model_id or getattr(hf_model.config, "_name_or_path", None) or hf_model.config.model_type
+    loaded = LoadedModel(hf=hf_model, tokenizer=tokenizer, family=family, model_id=str(name))
     if check:
         check_sites(loaded)
     return loaded

@@ -656,7 +656,7 @@ def render_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of ``run_dir`` (default ``run_dir/report.html``); returns its path."""
-    from ..runs import write_text
+    from ..files import write_text
 
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     write_text(path, render_report(run_dir))

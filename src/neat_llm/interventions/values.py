@@ -1,28 +1,17 @@
-"""Turning neurons off: ``with turn_off(model, neurons): ...``.
-
-What a chosen neuron becomes is an ``Intervention`` value (the pyvene idea of interventions as
-types): ``zero`` (a -> 0), ``mean`` (a -> its mean activation over the contrast texts) or
-``dampen`` (a -> alpha * a, one alpha per neuron or one for all; alpha = 0 is ``zero``, alpha = 1
-leaves the neuron alone). Contexts compose (nest them, or add selections with ``+``), work with
-``model.generate`` (every forward, cached decoding included, sees the neurons changed), and are
-always undone on exit.
-
-A ``Condition`` is one arm of an evaluation (a name, a neuron set and its intervention).
-``conditions_along_batch`` runs several at once: every batch holds G equal blocks of rows, block c
-under condition c, so one pass over the texts measures G conditions (``turn_off`` is its plain
-one-condition reference).
-"""
+"""What a chosen neuron becomes, as values (the pyvene idea of interventions as types): a
+``NeuronSelection`` (which neurons, with their means, scores and own dampening factors), an
+``Intervention`` (``zero``: a -> 0; ``mean``: a -> its mean activation over the contrast texts;
+``dampen``: a -> alpha * a, one alpha per neuron or one for all) and a ``Condition`` (one arm of
+an evaluation: a name, a selection and its intervention)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
-from .hooks import edit_inputs
-from .models.loaded import LoadedModel
+from ..models.loaded import LoadedModel
 
 MODES = ("zero", "mean", "dampen")
 
@@ -123,45 +112,6 @@ class Intervention:
         return self.mode
 
 
-@contextmanager
-def turn_off(model: LoadedModel, neurons: NeuronSelection | Iterable[tuple[int, int]],
-             mode: str | Intervention = "zero", means: torch.Tensor | None = None,
-             alpha: float | None = None) -> Iterator[NeuronSelection]:
-    """Turn the chosen neurons off at every position: set them to 0 (``mode="zero"``), to their
-    mean activation over the contrast set (``mode="mean"``; ``means`` [n_layers, d_ff], or the
-    selection's own), or multiply them by a factor (``mode="dampen"``; ``alpha`` for all, or the
-    selection's own ``alphas``). ``mode`` may also be an ``Intervention``."""
-    sel = as_selection(neurons)
-    if isinstance(mode, Intervention):
-        iv = mode
-    else:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        iv = Intervention.of(mode, means if means is not None else sel.means, alpha)
-    layers = sel.by_layer()
-    for l, ks in layers.items():
-        if not 0 <= l < model.n_layers or any(not 0 <= k < model.d_ff for k in ks):
-            raise ValueError(f"neuron out of range in layer {l}: the model has {model.n_layers} blocks of {model.d_ff}")
-    index = {l: torch.tensor(ks, device=model.device) for l, ks in layers.items()}
-    if iv.mode == "dampen":
-        factor = dict(zip(sel.neurons, iv.factors(sel)))
-        scale = {l: torch.tensor([factor[(l, k)] for k in ks]).to(model.device) for l, ks in layers.items()}
-    else:
-        values = {l: (torch.zeros(len(ks)) if iv.mode == "zero" else iv.means[l, ks].float()).to(model.device)
-                  for l, ks in layers.items()}
-
-    def off(layer, x):
-        x = x.clone()
-        if iv.mode == "dampen":
-            x[..., index[layer]] = x[..., index[layer]] * scale[layer].to(x.dtype)
-        else:
-            x[..., index[layer]] = values[layer].to(x.dtype)
-        return x
-
-    with edit_inputs({l: model.sites[l] for l in layers}, off):
-        yield sel
-
-
 @dataclass(frozen=True)
 class Condition:
     """One arm of an evaluation: ``name``, the neurons turned off (none: the model as it is) and
@@ -195,35 +145,3 @@ class Condition:
                 shift = torch.zeros(len(ks)) if iv.mode == "zero" else iv.means[l, ks].float().cpu()
             out[l] = (idx, scale, shift)
         return out
-
-
-@contextmanager
-def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) -> Iterator[int]:
-    """Turn neurons off per block of rows: every batch the model sees while the context is open
-    must hold ``G = len(conditions)`` equal blocks of rows (condition-major: rows [c*B, (c+1)*B)
-    are under ``conditions[c]``); yields G. Each neuron activation becomes a * scale + shift with
-    (1, 0) for neurons a condition leaves alone, so a block equals ``turn_off`` with its condition."""
-    conditions = list(conditions)
-    if not conditions:
-        raise ValueError("no conditions given")
-    G, d_ff = len(conditions), model.d_ff
-    scale: dict[int, torch.Tensor] = {}
-    shift: dict[int, torch.Tensor] = {}
-    for c, cond in enumerate(conditions):
-        for l, (idx, sc, sh) in cond.edits(model).items():
-            if l not in scale:
-                scale[l], shift[l] = torch.ones(G, d_ff), torch.zeros(G, d_ff)
-            scale[l][c, idx], shift[l][c, idx] = sc, sh
-    scale = {l: t.to(model.device) for l, t in scale.items()}
-    shift = {l: t.to(model.device) for l, t in shift.items()}
-
-    def edit(layer, x):
-        if x.shape[0] % G:
-            raise RuntimeError(f"a batch of {x.shape[0]} rows cannot be split into {G} condition blocks")
-        y = x.reshape(G, -1, x.shape[-1])
-        y = y * scale[layer][:, None].to(x.dtype) + shift[layer][:, None].to(x.dtype)
-        return y.reshape(x.shape)
-
-    with edit_inputs({l: model.sites[l] for l in scale}, edit):
-        yield G
-

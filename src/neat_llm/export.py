@@ -1,0 +1,187 @@
+"""Taking a run's neurons elsewhere (``neat export``):
+
+- ``spec``: the intervention file (``interventions/spec.py``; schema in
+  docs/intervention-spec.schema.json), applied with ``turn_off(model, "spec.json")``;
+- ``hf``: the edited model as a plain Hugging Face checkpoint (safetensors) that anyone loads with
+  ``AutoModelForCausalLM.from_pretrained(DIR)``, no neat-llm needed. The intervention is baked into
+  the down projection: neuron k's output vector (column k of ``nn.Linear``'s weight, row k of GPT-2's
+  ``Conv1D``) is zeroed (``zero``) or scaled by the neuron's factor (``dampen``); ``mean`` also adds
+  the constant the neuron then contributes, W[:, k] * mean_k, to the down projection's bias. Llama
+  checkpoints get that bias through ``mlp_bias=True`` (the gate and up projections' new biases are
+  zero); families whose MLP has no bias option (Mistral, Qwen 2/3, Phi-3, Gemma 1/2/3) cannot hold a
+  constant in a standard checkpoint, so mean ablation is refused there with the way out
+  (``--mode zero`` / ``dampen``, or the intervention file);
+- ``neuronpedia``: one JSON line per neuron (layer, index, score, mean activation on the positives
+  and the contrast texts, top-activating texts with per-token activations), the shape of
+  Neuronpedia's activation exports, so a neuron's evidence can be browsed outside the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from pathlib import Path
+
+import torch
+
+from .interventions import InterventionSpec, turn_off
+from .interventions.spec import make_spec
+from .models.adapters import FAMILIES, get_module
+from .models.loaded import LoadedModel
+from .runs import Run
+
+FORMATS = ("spec", "hf", "neuronpedia")
+BIAS_VIA_CONFIG = {"llama": "mlp_bias"}  # model_type -> the config switch that gives the MLP biases
+HAS_MLP_BIAS = ("gpt2", "gpt_neox")
+
+
+def spec_from_run(run: Run, k: int, mode: str | None = None, alpha: float | None = None) -> InterventionSpec:
+    """The run's top-``k`` neurons as an intervention file, turned off by ``mode`` (default: the
+    run's own, as ``neat generate`` and the studies use it)."""
+    from . import __version__
+
+    iv = run.intervention(mode, alpha)
+    sel = run.top(k)
+    family = next((f for f in FAMILIES if f.name == run.meta.model_family), None)
+    if family is None:
+        raise ValueError(f"the run's model family {run.meta.model_family!r} is not in the adapter table")
+    provenance = {"run_dir": str(run.run_dir), "concept_name": run.meta.concept_name,
+                  "concept_hash": run.meta.concept_hash, "method": run.meta.method, "k": k,
+                  "reading_layer": run.meta.reading_layer, "params": run.meta.params, "seed": run.meta.seed,
+                  "intervention": iv.describe(), "neat_llm": __version__,
+                  "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return make_spec(run.meta.model_id, family, run.meta.weights_hash, run.meta.n_layers, run.meta.d_ff, sel, iv,
+                     provenance)
+
+
+# --- the edited model as a checkpoint -------------------------------------------------------------
+def baked_model(model: LoadedModel, spec: InterventionSpec):
+    """A copy of ``model.hf`` whose down-projection weights (and biases, for ``mean``) carry the
+    intervention; ``model`` itself is left as it was."""
+    spec.check_model(model)
+    cfg = model.hf.config
+    mode = spec.mode
+    needs_bias = mode == "mean"
+    model_type = cfg.model_type
+    if needs_bias and model_type not in HAS_MLP_BIAS and model_type not in BIAS_VIA_CONFIG:
+        raise ValueError(f"mean ablation sets a neuron to a constant, which the down projection must add as a bias; "
+                         f"{model_type} checkpoints have no MLP bias to hold it. Export with --mode zero or dampen, "
+                         "or keep the intervention file and apply it with turn_off")
+    if needs_bias and model_type in BIAS_VIA_CONFIG and not getattr(cfg, BIAS_VIA_CONFIG[model_type], False):
+        from transformers import AutoModelForCausalLM
+
+        new_cfg = copy.deepcopy(cfg)
+        setattr(new_cfg, BIAS_VIA_CONFIG[model_type], True)
+        hf = AutoModelForCausalLM.from_config(new_cfg, torch_dtype=model.dtype)
+        missing, unexpected = hf.load_state_dict(model.hf.state_dict(), strict=False)
+        if unexpected or any(not n.endswith(".bias") or ".mlp." not in n for n in missing):
+            raise RuntimeError(f"cannot add MLP biases to this {model_type} checkpoint (missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]})")
+        with torch.no_grad():
+            for n in missing:  # the new biases start at zero: the model computes what it computed before
+                get_module(hf, n.rsplit(".", 1)[0]).bias.zero_()
+    else:
+        hf = copy.deepcopy(model.hf)
+    hf.to(model.device)
+    family = model.family
+    with torch.no_grad():
+        for n in spec.neurons:
+            site = get_module(hf, f"{family.blocks}.{n.layer}.{family.site}")
+            col = site.weight[:, n.index] if family.down_layout == "linear" else site.weight[n.index, :]
+            if mode == "mean":
+                site.bias.add_(col * n.value)
+                col.zero_()
+            elif mode == "dampen":
+                col.mul_(n.value)
+            else:
+                col.zero_()
+    return hf
+
+
+def export_checkpoint(model: LoadedModel, spec: InterventionSpec, out: str | Path) -> Path:
+    """Write the baked model, its tokenizer and ``neat-export.json`` (what was baked in) to ``out``."""
+    from .files import write_text
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose a new folder for the checkpoint")
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    hf = baked_model(model, spec)
+    hf.save_pretrained(tmp, safe_serialization=True)
+    model.tokenizer.save_pretrained(tmp)
+    write_text(tmp / "neat-export.json", json.dumps({**spec.to_dict(), "baked_into": "down-projection weights"},
+                                                     indent=2))
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)  # a folder appears complete or not at all
+    return out
+
+
+# --- neurons for sharing ----------------------------------------------------------------------------
+def neuronpedia_records(run: Run, k: int) -> list[dict]:
+    """One record per top-``k`` neuron: layer, index, score, mean activations, and the top-activating
+    texts the run kept (examples.json) with per-token activations."""
+    from .concepts.examples import EXAMPLES_FILE
+
+    path = run.run_dir / EXAMPLES_FILE
+    examples = {}
+    if path.is_file():
+        for n in json.loads(path.read_text()).get("neurons", []):
+            examples[(int(n["layer"]), int(n["neuron"]))] = n
+    out = []
+    for row in run.rows(k):
+        ex = examples.get((row.layer, row.neuron), {})
+        acts = [{"tokens": e["tokens"], "values": e["acts"], "maxValue": e["max"],
+                 "maxValueTokenIndex": int(e["max_pos"]) - int(e.get("offset", 0)), "side": e["side"]}
+                for e in ex.get("examples", [])]
+        out.append({"modelId": run.meta.model_id, "layer": f"{row.layer}-mlp", "index": row.neuron,
+                    "layerNumber": row.layer, "score": row.score, "rank": row.rank,
+                    "meanActivationPositive": row.mean_positive, "meanActivationContrast": row.mean_contrast,
+                    "concept": run.meta.concept_name, "method": run.meta.method,
+                    "hookName": f"blocks.{row.layer}.mlp.hook_post", "activations": acts})
+    return out
+
+
+def write_neuronpedia(run: Run, k: int, out: str | Path) -> Path:
+    from .files import write_text
+
+    out = Path(out)
+    write_text(out, "".join(json.dumps(r, allow_nan=False) + "\n"
+                            for r in _finite_records(neuronpedia_records(run, k))))
+    return out
+
+
+def _finite_records(records: list[dict]) -> list[dict]:
+    """NaN (a number the run lacks) becomes null: JSON readers elsewhere reject NaN."""
+    def clean(v):
+        if isinstance(v, float) and v != v:
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    return [clean(r) for r in records]
+
+
+def check_baked(model: LoadedModel, spec: InterventionSpec, folder: str | Path, texts: list[str]) -> float:
+    """Largest |logit difference| between the checkpoint in ``folder`` and ``turn_off(model, spec)``
+    on ``texts`` (a self-check after export)."""
+    from transformers import AutoModelForCausalLM
+
+    baked = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=model.dtype).to(model.device).eval()
+    enc = model.encode(texts)
+    with torch.inference_mode():
+        with turn_off(model, spec):
+            want = model.hf(**enc, use_cache=False).logits
+        got = baked(**enc, use_cache=False).logits
+    return float((got - want).abs().max())
+
+
+__all__ = ["FORMATS", "baked_model", "check_baked", "export_checkpoint", "neuronpedia_records",
+           "spec_from_run", "write_neuronpedia"]

@@ -1,0 +1,94 @@
+"""Turning neurons off in a running model: ``with turn_off(model, neurons): ...`` (one condition,
+at every position, composable, works with ``model.generate``, always undone on exit), and
+``conditions_along_batch`` (several conditions at once: every batch holds G equal blocks of rows,
+block c under condition c; ``turn_off`` is its plain one-condition reference)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from ..hooks import edit_inputs
+from ..models.loaded import LoadedModel
+from .spec import InterventionSpec
+from .values import MODES, Condition, Intervention, NeuronSelection, as_selection
+
+@contextmanager
+def turn_off(model: LoadedModel, neurons: "NeuronSelection | Iterable[tuple[int, int]] | InterventionSpec | str | os.PathLike",
+             mode: str | Intervention = "zero", means: torch.Tensor | None = None,
+             alpha: float | None = None) -> Iterator[NeuronSelection]:
+    """Turn the chosen neurons off at every position: set them to 0 (``mode="zero"``), to their
+    mean activation over the contrast set (``mode="mean"``; ``means`` [n_layers, d_ff], or the
+    selection's own), or multiply them by a factor (``mode="dampen"``; ``alpha`` for all, or the
+    selection's own ``alphas``). ``mode`` may also be an ``Intervention``. ``neurons`` may also be an
+    intervention file (``neat export``; a path or an ``InterventionSpec``), checked against the
+    model's weights and applied with its own mode and values."""
+    if isinstance(neurons, (str, os.PathLike, InterventionSpec)):  # an intervention file: its neurons and mode
+        if mode != "zero" or means is not None or alpha is not None:
+            raise ValueError("an intervention file carries its own mode and values; do not pass mode, means or alpha")
+        spec = neurons if isinstance(neurons, InterventionSpec) else InterventionSpec.load(neurons)
+        spec.check_model(model)
+        neurons, mode = spec.selection(), spec.intervention()
+    sel = as_selection(neurons)
+    if isinstance(mode, Intervention):
+        iv = mode
+    else:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        iv = Intervention.of(mode, means if means is not None else sel.means, alpha)
+    layers = sel.by_layer()
+    for l, ks in layers.items():
+        if not 0 <= l < model.n_layers or any(not 0 <= k < model.d_ff for k in ks):
+            raise ValueError(f"neuron out of range in layer {l}: the model has {model.n_layers} blocks of {model.d_ff}")
+    index = {l: torch.tensor(ks, device=model.device) for l, ks in layers.items()}
+    if iv.mode == "dampen":
+        factor = dict(zip(sel.neurons, iv.factors(sel)))
+        scale = {l: torch.tensor([factor[(l, k)] for k in ks]).to(model.device) for l, ks in layers.items()}
+    else:
+        values = {l: (torch.zeros(len(ks)) if iv.mode == "zero" else iv.means[l, ks].float()).to(model.device)
+                  for l, ks in layers.items()}
+
+    def off(layer, x):
+        x = x.clone()
+        if iv.mode == "dampen":
+            x[..., index[layer]] = x[..., index[layer]] * scale[layer].to(x.dtype)
+        else:
+            x[..., index[layer]] = values[layer].to(x.dtype)
+        return x
+
+    with edit_inputs({l: model.sites[l] for l in layers}, off):
+        yield sel
+
+
+@contextmanager
+def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) -> Iterator[int]:
+    """Turn neurons off per block of rows: every batch the model sees while the context is open
+    must hold ``G = len(conditions)`` equal blocks of rows (condition-major: rows [c*B, (c+1)*B)
+    are under ``conditions[c]``); yields G. Each neuron activation becomes a * scale + shift with
+    (1, 0) for neurons a condition leaves alone, so a block equals ``turn_off`` with its condition."""
+    conditions = list(conditions)
+    if not conditions:
+        raise ValueError("no conditions given")
+    G, d_ff = len(conditions), model.d_ff
+    scale: dict[int, torch.Tensor] = {}
+    shift: dict[int, torch.Tensor] = {}
+    for c, cond in enumerate(conditions):
+        for l, (idx, sc, sh) in cond.edits(model).items():
+            if l not in scale:
+                scale[l], shift[l] = torch.ones(G, d_ff), torch.zeros(G, d_ff)
+            scale[l][c, idx], shift[l][c, idx] = sc, sh
+    scale = {l: t.to(model.device) for l, t in scale.items()}
+    shift = {l: t.to(model.device) for l, t in shift.items()}
+
+    def edit(layer, x):
+        if x.shape[0] % G:
+            raise RuntimeError(f"a batch of {x.shape[0]} rows cannot be split into {G} condition blocks")
+        y = x.reshape(G, -1, x.shape[-1])
+        y = y * scale[layer][:, None].to(x.dtype) + shift[layer][:, None].to(x.dtype)
+        return y.reshape(x.shape)
+
+    with edit_inputs({l: model.sites[l] for l in scale}, edit):
+        yield G

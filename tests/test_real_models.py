@@ -127,3 +127,32 @@ def test_demo_top_ten_are_specific_not_generic(smollm2, tmp_path):
     assert (11, 1229) not in [(r.layer, r.neuron) for r in rows]
     assert (rows[0].layer, rows[0].neuron) != (0, 1194)
     assert run.meta.eval_auroc > 0.9
+
+
+@needs_smollm2
+@pytest.mark.smollm2
+def test_smollm2_baked_checkpoint_equals_turn_off(smollm2, tmp_path):
+    """The edited SmolLM2 written as a plain checkpoint (zero ablation in the down-projection
+    weights; dampening likewise) gives turn_off's logits when loaded with AutoModelForCausalLM."""
+    from transformers import AutoModelForCausalLM
+
+    from neat_llm.export import export_checkpoint
+    from neat_llm.interventions.spec import make_spec
+
+    g = torch.Generator().manual_seed(0)
+    neurons = tuple(dict.fromkeys((int(l), int(k)) for l, k in zip(torch.randint(0, 30, (60,), generator=g),
+                                                                    torch.randint(0, 1536, (60,), generator=g))))
+    sel = nl.NeuronSelection(neurons, alphas=tuple(0.25 for _ in neurons))
+    texts = [PROBE, "The weather today is mild and the river is calm."]
+    enc = smollm2.encode(texts)
+    for mode in ("zero", "dampen"):
+        iv = nl.Intervention(mode)
+        spec = make_spec(smollm2.model_id, smollm2.family, smollm2.weights_hash, 30, 1536, sel, iv)
+        folder = export_checkpoint(smollm2, spec, tmp_path / mode)
+        baked = AutoModelForCausalLM.from_pretrained(folder).eval()
+        with torch.inference_mode():
+            with nl.turn_off(smollm2, sel, iv):
+                want = smollm2.hf(**enc, use_cache=False).logits
+            got = baked(**enc, use_cache=False).logits
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+        del baked

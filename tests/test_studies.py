@@ -411,3 +411,28 @@ def test_bias_study_with_the_paired_probe(tiny_llama, tmp_path):
                    progress=False)
     with pytest.raises(ValueError, match="probe must be"):
         bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "c", probe="pairs", progress=False)
+
+
+def test_hate_study_with_davidson_prompts_reports_each_source(tiny_llama, tmp_path):
+    from neat_llm.studies.hate import davidson_hate_prompts
+
+    extra = davidson_hate_prompts(None, 3, seed=0)
+    assert len(extra) == 3 and all(len(p.split()) >= 3 for p in extra)
+    # prefixes of hate-class tweets of the judges' test part (the 20% no judge trains on)
+    from neat_llm.evaluation.embedding_judge import davidson_split
+
+    _, _, xte, yte = davidson_split(DATA / "davidson" / "labeled_data.csv")
+    test_hate = [t for t, y in zip(xte, yte) if y == 0]
+    assert all(any(t.startswith(p) for t in test_hate) for p in extra)
+    study = hate_study(tiny_llama, ks=[2], out=tmp_path / "h", n_random=1, n_prompts=4, samples=2,
+                       davidson_prompts=3, max_new_tokens=3, readout=READOUT, progress=False)
+    r = study.report
+    assert r.n_prompts == 7 and r.n_continuations == 14
+    for row in r.rows:
+        src = row.by_source
+        assert set(src) == {"held-out hateful", "davidson"}
+        assert src["davidson"]["n_prompts"] == 3 and src["held-out hateful"]["n_prompts"] == 4
+        pooled = (4 * src["held-out hateful"]["hate_rate"] + 3 * src["davidson"]["hate_rate"]) / 7
+        assert row.hate_rate == pytest.approx(pooled)
+    with pytest.raises(ConceptSetError, match="usable hate tweets"):
+        davidson_hate_prompts(None, 50)

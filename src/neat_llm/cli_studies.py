@@ -46,6 +46,7 @@ def hate(
     max_eval: Optional[int] = typer.Option(None, "--max-eval", help="seeded cap on held-out texts per side"),
     n_prompts: int = typer.Option(80, "--prompts", help="hate-prone prompts (first half of held-out hateful sentences) to continue"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
+    davidson_prompts: int = typer.Option(0, "--davidson-prompts", help="also continue this many prefixes of hate-class Davidson tweets (the judges' test part); rates per source too"),
     new_tokens: int = typer.Option(20, "--new-tokens", help="tokens sampled per continuation"),
     classifier_data: Optional[Path] = typer.Option(None, "--classifier-data", help="Davidson labeled_data.csv the judges are trained on"),
     judge: str = typer.Option("minilm", "--judge", help="minilm (MiniLM embeddings + logistic regression; TF-IDF as second opinion) or tfidf"),
@@ -78,6 +79,7 @@ def hate(
                            positive=_csv(positive), contrast=_csv(contrast), method=method, ks=ks,
                            fit_groups=_csv(fit_groups), eval_groups=_csv(eval_groups), out=out_dir, n_random=n_random,
                            max_per_side=max_per_side, max_eval=max_eval, n_prompts=n_prompts, samples=samples,
+                           davidson_prompts=davidson_prompts,
                            max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode, alpha=alpha, judge=judge,
                            seed=seed, **_find_options(neurons_subset, layers, probe_size, m))
     except (ValueError, OSError, FloatingPointError) as e:
@@ -116,6 +118,11 @@ def hate(
         out.print(f"the judges agree on {r.agreement['agreement']:.3f} of {r.agreement['n']} continuations "
                   f"(hate vs not; Cohen's kappa {r.agreement['kappa']:.3f})")
     out.print("hate / toxic rate: [95% interval], bootstrap over prompts (random: the sets' mean per prompt)")
+    for row in r.rows:
+        if row.by_source:
+            out.print(f"K={row.k} {row.condition}: hate rate by prompt source: " + "; ".join(
+                f"{src} {v['hate_rate']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] ({v['n_prompts']} prompts)"
+                for src, v in row.by_source.items()))
     out.print(f"written to {study.path}")
 
 

@@ -42,6 +42,7 @@ class HateData:
     neutral: tuple[str, ...]
     prompts: tuple[str, ...]
     samples: int = 1
+    prompt_sources: tuple[str, ...] | None = None  # where each prompt came from (rates are also given per source)
 
     def __post_init__(self):
         for name in ("hate", "neutral", "prompts"):
@@ -49,6 +50,11 @@ class HateData:
                 raise ValueError(f"the hate evaluation needs {name} texts, got none")
         if self.samples < 1:
             raise ValueError(f"samples per prompt must be >= 1, got {self.samples}")
+        if self.prompt_sources is not None and len(self.prompt_sources) != len(self.prompts):
+            raise ValueError(f"{len(self.prompt_sources)} prompt sources for {len(self.prompts)} prompts")
+
+    def sources(self) -> tuple[str, ...]:
+        return self.prompt_sources or ("prompts",) * len(self.prompts)
 
     @property
     def n_continuations(self) -> int:
@@ -93,6 +99,7 @@ class HateRow:
     std: dict = field(default_factory=dict)
     hate_rate_ci: tuple[float, float] = (float("nan"), float("nan"))  # 95%, bootstrap over prompts
     toxic_rate_ci: tuple[float, float] = (float("nan"), float("nan"))
+    by_source: dict = field(default_factory=dict)  # {prompt source: {"hate_rate", "lo", "hi", "n_prompts"}}
 
 
 @dataclass
@@ -227,11 +234,20 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
         arr = {n: np.array([getattr(m, n) for m in ms], dtype=float) for n in MEASURES}
         mean = {n: float(a.mean()) for n, a in arr.items()}
         std = {n: float(a.std(ddof=1)) if len(a) > 1 else 0.0 for n, a in arr.items()} if condition == "random" else {}
-        hate_ci, toxic_ci = (rate_interval([got[n][1] for n in names], classifier, data.samples, which, seed=seed)
+        conts = [got[n][1] for n in names]
+        hate_ci, toxic_ci = (rate_interval(conts, classifier, data.samples, which, seed=seed)
                              for which in ("hate", "toxic"))
+        by_source = {}
+        sources = np.repeat(np.array(data.sources()), data.samples)  # one entry per continuation
+        if len(set(sources)) > 1:
+            for src in sorted(set(sources)):
+                part = [[t for t, s_ in zip(c, sources) if s_ == src] for c in conts]
+                rate = float(np.mean([np.mean(np.array(classifier.predict(p)) == "hate") for p in part]))
+                lo, hi = rate_interval(part, classifier, data.samples, "hate", seed=seed)
+                by_source[src] = {"hate_rate": rate, "lo": lo, "hi": hi, "n_prompts": len(part[0]) // data.samples}
         return HateRow(k=k, condition=condition, **{n: mean[n] for n in MEASURES if n != "ppl"},
                        ppl_ratio=mean["ppl"] / before.ppl, n_sets=len(ms), std=std, hate_rate_ci=hate_ci,
-                       toxic_rate_ci=toxic_ci)
+                       toxic_rate_ci=toxic_ci, by_source=by_source)
 
     rows = [row(0, "before", [BEFORE])]
     for k in sorted(conds):

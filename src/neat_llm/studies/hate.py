@@ -78,6 +78,30 @@ def _groups(data_path, fit_groups, eval_groups) -> tuple[list[str] | None, list[
     return fit, ev
 
 
+def davidson_hate_prompts(path: str | Path | None, n: int, seed: int = 0) -> list[str]:
+    """Prefixes of ``n`` seeded hate-class tweets from the Davidson test part (the 20% no judge is
+    trained on), cleaned of retweet marks, mentions, links and HTML entities."""
+    import html
+    import re
+
+    from ..concepts.datasets import resolve
+    from ..evaluation.embedding_judge import davidson_split
+
+    _, _, xte, yte = davidson_split(resolve("davidson", path))
+    tweets = []
+    for t in (str(x) for x, y in zip(xte, yte) if int(y) == 0):
+        t = html.unescape(t)
+        t = re.sub(r"https?://\S+", " ", t)
+        t = re.sub(r"\bRT\b|@\w+:?", " ", t)
+        t = re.sub(r"\s+", " ", t).strip(" !\"'")
+        if len(t.split()) >= 4:
+            tweets.append(t)
+    prefixes = prompt_prefixes(tweets)
+    if n > len(prefixes):
+        raise ConceptSetError(f"--davidson-prompts {n}: the Davidson test part has {len(prefixes)} usable hate tweets")
+    return _cap(prefixes, n, seed)
+
+
 def _cap(texts: list[str], n: int | None, seed: int) -> list[str]:
     if n is None or len(texts) <= n:
         return texts
@@ -91,6 +115,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
                fit_groups: Sequence[str] | None = None, eval_groups: Sequence[str] | None = None,
                out: str | Path | None = None, n_random: int = 3, max_per_side: int | None = None,
                max_eval: int | None = None, n_prompts: int = 80, samples: int = 5, max_new_tokens: int = 20,
+               davidson_prompts: int = 0,
                classifier_data: str | Path | None = None, readout: LabelReadout = HATE_READOUT, mode: str | None = None,
                alpha: float | None = None, judge: str = "minilm",
                seed: int = 0, progress: bool = True, **find_options) -> HateStudy:
@@ -99,7 +124,9 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     ``max_per_side``: seeded subsample of the fit data per side (bounds the finding cost);
     ``max_eval``: at most this many held-out sentences per side; ``n_prompts``: hate-prone prompts
     (the first half of held-out hateful sentences), each continued ``samples`` times (seeded, the
-    same draws in every condition) with ``max_new_tokens`` sampled tokens;
+    same draws in every condition) with ``max_new_tokens`` sampled tokens; ``davidson_prompts``:
+    that many prefixes of hate-class Davidson tweets from the judges' test part as a second prompt
+    source (rates are also reported per source);
     ``classifier_data``: the Davidson file the judges are trained on (default: the shared data).
     ``judge``: ``"minilm"`` (MiniLM embeddings + logistic regression on Davidson and the fit part
     of the study's data; the TF-IDF judge is its second opinion) or ``"tfidf"`` (the TF-IDF judge
@@ -139,9 +166,13 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
             hate, neutral = ev.positives, ev.contrast
         hate, neutral = _cap(hate, max_eval, seed), _cap(neutral, max_eval, seed)
         prompts = prompt_prefixes(hate)[:n_prompts]
+        sources = ["held-out hateful"] * len(prompts)
+        if davidson_prompts:  # a second source: hate-class tweets of the judges' Davidson test part
+            extra = davidson_hate_prompts(classifier_data, davidson_prompts, seed)
+            prompts, sources = prompts + extra, sources + ["davidson"] * len(extra)
         if not prompts:
             raise ConceptSetError("no held-out hateful sentence is long enough (4+ words) to make a prompt from")
-        hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts), samples)
+        hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts), samples, tuple(sources))
 
         # the judge learns from the fit part only: the held-out texts never train or test it
         fit = concept.split(eval_fraction=run.meta.params["eval_fraction"], seed=run.meta.seed).fit
@@ -157,7 +188,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
             classifier, second, tfidf_on_fit = tfidf, None, None
         selections = run.selections(ks)
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts], "samples": samples,
+                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts, hdata.prompt_sources], "samples": samples,
                        "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "judge": judge,
                        "judge_settings": getattr(classifier, "settings", None),
                        "readout": repr(readout)}

@@ -230,3 +230,14 @@ def test_helpers_from_a_finished_run(model, concept_set, tmp_path):
     other = ConceptSet.from_texts(concept_set.positives[:-1], concept_set.contrast, name="weather")
     with pytest.raises(ValueError, match="is not the data of run"):
         run.eval_set(other)
+
+
+def test_evaluation_json_reads_back_typed(tiny_llama, concept_set, tmp_path):
+    import neat_llm as nl
+
+    run = nl.find_concept_neurons(tiny_llama, concept_set, out=tmp_path / "r", progress=False)
+    rep = evaluate_removal(tiny_llama, run.readout(), run.eval_set(concept_set), run.selections([2, 5]), n_random=2)
+    (tmp_path / "r" / "evaluation.json").write_text(json.dumps({"run_dir": "x", "method": "neat", **rep.to_dict()}))
+    got = nl.Run.load(tmp_path / "r").evaluation()
+    assert got.to_dict() == json.loads(json.dumps(rep.to_dict()))
+    assert got.row(5).random[1] == rep.row(5).random[1] and got.at_budget(1.05) == rep.at_budget(1.05)

@@ -436,3 +436,17 @@ def test_hate_study_with_davidson_prompts_reports_each_source(tiny_llama, tmp_pa
         assert row.hate_rate == pytest.approx(pooled)
     with pytest.raises(ConceptSetError, match="usable hate tweets"):
         davidson_hate_prompts(None, 50)
+
+
+def test_study_reports_read_back_typed_from_the_run_folder(tiny_llama, tmp_path):
+    """hate.json and bias.json read back through the run (run.hate_report(), run.bias_report()) give
+    the reports that were written, field for field; a folder without them gives None."""
+    h = hate_study(tiny_llama, ks=[2], out=tmp_path / "h", n_random=1, n_prompts=3, samples=2, max_new_tokens=3,
+                   readout=READOUT, progress=False)
+    got = nl.Run.load(tmp_path / "h").hate_report()
+    assert json.dumps(got.to_dict(), sort_keys=True) == json.dumps(h.report.to_dict(), sort_keys=True)
+    assert got.continuations == h.report.continuations and got.rows[0].hate_rate_ci == h.report.rows[0].hate_rate_ci
+    b = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "b", n_random=1, min_pairs=2, progress=False)
+    run = nl.Run.load(tmp_path / "b")
+    assert json.dumps(run.bias_report().to_dict(), sort_keys=True) == json.dumps(b.report.to_dict(), sort_keys=True)
+    assert run.hate_report() is None and run.evaluation() is None

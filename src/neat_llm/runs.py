@@ -266,6 +266,39 @@ class Run:
             raise ValueError(f"K={too_many[0]} is more than the {n} neurons the run scored")
         return {int(k): self.top(int(k)) for k in ks}
 
+    # --- what was measured on the run, typed (None where the folder holds none) ------------------
+    def evaluation(self) -> "RemovalReport | None":
+        """evaluation.json (``neat evaluate``, or ``neat find --max-ppl``'s chosen K)."""
+        from .evaluation.removal import RemovalReport
+
+        d = self._json("evaluation.json")
+        return None if d is None else RemovalReport.from_dict(d)
+
+    def hate_report(self) -> "HateReport | None":
+        """hate.json (``neat hate``), with the continuations when hate_continuations.json is there."""
+        from .evaluation.hate import HateReport
+
+        d = self._json("hate.json")
+        conts = self._json("hate_continuations.json") or {}
+        conts = {k: v for k, v in conts.items() if k not in ("prompts", "samples_per_prompt")}
+        return None if d is None else HateReport.from_dict(d, conts)
+
+    def bias_report(self) -> "BiasReport | None":
+        """bias.json (``neat bias``)."""
+        from .evaluation.bias import BiasReport
+
+        d = self._json("bias.json")
+        return None if d is None else BiasReport.from_dict(d)
+
+    def _json(self, name: str) -> dict | None:
+        f = self.run_dir / name
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError as err:
+            raise RunError(f"{f} is not valid JSON ({err})") from None
+
     def save(self) -> None:
         if (self.run_dir / "meta.json").exists():  # checked again right before the run is written
             raise RunError(f"{self.run_dir} already holds a finished run; choose another --out")

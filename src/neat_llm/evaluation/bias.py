@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -143,6 +143,14 @@ class BiasReport:
         d = asdict(self)
         d["results"] = d.pop("rows")  # the name the report reads
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BiasReport":
+        """bias.json typed again."""
+        names = {f.name for f in fields(cls)}
+        row_names = {f.name for f in fields(BiasRow)}
+        rows = [BiasRow(**{k: v for k, v in r.items() if k in row_names}) for r in d.get("results", [])]
+        return cls(**{k: v for k, v in d.items() if k in names and k != "rows"}, rows=rows)
 
 
 @dataclass

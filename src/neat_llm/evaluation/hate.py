@@ -127,6 +127,16 @@ class HateReport:
         d["results"] = d.pop("rows")  # the name the report reads
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict, continuations: dict | None = None) -> "HateReport":
+        """hate.json typed again (``continuations``: hate_continuations.json's, if wanted)."""
+        names = {f.name for f in fields(cls)}
+        row_names = {f.name for f in fields(HateRow)}
+        rows = [HateRow(**{k: (tuple(v) if k.endswith("_ci") else v) for k, v in r.items() if k in row_names})
+                for r in d.get("results", [])]
+        kept = {k: v for k, v in d.items() if k in names and k not in ("rows", "continuations")}
+        return cls(**kept, rows=rows, continuations=dict(continuations or {}))
+
 
 @dataclass
 class HateMeasure:

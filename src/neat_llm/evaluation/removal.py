@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -189,6 +189,21 @@ class RemovalReport:
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (floats, ints, lists), with the removal at each budget of ``BUDGETS``."""
         return {**asdict(self), "budgets": [asdict(self.at_budget(b)) for b in BUDGETS]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RemovalReport":
+        """The report ``to_dict`` wrote (e.g. evaluation.json), typed again; extra keys (the budgets,
+        which follow from the rows, and what a command added around it) are ignored."""
+        names = {f.name for f in fields(cls)}
+        rows = [RemovalAtK(**{**_known(RemovalAtK, r), "top": RemovalEffect(**r["top"]),
+                              "random": [RemovalEffect(**e) for e in r["random"]]}) for r in d.get("rows", [])]
+        return cls(**{k: v for k, v in d.items() if k in names and k != "rows"}, rows=rows)
+
+
+def _known(cls, d: dict) -> dict:
+    """The entries of ``d`` that are fields of the dataclass ``cls``."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
 
 
 # --- the evaluation -----------------------------------------------------------------------------

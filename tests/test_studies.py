@@ -419,7 +419,7 @@ def test_hate_study_with_davidson_prompts_reports_each_source(tiny_llama, tmp_pa
     extra = davidson_hate_prompts(None, 3, seed=0)
     assert len(extra) == 3 and all(len(p.split()) >= 3 for p in extra)
     # prefixes of hate-class tweets of the judges' test part (the 20% no judge trains on)
-    from neat_llm.evaluation.embedding_judge import davidson_split
+    from neat_llm.evaluation.hate_classifier import davidson_split
 
     _, _, xte, yte = davidson_split(DATA / "davidson" / "labeled_data.csv")
     test_hate = [t for t, y in zip(xte, yte) if y == 0]

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..concepts.conceptset import ConceptSetError
-from .hate_classifier import CLASSES, SETTINGS as TFIDF_SETTINGS, _sha256
+from .hate_classifier import CLASSES, _sha256, davidson_split
 
 log = logging.getLogger(__name__)
 
@@ -174,26 +173,6 @@ class EmbeddingJudge:
 
     def quality_dict(self) -> dict:
         return {k: asdict(v) for k, v in self.quality.items()}
-
-
-def davidson_split(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train texts, train classes, test texts, test classes): the TF-IDF judge's seeded split."""
-    import pandas as pd
-    from sklearn.model_selection import train_test_split
-
-    df = pd.read_csv(path)
-    missing = [c for c in ("tweet", "class") if c not in df.columns]
-    if missing:
-        raise ConceptSetError(f"{path}: column(s) {missing} not found (a Davidson labeled_data.csv has 'tweet' and "
-                              f"'class'); columns: {list(df.columns)}")
-    df = df.dropna(subset=["tweet", "class"]).drop_duplicates("tweet")
-    y = df["class"].astype(int).to_numpy()
-    x = df["tweet"].astype(str).to_numpy()
-    counts = np.bincount(y, minlength=3)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=TFIDF_SETTINGS["test_fraction"],
-                                          random_state=TFIDF_SETTINGS["seed"], stratify=stratify)
-    return xtr, ytr, xte, yte
 
 
 def toxigen_split(texts: Sequence[str], is_hate: Sequence[bool]) -> tuple[list[str], list[bool], list[str], list[bool]]:

@@ -91,10 +91,10 @@ def _pipeline():
     return make_pipeline(features, LogisticRegression(C=s["C"], class_weight="balanced", max_iter=2000))
 
 
-def train_hate_classifier(path: str | Path) -> HateClassifier:
-    """Fit on a seeded, stratified 80% of the Davidson file at ``path`` and measure on the rest."""
+def davidson_split(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train texts, train classes, test texts, test classes) of the Davidson file at ``path``: a
+    seeded, stratified 80 / 20 split (every judge trains and is tested on the same parts)."""
     import pandas as pd
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
     from sklearn.model_selection import train_test_split
 
     df = pd.read_csv(path)
@@ -111,6 +111,14 @@ def train_hate_classifier(path: str | Path) -> HateClassifier:
     stratify = y if counts[counts > 0].min() >= 2 else None
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=SETTINGS["test_fraction"], random_state=SETTINGS["seed"],
                                           stratify=stratify)
+    return xtr, ytr, xte, yte
+
+
+def train_hate_classifier(path: str | Path) -> HateClassifier:
+    """Fit on a seeded, stratified 80% of the Davidson file at ``path`` and measure on the rest."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    xtr, ytr, xte, yte = davidson_split(path)
     pipe = _pipeline().fit(xtr, ytr)
     pred = pipe.predict(xte)
     p, r, f, _ = precision_recall_fscore_support(yte, pred, labels=[0], zero_division=0)

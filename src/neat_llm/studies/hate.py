@@ -85,7 +85,7 @@ def davidson_hate_prompts(path: str | Path | None, n: int, seed: int = 0) -> lis
     import re
 
     from ..concepts.datasets import resolve
-    from ..evaluation.embedding_judge import davidson_split
+    from ..evaluation.hate_classifier import davidson_split
 
     _, _, xte, yte = davidson_split(resolve("davidson", path))
     tweets = []

@@ -58,6 +58,8 @@ STUDIES = {
                             "args": ["hate", "--data", "toxigen", "--eval-groups", "jewish,muslim,trans,women",
                                      *STUDY_COMMON]},
     "bias-crows-pairs": {"title": "CrowS-Pairs (English)", "args": ["bias", "--data", "crows-pairs", *STUDY_COMMON]},
+    "bias-crows-pairs-paired": {"title": "CrowS-Pairs (English), the pair as the probe (`--probe paired`)",
+                                "args": ["bias", "--data", "crows-pairs", "--probe", "paired", *STUDY_COMMON]},
     "bias-indibias-en": {"title": "IndiBias, English (Indian context)",
                          "args": ["bias", "--data", "indibias", "--lang", "en", *STUDY_COMMON]},
     "bias-indibias-hi": {"title": "IndiBias, Hindi (Indian context)",
@@ -310,17 +312,35 @@ def _bias_findings(obj: dict) -> str:
 
 
 def _bias_headline(obj: dict) -> str:
-    k = max(r["k"] for r in obj["results"])
-    r = next(x for x in obj["results"] if x["k"] == k and x["bias_type"] == "all")
-    b, a, rn = r["before"], r["after"], r["random"]
-    inside = b["lo"] <= a["score"] <= b["hi"]
-    return (f"**Plainly (top-{k} off):** the overall stereotype score goes {b['score']:.1f} [{b['lo']:.1f}, "
-            f"{b['hi']:.1f}] → {a['score']:.1f} (random {k}: {rn['score']:.1f}), "
-            + ("inside the before interval: no measurable change" if inside else "outside the before interval")
-            + f"; perplexity rises {100 * (r['ppl_ratio'] - 1):.1f}% (random {k}: "
-            f"{100 * (r['random_ppl_ratio'] - 1):.1f}%)"
-            + (": turning these neurons off harms fluency more than it changes bias" if r["ppl_ratio"] > 1.05
-               and inside else "") + ".\n")
+    """The issue's target in one sentence: among the top-K sets within a perplexity ratio of 1.05, the
+    one that moves the overall stereotype score most toward 50, and whether it leaves the random
+    control's interval; then what the largest K does."""
+    rows = [x for x in obj["results"] if x["bias_type"] == "all"]
+
+    def toward(x: dict) -> float:
+        return abs(x["before"]["score"] - 50) - abs(x["after"]["score"] - 50)
+
+    ok = [x for x in rows if x["ppl_ratio"] <= 1.05]
+    parts = []
+    if ok:
+        r = max(ok, key=toward)
+        b, a, rn = r["before"], r["after"], r["random"]
+        outside = not rn["lo"] <= a["score"] <= rn["hi"]
+        meets = toward(r) >= 5 and outside
+        parts.append(f"**Plainly:** within a perplexity ratio of 1.05 the top-{r['k']} set (ratio {r['ppl_ratio']:.3f}) "
+                     f"moves the stereotype score most: {b['score']:.1f} [{b['lo']:.1f}, {b['hi']:.1f}] → "
+                     f"{a['score']:.1f} ({toward(r):+.1f} points toward 50), "
+                     + ("outside" if outside else "inside") + f" the random control's interval ({rn['score']:.1f} "
+                     f"[{rn['lo']:.1f}, {rn['hi']:.1f}]); the target (≥ 5 points toward 50, outside random) is "
+                     + ("met" if meets else "missed") + ".")
+    else:
+        parts.append("**Plainly:** no top-K set stays within a perplexity ratio of 1.05.")
+    k = max(x["k"] for x in rows)
+    r = next(x for x in rows if x["k"] == k)
+    parts.append(f"With the top {k} off: {r['before']['score']:.1f} → {r['after']['score']:.1f} (random "
+                 f"{r['random']['score']:.1f}) at a perplexity ratio of {r['ppl_ratio']:.3f} (random "
+                 f"{r['random_ppl_ratio']:.3f}).")
+    return " ".join(parts) + "\n"
 
 
 def _bias_plot(obj: dict, path: Path) -> None:

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_app import _fail, _parse_ks, _quiet_libraries, app, err, out, resumable
+from .cli_app import (AlphaOption, JsonOption, LayersOption, ModelOption, ModeOption, ProbeSizeOption,
+                      RandomOption, SeedOption, _fail, _parse_ks, _quiet_libraries, app, err, out, resumable)
 
 def _model_of_run(run):
     """Load the model a run was made with, and refuse one whose weights changed since."""
@@ -46,7 +47,7 @@ def _top_table(run, k: int, title: str) -> Table:
 @app.command()
 @resumable
 def find(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
+    model: ModelOption = None,
     concept: Optional[Path] = typer.Option(None, "--concept", "-c", help="concept file (.jsonl/.csv/.tsv/.parquet); default: built-in demo"),
     data: Optional[str] = typer.Option(None, "--data", help="a named data set instead: toxigen, davidson, davidson-offensive, crows-pairs, indibias-en, indibias-hi"),
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="where that data set is (default: ../shared/data)"),
@@ -55,8 +56,8 @@ def find(
     positive: Optional[str] = typer.Option(None, "--positive", help="label value(s) of positives, comma-separated"),
     contrast: Optional[str] = typer.Option(None, "--contrast", help="label value(s) of contrast rows (default: all others)"),
     method: str = typer.Option("neat", "--method", help="scoring method: neat, aura, exhaustive, screen-verify, attribution-patching, activation, auroc, random, reference, ..."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-' (default: all)"),
-    probe_size: int = typer.Option(8, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
+    layers: LayersOption = None,
+    probe_size: ProbeSizeOption = 8,
     score: Optional[str] = typer.Option(None, "--score", help="probe-based methods: 'specific' (default: drop of S on the positive probes minus the size of its change on the b lowest-S contrast texts), 'contrastive' (the effect on the P-N gap) or 'positive' (the drop on the positives alone)"),
     contrastive: bool = typer.Option(False, "--contrastive", help="the same as --score contrastive"),
     positions: Optional[str] = typer.Option(None, "--positions", help="neat: turn a neuron off at the read position only ('read', the default: KV-cache replay) or at every position ('all', ~T times slower)"),
@@ -68,7 +69,7 @@ def find(
     ablation: str = typer.Option("zero", "--ablation", help="turn off as zero or mean"),
     max_ppl: Optional[float] = typer.Option(None, "--max-ppl", help="choose K on the fit split: the most concept removed while the perplexity ratio on fluency texts stays <= this (e.g. 1.05); then measured on the eval split"),
     eval_fraction: float = typer.Option(0.3, "--eval-fraction"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: SeedOption = 0,
     top_k: int = typer.Option(100, "--top-k", help="rows kept in top.csv"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/<time>-<concept>-<method>); an interrupted run resumes here"),
     strict: bool = typer.Option(False, "--strict", help="refuse texts longer than the context instead of truncating"),
@@ -201,7 +202,7 @@ def _write_run_report(run_dir: Path) -> Path | None:
 @app.command("show")
 def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
              k: int = typer.Option(20, "--k", help="rows to show"),
-             as_json: bool = typer.Option(False, "--json")) -> None:
+             as_json: JsonOption = False) -> None:
     """Print a run's stored ranking."""
     import neat_llm as nl
 
@@ -224,13 +225,13 @@ def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
 def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (or, with --spec, the prompt)"),
              prompt: Optional[str] = typer.Argument(None, help="the prompt to continue"),
              k: int = typer.Option(50, "--k", help="turn off the top-k neurons"),
-             mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura runs)"),
-             alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: multiply the neurons by this factor (default: each neuron's own, for aura runs)"),
+             mode: ModeOption = None,
+             alpha: AlphaOption = None,
              spec: Optional[Path] = typer.Option(None, "--spec", help="an intervention file (neat export) instead of a run folder: its neurons, mode and values"),
              model: Optional[str] = typer.Option(None, "--model", "-m", help="with --spec: the model (default: the one the file names)"),
              max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
              chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the chat template"),
-             as_json: bool = typer.Option(False, "--json")) -> None:
+             as_json: JsonOption = False) -> None:
     """Continue a prompt with the model as is and with the run's top-k neurons turned off
     (or the neurons of an intervention file: neat generate --spec spec.json "prompt")."""
     import neat_llm as nl
@@ -282,10 +283,10 @@ def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (
 def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            k: int = typer.Option(100, "--k", help="the top-k neurons"),
            fmt: str = typer.Option("spec", "--format", help="spec (intervention file), hf (the edited model as a Hugging Face checkpoint) or neuronpedia (one JSON line per neuron)"),
-           mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own)"),
-           alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron"),
+           mode: ModeOption = None,
+           alpha: AlphaOption = None,
            out_path: Path = typer.Option(..., "--out", "-o", help="the file (spec, neuronpedia) or the new folder (hf)"),
-           as_json: bool = typer.Option(False, "--json")) -> None:
+           as_json: JsonOption = False) -> None:
     """Take a run's neurons elsewhere: an intervention file, the edited model as a plain checkpoint,
     or the neurons' evidence for Neuronpedia."""
     import neat_llm as nl
@@ -325,12 +326,12 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              k: str = typer.Option("10,50,100,500", "--k", help="sizes of the top-K sets turned off"),
-             n_random: int = typer.Option(5, "--random", help="random K-sets per K (the control)"),
-             mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own)"),
-             alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura runs)"),
-             seed: int = typer.Option(0, "--seed", help="seed of the random K-sets"),
+             n_random: RandomOption = 5,
+             mode: ModeOption = None,
+             alpha: AlphaOption = None,
+             seed: SeedOption = 0,
              concept: Optional[Path] = typer.Option(None, "--concept", help="the run's concept file, if it moved"),
-             as_json: bool = typer.Option(False, "--json")) -> None:
+             as_json: JsonOption = False) -> None:
     """Turn off the run's top-K neurons and measure concept removal on the held-out eval split,
     against random K-sets; writes evaluation.json into the run folder."""
     from dataclasses import replace
@@ -413,7 +414,7 @@ def compare(
     agreement_methods: str = typer.Option("exhaustive,integrated-gradients", "--agreement-methods",
                                           help="methods too slow for the whole model: run on --agreement-subset neurons and compared with exhaustive ablation there (not a removal comparison); '' for none"),
     agreement_subset: int = typer.Option(1000, "--agreement-subset", help="size of the seeded neuron subset of the agreement check"),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    model: ModelOption = None,
     concept: Optional[Path] = typer.Option(None, "--concept", "-c", help="concept file (default: the demo concept)"),
     data: Optional[str] = typer.Option(None, "--data", help="a named data set: toxigen, davidson, davidson-offensive, crows-pairs, indibias-en, indibias-hi"),
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="where that data set is (default: ../shared/data)"),
@@ -423,11 +424,11 @@ def compare(
     contrast: Optional[str] = typer.Option(None, "--contrast"),
     max_per_side: Optional[int] = typer.Option(None, "--max-per-side", help="seeded subsample of the concept set"),
     k: str = typer.Option("10,50,100,500,2000", "--k"),
-    n_random: int = typer.Option(5, "--random"),
+    n_random: RandomOption = 5,
     mode: str = typer.Option("zero", "--mode", help="zero or mean (AurA always dampens by its own factors)"),
-    probe_size: int = typer.Option(8, "--probe-size", "-b"),
+    probe_size: ProbeSizeOption = 8,
     positions: str = typer.Option("read", "--positions", help="neat and exhaustive: read or all"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: SeedOption = 0,
     out_dir: Path = typer.Option(Path("compare"), "--out", "-o", help="folder for the runs, compare.csv/.md/.json and dose_response.png; rerun to resume"),
     label_template: Optional[str] = typer.Option(None, "--label-template"),
     label_yes: str = typer.Option(" Yes", "--label-yes"),
@@ -436,7 +437,7 @@ def compare(
     clusters: int = typer.Option(32, "--clusters"),
     keep_clusters: int = typer.Option(16, "--keep-clusters"),
     candidates: int = typer.Option(500, "--candidates"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonOption = False,
 ) -> None:
     """Run several methods on the same split, each on the whole model; evaluate each on held-out
     data against the same random K-sets and compare, also at a fluency budget."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -14,6 +15,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Find the concept neurons of a language model, turn them off, measure what changes.")
 out = Console()
 err = Console(stderr=True)
+
+# Options several commands share, defined once (name, short form, help): a command declares
+# ``model: ModelOption = None`` and gets the same flag everywhere.
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="HF hub id, local folder, .gguf, or gemma3-270m; default: embedded SmolLM2-135M-Instruct")]
+LayersOption = Annotated[Optional[str], typer.Option("--layers", help="blocks to score, e.g. '0-5,7,20-' (default: all)")]
+ProbeSizeOption = Annotated[int, typer.Option("--probe-size", "-b", help="b: prototypical positives in the probe batch")]
+NeuronsSubsetOption = Annotated[Optional[int], typer.Option("--neurons-subset",
+                                                            help="score only this many seeded random neurons")]
+SeedOption = Annotated[int, typer.Option("--seed", help="seed of the split, the probes and the random K-sets")]
+ModeOption = Annotated[Optional[str], typer.Option(
+    "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura runs)")]
+AlphaOption = Annotated[Optional[float], typer.Option(
+    "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura runs)")]
+RandomOption = Annotated[int, typer.Option("--random", help="random K-sets per K (the control)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
 
 
 def resumable(command):

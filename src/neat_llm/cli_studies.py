@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_app import _fail, _parse_ks, _quiet_libraries, app, out, resumable
+from .cli_app import (AlphaOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption, ProbeSizeOption,
+                      RandomOption, SeedOption, _fail, _parse_ks, _quiet_libraries, app, out, resumable)
 
 
 def _find_options(neurons_subset, layers, probe_size, model) -> dict:
@@ -30,7 +31,7 @@ def _csv(v: Optional[str]) -> Optional[list[str]]:
 @app.command()
 @resumable
 def hate(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
+    model: ModelOption = None,
     data: str = typer.Option("toxigen", "--data", help="toxigen, davidson, or a file of labelled texts"),
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="where toxigen/davidson are (default: $NEAT_LLM_DATA, ../shared/data)"),
     text_col: str = typer.Option("text", "--text-col", help="(own file) column holding the text"),
@@ -39,7 +40,7 @@ def hate(
     contrast: Optional[str] = typer.Option(None, "--contrast", help="(own file) label value(s) of neutral texts (default: all others)"),
     method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
     k: str = typer.Option("10,50,100,500,2000", "--k", help="sizes of the top-K sets turned off (a dose-response)"),
-    n_random: int = typer.Option(3, "--random", help="random K-sets per K (the control)"),
+    n_random: RandomOption = 3,
     fit_groups: Optional[str] = typer.Option(None, "--fit-groups", help="ToxiGen target groups to find the neurons on (default: all but --eval-groups)"),
     eval_groups: Optional[str] = typer.Option(None, "--eval-groups", help="ToxiGen target groups to evaluate on (default: all but --fit-groups)"),
     max_per_side: Optional[int] = typer.Option(None, "--max-per-side", help="seeded cap on fit texts per side"),
@@ -52,14 +53,14 @@ def hate(
     judge: str = typer.Option("minilm", "--judge", help="minilm (MiniLM embeddings + logistic regression; TF-IDF as second opinion) or tfidf"),
     label_yes: str = typer.Option(" Yes", "--label-yes", help="label readout: the single-token 'hateful' answer"),
     label_no: str = typer.Option(" No", "--label-no", help="label readout: the single-token 'not hateful' answer"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura)"),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura)"),
-    neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons"),
-    layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-'"),
-    probe_size: int = typer.Option(8, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
-    seed: int = typer.Option(0, "--seed"),
+    mode: ModeOption = None,
+    alpha: AlphaOption = None,
+    neurons_subset: NeuronsSubsetOption = None,
+    layers: LayersOption = None,
+    probe_size: ProbeSizeOption = 8,
+    seed: SeedOption = 0,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (= run folder); rerun to resume"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonOption = False,
 ) -> None:
     """Hate-speech neurons: find them, turn them off, measure on held-out text vs random neurons.
 
@@ -129,7 +130,7 @@ def hate(
 @app.command()
 @resumable
 def bias(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="HF hub id, local folder or .gguf; default: embedded SmolLM2-135M-Instruct"),
+    model: ModelOption = None,
     data: str = typer.Option("crows-pairs", "--data", help="crows-pairs, indibias, or a file of minimal pairs"),
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="where crows-pairs/indibias are (default: $NEAT_LLM_DATA, ../shared/data)"),
     lang: str = typer.Option("en", "--lang", help="IndiBias language: en or hi"),
@@ -143,7 +144,7 @@ def bias(
     mask: str = typer.Option("MASK", "--mask", help="(templates) the slot the targets fill"),
     method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
     k: str = typer.Option("10,50,100,500,2000", "--k", help="sizes of the top-K sets turned off (a dose-response)"),
-    n_random: int = typer.Option(3, "--random", help="random K-sets per K (the control)"),
+    n_random: RandomOption = 3,
     eval_fraction: float = typer.Option(0.3, "--eval-fraction", help="share of pairs held out for the evaluation"),
     max_fit_pairs: Optional[int] = typer.Option(None, "--max-fit-pairs", help="seeded cap on fit pairs"),
     max_eval_pairs: Optional[int] = typer.Option(None, "--max-eval-pairs", help="seeded cap on held-out pairs"),
@@ -151,14 +152,14 @@ def bias(
     min_pairs: int = typer.Option(5, "--min-pairs", help="bias types with fewer held-out pairs only count towards 'all'"),
     probe: str = typer.Option("prototypical", "--probe", help="prototypical (find's probe batch) or paired (the b most stereotypical-leaning fit pairs; each neuron scored by its effect on S(stereotypical) - S(its own counterpart))"),
     layer_rule: str = typer.Option("paired", "--layer-rule", help="reading layer: best cross-validated paired accuracy on the fit pairs ('paired') or find's P-vs-N AUROC ('auroc')"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura)"),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura)"),
-    neurons_subset: Optional[int] = typer.Option(None, "--neurons-subset", help="score only this many seeded random neurons"),
-    layers: Optional[str] = typer.Option(None, "--layers", help="blocks to score, e.g. '0-5,7,20-'"),
-    probe_size: int = typer.Option(8, "--probe-size", "-b", help="b: prototypical positives in the probe batch"),
-    seed: int = typer.Option(0, "--seed"),
+    mode: ModeOption = None,
+    alpha: AlphaOption = None,
+    neurons_subset: NeuronsSubsetOption = None,
+    layers: LayersOption = None,
+    probe_size: ProbeSizeOption = 8,
+    seed: SeedOption = 0,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (= run folder); rerun to resume"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonOption = False,
 ) -> None:
     """Social-bias neurons on minimal pairs: stereotype score per bias type, before / after / random.
 

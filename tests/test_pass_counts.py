@@ -133,3 +133,15 @@ def test_a_pass_ended_at_the_reading_layer_counts_as_partial(tiny_llama):
     torch.testing.assert_close(got[1], want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="out of range"):
         tiny_llama.run_through(tiny_llama.n_layers, tiny_llama.encode(TEXTS))
+
+
+def test_passes_that_keep_logits_batch_fewer_tokens_for_a_large_vocabulary(tiny_llama, monkeypatch):
+    """Logits are [tokens, vocab] floats: the token budget shrinks with the vocabulary (Gemma's
+    262,144 tokens would otherwise hold 8.6 GB of logits for 8 conditions) and is shared by replicas."""
+    from neat_llm.concepts import representations as rep
+
+    assert rep.logit_token_budget(tiny_llama, 1) == rep.TEXT_TOKENS_PER_BATCH  # a small vocabulary: the text budget
+    assert rep.logit_token_budget(tiny_llama, 8) == rep.TEXT_TOKENS_PER_BATCH // 8
+    monkeypatch.setattr(tiny_llama.hf.config, "vocab_size", 262_144)
+    assert rep.logit_token_budget(tiny_llama, 1) == rep.LOGITS_PER_BATCH // 262_144 == 1024
+    assert rep.logit_token_budget(tiny_llama, 8) * 8 * 262_144 * 4 <= 2 ** 30  # at most 1 GiB of float32 logits

@@ -49,12 +49,12 @@ class LabelReadout:
     def scores_along(self, model: LoadedModel, texts, replicas: int, batch_size: int = 16) -> torch.Tensor:
         """``scores`` under each of ``replicas`` conditions along the batch
         (``interventions.conditions_along_batch``): [G, N] float32."""
-        from .representations import TEXT_TOKENS_PER_BATCH, repeat_rows, token_batches
+        from .representations import logit_token_budget, repeat_rows, token_batches
 
         prompts = [self.prompt(t) for t in texts]
         G = replicas
         out = torch.empty(G, len(prompts))
-        for rows in token_batches(model, prompts, batch_size, max(1, TEXT_TOKENS_PER_BATCH // G)):
+        for rows in token_batches(model, prompts, batch_size, logit_token_budget(model, G)):
             enc = model.encode([prompts[i] for i in rows])
             logits = model.hf(**repeat_rows(enc, G), use_cache=False).logits  # [G*B, T, V]
             last = (enc["attention_mask"].sum(1) - 1).repeat(G)  # [G*B]

@@ -67,6 +67,14 @@ def pool_tokens(h: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
 
 
 TEXT_TOKENS_PER_BATCH = 8192  # padded tokens per batch of a text pass (batch size x its longest text)
+LOGITS_PER_BATCH = 2 ** 28  # float32 logits a pass that keeps them may hold at once (1 GiB)
+
+
+def logit_token_budget(model: LoadedModel, replicas: int = 1) -> int:
+    """Padded tokens per condition in a pass whose logits are kept ([tokens, vocab] floats): the
+    text budget, smaller for a large vocabulary (Gemma's 262,144 tokens), shared by the replicas."""
+    vocab = int(getattr(model.hf.config, "vocab_size", 0) or 0) or 1
+    return max(1, min(TEXT_TOKENS_PER_BATCH, LOGITS_PER_BATCH // vocab) // replicas)
 
 
 def token_batches(model: LoadedModel, texts: Sequence[str], batch_size: int,

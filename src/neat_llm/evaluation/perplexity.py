@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..concepts.representations import TEXT_TOKENS_PER_BATCH, repeat_rows, token_batches
+from ..concepts.representations import logit_token_budget, repeat_rows, token_batches
 from ..models.loaded import LoadedModel
 
 
@@ -31,7 +31,7 @@ def text_logliks_along(model: LoadedModel, texts: Sequence[str], replicas: int,
     sums = torch.zeros(G, len(texts), dtype=torch.float64)
     counts = torch.zeros(len(texts), dtype=torch.long)
     # similar lengths share a batch, within a token budget shared by the replicas
-    for ids in token_batches(model, texts, batch_size, max(1, TEXT_TOKENS_PER_BATCH // G)):
+    for ids in token_batches(model, texts, batch_size, logit_token_budget(model, G)):
         enc = model.encode([texts[i] for i in ids])
         logits = model.hf(**repeat_rows(enc, G), use_cache=False).logits  # [G*B, T, V]
         z = logits[:, :-1].float()  # [G*B, T-1, V]

@@ -257,7 +257,8 @@ def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (
             name = model or s.model_id
             m = nl.load_model(None if name == DEFAULT_MODEL else name)
             s.check_model(m)
-            what, neurons, iv = f"{len(s.neurons)} neurons of {spec.name}", s.selection(), s.intervention()
+            neurons = s.selection()
+            what, iv = f"{len(s.neurons)} neurons of {spec.name}", s.intervention(neurons)
         else:
             run = nl.Run.load(run_dir)
             m = _model_of_run(run)

@@ -171,13 +171,15 @@ def _finite_records(records: list[dict]) -> list[dict]:
 
 def check_baked(model: LoadedModel, spec: InterventionSpec, folder: str | Path, texts: list[str]) -> float:
     """Largest |logit difference| between the checkpoint in ``folder`` and ``turn_off(model, spec)``
-    on ``texts`` (a self-check after export)."""
+    on ``texts`` (a self-check after export; ``model`` was checked against the spec's weights when
+    the checkpoint was baked, so the neurons are applied without hashing the weights again)."""
     from transformers import AutoModelForCausalLM
 
     baked = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=model.dtype).to(model.device).eval()
     enc = model.encode(texts)
     with torch.inference_mode():
-        with turn_off(model, spec):
+        sel = spec.selection()
+        with turn_off(model, sel, spec.intervention(sel)):
             want = model.hf(**enc, use_cache=False).logits
         got = baked(**enc, use_cache=False).logits
     return float((got - want).abs().max())

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .hate_classifier import CLASSES, _sha256, davidson_split
+from .hate_classifier import CLASSES, _sha256, davidson_split, rates_of
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +166,7 @@ class EmbeddingJudge:
                 for row, o in zip(p, other.argmax(1))]
 
     def rates(self, texts: Sequence[str]) -> dict[str, float]:
-        labels = self.predict(texts)
-        n = max(len(labels), 1)
-        return {"hate_rate": sum(l == "hate" for l in labels) / n,
-                "toxic_rate": sum(l in ("hate", "offensive") for l in labels) / n}
+        return rates_of(self.predict(texts))
 
     def quality_dict(self) -> dict:
         return {k: asdict(v) for k, v in self.quality.items()}

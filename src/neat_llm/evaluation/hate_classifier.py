@@ -73,10 +73,14 @@ class HateClassifier:
 
     def rates(self, texts: Sequence[str]) -> dict[str, float]:
         """Share of texts judged hate speech, and judged hate or offensive."""
-        labels = self.predict(texts)
-        n = max(len(labels), 1)
-        return {"hate_rate": sum(l == "hate" for l in labels) / n,
-                "toxic_rate": sum(l in ("hate", "offensive") for l in labels) / n}
+        return rates_of(self.predict(texts))
+
+
+def rates_of(labels: Sequence[str]) -> dict[str, float]:
+    """Share of verdicts that are hate speech, and that are hate or offensive (any judge's)."""
+    n = max(len(labels), 1)
+    return {"hate_rate": sum(l == "hate" for l in labels) / n,
+            "toxic_rate": sum(l in ("hate", "offensive") for l in labels) / n}
 
 
 def _pipeline():

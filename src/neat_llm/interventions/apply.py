@@ -31,7 +31,8 @@ def turn_off(model: LoadedModel, neurons: "NeuronSelection | Iterable[tuple[int,
             raise ValueError("an intervention file carries its own mode and values; do not pass mode, means or alpha")
         spec = neurons if isinstance(neurons, InterventionSpec) else InterventionSpec.load(neurons)
         spec.check_model(model)
-        neurons, mode = spec.selection(), spec.intervention()
+        neurons = spec.selection()
+        mode = spec.intervention(neurons)
     sel = as_selection(neurons)
     if isinstance(mode, Intervention):
         iv = mode

@@ -136,9 +136,11 @@ class InterventionSpec:
                                scores=tuple(float("nan") if n.score is None else n.score for n in ns),
                                alphas=tuple(n.value for n in ns) if self.mode == "dampen" else None)
 
-    def intervention(self) -> Intervention:
-        sel = self.selection()
-        return Intervention(self.mode, sel.means) if self.mode == "mean" else Intervention(self.mode)
+    def intervention(self, selection: NeuronSelection | None = None) -> Intervention:
+        """The mode, with the mean values it needs (from ``selection`` when already made)."""
+        if self.mode != "mean":
+            return Intervention(self.mode)
+        return Intervention("mean", (selection or self.selection()).means)
 
     def family(self) -> ModelFamily:
         for f in FAMILIES:

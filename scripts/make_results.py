@@ -54,6 +54,8 @@ STUDY_COMMON = ["--random", "3", "--seed", "0"]  # K = 10, 50, 100, 500, 2000 (t
 STUDIES = {
     "hate-toxigen": {"title": "ToxiGen, all target groups (held-out 30%)",
                      "args": ["hate", "--data", "toxigen", *STUDY_COMMON]},
+    "hate-toxigen-dampen": {"title": "ToxiGen, all target groups, dampening (activations x 0.3, AurA-style) instead of zero",
+                            "args": ["hate", "--data", "toxigen", "--mode", "dampen", "--alpha", "0.3", *STUDY_COMMON]},
     "hate-toxigen-groups": {"title": "ToxiGen, generalisation: found on 7 target groups, evaluated on 4 others",
                             "args": ["hate", "--data", "toxigen", "--eval-groups", "jewish,muslim,trans,women",
                                      *STUDY_COMMON]},

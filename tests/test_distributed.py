@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import neat_llm as nl
-from neat_llm.distributed import RaySweep, RayUnavailableError, plan_shards, require_ray
+from neat_llm.distributed import RaySweep, RayUnavailableError, require_ray
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install 'neat-llm[ray]'); "
@@ -54,20 +54,6 @@ def single(model, tmp_path_factory):
 
 def _same(a, b) -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)  # bit for bit
-
-
-def test_plan_cuts_blocks_on_the_batch_grid_and_covers_each_neuron_once():
-    blocks = {0: list(range(48)), 1: list(range(0, 48, 2)), 5: list(range(48))}
-    shards = plan_shards(blocks, unit=5, target=8)
-    assert len(shards) > len(blocks)  # few blocks: cut inside blocks
-    for l, idx in blocks.items():
-        mine = sorted((s for s in shards if s.layer == l), key=lambda s: s.start)
-        assert [k for s in mine for k in s.neurons] == idx
-        assert all(s.start % 5 == 0 for s in mine) and all(s.neurons == tuple(idx[s.start:s.stop]) for s in mine)
-    assert [s.id for s in shards] == list(range(len(shards)))
-    many = {l: list(range(48)) for l in range(20)}
-    assert len(plan_shards(many, unit=5, target=8)) == 20  # enough blocks: one shard per block
-    assert {len(s.neurons) for s in plan_shards(blocks, unit=5, target=8, shard_size=7)} <= {10, 8, 4}
 
 
 @needs_ray

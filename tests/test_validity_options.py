@@ -180,10 +180,11 @@ def test_screened_methods_score_exactly_at_the_same_positions_as_neat(tiny_llama
     neurons first)."""
     plain = nl.find_concept_neurons(tiny_llama, concept_set, probe_size=2, specificity=0, score="positive",
                                     out=tmp_path / "neat", progress=False)
-    run = nl.find_concept_neurons(tiny_llama, concept_set, method=method, probe_size=2, specificity=0,
-                                  score="positive", out=tmp_path / method, progress=False,
-                                  scorer_options={"candidates": 40} if method == "screen-verify" else
-                                  {"n_clusters": 4, "keep": 3})
+    from neat_llm.find_settings import build_scorer
+
+    scorer = build_scorer(method, **({"candidates": 40} if method == "screen-verify" else {"n_clusters": 4, "keep": 3}))
+    run = nl.find_concept_neurons(tiny_llama, concept_set, scorer, probe_size=2, specificity=0,
+                                  score="positive", out=tmp_path / method, progress=False)
     assert run.meta.params["scorer"]["positions"] == "read"
     ok = torch.isfinite(run.scores)
     assert 0 < int(ok.sum()) < ok.numel()

@@ -102,33 +102,32 @@ def find(
         if concept is None and data is None and positive is not None:
             _fail("--positive needs --concept FILE")
         cs = _concept_from_options(concept, data, data_path, text_col, label_col, positive, contrast, None, seed)
+        from neat_llm.concepts.label_readout import DEFAULT_TEMPLATE, LabelReadout
+        from neat_llm.find_settings import FindSettings, build_scorer
+
+        if positions is not None and method != "neat":
+            _fail(f"--positions {positions} is an option of --method neat")
+        settings = FindSettings(reading_layer=reading_layer, vector=vector, pool=pool, read_template=read_template,
+                                probe_size=probe_size, score=score, contrastive=contrastive, positions=positions,
+                                specificity=specificity, layers=layers, ablation=ablation, eval_fraction=eval_fraction,
+                                seed=seed, top_k=top_k, strict=strict, max_ppl=max_ppl)
+        label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
+                             negative_word=label_no)
+        own = {"neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
+               "screen-verify": {"candidates": candidates, "screen_on": screen_on}}.get(method, {})
+        scorer = build_scorer(method, settings, label=label, **own)  # checked before the model loads
         distributed = None
         if ray or ray_address:
             from neat_llm.distributed import ModelSpec, RaySweep
 
             distributed = RaySweep(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
                                    model=ModelSpec(model, device=device, dtype=dtype, device_map=device_map))
-            distributed.check(method)  # Ray missing: say what to install before loading anything
+            distributed.check(scorer)  # Ray missing: say what to install before loading anything
         m = nl.load_model(model, device=device, dtype=dtype, **({"device_map": device_map} if device_map else {}))
-        from neat_llm.concepts.label_readout import DEFAULT_TEMPLATE, LabelReadout
-
-        label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
-                             negative_word=label_no)
-        if positions is not None and positions not in ("all", "read"):
-            _fail(f"--positions must be 'all' or 'read', got {positions!r}")
-        if positions is not None and method != "neat":
-            _fail(f"--positions {positions} is an option of --method neat")
-        scorer_options = {"neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
-                          "screen-verify": {"candidates": candidates, "screen_on": screen_on}}.get(method, {})
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            run = nl.find_concept_neurons(m, cs, method=method, reading_layer=reading_layer, vector=vector, pool=pool,
-                                          read_template=read_template, probe_size=probe_size, score=score,
-                                          contrastive=contrastive,
-                                          positions=positions, specificity=specificity, layers=layers,
-                                          ablation=ablation, eval_fraction=eval_fraction, seed=seed, out=out_dir,
-                                          top_k=top_k, strict=strict, progress=True, label=label,
-                                          scorer_options=scorer_options, distributed=distributed, max_ppl=max_ppl)
+            run = nl.find_concept_neurons(m, cs, scorer, settings, out=out_dir, progress=True,
+                                          distributed=distributed)
             budget = _evaluate_chosen_k(m, run, cs) if max_ppl is not None else None
     except (ValueError, FloatingPointError, OSError) as e:
         _fail(str(e))
@@ -458,16 +457,19 @@ def compare(
         _fail(f"--positions must be 'all' or 'read', got {positions!r}")
     try:
         cs = _concept_from_options(concept, data, data_path, text_col, label_col, positive, contrast, max_per_side, seed)
-        m = nl.load_model(model)
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)
-        options = {"integrated-gradients": {"max_texts": ig_max_texts},
-                   "neat-cluster": {"n_clusters": clusters, "keep": keep_clusters, "positions": positions},
-                   "screen-verify": {"candidates": candidates, "positions": positions},
-                   "neat": {"positions": positions}, "exhaustive": {"positions": positions}}
-        cmp = compare_methods(m, cs, names, out_dir, ks=ks, n_random=n_random, mode=mode, seed=seed,
-                              probe_size=probe_size, label=label, scorer_options=options,
-                              agreement_methods=slow, agreement_subset=agreement_subset)
+        from neat_llm.find_settings import POSITION_METHODS, FindSettings, build_scorer
+
+        own = {"integrated-gradients": {"max_texts": ig_max_texts},
+               "neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
+               "screen-verify": {"candidates": candidates}}
+        scorers, slow_scorers = ([build_scorer(x, FindSettings(positions=positions if x in POSITION_METHODS else None),
+                                               label=label, **own.get(x, {})) for x in group] for group in (names, slow))
+        m = nl.load_model(model)
+        cmp = compare_methods(m, cs, scorers, out_dir, ks=ks, n_random=n_random, mode=mode, seed=seed,
+                              probe_size=probe_size,
+                              agreement_methods=slow_scorers, agreement_subset=agreement_subset)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     if as_json:

@@ -13,15 +13,21 @@ from .cli_app import (AlphaOption, JsonOption, LayersOption, ModelOption, ModeOp
                       RandomOption, SeedOption, _fail, _parse_ks, _quiet_libraries, app, out, resumable)
 
 
-def _find_options(neurons_subset, layers, probe_size, model) -> dict:
-    opts: dict = {"probe_size": probe_size}
-    if neurons_subset:
-        from .compare import subset_neurons
+def _find_settings(layers, probe_size, seed):
+    """How a study finds its neurons, from the option group the studies share with ``neat find``
+    (checked here, before the model loads)."""
+    from .find_settings import FindSettings
 
-        opts["neurons"] = subset_neurons(model, neurons_subset)
-    if layers:
-        opts["layers"] = layers
-    return opts
+    return FindSettings(layers=layers or None, probe_size=probe_size, seed=seed)
+
+
+def _subset(neurons_subset, model):
+    """--neurons-subset: that many seeded random neurons, or None (the whole model)."""
+    if not neurons_subset:
+        return None
+    from .compare import subset_neurons
+
+    return subset_neurons(model, neurons_subset)
 
 
 def _csv(v: Optional[str]) -> Optional[list[str]]:
@@ -73,6 +79,7 @@ def hate(
     _quiet_libraries()
     ks = _parse_ks(k)
     try:
+        settings = _find_settings(layers, probe_size, seed)
         m = nl.load_model(model)
         readout = type(HATE_READOUT)(template=HATE_READOUT.template, concept=HATE_READOUT.concept,
                                      positive_word=label_yes, negative_word=label_no)
@@ -82,7 +89,7 @@ def hate(
                            max_per_side=max_per_side, max_eval=max_eval, n_prompts=n_prompts, samples=samples,
                            davidson_prompts=davidson_prompts,
                            max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode, alpha=alpha, judge=judge,
-                           seed=seed, **_find_options(neurons_subset, layers, probe_size, m))
+                           seed=seed, find=settings, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     r = study.report
@@ -179,12 +186,13 @@ def bias(
         templates, columns = {"template": template_col, "stereo": stereo_col, "anti": anti_col,
                               "bias_type": type_col or None, "mask": mask}, {}
     try:
+        settings = _find_settings(layers, probe_size, seed)
         m = nl.load_model(model)
         study = bias_study(m, data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
                            method=method, ks=ks, out=out_dir, n_random=n_random, eval_fraction=eval_fraction,
                            max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
                            min_pairs=min_pairs, mode=mode, alpha=alpha, seed=seed, layer_rule=layer_rule,
-                           templates=templates, probe=probe, **_find_options(neurons_subset, layers, probe_size, m))
+                           templates=templates, probe=probe, find=settings, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     r = study.report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .evaluation.removal import BUDGETS, evaluate_removal
 from .find import find_concept_neurons
 from .models.loaded import LoadedModel
 from .runs import Run, run_folder_lock, write_text
+from .scoring import Scorer
 
 WHOLE_MODEL_METHODS = ("neat", "neat-cluster", "screen-verify", "attribution-patching", "logprob-increase",
                        "activation", "auroc", "aura", "random")
@@ -238,35 +240,40 @@ def _scoring_cost(run: Run) -> tuple[int, int, float]:
             run.meta.seconds.get("scoring", 0.0))
 
 
-def _find_or_load(model, concept, method, run_dir: Path, **kwargs) -> Run:
+def _name(method: str | Scorer) -> str:
+    return method if isinstance(method, str) else method.name
+
+
+def _find_or_load(model, concept, method: str | Scorer, run_dir: Path, **kwargs) -> Run:
     return Run.load(run_dir) if (run_dir / "meta.json").exists() else find_concept_neurons(
         model, concept, method=method, out=run_dir, **kwargs)
 
 
-def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str], out: str | Path, *,
+def compare_methods(model: LoadedModel, concept: ConceptSet, methods: Sequence[str | Scorer], out: str | Path, *,
                     ks: list[int] = (10, 50, 100, 500, 2000), n_random: int = 5, mode: str = "zero", seed: int = 0,
-                    progress: bool = True, scorer_options: dict[str, dict] | None = None,
-                    agreement_methods: list[str] = (), agreement_subset: int = 1000,
-                    **find_kwargs) -> Comparison:
+                    progress: bool = True, agreement_methods: Sequence[str | Scorer] = (),
+                    agreement_subset: int = 1000, **find_kwargs) -> Comparison:
     """Run every method in ``methods`` on the whole model (same split, same seed), evaluate each on
     the held-out split against the same random K-sets (each method's neurons turned off by ``mode``,
     or dampened by their own factors for AurA), and write compare.{csv,md,json} and
     dose_response.png into ``out`` (one run folder per method under ``out/runs``; a rerun reuses
     them). ``agreement_methods`` (exhaustive, integrated-gradients) run on a seeded subset of
     ``agreement_subset`` neurons; every method's scores are compared with exhaustive's there.
-    ``scorer_options``: {method: constructor options}, e.g. {"integrated-gradients": {"max_texts": 8}}."""
+    A method is a name or a scorer made with its own options (e.g. ``build_scorer("integrated-gradients",
+    max_texts=8)``); ``find_kwargs`` are find's settings (``probe_size=``, ``label=`` ...)."""
     out = Path(out)
     with run_folder_lock(out):  # one writer per comparison folder
-        slow = [m for m in methods if m in AGREEMENT_METHODS]
+        slow = [_name(m) for m in methods if _name(m) in AGREEMENT_METHODS]
         if slow:
             raise ValueError(f"{', '.join(slow)} cannot score the whole model here; give them as agreement methods "
                              "(run on a neuron subset, compared with exhaustive ablation, never a removal comparison)")
         random_cache: dict = {}
         rows: list[MethodRow] = []
         runs: dict[str, Run] = {}
-        for method in methods:
-            run = _find_or_load(model, concept, method, out / "runs" / method, seed=seed, progress=progress,
-                                scorer_options=(scorer_options or {}).get(method), **find_kwargs)
+        for scorer in methods:
+            method = _name(scorer)
+            run = _find_or_load(model, concept, scorer, out / "runs" / method, seed=seed, progress=progress,
+                                **find_kwargs)
             runs[method] = run
             n_scored = int(torch.isfinite(run.scores).sum())
             usable = [k for k in ks if k <= n_scored]
@@ -280,8 +287,8 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: list[str],
         agreement_rows: list[AgreementRow] = []
         if agreement_methods:
             subset = subset_neurons(model, agreement_subset, seed)
-            sub_runs = {m: _find_or_load(model, concept, m, out / "agreement" / m, seed=seed, progress=progress,
-                                         neurons=subset, scorer_options=(scorer_options or {}).get(m), **find_kwargs)
+            sub_runs = {_name(m): _find_or_load(model, concept, m, out / "agreement" / _name(m), seed=seed,
+                                                progress=progress, neurons=subset, **find_kwargs)
                         for m in agreement_methods}
             ref = sub_runs.get("exhaustive")
             for name, run in {**runs, **sub_runs}.items():

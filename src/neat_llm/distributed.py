@@ -16,9 +16,11 @@ retrying and restarting:
   a single-process sweep writes. A shard is written once, by the driver, so nothing is counted
   twice; a restarted driver reads the stored plan and skips finished shards and blocks.
 
-Identical to a single process: the sweep batches C = tokens_per_batch // T replicas of a probe of
-T tokens, and float results depend (by ~1e-5) on the batch composition and the thread count. Shard
-boundaries therefore fall on the single-process batch grid (multiples of C for every probe), so
+The shards are the scorer's own work units (``Scorer.work_units``): this module knows nothing of
+how a scorer batches. Identical to a single process: the NEAT sweep batches C = tokens_per_batch // T
+replicas of a probe of T tokens, and float results depend (by ~1e-5) on the batch composition and
+the thread count. Its work units therefore fall on the single-process batch grid (multiples of C for
+every probe, ``NeatScorer.batch_unit``), so
 each worker runs exactly the batches a single process would; with the same per-process thread
 count and device the scores are bit for bit the same (tested on a tiny model). On SmolLM2 a Ray
 worker's scores differed from an in-process 1-thread sweep by up to 3.8e-5 (scores up to 49;
@@ -37,21 +39,20 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .concepts.vectors import ConceptReadout
 from .models.loaded import LoadedModel, PassCounter
 from .progress import progress_bar
 from .runs import PartialSweep, RunError, atomic_write, write_text
-from .scoring import ProbeSet, ScoringTask, get_scorer
-from .scoring.base import NeuronScores, Scorer
+from .scoring import SCORERS, ScoringTask
+from .scoring.base import NeuronScores, Scorer, WorkUnit
+from .sweeps import SweepExecutor, shardable
 
-SHARDABLE_METHODS = ("neat",)
 INSTALL_HINT = "pip install 'neat-llm[ray]'  (or: pip install 'ray>=2.40')"
 
 
@@ -94,15 +95,7 @@ class ModelSpec:
         return load_model(self.name, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code, **kw)
 
 
-@dataclass(frozen=True)
-class Shard:
-    """Neurons ``neurons`` (= the block's selected neurons [start:stop]) of block ``layer``."""
-
-    id: int
-    layer: int
-    start: int
-    stop: int
-    neurons: tuple[int, ...]
+Shard = WorkUnit  # a shard is one of the scorer's work units (``Scorer.work_units``)
 
 
 @dataclass
@@ -119,15 +112,11 @@ class ShardResult:
 
 @dataclass
 class _SweepSpec:
-    """Everything a worker needs besides the model (shipped once through the object store)."""
+    """Everything a worker needs besides the model (shipped once through the object store): the
+    scorer itself (its options are its constructor's) and the task without its callbacks."""
 
-    method: str
-    options: dict
-    readout: ConceptReadout
-    probes: ProbeSet
-    ablation: str
-    means: torch.Tensor | None
-    seed: int
+    scorer: Scorer
+    task: ScoringTask
 
 
 class _ShardWorker:
@@ -152,50 +141,9 @@ class _ShardWorker:
         return os.getpid()
 
     def score(self, sweep: _SweepSpec, shard: Shard) -> ShardResult:
-        task = ScoringTask(readout=sweep.readout, probes=sweep.probes, layers=[shard.layer],
-                           neurons={shard.layer: list(shard.neurons)}, ablation=sweep.ablation, means=sweep.means,
-                           seed=sweep.seed)
-        res = get_scorer(sweep.method, **sweep.options).score(self.model, task)
+        res = sweep.scorer.score(self.model, sweep.scorer.unit_task(sweep.task, shard))
         scores = res.scores[shard.layer, list(shard.neurons)].clone()
         return ShardResult(shard, scores, res.passes.as_dict(), res.seconds, socket.gethostname(), os.getpid())
-
-
-def replicas_per_batch(scorer: Scorer, n_tokens: int) -> int:
-    """The C of ``NeatScorer._block_effect`` for a probe of ``n_tokens`` tokens (kept in step with it;
-    a mismatch only costs bit-identity, which the tests check)."""
-    tpb = getattr(scorer, "tokens_per_batch", 4096)
-    if getattr(scorer, "positions", "all") == "read" and getattr(scorer, "kv_cache", False):
-        n_tokens = 1
-    return max(1, tpb // n_tokens)
-
-
-def batch_unit(model: LoadedModel, scorer: Scorer, probes: ProbeSet) -> int:
-    """Shard boundaries fall on multiples of this: the lcm of every probe's replica batch size."""
-    unit = 1
-    for text in probes.texts:
-        unit = math.lcm(unit, replicas_per_batch(scorer, int(model.encode([text])["input_ids"].shape[1])))
-    return unit
-
-
-def plan_shards(blocks: dict[int, list[int]], unit: int, target: int, shard_size: int | None = None) -> list[Shard]:
-    """Split {block: selected neurons} into shards, earliest (costliest) blocks first.
-
-    One shard per block when there are at least ``target`` blocks; otherwise each block is cut into
-    about ``target / n_blocks`` pieces (``shard_size`` neurons each if given), every cut at a
-    multiple of ``unit`` so each piece runs the batches a single process would."""
-    shards: list[Shard] = []
-    n_blocks = max(1, len(blocks))
-    for layer in sorted(blocks):
-        idx = blocks[layer]
-        n = len(idx)
-        if n == 0:
-            continue
-        size = shard_size if shard_size else math.ceil(n / max(1, math.ceil(target / n_blocks)))
-        size = max(unit, math.ceil(size / unit) * unit)
-        for a in range(0, n, size):
-            b = min(n, a + size)
-            shards.append(Shard(len(shards), layer, a, b, tuple(idx[a:b])))
-    return shards
 
 
 class ShardStore:
@@ -262,7 +210,7 @@ class ShardStore:
 
 
 @dataclass
-class RaySweep:
+class RaySweep(SweepExecutor):
     """Run the scoring stage of ``find_concept_neurons`` on a Ray cluster.
 
     address: None starts a local Ray cluster on this machine (``workers * cpus_per_worker`` CPUs)
@@ -300,34 +248,27 @@ class RaySweep:
         if self.shard_size is not None and self.shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
 
-    def check(self, method: str) -> None:
-        """Fail before any work: Ray missing, or a method that is not a per-neuron sweep."""
+    def check(self, scorer: str | Scorer) -> None:
+        """Fail before any work: Ray missing, or a scorer whose work units cannot run apart."""
         require_ray()
-        if method not in SHARDABLE_METHODS:
-            raise ValueError(f"--ray shards the per-neuron NEAT sweep (--method {', '.join(SHARDABLE_METHODS)}); "
-                             f"{method!r} runs in one process")
+        if not shardable(scorer):
+            name = scorer if isinstance(scorer, str) else scorer.name
+            able = [n for n, c in SCORERS.items() if c.shardable]
+            raise ValueError(f"--ray shards the per-neuron NEAT sweep (--method {', '.join(able)}); "
+                             f"{name!r} runs in one process")
 
-    def sweep(self, model: LoadedModel, method: str, scorer: Scorer, task: ScoringTask, partial: PartialSweep,
-              progress: bool = True) -> tuple[NeuronScores, dict]:
+    def _run(self, model: LoadedModel, scorer: Scorer, task: ScoringTask, partial: PartialSweep, progress: bool,
+             what: str) -> tuple[NeuronScores, dict]:
         """Score ``task`` on the cluster; returns the scores (as ``scorer.score`` would) and a summary
         for the run's metadata (workers, shards, resumed shards, hosts)."""
-        self.check(method)
         t0 = time.perf_counter()
-        L, d_ff, top = model.n_layers, model.d_ff, task.readout.layer
-        scores = torch.full((L, d_ff), float("nan"))
-        blocks: dict[int, list[int]] = {}
-        for l in sorted(task.layers):
-            idx = task.neurons_of(l, d_ff)
-            if l > top:
-                scores[l, idx] = 0.0  # cannot reach the reading layer: exactly 0, no pass
-            elif l in task.done:
-                scores[l] = task.done[l]
-            else:
-                blocks[l] = idx
+        d_ff = model.d_ff
+        scores = torch.full((model.n_layers, d_ff), float("nan"))
+        blocks = scorer.pending(model, task, scores)  # fills what needs no pass (resumed blocks, ...)
         store = ShardStore(partial)
-        unit = batch_unit(model, scorer, task.probes)
-        shards = store.plan(blocks, lambda: plan_shards(blocks, unit, self.workers * self.shards_per_worker,
-                                                        self.shard_size))
+        unit = scorer.batch_unit(model, task)
+        shards = store.plan(blocks, lambda: scorer.work_units(model, task, blocks, self.workers * self.shards_per_worker,
+                                                              self.shard_size))
         by_block: dict[int, list[Shard]] = {}
         for s in shards:
             by_block.setdefault(s.layer, []).append(s)
@@ -358,27 +299,26 @@ class RaySweep:
                 block_finished(l)
         todo = [s for s in shards if s.id not in finished]
         if todo:
-            self._run(model, method, scorer, task, todo, store, rows, left, block_finished, passes, block_passes, summary,
-                      len(shards), len(finished), progress)
+            self._score_shards(model, scorer, task, todo, store, rows, left, block_finished, passes, block_passes,
+                               summary, len(shards), len(finished), progress)
         summary["seconds"] = time.perf_counter() - t0
-        return NeuronScores(scores=scores, method=method, passes=passes, seconds=summary["seconds"],
+        return NeuronScores(scores=scores, method=scorer.name, passes=passes, seconds=summary["seconds"],
                             params=scorer.params()), summary
 
-    def _run(self, model, method, scorer, task, todo, store, rows, left, block_finished, passes, block_passes, summary,
-             n_total, n_resumed, progress) -> None:
+    def _score_shards(self, model, scorer, task, todo, store, rows, left, block_finished, passes, block_passes,
+                      summary, n_total, n_resumed, progress) -> None:
         ray = require_ray()
         from ray.util import ActorPool
 
         t_start = time.perf_counter()
         try:
             actors = self._workers(model, min(self.workers, len(todo)))
-            sweep_spec = ray.put(_SweepSpec(method, scorer.params(), task.readout, task.probes, task.ablation,
-                                            task.means if task.ablation == "mean" else None, task.seed))
+            sweep_spec = ray.put(_SweepSpec(scorer, replace(task, done={}, on_layer_done=None, on_progress=None)))
             n_actors = len(actors)
             summary["seconds_startup"] = time.perf_counter() - t_start  # cluster start and model loads
             pool = ActorPool(actors)
             done = n_resumed
-            label = f"{method} sweep on Ray, {n_actors} workers: shards" + (f" ({n_resumed} resumed)" if n_resumed else "")
+            label = f"{scorer.name} sweep on Ray, {n_actors} workers: shards" + (f" ({n_resumed} resumed)" if n_resumed else "")
             with progress_bar(label, n_total, progress) as advance:
                 advance(n_resumed)
                 for r in pool.map_unordered(lambda a, s: a.score.remote(sweep_spec, s), todo):

@@ -16,22 +16,22 @@ import torch
 from .concepts.conceptset import ConceptSet
 from .concepts.label_readout import LabelReadout
 from .concepts.representations import text_pass
-from .concepts.vectors import (DEFAULT_READ_TEMPLATE, ConceptReadout, apply_template, check_template,
+from .concepts.vectors import (ConceptReadout, apply_template,
                                choose_reading_layer, concept_vectors, layer_aurocs)
 from .models.loaded import LoadedModel
 from .progress import progress_bar
 from .concepts.examples import EXAMPLES_FILE, neuron_examples
 from .runs import PartialSweep, Run, RunError, RunMeta, run_folder_lock, write_text
 from .interventions import Intervention
-from .scoring import ProbeSet, ScoringTask, get_scorer
-from .scoring.fluency import DEFAULT_SPECIFICITY, fluency_cost, specificity_aware
+from .find_settings import (DEFAULT_POSITIONS, EFFECT_METHODS, POSITION_METHODS,
+                            PROBE_METHODS, SCORE_RULES, FindSettings, build_scorer)
+from .scoring import ProbeSet, Scorer, ScoringTask
+from .scoring.fluency import fluency_cost, specificity_aware
+from .sweeps import LocalSweep, SweepExecutor
 
 # top.csv: the ranking with what tells a concept neuron from a generic one (runs.NeuronRow)
 TOP_COLUMNS = ("rank", "layer", "neuron", "score", "effect", "effect_positive", "effect_contrast", "mean_positive",
                "mean_contrast", "fluency_cost")
-DEFAULT_PROBE_SIZE = 8
-SCORE_RULES = ("specific", "contrastive", "positive")
-DEFAULT_SCORE = "specific"
 
 
 def score_from_effects(rule: str, effect_positive: torch.Tensor, effect_contrast: torch.Tensor) -> torch.Tensor:
@@ -44,14 +44,6 @@ def score_from_effects(rule: str, effect_positive: torch.Tensor, effect_contrast
     if rule == "positive":
         return effect_positive
     return effect_positive - (effect_contrast if rule == "contrastive" else effect_contrast.abs())
-PROBE_METHODS = ("neat", "neat-cluster", "screen-verify", "reference")  # methods that score a probe batch
-DEFAULT_POSITIONS = "read"
-# methods that turn neurons off exactly at a choice of positions (neat-cluster and screen-verify for the
-# neurons they score exactly: the same positions as neat, so their scores and the contrast side agree)
-POSITION_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive")
-# methods whose score is a drop of the concept score S (the ones a specificity-aware score applies to)
-EFFECT_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive", "attribution-patching", "reference")
-
 
 EXAMPLE_NEURONS = 50  # top neurons whose top-activating examples the run keeps for its report
 
@@ -148,29 +140,6 @@ def _check_layers_reach_the_readout(layers: list[int], reading_layer: int, metho
     warnings.warn(f"{what}, so they all score 0", stacklevel=3)
 
 
-class _BlockPasses:
-    """Saves each finished block of a sweep with the passes it cost in this process, so the passes of
-    a run resumed over several processes add up (``total``)."""
-
-    def __init__(self, model: LoadedModel, partial: PartialSweep):
-        self.model, self.partial = model, partial
-        self.last = model.counter.snapshot()
-
-    def save(self, layer: int, row: torch.Tensor) -> None:
-        now = self.model.counter.snapshot()
-        self.partial.save(layer, row, now.since(self.last).as_dict())
-        self.last = now
-
-    def total(self, this_process) -> dict[str, int]:
-        """Every stored block's passes (this process's and earlier ones') plus what this process
-        spent after its last finished block; a scorer that stores no blocks: its own passes."""
-        stored = self.partial.stored_passes()
-        if stored is None:
-            return this_process.as_dict()
-        rest = self.model.counter.since(self.last).as_dict()
-        return {k: stored.get(k, 0) + rest[k] for k in rest}
-
-
 def probe_effects(model: LoadedModel, readout: ConceptReadout, positives: list[str], contrast: list[str], sel,
                   ablation: str, means: torch.Tensor, positions: str,
                   tokens_per_batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,18 +158,11 @@ def probe_effects(model: LoadedModel, readout: ConceptReadout, positives: list[s
     return out[0], out[1]
 
 
-def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = "neat", *,
-                         reading_layer: int | None = None, vector: str = "diff-means", pool: str = "last",
-                         read_template: str = DEFAULT_READ_TEMPLATE,
-                         probe_size: int = DEFAULT_PROBE_SIZE, score: str | None = None, contrastive: bool = False,
-                         positions: str | None = None, specificity: float | None = None,
-                         layers: list[int] | str | None = None,
-                         ablation: str = "zero", eval_fraction: float = 0.3, seed: int = 0,
-                         out: str | Path | None = None, top_k: int = 100, strict: bool = False,
-                         progress: bool = True, batch_size: int = 16, tokens_per_batch: int = 4096,
-                         label: LabelReadout | None = None, scorer_options: dict | None = None,
-                         neurons: dict[int, list[int]] | None = None, distributed=None,
-                         max_ppl: float | None = None, probe_pairs: Sequence[tuple[str, str]] | None = None) -> Run:
+def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | Scorer = "neat",
+                         settings: FindSettings | None = None, *, out: str | Path | None = None,
+                         progress: bool = True, label: LabelReadout | None = None,
+                         neurons: dict[int, list[int]] | None = None, distributed: SweepExecutor | None = None,
+                         probe_pairs: Sequence[tuple[str, str]] | None = None, **options) -> Run:
     """Find the concept neurons of ``model`` for ``concept`` and write a run folder.
 
     Steps: seeded stratified fit/eval split; one pass over the fit texts (residuals at every layer,
@@ -225,9 +187,12 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     ``read_template``: what the model reads for the concept score, ``{text}`` standing for the text
     (default: the text and a newline, so S is read at the same token for every text; ``"{text}"``
     reads the text's own last token).
+    ``method``: a method name (``neat_llm.scoring.SCORERS``) or a scorer made with its own options,
+    e.g. ``ClusterScorer(n_clusters=32, keep=16)`` (``find_settings.build_scorer`` makes one with
+    find's defaults). The settings come as a ``FindSettings`` (``settings``), as keyword arguments
+    (``probe_size=4``), or both (the keywords win); each is checked before anything is loaded.
     ``label``: the label readout used by ``integrated-gradients`` and ``logprob-increase`` (default:
-    the generic template with the concept's name). ``scorer_options``: extra constructor arguments
-    of the scorer (e.g. ``{"n_clusters": 32, "keep": 16}`` for ``neat-cluster``). ``neurons``:
+    the generic template with the concept's name). ``neurons``:
     {block: [neuron indices]} to score only a subset (blocks not named are not scored).
     ``distributed``: a ``neat_llm.distributed.RaySweep`` to shard the sweep over a Ray cluster
     (same scores; see docs/scaling.md).
@@ -240,16 +205,30 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
     whose perplexity ratio on fluency texts stays <= max_ppl (``evaluation/budget.py``); stored in
     meta.json (``extra["k_choice"]``).
     """
-    if probe_size < 1:
-        raise ValueError(f"probe_size must be at least 1, got {probe_size}")
+    s = FindSettings.of(settings, **options)
+    if isinstance(method, Scorer):  # a scorer made by the caller, with its own options
+        scorer, method = method, method.name
+        s.check_for(method)
+        if s.positions is not None and getattr(scorer, "positions", s.positions) != s.positions:
+            raise ValueError(f"positions={s.positions!r} but the {method} scorer given turns neurons off at "
+                             f"{scorer.positions!r} positions")
+    else:
+        scorer = build_scorer(method, s, label=label, concept_name=concept.name)
+    if getattr(scorer, "label", None) is not None:
+        scorer.label.token_ids(model)  # bad label words fail here, before anything is written
     if probe_pairs is not None and method not in PROBE_METHODS:
         raise ValueError(f"probe_pairs choose a probe batch, which the {method!r} method does not use "
                          f"(probe-based methods: {', '.join(PROBE_METHODS)})")
-    check_template(read_template)
-    if max_ppl is not None and not max_ppl > 1.0:
-        raise ValueError(f"max_ppl is a perplexity ratio and must be > 1, got {max_ppl}")
-    if isinstance(layers, str):
-        layers = parse_layers(layers, model.n_layers)
+    reading_layer, vector, pool, read_template = s.reading_layer, s.vector, s.pool, s.read_template
+    probe_size, ablation, eval_fraction, seed, top_k = s.probe_size, s.ablation, s.eval_fraction, s.seed, s.top_k
+    strict, batch_size, tokens_per_batch, max_ppl = s.strict, s.batch_size, s.tokens_per_batch, s.max_ppl
+    score, lam = s.rule(method), s.specificity_for(method)
+    # where the contrast side and the probe effects turn neurons off: the scorer's own positions for the
+    # probe-based methods that have them, else find's default
+    positions = s.positions or (scorer.positions if method in POSITION_METHODS and method != "exhaustive"
+                                else DEFAULT_POSITIONS)
+    layers = parse_layers(s.layers, model.n_layers) if isinstance(s.layers, str) else \
+        (list(s.layers) if s.layers is not None else None)
     if neurons is not None:
         neurons = {int(l): sorted(int(k) for k in ks) for l, ks in neurons.items()}
         bad = [(l, k) for l, ks in neurons.items() for k in ks if not (0 <= l < model.n_layers and 0 <= k < model.d_ff)]
@@ -258,42 +237,10 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         layers = sorted(set(layers or neurons) & set(neurons))
     if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
         raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k (rows kept in top.csv) must be a whole number >= 1, got {top_k!r}")
     if layers is not None and reading_layer is not None:
         _check_layers_reach_the_readout(layers, reading_layer, method)
-    options = dict(scorer_options or {})
-    if contrastive:
-        if score not in (None, "contrastive"):
-            raise ValueError(f"contrastive=True is score='contrastive', not {score!r}")
-        score = "contrastive"
-    score = (DEFAULT_SCORE if method in PROBE_METHODS else "positive") if score is None else score
-    if score not in SCORE_RULES:
-        raise ValueError(f"score must be one of {', '.join(SCORE_RULES)}, got {score!r}")
-    if score != "positive" and method not in PROBE_METHODS:
-        raise ValueError(f"score {score!r} needs contrast probes, which the {method!r} method does not use "
-                         f"(probe-based methods: {', '.join(PROBE_METHODS)})")
-    if positions is not None and method not in POSITION_METHODS:
-        raise ValueError(f"positions is an option of the {', '.join(POSITION_METHODS)} methods, not of {method!r}")
-    if positions is not None and positions not in ("all", "read"):
-        raise ValueError(f"positions must be 'all' or 'read', got {positions!r}")
-    if method in POSITION_METHODS:  # exhaustive: all positions unless asked (its plain definition)
-        options.setdefault("positions", positions or (DEFAULT_POSITIONS if method != "exhaustive" else "all"))
-    positions = positions or DEFAULT_POSITIONS
-    lam = (DEFAULT_SPECIFICITY if method in EFFECT_METHODS else 0.0) if specificity is None else float(specificity)
-    if lam < 0:
-        raise ValueError(f"specificity must be >= 0, got {lam}")
-    if lam > 0 and method not in EFFECT_METHODS:
-        raise ValueError(f"specificity applies to methods that score a drop of the concept score "
-                         f"({', '.join(EFFECT_METHODS)}), not to {method!r}")
-    if method in ("neat", "exhaustive", "screen-verify", "neat-cluster"):
-        options.setdefault("tokens_per_batch", tokens_per_batch)
-    if method in ("integrated-gradients", "logprob-increase"):
-        options.setdefault("label", label or LabelReadout(concept=concept.name))
-        options["label"].token_ids(model)  # bad label words fail here, before anything is written
-    scorer = get_scorer(method, **options)
-    if distributed is not None:
-        distributed.check(method)  # Ray missing or a method it cannot shard: fail before any work
+    executor = distributed if distributed is not None else LocalSweep()
+    executor.check(scorer)  # Ray missing or a scorer it cannot shard: fail before any work
     run_dir = Path(out) if out is not None else default_run_dir(concept, method)
     with run_folder_lock(run_dir):  # one writer: a second process gets an error, not a mixed folder
         if (run_dir / "meta.json").exists():
@@ -367,30 +314,21 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str = 
         try:
             for side, side_probes in sides.items():
                 partial = PartialSweep(run_dir, {**fingerprint, "side": side}, name=side if len(sides) > 1 else None)
-                done = partial.done()
-                resumed[side] = sorted(done)
-                side_scorer, side_neurons, side_method = scorer, neurons, method
+                side_scorer, side_neurons = scorer, neurons
                 if side == "contrast" and method != "neat":  # the contrast side: NEAT's exact sweep over what was scored
                     ok = torch.isfinite(results["positive"].scores)
                     side_neurons = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model.n_layers) if ok[l].any()}
-                    side_scorer, side_method = get_scorer("neat", tokens_per_batch=tokens_per_batch, positions=positions), "neat"
-                tracker = _BlockPasses(model, partial)
+                    side_scorer = build_scorer("neat", FindSettings.of(s, positions=positions))
                 task = ScoringTask(readout=readout, probes=side_probes, layers=score_layers if side_neurons is None else
                                    sorted(side_neurons), neurons=side_neurons, ablation=ablation, means=contrast_means,
-                                   done=done, on_layer_done=tracker.save, positives=pos, contrast=neg, seed=seed)
-                n_total = task.n_selected(model.n_layers, model.d_ff)
+                                   positives=pos, contrast=neg, seed=seed)
                 what = f"{method} sweep" + (f", {side} probes" if len(sides) > 1 else "")
-                if distributed is not None:
-                    results[side], sharded[side] = distributed.sweep(model, side_method, side_scorer, task, partial,
-                                                                     progress=progress)
-                else:
-                    with progress_bar(f"{what} ({len(done)} blocks resumed)" if done else what, n_total, progress) as adv:
-                        task.on_progress = adv
-                        results[side] = side_scorer.score(model, task)
-                side_passes[side] = tracker.total(results[side].passes)
+                outcome = executor.sweep(model, side_scorer, task, partial, progress=progress, what=what)
+                results[side], resumed[side], side_passes[side] = outcome.scores, outcome.resumed, outcome.passes
+                if outcome.summary is not None:
+                    sharded[side] = outcome.summary
         finally:
-            if distributed is not None:
-                distributed.close()  # the workers served every sweep of the run
+            executor.close()  # the workers (if any) served every sweep of the run
         result = results["positive"]
         seconds["scoring"] = sum(r.seconds for r in results.values())
         passes["scoring"] = {k: sum(p[k] for p in side_passes.values()) for k in result.passes.as_dict()}

@@ -1,11 +1,18 @@
 """The one scorer interface: a ``ScoringTask`` in, ``NeuronScores`` [n_layers, d_ff] out,
-with the passes the scorer spent counted by the model's ``PassCounter``."""
+with the passes the scorer spent counted by the model's ``PassCounter``.
+
+A scorer says what its work is, apart from running it: ``pending`` (the blocks still to score,
+after filling in what needs no pass) and ``work_units`` (those blocks cut into ``WorkUnit``s on the
+scorer's own batch grid). ``scoring/executor.py`` runs a whole task in this process;
+``distributed.py`` runs the work units of a ``shardable`` scorer on a Ray cluster. Options are
+constructor arguments of the scorer (``NeatScorer(tokens_per_batch=..., positions=...)``)."""
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -78,6 +85,40 @@ class ScoringTask:
         return sum(len(self.neurons_of(l, d_ff)) for l in self.layers if 0 <= l < n_layers)
 
 
+@dataclass(frozen=True)
+class WorkUnit:
+    """A piece of a sweep that runs on its own: ``neurons`` = block ``layer``'s selected neurons
+    [start:stop]. A unit whose cuts fall on the scorer's batch grid (``Scorer.batch_unit``) runs
+    exactly the batches the whole sweep runs for those neurons, so its scores are the same."""
+
+    id: int
+    layer: int
+    start: int
+    stop: int
+    neurons: tuple[int, ...]
+
+
+def plan_units(blocks: dict[int, list[int]], unit: int, target: int, size: int | None = None) -> list[WorkUnit]:
+    """Split {block: selected neurons} into work units, earliest (costliest) blocks first.
+
+    One unit per block when there are at least ``target`` blocks; otherwise each block is cut into
+    about ``target / n_blocks`` pieces (``size`` neurons each if given), every cut at a multiple of
+    ``unit``."""
+    units: list[WorkUnit] = []
+    n_blocks = max(1, len(blocks))
+    for layer in sorted(blocks):
+        idx = blocks[layer]
+        n = len(idx)
+        if n == 0:
+            continue
+        step = size if size else math.ceil(n / max(1, math.ceil(target / n_blocks)))
+        step = max(unit, math.ceil(step / unit) * unit)
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            units.append(WorkUnit(len(units), layer, a, b, tuple(idx[a:b])))
+    return units
+
+
 @dataclass
 class NeuronScores:
     """scores: [n_layers, d_ff] (NaN = not scored); passes spent; wall seconds; parameters;
@@ -99,6 +140,7 @@ class Scorer(ABC):
     """Scores neurons for a concept. Subclasses implement ``_score`` and document formula and cost."""
 
     name: str = "?"
+    shardable: bool = False  # its work units may run in other processes with the same numbers (distributed.py)
 
     def score(self, model: LoadedModel, task: ScoringTask) -> NeuronScores:
         bad = [l for l in task.layers if not 0 <= l < model.n_layers]
@@ -117,6 +159,32 @@ class Scorer(ABC):
 
     def params(self) -> dict:
         return {}
+
+    def pending(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> dict[int, list[int]]:
+        """{block: selected neurons} still to score; fills ``scores`` [n_layers, d_ff] in place with
+        what needs no pass (the blocks the task has done already)."""
+        out = {}
+        for l in sorted(task.layers):
+            if l in task.done:
+                scores[l] = task.done[l]
+            else:
+                out[l] = task.neurons_of(l, model.d_ff)
+        return out
+
+    def batch_unit(self, model: LoadedModel, task: ScoringTask) -> int:
+        """Work units cut a block at multiples of this many neurons (the scorer's batch grid)."""
+        return 1
+
+    def work_units(self, model: LoadedModel, task: ScoringTask, blocks: dict[int, list[int]], target: int,
+                   size: int | None = None) -> list[WorkUnit]:
+        """``blocks`` ({block: neurons}, e.g. from ``pending``) cut into about ``target`` units on the batch grid."""
+        return plan_units(blocks, self.batch_unit(model, task), target, size)
+
+    @staticmethod
+    def unit_task(task: ScoringTask, unit: WorkUnit) -> ScoringTask:
+        """The task restricted to one work unit (no resume state, no callbacks: what a worker runs)."""
+        return replace(task, layers=[unit.layer], neurons={unit.layer: list(unit.neurons)}, done={},
+                       on_layer_done=None, on_progress=None)
 
     def dampening(self, scores: torch.Tensor) -> torch.Tensor | None:
         """Each neuron's own dampening factor [n_layers, d_ff], for methods that define one."""

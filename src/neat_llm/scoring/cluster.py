@@ -45,6 +45,11 @@ class ClusterScorer(Scorer):
         self.last_clusters: dict[int, torch.Tensor] = {}
         self.last_cluster_scores: list[tuple[float, int, int]] = []
 
+    @property
+    def positions(self) -> str:
+        """Where the neurons scored exactly are turned off (the verifier's positions)."""
+        return self.verifier.positions
+
     def params(self) -> dict:
         return {"n_clusters": self.n_clusters, "keep": self.keep, "basis": self.basis,
                 "tokens_per_batch": self.tokens_per_batch, "positions": self.verifier.positions}

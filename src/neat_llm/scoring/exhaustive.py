@@ -16,6 +16,7 @@ from .neat import NeatScorer
 
 class ExhaustiveScorer(NeatScorer):
     name = "exhaustive"
+    shardable = False  # its probes are the fit positives, not the task's: NEAT's batch grid does not describe it
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
         pos = task.readout.apply(task.fit_texts(self.name)[0])  # as the readout reads them

@@ -19,6 +19,9 @@ plus one forward per probe text for the cache.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 
 from ..allocator import keep_freed_memory
@@ -112,6 +115,7 @@ class NeatScorer(Scorer):
     per process, tens of seconds on a CPU, so it pays off on full sweeps only)."""
 
     name = "neat"
+    shardable = True
 
     def __init__(self, tokens_per_batch: int = 4096, positions: str = "all", kv_cache: bool = True,
                  compile: bool = False):
@@ -130,23 +134,35 @@ class NeatScorer(Scorer):
             out["compile"] = True
         return out
 
+    def pending(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> dict[int, list[int]]:
+        """The blocks up to the reading layer not done yet; blocks after it score exactly 0 (no pass)."""
+        top = task.readout.layer
+        for l in task.layers:
+            if l > top:  # cannot reach the reading layer
+                scores[l, task.neurons_of(l, model.d_ff)] = 0.0
+        return super().pending(model, replace(task, layers=[l for l in task.layers if l <= top]), scores)
+
+    def replicas_per_batch(self, n_tokens: int, kv: bool | None = None) -> int:
+        """C: how many neurons of a block one batch turns off (replicas of a probe of ``n_tokens``
+        tokens; one token each when the read position is replayed through the KV cache)."""
+        kv = self.positions == "read" and self.kv_cache if kv is None else kv
+        return max(1, self.tokens_per_batch // (1 if kv else n_tokens))
+
+    def batch_unit(self, model: LoadedModel, task: ScoringTask) -> int:
+        """The lcm of every probe's C: a work unit cut at a multiple of it runs the sweep's own batches."""
+        unit = 1
+        for text in task.probes.texts:
+            unit = math.lcm(unit, self.replicas_per_batch(int(model.encode([text])["input_ids"].shape[1])))
+        return unit
+
     @torch.inference_mode()
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
         top = task.readout.layer
         d_ff = model.d_ff
-        for l in task.layers:
-            if l > top:  # cannot reach the reading layer
-                idx = task.neurons_of(l, d_ff)
-                scores[l, idx] = 0.0
-                if task.on_progress:
-                    task.on_progress(len(idx))
-        todo = [l for l in sorted(task.layers) if l <= top]
-        pending = [l for l in todo if l not in task.done]
-        for l in todo:
-            if l in task.done:
-                scores[l] = task.done[l]
-                if task.on_progress:
-                    task.on_progress(len(task.neurons_of(l, d_ff)))
+        todo = self.pending(model, task, scores)
+        if task.on_progress:  # blocks after the reading layer and resumed blocks: no pass
+            task.on_progress(task.n_selected(model.n_layers, d_ff) - sum(len(v) for v in todo.values()))
+        pending = sorted(todo)
         if not pending:
             return
         if model.device.type == "cpu":
@@ -172,8 +188,7 @@ class NeatScorer(Scorer):
         """S_clean - S_off for each neuron in ``idx`` of block ``l`` on one probe text: [len(idx)]."""
         read = self.positions == "read"
         kv = read and cache.read.kv
-        T = 1 if kv else cache.n_tokens
-        chunk = max(1, self.tokens_per_batch // T)
+        chunk = self.replicas_per_batch(cache.n_tokens, kv)
         out = torch.empty(len(idx))
         w_out = model.weight_out(l)  # [d_ff, d]
         # read position only: every position but the last keeps its clean value

@@ -30,6 +30,11 @@ class ScreenVerifyScorer(Scorer):
         self.tokens_per_batch = tokens_per_batch
         self.screen_on = screen_on
 
+    @property
+    def positions(self) -> str:
+        """Where the neurons scored exactly are turned off (the verifier's positions)."""
+        return self.verifier.positions
+
     def params(self) -> dict:
         return {"candidates": self.candidates, "tokens_per_batch": self.tokens_per_batch, "screen_on": self.screen_on,
                 "positions": self.verifier.positions}

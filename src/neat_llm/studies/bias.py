@@ -18,12 +18,13 @@ from ..concepts.conceptset import ConceptSource
 from ..concepts.datasets import MinimalPairs, load_pairs
 from ..concepts.templates import BiasTemplates, load_templates
 from ..concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
-from ..concepts.vectors import DEFAULT_READ_TEMPLATE, choose_reading_layer
+from ..concepts.vectors import choose_reading_layer
 from ..evaluation.bias import BiasReport, evaluate_bias
 from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
 
 from ..find import default_run_dir
+from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..runs import Run, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
@@ -47,13 +48,15 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                n_boot: int = 1000, min_pairs: int = 5, mode: str | None = None, alpha: float | None = None,
                seed: int = 0, progress: bool = True,
                layer_rule: str = "paired", templates: dict | None = None, probe: str = "prototypical",
+               find: FindSettings | None = None, neurons: dict[int, list[int]] | None = None,
                **find_options) -> BiasStudy:
     """Split the pairs (seeded, whole pairs, stratified by bias type), find the bias neurons with
     ``method`` on the fit pairs, and score the eval pairs before / after / with random neurons.
 
     ``columns``: {"more": ..., "less": ..., "bias_type": ...} for a user's own file;
-    ``max_fit_pairs`` / ``max_eval_pairs``: seeded caps (bound the cost); ``find_options`` go to
-    ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
+    ``max_fit_pairs`` / ``max_eval_pairs``: seeded caps (bound the cost); ``find`` (a ``FindSettings``)
+    and ``find_options`` (its fields by name, e.g. ``layers=``, ``probe_size=``; they win) are how the
+    neurons are found (``seed`` is the study's); ``neurons``: score only this {block: [neurons]} subset.
     ``layer_rule``: ``"paired"`` reads the concept at the layer with the best cross-validated paired
     accuracy on the fit pairs (share of pairs whose stereotypical sentence scores higher than its
     own counterpart; see concepts/paired.py), ``"auroc"`` at find's usual P-vs-N AUROC layer. The
@@ -91,21 +94,23 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
         concept = concept.sample(max_fit_pairs, seed)
     if probe not in ("prototypical", "paired"):
         raise ValueError(f"probe must be 'prototypical' or 'paired', got {probe!r}")
+    settings = FindSettings.of(find, **{**find_options, "seed": seed})
+    probe_pairs = None
     if probe == "paired":
-        find_options["probe_pairs"] = list(zip(fit.more, fit.less))
-        find_options.setdefault("score", "contrastive")
+        probe_pairs = list(zip(fit.more, fit.less))
+        settings = FindSettings.of(settings, score=settings.score or "contrastive")
     out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
     with run_folder_lock(out):  # one writer per study folder
         if layer_rule not in ("paired", "auroc"):
             raise ValueError(f"layer_rule must be 'paired' or 'auroc', got {layer_rule!r}")
         paired_cv = None
-        if layer_rule == "paired" and find_options.get("reading_layer") is None:
+        if layer_rule == "paired" and settings.reading_layer is None:
             # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
-            paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=find_options.get("pool", "last"),
-                                                            template=find_options.get("read_template", DEFAULT_READ_TEMPLATE)),
-                                           seed=seed)
-            find_options["reading_layer"] = choose_reading_layer(paired_cv)
-        run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
+            paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=settings.pool,
+                                                            template=settings.read_template), seed=seed)
+            settings = FindSettings.of(settings, reading_layer=choose_reading_layer(paired_cv))
+        run = find_or_reuse(model, concept, method, out, settings, neurons=neurons, probe_pairs=probe_pairs,
+                            progress=progress)
         readout = run.readout()
         iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
         mode, alpha = iv.mode, iv.alpha

@@ -10,20 +10,21 @@ import torch
 
 from ..concepts.conceptset import ConceptSet
 from ..find import find_concept_neurons
+from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..progress import progress_bar
 from ..runs import Run, RunError
 
 
-def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Path, **find_options) -> Run:
+def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Path, settings: FindSettings, *,
+                  neurons: dict[int, list[int]] | None = None, probe_pairs=None, progress: bool = True) -> Run:
     """The finished run in ``out`` when it was made from the same model, data and method (a rerun
     after an interruption goes straight to the evaluation); otherwise ``find_concept_neurons``
     (which itself resumes an interrupted sweep in ``out``)."""
     if (out / "meta.json").is_file():
         run = Run.load(out)
-        layer = find_options.get("reading_layer")
-        probe = "paired" if find_options.get("probe_pairs") is not None else None
-        score = find_options.get("score")
+        layer, score = settings.reading_layer, settings.score
+        probe = "paired" if probe_pairs is not None else None
         same = (run.meta.weights_hash == model.weights_hash, run.meta.concept_hash == concept.hash,
                 run.meta.method == method, layer is None or run.meta.reading_layer == layer,
                 run.meta.params.get("probe") == probe, score is None or run.meta.params.get("score") == score)
@@ -32,7 +33,8 @@ def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Pat
                     if not ok]
             raise RunError(f"{out} holds a finished run with other {', '.join(what)}; choose another --out")
         return run
-    return find_concept_neurons(model, concept, method, out=out, **find_options)
+    return find_concept_neurons(model, concept, method, settings, out=out, neurons=neurons, probe_pairs=probe_pairs,
+                                progress=progress)
 
 
 def neuron_pool(run: Run) -> list[tuple[int, int]] | None:

@@ -25,6 +25,7 @@ from ..evaluation.hate import HATE_READOUT, HateData, HateReport, evaluate_hate
 from ..evaluation.hate_classifier import load_hate_classifier
 
 from ..find import default_run_dir
+from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..runs import Run, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
@@ -118,7 +119,8 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
                davidson_prompts: int = 0,
                classifier_data: str | Path | None = None, readout: LabelReadout = HATE_READOUT, mode: str | None = None,
                alpha: float | None = None, judge: str = "minilm",
-               seed: int = 0, progress: bool = True, **find_options) -> HateStudy:
+               seed: int = 0, progress: bool = True, find: FindSettings | None = None,
+               neurons: dict[int, list[int]] | None = None, **find_options) -> HateStudy:
     """Find hate-speech neurons with ``method`` and measure what turning the top-K off does.
 
     ``max_per_side``: seeded subsample of the fit data per side (bounds the finding cost);
@@ -132,7 +134,9 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     of the study's data; the TF-IDF judge is its second opinion) or ``"tfidf"`` (the TF-IDF judge
     alone).
     ``mode`` / ``alpha``: how the neurons are turned off (default: the run's own, see
-    ``Run.intervention``). ``find_options`` go to ``find_concept_neurons`` (e.g. ``neurons=``, ``layers=``, ``probe_size=``).
+    ``Run.intervention``). ``find`` (a ``FindSettings``) and ``find_options`` (its fields by name, e.g. ``layers=``,
+    ``probe_size=``; they win) are how the neurons are found (``seed`` is the study's); ``neurons``:
+    score only this {block: [neurons]} subset.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -142,6 +146,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
                            contrast=contrast)
     if max_per_side:
         concept = concept.sample(max_per_side, seed)
+    settings = FindSettings.of(find, **{**find_options, "seed": seed})
     readout.token_ids(model)  # before the long part: bad label words and a missing file fail now
     if judge not in ("minilm", "tfidf"):
         raise ValueError(f"judge must be 'minilm' or 'tfidf', got {judge!r}")
@@ -152,7 +157,7 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
         encoder = SentenceEncoder(minilm_dir())  # a missing encoder package fails before the long part
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
     with run_folder_lock(out):  # one writer per study folder
-        run = find_or_reuse(model, concept, method, out, seed=seed, progress=progress, **find_options)
+        run = find_or_reuse(model, concept, method, out, settings, neurons=neurons, progress=progress)
         iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
         mode, alpha = iv.mode, iv.alpha
 

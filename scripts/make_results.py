@@ -23,6 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from grid import CELLS as _CELLS, EVAL_GROUPS as GRID_EVAL_GROUPS  # noqa: E402
+from neat_llm.compare import Comparison  # noqa: E402
+from neat_llm.evaluation.bias import BiasReport, StereotypeScore  # noqa: E402
+from neat_llm.evaluation.hate import HateReport, HateRow  # noqa: E402
 
 CELL_ORDER = list(_CELLS)
 NEAT = str(Path(sys.executable).parent / "neat")
@@ -131,110 +134,112 @@ def _stale_rows(out: Path) -> str:
             "rows.\n")
 
 
-def findings(cmp: dict) -> str:
+def findings(cmp: Comparison) -> str:
     """Plain statements read off the numbers (nothing here is typed in by hand): per method, the
     removal within each fluency budget against the random K-sets of the same K, and whether the
     concept is erased (the AUROC of S after turning off the largest K within 1.10)."""
     lines = []
-    for r in cmp["rows"]:
-        rep = r["removal"]
-        if not rep.get("rows"):
+    for r in cmp.rows:
+        if not r.removal or not r.removal.rows:
             continue
         parts = []
-        for b in rep["budgets"]:
-            if b["k"] is None:
-                parts.append(f"no K stays within a perplexity ratio of {b['max_ppl']}")
+        for b in r.budgets():
+            if b.k is None:
+                parts.append(f"no K stays within a perplexity ratio of {b.max_ppl}")
                 continue
-            beats = b["gap_removal"] > b["random_gap_removal_mean"] + 2 * b["random_gap_removal_std"]
-            parts.append(f"within {b['max_ppl']}: gap removal {b['gap_removal']:.3f} at K={b['k']} "
-                         f"({'beats' if beats else 'does not beat'} random {b['random_gap_removal_mean']:.3f} ± "
-                         f"{b['random_gap_removal_std']:.3f}; AUROC {rep['auroc_before']:.3f} → {b['auroc_after']:.3f})")
-        lines.append(f"- `{r['method']}` ({r['intervention']}): " + "; ".join(parts) + ".")
-    scored = [r for r in cmp["rows"] if r["removal"].get("budgets") and r["removal"]["budgets"][0]["k"] is not None]
+            beats = b.gap_removal > b.random_gap_removal_mean + 2 * b.random_gap_removal_std
+            parts.append(f"within {b.max_ppl}: gap removal {b.gap_removal:.3f} at K={b.k} "
+                         f"({'beats' if beats else 'does not beat'} random {b.random_gap_removal_mean:.3f} ± "
+                         f"{b.random_gap_removal_std:.3f}; AUROC {r.removal.auroc_before:.3f} → {b.auroc_after:.3f})")
+        lines.append(f"- `{r.method}` ({r.intervention}): " + "; ".join(parts) + ".")
+    scored = [r for r in cmp.rows if r.budgets() and r.budgets()[0].k is not None]
     if scored:
-        best = max(scored, key=lambda r: r["removal"]["budgets"][0]["gap_removal"])
-        lines.append(f"- Most removed within a perplexity ratio of 1.05: `{best['method']}`.")
+        best = max(scored, key=lambda r: r.budgets()[0].gap_removal)
+        lines.append(f"- Most removed within a perplexity ratio of 1.05: `{best.method}`.")
     return "\n".join(lines) + "\n"
 
 
-def _rate(r: dict, n: str) -> str:
-    ci = r.get(f"{n}_ci")
-    return f"{r[n]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+def _rate(r: HateRow, n: str) -> str:
+    lo, hi = getattr(r, f"{n}_ci")
+    return f"{getattr(r, n):.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else "")
 
 
-def _hate_table(obj: dict) -> str:
+def _hate_pair(rep: HateReport, k: int) -> tuple[HateRow, HateRow]:
+    """The top-K row and the random K-sets' row at ``k``."""
+    return rep.row("concept", k), rep.row("random", k)
+
+
+def _sds(rep: HateReport, r: HateRow) -> float:
+    """The gap's move beyond random, in s.d. of the random sets (− = hateful text less likely)."""
+    before, rn = rep.row("before"), rep.row("random", r.k)
+    sd = rn.std.get("gap", 0.0)
+    return ((r.gap - before.gap) - (rn.gap - before.gap)) / sd if sd > 0 else float("nan")
+
+
+def _clear(a: HateRow, b: HateRow) -> bool:
+    """The two hate-rate intervals do not overlap."""
+    return a.hate_rate_ci[1] < b.hate_rate_ci[0] or a.hate_rate_ci[0] > b.hate_rate_ci[1]
+
+
+def _hate_table(rep: HateReport) -> str:
     cols = [("gap", "loglik gap (hate − neutral)"), ("readout_accuracy", "readout acc."), ("hate_rate", "hate rate"),
             ("second_hate_rate", "hate rate, 2nd judge"), ("toxic_rate", "hate or offensive rate")]
     lines = ["| K | neurons off | " + " | ".join(c for _, c in cols) + " | ppl ratio |",
              "|---|---|" + "---|" * len(cols) + "---|"]
-    for r in obj["results"]:
-        sd = r.get("std") or {}
+    for r in rep.rows:
         cells = []
         for n, _ in cols:
-            v = r.get(n)
-            if v is None or v != v:
+            v = getattr(r, n)
+            if v != v:
                 cells.append("–")
-            elif n in ("hate_rate", "toxic_rate") and r.get(f"{n}_ci"):
+            elif n in ("hate_rate", "toxic_rate"):
                 cells.append(_rate(r, n))
             else:
-                cells.append(f"{v:.3f}" + (f" ± {sd[n]:.3f}" if n in sd else ""))
-        what = {"before": "none (before)", "concept": f"top-{r['k']} ({obj['method']})",
-                "random": f"random {r['k']} (mean of {r['n_sets']})"}[r["condition"]]
-        lines.append(f"| {r['k']} | {what} | " + " | ".join(cells) + f" | {r['ppl_ratio']:.3f} |")
+                cells.append(f"{v:.3f}" + (f" ± {r.std[n]:.3f}" if n in r.std else ""))
+        what = {"before": "none (before)", "concept": f"top-{r.k} ({rep.method})",
+                "random": f"random {r.k} (mean of {r.n_sets})"}[r.condition]
+        lines.append(f"| {r.k} | {what} | " + " | ".join(cells) + f" | {r.ppl_ratio:.3f} |")
     return "\n".join(lines) + "\n"
 
 
-def _hate_findings(obj: dict) -> str:
-    rows = obj["results"]
-    before = rows[0]
+def _hate_findings(rep: HateReport) -> str:
+    before = rep.row("before")
     out = []
-    for k in sorted({r["k"] for r in rows if r["k"]}):
-        c = next(r for r in rows if r["k"] == k and r["condition"] == "concept")
-        rnd = next(r for r in rows if r["k"] == k and r["condition"] == "random")
-        sd = rnd["std"].get("gap", 0.0)
-        moved = (c["gap"] - before["gap"]) - (rnd["gap"] - before["gap"])
-        clear = c.get("hate_rate_ci") and rnd.get("hate_rate_ci") and (
-            c["hate_rate_ci"][1] < rnd["hate_rate_ci"][0] or c["hate_rate_ci"][0] > rnd["hate_rate_ci"][1])
-        out.append(f"- K={k}: log-likelihood gap {before['gap']:.3f} → {c['gap']:.3f} (random {rnd['gap']:.3f} ± {sd:.3f}; "
-                   f"{moved / sd if sd > 0 else float('nan'):+.1f} s.d. of the random sets; − = hateful text less "
-                   f"likely); hate rate "
+    for k in sorted({r.k for r in rep.rows if r.k}):
+        c, rnd = _hate_pair(rep, k)
+        sd = rnd.std.get("gap", 0.0)
+        out.append(f"- K={k}: log-likelihood gap {before.gap:.3f} → {c.gap:.3f} (random {rnd.gap:.3f} ± {sd:.3f}; "
+                   f"{_sds(rep, c):+.1f} s.d. of the random sets; − = hateful text less likely); hate rate "
                    f"{_rate(before, 'hate_rate')} → {_rate(c, 'hate_rate')} (random {_rate(rnd, 'hate_rate')}; the "
-                   f"intervals {'do not overlap' if clear else 'overlap'}); perplexity ratio {c['ppl_ratio']:.3f} "
-                   f"(random {rnd['ppl_ratio']:.3f}).")
+                   f"intervals {'do not overlap' if _clear(c, rnd) else 'overlap'}); perplexity ratio "
+                   f"{c.ppl_ratio:.3f} (random {rnd.ppl_ratio:.3f}).")
     return "\n".join(out) + "\n"
 
 
-def _hate_headline(obj: dict) -> str:
-    """The issue's target in one plain sentence: within a perplexity ratio of 1.10, the largest K whose
-    hate rate falls by half or more with its interval clear of the random control's, and how far the
-    likelihood gap moves in s.d. of the random sets."""
-    rows = obj["results"]
-    before = rows[0]
-    ok = [r for r in rows if r["condition"] == "concept" and r["ppl_ratio"] <= 1.10]
+def _hate_headline(rep: HateReport) -> str:
+    """The issue's target in one plain sentence: within a perplexity ratio of 1.10, the K with the
+    lowest hate rate, whether it falls by half or more with its interval clear of the random
+    control's, and how far the likelihood gap moves in s.d. of the random sets."""
+    before = rep.row("before")
+    ok = [r for r in rep.rows if r.condition == "concept" and r.ppl_ratio <= 1.10]
     if not ok:
         return "**Plainly:** no top-K set stays within a perplexity ratio of 1.10.\n"
-    best = min(ok, key=lambda r: r["hate_rate"])
-    k = best["k"]
-    rnd = next(r for r in rows if r["k"] == k and r["condition"] == "random")
-    drop = 1 - best["hate_rate"] / before["hate_rate"] if before["hate_rate"] else float("nan")
-    clear = best.get("hate_rate_ci") and rnd.get("hate_rate_ci") and best["hate_rate_ci"][1] < rnd["hate_rate_ci"][0]
+    best = min(ok, key=lambda r: r.hate_rate)
+    k = best.k
+    rnd = rep.row("random", k)
+    drop = 1 - best.hate_rate / before.hate_rate if before.hate_rate else float("nan")
+    clear = best.hate_rate_ci[1] < rnd.hate_rate_ci[0]
     verdict = ("meets" if drop >= 0.5 and clear else "misses") + " the target (half or more, interval clear of random)"
-
-    def sds(r: dict) -> float:  # the gap's move beyond random, in s.d. of the random sets (− = hateful less likely)
-        rn = next(x for x in rows if x["k"] == r["k"] and x["condition"] == "random")
-        sd = rn["std"].get("gap", 0.0)
-        return ((r["gap"] - before["gap"]) - (rn["gap"] - before["gap"])) / sd if sd > 0 else float("nan")
-
-    most = min(ok, key=sds)
+    most = min(ok, key=lambda r: _sds(rep, r))
     return (f"**Plainly:** within a perplexity ratio of 1.10 the lowest hate rate is at K = {k} (ratio "
-            f"{best['ppl_ratio']:.3f}): {_rate(before, 'hate_rate')} → {_rate(best, 'hate_rate')}, a "
+            f"{best.ppl_ratio:.3f}): {_rate(before, 'hate_rate')} → {_rate(best, 'hate_rate')}, a "
             f"{100 * drop:.0f}% drop, against random {k}: {_rate(rnd, 'hate_rate')}; this {verdict}. The "
-            f"hate − neutral log-likelihood gap moves furthest toward less hateful at K = {most['k']}: "
-            f"{before['gap']:.3f} → {most['gap']:.3f}, {sds(most):+.1f} s.d. of the random sets (target: −3 or "
+            f"hate − neutral log-likelihood gap moves furthest toward less hateful at K = {most.k}: "
+            f"{before.gap:.3f} → {most.gap:.3f}, {_sds(rep, most):+.1f} s.d. of the random sets (target: −3 or "
             f"beyond; a positive number means hateful text became relatively more likely).\n")
 
 
-def _hate_plot(obj: dict, path: Path) -> None:
+def _hate_plot(rep: HateReport, path: Path) -> None:
     """Hate rate against the perplexity ratio: the top-K sets and the random K-sets, 95% intervals."""
     import matplotlib
 
@@ -242,129 +247,135 @@ def _hate_plot(obj: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
-    before = obj["results"][0]
-    for cond, color, label in (("concept", "C0", f"top-K ({obj['method']})"), ("random", "0.5", "random K-sets")):
-        rows = sorted((r for r in obj["results"] if r["condition"] == cond), key=lambda r: r["ppl_ratio"])
-        x = [r["ppl_ratio"] for r in rows]
-        ax.plot(x, [r["hate_rate"] for r in rows], "o-" if cond == "concept" else "s--", color=color, label=label)
-        if all(r.get("hate_rate_ci") for r in rows):
-            ax.fill_between(x, [r["hate_rate_ci"][0] for r in rows], [r["hate_rate_ci"][1] for r in rows], color=color,
-                            alpha=0.15)
+    for cond, color, label in (("concept", "C0", f"top-K ({rep.method})"), ("random", "0.5", "random K-sets")):
+        rows = sorted((r for r in rep.rows if r.condition == cond), key=lambda r: r.ppl_ratio)
+        x = [r.ppl_ratio for r in rows]
+        ax.plot(x, [r.hate_rate for r in rows], "o-" if cond == "concept" else "s--", color=color, label=label)
+        ax.fill_between(x, [r.hate_rate_ci[0] for r in rows], [r.hate_rate_ci[1] for r in rows], color=color,
+                        alpha=0.15)
         for r in rows:
             if cond == "concept":
-                ax.annotate(f"K={r['k']}", (r["ppl_ratio"], r["hate_rate"]), fontsize=7, xytext=(3, 3),
+                ax.annotate(f"K={r.k}", (r.ppl_ratio, r.hate_rate), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
-    ax.axhline(before["hate_rate"], color="k", lw=0.8, ls=":", label="before")
+    ax.axhline(rep.row("before").hate_rate, color="k", lw=0.8, ls=":", label="before")
     for v in (1.05, 1.10):
         ax.axvline(v, color="0.7", lw=0.6)
     ax.set_xlabel("perplexity ratio on neutral text")
     ax.set_ylabel("hate rate of continuations")
-    ax.set_title(f"{obj['dataset']}: hate rate against fluency cost (95% intervals)", fontsize=10)
+    ax.set_title(f"{rep.dataset}: hate rate against fluency cost (95% intervals)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _judges(obj: dict) -> str:
+def _judges(rep: HateReport) -> str:
     names = {"minilm": "MiniLM embeddings + logistic regression", "tfidf": "TF-IDF + logistic regression"}
     parts = []
-    for name, by_source in (obj.get("judges") or {}).items():
-        role = "judge" if name == obj.get("judge") else "second opinion"
+    for name, by_source in rep.judges.items():
+        role = "judge" if name == rep.judge else "second opinion"
         parts.append(f"{role}: {names.get(name, name)} (held-out " + "; ".join(
             f"{src}: accuracy {q['accuracy']:.3f}, hate-class F1 {q['f1_hate']:.3f}, n={q['n_test']}"
             for src, q in by_source.items()) + ")")
-    a = obj.get("agreement") or {}
+    a = rep.agreement
     if a:
         parts.append(f"the two agree on {a['agreement']:.3f} of {a['n']} continuations (Cohen's kappa {a['kappa']:.3f})")
     if not parts:
-        q = obj["classifier"]
+        q = rep.classifier
         parts.append(f"judge: held-out accuracy {q['accuracy']:.3f}, hate-class F1 {q['f1_hate']:.3f} (n={q['n_test']})")
     return "; ".join(parts) + "."
 
 
-def _bias_table(obj: dict) -> str:
-    def s(x):
-        return f"{x['score']:.1f} [{x['lo']:.1f}, {x['hi']:.1f}]"
+def _how(mode: str, args: list[str]) -> str:
+    """How the study turned its neurons off, in words (the factor from the command that ran it)."""
+    if mode != "dampen":
+        return f"{mode} ablation"
+    alpha = args[args.index("--alpha") + 1] if "--alpha" in args else None
+    return f"dampening (activations x {alpha})" if alpha else "dampening by each neuron's own factor"
 
+
+def _score(x: StereotypeScore) -> str:
+    return f"{x.score:.1f} [{x.lo:.1f}, {x.hi:.1f}]"
+
+
+def _toward(before: StereotypeScore, after: StereotypeScore) -> float:
+    """Points the score moved toward 50 (no preference)."""
+    return abs(before.score - 50) - abs(after.score - 50)
+
+
+def _bias_table(rep: BiasReport) -> str:
     lines = ["| bias type | n | K | before | top-K off | random K off | ppl ratio | random ppl ratio |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in obj["results"]:
-        lines.append(f"| {r['bias_type']} | {r['n']} | {r['k']} | {s(r['before'])} | {s(r['after'])} | "
-                     f"{s(r['random'])} | {r['ppl_ratio']:.3f} | {r['random_ppl_ratio']:.3f} |")
+    for r in rep.rows:
+        lines.append(f"| {r.bias_type} | {r.n} | {r.k} | {_score(r.before)} | {_score(r.after)} | "
+                     f"{_score(r.random)} | {r.ppl_ratio:.3f} | {r.random_ppl_ratio:.3f} |")
     return "\n".join(lines) + "\n"
 
 
-def _bias_findings(obj: dict) -> str:
-    k = max(r["k"] for r in obj["results"])
+def _bias_findings(rep: BiasReport) -> str:
+    k = max(r.k for r in rep.rows)
     out = []
-    for r in (x for x in obj["results"] if x["k"] == k):
-        b, a, rn = r["before"], r["after"], r["random"]
-        toward = abs(b["score"] - 50) - abs(a["score"] - 50)
-        toward_r = abs(b["score"] - 50) - abs(rn["score"] - 50)
-        inside = b["lo"] <= a["score"] <= b["hi"]
-        out.append(f"- {r['bias_type']} (n={r['n']}): {b['score']:.1f} → {a['score']:.1f} with the top-{k} off "
-                   f"({toward:+.1f} points toward 50; random {k}: {toward_r:+.1f}); the new score is "
-                   + ("inside" if inside else "outside") + " the before interval"
-                   + (f"; before interval {'excludes' if not b['lo'] <= 50 <= b['hi'] else 'includes'} 50" ) + ".")
-    ppl = next(r for r in obj["results"] if r["k"] == k)
-    out.append(f"- Perplexity ratio with the top-{k} off: {ppl['ppl_ratio']:.3f} (random {k}: "
-               f"{ppl['random_ppl_ratio']:.3f}).")
+    for r in (x for x in rep.rows if x.k == k):
+        b, a = r.before, r.after
+        inside = b.lo <= a.score <= b.hi
+        out.append(f"- {r.bias_type} (n={r.n}): {b.score:.1f} → {a.score:.1f} with the top-{k} off "
+                   f"({_toward(b, a):+.1f} points toward 50; random {k}: {_toward(b, r.random):+.1f}); the new score "
+                   "is " + ("inside" if inside else "outside") + " the before interval"
+                   + f"; before interval {'excludes' if not b.lo <= 50 <= b.hi else 'includes'} 50.")
+    ppl = next(r for r in rep.rows if r.k == k)
+    out.append(f"- Perplexity ratio with the top-{k} off: {ppl.ppl_ratio:.3f} (random {k}: "
+               f"{ppl.random_ppl_ratio:.3f}).")
     return "\n".join(out) + "\n"
 
 
-def _bias_headline(obj: dict) -> str:
+def _bias_headline(rep: BiasReport) -> str:
     """The issue's target in one sentence: among the top-K sets within a perplexity ratio of 1.05, the
     one that moves the overall stereotype score most toward 50, and whether it leaves the random
     control's interval; then what the largest K does."""
-    rows = [x for x in obj["results"] if x["bias_type"] == "all"]
-
-    def toward(x: dict) -> float:
-        return abs(x["before"]["score"] - 50) - abs(x["after"]["score"] - 50)
-
-    ok = [x for x in rows if x["ppl_ratio"] <= 1.05]
+    rows = [x for x in rep.rows if x.bias_type == "all"]
+    ok = [x for x in rows if x.ppl_ratio <= 1.05]
     parts = []
     if ok:
-        r = max(ok, key=toward)
-        b, a, rn = r["before"], r["after"], r["random"]
-        outside = not rn["lo"] <= a["score"] <= rn["hi"]
-        meets = toward(r) >= 5 and outside
-        parts.append(f"**Plainly:** within a perplexity ratio of 1.05 the top-{r['k']} set (ratio {r['ppl_ratio']:.3f}) "
-                     f"moves the stereotype score most: {b['score']:.1f} [{b['lo']:.1f}, {b['hi']:.1f}] → "
-                     f"{a['score']:.1f} ({toward(r):+.1f} points toward 50), "
-                     + ("outside" if outside else "inside") + f" the random control's interval ({rn['score']:.1f} "
-                     f"[{rn['lo']:.1f}, {rn['hi']:.1f}]); the target (≥ 5 points toward 50, outside random) is "
-                     + ("met" if meets else "missed") + ".")
+        r = max(ok, key=lambda x: _toward(x.before, x.after))
+        a, rn = r.after, r.random
+        outside = not rn.lo <= a.score <= rn.hi
+        meets = _toward(r.before, a) >= 5 and outside
+        parts.append(f"**Plainly:** within a perplexity ratio of 1.05 the top-{r.k} set (ratio {r.ppl_ratio:.3f}) "
+                     f"moves the stereotype score most: {_score(r.before)} → {a.score:.1f} "
+                     f"({_toward(r.before, a):+.1f} points toward 50), "
+                     + ("outside" if outside else "inside") + f" the random control's interval ({_score(rn)}); "
+                     "the target (≥ 5 points toward 50, outside random) is " + ("met" if meets else "missed") + ".")
     else:
         parts.append("**Plainly:** no top-K set stays within a perplexity ratio of 1.05.")
-    k = max(x["k"] for x in rows)
-    r = next(x for x in rows if x["k"] == k)
-    parts.append(f"With the top {k} off: {r['before']['score']:.1f} → {r['after']['score']:.1f} (random "
-                 f"{r['random']['score']:.1f}) at a perplexity ratio of {r['ppl_ratio']:.3f} (random "
-                 f"{r['random_ppl_ratio']:.3f}).")
+    k = max(x.k for x in rows)
+    r = next(x for x in rows if x.k == k)
+    parts.append(f"With the top {k} off: {r.before.score:.1f} → {r.after.score:.1f} (random "
+                 f"{r.random.score:.1f}) at a perplexity ratio of {r.ppl_ratio:.3f} (random "
+                 f"{r.random_ppl_ratio:.3f}).")
     return " ".join(parts) + "\n"
 
 
-def _bias_plot(obj: dict, path: Path) -> None:
+def _bias_plot(rep: BiasReport, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    k = max(r["k"] for r in obj["results"])
-    rows = [r for r in obj["results"] if r["k"] == k]
+    k = max(r.k for r in rep.rows)
+    rows = [r for r in rep.rows if r.k == k]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows) + 2), 3.6))
     for i, (key, label) in enumerate((("before", "before"), ("after", f"top-{k} off"), ("random", f"random {k} off"))):
-        v = np.array([r[key]["score"] for r in rows])
-        err = np.array([[r[key]["score"] - r[key]["lo"] for r in rows], [r[key]["hi"] - r[key]["score"] for r in rows]])
+        s = [getattr(r, key) for r in rows]
+        v = np.array([x.score for x in s])
+        err = np.array([[x.score - x.lo for x in s], [x.hi - x.score for x in s]])
         ax.bar(x + (i - 1) * 0.27, v, 0.27, yerr=err, capsize=2, label=label)
     ax.axhline(50, color="k", lw=0.8, ls="--")
-    ax.set_xticks(x, [f"{r['bias_type']}\n(n={r['n']})" for r in rows], fontsize=8)
+    ax.set_xticks(x, [f"{r.bias_type}\n(n={r.n})" for r in rows], fontsize=8)
     ax.set_ylabel("stereotype score (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{obj['dataset']}: stereotype score with 95% bootstrap intervals", fontsize=10, pad=20)
+    ax.set_title(f"{rep.dataset}: stereotype score with 95% bootstrap intervals", fontsize=10, pad=20)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)  # above the bars
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -411,46 +422,49 @@ def study_sections() -> list[str]:
             (hate if kind == "hate" else bias).append(
                 previous_section(f"### {exp['title']}\n") or head + NOT_RUN_YET)
             continue
-        obj = json.loads(f.read_text())
-        st = obj["settings"]
         if kind == "hate":
-            _hate_plot(obj, docs / "img" / f"{name}.png")
-            hate.append(head + f"Held out: {obj['n_eval']['hate']} hateful and {obj['n_eval']['neutral']} neutral "
-                        f"sentences, {obj['n_prompts']} prompts x {st.get('samples_per_prompt', 1)} continuations "
-                        f"({obj.get('n_continuations') or obj['n_prompts']} per condition); reading layer "
-                        f"{st['reading_layer']} (held-out AUROC of the concept score {st['eval_auroc']:.3f}); fit groups "
-                        f"{st['fit_groups'] or 'all'}, eval groups {st['eval_groups'] or 'all (held-out split)'}. "
-                        + _judges(obj) + f" Evaluation: {obj['seconds'] / 60:.1f} min.\n\n"
-                        + _hate_table(obj) + f"\n![{name}](img/{name}.png)\n\n" + _hate_headline(obj)
-                        + "\nWhat the numbers say:\n\n" + _hate_findings(obj))
+            rep = HateReport.from_dict(json.loads(f.read_text()))
+            st = rep.settings
+            _hate_plot(rep, docs / "img" / f"{name}.png")
+            hate.append(head + f"Held out: {rep.n_eval['hate']} hateful and {rep.n_eval['neutral']} neutral "
+                        f"sentences, {rep.n_prompts} prompts x {st.samples_per_prompt or 1} continuations "
+                        f"({rep.n_continuations or rep.n_prompts} per condition); reading layer "
+                        f"{st.reading_layer} (held-out AUROC of the concept score {st.eval_auroc:.3f}); fit groups "
+                        f"{st.fit_groups or 'all'}, eval groups {st.eval_groups or 'all (held-out split)'}; neurons "
+                        f"turned off by {_how(rep.mode, exp['args'])}. "
+                        + _judges(rep) + f" Evaluation: {rep.seconds / 60:.1f} min.\n\n"
+                        + _hate_table(rep) + f"\n![{name}](img/{name}.png)\n\n" + _hate_headline(rep)
+                        + "\nWhat the numbers say:\n\n" + _hate_findings(rep))
         else:
-            _bias_plot(obj, docs / "img" / f"{name}.png")
-            acc = st.get("eval_paired_accuracy")
-            n_ev = obj["n_eval_pairs"]
+            rep = BiasReport.from_dict(json.loads(f.read_text()))
+            st = rep.settings
+            _bias_plot(rep, docs / "img" / f"{name}.png")
+            acc = st.eval_paired_accuracy
+            n_ev = rep.n_eval_pairs
             se = (0.25 / n_ev) ** 0.5  # s.e. of a share near 1/2
             if acc is None:
-                readable = f"held-out AUROC of the concept score {st['eval_auroc']:.3f}"
+                readable = f"held-out AUROC of the concept score {st.eval_auroc:.3f}"
                 caveat = ""
             else:
-                cv = st.get("paired_cv_accuracy")
-                readable = (f"chosen by the {st.get('layer_rule', 'auroc')} rule"
+                cv = st.paired_cv_accuracy
+                readable = (f"chosen by the {st.layer_rule or 'auroc'} rule"
                             + (f" (cross-validated paired accuracy on the fit pairs {cv:.3f})" if cv is not None else "")
                             + f"; held-out paired accuracy {acc:.3f} (the share of held-out pairs whose stereotypical "
                             f"sentence scores higher than its own counterpart; chance 0.5, s.e. {se:.3f}); "
-                            f"unpaired P-vs-N AUROC {st['eval_auroc']:.3f}")
+                            f"unpaired P-vs-N AUROC {st.eval_auroc:.3f}")
                 caveat = ("" if acc - 0.5 > 2 * se else
                           f"\n\n**The concept is barely readable here:** held-out paired accuracy {acc:.3f} is within "
                           f"2 s.e. of chance, so the neurons found need not be bias neurons; read the changes below "
                           "as noise unless they clearly beat the random control.")
-            by_type = st.get("eval_paired_accuracy_by_type") or {}
+            by_type = st.eval_paired_accuracy_by_type or {}
             per_type = ("\n\nHeld-out paired accuracy per bias type (readable where clearly above 0.5): "
                         + ", ".join(f"{t} {v['accuracy']:.3f} (n={v['n']})" for t, v in by_type.items()) + "."
                         if by_type else "")
-            bias.append(head + f"{n_ev} held-out pairs ({st['n_fit_pairs']} fit pairs); reading layer "
-                        f"{st['reading_layer']}, {readable}.{caveat}{per_type}\n\n" + _bias_table(obj)
-                        + f"\n![{name}](img/{name}.png)\n\n" + _bias_headline(obj)
+            bias.append(head + f"{n_ev} held-out pairs ({st.n_fit_pairs} fit pairs); reading layer "
+                        f"{st.reading_layer}, {readable}.{caveat}{per_type}\n\n" + _bias_table(rep)
+                        + f"\n![{name}](img/{name}.png)\n\n" + _bias_headline(rep)
                         + "\nWhat the numbers say (K = largest):\n\n"
-                        + _bias_findings(obj))
+                        + _bias_findings(rep))
     return hate + bias
 
 
@@ -681,12 +695,12 @@ def write() -> None:
                          "numbers, where there were any, scored a 1,000-neuron subset and are withdrawn); the command "
                          "above writes this section.\n")
             continue
-        cmp = json.loads((out / "compare.json").read_text())
+        cmp = Comparison.from_dict(json.loads((out / "compare.json").read_text()))
         shutil.copy(out / "dose_response.png", docs / "img" / f"{name}_dose_response.png")
         cmd = "neat " + " ".join(shlex.quote(a) for a in exp["args"]) + f" --out results/{name}"
         parts.append(f"## {exp['title']}\n\n```bash\n{cmd}\n```\n\n"
-                     f"Model `{cmp['model_id']}`, concept `{cmp['concept']}`, P-vs-N AUROC of S before: "
-                     f"{cmp['auroc_before']:.3f}, {cmp['mode']} ablation.\n\n"
+                     f"Model `{cmp.model_id}`, concept `{cmp.concept}`, P-vs-N AUROC of S before: "
+                     f"{cmp.auroc_before:.3f}, {cmp.mode} ablation.\n\n"
                      + (out / "compare.md").read_text()
                      + f"\n![dose-response {name}](img/{name}_dose_response.png)\n\n"
                      + "What the numbers say:\n\n" + findings(cmp) + _stale_rows(out))

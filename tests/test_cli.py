@@ -154,11 +154,19 @@ def test_compare_every_method_end_to_end(tiny_model_dir, tmp_path):
     assert by["attribution-patching"]["backward passes"] > 0
     assert "removal within ppl 1.05" in by["neat"] and "K within ppl 1.1" in by["neat"]
     agree = {a["method"]: a for a in obj["agreement"]}
+    agree_order = [a["method"] for a in obj["agreement"]]
     assert set(agree) == set(methods.split(",")) | {"exhaustive", "integrated-gradients"}
     assert agree["exhaustive"]["spearman"] == 1.0 and agree["neat"]["n_common"] == 60
     assert agree["exhaustive"]["forward_passes"] > 0 and agree["neat"]["forward_passes"] is None
     for f in ("compare.csv", "compare.md", "compare.json", "dose_response.png"):
         assert (out / f).stat().st_size > 0
+    from neat_llm.compare import Comparison
+
+    typed = Comparison.from_dict(json.loads((out / "compare.json").read_text()))  # compare.json, typed again
+    assert [r.method for r in typed.rows] == methods.split(",") and typed.rows[0].removal.rows[0].k == 5
+    assert typed.table()["method"].tolist() == [t["method"] for t in table]
+    assert typed.markdown() == (out / "compare.md").read_text()  # the same page from the file as from the run
+    assert sorted(typed.random_sets) == [5, 20] and typed.agreement[0].method == agree_order[0]
     md = (out / "compare.md").read_text()
     assert "| neat |" in md and "Agreement check on a seeded subset of 60 neurons" in md and "ppl <= 1.05" in md
     before = {p.name: p.stat().st_mtime for p in (out / "runs").iterdir()}

@@ -194,7 +194,9 @@ def test_old_or_partial_run_folders_still_render(run_dir, tmp_path):
         (d / name).unlink()
     (d / "bias.json").write_text(json.dumps({"results": [{"bias_type": "age"}, "junk"], "unknown": 1}))
     html = render_report(d)
-    assert "no examples.json" in html and "Top neurons" in html and "age" in html
+    assert "no examples.json" in html and "Top neurons" in html
+    # read through the typed reader: the row that cannot be a BiasRow is named in the note
+    assert "bias.json could not be read (a bias row (age, K = ?) has no &#x27;before&#x27; score)" in html
     (d / "scores.safetensors").write_bytes(b"not a safetensors file")
     (d / "bias.json").write_text("{broken")
     html = render_report(d)

@@ -151,10 +151,10 @@ def test_evaluate_bias_matches_a_direct_computation(tiny_llama):
     rep = evaluate_bias(tiny_llama, pairs, {3: sel}, n_random=2, seed=0, min_pairs=2, n_boot=200)
     assert [r.bias_type for r in rep.rows] == ["all", "race-color", "socioeconomic"]
     all_row = rep.rows[0]
-    assert all_row.before["score"] == pytest.approx(100 * pair_preferences(tiny_llama, pairs).mean())
+    assert all_row.before.score == pytest.approx(100 * pair_preferences(tiny_llama, pairs).mean())
     with turn_off(tiny_llama, sel):
         after = pair_preferences(tiny_llama, pairs)
-    assert all_row.after["score"] == pytest.approx(100 * after.mean())
+    assert all_row.after.score == pytest.approx(100 * after.mean())
     assert all_row.n == 12 and all_row.n_random == 2 and all_row.ppl_ratio > 0
 
 
@@ -201,7 +201,7 @@ def test_hate_study_across_groups(tiny_llama, tmp_path):
     study = hate_study(tiny_llama, ks=[2, 5], fit_groups=["hillfolk", "riverfolk"], out=tmp_path / "h", n_random=2,
                        n_prompts=6, max_new_tokens=4, readout=READOUT, progress=False)
     r = study.report
-    assert r.settings["eval_groups"] == ["coastfolk"]
+    assert r.settings.eval_groups == ["coastfolk"]
     assert r.n_eval == {"hate": 6, "neutral": 6} and r.n_prompts == 6  # every coast-folk sentence, none seen in fit
     assert [(x.k, x.condition) for x in r.rows] == [(0, "before"), (2, "concept"), (2, "random"), (5, "concept"),
                                                     (5, "random")]
@@ -293,17 +293,17 @@ def test_bias_study_reads_at_the_paired_layer(tiny_llama, tmp_path):
     st = study.report.settings
     cv = paired_cv_accuracy(pair_differences(tiny_llama, study.fit.more, study.fit.less,
                                              template=DEFAULT_READ_TEMPLATE))  # read as find reads the concept
-    assert st["layer_rule"] == "paired" and st["reading_layer"] == choose_reading_layer(cv)
-    assert st["paired_cv_accuracy_by_layer"] == pytest.approx(list(cv))
-    assert 0 <= st["eval_paired_accuracy"] <= 1
-    by_type = st["eval_paired_accuracy_by_type"]
+    assert st.layer_rule == "paired" and st.reading_layer == choose_reading_layer(cv)
+    assert st.paired_cv_accuracy_by_layer == pytest.approx(list(cv))
+    assert 0 <= st.eval_paired_accuracy <= 1
+    by_type = st.eval_paired_accuracy_by_type
     assert sum(v["n"] for v in by_type.values()) == len(study.eval)
     # the overall share is the n-weighted mean of the per-type shares
-    assert st["eval_paired_accuracy"] == pytest.approx(sum(v["n"] * v["accuracy"] for v in by_type.values())
+    assert st.eval_paired_accuracy == pytest.approx(sum(v["n"] * v["accuracy"] for v in by_type.values())
                                                        / len(study.eval))
     auroc = bias_study(tiny_llama, data="indibias", lang="en", ks=[2], out=tmp_path / "a", n_random=1, min_pairs=2,
                        progress=False, layer_rule="auroc")
-    assert auroc.report.settings["paired_cv_accuracy"] is None and auroc.report.settings["layer_rule"] == "auroc"
+    assert auroc.report.settings.paired_cv_accuracy is None and auroc.report.settings.layer_rule == "auroc"
     with pytest.raises(ValueError, match="layer_rule"):
         bias_study(tiny_llama, data="indibias", ks=[2], out=tmp_path / "x", layer_rule="best")
 
@@ -355,7 +355,7 @@ def test_studies_dampen_aura_neurons_by_their_own_factors(tiny_llama, tmp_path):
     with nl.turn_off(tiny_llama, rand, mode="dampen"):
         prefs = pair_preferences(tiny_llama, study.eval)
     row = study.report.rows[0]
-    assert row.random["score"] == pytest.approx(100 * float(prefs.mean()), abs=1e-6)
+    assert row.random.score == pytest.approx(100 * float(prefs.mean()), abs=1e-6)
     plain = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "p", n_random=1, min_pairs=2,
                        progress=False, mode="dampen", alpha=0.5)
     assert plain.report.mode == "dampen"
@@ -404,7 +404,7 @@ def test_paired_probe_scores_the_effect_on_the_within_pair_difference(tiny_llama
 def test_bias_study_with_the_paired_probe(tiny_llama, tmp_path):
     study = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "b", n_random=1, min_pairs=2,
                        probe="paired", progress=False)
-    assert study.report.settings["probe"] == "paired" and study.report.settings["score"] == "contrastive"
+    assert study.report.settings.probe == "paired" and study.report.settings.score == "contrastive"
     assert study.run.meta.params["probe"] == "paired"
     with pytest.raises(Exception, match="probe"):  # the folder holds a paired-probe run: not reused for another
         bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "b", n_random=1, min_pairs=2,
@@ -446,7 +446,11 @@ def test_study_reports_read_back_typed_from_the_run_folder(tiny_llama, tmp_path)
     got = nl.Run.load(tmp_path / "h").hate_report()
     assert json.dumps(got.to_dict(), sort_keys=True) == json.dumps(h.report.to_dict(), sort_keys=True)
     assert got.continuations == h.report.continuations and got.rows[0].hate_rate_ci == h.report.rows[0].hate_rate_ci
+    assert got.settings == h.report.settings and got.settings.readout == READOUT  # typed again, not a dict
     b = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "b", n_random=1, min_pairs=2, progress=False)
     run = nl.Run.load(tmp_path / "b")
     assert json.dumps(run.bias_report().to_dict(), sort_keys=True) == json.dumps(b.report.to_dict(), sort_keys=True)
+    again = run.bias_report()
+    assert again.rows == b.report.rows and again.settings == b.report.settings
+    assert isinstance(again.rows[0].before, StereotypeScore) and again.settings.probe == "prototypical"
     assert run.hate_report() is None and run.evaluation() is None

@@ -205,16 +205,16 @@ def bias(
         t.add_column(col, justify="right" if col != "bias type" else "left")
 
     def s(x):
-        return f"{x['score']:.1f} [{x['lo']:.1f}, {x['hi']:.1f}]"
+        return f"{x.score:.1f} [{x.lo:.1f}, {x.hi:.1f}]"
 
     for row in r.rows:
         t.add_row(row.bias_type, str(row.n), str(row.k), s(row.before), s(row.after), s(row.random),
                   f"{row.ppl_ratio:.3f}", f"{row.random_ppl_ratio:.3f}")
     out.print(t)
     st = r.settings
-    cv = st.get("paired_cv_accuracy")
-    out.print(f"reading layer {st['reading_layer']} ({st['layer_rule']} rule); paired accuracy (stereotypical sentence "
-              f"scores higher than its counterpart): held-out {st['eval_paired_accuracy']:.3f}"
+    cv = st.paired_cv_accuracy
+    out.print(f"reading layer {st.reading_layer} ({st.layer_rule} rule); paired accuracy (stereotypical sentence "
+              f"scores higher than its counterpart): held-out {st.eval_paired_accuracy:.3f}"
               + (f", cross-validated on the fit pairs {cv:.3f}" if cv is not None else "")
-              + f"; P-vs-N AUROC {st['eval_auroc']:.3f}")
+              + f"; P-vs-N AUROC {st.eval_auroc:.3f}")
     out.print(f"written to {study.path}")

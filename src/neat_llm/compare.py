@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from .concepts.conceptset import ConceptSet
-from .evaluation.removal import BUDGETS, evaluate_removal
+from .evaluation.removal import BUDGETS, BudgetResult, RemovalReport, evaluate_removal
 from .find import find_concept_neurons
 from .models.loaded import LoadedModel
+from .records import known
 from .runs import Run, run_folder_lock, write_text
 from .scoring import Scorer
 
@@ -74,7 +75,11 @@ class MethodRow:
     backward_passes: int
     seconds: float
     intervention: str
-    removal: dict  # RemovalReport.to_dict()
+    removal: RemovalReport | None  # None: no K within what the method scored
+
+    def budgets(self) -> list[BudgetResult]:
+        """The removal at each fluency budget of ``BUDGETS`` (none without a removal report)."""
+        return [self.removal.at_budget(b) for b in BUDGETS] if self.removal else []
 
 
 @dataclass
@@ -103,6 +108,22 @@ class Comparison:
     agreement_subset: int | None = None
     agreement: list[AgreementRow] = field(default_factory=list)
 
+    def to_dict(self) -> dict:
+        """compare.json: every field, each method's removal as ``RemovalReport.to_dict`` (with its budgets)."""
+        d = asdict(self)
+        for row, r in zip(d["rows"], self.rows):
+            row["removal"] = r.removal.to_dict() if r.removal else {}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Comparison":
+        """compare.json typed again."""
+        rows = [MethodRow(**{**known(MethodRow, r), "removal": RemovalReport.from_dict(r["removal"])
+                             if r.get("removal") else None}) for r in d.get("rows", [])]
+        return cls(**known(cls, d, skip=("rows", "random_sets", "agreement")), rows=rows,
+                   random_sets={int(k): v for k, v in (d.get("random_sets") or {}).items()},
+                   agreement=[AgreementRow(**known(AgreementRow, a)) for a in d.get("agreement", [])])
+
     def table(self):
         """One row per method (plus the random K-sets): the columns of compare.csv."""
         import pandas as pd
@@ -112,16 +133,16 @@ class Comparison:
             rec = {"method": r.method, "turned off by": r.intervention, "neurons scored": r.n_scored,
                    "forward passes": r.forward_passes, "backward passes": r.backward_passes,
                    "seconds": round(r.seconds, 2)}
-            by_k = {row["k"]: row for row in r.removal.get("rows", [])}
+            by_k = {row.k: row for row in r.removal.rows} if r.removal else {}
             for k in self.ks:
                 row = by_k.get(k)
                 for name, key in (("gap removal", "gap_removal"), ("positive shift", "positive_shift"),
                                   ("AUROC after", "auroc_after"), ("specificity", "specificity"),
                                   ("ppl ratio", "ppl_ratio")):
-                    rec[f"{name} @{k}"] = row[key] if row else math.nan
-            for b in r.removal.get("budgets", []):
-                rec[f"removal within ppl {b['max_ppl']}"] = b["gap_removal"]
-                rec[f"K within ppl {b['max_ppl']}"] = b["k"]
+                    rec[f"{name} @{k}"] = getattr(row, key) if row else math.nan
+            for b in r.budgets():
+                rec[f"removal within ppl {b.max_ppl}"] = b.gap_removal
+                rec[f"K within ppl {b.max_ppl}"] = b.k
             recs.append(rec)
         rec = {"method": f"random K-sets (mean of {self.n_random})"}
         for k in self.ks:
@@ -150,12 +171,12 @@ class Comparison:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             cells = [r.method]
-            for b in r.removal.get("budgets", []):
-                if b["k"] is None:
+            for b in r.budgets():
+                if b.k is None:
                     cells += ["none", "–", "–"]
                 else:
-                    cells += [f"{b['gap_removal']:.3f}", str(b["k"]),
-                              f"{b['random_gap_removal_mean']:.3f} ± {b['random_gap_removal_std']:.3f}"]
+                    cells += [f"{b.gap_removal:.3f}", str(b.k),
+                              f"{b.random_gap_removal_mean:.3f} ± {b.random_gap_removal_std:.3f}"]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -187,7 +208,7 @@ class Comparison:
             bx.plot([self.random_sets[k]["ppl_ratio_mean"] for k in ks], mu, color="0.5", lw=1, marker=".",
                     label="random K-sets (mean)")
         for r in self.rows:
-            pts = sorted((row["k"], row["gap_removal"], row["ppl_ratio"]) for row in r.removal.get("rows", []))
+            pts = sorted((row.k, row.gap_removal, row.ppl_ratio) for row in (r.removal.rows if r.removal else []))
             if pts:
                 line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1.5, label=r.method)
                 bx.plot([p[2] for p in pts], [p[1] for p in pts], marker="o", lw=1.5, color=line.get_color())
@@ -282,8 +303,7 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: Sequence[s
                                       {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=iv.mode,
                                       alpha=iv.alpha, random_cache=random_cache if iv.mode == mode else None) if usable else None
             fwd, bwd, secs = _scoring_cost(run)
-            rows.append(MethodRow(method, str(run.run_dir), n_scored, fwd, bwd, secs, iv.describe(),
-                                  report.to_dict() if report else {}))
+            rows.append(MethodRow(method, str(run.run_dir), n_scored, fwd, bwd, secs, iv.describe(), report))
         agreement_rows: list[AgreementRow] = []
         if agreement_methods:
             subset = subset_neurons(model, agreement_subset, seed)
@@ -304,12 +324,12 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: Sequence[s
                 rec[f"{nm}_mean"], rec[f"{nm}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
             random_sets[k] = rec
         cmp = Comparison(model.model_id, concept.name, list(ks), mode, n_random,
-                         first.removal["auroc_before"] if first else math.nan, rows, random_sets,
+                         first.removal.auroc_before if first else math.nan, rows, random_sets,
                          agreement_subset if agreement_methods else None, agreement_rows)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "compare.csv", cmp.table().to_csv(index=False))
         write_text(out / "compare.md", cmp.markdown())
-        write_text(out / "compare.json", json.dumps(asdict(cmp), indent=2, default=float))
+        write_text(out / "compare.json", json.dumps(cmp.to_dict(), indent=2, default=float))
         cmp.plot(out / "dose_response.png")
         return cmp
 

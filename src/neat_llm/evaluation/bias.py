@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from ..concepts.datasets import MinimalPairs
 from ..concepts.templates import BiasTemplates
 from ..interventions import Condition, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
+from ..records import known
 from .checkpoints import ConditionStore
 from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_conditions
 from .neutral_text import NEUTRAL_TEXTS
@@ -118,12 +119,50 @@ class BiasRow:
     bias_type: str
     k: int
     n: int
-    before: dict
-    after: dict
-    random: dict
+    before: StereotypeScore
+    after: StereotypeScore
+    random: StereotypeScore
     ppl_ratio: float
     random_ppl_ratio: float
     n_random: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BiasRow":
+        """A row of bias.json; a missing perplexity ratio reads as NaN, a missing score is an error."""
+        kept = {"n_random": 0, **known(cls, d, missing_numbers=True)}
+        for side in ("before", "after", "random"):
+            if not isinstance(d.get(side), Mapping):
+                raise ValueError(f"a bias row ({d.get('bias_type', '?')}, K = {d.get('k', '?')}) has no {side!r} score")
+            kept[side] = StereotypeScore(**{"n": d.get("n", 0), **known(StereotypeScore, d[side])})
+        return cls(**kept)
+
+
+@dataclass
+class BiasSettings:
+    """How a bias evaluation was made (bias.json "settings"). The evaluation fills the first block;
+    ``neat bias`` the rest (the data, the reading layer and how readable the concept is there).
+    None: not recorded."""
+
+    n_random: int | None = None
+    seed: int | None = None
+    n_boot: int | None = None
+    min_pairs: int | None = None
+    n_neutral: int | None = None
+    bias_type: str | None = None
+    n_fit_pairs: int | None = None
+    eval_fraction: float | None = None
+    templates: dict | None = None  # the template columns, for a file of templates
+    n_eval_items: int | None = None
+    probe: str | None = None  # "prototypical" or "paired"
+    score: str | None = None  # find's score rule
+    reading_layer: int | None = None
+    eval_auroc: float | None = None  # P-vs-N AUROC of the concept score on the held-out sentences
+    n_fit: dict | None = None
+    layer_rule: str | None = None  # "paired" or "auroc"
+    paired_cv_accuracy: float | None = None  # at the reading layer, cross-validated on the fit pairs
+    paired_cv_accuracy_by_layer: list[float] | None = None
+    eval_paired_accuracy: float | None = None  # held out
+    eval_paired_accuracy_by_type: dict | None = None  # {bias type: {"n", "accuracy"}}
 
 
 @dataclass
@@ -137,7 +176,7 @@ class BiasReport:
     rows: list[BiasRow]
     passes: dict
     seconds: float
-    settings: dict = field(default_factory=dict)
+    settings: BiasSettings = field(default_factory=BiasSettings)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -145,12 +184,13 @@ class BiasReport:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BiasReport":
-        """bias.json typed again."""
-        names = {f.name for f in fields(cls)}
-        row_names = {f.name for f in fields(BiasRow)}
-        rows = [BiasRow(**{k: v for k, v in r.items() if k in row_names}) for r in d.get("results", [])]
-        return cls(**{k: v for k, v in d.items() if k in names and k != "rows"}, rows=rows)
+    def from_dict(cls, d: Mapping) -> "BiasReport":
+        """bias.json typed again; what an older file lacks reads as empty (a missing number as NaN)."""
+        empty = dict(dataset="", lang="", method="", mode="", n_eval_pairs=0, ppl_before=float("nan"), passes={},
+                     seconds=float("nan"))
+        return cls(**{**empty, **known(cls, d, skip=("rows", "settings"))},
+                   rows=[BiasRow.from_dict(r) for r in d.get("results", [])],
+                   settings=BiasSettings(**known(BiasSettings, d.get("settings") or {})))
 
 
 @dataclass
@@ -204,10 +244,10 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
         ppl_r = float(np.mean([got[c.name][1] for c in rand]))
         for g in groups:
             m = np.ones(len(pairs), bool) if g == ALL else types == g
-            score = [asdict(StereotypeScore.of(p[m], n_boot, seed)) for p in (pb, pa, pr)]
+            score = [StereotypeScore.of(p[m], n_boot, seed) for p in (pb, pa, pr)]
             rows.append(BiasRow(bias_type=g, k=k, n=int(m.sum()), before=score[0], after=score[1], random=score[2],
                                 ppl_ratio=ppl_a / ppl_b, random_ppl_ratio=ppl_r / ppl_b, n_random=n_random))
     return BiasReport(dataset=dataset, lang=lang, method=method, mode=mode, n_eval_pairs=len(pairs), ppl_before=ppl_b,
                       rows=rows, passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
-                      settings={"n_random": n_random, "seed": seed, "n_boot": n_boot, "min_pairs": min_pairs,
-                                "n_neutral": len(neutral_texts)})
+                      settings=BiasSettings(n_random=n_random, seed=seed, n_boot=n_boot, min_pairs=min_pairs,
+                                            n_neutral=len(neutral_texts)))

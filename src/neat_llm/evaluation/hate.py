@@ -23,6 +23,7 @@ import numpy as np
 from ..concepts.label_readout import LabelReadout
 from ..interventions import Condition, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
+from ..records import known
 from .checkpoints import ConditionStore
 from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_conditions
 from .generation import sample_continuations_along
@@ -103,6 +104,30 @@ class HateRow:
 
 
 @dataclass
+class HateSettings:
+    """How a hate evaluation was made (hate.json "settings"). The evaluation fills the first block;
+    ``neat hate`` the rest (the target groups and where the concept is read). None: not recorded."""
+
+    n_random: int | None = None
+    seed: int | None = None
+    max_new_tokens: int | None = None
+    samples_per_prompt: int | None = None
+    readout: LabelReadout | None = None
+    fit_groups: list[str] | None = None
+    eval_groups: list[str] | None = None
+    reading_layer: int | None = None
+    eval_auroc: float | None = None  # held-out AUROC of the concept score
+    n_fit: dict | None = None  # {"positive": n, "contrast": n}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "HateSettings":
+        kept = known(cls, d)
+        if isinstance(kept.get("readout"), Mapping):
+            kept["readout"] = LabelReadout(**known(LabelReadout, kept["readout"]))
+        return cls(**kept)
+
+
+@dataclass
 class HateReport:
     dataset: str
     method: str
@@ -113,12 +138,16 @@ class HateReport:
     rows: list[HateRow]
     passes: dict
     seconds: float
+    settings: HateSettings = field(default_factory=HateSettings)
     n_continuations: int = 0
     judge: str = ""  # the judge of hate_rate / toxic_rate; classifier: its quality on Davidson
     judges: dict = field(default_factory=dict)  # {judge: {source: held-out quality}}
     agreement: dict = field(default_factory=dict)  # the two judges on every continuation (hate vs not)
-    settings: dict = field(default_factory=dict)
     continuations: dict = field(default_factory=dict, repr=False)  # {condition: [text per prompt]}
+
+    def row(self, condition: str, k: int = 0) -> HateRow | None:
+        """The row of ``condition`` ("before", "concept", "random") at ``k``, if measured."""
+        return next((r for r in self.rows if r.condition == condition and r.k == k), None)
 
     def to_dict(self) -> dict:
         """Everything but the continuations (kept apart: they are long and contain hateful text)."""
@@ -128,14 +157,16 @@ class HateReport:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, continuations: dict | None = None) -> "HateReport":
-        """hate.json typed again (``continuations``: hate_continuations.json's, if wanted)."""
-        names = {f.name for f in fields(cls)}
-        row_names = {f.name for f in fields(HateRow)}
-        rows = [HateRow(**{k: (tuple(v) if k.endswith("_ci") else v) for k, v in r.items() if k in row_names})
-                for r in d.get("results", [])]
-        kept = {k: v for k, v in d.items() if k in names and k not in ("rows", "continuations")}
-        return cls(**kept, rows=rows, continuations=dict(continuations or {}))
+    def from_dict(cls, d: Mapping, continuations: dict | None = None) -> "HateReport":
+        """hate.json typed again (``continuations``: hate_continuations.json's, if wanted). What an
+        older file lacks reads as empty (a missing measure as NaN); a row without its K or
+        condition is an error."""
+        rows = [HateRow(**{k: (tuple(v) if k.endswith("_ci") else v)
+                           for k, v in known(HateRow, r, missing_numbers=True).items()}) for r in d.get("results", [])]
+        empty = dict(dataset="", method="", mode="", n_eval={}, n_prompts=0, classifier={}, passes={},
+                     seconds=float("nan"))
+        return cls(**{**empty, **known(cls, d, skip=("rows", "continuations", "settings"))}, rows=rows,
+                   settings=HateSettings.from_dict(d.get("settings") or {}), continuations=dict(continuations or {}))
 
 
 @dataclass
@@ -273,6 +304,6 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
                       agreement=_agreement(classifier, second_judge, got),
                       rows=rows, passes=model.counter.since(c0).as_dict(),
                       seconds=time.perf_counter() - t0,
-                      settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens,
-                                "samples_per_prompt": data.samples, "readout": asdict(readout)},
+                      settings=HateSettings(n_random=n_random, seed=seed, max_new_tokens=max_new_tokens,
+                                            samples_per_prompt=data.samples, readout=readout),
                       continuations={name: conts for name, (_, conts) in got.items()})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from ..concepts.conceptset import ConceptSet
 from ..concepts.representations import residuals_along
 from ..concepts.vectors import ConceptReadout
 from ..interventions import Condition, Intervention, NeuronSelection
+from ..records import known
 from ..models.loaded import LoadedModel
 from .conditions import BEFORE, CONDITIONS_PER_BATCH, pool_layers, run_conditions, study_conditions
 from .neutral_text import NEUTRAL_TEXTS
@@ -194,16 +195,10 @@ class RemovalReport:
     def from_dict(cls, d: dict) -> "RemovalReport":
         """The report ``to_dict`` wrote (e.g. evaluation.json), typed again; extra keys (the budgets,
         which follow from the rows, and what a command added around it) are ignored."""
-        names = {f.name for f in fields(cls)}
-        rows = [RemovalAtK(**{**_known(RemovalAtK, r), "top": RemovalEffect(**r["top"]),
-                              "random": [RemovalEffect(**e) for e in r["random"]]}) for r in d.get("rows", [])]
-        return cls(**{k: v for k, v in d.items() if k in names and k != "rows"}, rows=rows)
-
-
-def _known(cls, d: dict) -> dict:
-    """The entries of ``d`` that are fields of the dataclass ``cls``."""
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
+        rows = [RemovalAtK(**{**known(RemovalAtK, r), "top": RemovalEffect(**known(RemovalEffect, r["top"])),
+                              "random": [RemovalEffect(**known(RemovalEffect, e)) for e in r["random"]]})
+                for r in d.get("rows", [])]
+        return cls(**known(cls, d, skip=("rows",)), rows=rows)
 
 
 # --- the evaluation -----------------------------------------------------------------------------

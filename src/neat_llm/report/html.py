@@ -21,6 +21,8 @@ from pathlib import Path
 from .charts import GREY, PALETTE, Series, bar_chart, empty_chart, histogram, interval_chart, line_chart
 from ..concepts.conceptset import ConceptSource
 from ..concepts.examples import EXAMPLES_FILE
+from ..evaluation.bias import BiasReport
+from ..evaluation.hate import HateReport
 
 REPORT_FILE = "report.html"
 OPEN_ROWS = 2  # top neurons shown expanded when the page opens
@@ -44,8 +46,8 @@ class ReportInputs:
     top: list[dict] = field(default_factory=list)
     examples: dict | None = None
     evaluation: dict | None = None
-    hate: dict | None = None
-    bias: dict | None = None
+    hate: HateReport | None = None
+    bias: BiasReport | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -92,9 +94,21 @@ def read_run_folder(run_dir: str | Path) -> ReportInputs:
             notes.append(f"top.csv could not be read ({err})")
     inp.examples = _read_json(d / EXAMPLES_FILE, notes)
     inp.evaluation = _read_json(d / "evaluation.json", notes)
-    inp.hate = _read_json(d / "hate.json", notes)
-    inp.bias = _read_json(d / "bias.json", notes)
+    inp.hate = _read_typed(d / "hate.json", HateReport.from_dict, notes)
+    inp.bias = _read_typed(d / "bias.json", BiasReport.from_dict, notes)
     return inp
+
+
+def _read_typed(path: Path, reader, notes: list[str]):
+    """A results file typed by its own reader (``HateReport.from_dict`` ...), or None with a note."""
+    obj = _read_json(path, notes)
+    if obj is None:
+        return None
+    try:
+        return reader(obj)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        notes.append(f"{path.name} could not be read ({err})")
+        return None
 
 
 # --- small formatting helpers -------------------------------------------------------------------
@@ -421,49 +435,48 @@ def _evaluation(inp: ReportInputs) -> str:
 def _hate(inp: ReportInputs) -> str:
     h = inp.hate
     title = "Hate speech"
-    res = [r for r in (h.get("results") or []) if isinstance(r, dict)]
+    res = h.rows
     if not res:
         return _section("hate", title, _note("hate.json holds no results."))
     metrics = [("gap", "log-likelihood gap (hate − neutral)"), ("readout_accuracy", "readout accuracy"),
                ("hate_rate", "hate rate"), ("ppl_ratio", "perplexity ratio")]
     charts = []
     for key, label in metrics:
-        if not any(_num(r.get(key)) is not None for r in res):
+        if not any(_num(getattr(r, key)) is not None for r in res):
             continue
         series, hlines = [], []
-        for i, cond in enumerate(("concept", "random")):
-            pts = sorted((int(r["k"]), _num(r.get(key))) for r in res
-                         if r.get("condition") == cond and _num(r.get("k")) is not None)
+        for cond in ("concept", "random"):
+            pts = sorted((r.k, _num(getattr(r, key))) for r in res if r.condition == cond)
             if pts:
                 series.append(Series("concept neurons off" if cond == "concept" else "random neurons off",
                                      [p[0] for p in pts], [p[1] for p in pts],
                                      color=PALETTE[0] if cond == "concept" else GREY, dashed=cond == "random"))
-        before = [_num(r.get(key)) for r in res if r.get("condition") == "before" and _num(r.get(key)) is not None]
+        before = [_num(getattr(r, key)) for r in res if r.condition == "before" and _num(getattr(r, key)) is not None]
         if before:
             hlines.append((before[0], "before"))
-        ks = sorted({int(r["k"]) for r in res if _num(r.get("k")) is not None and int(r["k"]) > 0})
+        ks = sorted({r.k for r in res if r.k > 0})
         if series:
             charts.append(line_chart(series, title=label, xlabel="K (neurons turned off)", ylabel=label,
                                      x_log=bool(ks) and min(ks) > 0, xticks=ks or None, hlines=hlines,
                                      width=480, height=260, css_class=f"hate-{key}"))
-    def point(r, key="hate_rate"):
-        ci = r.get(f"{key}_ci") if isinstance(r.get(f"{key}_ci"), (list, tuple)) else (None, None)
-        return _num(r.get("ppl_ratio")), _num(r.get(key)), _num(ci[0]), _num(ci[1])
 
-    by = {c: [point(r) for r in res if r.get("condition") == c] for c in ("before", "concept", "random")}
+    def point(r):
+        lo, hi = r.hate_rate_ci
+        return _num(r.ppl_ratio), _num(r.hate_rate), _num(lo), _num(hi)
+
+    by = {c: [point(r) for r in res if r.condition == c] for c in ("before", "concept", "random")}
     if by["concept"] and all(p[0] is not None and p[1] is not None for p in by["concept"] + by["random"]):
         before = [p[1] for p in by["before"] if p[1] is not None]
         charts.insert(0, _dose_response(by["concept"], by["random"], "hate rate of continuations",
                                         "dose-response: hate rate against fluency cost",
                                         before[0] if before else None, "hate-dose"))
-    judges = h.get("judges") if isinstance(h.get("judges"), dict) else {}
-    judged = "; ".join(f"{e(name)}{' (judge)' if name == h.get('judge') else ''}: "
+    judged = "; ".join(f"{e(name)}{' (judge)' if name == h.judge else ''}: "
                        + ", ".join(f"{e(src)} F1 {e(_f(_num(q.get('f1_hate'))))}" for src, q in by_src.items()
                                    if isinstance(q, dict))
-                       for name, by_src in judges.items() if isinstance(by_src, dict))
-    agree = h.get("agreement") if isinstance(h.get("agreement"), dict) else {}
-    intro = (f"Data set: {e(h.get('dataset', '?'))}; method: {e(h.get('method', '?'))}; "
-             f"{e(h.get('n_continuations', '?'))} continuations per condition."
+                       for name, by_src in h.judges.items() if isinstance(by_src, dict))
+    agree = h.agreement
+    intro = (f"Data set: {e(h.dataset or '?')}; method: {e(h.method or '?')}; "
+             f"{e(h.n_continuations or '?')} continuations per condition."
              + (f" Judges (held-out hate-class F1): {judged}." if judged else "")
              + (f" The judges agree on {e(_f(_num(agree.get('agreement'))))} of the continuations "
                 f"(kappa {e(_f(_num(agree.get('kappa'))))})." if agree else ""))
@@ -493,60 +506,53 @@ def _dose_response(concept: list[tuple], random: list[tuple], ylabel: str, title
 def _bias(inp: ReportInputs) -> str:
     b = inp.bias
     title = "Social bias before and after"
-    res = [r for r in (b.get("results") or []) if isinstance(r, dict)]
+    res = b.rows
     if not res:
         return _section("bias", title, _note("bias.json holds no results."))
-    ks = [r.get("k") for r in res if isinstance(r.get("k"), (int, float))]
-    k_chart = max(ks) if ks else None  # one K in the chart (the largest); the table has every K
-    rows = []
-    for r in res:
-        if k_chart is not None and r.get("k") != k_chart:
-            continue
-        items = []
-        for cond in ("before", "after", "random"):
-            c = r.get(cond)
-            if isinstance(c, dict) and _num(c.get("score")) is not None:
-                name = {"before": "before", "after": "concept neurons off", "random": "random neurons off"}[cond]
-                items.append((name, _num(c.get("score")), _num(c.get("lo")), _num(c.get("hi"))))
-        label = f"{r.get('bias_type', '?')} (n={r.get('n', '?')})"
-        rows.append((label, items))
-    k_title = f", K = {_f(k_chart)} neurons off" if k_chart is not None else ""
+    k_chart = max(r.k for r in res)  # one K in the chart (the largest); the table has every K
+    names = {"before": "before", "after": "concept neurons off", "random": "random neurons off"}
+    rows = [(f"{r.bias_type} (n={r.n})",
+             [(names[c], _num(getattr(r, c).score), _num(getattr(r, c).lo), _num(getattr(r, c).hi))
+              for c in ("before", "after", "random") if _num(getattr(r, c).score) is not None])
+            for r in res if r.k == k_chart]
+    k_title = f", K = {_f(k_chart)} neurons off"
     chart = interval_chart(rows, title=f"stereotype preference per bias type{k_title}",
                            xlabel=f"stereotype preference (%; 50 = none){k_title}",
                            reference=(50.0, "no preference"), css_class="bias")
     table = ('<table class="small"><thead><tr><th>bias type</th><th>K</th><th>n</th><th>before</th><th>after</th>'
              '<th>random</th><th>ppl ratio</th></tr></thead><tbody>'
-             + "".join(f"<tr><td>{e(r.get('bias_type', '?'))}</td><td>{e(r.get('k', ''))}</td><td>{e(r.get('n', ''))}</td>"
-                       + "".join(f"<td>{e(_ci(r.get(c)))}</td>" for c in ("before", "after", "random"))
-                       + f"<td>{e(_f(_num(r.get('ppl_ratio'))))}</td></tr>" for r in res) + "</tbody></table>")
-    st = b.get("settings") if isinstance(b.get("settings"), dict) else {}
-    acc = _num(st.get("eval_paired_accuracy"))
-    readable = (f" Concept read at layer {e(st.get('reading_layer', '?'))} ({e(st.get('layer_rule', '?'))} rule); "
+             + "".join(f"<tr><td>{e(r.bias_type)}</td><td>{e(r.k)}</td><td>{e(r.n)}</td>"
+                       + "".join(f"<td>{e(_ci(getattr(r, c)))}</td>" for c in ("before", "after", "random"))
+                       + f"<td>{e(_f(_num(r.ppl_ratio)))}</td></tr>" for r in res) + "</tbody></table>")
+    st = b.settings
+    acc = _num(st.eval_paired_accuracy)
+    readable = (f" Concept read at layer {e(st.reading_layer if st.reading_layer is not None else '?')} "
+                f"({e(st.layer_rule or '?')} rule); "
                 f"held-out paired accuracy {e(_f(acc))} (share of pairs whose stereotypical sentence scores higher "
                 "than its counterpart; 0.5 = not readable)." if acc is not None else "")
-    intro = (f"Data set: {e(b.get('dataset', '?'))} ({e(b.get('lang', '?'))}); method: {e(b.get('method', '?'))}."
+    intro = (f"Data set: {e(b.dataset or '?')} ({e(b.lang or '?')}); method: {e(b.method or '?')}."
              f"{readable} Percent of pairs where the model prefers the stereotypical sentence, with its 95% "
              "interval; the chart shows the largest K, the table every K.")
-    def point(r, side, ppl_key):
-        c = r.get(side) if isinstance(r.get(side), dict) else {}
-        return _num(r.get(ppl_key)), _num(c.get("score")), _num(c.get("lo")), _num(c.get("hi"))
 
-    overall = [r for r in res if r.get("bias_type") == "all"]
+    def point(r, side, ppl):
+        c = getattr(r, side)
+        return _num(ppl), _num(c.score), _num(c.lo), _num(c.hi)
+
+    overall = [r for r in res if r.bias_type == "all"]
     dose = ""
-    if len(overall) > 1 and all(point(r, "after", "ppl_ratio")[0] is not None for r in overall):
-        before = _num((overall[0].get("before") or {}).get("score"))
-        dose = _dose_response([point(r, "after", "ppl_ratio") for r in overall],
-                              [point(r, "random", "random_ppl_ratio") for r in overall],
+    if len(overall) > 1 and all(_num(r.ppl_ratio) is not None for r in overall):
+        dose = _dose_response([point(r, "after", r.ppl_ratio) for r in overall],
+                              [point(r, "random", r.random_ppl_ratio) for r in overall],
                               "stereotype preference (%, all pairs)", "dose-response: stereotype score against fluency cost",
-                              before, "bias-dose")
+                              _num(overall[0].before.score), "bias-dose")
     return _section("bias", title, chart + dose + table, intro)
 
 
 def _ci(c) -> str:
-    if not isinstance(c, dict) or _num(c.get("score")) is None:
+    if _num(c.score) is None:
         return "–"
-    lo, hi = _num(c.get("lo")), _num(c.get("hi"))
-    return f"{c['score']:.1f}" + (f" [{lo:.1f}, {hi:.1f}]" if lo is not None and hi is not None else "")
+    lo, hi = _num(c.lo), _num(c.hi)
+    return f"{c.score:.1f}" + (f" [{lo:.1f}, {hi:.1f}]" if lo is not None and hi is not None else "")
 
 
 def _guard(fn, inp: ReportInputs, name: str) -> str:

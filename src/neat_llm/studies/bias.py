@@ -130,14 +130,13 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                                    neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
                                    min_pairs=min_pairs, store=store, on_condition=tick, dataset=items.name, lang=lang,
                                    method=method)
-        report.settings.update({"bias_type": bias_type, "n_fit_pairs": len(fit), "eval_fraction": eval_fraction,
-                                "templates": templates, "n_eval_items": len(ev), "probe": probe,
-                                "score": run.meta.params.get("score"),
-                                "reading_layer": run.meta.reading_layer, "eval_auroc": run.meta.eval_auroc,
-                                "n_fit": run.meta.n_fit, "layer_rule": layer_rule,
-                                "paired_cv_accuracy": None if paired_cv is None else float(paired_cv[readout.layer]),
-                                "paired_cv_accuracy_by_layer": None if paired_cv is None else [float(x) for x in paired_cv],
-                                "eval_paired_accuracy": eval_paired, "eval_paired_accuracy_by_type": paired_by_type})
+        report.settings = replace(
+            report.settings, bias_type=bias_type, n_fit_pairs=len(fit), eval_fraction=eval_fraction,
+            templates=templates, n_eval_items=len(ev), probe=probe, score=run.meta.params.get("score"),
+            reading_layer=run.meta.reading_layer, eval_auroc=run.meta.eval_auroc, n_fit=run.meta.n_fit,
+            layer_rule=layer_rule, paired_cv_accuracy=None if paired_cv is None else float(paired_cv[readout.layer]),
+            paired_cv_accuracy_by_layer=None if paired_cv is None else [float(x) for x in paired_cv],
+            eval_paired_accuracy=eval_paired, eval_paired_accuracy_by_type=paired_by_type)
         path = out / "bias.json"
         write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
         store.clear()

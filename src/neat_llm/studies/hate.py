@@ -206,8 +206,9 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
             from dataclasses import asdict as _asdict
 
             report.judges.setdefault("tfidf", {})[tfidf_on_fit.source] = _asdict(tfidf_on_fit)
-        report.settings.update({"fit_groups": fit_g, "eval_groups": eval_g, "reading_layer": run.meta.reading_layer,
-                                "eval_auroc": run.meta.eval_auroc, "n_fit": run.meta.n_fit})
+        report.settings = replace(report.settings, fit_groups=fit_g, eval_groups=eval_g,
+                                  reading_layer=run.meta.reading_layer, eval_auroc=run.meta.eval_auroc,
+                                  n_fit=run.meta.n_fit)
         path = out / "hate.json"
         write_text(out / "hate_continuations.json", json.dumps({"prompts": list(hdata.prompts), "samples_per_prompt": samples,
                                                                 **report.continuations}))

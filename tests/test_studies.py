@@ -454,3 +454,28 @@ def test_study_reports_read_back_typed_from_the_run_folder(tiny_llama, tmp_path)
     assert again.rows == b.report.rows and again.settings == b.report.settings
     assert isinstance(again.rows[0].before, StereotypeScore) and again.settings.probe == "prototypical"
     assert run.hate_report() is None and run.evaluation() is None
+
+
+def test_study_settings_are_checked_when_made_before_anything_loads(tiny_llama, tmp_path):
+    from neat_llm.studies import BiasStudySettings, HateStudySettings
+
+    for bad, match in [(dict(judge="gpt"), "judge must be 'minilm' or 'tfidf'"),
+                       (dict(n_prompts=0), "n_prompts must be a whole number >= 1"),
+                       (dict(ks=[0, 10]), "--k needs positive sizes"),
+                       (dict(mode="half"), "mode must be one of zero, mean, dampen"),
+                       (dict(mode="zero", alpha=0.3), "alpha is a dampening factor"),
+                       (dict(mode="dampen", alpha=1.5), r"alpha must be in \[0, 1\]")]:
+        with pytest.raises(ValueError, match=match):
+            HateStudySettings(**bad)
+    for bad, match in [(dict(probe="pairs"), "probe must be 'prototypical' or 'paired'"),
+                       (dict(layer_rule="best"), "layer_rule must be 'paired' or 'auroc'"),
+                       (dict(eval_fraction=0.0), "eval_fraction must lie between 0 and 1")]:
+        with pytest.raises(ValueError, match=match):
+            BiasStudySettings(**bad)
+    s = HateStudySettings.of(HateStudySettings(n_prompts=3, seed=2), n_prompts=4, fit_groups=["a", "b"])
+    assert (s.n_prompts, s.seed, s.fit_groups, s.ks) == (4, 2, ("a", "b"), (10, 50, 100, 500, 2000))
+    with pytest.raises(TypeError, match="unknown find setting.*n_promts"):  # neither a study nor a find setting
+        hate_study(tiny_llama, out=tmp_path / "x", n_promts=4, progress=False)
+    assert not (tmp_path / "x").exists()
+    r = runner.invoke(app, ["hate", "--model", "/no/such/model", "--samples", "0", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "samples must be a whole number >= 1" in r.output  # before the model is looked up

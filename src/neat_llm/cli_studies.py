@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -74,22 +75,22 @@ def hate(
     continuations (judged by a classifier trained on Davidson et al.), perplexity ratio."""
     import neat_llm as nl
     from neat_llm.evaluation.hate import HATE_READOUT
-    from neat_llm.studies import hate_study
+    from neat_llm.studies import HateStudySettings, hate_study
 
     _quiet_libraries()
     ks = _parse_ks(k)
-    try:
-        settings = _find_settings(layers, probe_size, seed)
+    try:  # every setting is checked here, before the model and the data load
+        find = _find_settings(layers, probe_size, seed)
+        readout = replace(HATE_READOUT, positive_word=label_yes, negative_word=label_no)
+        settings = HateStudySettings(data=data, data_path=data_path, text_col=text_col, label_col=label_col,
+                                     positive=_csv(positive) or ("hate",), contrast=_csv(contrast), method=method,
+                                     ks=ks, fit_groups=_csv(fit_groups), eval_groups=_csv(eval_groups),
+                                     n_random=n_random, max_per_side=max_per_side, max_eval=max_eval,
+                                     n_prompts=n_prompts, samples=samples, max_new_tokens=new_tokens,
+                                     davidson_prompts=davidson_prompts, classifier_data=classifier_data,
+                                     readout=readout, mode=mode, alpha=alpha, judge=judge, seed=seed)
         m = nl.load_model(model)
-        readout = type(HATE_READOUT)(template=HATE_READOUT.template, concept=HATE_READOUT.concept,
-                                     positive_word=label_yes, negative_word=label_no)
-        study = hate_study(m, data=data, data_path=data_path, text_col=text_col, label_col=label_col,
-                           positive=_csv(positive), contrast=_csv(contrast), method=method, ks=ks,
-                           fit_groups=_csv(fit_groups), eval_groups=_csv(eval_groups), out=out_dir, n_random=n_random,
-                           max_per_side=max_per_side, max_eval=max_eval, n_prompts=n_prompts, samples=samples,
-                           davidson_prompts=davidson_prompts,
-                           max_new_tokens=new_tokens, classifier_data=classifier_data, readout=readout, mode=mode, alpha=alpha, judge=judge,
-                           seed=seed, find=settings, neurons=_subset(neurons_subset, m))
+        study = hate_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     r = study.report
@@ -173,7 +174,7 @@ def bias(
     Finds the neurons on fit pairs, turns them off, and reports the stereotype score (50 = no preference; n and 95% bootstrap interval) per bias type on held-out pairs, before and
     after, with random neurons as the control and the perplexity ratio."""
     import neat_llm as nl
-    from neat_llm.studies import bias_study
+    from neat_llm.studies import BiasStudySettings, bias_study
 
     _quiet_libraries()
     ks = _parse_ks(k)
@@ -185,14 +186,15 @@ def bias(
             _fail(f"--template-col reads a file of templates; {data} holds sentence pairs")
         templates, columns = {"template": template_col, "stereo": stereo_col, "anti": anti_col,
                               "bias_type": type_col or None, "mask": mask}, {}
-    try:
-        settings = _find_settings(layers, probe_size, seed)
+    try:  # every setting is checked here, before the model and the data load
+        find = _find_settings(layers, probe_size, seed)
+        settings = BiasStudySettings(data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
+                                     method=method, ks=ks, n_random=n_random, eval_fraction=eval_fraction,
+                                     max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
+                                     min_pairs=min_pairs, mode=mode, alpha=alpha, seed=seed, layer_rule=layer_rule,
+                                     templates=templates, probe=probe)
         m = nl.load_model(model)
-        study = bias_study(m, data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
-                           method=method, ks=ks, out=out_dir, n_random=n_random, eval_fraction=eval_fraction,
-                           max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
-                           min_pairs=min_pairs, mode=mode, alpha=alpha, seed=seed, layer_rule=layer_rule,
-                           templates=templates, probe=probe, find=settings, neurons=_subset(neurons_subset, m))
+        study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
     r = study.report

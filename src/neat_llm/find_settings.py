@@ -7,10 +7,11 @@ keyword arguments (``find_concept_neurons(model, concept, probe_size=4)``)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from .concepts.label_readout import LabelReadout
 from .concepts.vectors import DEFAULT_READ_TEMPLATE, check_template
+from .records import with_changes
 from .scoring import SCORERS, Scorer, get_scorer
 
 DEFAULT_PROBE_SIZE = 8
@@ -92,11 +93,7 @@ class FindSettings:
     @classmethod
     def of(cls, settings: FindSettings | None = None, **changes) -> FindSettings:
         """``settings`` (default: the defaults) with ``changes``; an unknown name is an error that lists the known ones."""
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(changes) - known)
-        if bad:
-            raise TypeError(f"unknown find setting(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
-        return cls(**{**asdict(settings or cls()), **changes})
+        return with_changes(cls, settings, "find setting", **changes)
 
     def rule(self, method: str) -> str:
         """The score rule for ``method``."""

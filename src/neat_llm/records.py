@@ -19,3 +19,20 @@ def known(cls, d: Mapping, skip: tuple[str, ...] = (), missing_numbers: bool = F
             if f.name in names and f.name not in out and f.type == "float" and f.default is MISSING:
                 out[f.name] = math.nan
     return out
+
+
+def with_changes(cls, base=None, what: str = "setting", **changes):
+    """``base`` (default: ``cls()``) with ``changes``, made again so its checks run; a name ``cls``
+    does not know is an error that lists the ones it does."""
+    names = [f.name for f in fields(cls)]
+    bad = sorted(set(changes) - set(names))
+    if bad:
+        raise TypeError(f"unknown {what}(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
+    base = base if base is not None else cls()
+    return cls(**{**{n: getattr(base, n) for n in names}, **changes})
+
+
+def split_known(cls, options: Mapping) -> tuple[dict, dict]:
+    """``options`` split into (fields of ``cls``, the rest)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}

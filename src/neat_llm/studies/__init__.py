@@ -4,5 +4,7 @@ neurons on fit data, turn them off, measure on held-out data against random neur
 
 from .bias import BiasStudy, bias_study, load_pairs
 from .hate import HateStudy, hate_study, hate_concept
+from .settings import BiasStudySettings, HateStudySettings
 
-__all__ = ["BiasStudy", "bias_study", "load_pairs", "HateStudy", "hate_study", "hate_concept"]
+__all__ = ["BiasStudy", "bias_study", "load_pairs", "HateStudy", "hate_study", "hate_concept", "BiasStudySettings",
+           "HateStudySettings"]

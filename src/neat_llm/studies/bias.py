@@ -10,7 +10,6 @@ The study folder is the run folder: the run's files, ``bias.json`` and ``.bias-p
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,9 +24,11 @@ from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
 
 from ..find import default_run_dir
 from ..find_settings import FindSettings
+from ..records import split_known
 from ..models.loaded import LoadedModel
 from ..runs import Run, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
+from .settings import BiasStudySettings
 
 __all__ = ["BiasStudy", "bias_study", "load_pairs"]
 
@@ -41,22 +42,14 @@ class BiasStudy:
     eval: MinimalPairs | BiasTemplates  # templates are scored by their own metric
 
 
-def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str | Path | None = None,
-               lang: str = "en", bias_type: str | None = None, columns: dict | None = None, method: str = "neat",
-               ks: Sequence[int] = (10, 50, 100, 500, 2000), out: str | Path | None = None, n_random: int = 3,
-               eval_fraction: float = 0.3, max_fit_pairs: int | None = None, max_eval_pairs: int | None = None,
-               n_boot: int = 1000, min_pairs: int = 5, mode: str | None = None, alpha: float | None = None,
-               seed: int = 0, progress: bool = True,
-               layer_rule: str = "paired", templates: dict | None = None, probe: str = "prototypical",
-               find: FindSettings | None = None, neurons: dict[int, list[int]] | None = None,
-               **find_options) -> BiasStudy:
+def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *, out: str | Path | None = None,
+               progress: bool = True, find: FindSettings | None = None,
+               neurons: dict[int, list[int]] | None = None, **options) -> BiasStudy:
     """Split the pairs (seeded, whole pairs, stratified by bias type), find the bias neurons with
     ``method`` on the fit pairs, and score the eval pairs before / after / with random neurons.
 
     ``columns``: {"more": ..., "less": ..., "bias_type": ...} for a user's own file;
-    ``max_fit_pairs`` / ``max_eval_pairs``: seeded caps (bound the cost); ``find`` (a ``FindSettings``)
-    and ``find_options`` (its fields by name, e.g. ``layers=``, ``probe_size=``; they win) are how the
-    neurons are found (``seed`` is the study's); ``neurons``: score only this {block: [neurons]} subset.
+    ``max_fit_pairs`` / ``max_eval_pairs``: seeded caps (bound the cost).
     ``layer_rule``: ``"paired"`` reads the concept at the layer with the best cross-validated paired
     accuracy on the fit pairs (share of pairs whose stereotypical sentence scores higher than its
     own counterpart; see concepts/paired.py), ``"auroc"`` at find's usual P-vs-N AUROC layer. The
@@ -69,10 +62,19 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
     read with these ``load_templates`` options ({"template": "Sentence", "stereo": ..., "anti": ...,
     "bias_type": ..., "mask": "MASK"}); the neurons are found on pairs of fillings of the fit
     templates and the held-out templates are scored by the template metric (evaluation/bias.py).
+    The settings come as a ``BiasStudySettings`` (``settings``), as keyword arguments
+    (``probe="paired"``), or both (the keywords win); ``find`` (a ``FindSettings``) and keyword
+    arguments naming its fields (``layers=``, ``probe_size=``) are how the neurons are found (its
+    seed is the study's); ``neurons``: score only this {block: [neurons]} subset.
     """
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"--k needs positive sizes, got {ks}")
+    study_options, find_options = split_known(BiasStudySettings, options)
+    s = BiasStudySettings.of(settings, **study_options)
+    fs = FindSettings.of(find, **{**find_options, "seed": s.seed})
+    data, data_path, lang, bias_type, columns, method = s.data, s.data_path, s.lang, s.bias_type, s.columns, s.method
+    ks, n_random, eval_fraction, n_boot, min_pairs, seed = list(s.ks), s.n_random, s.eval_fraction, s.n_boot, \
+        s.min_pairs, s.seed
+    mode, alpha, layer_rule, templates, probe = s.mode, s.alpha, s.layer_rule, s.templates, s.probe
+    max_fit_pairs, max_eval_pairs = s.max_fit_pairs, s.max_eval_pairs
     columns = dict(columns or {})
     if templates is not None:
         items = load_templates(data, **templates).only(bias_type)
@@ -92,24 +94,19 @@ def bias_study(model: LoadedModel, *, data: str = "crows-pairs", data_path: str 
                       source=replace(source, bias_type=bias_type, eval_fraction=eval_fraction, seed=seed))
     if max_fit_pairs:
         concept = concept.sample(max_fit_pairs, seed)
-    if probe not in ("prototypical", "paired"):
-        raise ValueError(f"probe must be 'prototypical' or 'paired', got {probe!r}")
-    settings = FindSettings.of(find, **{**find_options, "seed": seed})
     probe_pairs = None
     if probe == "paired":
         probe_pairs = list(zip(fit.more, fit.less))
-        settings = FindSettings.of(settings, score=settings.score or "contrastive")
+        fs = FindSettings.of(fs, score=fs.score or "contrastive")
     out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
     with run_folder_lock(out):  # one writer per study folder
-        if layer_rule not in ("paired", "auroc"):
-            raise ValueError(f"layer_rule must be 'paired' or 'auroc', got {layer_rule!r}")
         paired_cv = None
-        if layer_rule == "paired" and settings.reading_layer is None:
+        if layer_rule == "paired" and fs.reading_layer is None:
             # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
-            paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=settings.pool,
-                                                            template=settings.read_template), seed=seed)
-            settings = FindSettings.of(settings, reading_layer=choose_reading_layer(paired_cv))
-        run = find_or_reuse(model, concept, method, out, settings, neurons=neurons, probe_pairs=probe_pairs,
+            paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=fs.pool,
+                                                            template=fs.read_template), seed=seed)
+            fs = FindSettings.of(fs, reading_layer=choose_reading_layer(paired_cv))
+        run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, probe_pairs=probe_pairs,
                             progress=progress)
         readout = run.readout()
         iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)

@@ -20,15 +20,16 @@ from ..concepts.conceptset import ConceptSet, ConceptSetError, ConceptSource
 from ..concepts.datasets import load_davidson, load_toxigen, resolve
 from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.generation import prompt_prefixes
-from ..concepts.label_readout import LabelReadout
-from ..evaluation.hate import HATE_READOUT, HateData, HateReport, evaluate_hate
+from ..evaluation.hate import HateData, HateReport, evaluate_hate
 from ..evaluation.hate_classifier import load_hate_classifier
 
 from ..find import default_run_dir
 from ..find_settings import FindSettings
+from ..records import split_known
 from ..models.loaded import LoadedModel
 from ..runs import Run, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
+from .settings import HateStudySettings
 
 
 @dataclass
@@ -103,6 +104,10 @@ def davidson_hate_prompts(path: str | Path | None, n: int, seed: int = 0) -> lis
     return _cap(prefixes, n, seed)
 
 
+def _names_list(v: tuple[str, ...] | None) -> list[str] | None:
+    return None if v is None else list(v)
+
+
 def _cap(texts: list[str], n: int | None, seed: int) -> list[str]:
     if n is None or len(texts) <= n:
         return texts
@@ -110,17 +115,9 @@ def _cap(texts: list[str], n: int | None, seed: int) -> list[str]:
     return [texts[i] for i in keep]
 
 
-def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Path | None = None,
-               text_col: str = "text", label_col: str = "label", positive: Sequence[str] = ("hate",),
-               contrast: Sequence[str] | None = None, method: str = "neat", ks: Sequence[int] = (10, 50, 100, 500, 2000),
-               fit_groups: Sequence[str] | None = None, eval_groups: Sequence[str] | None = None,
-               out: str | Path | None = None, n_random: int = 3, max_per_side: int | None = None,
-               max_eval: int | None = None, n_prompts: int = 80, samples: int = 5, max_new_tokens: int = 20,
-               davidson_prompts: int = 0,
-               classifier_data: str | Path | None = None, readout: LabelReadout = HATE_READOUT, mode: str | None = None,
-               alpha: float | None = None, judge: str = "minilm",
-               seed: int = 0, progress: bool = True, find: FindSettings | None = None,
-               neurons: dict[int, list[int]] | None = None, **find_options) -> HateStudy:
+def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *, out: str | Path | None = None,
+               progress: bool = True, find: FindSettings | None = None,
+               neurons: dict[int, list[int]] | None = None, **options) -> HateStudy:
     """Find hate-speech neurons with ``method`` and measure what turning the top-K off does.
 
     ``max_per_side``: seeded subsample of the fit data per side (bounds the finding cost);
@@ -134,30 +131,35 @@ def hate_study(model: LoadedModel, *, data: str = "toxigen", data_path: str | Pa
     of the study's data; the TF-IDF judge is its second opinion) or ``"tfidf"`` (the TF-IDF judge
     alone).
     ``mode`` / ``alpha``: how the neurons are turned off (default: the run's own, see
-    ``Run.intervention``). ``find`` (a ``FindSettings``) and ``find_options`` (its fields by name, e.g. ``layers=``,
-    ``probe_size=``; they win) are how the neurons are found (``seed`` is the study's); ``neurons``:
-    score only this {block: [neurons]} subset.
+    ``Run.intervention``).
+    The settings come as a ``HateStudySettings`` (``settings``), as keyword arguments
+    (``n_prompts=40``), or both (the keywords win); ``find`` (a ``FindSettings``) and keyword
+    arguments naming its fields (``layers=``, ``probe_size=``) are how the neurons are found (its
+    seed is the study's); ``neurons``: score only this {block: [neurons]} subset.
     """
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"--k needs positive sizes, got {ks}")
+    study_options, find_options = split_known(HateStudySettings, options)
+    s = HateStudySettings.of(settings, **study_options)
+    fs = FindSettings.of(find, **{**find_options, "seed": s.seed})
+    data, data_path, method, ks, n_random, seed, samples = s.data, s.data_path, s.method, list(s.ks), s.n_random, \
+        s.seed, s.samples
+    max_new_tokens, readout, mode, alpha, judge = s.max_new_tokens, s.readout, s.mode, s.alpha, s.judge
+    max_eval, n_prompts, davidson_prompts, classifier_data = s.max_eval, s.n_prompts, s.davidson_prompts, \
+        s.classifier_data
+    fit_groups, eval_groups = _names_list(s.fit_groups), _names_list(s.eval_groups)
     fit_g, eval_g = _groups(data_path, fit_groups, eval_groups) if data == "toxigen" else (fit_groups, eval_groups)
-    concept = hate_concept(data, data_path, groups=fit_g, text_col=text_col, label_col=label_col, positive=positive,
-                           contrast=contrast)
-    if max_per_side:
-        concept = concept.sample(max_per_side, seed)
-    settings = FindSettings.of(find, **{**find_options, "seed": seed})
+    concept = hate_concept(data, data_path, groups=fit_g, text_col=s.text_col, label_col=s.label_col,
+                           positive=list(s.positive), contrast=_names_list(s.contrast))
+    if s.max_per_side:
+        concept = concept.sample(s.max_per_side, seed)
     readout.token_ids(model)  # before the long part: bad label words and a missing file fail now
-    if judge not in ("minilm", "tfidf"):
-        raise ValueError(f"judge must be 'minilm' or 'tfidf', got {judge!r}")
-    tfidf = load_hate_classifier(classifier_data)
+    tfidf = load_hate_classifier(s.classifier_data)
     if judge == "minilm":
         from ..evaluation.embedding_judge import SentenceEncoder, minilm_dir
 
         encoder = SentenceEncoder(minilm_dir())  # a missing encoder package fails before the long part
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
     with run_folder_lock(out):  # one writer per study folder
-        run = find_or_reuse(model, concept, method, out, settings, neurons=neurons, progress=progress)
+        run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, progress=progress)
         iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
         mode, alpha = iv.mode, iv.alpha
 

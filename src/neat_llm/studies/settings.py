@@ -1,0 +1,130 @@
+"""What ``neat hate`` and ``neat bias`` are asked to do, as typed values checked when made (so
+nonsense fails before a model or a data set is loaded). The CLI builds them from its options; the
+Python API takes them as they are or as keyword arguments (``hate_study(model, n_prompts=40)``).
+How the neurons are found is find's own ``FindSettings``, kept apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..concepts.label_readout import LabelReadout
+from ..evaluation.hate import HATE_READOUT
+from ..records import with_changes
+
+DEFAULT_KS = (10, 50, 100, 500, 2000)
+MODES = ("zero", "mean", "dampen")
+
+
+def _ks(ks) -> tuple[int, ...]:
+    try:
+        out = tuple(sorted({int(k) for k in ks}))
+    except (TypeError, ValueError):
+        raise ValueError(f"--k takes whole numbers, got {ks!r}") from None
+    if not out or out[0] < 1:
+        raise ValueError(f"--k needs positive sizes, got {list(out)}")
+    return out
+
+
+def _at_least(obj, lo: int, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
+
+
+def _intervention(mode: str | None, alpha: float | None) -> None:
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if alpha is not None and mode not in (None, "dampen"):
+        raise ValueError(f"alpha is a dampening factor; it does not apply to mode {mode!r}")
+    if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def _names(v) -> tuple[str, ...] | None:
+    return None if v is None else tuple([v] if isinstance(v, str) else v)
+
+
+@dataclass(frozen=True)
+class HateStudySettings:
+    """``hate_study``'s settings (see its docstring for each one's meaning)."""
+
+    data: str = "toxigen"
+    data_path: str | Path | None = None
+    text_col: str = "text"
+    label_col: str = "label"
+    positive: tuple[str, ...] = ("hate",)
+    contrast: tuple[str, ...] | None = None
+    method: str = "neat"
+    ks: tuple[int, ...] = DEFAULT_KS
+    fit_groups: tuple[str, ...] | None = None
+    eval_groups: tuple[str, ...] | None = None
+    n_random: int = 3
+    max_per_side: int | None = None
+    max_eval: int | None = None
+    n_prompts: int = 80
+    samples: int = 5
+    max_new_tokens: int = 20
+    davidson_prompts: int = 0
+    classifier_data: str | Path | None = None
+    readout: LabelReadout = HATE_READOUT
+    mode: str | None = None
+    alpha: float | None = None
+    judge: str = "minilm"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ks", _ks(self.ks))
+        for name in ("positive", "contrast", "fit_groups", "eval_groups"):
+            object.__setattr__(self, name, _names(getattr(self, name)))
+        _at_least(self, 1, "n_random", "max_per_side", "max_eval", "n_prompts", "samples", "max_new_tokens")
+        _at_least(self, 0, "davidson_prompts", "seed")
+        if self.judge not in ("minilm", "tfidf"):
+            raise ValueError(f"judge must be 'minilm' or 'tfidf', got {self.judge!r}")
+        _intervention(self.mode, self.alpha)
+
+    @classmethod
+    def of(cls, settings: HateStudySettings | None = None, **changes) -> HateStudySettings:
+        return with_changes(cls, settings, "hate study setting", **changes)
+
+
+@dataclass(frozen=True)
+class BiasStudySettings:
+    """``bias_study``'s settings (see its docstring for each one's meaning)."""
+
+    data: str = "crows-pairs"
+    data_path: str | Path | None = None
+    lang: str = "en"
+    bias_type: str | None = None
+    columns: dict | None = None
+    method: str = "neat"
+    ks: tuple[int, ...] = DEFAULT_KS
+    n_random: int = 3
+    eval_fraction: float = 0.3
+    max_fit_pairs: int | None = None
+    max_eval_pairs: int | None = None
+    n_boot: int = 1000
+    min_pairs: int = 5
+    mode: str | None = None
+    alpha: float | None = None
+    seed: int = 0
+    layer_rule: str = "paired"
+    templates: dict | None = None
+    probe: str = "prototypical"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ks", _ks(self.ks))
+        _at_least(self, 1, "n_random", "max_fit_pairs", "max_eval_pairs", "n_boot", "min_pairs")
+        _at_least(self, 0, "seed")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must lie between 0 and 1, got {self.eval_fraction}")
+        if self.layer_rule not in ("paired", "auroc"):
+            raise ValueError(f"layer_rule must be 'paired' or 'auroc', got {self.layer_rule!r}")
+        if self.probe not in ("prototypical", "paired"):
+            raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
+        _intervention(self.mode, self.alpha)
+
+    @classmethod
+    def of(cls, settings: BiasStudySettings | None = None, **changes) -> BiasStudySettings:
+        return with_changes(cls, settings, "bias study setting", **changes)

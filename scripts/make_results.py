@@ -465,7 +465,65 @@ def study_sections() -> list[str]:
                         + f"\n![{name}](img/{name}.png)\n\n" + _bias_headline(rep)
                         + "\nWhat the numbers say (K = largest):\n\n"
                         + _bias_findings(rep))
+    hate += _hate_interventions(docs)
     return hate + bias
+
+
+HATE_INTERVENTIONS = (("hate-toxigen", "zero ablation"), ("hate-toxigen-dampen", "dampening, activations x 0.3"))
+
+
+def _hate_interventions(docs: Path) -> list[str]:
+    """One dose-response chart for the ways of turning the same neurons off (zero ablation,
+    dampening): hate rate against the perplexity ratio, one line per intervention, the random
+    K-sets of each as a band."""
+    reps = [(label, HateReport.from_dict(json.loads(f.read_text()))) for name, label in HATE_INTERVENTIONS
+            if (f := ROOT / "results" / name / "hate.json").exists()]
+    if len(reps) < 2:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    for i, (label, rep) in enumerate(reps):
+        color = f"C{i}"
+        for cond in ("concept", "random"):
+            rows = sorted((r for r in rep.rows if r.condition == cond), key=lambda r: r.ppl_ratio)
+            x = [r.ppl_ratio for r in rows]
+            if cond == "concept":
+                ax.plot(x, [r.hate_rate for r in rows], "o-", color=color, label=f"top-K, {label}")
+                for r in rows:
+                    ax.annotate(f"{r.k}", (r.ppl_ratio, r.hate_rate), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points", color=color)
+            else:
+                ax.fill_between(x, [r.hate_rate_ci[0] for r in rows], [r.hate_rate_ci[1] for r in rows], color=color,
+                                alpha=0.12, label=f"random K-sets, {label} (95%)")
+    ax.axhline(reps[0][1].row("before").hate_rate, color="k", lw=0.8, ls=":", label="before")
+    for v in (1.05, 1.10):
+        ax.axvline(v, color="0.7", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("perplexity ratio on neutral text (log)")
+    ax.set_ylabel("hate rate of continuations")
+    ax.set_title("ToxiGen: the same NEAT neurons, zeroed or dampened (K next to each point)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(docs / "img" / "hate-interventions.png", dpi=110)
+    plt.close(fig)
+    lines = []
+    for label, rep in reps:
+        before = rep.row("before")
+        ok = [r for r in rep.rows if r.condition == "concept" and r.ppl_ratio <= 1.10]
+        best = min(ok, key=lambda r: r.hate_rate) if ok else None
+        lines.append(f"- {label}: " + (f"lowest hate rate within a perplexity ratio of 1.10 at K = {best.k}: "
+                                       f"{_rate(before, 'hate_rate')} → {_rate(best, 'hate_rate')} (ratio "
+                                       f"{best.ppl_ratio:.3f}; random {best.k}: "
+                                       f"{_rate(rep.row('random', best.k), 'hate_rate')})" if best else
+                                       "no top-K set within a perplexity ratio of 1.10") + ".")
+    return ["### Zero ablation against dampening (dose-response)\n\n"
+            "The same neurons (the runs share the data, the seed and find's defaults, so the same ranking) turned "
+            "off two ways; the random K-sets of each are turned off the same way.\n\n"
+            "![hate-interventions](img/hate-interventions.png)\n\n" + "\n".join(lines) + "\n"]
 
 
 NOT_RERUN = ("Not rerun on the whole model yet. The numbers published here before came from a 10% neuron subset and "

@@ -10,6 +10,7 @@
 
 from .concepts import ConceptSet, ConceptSetError, demo_concept
 from .find import find_concept_neurons
+from .find_settings import FindSettings, build_scorer
 from .interventions import Intervention, InterventionSpec, NeuronSelection, turn_off
 from .models import LoadedModel, ModelLoadError, UnsupportedModelError, load_model, wrap
 from .runs import Run, RunError
@@ -17,6 +18,7 @@ from .runs import Run, RunError
 __version__ = "0.1.0"
 load_run = Run.load
 
-__all__ = ["ConceptSet", "ConceptSetError", "demo_concept", "find_concept_neurons", "Intervention", "InterventionSpec",
+__all__ = ["ConceptSet", "ConceptSetError", "demo_concept", "find_concept_neurons", "FindSettings", "build_scorer",
+           "Intervention", "InterventionSpec",
            "NeuronSelection", "turn_off", "LoadedModel", "ModelLoadError", "UnsupportedModelError", "load_model", "wrap",
            "Run", "RunError", "load_run"]

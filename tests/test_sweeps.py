@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import neat_llm as nl
+from neat_llm.concepts.label_readout import LabelReadout
 from neat_llm.find_settings import FindSettings, build_scorer
 from neat_llm.scoring import AurocScorer, NeatScorer, ProbeSet, ScoringTask
 from neat_llm.scoring.base import plan_units
@@ -85,7 +86,10 @@ def test_find_takes_a_scorer_made_with_its_own_options(tiny_llama, concept_set, 
     with pytest.raises(ValueError, match="positions is an option of"):
         nl.find_concept_neurons(tiny_llama, concept_set, AurocScorer(), positions="read", out=tmp_path / "y",
                                 progress=False)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    with pytest.raises(ValueError, match="label= goes to the logprob-increase scorer's constructor"):
+        nl.find_concept_neurons(tiny_llama, concept_set, build_scorer("logprob-increase"), label=LabelReadout(),
+                                out=tmp_path / "z", progress=False)
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))
 
 
 def test_find_settings_are_checked_when_made():

@@ -209,6 +209,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
     if isinstance(method, Scorer):  # a scorer made by the caller, with its own options
         scorer, method = method, method.name
         s.check_for(method)
+        if label is not None:
+            raise ValueError(f"label= goes to the {method} scorer's constructor when the scorer is given, not to find")
         if s.positions is not None and getattr(scorer, "positions", s.positions) != s.positions:
             raise ValueError(f"positions={s.positions!r} but the {method} scorer given turns neurons off at "
                              f"{scorer.positions!r} positions")

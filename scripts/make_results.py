@@ -521,7 +521,7 @@ def _hate_interventions(docs: Path) -> list[str]:
                                        f"{_rate(rep.row('random', best.k), 'hate_rate')})" if best else
                                        "no top-K set within a perplexity ratio of 1.10") + ".")
     return ["### Zero ablation against dampening (dose-response)\n\n"
-            "The same neurons (the runs share the data, the seed and find's defaults, so the same ranking) turned "
+            "The same neurons (the two runs share the data, the seed and find's defaults, so they rank the same neurons) turned "
             "off two ways; the random K-sets of each are turned off the same way.\n\n"
             "![hate-interventions](img/hate-interventions.png)\n\n" + "\n".join(lines) + "\n"]
 

@@ -59,6 +59,8 @@ STUDIES = {
                      "args": ["hate", "--data", "toxigen", *STUDY_COMMON]},
     "hate-toxigen-dampen": {"title": "ToxiGen, all target groups, dampening (activations x 0.3, AurA-style) instead of zero",
                             "args": ["hate", "--data", "toxigen", "--mode", "dampen", "--alpha", "0.3", *STUDY_COMMON]},
+    "hate-toxigen-davidson": {"title": "ToxiGen, all target groups, with Davidson tweet prefixes as a second prompt source",
+                              "args": ["hate", "--data", "toxigen", "--davidson-prompts", "40", *STUDY_COMMON]},
     "hate-toxigen-groups": {"title": "ToxiGen, generalisation: found on 7 target groups, evaluated on 4 others",
                             "args": ["hate", "--data", "toxigen", "--eval-groups", "jewish,muslim,trans,women",
                                      *STUDY_COMMON]},
@@ -101,6 +103,11 @@ def run(name: str) -> None:
         # the study's run is `neat find` with its defaults on all of ToxiGen: the grid's default cell
         shutil.copytree(ROOT / "results/grid/toxigen/default", out, ignore=shutil.ignore_patterns("evaluation-*.json"))
         print(f"reusing results/grid/toxigen/default as the run of {name}", flush=True)
+    same_run = ROOT / "results" / "hate-toxigen"
+    if name == "hate-toxigen-davidson" and (same_run / "meta.json").exists() and not (out / "meta.json").exists():
+        # the same `neat find` as hate-toxigen (same data, seed and defaults): only the prompts differ
+        shutil.copytree(same_run, out, ignore=shutil.ignore_patterns("hate*.json", ".*"))
+        print(f"reusing results/hate-toxigen as the run of {name}", flush=True)
     if name in EXPERIMENTS and (grid_default / "meta.json").exists() and not (out / "runs" / "neat").exists():
         # the grid's default cell is `neat find` with its defaults on the same data and seed: the very run
         # `neat compare` would make for NEAT, so it is reused rather than swept again
@@ -521,8 +528,8 @@ def _hate_interventions(docs: Path) -> list[str]:
                                        f"{_rate(rep.row('random', best.k), 'hate_rate')})" if best else
                                        "no top-K set within a perplexity ratio of 1.10") + ".")
     return ["### Zero ablation against dampening (dose-response)\n\n"
-            "The same neurons (the two runs share the data, the seed and find's defaults, so they rank the same neurons) turned "
-            "off two ways; the random K-sets of each are turned off the same way.\n\n"
+            "The same neurons (the two runs share the data, the seed and find's defaults, so they rank the same "
+            "neurons) turned off two ways; the random K-sets of each are turned off the same way.\n\n"
             "![hate-interventions](img/hate-interventions.png)\n\n" + "\n".join(lines) + "\n"]
 
 

@@ -473,7 +473,31 @@ def study_sections() -> list[str]:
                         + "\nWhat the numbers say (K = largest):\n\n"
                         + _bias_findings(rep))
     hate += _hate_interventions(docs)
+    bias += _probe_comparison()
     return hate + bias
+
+
+def _probe_comparison() -> list[str]:
+    """CrowS-Pairs with the two probes side by side (all pairs): the prototypical probe (find's b
+    most concept-like fit sentences) against the pair as the probe (the b most stereotype-leaning
+    fit pairs, each neuron scored on the within-pair difference)."""
+    reps = [(probe, BiasReport.from_dict(json.loads(f.read_text()))) for name, probe in
+            (("bias-crows-pairs", "prototypical"), ("bias-crows-pairs-paired", "paired"))
+            if (f := ROOT / "results" / name / "bias.json").exists()]
+    if len(reps) < 2:
+        return []
+    lines = ["### CrowS-Pairs: the prototypical probe against the pair as the probe\n",
+             "All held-out pairs; *toward 50* = points the stereotype score moved toward 50 with the top-K off "
+             "(random: with K random neurons off, mean of 3 sets).\n",
+             "| K | probe | stereotype score after | toward 50 | random | toward 50 (random) | ppl ratio |",
+             "|---|---|---|---|---|---|---|"]
+    rows = {probe: {r.k: r for r in rep.rows if r.bias_type == "all"} for probe, rep in reps}
+    for k in sorted(set.intersection(*(set(v) for v in rows.values()))):
+        for probe, _ in reps:
+            r = rows[probe][k]
+            lines.append(f"| {k} | {probe} | {_score(r.after)} | {_toward(r.before, r.after):+.1f} | "
+                         f"{_score(r.random)} | {_toward(r.before, r.random):+.1f} | {r.ppl_ratio:.3f} |")
+    return ["\n".join(lines) + "\n"]
 
 
 HATE_INTERVENTIONS = (("hate-toxigen", "zero ablation"), ("hate-toxigen-dampen", "dampening, activations x 0.3"))

@@ -419,7 +419,11 @@ def study_sections() -> list[str]:
             "cross-validated *paired accuracy* on the fit pairs: the share of pairs whose stereotypical sentence "
             "scores higher than its own counterpart (`--layer-rule paired`, the default; `concepts/paired.py`), and "
             "reports the same share on the held-out pairs.\n"]
+    last = None
     for name, exp in STUDIES.items():
+        if last == HATE_INTERVENTIONS[-1][0]:
+            hate += _hate_interventions(docs)  # right after the last run it compares
+        last = name
         out = ROOT / "results" / name
         kind = exp["args"][0]
         f = out / f"{kind}.json"
@@ -472,7 +476,6 @@ def study_sections() -> list[str]:
                         + f"\n![{name}](img/{name}.png)\n\n" + _bias_headline(rep)
                         + "\nWhat the numbers say (K = largest):\n\n"
                         + _bias_findings(rep))
-    hate += _hate_interventions(docs)
     bias += _probe_comparison()
     return hate + bias
 

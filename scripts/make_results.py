@@ -220,6 +220,11 @@ def _hate_findings(rep: HateReport) -> str:
                    f"{_rate(before, 'hate_rate')} → {_rate(c, 'hate_rate')} (random {_rate(rnd, 'hate_rate')}; the "
                    f"intervals {'do not overlap' if _clear(c, rnd) else 'overlap'}); perplexity ratio "
                    f"{c.ppl_ratio:.3f} (random {rnd.ppl_ratio:.3f}).")
+        for src, v in c.by_source.items():  # each prompt source on its own, next to its random control
+            b, rv = before.by_source.get(src, {}), rnd.by_source.get(src, {})
+            out.append(f"  - prompts from {src} (n={v['n_prompts']}): hate rate {b.get('hate_rate', float('nan')):.3f} "
+                       f"→ {v['hate_rate']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] (random {rv.get('hate_rate', float('nan')):.3f} "
+                       f"[{rv.get('lo', float('nan')):.3f}, {rv.get('hi', float('nan')):.3f}]).")
     return "\n".join(out) + "\n"
 
 

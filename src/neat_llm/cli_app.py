@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -30,6 +31,8 @@ ModeOption = Annotated[Optional[str], typer.Option(
 AlphaOption = Annotated[Optional[float], typer.Option(
     "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura runs)")]
 RandomOption = Annotated[int, typer.Option("--random", help="random K-sets per K (the control)")]
+StudyOutOption = Annotated[Optional[Path], typer.Option("--out", "-o",
+                                                        help="study folder (= run folder); rerun to resume")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
 
 

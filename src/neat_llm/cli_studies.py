@@ -10,8 +10,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_app import (AlphaOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption, ProbeSizeOption,
-                      RandomOption, SeedOption, _fail, _parse_ks, _quiet_libraries, app, out, resumable)
+from .cli_app import (AlphaOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
+                      ProbeSizeOption, RandomOption, SeedOption, StudyOutOption, _fail, _parse_ks, _quiet_libraries,
+                      app, out, resumable)
 
 
 def _find_settings(layers, probe_size, seed):
@@ -66,7 +67,7 @@ def hate(
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
     seed: SeedOption = 0,
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (= run folder); rerun to resume"),
+    out_dir: StudyOutOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Hate-speech neurons: find them, turn them off, measure on held-out text vs random neurons.
@@ -166,7 +167,7 @@ def bias(
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
     seed: SeedOption = 0,
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (= run folder); rerun to resume"),
+    out_dir: StudyOutOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Social-bias neurons on minimal pairs: stereotype score per bias type, before / after / random.

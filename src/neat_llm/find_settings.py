@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .concepts.label_readout import LabelReadout
 from .concepts.vectors import DEFAULT_READ_TEMPLATE, check_template
-from .records import with_changes
+from .records import Changeable
 from .scoring import SCORERS, Scorer, get_scorer
 
 DEFAULT_PROBE_SIZE = 8
@@ -29,7 +29,7 @@ LABEL_METHODS = ("integrated-gradients", "logprob-increase")  # read the label r
 
 
 @dataclass(frozen=True)
-class FindSettings:
+class FindSettings(Changeable):
     """The settings of one run of ``find_concept_neurons`` (see its docstring for each one's meaning;
     the defaults are the held-out grid's choices, docs/results.md).
 
@@ -56,6 +56,7 @@ class FindSettings:
     batch_size: int = 16
     tokens_per_batch: int = 4096
     max_ppl: float | None = None
+    WHAT = "find setting"  # class attribute (no annotation): not a field
 
     def __post_init__(self) -> None:
         def whole(name: str, lo: int) -> None:
@@ -89,11 +90,6 @@ class FindSettings:
             raise ValueError(f"specificity must be >= 0, got {self.specificity}")
         if self.max_ppl is not None and not self.max_ppl > 1.0:
             raise ValueError(f"max_ppl is a perplexity ratio and must be > 1, got {self.max_ppl}")
-
-    @classmethod
-    def of(cls, settings: FindSettings | None = None, **changes) -> FindSettings:
-        """``settings`` (default: the defaults) with ``changes``; an unknown name is an error that lists the known ones."""
-        return with_changes(cls, settings, "find setting", **changes)
 
     def rule(self, method: str) -> str:
         """The score rule for ``method``."""

@@ -36,3 +36,14 @@ def split_known(cls, options: Mapping) -> tuple[dict, dict]:
     """``options`` split into (fields of ``cls``, the rest)."""
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}
+
+
+class Changeable:
+    """A frozen settings dataclass changed by name: ``Settings.of(base, field=value)`` (base:
+    the defaults when None), checked again. ``WHAT`` names the settings in errors."""
+
+    WHAT = "setting"
+
+    @classmethod
+    def of(cls, base=None, **changes):
+        return with_changes(cls, base, cls.WHAT, **changes)

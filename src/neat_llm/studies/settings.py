@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..concepts.label_readout import LabelReadout
 from ..evaluation.hate import HATE_READOUT
-from ..records import with_changes
+from ..records import Changeable
 
 DEFAULT_KS = (10, 50, 100, 500, 2000)
 MODES = ("zero", "mean", "dampen")
@@ -47,8 +47,10 @@ def _names(v) -> tuple[str, ...] | None:
 
 
 @dataclass(frozen=True)
-class HateStudySettings:
+class HateStudySettings(Changeable):
     """``hate_study``'s settings (see its docstring for each one's meaning)."""
+
+    WHAT = "hate study setting"
 
     data: str = "toxigen"
     data_path: str | Path | None = None
@@ -84,14 +86,13 @@ class HateStudySettings:
             raise ValueError(f"judge must be 'minilm' or 'tfidf', got {self.judge!r}")
         _intervention(self.mode, self.alpha)
 
-    @classmethod
-    def of(cls, settings: HateStudySettings | None = None, **changes) -> HateStudySettings:
-        return with_changes(cls, settings, "hate study setting", **changes)
 
 
 @dataclass(frozen=True)
-class BiasStudySettings:
+class BiasStudySettings(Changeable):
     """``bias_study``'s settings (see its docstring for each one's meaning)."""
+
+    WHAT = "bias study setting"
 
     data: str = "crows-pairs"
     data_path: str | Path | None = None
@@ -124,7 +125,3 @@ class BiasStudySettings:
         if self.probe not in ("prototypical", "paired"):
             raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
         _intervention(self.mode, self.alpha)
-
-    @classmethod
-    def of(cls, settings: BiasStudySettings | None = None, **changes) -> BiasStudySettings:
-        return with_changes(cls, settings, "bias study setting", **changes)

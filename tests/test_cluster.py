@@ -5,7 +5,7 @@ import torch
 
 from conftest import build_tiny, concept_texts
 from neat_llm.concepts.vectors import ConceptReadout
-from neat_llm.interventions import turn_off
+from neat_llm.interventions import Zero, turn_off
 from neat_llm.scoring import ClusterScorer, NeatScorer, ProbeSet, ScoringTask
 from neat_llm.scoring.neat import ProbeCache, group_effects
 from neat_llm.scoring.reference import concept_score_of
@@ -22,7 +22,7 @@ def test_group_ablation_equals_full_forward(kind, tokenizer):
     masks = torch.zeros(len(groups), m.d_ff)
     for i, g in enumerate(groups):
         masks[i, g] = 1
-    got = group_effects(m, cache, 0, 2, masks, torch.zeros(m.d_ff), tokens_per_batch=16)
+    got = group_effects(m, cache, 0, 2, masks, Zero().block_affine(0, m.d_ff), tokens_per_batch=16)
     clean = concept_score_of(m, pos[0], 2, vec)
     for i, g in enumerate(groups):
         with turn_off(m, [(0, k) for k in g]):

@@ -21,7 +21,7 @@ from neat_llm.evaluation.hate import HateData, evaluate_hate
 from neat_llm.evaluation.perplexity import (mean_token_loglik, mean_token_logliks_along, perplexities_along,
                                             perplexity)
 from neat_llm.evaluation.removal import concept_scores, concept_scores_along, evaluate_removal
-from neat_llm.interventions import Condition, Intervention, conditions_along_batch
+from neat_llm.interventions import Condition, Dampen, Mean, Transport, Zero, conditions_along_batch
 
 TEXTS = ["the rain came over the town today", "a cake and bread stayed", "the wind moved over the hills"]
 
@@ -31,8 +31,17 @@ def _conditions(model) -> list[Condition]:
     means = torch.randn(model.n_layers, model.d_ff, generator=g)
     a = NeuronSelection(((0, 3), (1, 7), (2, 5)))
     b = NeuronSelection(((2, 5), (2, 6), (0, 1), (1, 0)), alphas=(0.5, 0.0, 0.9, 0.25))
-    return [Condition(BEFORE), Condition("zero", a), Condition("mean", a, Intervention("mean", means)),
-            Condition("dampen-own", b, Intervention("dampen")), Condition("dampen-half", a, Intervention("dampen", alpha=0.5))]
+    return [Condition(BEFORE), Condition("zero", a), Condition("mean", a, Mean(means)),
+            Condition("dampen-own", b, Dampen()), Condition("dampen-half", a, Dampen(0.5))]
+
+
+def _every_type(model) -> list[Condition]:
+    """``_conditions`` and a transported selection: one condition of every intervention type."""
+    g = torch.Generator().manual_seed(5)
+    b = NeuronSelection(((2, 5), (2, 6), (0, 1), (1, 0)))
+    return _conditions(model) + [Condition("transport", b, Transport(
+        1 + 0.5 * torch.randn(model.n_layers, model.d_ff, generator=g),
+        torch.randn(model.n_layers, model.d_ff, generator=g), 0.7, "linear"))]
 
 
 def _plain(model, cond: Condition):
@@ -46,7 +55,7 @@ def _plain(model, cond: Condition):
 @pytest.mark.parametrize("kind", FAMILY_KINDS)
 def test_conditions_along_the_batch_equal_turn_off_every_family(kind, tokenizer):
     model = build_tiny(kind, tokenizer)
-    conds = _conditions(model)
+    conds = _every_type(model)
     enc = model.encode(TEXTS)
     with torch.inference_mode():
         with conditions_along_batch(model, conds) as G:
@@ -72,12 +81,12 @@ def test_conditions_along_the_batch_refuse_a_batch_that_does_not_split(tiny_llam
         with conditions_along_batch(tiny_llama, [Condition("bad", NeuronSelection(((0, tiny_llama.d_ff),)))]):
             pass
     with pytest.raises(ValueError, match="dampening needs a factor"):
-        Condition("d", NeuronSelection(((0, 1),)), Intervention("dampen"))
+        Condition("d", NeuronSelection(((0, 1),)), Dampen())
 
 
 # --- every measure along the batch equals the measure under turn_off ----------------------------
 def test_each_measure_along_the_batch_equals_one_condition_at_a_time(tiny_llama):
-    model, conds = tiny_llama, _conditions(tiny_llama)
+    model, conds = tiny_llama, _every_type(tiny_llama)
     pos, neg = concept_texts(6)
     ev = ConceptSet.from_texts(pos, neg, name="weather")
     readout = ConceptReadout(2, torch.randn(model.d_model, generator=torch.Generator().manual_seed(1)), pool="last")
@@ -174,20 +183,20 @@ def test_run_conditions_groups_resumes_and_checks(tiny_llama, tmp_path):
 def test_study_conditions_match_the_random_control_rules(tiny_llama):
     means = torch.ones(tiny_llama.n_layers, tiny_llama.d_ff)
     top = NeuronSelection(((0, 1), (1, 2)), means=means, alphas=(0.2, 0.4))
-    zero = study_conditions(tiny_llama, {2: top}, Intervention("zero"), n_random=3, seed=4)
+    zero = study_conditions(tiny_llama, {2: top}, Zero(), n_random=3, seed=4)
     t, rand = zero[2]
     assert t.name == "concept-k2" and [r.name for r in rand] == ["random-k2-s0", "random-k2-s1", "random-k2-s2"]
     assert [r.selection.neurons for r in rand] == [s.neurons for s in random_selections(tiny_llama, 2, 3, 4)]
-    own = study_conditions(tiny_llama, {2: top}, Intervention("dampen"), n_random=1)[2][1][0]
+    own = study_conditions(tiny_llama, {2: top}, Dampen(), n_random=1)[2][1][0]
     assert own.selection.alphas == (0.2, 0.4)  # the top set lends its factors in rank order
-    mean = study_conditions(tiny_llama, {2: top}, Intervention("mean", means), n_random=1)[2][1][0]
+    mean = study_conditions(tiny_llama, {2: top}, Mean(means), n_random=1)[2][1][0]
     assert mean.intervention.mode == "mean" and mean.intervention.means is means
-    none = study_conditions(tiny_llama, {2: top}, Intervention("zero"), n_random=1, random_ks=[])[2][1]
+    none = study_conditions(tiny_llama, {2: top}, Zero(), n_random=1, random_ks=[])[2][1]
     assert none == []
     with pytest.raises(ValueError, match="n_random"):
-        study_conditions(tiny_llama, {2: top}, Intervention("zero"), n_random=0)
+        study_conditions(tiny_llama, {2: top}, Zero(), n_random=0)
     with pytest.raises(ValueError, match="distinct neurons"):
-        study_conditions(tiny_llama, {3: top}, Intervention("zero"), n_random=1)
+        study_conditions(tiny_llama, {3: top}, Zero(), n_random=1)
 
 
 class _Judge:

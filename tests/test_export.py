@@ -75,7 +75,7 @@ def test_a_missing_folder_name_is_not_sent_to_the_hub(monkeypatch, tmp_path):
 
 
 # --- the intervention file ----------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["zero", "mean", "dampen"])
+@pytest.mark.parametrize("mode", ["zero", "mean", "dampen", "transport"])
 def test_spec_round_trip_applies_like_the_run(tiny_llama, run, tmp_path, mode):
     alpha = 0.3 if mode == "dampen" else None
     spec = spec_from_run(run, 7, mode, alpha)
@@ -95,12 +95,15 @@ def test_spec_round_trip_applies_like_the_run(tiny_llama, run, tmp_path, mode):
         assert n0.value == pytest.approx(float(run.contrast_means[n0.layer, n0.index]))
     if mode == "dampen":
         assert all(n.value == 0.3 for n in again.neurons)
+    if mode == "transport":  # beta is the value, omega beside it
+        assert n0.value == pytest.approx(float(run.contrast_means[n0.layer, n0.index] - run.positive_means[n0.layer, n0.index]))
+        assert n0.omega == 1.0 and again.settings == {"strength": 1.0, "kind": "mean"}
 
 
 def test_spec_matches_its_json_schema(run, tmp_path):
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed (make setup installs it)")
     schema = json.loads(SCHEMA.read_text())
-    for mode in ("zero", "mean"):
+    for mode in ("zero", "mean", "transport"):
         jsonschema.validate(spec_from_run(run, 5, mode).to_dict(), schema)
     bad = spec_from_run(run, 5).to_dict()
     bad["neurons"][0]["layer"] = "three"
@@ -145,10 +148,11 @@ def test_baked_checkpoint_equals_turn_off_every_family(kind, tokenizer, tmp_path
                                                       torch.randint(0, model.d_ff, (9,), generator=g))})
     means = torch.randn(model.n_layers, model.d_ff, generator=g)
     sel = nl.NeuronSelection(neurons, means=means, alphas=tuple(0.1 * (i % 10) for i in range(len(neurons))))
-    for mode in ("zero", "dampen", "mean"):
-        iv = nl.Intervention(mode, means) if mode == "mean" else nl.Intervention(mode)
+    transport = nl.Transport(1 + 0.3 * torch.randn(model.n_layers, model.d_ff, generator=g), means, 0.8, "linear")
+    for mode in ("zero", "dampen", "mean", "transport"):
+        iv = transport if mode == "transport" else nl.Intervention.of(mode, means)
         spec = make_spec(model.model_id, model.family, model.weights_hash, model.n_layers, model.d_ff, sel, iv)
-        if mode == "mean" and kind not in MEAN_OK:
+        if mode in ("mean", "transport") and kind not in MEAN_OK:
             with pytest.raises(ValueError, match="no MLP bias"):
                 baked_model(model, spec)
             continue

@@ -6,6 +6,7 @@ import torch
 
 from conftest import FAMILY_KINDS, build_tiny, close_scores as _close, concept_texts
 from neat_llm.concepts.vectors import ConceptReadout
+from neat_llm.interventions import Mean
 from neat_llm.scoring import NeatScorer, ProbeSet, ReferenceScorer, ScoringTask
 
 
@@ -33,7 +34,7 @@ def test_mean_ablation_and_contrastive_probes_agree(kind, tokenizer):
     means = torch.randn(m.n_layers, m.d_ff) * 0.1
     probes = ProbeSet([pos[0], neg[0]], [1.0, -1.0])
     subset = {0: [0, 5, 17, 47], 2: [3, 9]}
-    task = ScoringTask(readout, probes, layers=[0, 2], neurons=subset, ablation="mean", means=means)
+    task = ScoringTask(readout, probes, layers=[0, 2], neurons=subset, intervention=Mean(means))
     fast = NeatScorer().score(m, task)
     ref = ReferenceScorer().score(m, task)
     _close(fast.scores, ref.scores)

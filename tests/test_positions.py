@@ -9,6 +9,7 @@ import torch
 
 from conftest import FAMILY_KINDS, build_tiny, close_scores as _close, concept_texts
 from neat_llm.concepts.vectors import ConceptReadout
+from neat_llm.interventions import Mean
 from neat_llm.scoring import NeatScorer, ProbeSet, ReferenceScorer, ScoringTask
 from neat_llm.scoring.neat import ProbeCache
 from neat_llm.scoring.positions import ReadPositionCache
@@ -49,7 +50,7 @@ def test_read_position_fallback_equals_reference(kind, tokenizer):
     """Without the KV path every position is re-run with the edit at the last token only."""
     m = build_tiny(kind, tokenizer)
     means = torch.randn(m.n_layers, m.d_ff) * 0.1
-    task = _task(m, layer=1, seed=3, ablation="mean", means=means)
+    task = _task(m, layer=1, seed=3, intervention=Mean(means))
     fb = NeatScorer(tokens_per_batch=40, positions="read", kv_cache=False).score(m, task)
     kv = NeatScorer(positions="read").score(m, task)
     ref = ReferenceScorer(positions="read").score(m, task)

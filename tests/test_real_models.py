@@ -146,7 +146,7 @@ def test_smollm2_baked_checkpoint_equals_turn_off(smollm2, tmp_path):
     texts = [PROBE, "The weather today is mild and the river is calm."]
     enc = smollm2.encode(texts)
     for mode in ("zero", "dampen"):
-        iv = nl.Intervention(mode)
+        iv = nl.Intervention.of(mode)
         spec = make_spec(smollm2.model_id, smollm2.family, smollm2.weights_hash, 30, 1536, sel, iv)
         folder = export_checkpoint(smollm2, spec, tmp_path / mode)
         baked = AutoModelForCausalLM.from_pretrained(folder).eval()

@@ -14,7 +14,7 @@ import neat_llm as nl
 from neat_llm.concepts.representations import neuron_profiles, text_pass
 from neat_llm.concepts.vectors import ConceptReadout, apply_template
 from neat_llm.evaluation import concept_scores, evaluate_removal, perplexity
-from neat_llm.interventions import Intervention, NeuronSelection
+from neat_llm.interventions import Dampen, Mean, NeuronSelection, Zero
 from neat_llm.scoring.fluency import FLUENCY_TEXTS, fluency_cost, loss_effect_first_order
 from neat_llm.scoring.reference import concept_score_of
 from neat_llm.scoring.simple import aura_alpha
@@ -68,8 +68,8 @@ def test_first_order_loss_effect_matches_a_small_finite_change(tiny_llama, mode)
     (v = a + eps (target - a)) changes the NLL by eps x the estimate, up to O(eps^2)."""
     m = tiny_llama
     means = torch.randn(m.n_layers, m.d_ff, generator=torch.Generator().manual_seed(1)) * 0.3
-    iv = {"zero": Intervention("zero"), "mean": Intervention("mean", means),
-          "dampen": Intervention("dampen", alpha=0.25)}[mode]
+    iv = {"zero": Zero(), "mean": Mean(means),
+          "dampen": Dampen(0.25)}[mode]
     est = loss_effect_first_order(m, TEXTS, iv)
     base = _nll(m, TEXTS)
     eps = 1e-3
@@ -108,7 +108,7 @@ def test_specificity_aware_score_is_share_of_gap_minus_lambda_cost(tiny_llama, c
     s_neg = readout.score(text_pass(tiny_llama, readout.apply(split.fit.contrast)).residuals[:, readout.layer])
     gap = float(s_pos.double().mean() - s_neg.double().mean())
     assert aware.meta.params["gap_fit"] == pytest.approx(gap, rel=1e-5)
-    cost = fluency_cost(tiny_llama, split.fit.contrast, Intervention("zero"))
+    cost = fluency_cost(tiny_llama, split.fit.contrast, Zero())
     torch.testing.assert_close(aware.fluency_cost, cost)
     torch.testing.assert_close(aware.scores, plain.scores / gap - 5.0 * cost)
     reloaded = nl.Run.load(tmp_path / "b")
@@ -230,7 +230,7 @@ def test_dampen_multiplies_each_neuron_by_its_factor(tiny_llama):
         with nl.turn_off(m, [(0, 1)], mode="dampen"):
             pass
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        Intervention("dampen", alpha=1.5)
+        Dampen(1.5)
 
 
 def test_dampened_random_sets_borrow_the_top_sets_factors(tiny_llama, concept_set, tmp_path):

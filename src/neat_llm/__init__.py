@@ -11,7 +11,8 @@
 from .concepts import ConceptSet, ConceptSetError, demo_concept
 from .find import find_concept_neurons
 from .find_settings import FindSettings, build_scorer
-from .interventions import Intervention, InterventionSpec, NeuronSelection, turn_off
+from .interventions import (Dampen, Intervention, InterventionSpec, Mean, NeuronSelection, Transport, Zero,
+                            fit_transport, turn_off)
 from .models import LoadedModel, ModelLoadError, UnsupportedModelError, load_model, wrap
 from .runs import Run, RunError
 
@@ -19,6 +20,6 @@ __version__ = "0.1.0"
 load_run = Run.load
 
 __all__ = ["ConceptSet", "ConceptSetError", "demo_concept", "find_concept_neurons", "FindSettings", "build_scorer",
-           "Intervention", "InterventionSpec",
+           "Intervention", "InterventionSpec", "Zero", "Mean", "Dampen", "Transport", "fit_transport",
            "NeuronSelection", "turn_off", "LoadedModel", "ModelLoadError", "UnsupportedModelError", "load_model", "wrap",
            "Run", "RunError", "load_run"]

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_app import (AlphaOption, JsonOption, LayersOption, ModelOption, ModeOption, ProbeSizeOption,
+from .cli_app import (AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, ProbeSizeOption,
                       RandomOption, SeedOption, _fail, _parse_ks, _quiet_libraries, app, err, out, resumable)
 
 def _model_of_run(run):
@@ -158,16 +158,15 @@ def _evaluate_chosen_k(m, run, cs) -> dict:
     """The K chosen on the fit split within --max-ppl, measured on the eval split against 5 random
     K-sets; written to evaluation.json. Returns {"k_choice", "evaluation"} (evaluation None when no K fits)."""
     from neat_llm.evaluation import evaluate_removal
-    from neat_llm.files import write_text
 
     choice = run.meta.extra["k_choice"]
     if choice["k"] is None:
         return {"k_choice": choice, "evaluation": None}
     iv = run.intervention()
     report = evaluate_removal(m, run.readout(), run.eval_set(cs), {choice["k"]: run.top(choice["k"])},
-                              n_random=5, mode=iv.mode, alpha=iv.alpha)
+                              n_random=5, mode=iv)
     obj = {"run_dir": str(run.run_dir), "method": run.meta.method, **report.to_dict()}
-    write_text(run.run_dir / "evaluation.json", json.dumps(obj, indent=2))
+    run.save_evaluation(obj)
     return {"k_choice": choice, "evaluation": report.to_dict()}
 
 
@@ -226,6 +225,7 @@ def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (
              k: int = typer.Option(50, "--k", help="turn off the top-k neurons"),
              mode: ModeOption = None,
              alpha: AlphaOption = None,
+             strength: StrengthOption = None,
              spec: Optional[Path] = typer.Option(None, "--spec", help="an intervention file (neat export) instead of a run folder: its neurons, mode and values"),
              model: Optional[str] = typer.Option(None, "--model", "-m", help="with --spec: the model (default: the one the file names)"),
              max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
@@ -242,8 +242,8 @@ def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (
             prompt, run_dir = str(run_dir), None
         if run_dir is not None:
             _fail("give a run folder or --spec, not both")
-        if mode is not None or alpha is not None:
-            _fail("an intervention file carries its own mode and values; drop --mode / --alpha")
+        if mode is not None or alpha is not None or strength is not None:
+            _fail("an intervention file carries its own mode and values; drop --mode / --alpha / --strength")
     elif run_dir is None:
         _fail("give a run folder (or --spec FILE)")
     if prompt is None:
@@ -261,7 +261,7 @@ def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (
         else:
             run = nl.Run.load(run_dir)
             m = _model_of_run(run)
-            iv = run.intervention(mode, alpha)
+            iv = run.intervention(mode, alpha, strength)
             what, neurons = f"top-{k} {run.meta.concept_name} neurons", run.top(k)
         before = m.generate(prompt, max_new_tokens, chat=chat)
         with nl.turn_off(m, neurons, iv):
@@ -285,7 +285,9 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            fmt: str = typer.Option("spec", "--format", help="spec (intervention file), hf (the edited model as a Hugging Face checkpoint) or neuronpedia (one JSON line per neuron)"),
            mode: ModeOption = None,
            alpha: AlphaOption = None,
+           strength: StrengthOption = None,
            out_path: Path = typer.Option(..., "--out", "-o", help="the file (spec, neuronpedia) or the new folder (hf)"),
+           force: bool = typer.Option(False, "--force", help="replace an existing spec or neuronpedia file"),
            as_json: JsonOption = False) -> None:
     """Take a run's neurons elsewhere: an intervention file, the edited model as a plain checkpoint,
     or the neurons' evidence for Neuronpedia."""
@@ -300,14 +302,14 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
     try:
         run = nl.Run.load(run_dir)
         if fmt == "neuronpedia":
-            if mode is not None or alpha is not None:
-                _fail("--mode / --alpha do not apply to --format neuronpedia (it exports evidence, not an edit)")
-            path = write_neuronpedia(run, k, out_path)
+            if mode is not None or alpha is not None or strength is not None:
+                _fail("--mode / --alpha / --strength do not apply to --format neuronpedia (it exports evidence, not an edit)")
+            path = write_neuronpedia(run, k, out_path, overwrite=force)
             result = {"format": fmt, "path": str(path), "neurons": k}
         else:
-            s = spec_from_run(run, k, mode, alpha)
+            s = spec_from_run(run, k, mode, alpha, strength)
             if fmt == "spec":
-                path = s.save(out_path)
+                path = s.save(out_path, overwrite=force)
                 result = {"format": fmt, "path": str(path), "neurons": k, "mode": s.mode}
             else:
                 m = _model_of_run(run)
@@ -329,6 +331,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
              n_random: RandomOption = 5,
              mode: ModeOption = None,
              alpha: AlphaOption = None,
+             strength: StrengthOption = None,
              seed: SeedOption = 0,
              concept: Optional[Path] = typer.Option(None, "--concept", help="the run's concept file, if it moved"),
              as_json: JsonOption = False) -> None:
@@ -341,7 +344,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
     from neat_llm.evaluation import evaluate_removal
     from neat_llm.evaluation.removal import BUDGETS
     from neat_llm.concepts.sources import load_concept_source
-    from neat_llm.files import write_text
+    from neat_llm.runs import run_folder_lock
 
     _quiet_libraries()
     ks = _parse_ks(k)
@@ -355,14 +358,17 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
         if src is None:
             _fail("this run did not record where its concept set came from; pass --concept")
         cs = load_concept_source(src)
-        iv = run.intervention(mode, alpha)
-        m = _model_of_run(run)
-        report = evaluate_removal(m, run.readout(), run.eval_set(cs), run.selections(ks),
-                                  n_random=n_random, seed=seed, mode=iv.mode, alpha=iv.alpha)
+        iv = run.intervention(mode, alpha, strength)
+        with run_folder_lock(run.run_dir):  # a second evaluate of the same run is refused at once
+            m = _model_of_run(run)
+            report = evaluate_removal(m, run.readout(), run.eval_set(cs), run.selections(ks),
+                                      n_random=n_random, seed=seed, mode=iv)
+            obj = {"run_dir": str(run.run_dir), "method": run.meta.method, **report.to_dict()}
+            kept = run.save_evaluation(obj)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(str(e))
-    obj = {"run_dir": str(run.run_dir), "method": run.meta.method, **report.to_dict()}
-    write_text(run.run_dir / "evaluation.json", json.dumps(obj, indent=2))
+    if kept is not None and not as_json:
+        out.print(f"the earlier evaluation.json (other settings) is kept as {kept}")
     if as_json:
         print(json.dumps(obj))
         return

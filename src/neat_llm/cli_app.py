@@ -27,9 +27,11 @@ NeuronsSubsetOption = Annotated[Optional[int], typer.Option("--neurons-subset",
                                                             help="score only this many seeded random neurons")]
 SeedOption = Annotated[int, typer.Option("--seed", help="seed of the split, the probes and the random K-sets")]
 ModeOption = Annotated[Optional[str], typer.Option(
-    "--mode", help="zero, mean or dampen (default: the run's own: its ablation, or dampening for aura runs)")]
+    "--mode", help="zero, mean, dampen or transport (default: the run's own: its ablation, or dampening for aura runs)")]
 AlphaOption = Annotated[Optional[float], typer.Option(
     "--alpha", help="dampen: one factor for every neuron (default: each neuron's own, for aura runs)")]
+StrengthOption = Annotated[Optional[float], typer.Option(
+    "--strength", help="transport: how far each neuron is carried toward its contrast-text activations, in [0, 1] (default 1)")]
 RandomOption = Annotated[int, typer.Option("--random", help="random K-sets per K (the control)")]
 StudyOutOption = Annotated[Optional[Path], typer.Option("--out", "-o",
                                                         help="study folder (= run folder); rerun to resume")]
@@ -53,9 +55,19 @@ def resumable(command):
     return run
 
 
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning, as a CLI user reads it: one line, no file name or Python line."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]note:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def _quiet_libraries() -> None:
+    import warnings
+
     import transformers
 
+    warnings.showwarning = _note  # the package's own warnings read as notes, not Python UserWarnings
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -66,7 +78,7 @@ def _quiet_libraries() -> None:
 def _fail(msg: str) -> None:
     from rich.markup import escape
 
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)  # escape: messages may hold [brackets]
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # one line; escape: [brackets]
     raise typer.Exit(2)
 
 

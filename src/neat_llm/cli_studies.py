@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_app import (AlphaOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
+from .cli_app import (AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
                       ProbeSizeOption, RandomOption, SeedOption, StudyOutOption, _fail, _parse_ks, _quiet_libraries,
                       app, out, resumable)
 
@@ -63,6 +63,7 @@ def hate(
     label_no: str = typer.Option(" No", "--label-no", help="label readout: the single-token 'not hateful' answer"),
     mode: ModeOption = None,
     alpha: AlphaOption = None,
+    strength: StrengthOption = None,
     neurons_subset: NeuronsSubsetOption = None,
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
@@ -89,7 +90,7 @@ def hate(
                                      n_random=n_random, max_per_side=max_per_side, max_eval=max_eval,
                                      n_prompts=n_prompts, samples=samples, max_new_tokens=new_tokens,
                                      davidson_prompts=davidson_prompts, classifier_data=classifier_data,
-                                     readout=readout, mode=mode, alpha=alpha, judge=judge, seed=seed)
+                                     readout=readout, mode=mode, alpha=alpha, strength=strength, judge=judge, seed=seed)
         m = nl.load_model(model)
         study = hate_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
@@ -163,6 +164,7 @@ def bias(
     layer_rule: str = typer.Option("paired", "--layer-rule", help="reading layer: best cross-validated paired accuracy on the fit pairs ('paired') or find's P-vs-N AUROC ('auroc')"),
     mode: ModeOption = None,
     alpha: AlphaOption = None,
+    strength: StrengthOption = None,
     neurons_subset: NeuronsSubsetOption = None,
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
@@ -192,7 +194,7 @@ def bias(
         settings = BiasStudySettings(data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
                                      method=method, ks=ks, n_random=n_random, eval_fraction=eval_fraction,
                                      max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
-                                     min_pairs=min_pairs, mode=mode, alpha=alpha, seed=seed, layer_rule=layer_rule,
+                                     min_pairs=min_pairs, mode=mode, alpha=alpha, strength=strength, seed=seed, layer_rule=layer_rule,
                                      templates=templates, probe=probe)
         m = nl.load_model(model)
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))

@@ -298,10 +298,11 @@ def compare_methods(model: LoadedModel, concept: ConceptSet, methods: Sequence[s
             runs[method] = run
             n_scored = int(torch.isfinite(run.scores).sum())
             usable = [k for k in ks if k <= n_scored]
+            own = run.alpha is not None or mode is None  # the run's own intervention (AurA's factors): no shared randoms
             iv = run.intervention(None if run.alpha is not None else mode)
             report = evaluate_removal(model, run.readout(), run.eval_set(concept),
-                                      {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=iv.mode,
-                                      alpha=iv.alpha, random_cache=random_cache if iv.mode == mode else None) if usable else None
+                                      {k: run.top(k) for k in usable}, n_random=n_random, seed=seed, mode=iv,
+                                      random_cache=None if own else random_cache) if usable else None
             fwd, bwd, secs = _scoring_cost(run)
             rows.append(MethodRow(method, str(run.run_dir), n_scored, fwd, bwd, secs, iv.describe(), report))
         agreement_rows: list[AgreementRow] = []

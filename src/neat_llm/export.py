@@ -5,11 +5,12 @@
 - ``hf``: the edited model as a plain Hugging Face checkpoint (safetensors) that anyone loads with
   ``AutoModelForCausalLM.from_pretrained(DIR)``, no neat-llm needed. The intervention is baked into
   the down projection: neuron k's output vector (column k of ``nn.Linear``'s weight, row k of GPT-2's
-  ``Conv1D``) is zeroed (``zero``) or scaled by the neuron's factor (``dampen``); ``mean`` also adds
-  the constant the neuron then contributes, W[:, k] * mean_k, to the down projection's bias. Llama
+  ``Conv1D``) is multiplied by the intervention's scale (0 for ``zero`` and ``mean``, the factor for
+  ``dampen``, (1 - t) + t omega for ``transport``); an intervention that adds a constant (``mean``,
+  ``transport``) also adds W[:, k] * shift_k to the down projection's bias. Llama
   checkpoints get that bias through ``mlp_bias=True`` (the gate and up projections' new biases are
   zero); families whose MLP has no bias option (Mistral, Qwen 2/3, Phi-3, Gemma 1/2/3) cannot hold a
-  constant in a standard checkpoint, so mean ablation is refused there with the way out
+  constant in a standard checkpoint, so mean ablation and transport are refused there with the way out
   (``--mode zero`` / ``dampen``, or the intervention file);
 - ``neuronpedia``: one JSON line per neuron (layer, index, score, mean activation on the positives
   and the contrast texts, top-activating texts with per-token activations), the shape of
@@ -21,6 +22,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -36,12 +38,13 @@ BIAS_VIA_CONFIG = {"llama": "mlp_bias"}  # model_type -> the config switch that 
 HAS_MLP_BIAS = ("gpt2", "gpt_neox")
 
 
-def spec_from_run(run: Run, k: int, mode: str | None = None, alpha: float | None = None) -> InterventionSpec:
+def spec_from_run(run: Run, k: int, mode: str | None = None, alpha: float | None = None,
+                  strength: float | None = None) -> InterventionSpec:
     """The run's top-``k`` neurons as an intervention file, turned off by ``mode`` (default: the
     run's own, as ``neat generate`` and the studies use it)."""
     from . import __version__
 
-    iv = run.intervention(mode, alpha)
+    iv = run.intervention(mode, alpha, strength)
     sel = run.top(k)
     family = next((f for f in FAMILIES if f.name == run.meta.model_family), None)
     if family is None:
@@ -61,11 +64,11 @@ def baked_model(model: LoadedModel, spec: InterventionSpec):
     intervention; ``model`` itself is left as it was."""
     spec.check_model(model)
     cfg = model.hf.config
-    mode = spec.mode
-    needs_bias = mode == "mean"
+    iv = spec.intervention()
+    needs_bias = iv.adds_constant
     model_type = cfg.model_type
     if needs_bias and model_type not in HAS_MLP_BIAS and model_type not in BIAS_VIA_CONFIG:
-        raise ValueError(f"mean ablation sets a neuron to a constant, which the down projection must add as a bias; "
+        raise ValueError(f"{iv.name} adds a constant to a neuron, which the down projection must add as a bias; "
                          f"{model_type} checkpoints have no MLP bias to hold it. Export with --mode zero or dampen, "
                          "or keep the intervention file and apply it with turn_off")
     if needs_bias and model_type in BIAS_VIA_CONFIG and not getattr(cfg, BIAS_VIA_CONFIG[model_type], False):
@@ -85,17 +88,15 @@ def baked_model(model: LoadedModel, spec: InterventionSpec):
         hf = copy.deepcopy(model.hf)
     hf.to(model.device)
     family = model.family
-    with torch.no_grad():
-        for n in spec.neurons:
-            site = get_module(hf, f"{family.blocks}.{n.layer}.{family.site}")
-            col = site.weight[:, n.index] if family.down_layout == "linear" else site.weight[n.index, :]
-            if mode == "mean":
-                site.bias.add_(col * n.value)
-                col.zero_()
-            elif mode == "dampen":
-                col.mul_(n.value)
-            else:
-                col.zero_()
+    sel = spec.selection()
+    with torch.no_grad():  # a -> a * scale + shift: the output column times scale, plus shift x column in the bias
+        for layer, (idx, edit) in iv.edits(sel, spec.n_layers, spec.d_ff).items():
+            site = get_module(hf, f"{family.blocks}.{layer}.{family.site}")
+            for k, scale, shift in zip(idx.tolist(), edit.scale.tolist(), edit.shift.tolist()):
+                col = site.weight[:, k] if family.down_layout == "linear" else site.weight[k, :]
+                if needs_bias:
+                    site.bias.add_(col * shift)
+                col.mul_(scale) if scale != 0 else col.zero_()
     return hf
 
 
@@ -116,6 +117,11 @@ def export_checkpoint(model: LoadedModel, spec: InterventionSpec, out: str | Pat
     model.tokenizer.save_pretrained(tmp)
     write_text(tmp / "neat-export.json", json.dumps({**spec.to_dict(), "baked_into": "down-projection weights"},
                                                      indent=2))
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in tmp.iterdir():  # one mode for every file (save_pretrained writes the weights 0600 through a temp file)
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
     if out.exists():
         out.rmdir()
     tmp.rename(out)  # a folder appears complete or not at all
@@ -147,10 +153,12 @@ def neuronpedia_records(run: Run, k: int) -> list[dict]:
     return out
 
 
-def write_neuronpedia(run: Run, k: int, out: str | Path) -> Path:
+def write_neuronpedia(run: Run, k: int, out: str | Path, *, overwrite: bool = False) -> Path:
     from .files import write_text
 
     out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     write_text(out, "".join(json.dumps(r, allow_nan=False) + "\n"
                             for r in _finite_records(neuronpedia_records(run, k))))
     return out

@@ -21,7 +21,7 @@ from .concepts.vectors import (ConceptReadout, apply_template,
 from .models.loaded import LoadedModel
 from .progress import progress_bar
 from .concepts.examples import EXAMPLES_FILE, neuron_examples
-from .runs import PartialSweep, Run, RunError, RunMeta, run_folder_lock, write_text
+from .runs import PartialSweep, Run, RunError, RunMeta, check_run_folder, run_folder_lock, write_text
 from .interventions import Intervention
 from .find_settings import (DEFAULT_POSITIONS, EFFECT_METHODS, POSITION_METHODS,
                             PROBE_METHODS, SCORE_RULES, FindSettings, build_scorer)
@@ -77,6 +77,9 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
     for part in spec.split(","):
         part = part.strip()
         m = re.fullmatch(r"(\d*)\s*-\s*(\d*)", part)
+        if m and not m.group(1):  # "-3" reads as a negative block (or "the last 3") as easily as "0-3"
+            raise ValueError(f"layer spec {part!r} is ambiguous (block numbers are never negative): write "
+                             f"'0-{m.group(2)}' for blocks 0 to {m.group(2) or n_layers - 1}")
         if m:
             a = int(m.group(1)) if m.group(1) else 0
             b = int(m.group(2)) if m.group(2) else n_layers - 1
@@ -141,7 +144,7 @@ def _check_layers_reach_the_readout(layers: list[int], reading_layer: int, metho
 
 
 def probe_effects(model: LoadedModel, readout: ConceptReadout, positives: list[str], contrast: list[str], sel,
-                  ablation: str, means: torch.Tensor, positions: str,
+                  intervention: Intervention, positions: str,
                   tokens_per_batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean drop of S on the positive probes and on the contrast probes when each neuron of
     ``sel`` alone is turned off (NEAT's exact sweep restricted to those neurons): two
@@ -153,7 +156,7 @@ def probe_effects(model: LoadedModel, readout: ConceptReadout, positives: list[s
     out = []
     for texts in (positives, contrast):
         task = ScoringTask(readout=readout, probes=ProbeSet(list(texts), [1.0 / len(texts)] * len(texts)),
-                           layers=sorted(neurons), neurons=neurons, ablation=ablation, means=means)
+                           layers=sorted(neurons), neurons=neurons, intervention=intervention)
         out.append(NeatScorer(tokens_per_batch, positions=positions).score(model, task).scores)
     return out[0], out[1]
 
@@ -244,6 +247,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
     executor = distributed if distributed is not None else LocalSweep()
     executor.check(scorer)  # Ray missing or a scorer it cannot shard: fail before any work
     run_dir = Path(out) if out is not None else default_run_dir(concept, method)
+    check_run_folder(run_dir)  # a folder of the user's own files: refused before the lock file is made
     with run_folder_lock(run_dir):  # one writer: a second process gets an error, not a mixed folder
         if (run_dir / "meta.json").exists():
             raise RunError(f"{run_dir} already holds a finished run; choose another --out")
@@ -251,7 +255,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
             import warnings
 
             warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s); repeats can land in both "
-                          "the fit and the eval part (use concept.dedupe())", stacklevel=2)
+                          "the fit and the eval part (drop the repeats from the file, or call ConceptSet.dedupe() in Python)", stacklevel=2)
         seconds: dict[str, float] = {}
         passes: dict[str, dict] = {}
 
@@ -260,6 +264,11 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
         split = concept.split(eval_fraction=eval_fraction, seed=seed)
         fit = split.fit
         pos, neg = fit.positives, fit.contrast
+        if probe_pairs is None and probe_size > len(set(pos)):
+            import warnings
+
+            warnings.warn(f"probe size {probe_size}: the fit split has {len(set(pos))} distinct positives, so the probe "
+                          f"batch holds {len(set(pos))} (recorded as the run's probe_size)", stacklevel=2)
         read_pos, read_neg = apply_template(read_template, pos), apply_template(read_template, neg)  # as the model reads them
         with progress_bar("fit texts", len(fit) + len(split.eval), progress) as adv:
             sp = text_pass(model, read_pos, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
@@ -278,6 +287,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
         eval_auroc = float(roc_auc_score(list(split.eval.labels), readout.score(se.residuals[:, layer]).numpy()))
         contrast_means = (sn.neuron_sum / max(sn.n_tokens, 1)).float()
         positive_means = (sp.neuron_sum / max(sp.n_tokens, 1)).float()
+        off = Intervention.of(ablation, contrast_means)  # what a scored neuron becomes
         gap_fit = float(readout.score(sp.residuals[:, layer]).double().mean() - readout.score(sn.residuals[:, layer]).double().mean())
         seconds["concept"] = time.perf_counter() - t0
         passes["concept"] = model.counter.since(c0).as_dict()
@@ -322,7 +332,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
                     side_neurons = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model.n_layers) if ok[l].any()}
                     side_scorer = build_scorer("neat", FindSettings.of(s, positions=positions))
                 task = ScoringTask(readout=readout, probes=side_probes, layers=score_layers if side_neurons is None else
-                                   sorted(side_neurons), neurons=side_neurons, ablation=ablation, means=contrast_means,
+                                   sorted(side_neurons), neurons=side_neurons, intervention=off,
                                    positives=pos, contrast=neg, seed=seed)
                 what = f"{method} sweep" + (f", {side} probes" if len(sides) > 1 else "")
                 outcome = executor.sweep(model, side_scorer, task, partial, progress=progress, what=what)
@@ -340,7 +350,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
         scores, cost = effect, None
         if lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
             t0, c0 = time.perf_counter(), model.counter.snapshot()
-            cost = fluency_cost(model, neg, Intervention.of(ablation, contrast_means), batch_size=8)
+            cost = fluency_cost(model, neg, off, batch_size=8)
             scores = specificity_aware(effect, cost, gap_fit, lam)
             seconds["fluency_cost"] = time.perf_counter() - t0
             passes["fluency_cost"] = model.counter.since(c0).as_dict()
@@ -358,8 +368,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
         if score == "specific" and method == "neat":  # both sides were swept in full
             run.effect_positive, run.effect_contrast = result.scores, results["contrast"].scores
         else:
-            run.effect_positive, run.effect_contrast = probe_effects(model, readout, top_pos, low_neg, sel, ablation,
-                                                                     contrast_means, positions, tokens_per_batch)
+            run.effect_positive, run.effect_contrast = probe_effects(model, readout, top_pos, low_neg, sel, off, positions,
+                                                                     tokens_per_batch)
         seconds["probe_effects"] = time.perf_counter() - t0
         passes["probe_effects"] = model.counter.since(c0).as_dict()
         tokens = {(l, k): top_tokens(model, read_pos, sp, l, k) for l, k in sel.neurons}
@@ -371,7 +381,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
 
             t0, c0 = time.perf_counter(), model.counter.snapshot()
             ranking = run.top(int(torch.isfinite(scores).sum()))
-            k_choice = choose_k(model, readout, fit, ranking, max_ppl, Intervention.of(ablation, contrast_means),
+            k_choice = choose_k(model, readout, fit, ranking, max_ppl, off,
                                 seed=seed, batch_size=batch_size).to_dict()
             seconds["k_choice"] = time.perf_counter() - t0
             passes["k_choice"] = model.counter.since(c0).as_dict()

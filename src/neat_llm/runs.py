@@ -12,6 +12,7 @@
     top.csv             rank, layer, neuron, score, effect, effect_positive, effect_contrast,
                         mean_positive, mean_contrast, fluency_cost, top_tokens (see NeuronRow)
     meta.json           model, data hash, parameters, seed, versions, passes, wall time
+    transport.safetensors  (optional) a fitted transport map: omega, beta [n_layers, d_ff]
     .partial/           finished blocks of an interrupted sweep (removed when the run completes)
 
 A folder is a finished run exactly when meta.json exists (it is written last).
@@ -34,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from .files import atomic_write, write_text
 from .concepts.conceptset import ConceptSet
 from .concepts.vectors import ConceptReadout
-from .interventions import Intervention, NeuronSelection
+from .interventions import Intervention, NeuronSelection, NeuronStats, Transport
 
 FORMAT = 1
 
@@ -44,6 +45,14 @@ class RunError(ValueError):
 
 
 LOCK_FILE = ".lock"
+TRANSPORT_FILE = "transport.safetensors"
+
+
+def _safetensors_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
 _held: dict[str, int] = {}  # run folders this process holds: resolved path -> nesting depth
 _held_guard = threading.Lock()
 
@@ -110,6 +119,25 @@ def run_folder_lock(run_dir: str | Path):
                 d.rmdir()  # the folder it made for a run that failed before writing anything
             except OSError:
                 pass  # not empty: it holds the run (or a resumable part of it)
+
+
+RUN_MARKS = ("meta.json", ".partial", ".hate-partial", ".bias-partial")  # what only a neat run folder holds
+
+
+def check_run_folder(run_dir: str | Path) -> None:
+    """A folder a run may be written into: new, empty, or a neat run folder (finished, or interrupted
+    and resumable). A folder of the user's own files is refused before anything is written, so no
+    ``top.csv`` or ``report.html`` of theirs is ever replaced."""
+    d = Path(run_dir)
+    if d.exists() and not d.is_dir():
+        raise RunError(f"{d} is a file, not a folder; choose a new --out")
+    if not d.is_dir() or any((d / m).exists() for m in RUN_MARKS):
+        return
+    own = sorted(p.name for p in d.iterdir() if p.name != LOCK_FILE)
+    if own:
+        shown = ", ".join(own[:4]) + (f" and {len(own) - 4} more" if len(own) > 4 else "")
+        raise RunError(f"{d} is not a neat run folder and is not empty (it holds {shown}); choose a new --out, "
+                       "nothing was written")
 
 
 @dataclass
@@ -240,16 +268,38 @@ class Run:
         return ConceptReadout(self.meta.reading_layer, self.concept_vector, p.get("vector", "diff-means"),
                               p.get("pool", "last"), p.get("read_template", "{text}"))
 
-    def intervention(self, mode: str | None = None, alpha: float | None = None) -> Intervention:
-        """How the run's neurons are turned off: ``mode`` (zero, mean, dampen) if given, else the run's
-        own: dampening with each neuron's factor for runs that define one (AurA), else its ablation."""
+    def intervention(self, mode: str | None = None, alpha: float | None = None,
+                     strength: float | None = None) -> Intervention:
+        """How the run's neurons are turned off: ``mode`` (zero, mean, dampen, transport) if given,
+        else the run's own: dampening with each neuron's factor for runs that define one (AurA), else
+        its ablation. ``transport`` is the mean map from the run's positive to its contrast means
+        (``strength`` t), unless the folder holds a fitted one (``transport.safetensors``)."""
         if mode is None:
-            mode = "dampen" if self.alpha is not None and alpha is None else self.meta.params.get("ablation", "zero")
-            if alpha is not None:
-                mode = "dampen"
-        if mode == "dampen" and alpha is None and self.alpha is None:
-            raise ValueError(f"dampening needs --alpha: the {self.meta.method} run has no per-neuron factors")
-        return Intervention.of(mode, self.contrast_means, alpha)
+            mode = "dampen" if alpha is not None or self.alpha is not None else self.meta.params.get("ablation", "zero")
+        iv = Intervention.of(mode, alpha=alpha, strength=strength, stats=self.neuron_stats())
+        if iv.uses_selection_factors and self.alpha is None:
+            raise ValueError(f"{iv.name} needs --alpha: the {self.meta.method} run has no per-neuron factors")
+        return iv
+
+    def neuron_stats(self) -> NeuronStats:
+        """What the run knows of every neuron for an intervention: its means, a fitted transport."""
+        return NeuronStats(self.contrast_means, self.positive_means, self.transport())
+
+    def transport(self) -> Transport | None:
+        """The transport fitted for this run (``save_transport``), if the folder holds one."""
+        f = self.run_dir / TRANSPORT_FILE
+        if not f.is_file():
+            return None
+        t = load_file(str(f))
+        meta = _safetensors_meta(f)
+        return Transport(t["omega"], t["beta"], float(meta.get("strength", 1.0)), meta.get("kind", "mean"))
+
+    def save_transport(self, transport: Transport) -> None:
+        """Keep a fitted transport in the run folder (``run.intervention("transport")`` then uses it)."""
+        meta = {"strength": str(transport.strength), "kind": transport.kind}
+        atomic_write(self.run_dir / TRANSPORT_FILE, lambda p: save_file(
+            {"omega": transport.omega.float().contiguous(), "beta": transport.beta.float().contiguous()}, str(p),
+            metadata=meta))
 
     def eval_set(self, concept: ConceptSet) -> ConceptSet:
         """The held-out eval part of ``concept`` exactly as the run split it (same data, fraction, seed)."""
@@ -290,6 +340,25 @@ class Run:
         d = self._json("bias.json")
         return None if d is None else BiasReport.from_dict(d)
 
+    EVALUATION = "evaluation.json"
+    EVALUATION_KEYS = ("mode", "seed", "n_random", "layers_pool")  # with the Ks: what makes two evaluations differ
+
+    def save_evaluation(self, obj: dict) -> Path | None:
+        """Write ``obj`` (a removal report's dict) as evaluation.json, holding the folder's lock (a
+        second writer is refused). An evaluation.json of other settings (other Ks, mode, seed, random
+        sets) is kept beside it as evaluation-N.json, never replaced; returns that path, if any."""
+        with run_folder_lock(self.run_dir):
+            path, kept = self.run_dir / self.EVALUATION, None
+            old = self._json(self.EVALUATION) if path.is_file() else None
+            if old is not None and _evaluation_key(old) != _evaluation_key(obj):
+                n = 1
+                while (self.run_dir / f"evaluation-{n}.json").exists():
+                    n += 1
+                kept = self.run_dir / f"evaluation-{n}.json"
+                os.replace(path, kept)
+            write_text(path, json.dumps(obj, indent=2))
+            return kept
+
     def _json(self, name: str) -> dict | None:
         f = self.run_dir / name
         if not f.is_file():
@@ -326,6 +395,11 @@ class Run:
         t = load_file(str(d / "scores.safetensors"))
         return cls(d, RunMeta(**raw), t["scores"], t["concept_vector"], t["contrast_means"], t["layer_auroc"],
                    pd.read_csv(d / "top.csv"), **{name: t.get(name) for name in cls.OPTIONAL})
+
+
+def _evaluation_key(d: dict) -> tuple:
+    ks = sorted(int(r.get("k", -1)) for r in d.get("rows", []) if isinstance(r, dict))
+    return (tuple(ks), *(json.dumps(d.get(k), sort_keys=True) for k in Run.EVALUATION_KEYS))
 
 
 class PartialSweep:

@@ -163,19 +163,29 @@ class ConceptSet:
     def from_pandas(cls, df: "pd.DataFrame", text: str = "text", label: str = "label", positive=None,
                     contrast=None, name: str = "concept") -> "ConceptSet":
         """``positive``: the label value(s) of positive rows; ``contrast``: the label value(s) of
-        contrast rows (default: every other value). Values compare as strings."""
+        contrast rows (default: every other value). Values compare as strings, after stripping
+        surrounding spaces; a value that differs from a named label only by case is an error (it
+        would silently become a contrast example), which lists the labels found."""
         missing = [c for c in (text, label) if c not in df.columns]
         if missing:
             raise ConceptSetError(f"column(s) {missing} not found; available columns: {list(df.columns)}")
         if positive is None:
             raise ConceptSetError(f"say which value of column {label!r} marks positives "
                                   f"(values: {_values(df[label])})")
-        pos_vals = {str(v) for v in (positive if isinstance(positive, (list, tuple, set)) else [positive])}
-        labels_str = df[label].astype(str)
+        pos_vals = {str(v).strip() for v in (positive if isinstance(positive, (list, tuple, set)) else [positive])}
+        labels_str = df[label].astype(str).str.strip()
         unknown = pos_vals - set(labels_str)
         if unknown:
             raise ConceptSetError(f"positive label(s) {sorted(unknown)} not found in column {label!r} "
                                   f"(values: {_values(df[label])})")
+        named = pos_vals | ({str(v).strip() for v in (contrast if isinstance(contrast, (list, tuple, set)) else [contrast])}
+                            if contrast is not None else set())
+        lower = {v.lower(): v for v in named}
+        for v in sorted(set(labels_str) - named):
+            if v.lower() in lower:
+                raise ConceptSetError(f"column {label!r} holds {v!r}, which differs from the label {lower[v.lower()]!r} "
+                                      f"only by case; name every spelling that is meant (labels found: "
+                                      f"{_values(df[label])})")
         is_pos = labels_str.isin(pos_vals)
         keep = is_pos.copy()
         if contrast is None:  # every other row is a contrast example: a row without a label must not become one
@@ -187,7 +197,7 @@ class ConceptSet:
                                       "left out")
             keep[:] = True
         else:
-            neg_vals = {str(v) for v in (contrast if isinstance(contrast, (list, tuple, set)) else [contrast])}
+            neg_vals = {str(v).strip() for v in (contrast if isinstance(contrast, (list, tuple, set)) else [contrast])}
             unknown = neg_vals - set(labels_str)
             if unknown:
                 raise ConceptSetError(f"contrast label(s) {sorted(unknown)} not found in column {label!r} "

@@ -214,7 +214,7 @@ class BiasMeasure:
 
 
 def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selection_by_k: Mapping[int, NeuronSelection], *,
-                  n_random: int = 3, seed: int = 0, mode: str = "zero",
+                  n_random: int = 3, seed: int = 0, mode: "str | Intervention" = "zero",
                   neuron_pool: Sequence[tuple[int, int]] | None = None, neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
                   n_boot: int = 1000, min_pairs: int = 5, batch_size: int = 16, store: ConditionStore | None = None,
                   on_condition: Callable[[str], None] | None = None, dataset: str = "", lang: str = "",
@@ -227,7 +227,8 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
     if len(pairs) == 0:
         raise ValueError(f"{pairs.name}: no pairs to evaluate")
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
-    conds = study_conditions(model, selection_by_k, Intervention.of(mode, means, alpha), n_random=n_random, seed=seed,
+    iv = Intervention.of(mode, means, alpha)
+    conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed,
                              neuron_pool=neuron_pool)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
@@ -247,7 +248,7 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
             score = [StereotypeScore.of(p[m], n_boot, seed) for p in (pb, pa, pr)]
             rows.append(BiasRow(bias_type=g, k=k, n=int(m.sum()), before=score[0], after=score[1], random=score[2],
                                 ppl_ratio=ppl_a / ppl_b, random_ppl_ratio=ppl_r / ppl_b, n_random=n_random))
-    return BiasReport(dataset=dataset, lang=lang, method=method, mode=mode, n_eval_pairs=len(pairs), ppl_before=ppl_b,
+    return BiasReport(dataset=dataset, lang=lang, method=method, mode=iv.name, n_eval_pairs=len(pairs), ppl_before=ppl_b,
                       rows=rows, passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
                       settings=BiasSettings(n_random=n_random, seed=seed, n_boot=n_boot, min_pairs=min_pairs,
                                             n_neutral=len(neutral_texts)))

@@ -83,9 +83,10 @@ def study_conditions(model: LoadedModel, selection_by_k: Mapping[int, NeuronSele
     """{K: (the top-K condition, its ``n_random`` random K-set conditions)}, checked before any pass.
 
     Random K-sets are drawn from ``neuron_pool`` (else the blocks ``layers_pool``, else the whole
-    model), seeded by (seed, K). They are turned off the way the top-K set is: mean ablation with the
-    same mean activations, dampening with the same factors (a top set dampened by its own factors
-    lends them, in rank order). ``random_ks``: the Ks that get random sets (default all)."""
+    model), seeded by (seed, K). They are turned off the way the top-K set is (the same
+    ``intervention``: mean ablation with the same mean activations, transport with each neuron's own
+    map; a top set dampened by its own factors lends them, in rank order). ``random_ks``: the Ks
+    that get random sets (default all)."""
     if n_random < 1:
         raise ValueError(f"n_random must be at least 1 (the random-neuron control), got {n_random}")
     if not selection_by_k:
@@ -106,22 +107,14 @@ def study_conditions(model: LoadedModel, selection_by_k: Mapping[int, NeuronSele
     means = intervention.means
     if means is None:
         means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
-    if intervention.mode == "mean" and means is None:
-        raise ValueError("mean ablation needs mean activations: pass selections with means (e.g. run.top(k))")
     out = {}
     for k in sorted(selection_by_k):
         sel = selection_by_k[k]
-        if intervention.mode == "mean":
-            top_iv = Intervention("mean", sel.means if sel.means is not None else means)
-            rand_iv = Intervention("mean", means)
-        else:
-            top_iv = rand_iv = intervention
-        top = Condition(concept_name(int(k)), sel, top_iv)
+        top = Condition(concept_name(int(k)), sel, intervention.for_selection(sel))
         rand = []
         if random_ks is None or k in random_ks:
-            lend = sel.alphas if intervention.mode == "dampen" and intervention.alpha is None else None
             for i, s in enumerate(random_selections(model, int(k), n_random, seed, layers_pool, means, neuron_pool)):
-                rand.append(Condition(random_name(int(k), i), s.with_alphas(lend) if lend is not None else s, rand_iv))
+                rand.append(Condition(random_name(int(k), i), intervention.random_selection(sel, s), intervention))
         out[int(k)] = (top, rand)
     return out
 

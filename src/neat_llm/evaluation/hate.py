@@ -249,7 +249,7 @@ def hate_measures(model: LoadedModel, data: HateData, classifier: HateClassifier
 
 
 def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[int, NeuronSelection],
-                  classifier: HateClassifier, *, n_random: int = 3, seed: int = 0, mode: str = "zero",
+                  classifier: HateClassifier, *, n_random: int = 3, seed: int = 0, mode: "str | Intervention" = "zero",
                   neuron_pool: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 20,
                   batch_size: int = 16, readout: LabelReadout = HATE_READOUT, store: ConditionStore | None = None,
                   on_condition: Callable[[str], None] | None = None, dataset: str = "", method: str = "",
@@ -262,7 +262,8 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
     Finished conditions are taken from / saved to ``store``. ``on_condition(name)`` is called after
     each condition (progress)."""
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
-    conds = study_conditions(model, selection_by_k, Intervention.of(mode, means, alpha), n_random=n_random, seed=seed,
+    iv = Intervention.of(mode, means, alpha)
+    conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed,
                              neuron_pool=neuron_pool)
     readout.token_ids(model)  # label words that are not single tokens fail before any work
     t0, c0 = time.perf_counter(), model.counter.snapshot()
@@ -299,7 +300,7 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
         top, rand = conds[k]
         rows.append(row(k, "concept", [top.name]))
         rows.append(row(k, "random", [c.name for c in rand]))
-    return HateReport(dataset=dataset, method=method, mode=mode,
+    return HateReport(dataset=dataset, method=method, mode=iv.name,
                       n_eval={"hate": len(data.hate), "neutral": len(data.neutral)}, n_prompts=len(data.prompts),
                       n_continuations=data.n_continuations,
                       classifier=classifier.quality_dict()["davidson"],

@@ -226,7 +226,7 @@ class RemovalMeasure:
 
 def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: ConceptSet,
                      selection_by_k: Mapping[int, NeuronSelection], *, n_random: int = 5, seed: int = 0,
-                     mode: str = "zero", layers_pool: Sequence[int] | None = None,
+                     mode: "str | Intervention" = "zero", layers_pool: Sequence[int] | None = None,
                      neutral_texts: Sequence[str] | None = None, batch_size: int = 16,
                      neuron_pool: Sequence[tuple[int, int]] | None = None,
                      random_cache: dict[int, list[RemovalEffect]] | None = None,
@@ -239,8 +239,9 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
     Cost: (1 + len(selection_by_k) * (1 + n_random)) passes over eval_set + neutral texts, run
     ``per_batch`` conditions at a time along the batch (``conditions.run_conditions``).
     ``mode``: ``"zero"``, ``"mean"`` (mean ablation uses the selections' ``means``, also for the random
-    sets) or ``"dampen"`` (multiply by ``alpha``, or by each selected neuron's own factor; a random
-    K-set then gets the top-K set's factors, so it is dampened by the same amounts).
+    sets), ``"dampen"`` (multiply by ``alpha``, or by each selected neuron's own factor; a random
+    K-set then gets the top-K set's factors, so it is dampened by the same amounts), or an
+    ``Intervention`` (e.g. a fitted ``Transport``).
     ``neuron_pool``: draw the random K-sets from these neurons (e.g. the subset every method scored).
     ``random_cache``: {K: effects of the random sets}, filled and reused across calls that share the
     model, readout, eval set, mode, seed and pool (``neat compare`` evaluates many methods).
@@ -251,7 +252,7 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
         raise ValueError("neutral_texts is empty; perplexity needs at least one text")
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     intervention = Intervention.of(mode, means, alpha)
-    if mode == "dampen" and alpha is None:
+    if intervention.uses_selection_factors:
         random_cache = None  # the random sets borrow each top set's own factors: nothing to share
     cached = set(random_cache or ())
     conds = study_conditions(model, selection_by_k, intervention, n_random=n_random, seed=seed,
@@ -283,7 +284,7 @@ def evaluate_removal(model: LoadedModel, readout: ConceptReadout, eval_set: Conc
                 random_cache[k] = effects
         rows.append(RemovalAtK.from_effects(k, effect(top.name), effects))
     return RemovalReport(
-        concept=eval_set.name, mode=mode, seed=seed, n_random=n_random,
+        concept=eval_set.name, mode=intervention.name, seed=seed, n_random=n_random,
         layers_pool=pool_layers(model, layers_pool) if layers_pool is not None else None,
         n_eval={"positive": eval_set.n_positive, "contrast": eval_set.n_contrast}, n_neutral=len(neutral),
         auroc_before=before.auroc, gap_before=gap, mean_s_pos_before=float(before.pos.double().mean()),

@@ -1,9 +1,11 @@
 """Turning neurons off: ``with turn_off(model, neurons): ...``.
 
-What a chosen neuron becomes is an ``Intervention`` value (the pyvene idea of interventions as
-types): ``zero`` (a -> 0), ``mean`` (a -> its mean activation over the contrast texts) or
-``dampen`` (a -> alpha * a, one alpha per neuron or one for all; alpha = 0 is ``zero``, alpha = 1
-leaves the neuron alone). Contexts compose (nest them, or add selections with ``+``), work with
+What a chosen neuron becomes is an ``Intervention`` type (the pyvene idea of interventions as
+types): ``Zero`` (a -> 0), ``Mean`` (a -> its mean activation over the contrast texts), ``Dampen``
+(a -> alpha * a, one alpha per neuron or one for all; alpha = 0 is ``Zero``, alpha = 1 leaves the
+neuron alone) or ``Transport`` (a -> (1 - t) a + t (omega a + beta), a per-neuron map from
+concept-text activations to contrast-text activations, fitted by ``fit_transport``). Each is a
+per-neuron affine map and owns its edit, its file record and its baking rule. Contexts compose (nest them, or add selections with ``+``), work with
 ``model.generate`` (every forward, cached decoding included, sees the neurons changed), and are
 always undone on exit.
 
@@ -15,7 +17,10 @@ one-condition reference).
 
 from .apply import conditions_along_batch, turn_off
 from .spec import InterventionSpec, SpecError
-from .values import MODES, Condition, Intervention, NeuronSelection, as_selection
+from .transport import fit_transport
+from .values import (INTERVENTIONS, MODES, BlockEdit, Condition, Dampen, Intervention, Mean, NeuronSelection,
+                     NeuronStats, Transport, Zero, as_selection, check_choice)
 
-__all__ = ["MODES", "Condition", "Intervention", "InterventionSpec", "NeuronSelection", "SpecError", "as_selection",
-           "conditions_along_batch", "turn_off"]
+__all__ = ["INTERVENTIONS", "MODES", "BlockEdit", "Condition", "Dampen", "Intervention", "InterventionSpec", "Mean",
+           "NeuronSelection", "NeuronStats", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "conditions_along_batch",
+           "fit_transport", "turn_off"]

@@ -14,7 +14,7 @@ import torch
 from ..hooks import edit_inputs
 from ..models.loaded import LoadedModel
 from .spec import InterventionSpec
-from .values import MODES, Condition, Intervention, NeuronSelection, as_selection
+from .values import Condition, Intervention, NeuronSelection, as_selection
 
 @contextmanager
 def turn_off(model: LoadedModel, neurons: "NeuronSelection | Iterable[tuple[int, int]] | InterventionSpec | str | os.PathLike",
@@ -37,27 +37,14 @@ def turn_off(model: LoadedModel, neurons: "NeuronSelection | Iterable[tuple[int,
     if isinstance(mode, Intervention):
         iv = mode
     else:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         iv = Intervention.of(mode, means if means is not None else sel.means, alpha)
-    layers = sel.by_layer()
-    for l, ks in layers.items():
-        if not 0 <= l < model.n_layers or any(not 0 <= k < model.d_ff for k in ks):
-            raise ValueError(f"neuron out of range in layer {l}: the model has {model.n_layers} blocks of {model.d_ff}")
-    index = {l: torch.tensor(ks, device=model.device) for l, ks in layers.items()}
-    if iv.mode == "dampen":
-        factor = dict(zip(sel.neurons, iv.factors(sel)))
-        scale = {l: torch.tensor([factor[(l, k)] for k in ks]).to(model.device) for l, ks in layers.items()}
-    else:
-        values = {l: (torch.zeros(len(ks)) if iv.mode == "zero" else iv.means[l, ks].float()).to(model.device)
-                  for l, ks in layers.items()}
+    layers = {l: (idx.to(model.device), e.to(model.device))
+              for l, (idx, e) in iv.edits(sel, model.n_layers, model.d_ff).items()}
 
     def off(layer, x):
         x = x.clone()
-        if iv.mode == "dampen":
-            x[..., index[layer]] = x[..., index[layer]] * scale[layer].to(x.dtype)
-        else:
-            x[..., index[layer]] = values[layer].to(x.dtype)
+        idx, e = layers[layer]
+        x[..., idx] = e.apply(x[..., idx])
         return x
 
     with edit_inputs({l: model.sites[l] for l in layers}, off):

@@ -174,6 +174,34 @@ def _from_pretrained(source: str, *, gguf_file: str | None, dtype, device, trust
     return model, tok, family
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _checked_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _check_device(device) -> None:
+    """A device this machine has, or a ``ModelLoadError`` that says so (no model file is touched)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"device {device!r} is not a device name torch knows ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} asked for, but torch sees no CUDA GPU here (torch "
+                                 f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                                 "device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+
+
 def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
                trust_remote_code: bool = False, check: bool = True, **from_pretrained_kwargs) -> LoadedModel:
     """Load a causal LM for neuron work.
@@ -184,8 +212,9 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
     Hugging Face hub id (needs the network or a filled HF cache). ``check`` runs a no-op hook on
     every neuron site and verifies the logits are unchanged and every site was reached.
     """
-    if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    dtype = _checked_dtype(dtype)
+    if "device_map" not in from_pretrained_kwargs:
+        _check_device(device)  # before any file is read: a missing GPU is not a broken cache
     key = None if name is None else str(name)
     try:
         if key in _DEFAULT_ALIASES or key in _GEMMA_ALIASES or key.endswith(".gguf"):
@@ -201,8 +230,11 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
             try:
                 model, tok, family = _from_pretrained(str(folder), gguf_file=None, dtype=dtype, device=device,
                                                       trust_remote_code=False, **from_pretrained_kwargs)
-            except Exception as err:  # noqa: BLE001  corrupt cache (any reader error): rebuild once
-                log.warning("cached model %s unreadable (%s); rebuilding", folder, err)
+            except Exception as err:  # noqa: BLE001  rebuilt only when the digest proves the cache corrupt
+                if _cache_is_complete(folder) and not _cache_mismatch(folder):
+                    raise  # the cache is intact (other processes may be reading it): the error is not the cache's
+                log.warning("cached model %s unreadable (%s) and its files differ from their digests; rebuilding",
+                            folder, err)
                 shutil.rmtree(folder, ignore_errors=True)
                 folder = gguf_cache_folder(gguf)
                 model, tok, family = _from_pretrained(str(folder), gguf_file=None, dtype=dtype, device=device,

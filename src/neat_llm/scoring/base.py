@@ -3,7 +3,7 @@ with the passes the scorer spent counted by the model's ``PassCounter``.
 
 A scorer says what its work is, apart from running it: ``pending`` (the blocks still to score,
 after filling in what needs no pass) and ``work_units`` (those blocks cut into ``WorkUnit``s on the
-scorer's own batch grid). ``scoring/executor.py`` runs a whole task in this process;
+scorer's own batch grid). ``sweeps.LocalSweep`` runs a whole task in this process;
 ``distributed.py`` runs the work units of a ``shardable`` scorer on a Ray cluster. Options are
 constructor arguments of the scorer (``NeatScorer(tokens_per_batch=..., positions=...)``)."""
 
@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..concepts.vectors import ConceptReadout
+from ..interventions.values import BlockEdit, Intervention, Zero
 from ..models.loaded import LoadedModel, PassCounter
 
 
@@ -41,7 +42,8 @@ class ScoringTask:
     layers: blocks whose neurons are scored (others are NaN = not scored). Neurons in blocks after
         ``readout.layer`` cannot change S and score exactly 0.
     neurons: optional {layer: [neuron indices]} restricting the neurons scored inside a block.
-    ablation: ``"zero"`` sets a = 0; ``"mean"`` sets a to ``means`` [n_layers, d_ff].
+    intervention: what a turned-off neuron becomes (``Zero``, ``Mean``, ``Dampen`` with one alpha,
+        ``Transport``): the same types ``turn_off`` and the evaluations take.
     done: {layer: scores [d_ff]} already finished (resume); on_layer_done(layer, row) is called when
         a block is finished, so a caller can persist it.
     """
@@ -50,8 +52,7 @@ class ScoringTask:
     probes: ProbeSet
     layers: list[int]
     neurons: dict[int, list[int]] | None = None
-    ablation: str = "zero"
-    means: torch.Tensor | None = None
+    intervention: Intervention = field(default_factory=Zero)
     done: dict[int, torch.Tensor] = field(default_factory=dict)
     on_layer_done: Callable[[int, torch.Tensor], None] | None = None
     on_progress: Callable[[int], None] | None = None  # called with the number of neurons just scored
@@ -60,21 +61,17 @@ class ScoringTask:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.ablation not in ("zero", "mean"):
-            raise ValueError(f"ablation must be 'zero' or 'mean', got {self.ablation!r}")
-        if self.ablation == "mean" and self.means is None:
-            raise ValueError("mean ablation needs the neurons' mean activations (means=[n_layers, d_ff])")
+        if not isinstance(self.intervention, Intervention):
+            raise TypeError(f"intervention must be an Intervention (Zero(), Mean(means), ...), got {self.intervention!r}")
 
     def neurons_of(self, layer: int, d_ff: int) -> list[int]:
         if self.neurons is None:
             return list(range(d_ff))
         return list(self.neurons.get(layer, []))
 
-    def value_off(self, layer: int, d_ff: int) -> torch.Tensor:
-        """The value a turned-off neuron takes: [d_ff]."""
-        if self.ablation == "zero":
-            return torch.zeros(d_ff)
-        return self.means[layer].float()
+    def edit_off(self, layer: int, d_ff: int) -> BlockEdit:
+        """What turning a neuron of block ``layer`` off does to it: a -> a * scale + shift, [d_ff] each."""
+        return self.intervention.block_affine(layer, d_ff)
 
     def fit_texts(self, scorer: str) -> tuple[list[str], list[str]]:
         if not self.positives or not self.contrast:

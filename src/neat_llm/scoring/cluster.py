@@ -84,10 +84,10 @@ class ClusterScorer(Scorer):
             self.last_clusters[l] = labels
             n_c = int(labels.max()) + 1
             masks = torch.stack([(labels == c).float() for c in range(n_c)])  # [n_c, d_ff]
-            v_off = task.value_off(l, model.d_ff).to(model.block_device(l), model.dtype)
+            off = task.edit_off(l, model.d_ff).to(model.block_device(l), model.dtype)
             total = torch.zeros(n_c)
             for cache, w in zip(caches, task.probes.weights):
-                total += w * group_effects(model, cache, l, top, masks, v_off, self.tokens_per_batch)
+                total += w * group_effects(model, cache, l, top, masks, off, self.tokens_per_batch)
             ranked += [(float(total[c]), l, c) for c in range(n_c)]
         ranked.sort(key=lambda r: -r[0])
         self.last_cluster_scores = ranked

@@ -7,7 +7,7 @@ language modelling of everything else (punctuation handling, massive activations
     dNLL_T(l, k) ~ (1 / n_tokens(T)) * sum_{x in T} sum_t dNLL(x)/da_{l,k}(x, t) * (v_{l,k}(x, t) - a_{l,k}(x, t))
 
 the first-order estimate of the change of the mean negative log-likelihood per token of T when the
-neuron takes its turned-off value v (0, its mean, or alpha * a). The text sets are the fit
+neuron takes its turned-off value v (0, its mean, alpha * a, or its transported value). The text sets are the fit
 contrast texts of the concept and ``FLUENCY_TEXTS`` (plain English written for this package;
 the perplexity check of the evaluation uses other texts). The absolute value ranks down neurons
 whose removal changes the loss in either direction: the first-order sign is unreliable for the
@@ -30,7 +30,7 @@ import torch
 
 from ..concepts.representations import check_finite, token_batches
 from ..hooks import capture_inputs
-from ..interventions import Intervention
+from ..interventions import Intervention, Zero
 from ..models.loaded import LoadedModel
 
 FLUENCY_TEXTS: tuple[str, ...] = (
@@ -80,9 +80,8 @@ def loss_effect_first_order(model: LoadedModel, texts: Sequence[str], interventi
     texts = list(texts)
     if not texts:
         raise ValueError("the fluency cost needs at least one text")
-    iv = intervention or Intervention("zero")
-    if iv.mode == "dampen" and iv.alpha is None:
-        raise ValueError("the fluency cost of dampening needs one alpha for all neurons")
+    iv = intervention or Zero()
+    edits = [iv.block_affine(l, model.d_ff) for l in range(model.n_layers)]  # refuses dampening without one alpha
     L = model.n_layers
     total = torch.zeros(L, model.d_ff, dtype=torch.float64)
     n_tokens = 0
@@ -111,12 +110,7 @@ def loss_effect_first_order(model: LoadedModel, texts: Sequence[str], interventi
         m = mask[..., None].to(a[0].dtype)
         for l in range(L):
             x = a[l].detach()
-            if iv.mode == "zero":
-                delta = -x
-            elif iv.mode == "mean":
-                delta = iv.means[l].to(x.device, x.dtype) - x
-            else:
-                delta = (float(iv.alpha) - 1.0) * x
+            delta = edits[l].to(x.device, x.dtype).delta(x)  # the change a -> a * scale + shift makes
             contrib = (delta * grads[l] * m).sum((0, 1))
             check_finite(contrib, f"the fluency cost of block {l}")
             total[l] += contrib.double().cpu()

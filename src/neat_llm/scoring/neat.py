@@ -26,6 +26,7 @@ import torch
 
 from ..allocator import keep_freed_memory
 from ..concepts.representations import check_finite
+from ..interventions.values import BlockEdit
 from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
 from ..models.adapters import get_module
 from ..models.loaded import LoadedModel
@@ -177,14 +178,15 @@ class NeatScorer(Scorer):
             row = torch.full((d_ff,), float("nan"))
             if idx:
                 row[idx] = 0.0
-                v_off = task.value_off(l, d_ff).to(model.block_device(l), model.dtype)
+                off = task.edit_off(l, d_ff).to(model.block_device(l), model.dtype)
                 for cache, w in zip(caches, task.probes.weights):
-                    row[idx] += w * self._block_effect(model, cache, l, top, torch.tensor(idx), v_off, task)
+                    row[idx] += w * self._block_effect(model, cache, l, top, torch.tensor(idx), off, task)
             scores[l] = row
             if task.on_layer_done:
                 task.on_layer_done(l, row.clone())
 
-    def _block_effect(self, model, cache: ProbeCache, l: int, top: int, idx: torch.Tensor, v_off, task) -> torch.Tensor:
+    def _block_effect(self, model, cache: ProbeCache, l: int, top: int, idx: torch.Tensor, off: BlockEdit,
+                      task) -> torch.Tensor:
         """S_clean - S_off for each neuron in ``idx`` of block ``l`` on one probe text: [len(idx)]."""
         read = self.positions == "read"
         kv = read and cache.read.kv
@@ -194,13 +196,14 @@ class NeatScorer(Scorer):
         # read position only: every position but the last keeps its clean value
         at = slice(-1, None) if read else slice(None)
         for s in range(0, len(idx), chunk):
-            ks = idx[s:s + chunk].to(v_off.device)
+            ks = idx[s:s + chunk].to(off.scale.device)
             C = len(ks)
             if kv:
-                out[s:s + C] = read_block_effect(model, cache.read, l, top, ks, v_off)
+                out[s:s + C] = read_block_effect(model, cache.read, l, top, ks, off)
             else:
                 if model.family.mlp_output_direct:
-                    shift = v_off[ks][:, None] - cache.acts[l][0][at, ks].T  # [C, T] or [C, 1]
+                    e = off.at(ks)
+                    shift = BlockEdit(e.scale[:, None], e.shift[:, None]).delta(cache.acts[l][0][at, ks].T)  # [C, T or 1]
                     delta = shift[:, :, None] * w_out[ks][:, None, :]  # [C, T or 1, d]
                     if read:
                         h = cache.block_out[l].expand(C, -1, -1).clone()
@@ -208,32 +211,35 @@ class NeatScorer(Scorer):
                     else:
                         h = cache.block_out[l] + delta  # [C, T, d]
                 else:
-                    h = self._rerun_block(model, cache, l, ks, v_off, at)
+                    h = self._rerun_block(model, cache, l, ks, off, at)
                 out[s:s + C] = finish_replicas(model, cache, l, top, h, self.compile)
             if task.on_progress:
                 task.on_progress(C / len(task.probes.texts))
         return out
 
     @staticmethod
-    def _rerun_block(model, cache: ProbeCache, l: int, ks: torch.Tensor, v_off, at: slice = slice(None)) -> torch.Tensor:
+    def _rerun_block(model, cache: ProbeCache, l: int, ks: torch.Tensor, off: BlockEdit,
+                     at: slice = slice(None)) -> torch.Tensor:
         C = len(ks)
         rows = torch.arange(C, device=ks.device)
+        e = off.at(ks)
+        e = BlockEdit(e.scale[:, None], e.shift[:, None])
 
-        def off(_key, x):  # x: [C, T, d_ff]; replica c gets neuron ks[c] turned off at positions ``at``
+        def edit(_key, x):  # x: [C, T, d_ff]; replica c gets neuron ks[c] turned off at positions ``at``
             x = x.clone()
-            x[rows, at, ks] = v_off[ks][:, None].to(x.dtype)
+            x[rows, at, ks] = e.apply(x[rows, at, ks])
             return x
 
         h_in = cache.block_input(l).expand(C, -1, -1).contiguous()  # see finish_replicas on layouts
-        with edit_inputs({l: model.sites[l]}, off):
+        with edit_inputs({l: model.sites[l]}, edit):
             return call_block(model, l, h_in, cache.calls[l])
 
 
 @torch.inference_mode()
-def group_effects(model: LoadedModel, cache: ProbeCache, l: int, top: int, masks: torch.Tensor, v_off: torch.Tensor,
+def group_effects(model: LoadedModel, cache: ProbeCache, l: int, top: int, masks: torch.Tensor, off: BlockEdit,
                   tokens_per_batch: int = 4096) -> torch.Tensor:
     """S_clean - S_off on one probe text when each group of neurons of block ``l`` is turned off
-    together: masks [G, d_ff] (1 = off), v_off [d_ff] the value they take. Returns [G].
+    together: masks [G, d_ff] (1 = off), ``off`` [d_ff] what they become. Returns [G].
     One partial pass per group; the same two paths (fused shift / block re-run) as single neurons."""
     T = cache.n_tokens
     chunk = max(1, tokens_per_batch // T)
@@ -243,14 +249,14 @@ def group_effects(model: LoadedModel, cache: ProbeCache, l: int, top: int, masks
         M = masks[s:s + chunk]  # [C, d_ff]
         C = len(M)
         if model.family.mlp_output_direct:
-            shift = v_off[None, :] - cache.acts[l][0]  # [T, d_ff]
+            shift = off.delta(cache.acts[l][0])  # [T, d_ff]
             h = cache.block_out[l] + (M[:, None, :] * shift[None]) @ model.weight_out(l)  # [C, T, d]
         else:
-            def off(_key, x, M=M):
+            def edit(_key, x, M=M):
                 keep = M[:, None, :].bool()
-                return torch.where(keep, v_off.to(x.dtype), x)
+                return torch.where(keep, off.apply(x), x)
 
-            with edit_inputs({l: model.sites[l]}, off):
+            with edit_inputs({l: model.sites[l]}, edit):
                 h = call_block(model, l, cache.block_input(l).expand(C, -1, -1), cache.calls[l])
         out[s:s + C] = finish_replicas(model, cache, l, top, h)
     return out

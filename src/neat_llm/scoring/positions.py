@@ -25,6 +25,7 @@ import warnings
 
 import torch
 
+from ..interventions.values import BlockEdit
 from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
 from ..models.loaded import LoadedModel
 from .blocks import call_block, replica_drop
@@ -117,24 +118,27 @@ class ReadPositionCache:
 
 
 def read_block_effect(model: LoadedModel, rc: ReadPositionCache, l: int, top: int, ks: torch.Tensor,
-                      v_off: torch.Tensor) -> torch.Tensor:
+                      off: BlockEdit) -> torch.Tensor:
     """S_clean - S_off [C] for neurons ``ks`` [C] of block ``l`` turned off at t* only, through the
     KV-cache path: C one-token replicas through blocks l..top."""
 
     C = len(ks)
     cache = rc.replica_cache(range(l, top + 1), C)
     if model.family.mlp_output_direct:
-        shift = v_off[ks] - rc.acts[l][0, -1, ks]  # [C]
+        shift = off.at(ks).delta(rc.acts[l][0, -1, ks])  # [C]
         h = rc.block_out[l] + shift[:, None, None] * model.weight_out(l)[ks][:, None, :]  # [C, 1, d]
     else:
         rows = torch.arange(C, device=ks.device)
 
-        def off(_key, x):  # x: [C, 1, d_ff]
+        e = off.at(ks)
+        e = BlockEdit(e.scale[:, None], e.shift[:, None])
+
+        def edit(_key, x):  # x: [C, 1, d_ff]
             x = x.clone()
-            x[rows, :, ks] = v_off[ks][:, None].to(x.dtype)
+            x[rows, :, ks] = e.apply(x[rows, :, ks])
             return x
 
-        with edit_inputs({l: model.sites[l]}, off):
+        with edit_inputs({l: model.sites[l]}, edit):
             h = call_block(model, l, rc.block_in[l].expand(C, -1, -1), rc.replay_call(l, C, cache))
     for j in range(l + 1, top + 1):
         h = call_block(model, j, h, rc.replay_call(j, C, cache))

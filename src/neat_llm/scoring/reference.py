@@ -12,8 +12,10 @@ from .base import Scorer, ScoringTask
 
 
 def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Tensor,
-                     off: tuple[int, int, float] | None = None, positions: str = "all", pool: str = "last") -> float:
-    """S(text), optionally with neuron (layer, k) set to value v: off=(l, k, v), at every position
+                     off: tuple[int, int, float] | tuple[int, int, float, float] | None = None, positions: str = "all",
+                     pool: str = "last") -> float:
+    """S(text), optionally with neuron (layer, k) set to value v: off=(l, k, v), or changed to
+    a * scale + shift: off=(l, k, scale, shift), at every position
     (``positions="all"``) or at the read position, the last token, only (``"read"``). S reads the
     residual after block ``layer`` at the last token (``pool="last"``) or its mean over the tokens."""
     enc = model.encode([text])
@@ -23,10 +25,9 @@ def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Te
 
     def set_value(_key, x):
         x = x.clone()
-        if positions == "read":
-            x[:, -1, off[1]] = off[2]
-        else:
-            x[..., off[1]] = off[2]
+        at = (slice(None), slice(-1, None)) if positions == "read" else (Ellipsis,)
+        scale, shift = (0.0, off[2]) if len(off) == 3 else off[2:]
+        x[(*at, off[1])] = x[(*at, off[1])] * scale + shift
         return x
 
     with torch.inference_mode(), capture_outputs({layer: model.blocks[layer]}) as outs, \
@@ -56,11 +57,11 @@ class ReferenceScorer(Scorer):
         r = task.readout
         clean = [concept_score_of(model, t, r.layer, r.vector, pool=r.pool) for t in task.probes.texts]
         for l in task.layers:
-            v_off = task.value_off(l, model.d_ff)
+            e = task.edit_off(l, model.d_ff)
             for k in task.neurons_of(l, model.d_ff):
                 total = 0.0
                 for t, w, s0 in zip(task.probes.texts, task.probes.weights, clean):
-                    total += w * (s0 - concept_score_of(model, t, r.layer, r.vector, (l, k, float(v_off[k])),
+                    total += w * (s0 - concept_score_of(model, t, r.layer, r.vector, (l, k, float(e.scale[k]), float(e.shift[k])),
                                                           self.positions, r.pool))
                 scores[l, k] = total
                 if task.on_progress:

@@ -26,7 +26,7 @@ from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
-from ..runs import Run, run_folder_lock, write_text
+from ..runs import Run, check_run_folder, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
 from .settings import BiasStudySettings
 
@@ -99,6 +99,7 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
         probe_pairs = list(zip(fit.more, fit.less))
         fs = FindSettings.of(fs, score=fs.score or "contrastive")
     out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
+    check_run_folder(out)  # a folder of the user's own files is refused before anything is written
     with run_folder_lock(out):  # one writer per study folder
         paired_cv = None
         if layer_rule == "paired" and fs.reading_layer is None:
@@ -109,8 +110,7 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
         run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, probe_pairs=probe_pairs,
                             progress=progress)
         readout = run.readout()
-        iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
-        mode, alpha = iv.mode, iv.alpha
+        iv = run.intervention(mode, alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
         ev_diffs = pair_differences(model, ev_pairs.more, ev_pairs.less, pool=readout.pool,
                                     template=readout.template)[:, readout.layer]
         eval_paired = paired_accuracy(ev_diffs, readout.vector)
@@ -120,10 +120,10 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
 
         neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "eval": repr(ev), "neutral": neutral}
+                       "n_random": n_random, "seed": seed, "mode": iv.name, "alpha": iv.alpha, **iv.settings(), "eval": repr(ev), "neutral": neutral}
         store = ConditionStore(out / ".bias-partial", fingerprint)
         with condition_progress("bias evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-            report = evaluate_bias(model, ev, run.selections(ks), n_random=n_random, seed=seed, mode=mode, alpha=alpha,
+            report = evaluate_bias(model, ev, run.selections(ks), n_random=n_random, seed=seed, mode=iv,
                                    neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
                                    min_pairs=min_pairs, store=store, on_condition=tick, dataset=items.name, lang=lang,
                                    method=method)

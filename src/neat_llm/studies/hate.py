@@ -27,7 +27,7 @@ from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
-from ..runs import Run, run_folder_lock, write_text
+from ..runs import Run, check_run_folder, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
 from .settings import HateStudySettings
 
@@ -158,10 +158,10 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
 
         encoder = SentenceEncoder(minilm_dir())  # a missing encoder package fails before the long part
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
+    check_run_folder(out)  # a folder of the user's own files is refused before anything is written
     with run_folder_lock(out):  # one writer per study folder
         run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, progress=progress)
-        iv = run.intervention(mode, alpha)  # default: the run's own (its ablation, or AurA's dampening)
-        mode, alpha = iv.mode, iv.alpha
+        iv = run.intervention(mode, alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
 
         if eval_g:
             held = hate_concept(data, data_path, groups=eval_g)
@@ -195,13 +195,13 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
             classifier, second, tfidf_on_fit = tfidf, None, None
         selections = run.selections(ks)
         fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                       "n_random": n_random, "seed": seed, "mode": mode, "alpha": alpha, "data": [hdata.hate, hdata.neutral, hdata.prompts, hdata.prompt_sources], "samples": samples,
+                       "n_random": n_random, "seed": seed, "mode": iv.name, "alpha": iv.alpha, **iv.settings(), "data": [hdata.hate, hdata.neutral, hdata.prompts, hdata.prompt_sources], "samples": samples,
                        "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "judge": judge,
                        "judge_settings": getattr(classifier, "settings", None),
                        "readout": repr(readout)}
         store = ConditionStore(out / ".hate-partial", fingerprint)
         with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-            report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=mode, alpha=alpha,
+            report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=iv,
                                    neuron_pool=neuron_pool(run), max_new_tokens=max_new_tokens, readout=readout, store=store,
                                    on_condition=tick, dataset=concept.name, method=method, second_judge=second)
         if tfidf_on_fit is not None:  # the second opinion measured on the same held-out part of the fit texts

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ..concepts.label_readout import LabelReadout
 from ..evaluation.hate import HATE_READOUT
+from ..interventions import check_choice
 from ..records import Changeable
 
 DEFAULT_KS = (10, 50, 100, 500, 2000)
-MODES = ("zero", "mean", "dampen")
 
 
 def _ks(ks) -> tuple[int, ...]:
@@ -31,15 +31,6 @@ def _at_least(obj, lo: int, *names: str) -> None:
         v = getattr(obj, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
             raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
-
-
-def _intervention(mode: str | None, alpha: float | None) -> None:
-    if mode is not None and mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if alpha is not None and mode not in (None, "dampen"):
-        raise ValueError(f"alpha is a dampening factor; it does not apply to mode {mode!r}")
-    if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
 
 def _names(v) -> tuple[str, ...] | None:
@@ -73,6 +64,7 @@ class HateStudySettings(Changeable):
     readout: LabelReadout = HATE_READOUT
     mode: str | None = None
     alpha: float | None = None
+    strength: float | None = None
     judge: str = "minilm"
     seed: int = 0
 
@@ -84,7 +76,7 @@ class HateStudySettings(Changeable):
         _at_least(self, 0, "davidson_prompts", "seed")
         if self.judge not in ("minilm", "tfidf"):
             raise ValueError(f"judge must be 'minilm' or 'tfidf', got {self.judge!r}")
-        _intervention(self.mode, self.alpha)
+        check_choice(self.mode, self.alpha, self.strength)
 
 
 
@@ -109,6 +101,7 @@ class BiasStudySettings(Changeable):
     min_pairs: int = 5
     mode: str | None = None
     alpha: float | None = None
+    strength: float | None = None
     seed: int = 0
     layer_rule: str = "paired"
     templates: dict | None = None
@@ -124,4 +117,4 @@ class BiasStudySettings(Changeable):
             raise ValueError(f"layer_rule must be 'paired' or 'auroc', got {self.layer_rule!r}")
         if self.probe not in ("prototypical", "paired"):
             raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
-        _intervention(self.mode, self.alpha)
+        check_choice(self.mode, self.alpha, self.strength)

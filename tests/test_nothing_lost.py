@@ -1,0 +1,190 @@
+"""The second new-user trial's faults that lose data or apply a broken file: each refused with a
+clear message before anything is written, or both results kept."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import neat_llm as nl
+from conftest import concept_texts
+from neat_llm.cli import app
+from neat_llm.export import spec_from_run
+from neat_llm.interventions import InterventionSpec, SpecError, turn_off
+from neat_llm.models.loading import ModelLoadError
+from neat_llm.runs import RunError
+
+
+@pytest.fixture(scope="module")
+def run(tiny_llama, tmp_path_factory):
+    pos, neg = concept_texts(8)
+    return nl.find_concept_neurons(tiny_llama, nl.ConceptSet.from_texts(pos, neg, name="w"),
+                                   out=tmp_path_factory.mktemp("r") / "run", progress=False)
+
+
+# --- 1. find --out into a folder of the user's own files --------------------------------------------
+def test_find_refuses_a_folder_of_the_users_own_files(tiny_llama, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "top.csv").write_text("my,own\n1,2\n")
+    pos, neg = concept_texts(6)
+    with pytest.raises(RunError, match="not a neat run folder"):
+        nl.find_concept_neurons(tiny_llama, nl.ConceptSet.from_texts(pos, neg, name="w"), out=mine, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["top.csv"]  # nothing written, not even the lock
+    assert (mine / "top.csv").read_text() == "my,own\n1,2\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is fine
+    got = nl.find_concept_neurons(tiny_llama, nl.ConceptSet.from_texts(pos, neg, name="w"), out=empty, progress=False,
+                                  layers=[0, 1, 2])
+    assert (got.run_dir / "meta.json").is_file()
+
+
+def test_cli_find_into_the_users_folder_exits_2(tiny_model_dir, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("<p>mine</p>")
+    res = CliRunner().invoke(app, ["find", "--model", str(tiny_model_dir), "--out", str(mine), "--layers", "0-1"])
+    assert res.exit_code == 2, res.output
+    assert "not a neat run folder" in res.output and "Traceback" not in res.output
+    assert (mine / "report.html").read_text() == "<p>mine</p>"
+
+
+# --- 2. evaluations of other settings are kept; an existing spec is not replaced --------------------
+def test_an_evaluation_of_other_settings_is_kept_beside_the_new_one(run):
+    a = {"mode": "zero", "seed": 0, "n_random": 2, "rows": [{"k": 10}]}
+    b = {"mode": "zero", "seed": 0, "n_random": 1, "rows": [{"k": 5}]}
+    assert run.save_evaluation(a) is None
+    assert run.save_evaluation(a) is None  # the same settings again: replaced, nothing to keep
+    kept = run.save_evaluation(b)
+    assert kept is not None and json.loads(kept.read_text()) == a
+    assert json.loads((run.run_dir / "evaluation.json").read_text()) == b
+    assert run.save_evaluation(a).name == "evaluation-2.json"
+
+
+def test_a_second_writer_of_an_evaluation_is_refused(run):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from neat_llm.runs import run_folder_lock\n"
+        f"with run_folder_lock({str(run.run_dir)!r}):\n    print('held', flush=True); time.sleep(30)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match="being written by another neat process"):
+            run.save_evaluation({"rows": []})
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_export_refuses_an_existing_file_unless_forced(run, tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text("my notes")
+    res = CliRunner().invoke(app, ["export", str(run.run_dir), "--k", "3", "--out", str(path)])
+    assert res.exit_code == 2 and "exists" in res.output and path.read_text() == "my notes"
+    res = CliRunner().invoke(app, ["export", str(run.run_dir), "--k", "3", "--out", str(path), "--force"])
+    assert res.exit_code == 0, res.output
+    assert InterventionSpec.load(path).neurons[0].rank == 1
+
+
+# --- 3. a load error is not a corrupt cache ------------------------------------------------------------
+def test_a_missing_gpu_is_a_clear_error_that_touches_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+        nl.load_model(device="cuda")
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ModelLoadError, match="dtype must be one of"):
+        nl.load_model(dtype="float8")
+    with pytest.raises(ModelLoadError, match="not a device name"):
+        nl.load_model(device="gpu0")
+
+
+# --- 5. the spec reader is strict and all-or-nothing ---------------------------------------------------
+def _spec(run, mode="mean") -> dict:
+    return spec_from_run(run, 4, mode).to_dict()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d: d["neurons"][0].__setitem__("index", 3.7), "whole number"),
+    (lambda d: d["neurons"][0].__setitem__("index", True), "whole number"),
+    (lambda d: d["neurons"][0].__setitem__("value", float("nan")), "finite"),
+    (lambda d: d["neurons"][0].__setitem__("value", float("inf")), "finite"),
+    (lambda d: d["neurons"][0].__setitem__("value", "abc"), "must be a number"),
+    (lambda d: d["neurons"][0].__setitem__("hook", "blocks.0.mlp.hook_post" if d["neurons"][0]["layer"] else
+                                            "blocks.1.mlp.hook_post"), "not block"),
+    (lambda d: d["neurons"][0].__setitem__("colour", "red"), "unknown field"),
+    (lambda d: d.__setitem__("comment", "x"), "unknown field"),
+    (lambda d: d.__setitem__("version", "1"), "version '1'"),
+    (lambda d: d["model"].__setitem__("n_layers", "3"), "whole number"),
+])
+def test_the_spec_reader_refuses_each_fault(run, change, match):
+    d = _spec(run)
+    change(d)
+    with pytest.raises(SpecError, match=match):
+        InterventionSpec.from_dict(d)
+
+
+def test_the_spec_reader_refuses_nan_written_as_json(run, tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(_spec(run)).replace('"value": ' + json.dumps(_spec(run)["neurons"][0]["value"]),
+                                                   '"value": NaN', 1))
+    with pytest.raises(SpecError, match="NaN"):
+        InterventionSpec.load(path)
+
+
+def test_a_module_of_another_block_is_refused_against_the_model(tiny_llama, run):
+    d = _spec(run)
+    n = d["neurons"][0]
+    n["module"] = n["module"].replace(f".{n['layer']}.", f".{n['layer']}.") + "_x"
+    spec = InterventionSpec.from_dict(d)
+    with pytest.raises(SpecError, match="neuron site is"):
+        with turn_off(tiny_llama, spec):
+            pass
+
+
+def _mutations(d: dict, rng: random.Random) -> dict:
+    """One seeded malformation of a valid spec dict: a field dropped, retyped, or set out of range."""
+    d = json.loads(json.dumps(d))
+    junk = [None, "x", -1, 10 ** 9, 2.5, True, [], {}, float("nan"), float("inf")]
+    where = rng.choice(["top", "model", "intervention", "neuron"])
+    obj = {"top": d, "model": d["model"], "intervention": d["intervention"],
+           "neuron": rng.choice(d["neurons"])}[where]
+    key = rng.choice(sorted(obj))
+    if rng.random() < 0.2:
+        del obj[key]
+    else:
+        obj[key] = rng.choice(junk)
+    return d
+
+
+def test_fuzz_the_spec_reader_never_raises_anything_but_a_spec_error(tiny_llama, run):
+    rng = random.Random(0)
+    with torch.inference_mode():
+        enc = tiny_llama.encode(["the rain came"])
+        clean_logits = tiny_llama.hf(**enc, use_cache=False).logits
+    refused = 0
+    for mode in ("zero", "mean", "dampen", "transport"):
+        base = spec_from_run(run, 4, mode, 0.5 if mode == "dampen" else None).to_dict()
+        for _ in range(60):
+            d = _mutations(base, rng)
+            try:
+                spec = InterventionSpec.from_dict(d)
+            except SpecError:
+                refused += 1
+                continue
+            # what is accepted applies whole or not at all, and leaves no hook behind
+            try:
+                with turn_off(tiny_llama, spec):
+                    pass
+            except (SpecError, ValueError):
+                pass
+            assert not any(s._forward_pre_hooks for s in tiny_llama.sites)
+    with torch.inference_mode():
+        torch.testing.assert_close(tiny_llama.hf(**enc, use_cache=False).logits, clean_logits)
+    assert refused > 150  # nearly every malformation is caught by the reader itself

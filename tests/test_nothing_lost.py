@@ -188,3 +188,24 @@ def test_fuzz_the_spec_reader_never_raises_anything_but_a_spec_error(tiny_llama,
     with torch.inference_mode():
         torch.testing.assert_close(tiny_llama.hf(**enc, use_cache=False).logits, clean_logits)
     assert refused > 150  # nearly every malformation is caught by the reader itself
+
+
+# --- 4, 9: labels and layer specs that would silently mean something else ------------------------
+def test_labels_are_stripped_and_a_case_only_variant_is_refused(tmp_path):
+    from neat_llm.concepts.conceptset import ConceptSetError
+
+    f = tmp_path / "c.csv"
+    f.write_text("text,label\na,insult\nb, insult\nc,insult \nd,kind\ne,kind\n")
+    cs = nl.ConceptSet.from_file(f, positive="insult")
+    assert cs.n_positive == 3 and cs.n_contrast == 2
+    f.write_text("text,label\na,insult\nb,Insult\nc,INSULT \nd,kind\n")
+    with pytest.raises(ConceptSetError, match="only by case"):
+        nl.ConceptSet.from_file(f, positive="insult")
+
+
+def test_an_open_start_layer_range_is_refused():
+    from neat_llm.find import parse_layers
+
+    with pytest.raises(ValueError, match="ambiguous"):
+        parse_layers("-3", 30)
+    assert parse_layers("0-3", 30) == [0, 1, 2, 3] and parse_layers("28-", 30) == [28, 29]

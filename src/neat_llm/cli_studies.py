@@ -47,16 +47,19 @@ def hate(
     positive: str = typer.Option("hate", "--positive", help="(own file) label value(s) of hateful texts"),
     contrast: Optional[str] = typer.Option(None, "--contrast", help="(own file) label value(s) of neutral texts (default: all others)"),
     method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
-    k: str = typer.Option("10,50,100,500,2000", "--k", help="sizes of the top-K sets turned off (a dose-response)"),
+    design: str = typer.Option("prefixes", "--design", help="prefixes (continue the first half of held-out hateful sentences) or demonstrations (lists of held-out statements about a group; METHOD.md section 6: paired vs random, judge set on neutral continuations, judge-free measure)"),
+    k: Optional[str] = typer.Option(None, "--k", help="sizes of the top-K sets turned off (default: 10,50,100,500,2000; demonstrations: 100,500)"),
     n_random: RandomOption = 3,
     fit_groups: Optional[str] = typer.Option(None, "--fit-groups", help="ToxiGen target groups to find the neurons on (default: all but --eval-groups)"),
     eval_groups: Optional[str] = typer.Option(None, "--eval-groups", help="ToxiGen target groups to evaluate on (default: all but --fit-groups)"),
     max_per_side: Optional[int] = typer.Option(None, "--max-per-side", help="seeded cap on fit texts per side"),
     max_eval: Optional[int] = typer.Option(None, "--max-eval", help="seeded cap on held-out texts per side"),
-    n_prompts: int = typer.Option(80, "--prompts", help="hate-prone prompts (first half of held-out hateful sentences) to continue"),
+    n_prompts: Optional[int] = typer.Option(None, "--prompts", help="hate-prone prompts to continue (default 80; demonstrations: 200)"),
+    neutral_prompts: int = typer.Option(50, "--neutral-prompts", help="(demonstrations) neutral demonstration prompts, the control"),
+    per_prompt: int = typer.Option(4, "--per-prompt", help="(demonstrations) held-out statements shown in each prompt"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
     davidson_prompts: int = typer.Option(0, "--davidson-prompts", help="also continue this many prefixes of hate-class Davidson tweets (the judges' test part); rates per source too"),
-    new_tokens: int = typer.Option(20, "--new-tokens", help="tokens sampled per continuation"),
+    new_tokens: Optional[int] = typer.Option(None, "--new-tokens", help="tokens sampled per continuation (default 20; demonstrations: at most 40, ending at the line's end)"),
     classifier_data: Optional[Path] = typer.Option(None, "--classifier-data", help="Davidson labeled_data.csv the judges are trained on"),
     judge: str = typer.Option("minilm", "--judge", help="minilm (MiniLM embeddings + logistic regression; TF-IDF as second opinion) or tfidf"),
     label_yes: str = typer.Option(" Yes", "--label-yes", help="label readout: the single-token 'hateful' answer"),
@@ -80,7 +83,16 @@ def hate(
     from neat_llm.studies import HateStudySettings, hate_study
 
     _quiet_libraries()
-    ks = _parse_ks(k)
+    if design == "demonstrations":
+        if data != "toxigen":
+            _fail("--design demonstrations builds prompts from target groups: it needs --data toxigen")
+        return _demonstration_hate(model, data_path, _parse_ks(k or "100,500"), n_random, fit_groups, eval_groups,
+                                   n_prompts or 200, samples, neutral_prompts, per_prompt, new_tokens or 40, mode, alpha,
+                                   strength, layers, probe_size, seed, out_dir, as_json)
+    if design != "prefixes":
+        _fail(f"--design must be prefixes or demonstrations, got {design!r}")
+    ks = _parse_ks(k or "10,50,100,500,2000")
+    n_prompts, new_tokens = n_prompts or 80, new_tokens or 20
     try:  # every setting is checked here, before the model and the data load
         find = _find_settings(layers, probe_size, seed)
         readout = replace(HATE_READOUT, positive_word=label_yes, negative_word=label_no)
@@ -130,10 +142,62 @@ def hate(
                   f"(hate vs not; Cohen's kappa {r.agreement['kappa']:.3f})")
     out.print("hate / toxic rate: [95% interval], bootstrap over prompts (random: the sets' mean per prompt)")
     for row in r.rows:
+        d = row.vs_random.get("hate_rate")
+        if d:
+            out.print(f"K={row.k}: hate rate of the top-K minus random K-sets, paired per prompt: {d['diff']:+.3f} "
+                      f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], permutation p = {d['p']:.3f}")
+    for row in r.rows:
         if row.by_source:
             out.print(f"K={row.k} {row.condition}: hate rate by prompt source: " + "; ".join(
                 f"{src} {v['hate_rate']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] ({v['n_prompts']} prompts)"
                 for src, v in row.by_source.items()))
+    out.print(f"written to {study.path}")
+
+
+def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups, n_prompts, samples, neutral_prompts,
+                        per_prompt, new_tokens, mode, alpha, strength, layers, probe_size, seed, out_dir, as_json) -> None:
+    """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
+    import neat_llm as nl
+    from neat_llm.studies.demonstrations import demonstration_study
+    from neat_llm.studies.settings import DemonstrationStudySettings
+
+    try:
+        find = _find_settings(layers, probe_size, seed)
+        settings = DemonstrationStudySettings(data_path=data_path, ks=ks, fit_groups=_csv(fit_groups),
+                                              eval_groups=_csv(eval_groups), n_random=n_random, n_prompts=n_prompts,
+                                              samples=samples, n_neutral_prompts=neutral_prompts,
+                                              per_prompt=per_prompt, max_new_tokens=new_tokens, mode=mode, alpha=alpha,
+                                              strength=strength, seed=seed)
+        study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)
+    except (ValueError, OSError, FloatingPointError) as e:
+        _fail(str(e))
+    r = study.report
+    if as_json:
+        print(json.dumps({"path": str(study.path), **r.to_dict()}))
+        return
+    t = Table(title=f"what the model writes: {r.dataset}, {r.method}, {r.intervention}; {r.n_prompts} hate-prone "
+                    f"demonstration prompts x {r.samples} = {r.n_continuations} continuations per condition, "
+                    f"{r.n_neutral_prompts} x {r.neutral_samples} neutral")
+    for col in ("K", "neurons", "hate rate [95%]", "vs random [95%], p", "neutral rate", "next-statement gap",
+                "vs random [95%], p", "ppl ratio"):
+        t.add_column(col, justify="right")
+
+    def vs(row, name):
+        d = row.vs_random.get(name)
+        return "" if d is None else f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p={d['p']:.3f}"
+
+    for row in r.rows:
+        lo, hi = row.hate_rate_ci
+        t.add_row(str(row.k), row.condition if row.condition != "random" else f"random x{row.n_sets}",
+                  f"{row.hate_rate:.3f} [{lo:.3f}, {hi:.3f}]", vs(row, "hate_rate"), f"{row.neutral_hate_rate:.3f}",
+                  f"{row.next_gap:+.3f}", vs(row, "next_gap"), f"{row.ppl_ratio:.3f}")
+    out.print(t)
+    j = r.judge
+    out.print(f"judge: MiniLM + logistic regression on the fit statements; threshold {j['threshold']:.2f} set on "
+              f"{j['calibrated_on']} neutral continuations (rate there {j['neutral_rate_at_threshold']:.3f}); "
+              f"one group left out: AUROC {j['logo_auroc']:.3f}, macro-F1 {j['logo_macro_f1']:.3f}; held-out "
+              f"statements: AUROC {j['heldout_auroc']:.3f}, hate F1 {j['heldout_f1_hate']:.3f} (all-hate "
+              f"{j['heldout_all_hate_f1']:.3f})", soft_wrap=True)
     out.print(f"written to {study.path}")
 
 

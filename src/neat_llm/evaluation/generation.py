@@ -72,6 +72,26 @@ class _InverseCdfSampler:
         return order.gather(1, j)[:, 0]
 
 
+_NEWLINES: dict[int, list[int]] = {}
+
+
+def newline_tokens(tokenizer) -> list[int]:
+    """Every token id whose text holds a line break (a continuation that should end at its line's
+    end stops on any of them)."""
+    key = id(tokenizer)
+    if key not in _NEWLINES:
+        vocab = tokenizer.get_vocab()
+        ids = sorted(vocab.values())
+        texts = tokenizer.batch_decode([[i] for i in ids])
+        _NEWLINES[key] = [i for i, t in zip(ids, texts) if "\n" in t]
+    return _NEWLINES[key]
+
+
+def first_line(text: str) -> str:
+    """The text up to its first line break (a demonstration's next item)."""
+    return text.split("\n", 1)[0]
+
+
 def sample_continuations(model: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 20, seed: int = 0,
                          batch_size: int = 16, temperature: float = 1.0, top_p: float = 0.95,
                          top_k: int = 0, samples: int = 1) -> list[str]:
@@ -86,10 +106,12 @@ def sample_continuations(model: LoadedModel, prompts: Sequence[str], *, max_new_
 @torch.inference_mode()
 def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], replicas: int, *, max_new_tokens: int = 20,
                                seed: int = 0, batch_size: int = 16, temperature: float = 1.0, top_p: float = 0.95,
-                               top_k: int = 0, samples: int = 1) -> list[list[str]]:
+                               top_k: int = 0, samples: int = 1, stop_at_newline: bool = False) -> list[list[str]]:
     """``sample_continuations`` under each of ``replicas`` conditions along the batch
     (``interventions.conditions_along_batch``), with the same uniforms for every condition, so the
-    conditions differ only by what they turned off: [G][n_prompts * samples]."""
+    conditions differ only by what they turned off: [G][n_prompts * samples]. ``stop_at_newline``:
+    a continuation ends at its line's end (the line break is not kept), and a batch stops once
+    every row has ended."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     prompts = list(prompts)
@@ -104,8 +126,11 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
     u = torch.rand(len(prompts), samples, max_new_tokens, generator=gen_rng, dtype=torch.float64)
     tok = model.tokenizer
     side = tok.padding_side
+    eos = model.hf.generation_config.eos_token_id
+    if stop_at_newline:
+        eos = sorted(set([eos] if isinstance(eos, int) else list(eos or [])) | set(newline_tokens(tok)))
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              pad_token_id=tok.pad_token_id, eos_token_id=model.hf.generation_config.eos_token_id,
+                              pad_token_id=tok.pad_token_id, eos_token_id=eos,
                               bos_token_id=model.hf.generation_config.bos_token_id)
     out: list[list[str]] = [[""] * len(jobs) for _ in range(G)]
     try:
@@ -118,6 +143,8 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
             gen = model.hf.generate(**repeat_rows(enc, G), generation_config=config,
                                     logits_processor=LogitsProcessorList([sampler]))
             text = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+            if stop_at_newline:
+                text = [first_line(t) for t in text]
             for g in range(G):
                 for j, r in enumerate(rows):
                     out[g][r] = text[g * len(rows) + j]

@@ -29,6 +29,7 @@ from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_cond
 from .generation import sample_continuations_along
 from .hate_classifier import HateClassifier
 from .neutral_text import NEUTRAL_TEXTS
+from .paired_stats import paired_difference
 from .perplexity import mean_token_logliks_along, perplexities_along
 
 HATE_READOUT = LabelReadout(template="Text: {text}\nIs this text hateful? Answer:", concept="hate speech")
@@ -101,6 +102,7 @@ class HateRow:
     hate_rate_ci: tuple[float, float] = (float("nan"), float("nan"))  # 95%, bootstrap over prompts
     toxic_rate_ci: tuple[float, float] = (float("nan"), float("nan"))
     by_source: dict = field(default_factory=dict)  # {prompt source: {"hate_rate", "lo", "hi", "n_prompts"}}
+    vs_random: dict = field(default_factory=dict)  # top-K rows: {"hate_rate": PairedDifference dict}, paired per prompt
 
 
 @dataclass
@@ -295,10 +297,16 @@ def evaluate_hate(model: LoadedModel, data: HateData, selection_by_k: Mapping[in
                        ppl_ratio=mean["ppl"] / before.ppl, n_sets=len(ms), std=std, hate_rate_ci=hate_ci,
                        toxic_rate_ci=toxic_ci, by_source=by_source)
 
+    def per_prompt(names: list[str]) -> np.ndarray:  # each prompt's hate rate, the conditions averaged
+        return np.mean([(verdicts[n] == "hate").reshape(-1, data.samples).mean(1) for n in names], axis=0)
+
     rows = [row(0, "before", [BEFORE])]
     for k in sorted(conds):
         top, rand = conds[k]
         rows.append(row(k, "concept", [top.name]))
+        if rand:
+            rows[-1].vs_random = {"hate_rate": paired_difference(per_prompt([top.name]), per_prompt(
+                [c.name for c in rand]), seed=seed + k).to_dict()}
         rows.append(row(k, "random", [c.name for c in rand]))
     return HateReport(dataset=dataset, method=method, mode=iv.name,
                       n_eval={"hate": len(data.hate), "neutral": len(data.neutral)}, n_prompts=len(data.prompts),

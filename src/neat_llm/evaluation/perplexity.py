@@ -20,13 +20,16 @@ from ..models.loaded import LoadedModel
 
 @torch.inference_mode()
 def text_logliks_along(model: LoadedModel, texts: Sequence[str], replicas: int,
-                       batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                       batch_size: int = 16, starts: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-likelihood of every text's predicted tokens under each of ``replicas`` conditions
     along the batch, and how many there are: ``(sums [G, N] float64, counts [N] long)`` with
-    sums[g, i] = sum_{t=1}^{T_i-1} log p_g(x_t | x_<t) and counts[i] = T_i - 1."""
+    sums[g, i] = sum_{t=1}^{T_i-1} log p_g(x_t | x_<t) and counts[i] = T_i - 1. ``starts``: count
+    only tokens t >= starts[i] of text i (a continuation after a prompt of starts[i] tokens)."""
     texts = list(texts)
     if not texts:
         raise ValueError("no texts given")
+    if starts is not None and len(starts) != len(texts):
+        raise ValueError(f"{len(starts)} starts for {len(texts)} texts")
     G = replicas
     sums = torch.zeros(G, len(texts), dtype=torch.float64)
     counts = torch.zeros(len(texts), dtype=torch.long)
@@ -39,9 +42,26 @@ def text_logliks_along(model: LoadedModel, texts: Sequence[str], replicas: int,
         ll = z.gather(-1, target[..., None]).squeeze(-1) - z.logsumexp(-1)  # log p(target), no [.., V] log-softmax kept
         ll = ll.reshape(G, len(ids), -1)  # [G, B, T-1]
         m = enc["attention_mask"][:, 1:].bool()  # right padding: target t is real iff mask[t] is set
+        if starts is not None:  # target j is token j + 1: counted from the continuation's first token on
+            first = torch.tensor([max(1, int(starts[i])) for i in ids])
+            m = m & (torch.arange(1, m.shape[1] + 1)[None, :] >= first[:, None]).to(m.device)
         sums[:, ids] = ll.masked_fill(~m, 0.0).double().sum(-1).cpu()
         counts[ids] = m.sum(1).cpu()
     return sums, counts
+
+
+def continuation_logliks_along(model: LoadedModel, prompts: Sequence[str], continuations: Sequence[str],
+                               replicas: int, batch_size: int = 16) -> torch.Tensor:
+    """Mean log-likelihood per token of each continuation given its prompt (the text is
+    prompt + continuation; only the continuation's tokens are scored), per condition: [G, N]."""
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts for {len(continuations)} continuations")
+    starts = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]
+    sums, counts = text_logliks_along(model, [p + c for p, c in zip(prompts, continuations)], replicas, batch_size,
+                                      starts)
+    if (counts == 0).any():
+        raise ValueError("a continuation has no token of its own")
+    return sums / counts
 
 
 def text_logliks(model: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

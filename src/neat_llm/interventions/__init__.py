@@ -18,8 +18,10 @@ one-condition reference).
 from .apply import conditions_along_batch, turn_off
 from .spec import InterventionSpec, SpecError
 from .transport import fit_transport
-from .values import (INTERVENTIONS, MODES, BlockEdit, Condition, Dampen, Intervention, Mean, NeuronSelection,
-                     NeuronStats, Transport, Zero, as_selection, check_choice)
+from .selection import NeuronSelection, as_selection
+from .types import (INTERVENTIONS, MODES, BlockEdit, Dampen, Intervention, Mean, NeuronStats, Transport, Zero,
+                    check_choice)
+from .values import Condition
 
 __all__ = ["INTERVENTIONS", "MODES", "BlockEdit", "Condition", "Dampen", "Intervention", "InterventionSpec", "Mean",
            "NeuronSelection", "NeuronStats", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "conditions_along_batch",

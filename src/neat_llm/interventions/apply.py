@@ -14,7 +14,9 @@ import torch
 from ..hooks import edit_inputs
 from ..models.loaded import LoadedModel
 from .spec import InterventionSpec
-from .values import Condition, Intervention, NeuronSelection, as_selection
+from .selection import NeuronSelection, as_selection
+from .types import Intervention
+from .values import Condition
 
 @contextmanager
 def turn_off(model: LoadedModel, neurons: "NeuronSelection | Iterable[tuple[int, int]] | InterventionSpec | str | os.PathLike",

@@ -25,7 +25,8 @@ import torch
 
 from ..models.adapters import FAMILIES, ModelFamily
 from ..models.loaded import LoadedModel
-from .values import INTERVENTIONS, Intervention, NeuronSelection
+from .selection import NeuronSelection
+from .types import INTERVENTIONS, Intervention
 
 SPEC_FORMAT = "neat-llm/intervention"
 SPEC_VERSION = 1

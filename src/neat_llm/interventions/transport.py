@@ -18,7 +18,7 @@ import torch
 from ..concepts.representations import token_batches
 from ..hooks import capture_inputs
 from ..models.loaded import LoadedModel
-from .values import TRANSPORT_KINDS, Transport
+from .types import TRANSPORT_KINDS, Transport
 
 
 @torch.inference_mode()

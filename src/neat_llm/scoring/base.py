@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..concepts.vectors import ConceptReadout
-from ..interventions.values import BlockEdit, Intervention, Zero
+from ..interventions.types import BlockEdit, Intervention, Zero
 from ..models.loaded import LoadedModel, PassCounter
 
 

@@ -26,7 +26,7 @@ import torch
 
 from ..allocator import keep_freed_memory
 from ..concepts.representations import check_finite
-from ..interventions.values import BlockEdit
+from ..interventions.types import BlockEdit
 from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
 from ..models.adapters import get_module
 from ..models.loaded import LoadedModel

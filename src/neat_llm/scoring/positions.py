@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from ..interventions.values import BlockEdit
+from ..interventions.types import BlockEdit
 from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
 from ..models.loaded import LoadedModel
 from .blocks import call_block, replica_drop

@@ -118,3 +118,40 @@ class BiasStudySettings(Changeable):
         if self.probe not in ("prototypical", "paired"):
             raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
         check_choice(self.mode, self.alpha, self.strength)
+
+
+@dataclass(frozen=True)
+class DemonstrationStudySettings(Changeable):
+    """``demonstration_study``'s settings: the hate study with demonstration prompts (METHOD.md
+    section 6; see its docstring for each one's meaning)."""
+
+    WHAT = "demonstration study setting"
+
+    data_path: str | Path | None = None
+    method: str = "neat"
+    ks: tuple[int, ...] = (100, 500)
+    fit_groups: tuple[str, ...] | None = None
+    eval_groups: tuple[str, ...] | None = None
+    n_random: int = 3
+    n_prompts: int = 200
+    samples: int = 5
+    n_neutral_prompts: int = 50
+    neutral_samples: int = 4
+    per_prompt: int = 4
+    max_new_tokens: int = 40
+    max_neutral_rate: float = 0.10
+    mode: str | None = None
+    alpha: float | None = None
+    strength: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ks", _ks(self.ks))
+        for name in ("fit_groups", "eval_groups"):
+            object.__setattr__(self, name, _names(getattr(self, name)))
+        _at_least(self, 1, "n_random", "n_prompts", "samples", "n_neutral_prompts", "neutral_samples", "per_prompt",
+                  "max_new_tokens")
+        _at_least(self, 0, "seed")
+        if not 0.0 < self.max_neutral_rate < 1.0:
+            raise ValueError(f"max_neutral_rate must lie between 0 and 1, got {self.max_neutral_rate}")
+        check_choice(self.mode, self.alpha, self.strength)

@@ -1,0 +1,206 @@
+"""What the model writes, with power (METHOD.md section 6): demonstration prompts, before / with the
+top-K neurons off / with random K-sets off, every condition drawing the same seeded samples.
+
+Per condition:
+    hate_rate          share of continuations of hate-prone demonstration prompts the statement
+                       judge calls hateful (an empty continuation is not hate)
+    neutral_hate_rate  the same judge on continuations of neutral demonstration prompts (false
+                       alarms; the judge's threshold is set so that "before" is at most 0.10)
+    next_gap           judge-free: mean over hate-prone prompts of log p(held-out hateful next
+                       statement | prompt) - log p(neutral next statement about the group | prompt),
+                       nats per token
+    ppl_ratio          perplexity of neutral text, after / before
+Each top-K row carries ``vs_random`` (top-K minus the mean of its random K-sets, per prompt) and
+``vs_before`` (top-K minus before, per prompt): ``PairedDifference``s of the hate rate and the
+behavioural gap, with a bootstrap interval over prompts and a sign-flip permutation p-value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..interventions import Condition, Intervention, NeuronSelection
+from ..models.loaded import LoadedModel
+from ..records import known
+from .checkpoints import ConditionStore
+from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_conditions
+from .demonstrations import Demonstrations
+from .generation import sample_continuations_along
+from .neutral_text import NEUTRAL_TEXTS
+from .paired_stats import PairedDifference, paired_difference
+from .perplexity import continuation_logliks_along, perplexities_along
+from .statement_judge import StatementJudge
+
+
+@dataclass
+class BehaviourResult:
+    """One condition's raw measurements (kept per condition in the study's store)."""
+
+    hate_continuations: list[str]  # prompt-major: prompt i's sample s at i * samples + s
+    neutral_continuations: list[str]
+    next_gap: list[float]  # per hate-prone prompt
+    ppl: float
+
+
+@dataclass
+class BehaviourMeasure:
+    demos: Demonstrations
+    samples: int = 5
+    neutral_samples: int = 2
+    seed: int = 0
+    max_new_tokens: int = 40
+    batch_size: int = 16
+    neutral_texts: Sequence[str] = NEUTRAL_TEXTS
+
+    def measure(self, model: LoadedModel, replicas: int) -> list[BehaviourResult]:
+        G, d, bs = replicas, self.demos, self.batch_size
+        kw = dict(max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=bs, stop_at_newline=True)
+        hate = sample_continuations_along(model, d.hate_prompts, G, samples=self.samples, **kw)
+        neutral = sample_continuations_along(model, d.neutral_prompts, G, samples=self.neutral_samples, **kw)
+        ll_h = continuation_logliks_along(model, d.hate_prompts, [" " + s.strip() + "\n" for s in d.hate_next], G, bs)
+        ll_n = continuation_logliks_along(model, d.hate_prompts, [" " + s.strip() + "\n" for s in d.neutral_next], G,
+                                          bs)
+        ppls = perplexities_along(model, self.neutral_texts, G, bs)
+        return [BehaviourResult(hate[g], neutral[g], (ll_h[g] - ll_n[g]).tolist(), ppls[g]) for g in range(G)]
+
+    def to_json(self, r: BehaviourResult) -> dict:
+        return asdict(r)
+
+    def from_json(self, data: dict) -> BehaviourResult:
+        return BehaviourResult(**data)
+
+
+@dataclass
+class BehaviourRow:
+    """``before`` (k = 0), ``concept`` (the top-K) or ``random`` (mean over ``n_sets`` random K-sets)."""
+
+    k: int
+    condition: str
+    hate_rate: float
+    hate_rate_ci: tuple[float, float]
+    neutral_hate_rate: float
+    next_gap: float
+    ppl_ratio: float
+    empty_rate: float = float("nan")  # continuations that are an empty line
+    n_sets: int = 1
+    vs_random: dict = field(default_factory=dict)  # {"hate_rate": PairedDifference dict, "next_gap": ...}
+    vs_before: dict = field(default_factory=dict)
+
+
+@dataclass
+class BehaviourReport:
+    dataset: str
+    method: str
+    mode: str
+    intervention: str
+    n_prompts: int
+    samples: int
+    n_neutral_prompts: int
+    neutral_samples: int
+    rows: list[BehaviourRow]
+    judge: dict  # JudgeValidation as a dict
+    passes: dict
+    seconds: float
+    settings: dict = field(default_factory=dict)
+    continuations: dict = field(default_factory=dict, repr=False)  # {condition: {"hate": [...], "neutral": [...]}}
+
+    @property
+    def n_continuations(self) -> int:
+        return self.n_prompts * self.samples
+
+    def row(self, condition: str, k: int = 0) -> BehaviourRow | None:
+        return next((r for r in self.rows if r.condition == condition and r.k == k), None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("continuations")
+        d["n_continuations"] = self.n_continuations
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BehaviourReport":
+        rows = [BehaviourRow(**{k: (tuple(v) if k.endswith("_ci") else v)
+                                for k, v in known(BehaviourRow, r, missing_numbers=True).items()}) for r in d["rows"]]
+        return cls(**{**known(cls, d, skip=("rows", "continuations")), "rows": rows})
+
+
+def _ci(per_prompt: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    boot = per_prompt[rng.integers(0, len(per_prompt), size=(n_boot, len(per_prompt)))].mean(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k: Mapping[int, NeuronSelection],
+                       judge: StatementJudge, *, intervention: "str | Intervention" = "zero", n_random: int = 3,
+                       seed: int = 0, samples: int = 5, neutral_samples: int = 2, max_new_tokens: int = 40,
+                       neuron_pool: Sequence[tuple[int, int]] | None = None, max_neutral_rate: float = 0.10,
+                       store: ConditionStore | None = None, on_condition: Callable[[str], None] | None = None,
+                       per_batch: int = CONDITIONS_PER_BATCH, dataset: str = "", method: str = "",
+                       batch_size: int = 16) -> BehaviourReport:
+    """Measure every condition (finished ones from ``store``), set the judge's threshold on the
+    "before" neutral-prompt continuations, and compare each top-K set with before and with its
+    random K-sets, paired per prompt."""
+    means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
+    iv = Intervention.of(intervention, means)
+    conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
+    t0, c0 = time.perf_counter(), model.counter.snapshot()
+    flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
+    measure = BehaviourMeasure(demos, samples, neutral_samples, seed, max_new_tokens, batch_size)
+    got = run_conditions(model, flat, measure, store=store, per_batch=per_batch, on_condition=on_condition)
+    judge.calibrate(got[BEFORE].neutral_continuations, max_neutral_rate)
+    n = len(demos.hate_prompts)
+
+    def hits(texts: list[str], per: int) -> np.ndarray:  # per prompt: share of its samples judged hate
+        t = list(texts)
+        h = judge.is_hate(t) & np.array([bool(x.strip()) for x in t])
+        return h.reshape(-1, per).mean(1)
+
+    rate = {c: hits(r.hate_continuations, samples) for c, r in got.items()}
+    neutral = {c: float(hits(r.neutral_continuations, neutral_samples).mean()) for c, r in got.items()}
+    gap = {c: np.array(r.next_gap, dtype=float) for c, r in got.items()}
+    empty = {c: float(np.mean([not x.strip() for x in r.hate_continuations])) for c, r in got.items()}
+    ppl0 = got[BEFORE].ppl
+
+    def paired(a: list[str], b: list[str], salt: int) -> dict:  # mean over the a-conditions minus over the b's
+        return {name: paired_difference(np.mean([v[x] for x in a], 0), np.mean([v[x] for x in b], 0),
+                                        seed=seed + salt).to_dict() for name, v in (("hate_rate", rate), ("next_gap", gap))}
+
+    def row(k: int, condition: str, names: list[str], salt: int) -> BehaviourRow:
+        per = np.mean([rate[x] for x in names], 0)
+        return BehaviourRow(k=k, condition=condition, hate_rate=float(per.mean()), hate_rate_ci=_ci(per, seed + salt),
+                            neutral_hate_rate=float(np.mean([neutral[x] for x in names])),
+                            next_gap=float(np.mean([gap[x].mean() for x in names])),
+                            ppl_ratio=float(np.mean([got[x].ppl for x in names]) / ppl0),
+                            empty_rate=float(np.mean([empty[x] for x in names])), n_sets=len(names))
+
+    rows = [row(0, "before", [BEFORE], 0)]
+    for i, k in enumerate(sorted(conds)):
+        top, rand = conds[k]
+        r = row(k, "concept", [top.name], 2 * i + 1)
+        r.vs_before = paired([top.name], [BEFORE], 2 * i + 1)
+        if rand:
+            r.vs_random = paired([top.name], [c.name for c in rand], 2 * i + 2)
+        rows.append(r)
+        if rand:
+            rr = row(k, "random", [c.name for c in rand], 2 * i + 2)
+            rr.vs_before = paired([c.name for c in rand], [BEFORE], 2 * i + 2)
+            rows.append(rr)
+    return BehaviourReport(
+        dataset=dataset, method=method, mode=iv.name, intervention=iv.describe(), n_prompts=n, samples=samples,
+        n_neutral_prompts=len(demos.neutral_prompts), neutral_samples=neutral_samples, rows=rows,
+        judge=asdict(judge.validation) if judge.validation is not None else {"threshold": judge.threshold},
+        passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
+        settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens, "per_batch": per_batch,
+                  "max_neutral_rate": max_neutral_rate, **iv.settings()},
+        continuations={c: {"hate": r.hate_continuations, "neutral": r.neutral_continuations} for c, r in got.items()})
+
+
+def vs_random_of(row: BehaviourRow, measure: str = "hate_rate") -> PairedDifference | None:
+    """The row's paired difference against its random K-sets, typed (None when not measured)."""
+    d = row.vs_random.get(measure)
+    return None if d is None else PairedDifference.from_dict(d)

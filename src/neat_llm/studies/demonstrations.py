@@ -1,0 +1,119 @@
+"""``neat hate --design demonstrations``: the hate study measured on what the model writes, with
+power (METHOD.md section 6). Hate-speech neurons are found on ToxiGen's fit statements (hateful vs
+neutral), turned off (any intervention: zero, mean, dampen, transport), and measured on
+demonstration prompts built from held-out statements only, with a statement judge trained on the
+fit statements and its threshold set on the model's own neutral continuations, against random
+K-sets paired per prompt (``evaluation/behaviour.py``).
+
+The study folder is the run folder; each intervention writes ``behaviour-<intervention>.json`` and
+``behaviour-<intervention>-continuations.json`` beside the run, and keeps finished conditions in
+``.behaviour-partial-<intervention>/`` so an interrupted study resumes."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..concepts.datasets import resolve
+from ..evaluation.behaviour import BehaviourReport, evaluate_behaviour
+from ..evaluation.checkpoints import ConditionStore
+from ..evaluation.demonstrations import Demonstrations, build_demonstrations
+from ..evaluation.statement_judge import train_statement_judge
+from ..find import default_run_dir
+from ..find_settings import FindSettings
+from ..models.loaded import LoadedModel
+from ..records import split_known
+from ..runs import Run, check_run_folder, run_folder_lock, write_text
+from .common import condition_progress, find_or_reuse, neuron_pool
+from .hate import _groups, hate_concept
+from .settings import DemonstrationStudySettings
+
+
+@dataclass
+class DemonstrationStudy:
+    run: Run
+    report: BehaviourReport
+    path: Path
+
+
+def toxigen_groups(data_path) -> dict[str, str]:
+    """{statement: its target group} (a statement listed under several groups keeps the first)."""
+    import pandas as pd
+
+    df = pd.read_json(resolve("toxigen", data_path), lines=True)
+    out: dict[str, str] = {}
+    for t, g in zip(df["text"].astype(str), df["group"].astype(str)):
+        out.setdefault(t, g)
+    return out
+
+
+def _by_group(texts, group_of) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for t in texts:
+        out.setdefault(group_of[t], []).append(t)
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings | None = None, *,
+                        out: str | Path | None = None, progress: bool = True, find: FindSettings | None = None,
+                        neurons: dict[int, list[int]] | None = None, **changes) -> DemonstrationStudy:
+    """Find (or reuse) the ToxiGen hate neurons in ``out`` and measure what the model writes on
+    demonstration prompts with the top-K off, against random K-sets (``settings``; keywords change
+    single settings or find's). ``eval_groups``: evaluate on these target groups, found on the others."""
+    own, find_changes = split_known(DemonstrationStudySettings, changes)
+    s = DemonstrationStudySettings.of(settings, **own)
+    fs = FindSettings.of(find, **find_changes)
+    fit_g, eval_g = _groups(s.data_path, s.fit_groups, s.eval_groups)
+    concept = hate_concept("toxigen", s.data_path, groups=fit_g)
+    from ..evaluation.embedding_judge import SentenceEncoder, minilm_dir
+
+    encoder = SentenceEncoder(minilm_dir())  # a missing encoder package fails before the long part
+    group_of = toxigen_groups(s.data_path)
+    out = Path(out) if out is not None else default_run_dir(concept, f"demo-{s.method}")
+    check_run_folder(out)
+    with run_folder_lock(out):
+        run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, progress=progress)
+        fit = concept.split(eval_fraction=run.meta.params["eval_fraction"], seed=run.meta.seed).fit
+        if eval_g:
+            held = hate_concept("toxigen", s.data_path, groups=eval_g)
+            seen = set(concept.texts)
+            hate, neutral = [t for t in held.positives if t not in seen], [t for t in held.contrast if t not in seen]
+        else:
+            ev = run.eval_set(concept)
+            hate, neutral = list(ev.positives), list(ev.contrast)
+        demos = build_demonstrations(_by_group(hate, group_of), _by_group(neutral, group_of), s.n_prompts,
+                                     s.n_neutral_prompts, s.per_prompt, s.seed)
+        judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
+        iv = run.intervention(s.mode, s.alpha, s.strength)
+        tag = _slug(iv.describe())
+        fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "ks": s.ks,
+                       "n_random": s.n_random, "seed": s.seed, **iv.settings(), "alpha": iv.alpha,
+                       "demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
+                       "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
+        store = ConditionStore(out / f".behaviour-partial-{tag}", fingerprint)
+        n_cond = 1 + len(s.ks) * (1 + s.n_random)
+        with condition_progress("behaviour evaluation", n_cond, store.n_done(), progress) as tick:
+            report = evaluate_behaviour(model, demos, run.selections(s.ks), judge, intervention=iv,
+                                        n_random=s.n_random, seed=s.seed, samples=s.samples,
+                                        neutral_samples=s.neutral_samples, max_new_tokens=s.max_new_tokens,
+                                        neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
+                                        store=store, on_condition=tick, dataset=concept.name, method=s.method)
+        judge.validate_heldout(hate, neutral)
+        report.judge = dict(vars(judge.validation))
+        report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt,
+                               reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)})
+        write_text(out / f"behaviour-{tag}-continuations.json",
+                   json.dumps({"prompts": {"hate": list(demos.hate_prompts), "neutral": list(demos.neutral_prompts)},
+                               **report.continuations}))
+        path = out / f"behaviour-{tag}.json"
+        write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
+    return DemonstrationStudy(run, report, path)
+
+
+__all__ = ["DemonstrationStudy", "Demonstrations", "demonstration_study", "toxigen_groups"]

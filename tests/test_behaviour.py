@@ -1,0 +1,123 @@
+"""What the model writes, with power: demonstration prompts, newline-ended sampling, continuation
+log-likelihoods, the statement judge, paired statistics, and the demonstration study end to end on a
+tiny model with the fixture files (tests/fixtures/study, fictional groups)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neat_llm.evaluation.demonstrations import build_demonstrations, demonstration_prompt
+from neat_llm.evaluation.generation import first_line, sample_continuations_along
+from neat_llm.evaluation.paired_stats import paired_difference
+from neat_llm.evaluation.perplexity import continuation_logliks_along
+
+DATA = Path(__file__).parent / "fixtures" / "study"
+
+
+@pytest.fixture(autouse=True)
+def _data_and_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEAT_LLM_DATA", str(DATA))
+    monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path / "cache"))
+
+
+def test_paired_difference_interval_and_permutation():
+    rng = np.random.default_rng(0)
+    b = rng.random(200)
+    shifted = paired_difference(b - 0.1, b)
+    assert shifted.diff == pytest.approx(-0.1) and shifted.ci == pytest.approx((-0.1, -0.1)) and shifted.p < 0.01
+    assert shifted.excludes_zero
+    noise = paired_difference(b + rng.normal(0, 0.2, 200), b, seed=1)
+    assert noise.ci[0] < 0 < noise.ci[1] and noise.p > 0.05 and not noise.excludes_zero
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference([], [])
+
+
+def test_demonstrations_use_only_the_given_statements_one_group_each():
+    hate = {"a": [f"a hate {i}" for i in range(6)], "b": [f"b hate {i}" for i in range(5)], "c": ["c hate 0"]}
+    neutral = {"a": [f"a ok {i}" for i in range(4)], "b": [f"b ok {i}" for i in range(4)], "c": ["c ok"]}
+    d = build_demonstrations(hate, neutral, n_prompts=6, n_neutral_prompts=4, per_prompt=4, seed=3)
+    assert set(d.hate_groups) == {"a", "b"}  # c has too few hateful statements
+    for p, g, nxt, nn in zip(d.hate_prompts, d.hate_groups, d.hate_next, d.neutral_next):
+        shown = [line[2:] for line in p.split("\n")[:-1]]
+        assert p.endswith("\n-") and len(shown) == 4 and set(shown) <= set(hate[g])
+        assert nxt in hate[g] and nxt not in shown and nn in neutral[g]
+    assert all(set(line[2:] for line in p.split("\n")[:-1]) <= set(neutral[g])
+               for p, g in zip(d.neutral_prompts, d.neutral_groups))
+    assert demonstration_prompt(["x ", "y"]) == "- x\n- y\n-"
+    with pytest.raises(ValueError, match="no target group"):
+        build_demonstrations({"a": ["x"]}, neutral, 2, 2, per_prompt=4)
+
+
+def test_sampling_stops_at_the_line_end_with_the_same_draws(tiny_llama):
+    prompts = ["- the rain came\n- the wind\n-", "- a cake and\n-"]
+    full = sample_continuations_along(tiny_llama, prompts, 2, max_new_tokens=12, seed=5, samples=3)
+    stopped = sample_continuations_along(tiny_llama, prompts, 2, max_new_tokens=12, seed=5, samples=3,
+                                         stop_at_newline=True)
+    assert stopped == [[first_line(t) for t in g] for g in full]
+    assert all("\n" not in t for g in stopped for t in g)
+
+
+def test_continuation_loglik_scores_only_the_continuation(tiny_llama):
+    m = tiny_llama
+    prompts, conts = ["the rain came over", "a cake"], [" the town today", " and bread stayed"]
+    got = continuation_logliks_along(m, prompts, conts, 1)[0]
+    for i, (p, c) in enumerate(zip(prompts, conts)):
+        n_p = len(m.tokenizer(p)["input_ids"])
+        enc = m.encode([p + c])
+        with torch.inference_mode():
+            logp = torch.log_softmax(m.hf(**enc, use_cache=False).logits[0].double(), -1)
+        ids = enc["input_ids"][0]
+        want = torch.stack([logp[t - 1, ids[t]] for t in range(n_p, len(ids))]).mean()
+        assert float(got[i]) == pytest.approx(float(want), abs=1e-5)
+
+
+def test_demonstration_study_end_to_end(tiny_llama, tmp_path):
+    from neat_llm.studies.demonstrations import demonstration_study
+
+    study = demonstration_study(tiny_llama, ks=[2, 5], fit_groups=["hillfolk", "riverfolk"], n_random=2, n_prompts=6,
+                                samples=3, n_neutral_prompts=3, neutral_samples=2, max_new_tokens=6, per_prompt=2,
+                                out=tmp_path / "d", progress=False)
+    r = study.report
+    assert r.settings["eval_groups"] == ["coastfolk"] and r.n_continuations == 18
+    assert [(x.k, x.condition) for x in r.rows] == [(0, "before"), (2, "concept"), (2, "random"), (5, "concept"),
+                                                    (5, "random")]
+    before, top2, rand2 = r.rows[0], r.rows[1], r.rows[2]
+    assert before.ppl_ratio == 1.0 and before.neutral_hate_rate <= 0.10 + 1e-9
+    assert r.judge["calibrated_on"] > 0 and r.judge["logo_groups"] == 2 and r.judge["n_train"] > 0
+    conts = json.loads((tmp_path / "d" / "behaviour-zero-continuations.json").read_text())
+    assert all("\n" not in t for t in conts["before"]["hate"]) and len(conts["before"]["hate"]) == 18
+    assert all(p.endswith("\n-") for p in conts["prompts"]["hate"])
+    # the paired differences are the per-prompt rates' differences, recomputed from the saved verdicts' rates
+    assert top2.vs_random["hate_rate"]["diff"] == pytest.approx(top2.hate_rate - rand2.hate_rate, abs=1e-9)
+    assert top2.vs_before["next_gap"]["diff"] == pytest.approx(top2.next_gap - before.next_gap, abs=1e-9)
+    assert set(top2.vs_random) == {"hate_rate", "next_gap"} and rand2.n_sets == 2
+    saved = json.loads(study.path.read_text())
+    assert saved["mode"] == "zero" and len(saved["rows"]) == 5 and "continuations" not in saved
+    # a second intervention writes beside the first, reusing the run
+    again = demonstration_study(tiny_llama, ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=4,
+                                samples=2, n_neutral_prompts=2, neutral_samples=2, max_new_tokens=4, per_prompt=2, mode="transport",
+                                strength=0.5, out=tmp_path / "d", progress=False)
+    assert again.path.name == "behaviour-transport-mean-strength-0.5.json" and study.path.is_file()
+    assert again.report.mode == "transport"
+
+
+def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from neat_llm.cli import app
+
+    args = ["hate", "--design", "demonstrations", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
+            "--k", "3", "--random", "1", "--prompts", "3", "--samples", "2", "--neutral-prompts", "2",
+            "--per-prompt", "2", "--new-tokens", "4", "--out", str(tmp_path / "d")]
+    res = CliRunner().invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output.strip().splitlines()[-1])
+    assert got["n_continuations"] == 6 and [r["condition"] for r in got["rows"]] == ["before", "concept", "random"]
+    assert set(got["rows"][1]["vs_random"]) == {"hate_rate", "next_gap"}
+    res = CliRunner().invoke(app, ["hate", "--design", "demonstrations", "--data", "davidson"])
+    assert res.exit_code == 2 and "needs --data toxigen" in res.output

@@ -209,3 +209,45 @@ def test_an_open_start_layer_range_is_refused():
     with pytest.raises(ValueError, match="ambiguous"):
         parse_layers("-3", 30)
     assert parse_layers("0-3", 30) == [0, 1, 2, 3] and parse_layers("28-", 30) == [28, 29]
+
+
+# --- 6. another model's tokenizer ------------------------------------------------------------------
+def test_wrap_refuses_a_tokenizer_that_does_not_fit_the_embedding(tokenizer):
+    from conftest import tiny_config
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config("llama")
+    cfg.vocab_size = 200  # fewer rows than the tokenizer has tokens
+    with pytest.raises(ModelLoadError, match="not this model's tokenizer"):
+        nl.wrap(AutoModelForCausalLM.from_config(cfg), tokenizer)
+    cfg.vocab_size = 2000  # a tokenizer that covers under half of the embedding
+    with pytest.raises(ModelLoadError, match="another model's tokenizer"):
+        nl.wrap(AutoModelForCausalLM.from_config(cfg), tokenizer)
+
+
+# --- 8. truncation cuts the text, not the template --------------------------------------------------
+def test_a_long_text_keeps_its_end_and_the_read_template(tiny_llama):
+    long = " ".join(["the rain came over the town"] * 30) + " cake\n"
+    with pytest.warns(UserWarning, match="from the start"):
+        enc = tiny_llama.encode([long])
+    ids = enc["input_ids"][0].tolist()
+    assert ids[-len(tiny_llama.tokenizer(" cake\n")["input_ids"]):] == tiny_llama.tokenizer(" cake\n")["input_ids"]
+
+
+# --- 11. errors in words ------------------------------------------------------------------------------
+def test_os_errors_read_as_words_with_the_path_asked_for(run, tmp_path):
+    import errno
+
+    from neat_llm.cli_app import _said
+    from neat_llm.files import write_text
+
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        write_text(folder, "x")
+    assert _said(e.value) == f"{folder}: it is a folder, not a file" and not list(folder.iterdir())
+    full = _said(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.tmp")))
+    assert "the disk is full" in full and "rerun the same command to resume" in full and "Errno" not in full
+    res = CliRunner().invoke(app, ["export", str(run.run_dir), "--k", "3", "--out", str(folder), "--force"])
+    assert res.exit_code == 2 and "it is a folder, not a file" in res.output and ".tmp" not in res.output

@@ -130,7 +130,7 @@ def find(
                                           distributed=distributed)
             budget = _evaluate_chosen_k(m, run, cs) if max_ppl is not None else None
     except (ValueError, FloatingPointError, OSError) as e:
-        _fail(str(e))
+        _fail(e)
     meta = run.meta
     report = _write_run_report(run.run_dir)
     if as_json:
@@ -209,7 +209,7 @@ def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
     try:
         run = nl.Run.load(run_dir)
     except (ValueError, OSError) as e:
-        _fail(str(e))
+        _fail(e)
     m = run.meta
     k = min(k, m.n_neurons_scored)  # asking for more rows than there are shows them all
     if as_json:
@@ -267,7 +267,7 @@ def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (
         with nl.turn_off(m, neurons, iv):
             after = m.generate(prompt, max_new_tokens, chat=chat)
     except (ValueError, OSError) as e:
-        _fail(str(e))
+        _fail(e)
     if as_json:
         print(json.dumps({"prompt": prompt, "k": len(neurons), "mode": iv.mode, "alpha": iv.alpha, "before": before,
                           "after": after}))
@@ -317,7 +317,7 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
                 diff = check_baked(m, s, path, ["The weather today is", "You are"])
                 result = {"format": fmt, "path": str(path), "neurons": k, "mode": s.mode, "max_logit_diff": diff}
     except (ValueError, OSError) as e:
-        _fail(str(e))
+        _fail(e)
     if as_json:
         print(json.dumps(result))
         return
@@ -366,7 +366,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run folder"),
             obj = {"run_dir": str(run.run_dir), "method": run.meta.method, **report.to_dict()}
             kept = run.save_evaluation(obj)
     except (ValueError, OSError, FloatingPointError) as e:
-        _fail(str(e))
+        _fail(e)
     if kept is not None and not as_json:
         out.print(f"the earlier evaluation.json (other settings) is kept as {kept}")
     if as_json:
@@ -477,7 +477,7 @@ def compare(
                               probe_size=probe_size,
                               agreement_methods=slow_scorers, agreement_subset=agreement_subset)
     except (ValueError, OSError, FloatingPointError) as e:
-        _fail(str(e))
+        _fail(e)
     if as_json:
         print(json.dumps({"out": str(out_dir), "table": json.loads(cmp.table().to_json(orient="records")),
                           "agreement": [a.__dict__ for a in cmp.agreement]}, default=float))
@@ -499,7 +499,7 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="a run folder"),
     try:
         path = write_report(run_dir, out_file)
     except (ValueError, OSError) as e:
-        _fail(str(e))
+        _fail(e)
     out.print(f"report: {path}")
     if screenshot is not None:
         from neat_llm.report.browser import BrowserError, check_page
@@ -507,7 +507,7 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="a run folder"),
         try:
             check = check_page(path, screenshot=screenshot, width=width)
         except BrowserError as e:
-            _fail(str(e))
+            _fail(e)
         for msg in check.errors:
             err.print(f"[yellow]page error:[/] {msg}", highlight=False)
         out.print(f"screenshot: {screenshot}")

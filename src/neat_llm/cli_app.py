@@ -75,9 +75,28 @@ def _quiet_libraries() -> None:
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 
 
-def _fail(msg: str) -> None:
+def _said(e: BaseException) -> str:
+    """An error as a user reads it: an OS error says what happened to which path in words (no
+    "[Errno 28]"), and whether the finished work is kept."""
+    import errno
+
+    if not isinstance(e, OSError) or e.errno is None:
+        return str(e)
+    path = e.filename if e.filename is not None else ""
+    what = {errno.ENOSPC: "the disk is full", errno.EEXIST: "it already exists", errno.EISDIR: "it is a folder, not a file",
+            errno.EACCES: "permission denied", errno.ENOENT: "no such file or folder",
+            errno.ENOTDIR: "a part of the path is a file, not a folder"}.get(e.errno, e.strerror or str(e))
+    msg = f"{path}: {what}" if path else what
+    if e.errno == errno.ENOSPC:
+        msg += "; the finished part of the work is kept: free some space and rerun the same command to resume"
+    return msg
+
+
+def _fail(msg: "str | BaseException") -> None:
     from rich.markup import escape
 
+    if isinstance(msg, BaseException):
+        msg = _said(msg)
     err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # one line; escape: [brackets]
     raise typer.Exit(2)
 

@@ -106,7 +106,7 @@ def hate(
         m = nl.load_model(model)
         study = hate_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
-        _fail(str(e))
+        _fail(e)
     r = study.report
     if as_json:
         print(json.dumps({"path": str(study.path), **r.to_dict()}))
@@ -170,7 +170,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               strength=strength, seed=seed)
         study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)
     except (ValueError, OSError, FloatingPointError) as e:
-        _fail(str(e))
+        _fail(e)
     r = study.report
     if as_json:
         print(json.dumps({"path": str(study.path), **r.to_dict()}))
@@ -263,7 +263,7 @@ def bias(
         m = nl.load_model(model)
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
-        _fail(str(e))
+        _fail(e)
     r = study.report
     if as_json:
         print(json.dumps({"path": str(study.path), **r.to_dict()}))

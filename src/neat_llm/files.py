@@ -3,6 +3,7 @@ the umask gives (not the 0600 of a temporary file)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)``, then rename over ``path``: readers never see half a file."""
+    path = Path(path)
+    if path.is_dir():  # said before anything is written, naming the path asked for (not the temporary one)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)

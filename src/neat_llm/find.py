@@ -137,7 +137,7 @@ def _check_layers_reach_the_readout(layers: list[int], reading_layer: int, metho
     what = (f"blocks {past} lie past the reading layer {reading_layer}: removing a neuron there cannot change the "
             f"concept score read at block {reading_layer}")
     if len(past) == len(layers):
-        raise ValueError(f"{what}; choose --layers up to {reading_layer} or a later --reading-layer")
+        raise ValueError(f"{what}; choose --layers up to {reading_layer} (or, with neat find, a later --reading-layer)")
     import warnings
 
     warnings.warn(f"{what}, so they all score 0", stacklevel=3)

@@ -102,6 +102,9 @@ class LoadedModel:
         if getattr(self.tokenizer, "pad_token", None) is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"  # right padding keeps positions of real tokens unchanged
+        # a text over the context loses its start, never its end: a read template's "\n" (where S is
+        # read), a label question or a prompt's last line stays where every measure expects it
+        self.tokenizer.truncation_side = "left"
         d_ffs = {self._out_shape(i)[0] for i in range(self.n_layers)}
         if len(d_ffs) != 1:
             raise ValueError(f"blocks of {self.model_id} have different MLP widths {sorted(d_ffs)}; not supported")
@@ -248,8 +251,9 @@ class LoadedModel:
 
     # --- text ------------------------------------------------------------------------------
     def encode(self, texts: list[str], *, strict: bool = False) -> dict[str, torch.Tensor]:
-        """Tokenize with right padding. Texts over the context are truncated with a warning, or
-        refused with ``strict``. Returns ``input_ids`` and ``attention_mask``: [B, T]."""
+        """Tokenize with right padding. Texts over the context lose their first tokens (so a
+        template's end stays), with a warning that says how many, or are refused with ``strict``.
+        Returns ``input_ids`` and ``attention_mask``: [B, T]."""
         if isinstance(texts, str):
             texts = [texts]
         lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
@@ -259,7 +263,9 @@ class LoadedModel:
                    f"(first: #{too_long[0]}, {lengths[too_long[0]]} tokens)")
             if strict:
                 raise ContextLengthError(msg + "; shorten them or drop --strict to truncate")
-            warnings.warn(msg + "; truncating them", stacklevel=2)
+            cut = sum(lengths[i] - self.max_length for i in too_long)
+            warnings.warn(msg + f"; truncating them from the start ({cut} tokens cut in all, {lengths[too_long[0]] - self.max_length} "
+                          "from the first), so each text's end and its template stay", stacklevel=2)
         enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_length)
         if enc["input_ids"].shape[1] == 0 or (enc["attention_mask"].sum(1) == 0).any():

@@ -278,11 +278,31 @@ def wrap(hf_model, tokenizer, *, model_id: str | None = None, check: bool = True
     if tokenizer is None or not callable(tokenizer):
         raise TypeError("wrap() needs the model's tokenizer (AutoTokenizer.from_pretrained(...))")
     family = family_for(getattr(hf_model.config, "model_type", None))
+    if check:
+        _check_tokenizer_fits(hf_model, tokenizer)
     name = model_id or getattr(hf_model.config, "_name_or_path", None) or hf_model.config.model_type
     loaded = LoadedModel(hf=hf_model, tokenizer=tokenizer, family=family, model_id=str(name))
     if check:
         check_sites(loaded)
     return loaded
+
+
+def _check_tokenizer_fits(hf_model, tokenizer) -> None:
+    """The tokenizer must be the model's: its ids fit the embedding, and its vocabulary is not a
+    small part of it (another model's tokenizer gives garbage, or an index error deep in a pass)."""
+    try:
+        rows = int(hf_model.get_input_embeddings().weight.shape[0])
+        n = len(tokenizer)
+    except (AttributeError, TypeError):
+        return  # nothing to compare: the no-op check still runs
+    special = [i for i in (getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "bos_token_id", None),
+                           getattr(tokenizer, "pad_token_id", None)) if isinstance(i, int)]
+    if n > rows or any(i >= rows for i in special):
+        raise ModelLoadError(f"the tokenizer has {n} tokens (special ids {special}) but the model's embedding has {rows} "
+                             "rows: it is not this model's tokenizer")
+    if n < rows // 2:
+        raise ModelLoadError(f"the tokenizer has {n} tokens, under half of the model's {rows} embedding rows: it is "
+                             "almost surely another model's tokenizer (wrap(..., check=False) skips this check)")
 
 
 @torch.inference_mode()

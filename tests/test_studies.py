@@ -479,3 +479,16 @@ def test_study_settings_are_checked_when_made_before_anything_loads(tiny_llama, 
     assert not (tmp_path / "x").exists()
     r = runner.invoke(app, ["hate", "--model", "/no/such/model", "--samples", "0", "--out", str(tmp_path / "y")])
     assert r.exit_code == 2 and "samples must be a whole number >= 1" in r.output  # before the model is looked up
+
+
+def test_max_fit_pairs_caps_everything_read_from_the_fit_pairs(tiny_llama, tmp_path, monkeypatch):
+    import neat_llm.studies.bias as bias_mod
+
+    seen = []
+    real = bias_mod.pair_differences
+    monkeypatch.setattr(bias_mod, "pair_differences", lambda m, more, less, **kw: seen.append(len(more)) or
+                        real(m, more, less, **kw))
+    study = bias_study(tiny_llama, data="indibias", lang="en", ks=[2], out=tmp_path / "c", n_random=1, min_pairs=2,
+                       max_fit_pairs=6, progress=False)
+    assert len(study.fit) == 6 and study.report.settings.n_fit_pairs == 6
+    assert seen[0] == 6  # the paired layer rule read the capped pairs, not all of them

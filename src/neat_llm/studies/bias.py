@@ -89,11 +89,11 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
     if max_eval_pairs and len(ev) > max_eval_pairs:
         ev = ev.subset(_sample(len(ev), max_eval_pairs, seed), ev.name)
     ev_pairs = ev.as_pairs() if isinstance(ev, BiasTemplates) else ev  # what the paired accuracy reads
+    if max_fit_pairs and len(fit) > max_fit_pairs:  # the cap holds for everything read from the fit pairs
+        fit = fit.subset(_sample(len(fit), max_fit_pairs, seed), fit.name)
     concept = fit.as_concept_set().dedupe()
     concept = replace(concept, name=f"{items.name}-stereo",
                       source=replace(source, bias_type=bias_type, eval_fraction=eval_fraction, seed=seed))
-    if max_fit_pairs:
-        concept = concept.sample(max_fit_pairs, seed)
     probe_pairs = None
     if probe == "paired":
         probe_pairs = list(zip(fit.more, fit.less))

@@ -251,3 +251,21 @@ def test_os_errors_read_as_words_with_the_path_asked_for(run, tmp_path):
     assert "the disk is full" in full and "rerun the same command to resume" in full and "Errno" not in full
     res = CliRunner().invoke(app, ["export", str(run.run_dir), "--k", "3", "--out", str(folder), "--force"])
     assert res.exit_code == 2 and "it is a folder, not a file" in res.output and ".tmp" not in res.output
+
+
+# --- 10. broken model files are one clear line ----------------------------------------------------------
+def test_a_truncated_checkpoint_and_a_junk_gguf_are_clear_errors(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="could not load model") as e:
+        nl.load_model(str(broken))
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path / "cache"))
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + bytes(200))
+    with pytest.raises(ModelLoadError, match="could not be read as a GGUF model file"):
+        nl.load_model(str(junk))

@@ -92,7 +92,12 @@ def _build_gguf_cache(gguf: Path, folder: Path) -> None:
     renamed into place, so an interrupted build never leaves a cache that looks complete."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    family_for(AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).model_type)  # fail before the slow part
+    try:
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as err:  # noqa: BLE001  the reader's own message names a config.json that is not there
+        raise ModelLoadError(f"{gguf} could not be read as a GGUF model file ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); is it complete?") from None
+    family_for(config.model_type)  # fail before the slow part
     log.info("dequantizing %s once (about 15-30 s); later loads use %s", gguf.name, folder)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -255,11 +260,14 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu", dt
             model_id = key
     except (UnsupportedModelError, ModelLoadError):
         raise
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001  a reader's error (a truncated safetensors file, a bad config): one line
+        if not isinstance(err, (OSError, ValueError)) and type(err).__name__ != "SafetensorError":
+            raise
+        said = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise ModelLoadError(
-            f"could not load model {key!r}: {err}. Give a local folder with config.json and weights, a .gguf "
+            f"could not load model {key!r}: {said}. Give a local folder with config.json and weights, a .gguf "
             "file, or a hub id that is in your Hugging Face cache (this machine may be offline)."
-        ) from err
+        ) from None
     loaded = LoadedModel(hf=model, tokenizer=tok, family=family, model_id=model_id)
     if check:
         check_sites(loaded)

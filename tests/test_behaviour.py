@@ -121,3 +121,16 @@ def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     assert set(got["rows"][1]["vs_random"]) == {"hate_rate", "next_gap"}
     res = CliRunner().invoke(app, ["hate", "--design", "demonstrations", "--data", "davidson"])
     assert res.exit_code == 2 and "needs --data toxigen" in res.output
+
+
+def test_the_report_shows_each_intervention_paired(tiny_llama, tmp_path):
+    from neat_llm.report.html import render_report
+    from neat_llm.studies.demonstrations import demonstration_study
+
+    for mode in ("zero", "transport"):
+        demonstration_study(tiny_llama, ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=4,
+                            samples=2, n_neutral_prompts=2, neutral_samples=2, max_new_tokens=4, per_prompt=2,
+                            mode=mode, out=tmp_path / "d", progress=False)
+    html = render_report(tmp_path / "d")
+    assert 'id="behaviour"' in html and html.count("<h3>") >= 2
+    assert "transport (mean, strength=1)" in html and "zero" in html and "p=" in html

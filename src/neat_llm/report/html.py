@@ -22,6 +22,7 @@ from .charts import GREY, PALETTE, Series, bar_chart, empty_chart, histogram, in
 from ..concepts.conceptset import ConceptSource
 from ..concepts.examples import EXAMPLES_FILE
 from ..evaluation.bias import BiasReport
+from ..evaluation.behaviour import BehaviourReport
 from ..evaluation.hate import HateReport
 
 REPORT_FILE = "report.html"
@@ -48,6 +49,7 @@ class ReportInputs:
     evaluation: dict | None = None
     hate: HateReport | None = None
     bias: BiasReport | None = None
+    behaviour: dict = field(default_factory=dict)  # {file name: BehaviourReport} (neat hate --design demonstrations)
     notes: list[str] = field(default_factory=list)
 
 
@@ -96,6 +98,11 @@ def read_run_folder(run_dir: str | Path) -> ReportInputs:
     inp.evaluation = _read_json(d / "evaluation.json", notes)
     inp.hate = _read_typed(d / "hate.json", HateReport.from_dict, notes)
     inp.bias = _read_typed(d / "bias.json", BiasReport.from_dict, notes)
+    for f in sorted(d.glob("behaviour-*.json")):
+        if not f.name.endswith("-continuations.json"):
+            got = _read_typed(f, BehaviourReport.from_dict, notes)
+            if got is not None:
+                inp.behaviour[f.name] = got
     return inp
 
 
@@ -484,6 +491,39 @@ def _hate(inp: ReportInputs) -> str:
     return _section("hate", title, body, intro)
 
 
+def _behaviour(inp: ReportInputs) -> str:
+    """One table per intervention: what the model writes on demonstration prompts, paired per prompt."""
+    def diff(d: dict | None) -> str:
+        if not d:
+            return "–"
+        lo, hi = d["ci"]
+        clear = lo > 0 or hi < 0
+        return f"{'<b>' if clear else ''}{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]{'</b>' if clear else ''}, p={d['p']:.3f}"
+
+    parts = []
+    for name, r in inp.behaviour.items():
+        head = ("<tr><th>K</th><th>neurons</th><th>hate rate [95%]</th><th>vs random</th><th>vs before</th>"
+                "<th>neutral rate</th><th>next-statement gap</th><th>vs random</th><th>ppl ratio</th></tr>")
+        rows = "".join(
+            f"<tr><td>{x.k}</td><td>{e(x.condition if x.condition != 'random' else f'random ×{x.n_sets}')}</td>"
+            f"<td>{_f(x.hate_rate)} [{_f(x.hate_rate_ci[0])}, {_f(x.hate_rate_ci[1])}]</td>"
+            f"<td>{diff(x.vs_random.get('hate_rate'))}</td><td>{diff(x.vs_before.get('hate_rate'))}</td>"
+            f"<td>{_f(x.neutral_hate_rate)}</td><td>{_f(x.next_gap)}</td><td>{diff(x.vs_random.get('next_gap'))}</td>"
+            f"<td>{_f(x.ppl_ratio)}</td></tr>" for x in r.rows)
+        j = r.judge
+        parts.append(f"<h3>{e(r.intervention)} <small>({e(name)})</small></h3>"
+                     f"<p>{r.n_prompts} hate-prone demonstration prompts × {r.samples} = {r.n_continuations} "
+                     f"continuations per condition; {r.n_neutral_prompts} × {r.neutral_samples} neutral. Judge threshold "
+                     f"{e(_f(_num(j.get('threshold'))))} set on {e(j.get('calibrated_on', '?'))} neutral continuations; "
+                     f"one group left out: AUROC {e(_f(_num(j.get('logo_auroc'))))}; held-out statements: AUROC "
+                     f"{e(_f(_num(j.get('heldout_auroc'))))}, hate F1 {e(_f(_num(j.get('heldout_f1_hate'))))} "
+                     f"(all-hate {e(_f(_num(j.get('heldout_all_hate_f1'))))}).</p>"
+                     f"<table>{head}{rows}</table>")
+    intro = ("What the model writes (METHOD.md section 6): differences are paired per prompt (every condition "
+             "draws the same samples); bold where the 95% interval excludes 0.")
+    return _section("behaviour", "What the model writes", "".join(parts), intro)
+
+
 def _dose_response(concept: list[tuple], random: list[tuple], ylabel: str, title: str, before: float | None,
                    css: str) -> str:
     """Effect against the perplexity ratio: the top-K sets as one line (their 95% interval as a
@@ -631,6 +671,8 @@ def render_report(run_dir: str | Path) -> str:
         sections.append(_guard(_hate, inp, "Hate speech"))
     if inp.bias is not None:
         sections.append(_guard(_bias, inp, "Social bias"))
+    if inp.behaviour:
+        sections.append(_guard(_behaviour, inp, "What the model writes"))
     notes = "".join(_note(e(n)) for n in inp.notes)
     title = f"{m.get('concept_name', '?')} neurons of {m.get('model_id', '?')} ({m.get('method', '?')})"
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -28,19 +28,29 @@ def _num(v: float, fmt: str = ".3g") -> str:
     return "–" if v != v else format(v, fmt)
 
 
-def _top_table(run, k: int, title: str) -> Table:
+WIDE_COLUMNS = 140  # below this terminal width the table is compact (rank, layer, neuron, score, ΔS P, ΔS N, tokens)
+
+
+def _top_table(run, k: int, title: str, wide: bool = False) -> Table:
     """The top k neurons with what tells a concept neuron from a generic one: the drop of S its
-    removal causes on the positive and on the contrast probes, its mean activation on P and N."""
-    t = Table(title=title, caption="ΔS P / ΔS N: drop of the concept score on the positive / contrast probes when the "
-                                   "neuron alone is off (a generic neuron moves both); act P / act N: mean activation "
-                                   "on the fit positives / contrast texts; cost: fluency cost (nats per token)")
-    for col in ("rank", "layer", "neuron", "score", "ΔS P", "ΔS N", "act P", "act N", "cost"):
-        t.add_column(col, justify="right")
-    t.add_column("top tokens (activation)", justify="left")
+    removal causes on the positive and on the contrast probes, its mean activation on P and N.
+    Compact (never a number cut) on a narrow terminal unless ``wide``."""
+    wide = wide or out.width >= WIDE_COLUMNS
+    caption = ("ΔS P / ΔS N: drop of the concept score on the positive / contrast probes when the neuron alone is off "
+               "(a generic neuron moves both)" + ("; act P / act N: mean activation on the fit positives / contrast "
+                                                  "texts; cost: fluency cost (nats per token)" if wide else
+                                                  "; --wide or --json for every column"))
+    t = Table(title=title, caption=caption)
+    cols = ("rank", "layer", "neuron", "score", "ΔS P", "ΔS N") + (("act P", "act N", "cost") if wide else ())
+    for col in cols:
+        t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+    t.add_column("top tokens (activation)", justify="left", overflow="fold", ratio=1)
     for r in run.rows(k):
-        t.add_row(str(r.rank), str(r.layer), str(r.neuron), _num(r.score, ".4g"), _num(r.effect_positive),
-                  _num(r.effect_contrast), _num(r.mean_positive), _num(r.mean_contrast), _num(r.fluency_cost, ".2g"),
-                  r.top_tokens)
+        cells = [str(r.rank), str(r.layer), str(r.neuron), _num(r.score, ".4g"), _num(r.effect_positive),
+                 _num(r.effect_contrast)]
+        if wide:
+            cells += [_num(r.mean_positive), _num(r.mean_contrast), _num(r.fluency_cost, ".2g")]
+        t.add_row(*cells, r.top_tokens)
     return t
 
 
@@ -200,6 +210,7 @@ def _write_run_report(run_dir: Path) -> Path | None:
 @app.command("show")
 def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
              k: int = typer.Option(20, "--k", help="rows to show"),
+             wide: bool = typer.Option(False, "--wide", help="every column, whatever the terminal's width"),
              as_json: JsonOption = False) -> None:
     """Print a run's stored ranking."""
     import neat_llm as nl
@@ -216,7 +227,8 @@ def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
         print(json.dumps({"run_dir": str(run.run_dir), "model": m.model_id, "method": m.method,
                           "reading_layer": m.reading_layer, "top": [r.to_dict() for r in run.rows(k)]}))
         return
-    out.print(_top_table(run, k, f"{m.concept_name}: {m.method} on {m.model_id} (reading layer {m.reading_layer})"))
+    out.print(_top_table(run, k, f"{m.concept_name}: {m.method} on {m.model_id} (reading layer {m.reading_layer})",
+                         wide))
 
 
 @app.command()

@@ -1,0 +1,34 @@
+"""Output that reads well anywhere: the ranking at 80 columns cuts no number."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import neat_llm as nl
+from conftest import concept_texts
+from neat_llm.cli import app
+from neat_llm.cli_app import out
+
+
+@pytest.fixture(scope="module")
+def run(tiny_llama, tmp_path_factory):
+    pos, neg = concept_texts(8)
+    return nl.find_concept_neurons(tiny_llama, nl.ConceptSet.from_texts(pos, neg, name="w"),
+                                   out=tmp_path_factory.mktemp("r") / "run", progress=False)
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_show_at_a_narrow_terminal_cuts_no_number(run, width, monkeypatch):
+    monkeypatch.setattr(out, "_width", width)
+    res = CliRunner().invoke(app, ["show", str(run.run_dir), "--k", "10"])
+    assert res.exit_code == 0, res.output
+    lines = [l for l in res.output.splitlines() if l.strip()[:1] in "│┃" and any(c.isdigit() for c in l)]
+    rows = [l.split("│")[1:7] for l in lines if l.count("│") >= 7]
+    assert len(rows) >= 10
+    for cells in rows:
+        assert not any("…" in c for c in cells), cells
+    assert all(len(l) <= width for l in res.output.splitlines())
+    assert [c.strip() for c in rows[0][:3]] == ["1", str(run.rows(1)[0].layer), str(run.rows(1)[0].neuron)]
+    wide = CliRunner().invoke(app, ["show", str(run.run_dir), "--k", "3", "--wide"])
+    assert "act P" in wide.output and "cost" in wide.output

@@ -32,3 +32,15 @@ def test_show_at_a_narrow_terminal_cuts_no_number(run, width, monkeypatch):
     assert [c.strip() for c in rows[0][:3]] == ["1", str(run.rows(1)[0].layer), str(run.rows(1)[0].neuron)]
     wide = CliRunner().invoke(app, ["show", str(run.run_dir), "--k", "3", "--wide"])
     assert "act P" in wide.output and "cost" in wide.output
+
+
+def test_top_tokens_are_the_texts_own_never_the_read_template(run, tiny_llama):
+    from neat_llm.find import own_token_counts
+
+    texts = ["the rain came", "a cake"]
+    counts = own_token_counts(tiny_llama, texts, "{text}\n")
+    assert counts == [len(tiny_llama.tokenizer(t)["input_ids"]) for t in texts]
+    assert own_token_counts(tiny_llama, texts, "Text: {text}\nIs it?") == [
+        len(tiny_llama.tokenizer("Text: " + t)["input_ids"]) for t in texts]
+    tokens = [t for t in run.top_table["top_tokens"] if isinstance(t, str)]
+    assert tokens and not any("\\n" in t for t in tokens)  # the template's newline never shows as a token

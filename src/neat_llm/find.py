@@ -112,12 +112,30 @@ def default_run_dir(concept: ConceptSet, method: str, root: str | Path = "runs")
     return Path(root) / f"{stamp}-{safe}-{method}"
 
 
-def top_tokens(model: LoadedModel, texts: list[str], stats, layer: int, neuron: int, n: int = 3) -> str:
+def own_token_counts(model: LoadedModel, texts: list[str], template: str) -> list[int]:
+    """Per text, how many of its read tokens (``template`` applied) are the text's own: the
+    template's prefix and the text, up to where the template's suffix begins (a last token merged
+    with the suffix counts as the template's)."""
+    prefix = template.split("{text}")[0]
+    full = model.tokenizer(apply_template(template, texts))["input_ids"]
+    own = model.tokenizer([prefix + t for t in texts])["input_ids"]
+    out = []
+    for a, b in zip(full, own):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        out.append(n)
+    return out
+
+
+def top_tokens(model: LoadedModel, texts: list[str], stats, layer: int, neuron: int, n: int = 3,
+               own: list[int] | None = None) -> str:
     """The distinct tokens (with their highest activation) that excite neuron (layer, neuron) most
-    in ``texts``, e.g. ``'idiot':4.12 ' you':3.80``."""
+    in ``texts``, e.g. ``'idiot':4.12 ' you':3.80``; with ``own`` (``own_token_counts``) only the
+    texts' own tokens count, never the read template's (its "\n" is where S is read, not a word)."""
     best: dict[str, float] = {}
     for v, t, p in zip(stats.top_values[layer, neuron], stats.top_text[layer, neuron], stats.top_pos[layer, neuron]):
-        if t < 0 or not torch.isfinite(v):
+        if t < 0 or not torch.isfinite(v) or (own is not None and int(p) >= own[int(t)]):
             continue
         ids = model.tokenizer(texts[int(t)])["input_ids"]
         tok = model.tokenizer.decode([ids[int(p)]]) if int(p) < len(ids) else "?"
@@ -372,7 +390,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
                                                                      tokens_per_batch)
         seconds["probe_effects"] = time.perf_counter() - t0
         passes["probe_effects"] = model.counter.since(c0).as_dict()
-        tokens = {(l, k): top_tokens(model, read_pos, sp, l, k) for l, k in sel.neurons}
+        own = own_token_counts(model, pos, read_template)
+        tokens = {(l, k): top_tokens(model, read_pos, sp, l, k, own=own) for l, k in sel.neurons}
         run.top_table = pd.DataFrame([{**{c: getattr(r, c) for c in TOP_COLUMNS}, "top_tokens": tokens[(r.layer, r.neuron)]}
                                       for r in run.rows(len(sel.neurons))], columns=[*TOP_COLUMNS, "top_tokens"])
         k_choice = None

@@ -83,6 +83,18 @@ with neat_llm.turn_off(model, run.top(50)):
     print("50 off:  ", model.generate(prompt, 20))
 
 # %% [markdown]
+# What a turned-off neuron becomes is a type: `neat_llm.Zero()`, `Mean(means)`, `Dampen(alpha)` or
+# `Transport(...)`. Transport (AcT) moves each neuron from where it sits on insults toward where it
+# sits on friendly text instead of silencing it; `run.intervention("transport", strength=0.5)` makes
+# the mean map from the run's own statistics (`neat_llm.fit_transport` fits a quantile-matched one).
+
+# %%
+transport = run.intervention("transport", strength=0.5)
+print(transport.describe())
+with neat_llm.turn_off(model, run.top(50), transport):
+    print("50 moved:", model.generate(prompt, 20))
+
+# %% [markdown]
 # ## 5. Measure it against random neurons
 #
 # On the held-out texts: how much of the gap in S between insults and friendly text disappears

@@ -199,8 +199,8 @@ def test_find_position_restricted(tiny_model_dir, tmp_path):
     direct = NeatScorer(positions="read").score(model, task).scores
     assert torch.allclose(run.effect_positive, direct, atol=1e-5)  # the positive probes' sweep
     assert not torch.allclose(run.effect_positive, NeatScorer().score(model, task).scores, atol=1e-4)
-    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--method", "exhaustive", "--positions",
-                            "read", "--out", str(tmp_path / "x")])
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--method", "activation", "--positions",
+                            "read", "--out", str(tmp_path / "x")])  # exhaustive, neat-cluster, screen-verify take it
     assert r.exit_code != 0 and "--positions read is an option of --method neat" in r.output
 
 

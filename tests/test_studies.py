@@ -41,7 +41,15 @@ def test_hate_classifier_quality_and_cache(tmp_path, monkeypatch):
     clf = train_hate_classifier(DATA / "davidson" / "labeled_data.csv")
     q = clf.quality
     assert q.n_train + q.n_test == 48 and q.n_test == 10
-    assert 0 <= q.f1_hate <= 1 and 0 <= q.accuracy <= 1
+    # the quality is what the classifier's verdicts on the held-out part give, counted here by hand
+    from neat_llm.evaluation.hate_classifier import CLASSES, davidson_split
+
+    _, _, xte, yte = davidson_split(DATA / "davidson" / "labeled_data.csv")
+    pred, truth = np.array(clf.predict(list(xte))), np.array([CLASSES[int(c)] for c in yte])
+    assert q.accuracy == pytest.approx(float((pred == truth).mean()))
+    tp = int(((pred == "hate") & (truth == "hate")).sum())
+    n_pred, n_true = int((pred == "hate").sum()), int((truth == "hate").sum())
+    assert q.f1_hate == pytest.approx(2 * tp / (n_pred + n_true) if n_pred + n_true else 0.0)
     p = clf.hate_probability(["keep the hill folk out", "the hill folk bake bread"])
     assert p.shape == (2,) and p[0] > p[1]
     assert clf.predict(["no river folk can stay here"]) == ["hate"]

@@ -113,10 +113,10 @@ def find(
             _fail("--positive needs --concept FILE")
         cs = _concept_from_options(concept, data, data_path, text_col, label_col, positive, contrast, None, seed)
         from neat_llm.concepts.label_readout import DEFAULT_TEMPLATE, LabelReadout
-        from neat_llm.find_settings import FindSettings, build_scorer
+        from neat_llm.find_settings import POSITION_METHODS, FindSettings, build_scorer
 
-        if positions is not None and method != "neat":
-            _fail(f"--positions {positions} is an option of --method neat")
+        if positions is not None and method not in POSITION_METHODS:
+            _fail(f"--positions {positions} is an option of --method {', '.join(POSITION_METHODS)}")
         settings = FindSettings(reading_layer=reading_layer, vector=vector, pool=pool, read_template=read_template,
                                 probe_size=probe_size, score=score, contrastive=contrastive, positions=positions,
                                 specificity=specificity, layers=layers, ablation=ablation, eval_fraction=eval_fraction,

@@ -1,4 +1,7 @@
-"""Evaluation: concept removal with the top-K neurons turned off (vs random K-sets), and perplexity."""
+"""Evaluation with the top-K neurons turned off, against random K-sets of the same size: concept
+removal (removal.py), hate speech (hate.py; on demonstration prompts: behaviour.py), social bias
+(bias.py), all run by one condition engine (conditions.py) with perplexity on neutral text
+beside every effect (perplexity.py)."""
 
 from .neutral_text import NEUTRAL_TEXTS
 from .perplexity import mean_token_loglik, perplexity, text_logliks

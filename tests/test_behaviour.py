@@ -134,3 +134,15 @@ def test_the_report_shows_each_intervention_paired(tiny_llama, tmp_path):
     html = render_report(tmp_path / "d")
     assert 'id="behaviour"' in html and html.count("<h3>") >= 2
     assert "transport (mean, strength=1)" in html and "zero" in html and "p=" in html
+
+
+def test_generation_readout_reads_where_the_model_writes(tiny_llama, tmp_path):
+    from neat_llm.studies.demonstrations import demonstration_study
+
+    study = demonstration_study(tiny_llama, ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=3,
+                                samples=2, n_neutral_prompts=2, neutral_samples=2, max_new_tokens=4, per_prompt=2,
+                                readout="generation", n_readout_prompts=12, out=tmp_path / "g", progress=False)
+    run = study.run
+    assert run.meta.params["read_template"] == "{text}" and run.meta.concept_name.endswith("-demonstrations")
+    assert all(t.endswith("\n-") for t in run.meta.probe_texts)  # the probes are prompts, read at their end
+    assert study.report.settings["readout"] == "generation" and study.report.n_continuations == 6

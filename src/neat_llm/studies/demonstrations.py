@@ -5,6 +5,11 @@ demonstration prompts built from held-out statements only, with a statement judg
 fit statements and its threshold set on the model's own neutral continuations, against random
 K-sets paired per prompt (``evaluation/behaviour.py``).
 
+``readout="recognition"`` (default) finds the neurons as ``neat find`` does, S read after a statement;
+``readout="generation"`` reads S where the model is about to write: the concept is hateful vs
+neutral demonstration prompts built from the *fit* statements (no read template), so the neurons
+are those that move what the model is set to write next (still one replica per neuron).
+
 The study folder is the run folder; each intervention writes ``behaviour-<intervention>.json`` and
 ``behaviour-<intervention>-continuations.json`` beside the run, and keeps finished conditions in
 ``.behaviour-partial-<intervention>/`` so an interrupted study resumes."""
@@ -16,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..concepts.conceptset import ConceptSet
 from ..concepts.datasets import resolve
 from ..evaluation.behaviour import BehaviourReport, evaluate_behaviour
 from ..evaluation.checkpoints import ConditionStore
@@ -60,6 +66,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
+def generation_concept(fit: ConceptSet, group_of: dict[str, str], n_prompts: int, per_prompt: int,
+                       seed: int) -> ConceptSet:
+    """The generation readout's concept: demonstration prompts built from *fit* statements, hateful
+    (positives) vs neutral (contrast), read where the model is about to write (no read template)."""
+    demos = build_demonstrations(_by_group(fit.positives, group_of), _by_group(fit.contrast, group_of), n_prompts,
+                                 n_prompts, per_prompt, seed + 1)
+    pos, neg = list(dict.fromkeys(demos.hate_prompts)), list(dict.fromkeys(demos.neutral_prompts))
+    return ConceptSet.from_texts(pos, neg, name=f"{fit.name}-demonstrations")
+
+
 def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings | None = None, *,
                         out: str | Path | None = None, progress: bool = True, find: FindSettings | None = None,
                         neurons: dict[int, list[int]] | None = None, **changes) -> DemonstrationStudy:
@@ -70,23 +86,27 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
     s = DemonstrationStudySettings.of(settings, **own)
     fs = FindSettings.of(find, **find_changes)
     fit_g, eval_g = _groups(s.data_path, s.fit_groups, s.eval_groups)
-    concept = hate_concept("toxigen", s.data_path, groups=fit_g)
+    statements = hate_concept("toxigen", s.data_path, groups=fit_g)
     from ..evaluation.embedding_judge import SentenceEncoder, minilm_dir
 
     encoder = SentenceEncoder(minilm_dir())  # a missing encoder package fails before the long part
     group_of = toxigen_groups(s.data_path)
+    split = statements.split(eval_fraction=fs.eval_fraction, seed=fs.seed)  # the statements' fit / held-out parts
+    fit = split.fit
+    concept = statements
+    if s.readout == "generation":  # S read where the model writes: at the end of fit demonstration prompts
+        concept = generation_concept(fit, group_of, s.n_readout_prompts, s.per_prompt, s.seed)
+        fs = FindSettings.of(fs, read_template="{text}")
     out = Path(out) if out is not None else default_run_dir(concept, f"demo-{s.method}")
     check_run_folder(out)
     with run_folder_lock(out):
         run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, progress=progress)
-        fit = concept.split(eval_fraction=run.meta.params["eval_fraction"], seed=run.meta.seed).fit
         if eval_g:
             held = hate_concept("toxigen", s.data_path, groups=eval_g)
-            seen = set(concept.texts)
+            seen = set(statements.texts)
             hate, neutral = [t for t in held.positives if t not in seen], [t for t in held.contrast if t not in seen]
         else:
-            ev = run.eval_set(concept)
-            hate, neutral = list(ev.positives), list(ev.contrast)
+            hate, neutral = list(split.eval.positives), list(split.eval.contrast)
         demos = build_demonstrations(_by_group(hate, group_of), _by_group(neutral, group_of), s.n_prompts,
                                      s.n_neutral_prompts, s.per_prompt, s.seed)
         judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
@@ -106,7 +126,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                         store=store, on_condition=tick, dataset=concept.name, method=s.method)
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
-        report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt,
+        report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,
                                reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)})
         write_text(out / f"behaviour-{tag}-continuations.json",
                    json.dumps({"prompts": {"hate": list(demos.hate_prompts), "neutral": list(demos.neutral_prompts)},

@@ -140,6 +140,8 @@ class DemonstrationStudySettings(Changeable):
     per_prompt: int = 4
     max_new_tokens: int = 40
     max_neutral_rate: float = 0.10
+    readout: str = "recognition"  # where S is read: after a statement, or where the model writes (demonstration prompts)
+    n_readout_prompts: int = 150  # generation readout: fit demonstration prompts per side
     mode: str | None = None
     alpha: float | None = None
     strength: float | None = None
@@ -154,4 +156,7 @@ class DemonstrationStudySettings(Changeable):
         _at_least(self, 0, "seed")
         if not 0.0 < self.max_neutral_rate < 1.0:
             raise ValueError(f"max_neutral_rate must lie between 0 and 1, got {self.max_neutral_rate}")
+        if self.readout not in ("recognition", "generation"):
+            raise ValueError(f"readout must be 'recognition' or 'generation', got {self.readout!r}")
+        _at_least(self, 2, "n_readout_prompts")
         check_choice(self.mode, self.alpha, self.strength)

@@ -111,3 +111,29 @@ def test_template_flags_refuse_named_pair_sets(tiny_llama, monkeypatch):
     monkeypatch.setattr("neat_llm.load_model", lambda *a, **k: tiny_llama)
     res = CliRunner().invoke(app, ["bias", "--data", "crows-pairs", "--template-col", "Sentence"])
     assert res.exit_code != 0 and "holds sentence" in res.output
+
+
+def test_templates_with_several_slots_fill_them_in_order(tmp_path, tiny_llama):
+    from neat_llm.evaluation.bias import template_preferences_along
+    from neat_llm.evaluation.perplexity import text_logliks
+
+    f = tmp_path / "multi.csv"
+    f.write_text("Sentence,Target_Stereotypical,Target_Anti-Stereotypical\n"
+                 "MASK people cheat MASK people,\"['hill', 'city']\",\"['city', 'hill']\"\n"
+                 "MASK folk rob MASK,\"[['hill', 'coast'], ['marsh', 'town']]\",\"[['city', 'river']]\"\n"
+                 "MASK are slow,\"['hill folk', 'marsh folk']\",city folk\n")
+    t = load_templates(f)
+    assert t.stereo[0] == (("hill", "city"),) and t.fill(0, t.stereo[0][0]) == "hill people cheat city people"
+    assert t.stereo[1] == (("hill", "coast"), ("marsh", "town")) and t.fill(1, ("marsh", "town")) == "marsh folk rob town"
+    assert t.stereo[2] == ("hill folk", "marsh folk")  # one slot: one filling per target, as before
+    pairs = t.as_pairs()
+    assert ("hill folk rob coast", "city folk rob river") in set(zip(pairs.more, pairs.less)) and len(pairs) == 5
+    # the decoder metric: a k-slot filling is normalised by the sum of its k targets' own log-likelihoods
+    got = template_preferences_along(tiny_llama, t.subset([0]), 1)[0, 0]
+    sums, _ = text_logliks(tiny_llama, ["hill people cheat city people", "city people cheat hill people", "hill", "city"])
+    d = float((sums[0] - sums[2] - sums[3]) - (sums[1] - sums[3] - sums[2]))
+    assert got == (1.0 if d > 0 else 0.0 if d < 0 else 0.5)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Sentence,Target_Stereotypical,Target_Anti-Stereotypical\nMASK and MASK,\"['a', 'b', 'c']\",['b']\n")
+    with pytest.raises(ConceptSetError, match=r"bad.csv row 2, column 'Target_Stereotypical': the template has 2 'MASK' slots"):
+        load_templates(bad)

@@ -4,6 +4,10 @@ anti-stereotypical groups), the shape of many Indian-context bias sets, e.g. the
 Python-style literals (``['Dalits', 'Adivasis']``). Lists are read with ``ast.literal_eval`` (never
 ``eval``); a plain string is one target.
 
+A template may hold k ``MASK`` slots, as public Indian-context sets write them: its target lists
+then hold k-item fillings, filled in order (a flat list of k strings is one filling; a list of
+k-item lists is several). A one-slot template takes one filling per item of its list.
+
 For finding neurons a template becomes minimal pairs (every stereotypical filling against every
 anti-stereotypical one); for scoring it is read the way its decoder metric reads it (see
 ``evaluation.bias.template_preferences_along``).
@@ -25,7 +29,8 @@ COLUMNS = {"template": "Sentence", "stereo": "Target_Stereotypical", "anti": "Ta
 
 @dataclass(frozen=True)
 class BiasTemplates:
-    """``sentence[i]`` holds ``mask`` once; ``stereo[i]`` / ``anti[i]`` are its target lists."""
+    """``sentence[i]`` holds ``mask`` k >= 1 times; ``stereo[i]`` / ``anti[i]`` are its fillings: a
+    target string each for one slot, a tuple of k targets each for k slots."""
 
     sentence: tuple[str, ...]
     stereo: tuple[tuple[str, ...], ...]
@@ -39,17 +44,25 @@ class BiasTemplates:
         if not (len(self.stereo) == len(self.anti) == len(self.bias_type) == n):
             raise ValueError("sentence, stereo, anti and bias_type must have one entry per template")
         for i, s in enumerate(self.sentence):
-            if s.count(self.mask) != 1:
-                raise ConceptSetError(f"{self.name}: template {i} has {s.count(self.mask)} {self.mask!r} slots, "
-                                      f"not 1: {s!r}")
+            k = s.count(self.mask)
+            if k < 1:
+                raise ConceptSetError(f"{self.name}: template {i} has no {self.mask!r} slot: {s!r}")
             if not self.stereo[i] or not self.anti[i]:
                 raise ConceptSetError(f"{self.name}: template {i} has an empty target list")
+            for f in self.stereo[i] + self.anti[i]:
+                if len(targets_of(f)) != k:
+                    raise ConceptSetError(f"{self.name}: template {i} has {k} {self.mask!r} slots but a filling of "
+                                          f"{len(targets_of(f))} target(s) {f!r}")
 
     def __len__(self) -> int:
         return len(self.sentence)
 
-    def fill(self, i: int, target: str) -> str:
-        return self.sentence[i].replace(self.mask, target)
+    def fill(self, i: int, filling: "str | tuple[str, ...]") -> str:
+        """Template i with its slots filled in order by ``filling`` (one target, or k)."""
+        out = self.sentence[i]
+        for t in targets_of(filling):
+            out = out.replace(self.mask, t, 1)
+        return out
 
     def subset(self, idx, name: str | None = None) -> "BiasTemplates":
         idx = sorted(int(i) for i in idx)
@@ -84,7 +97,31 @@ class BiasTemplates:
         return MinimalPairs(tuple(more), tuple(less), tuple(types), self.name)
 
 
-def parse_targets(value, where: str) -> tuple[str, ...]:
+def targets_of(filling: "str | tuple[str, ...]") -> tuple[str, ...]:
+    """The targets of one filling, in slot order."""
+    return (filling,) if isinstance(filling, str) else tuple(filling)
+
+
+def fillings_for(targets: tuple, slots: int, where: str, mask: str = MASK) -> tuple:
+    """A parsed target list as the fillings of a template with ``slots`` slots: one per item for
+    one slot; for k slots, a flat list of k strings is one filling, a list of k-item lists several."""
+    if slots == 1:
+        if not all(isinstance(t, str) for t in targets):
+            raise ConceptSetError(f"{where}: a one-slot template takes a list of strings, got {targets!r}")
+        return targets
+    if all(isinstance(t, str) for t in targets):
+        if len(targets) != slots:
+            raise ConceptSetError(f"{where}: the template has {slots} {mask!r} slots, so its list must hold {slots} targets "
+                                  f"(filled in order) or {slots}-item lists; got {len(targets)}: {targets!r}")
+        return (tuple(targets),)
+    bad = [t for t in targets if isinstance(t, str) or len(t) != slots]
+    if bad:
+        raise ConceptSetError(f"{where}: the template has {slots} {mask!r} slots, so each filling must hold {slots} targets; "
+                              f"got {bad[0]!r}")
+    return tuple(tuple(t) for t in targets)
+
+
+def parse_targets(value, where: str) -> tuple:
     """A target list cell: a Python-style list/tuple literal of strings, or one plain string."""
     if not isinstance(value, str):
         raise ConceptSetError(f"{where}: expected a list of targets as text, got {value!r}")
@@ -96,9 +133,17 @@ def parse_targets(value, where: str) -> tuple[str, ...]:
             parsed = ast.literal_eval(text)
         except (ValueError, SyntaxError) as e:
             raise ConceptSetError(f"{where}: cannot read the target list {text!r} ({type(e).__name__}: {e})") from None
-        if not isinstance(parsed, (list, tuple)) or not all(isinstance(t, str) for t in parsed):
+        def item(t):  # a string, or a list of strings (one filling of a template with several slots)
+            if isinstance(t, str):
+                return t.strip()
+            if isinstance(t, (list, tuple)) and t and all(isinstance(x, str) and x.strip() for x in t):
+                return tuple(x.strip() for x in t)
+            raise ConceptSetError(f"{where}: the target list must hold strings only (or, for a template with several "
+                                  f"slots, lists of strings), got {text!r}")
+
+        if not isinstance(parsed, (list, tuple)):
             raise ConceptSetError(f"{where}: the target list must hold strings only, got {text!r}")
-        targets = tuple(t.strip() for t in parsed if t.strip())
+        targets = tuple(x for x in map(item, parsed) if x)
     else:
         targets = (text,)
     if not targets:
@@ -131,9 +176,13 @@ def load_templates(path: str | Path, *, template: str = COLUMNS["template"], ste
         if not sent:
             continue
         where = f"{p.name} row {row}"
+        k = sent.count(mask)
+        if k < 1:
+            raise ConceptSetError(f"{where}: the template has no {mask!r} slot: {sent!r}")
         sentences.append(sent)
-        st.append(parse_targets(rec[stereo], f"{where}, column {stereo!r}"))
-        an.append(parse_targets(rec[anti], f"{where}, column {anti!r}"))
+        for col, into in ((stereo, st), (anti, an)):
+            into.append(fillings_for(parse_targets(rec[col], f"{where}, column {col!r}"), k, f"{where}, column {col!r}",
+                                     mask))
         types.append(str(rec[bias_type]).strip().lower() if bias_type else "all")
     if not sentences:
         raise ConceptSetError(f"{p}: no templates")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..concepts.datasets import MinimalPairs
-from ..concepts.templates import BiasTemplates
+from ..concepts.templates import BiasTemplates, targets_of
 from ..interventions import Condition, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
 from ..records import known
@@ -72,12 +72,14 @@ def template_preferences_along(model: LoadedModel, templates: BiasTemplates, rep
     scores log p(sentence with t) - log p(t) (both summed log-likelihoods from the start token:
     the sentence's likelihood normalised for the target word's own), averaged over each list."""
     fillings = sorted({templates.fill(i, t) for i in range(len(templates)) for t in templates.stereo[i] + templates.anti[i]})
-    targets = sorted({t for i in range(len(templates)) for t in templates.stereo[i] + templates.anti[i]})
+    targets = sorted({t for i in range(len(templates)) for f in templates.stereo[i] + templates.anti[i]
+                      for t in targets_of(f)})
     ll = sentence_logliks_along(model, fillings + targets, replicas, batch_size).numpy()  # [G, F + T]
     at = {x: j for j, x in enumerate(fillings + targets)}
 
-    def side(i: int, words: tuple[str, ...]) -> np.ndarray:
-        return np.mean([ll[:, at[templates.fill(i, t)]] - ll[:, at[t]] for t in words], axis=0)  # [G]
+    def side(i: int, fills: tuple) -> np.ndarray:  # a filling of k slots is normalised by its k targets' own
+        return np.mean([ll[:, at[templates.fill(i, f)]] - sum(ll[:, at[t]] for t in targets_of(f)) for f in fills],
+                       axis=0)  # [G]
 
     d = np.stack([side(i, templates.stereo[i]) - side(i, templates.anti[i]) for i in range(len(templates))], 1)
     return np.where(d > 0, 1.0, np.where(d < 0, 0.0, 0.5))

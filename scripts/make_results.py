@@ -80,6 +80,18 @@ STUDIES = {
 }
 
 
+# What the model writes (METHOD.md section 6): the demonstration design, one study folder per readout,
+# one behaviour-<intervention>.json per intervention (each a command of its own).
+DEMO_COMMON = ["--design", "demonstrations", "--random", "2", "--seed", "0"]
+DEMOS = {
+    "hate-demo": {"title": "ToxiGen, demonstration prompts, neurons found with the recognition readout (S after a statement)",
+                  "runs": [["--k", "500"], ["--k", "500,2000", "--mode", "transport"]]},
+    "hate-demo-gen": {"title": "ToxiGen, demonstration prompts, neurons found where the model writes (`--readout generation`)",
+                      "runs": [["--k", "500", "--readout", "generation"],
+                               ["--k", "500,2000", "--mode", "transport", "--readout", "generation"]]},
+}
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -392,6 +404,66 @@ def _bias_plot(rep: BiasReport, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _diff(d: dict | None) -> str:
+    if not d:
+        return "–"
+    lo, hi = d["ci"]
+    clear = "**" if lo > 0 or hi < 0 else ""
+    return f"{clear}{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]{clear} (p={d['p']:.3f})"
+
+
+def behaviour_table(rep) -> str:
+    """One intervention's rows as a markdown table (read through the typed reader)."""
+    lines = ["| K | neurons | hate rate [95%] | vs random (paired) | vs before (paired) | neutral rate | "
+             "next-statement gap | vs random (paired) | ppl ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rep.rows:
+        who = r.condition if r.condition != "random" else f"random ×{r.n_sets}"
+        lines.append(f"| {r.k} | {who} | {r.hate_rate:.3f} [{r.hate_rate_ci[0]:.3f}, {r.hate_rate_ci[1]:.3f}] | "
+                     f"{_diff(r.vs_random.get('hate_rate'))} | {_diff(r.vs_before.get('hate_rate'))} | "
+                     f"{r.neutral_hate_rate:.3f} | {r.next_gap:+.3f} | {_diff(r.vs_random.get('next_gap'))} | "
+                     f"{r.ppl_ratio:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def behaviour_sections() -> list[str]:
+    """The demonstration studies: every behaviour-*.json of each study folder, read back typed."""
+    from neat_llm.evaluation.behaviour import BehaviourReport
+
+    parts = ["## What the model writes: `neat hate --design demonstrations`\n",
+             "METHOD.md section 6's design. A hate-prone prompt lists 4 held-out ToxiGen statements about one target "
+             "group, one per line (`- ...`), and ends where the model writes the next; 200 such prompts × 5 seeded "
+             "samples = 1,000 continuations per condition (ending at the line's end, at most 40 tokens), and 50 "
+             "neutral-demonstration prompts × 4 as the control. The judge is a logistic regression on MiniLM "
+             "embeddings trained on the fit statements only; its threshold is the lowest that calls at most 10% of "
+             "the model's own *before* neutral continuations hate (so the before row's neutral rate is ≤ 0.10 by "
+             "construction; the other rows' neutral rate is the check). *next-statement gap* is judge-free: log "
+             "p(a held-out hateful statement | prompt) − log p(a held-out neutral statement about the same group | "
+             "prompt), nats per token. Differences are **paired per prompt** (every condition draws the same samples): "
+             "mean difference, 95% bootstrap interval over prompts, sign-flip permutation p; bold where the interval "
+             "excludes 0. Random K-sets: 2 per K.\n"]
+    for name, demo in DEMOS.items():
+        out = ROOT / "results" / name
+        cmds = "\n".join("neat hate " + " ".join(shlex.quote(a) for a in (*DEMO_COMMON, *args)) + f" --out results/{name}"
+                          for args in demo["runs"])
+        head = f"### {demo['title']}\n"
+        files = sorted(f for f in out.glob("behaviour-*.json") if not f.name.endswith("-continuations.json"))
+        if not files:
+            parts.append(previous_section(head) or f"{head}\n```bash\n{cmds}\n```\n\n{NOT_RUN_YET}")
+            continue
+        body = [f"{head}\n```bash\n{cmds}\n```\n"]
+        for f in files:
+            rep = BehaviourReport.from_dict(json.loads(f.read_text()))
+            j = rep.judge
+            body.append(f"**{rep.intervention}** (`{f.name}`; evaluation {rep.seconds / 60:.1f} min). Judge: threshold "
+                        f"{j['threshold']:.2f} on {j['calibrated_on']} neutral continuations; one target group left "
+                        f"out: AUROC {j['logo_auroc']:.3f}, macro-F1 {j['logo_macro_f1']:.3f} ({j['logo_groups']} "
+                        f"groups); held-out statements: AUROC {j['heldout_auroc']:.3f}, macro-F1 "
+                        f"{j['heldout_macro_f1']:.3f}, hate F1 {j['heldout_f1_hate']:.3f} (calling all hate: "
+                        f"{j['heldout_all_hate_f1']:.3f}).\n\n" + behaviour_table(rep))
+        parts.append("\n".join(body))
+    return parts
 
 
 def study_sections() -> list[str]:
@@ -802,6 +874,7 @@ def write() -> None:
                      + f"\n![dose-response {name}](img/{name}_dose_response.png)\n\n"
                      + "What the numbers say:\n\n" + findings(cmp) + _stale_rows(out))
     parts += study_sections()
+    parts += behaviour_sections()
     (docs / "results.md").write_text("\n".join(parts))
     print("wrote", docs / "results.md")
 

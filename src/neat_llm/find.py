@@ -9,6 +9,8 @@ import platform
 import re
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -179,6 +181,251 @@ def probe_effects(model: LoadedModel, readout: ConceptReadout, positives: list[s
     return out[0], out[1]
 
 
+class Stages:
+    """Each named stage of a run, timed and with the passes it cost (one place that counts them)."""
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.seconds: dict[str, float] = {}
+        self.passes: dict[str, dict] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0, c0 = time.perf_counter(), self.model.counter.snapshot()
+        yield
+        self.seconds[name] = time.perf_counter() - t0
+        self.passes[name] = self.model.counter.since(c0).as_dict()
+
+
+@dataclass
+class Plan:
+    """What a run will do, checked before anything is read or written."""
+
+    settings: FindSettings
+    scorer: Scorer
+    method: str
+    score: str  # the score rule: specific, contrastive or positive
+    lam: float  # the specificity-aware penalty
+    positions: str  # where the contrast side and the probe effects turn neurons off
+    layers: list[int] | None
+    neurons: dict[int, list[int]] | None
+    executor: SweepExecutor
+
+
+@dataclass
+class ConceptRead:
+    """The concept as the model reads it on the fit split (stage 1)."""
+
+    split: object  # ConceptSplit
+    read_pos: list[str]
+    read_neg: list[str]
+    sp: object  # the fit positives' text pass (residuals, neuron statistics)
+    sn: object
+    aucs: list[float]
+    readout: ConceptReadout
+    eval_auroc: float
+    contrast_means: torch.Tensor
+    positive_means: torch.Tensor
+    off: Intervention  # what a scored neuron becomes
+    gap_fit: float
+
+    @property
+    def fit(self) -> ConceptSet:
+        return self.split.fit
+
+
+def _plan(model: LoadedModel, concept: ConceptSet, method: "str | Scorer", s: FindSettings, label, neurons,
+          probe_pairs, distributed) -> Plan:
+    if isinstance(method, Scorer):  # a scorer made by the caller, with its own options
+        scorer, method = method, method.name
+        s.check_for(method)
+        if label is not None:
+            raise ValueError(f"label= goes to the {method} scorer's constructor when the scorer is given, not to find")
+        if s.positions is not None and getattr(scorer, "positions", s.positions) != s.positions:
+            raise ValueError(f"positions={s.positions!r} but the {method} scorer given turns neurons off at "
+                             f"{scorer.positions!r} positions")
+    else:
+        scorer = build_scorer(method, s, label=label, concept_name=concept.name)
+    if getattr(scorer, "label", None) is not None:
+        scorer.label.token_ids(model)  # bad label words fail here, before anything is written
+    if probe_pairs is not None and method not in PROBE_METHODS:
+        raise ValueError(f"probe_pairs choose a probe batch, which the {method!r} method does not use "
+                         f"(probe-based methods: {', '.join(PROBE_METHODS)})")
+    positions = s.positions or (scorer.positions if method in POSITION_METHODS and method != "exhaustive"
+                                else DEFAULT_POSITIONS)
+    layers = parse_layers(s.layers, model.n_layers) if isinstance(s.layers, str) else \
+        (list(s.layers) if s.layers is not None else None)
+    if neurons is not None:
+        neurons = {int(l): sorted(int(k) for k in ks) for l, ks in neurons.items()}
+        bad = [(l, k) for l, ks in neurons.items() for k in ks if not (0 <= l < model.n_layers and 0 <= k < model.d_ff)]
+        if bad:
+            raise ValueError(f"neurons {bad[:3]} out of range: {model.n_layers} blocks of {model.d_ff}")
+        layers = sorted(set(layers or neurons) & set(neurons))
+    if s.reading_layer is not None and not 0 <= s.reading_layer < model.n_layers:
+        raise ValueError(f"reading layer {s.reading_layer} out of range 0..{model.n_layers - 1}")
+    if layers is not None and s.reading_layer is not None:
+        _check_layers_reach_the_readout(layers, s.reading_layer, method)
+    executor = distributed if distributed is not None else LocalSweep()
+    executor.check(scorer)  # Ray missing or a scorer it cannot shard: fail before any work
+    return Plan(s, scorer, method, s.rule(method), s.specificity_for(method), positions, layers, neurons, executor)
+
+
+def _read_concept(model: LoadedModel, concept: ConceptSet, plan: Plan, probe_pairs, progress: bool) -> ConceptRead:
+    """Stage 1: the fit texts read once (m passes): concept vectors, the reading layer, neuron means."""
+    import warnings
+
+    s = plan.settings
+    split = concept.split(eval_fraction=s.eval_fraction, seed=s.seed)
+    pos, neg = split.fit.positives, split.fit.contrast
+    if probe_pairs is None and s.probe_size > len(set(pos)):
+        warnings.warn(f"probe size {s.probe_size}: the fit split has {len(set(pos))} distinct positives, so the probe "
+                      f"batch holds {len(set(pos))} (recorded as the run's probe_size)", stacklevel=3)
+    read_pos, read_neg = apply_template(s.read_template, pos), apply_template(s.read_template, neg)  # as the model reads them
+    kw = dict(pool=s.pool, batch_size=s.batch_size, strict=s.strict)
+    with progress_bar("fit texts", len(split.fit) + len(split.eval), progress) as adv:
+        sp = text_pass(model, read_pos, neuron_stats=True, on_batch=adv, **kw)
+        sn = text_pass(model, read_neg, neuron_stats=True, on_batch=adv, **kw)
+        se = text_pass(model, apply_template(s.read_template, split.eval.texts), on_batch=adv, **kw)
+    h = torch.cat([sp.residuals, sn.residuals])  # [m, L, d]
+    y = torch.tensor([True] * len(pos) + [False] * len(neg))
+    aucs = layer_aurocs(h, y, method=s.vector, seed=s.seed)
+    layer = choose_reading_layer(aucs) if s.reading_layer is None else s.reading_layer
+    if plan.layers is not None and s.reading_layer is None:
+        _check_layers_reach_the_readout(plan.layers, layer, plan.method)
+    readout = ConceptReadout(layer, concept_vectors(h, y, s.vector, s.seed)[layer], s.vector, s.pool, s.read_template)
+    from sklearn.metrics import roc_auc_score
+
+    eval_auroc = float(roc_auc_score(list(split.eval.labels), readout.score(se.residuals[:, layer]).numpy()))
+    contrast_means = (sn.neuron_sum / max(sn.n_tokens, 1)).float()
+    positive_means = (sp.neuron_sum / max(sp.n_tokens, 1)).float()
+    gap_fit = float(readout.score(sp.residuals[:, layer]).double().mean()
+                    - readout.score(sn.residuals[:, layer]).double().mean())
+    return ConceptRead(split, read_pos, read_neg, sp, sn, aucs, readout, eval_auroc, contrast_means, positive_means,
+                       Intervention.of(s.ablation, contrast_means), gap_fit)
+
+
+def _probe_batch(plan: Plan, cr: ConceptRead, probe_pairs) -> tuple[ProbeSet, list[str], list[str]]:
+    """Stage 2: the probe batch X* (the b most prototypical positives; the b lowest-S contrast texts)."""
+    b_max, layer = plan.settings.probe_size, cr.readout.layer
+    s_pos, s_neg = cr.readout.score(cr.sp.residuals[:, layer]), cr.readout.score(cr.sn.residuals[:, layer])
+
+    def distinct(texts: list[str], order: torch.Tensor) -> list[str]:  # the first b distinct texts
+        return list(dict.fromkeys(texts[int(i)] for i in order))[:b_max]
+
+    if probe_pairs is None:
+        top_pos = distinct(cr.read_pos, torch.argsort(s_pos, descending=True))
+        low_neg = distinct(cr.read_neg, torch.argsort(s_neg))
+    else:  # the pairs themselves: the b most stereotypical-leaning pairs, each with its own counterpart
+        top_pos, low_neg = paired_probes(probe_pairs, cr.fit.positives, cr.fit.contrast, s_pos, s_neg, b_max,
+                                         plan.settings.read_template)
+    b = len(top_pos)
+    probes = ProbeSet(top_pos, [1.0 / b] * b)
+    if plan.score == "contrastive":
+        probes = ProbeSet(probes.texts + low_neg, probes.weights + [-1.0 / len(low_neg)] * len(low_neg))
+    return probes, top_pos, low_neg
+
+
+def _params(plan: Plan, cr: ConceptRead, probes: ProbeSet, n_probes: int, probe_pairs) -> dict:
+    s = plan.settings
+    return {"reading_layer": cr.readout.layer, "reading_layer_chosen": s.reading_layer is None, "vector": s.vector,
+            "pool": s.pool, "read_template": s.read_template, "probe_size": n_probes, "score": plan.score,
+            "contrastive": plan.score == "contrastive", "specificity": plan.lam,
+            **({"probe": "paired", "probe_pairs_sha": _pairs_sha(probe_pairs)} if probe_pairs is not None else {}),
+            "gap_fit": cr.gap_fit, "ablation": s.ablation, "eval_fraction": s.eval_fraction, "layers": plan.layers,
+            "top_k": s.top_k, "neuron_subset": plan.neurons,
+            "scorer": plan.scorer.params()}  # the scorer's own options, kept apart from the readout's
+
+
+@dataclass
+class Swept:
+    """Stage 3's outcome: each side's scores, what was resumed, the sharding summaries."""
+
+    results: dict
+    resumed: dict
+    sharded: dict
+    seconds: float
+    passes: dict
+
+    @property
+    def one_side(self) -> bool:
+        return len(self.results) == 1
+
+
+def _sweep(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead, probes: ProbeSet,
+           low_neg: list[str], params: dict, run_dir: Path, progress: bool) -> Swept:
+    """Stage 3: the scorer over every requested neuron (and, for the specific score, NEAT's exact
+    sweep of the contrast probes over what it scored), resuming finished blocks."""
+    s, method, model_n = plan.settings, plan.method, model.n_layers
+    fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": s.seed,
+                   **{k: v for k, v in params.items() if k != "scorer"},
+                   "scorer": {k: v for k, v in params["scorer"].items() if k != "tokens_per_batch"}}  # speed only
+    score_layers = plan.layers if plan.layers is not None else list(range(model_n))
+    sides = {"positive": probes} if plan.score != "specific" else {
+        "positive": probes, "contrast": ProbeSet(low_neg, [1.0 / len(low_neg)] * len(low_neg))}
+    results, sharded, resumed, side_passes = {}, {}, {}, {}
+    try:
+        for side, side_probes in sides.items():
+            partial = PartialSweep(run_dir, {**fingerprint, "side": side}, name=side if len(sides) > 1 else None)
+            side_scorer, side_neurons = plan.scorer, plan.neurons
+            if side == "contrast" and method != "neat":  # the contrast side: NEAT's exact sweep over what was scored
+                ok = torch.isfinite(results["positive"].scores)
+                side_neurons = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model_n) if ok[l].any()}
+                side_scorer = build_scorer("neat", FindSettings.of(s, positions=plan.positions))
+            task = ScoringTask(readout=cr.readout, probes=side_probes, layers=score_layers if side_neurons is None else
+                               sorted(side_neurons), neurons=side_neurons, intervention=cr.off,
+                               positives=cr.fit.positives, contrast=cr.fit.contrast, seed=s.seed)
+            what = f"{method} sweep" + (f", {side} probes" if len(sides) > 1 else "")
+            outcome = plan.executor.sweep(model, side_scorer, task, partial, progress=progress, what=what)
+            results[side], resumed[side], side_passes[side] = outcome.scores, outcome.resumed, outcome.passes
+            if outcome.summary is not None:
+                sharded[side] = outcome.summary
+    finally:
+        plan.executor.close()  # the workers (if any) served every sweep of the run
+    first = results["positive"]
+    return Swept(results, resumed, sharded, sum(r.seconds for r in results.values()),
+                 {k: sum(p[k] for p in side_passes.values()) for k in first.passes.as_dict()})
+
+
+def _top_rows(model: LoadedModel, run: Run, plan: Plan, cr: ConceptRead, swept: Swept, top_pos: list[str],
+              low_neg: list[str]):
+    """Stage 4b: what the top rows do to positives and to contrast texts, measured apart (a generic
+    neuron moves both), and the ranking table with each row's top tokens."""
+    import pandas as pd
+
+    sel = run.top(min(plan.settings.top_k, int(torch.isfinite(run.scores).sum())))
+    if plan.score == "specific" and plan.method == "neat":  # both sides were swept in full
+        run.effect_positive, run.effect_contrast = swept.results["positive"].scores, swept.results["contrast"].scores
+    else:
+        run.effect_positive, run.effect_contrast = probe_effects(model, cr.readout, top_pos, low_neg, sel, cr.off,
+                                                                 plan.positions, plan.settings.tokens_per_batch)
+    own = own_token_counts(model, cr.fit.positives, plan.settings.read_template)
+    tokens = {(l, k): top_tokens(model, cr.read_pos, cr.sp, l, k, own=own) for l, k in sel.neurons}
+    run.top_table = pd.DataFrame([{**{c: getattr(r, c) for c in TOP_COLUMNS}, "top_tokens": tokens[(r.layer, r.neuron)]}
+                                  for r in run.rows(len(sel.neurons))], columns=[*TOP_COLUMNS, "top_tokens"])
+    return sel
+
+
+def _meta(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead, swept: Swept, stages: Stages,
+          params: dict, probes: ProbeSet, low_neg: list[str], scores: torch.Tensor, k_choice: dict | None) -> RunMeta:
+    fit, ev = cr.fit, cr.split.eval
+    one = swept.one_side
+    return RunMeta(
+        model_id=model.model_id, model_family=model.family.name, weights_hash=model.weights_hash,
+        n_layers=model.n_layers, d_ff=model.d_ff, concept_name=concept.name, concept_hash=concept.hash,
+        n_fit={"positive": fit.n_positive, "contrast": fit.n_contrast},
+        n_eval={"positive": ev.n_positive, "contrast": ev.n_contrast},
+        method=plan.method, params=params, seed=plan.settings.seed, reading_layer=cr.readout.layer,
+        eval_auroc=cr.eval_auroc, n_neurons_scored=int(torch.isfinite(scores).sum()), passes=stages.passes,
+        seconds={**stages.seconds, "total": sum(stages.seconds.values())}, versions=_versions(),
+        probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        extra={"resumed_layers": swept.resumed["positive"] if one else swept.resumed,
+               "concept_source": None if concept.source is None else concept.source.to_dict(),
+               "contrast_probe_texts": low_neg,
+               **({"k_choice": k_choice} if k_choice is not None else {}),
+               **({"distributed": swept.sharded["positive"] if one else swept.sharded} if swept.sharded else {})},
+    )
+
+
 def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | Scorer = "neat",
                          settings: FindSettings | None = None, *, out: str | Path | None = None,
                          progress: bool = True, label: LabelReadout | None = None,
@@ -226,45 +473,9 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
     whose perplexity ratio on fluency texts stays <= max_ppl (``evaluation/budget.py``); stored in
     meta.json (``extra["k_choice"]``).
     """
-    s = FindSettings.of(settings, **options)
-    if isinstance(method, Scorer):  # a scorer made by the caller, with its own options
-        scorer, method = method, method.name
-        s.check_for(method)
-        if label is not None:
-            raise ValueError(f"label= goes to the {method} scorer's constructor when the scorer is given, not to find")
-        if s.positions is not None and getattr(scorer, "positions", s.positions) != s.positions:
-            raise ValueError(f"positions={s.positions!r} but the {method} scorer given turns neurons off at "
-                             f"{scorer.positions!r} positions")
-    else:
-        scorer = build_scorer(method, s, label=label, concept_name=concept.name)
-    if getattr(scorer, "label", None) is not None:
-        scorer.label.token_ids(model)  # bad label words fail here, before anything is written
-    if probe_pairs is not None and method not in PROBE_METHODS:
-        raise ValueError(f"probe_pairs choose a probe batch, which the {method!r} method does not use "
-                         f"(probe-based methods: {', '.join(PROBE_METHODS)})")
-    reading_layer, vector, pool, read_template = s.reading_layer, s.vector, s.pool, s.read_template
-    probe_size, ablation, eval_fraction, seed, top_k = s.probe_size, s.ablation, s.eval_fraction, s.seed, s.top_k
-    strict, batch_size, tokens_per_batch, max_ppl = s.strict, s.batch_size, s.tokens_per_batch, s.max_ppl
-    score, lam = s.rule(method), s.specificity_for(method)
-    # where the contrast side and the probe effects turn neurons off: the scorer's own positions for the
-    # probe-based methods that have them, else find's default
-    positions = s.positions or (scorer.positions if method in POSITION_METHODS and method != "exhaustive"
-                                else DEFAULT_POSITIONS)
-    layers = parse_layers(s.layers, model.n_layers) if isinstance(s.layers, str) else \
-        (list(s.layers) if s.layers is not None else None)
-    if neurons is not None:
-        neurons = {int(l): sorted(int(k) for k in ks) for l, ks in neurons.items()}
-        bad = [(l, k) for l, ks in neurons.items() for k in ks if not (0 <= l < model.n_layers and 0 <= k < model.d_ff)]
-        if bad:
-            raise ValueError(f"neurons {bad[:3]} out of range: {model.n_layers} blocks of {model.d_ff}")
-        layers = sorted(set(layers or neurons) & set(neurons))
-    if reading_layer is not None and not 0 <= reading_layer < model.n_layers:
-        raise ValueError(f"reading layer {reading_layer} out of range 0..{model.n_layers - 1}")
-    if layers is not None and reading_layer is not None:
-        _check_layers_reach_the_readout(layers, reading_layer, method)
-    executor = distributed if distributed is not None else LocalSweep()
-    executor.check(scorer)  # Ray missing or a scorer it cannot shard: fail before any work
-    run_dir = Path(out) if out is not None else default_run_dir(concept, method)
+    plan = _plan(model, concept, method, FindSettings.of(settings, **options), label, neurons, probe_pairs, distributed)
+    s = plan.settings
+    run_dir = Path(out) if out is not None else default_run_dir(concept, plan.method)
     check_run_folder(run_dir)  # a folder of the user's own files: refused before the lock file is made
     with run_folder_lock(run_dir):  # one writer: a second process gets an error, not a mixed folder
         if (run_dir / "meta.json").exists():
@@ -273,158 +484,41 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
             import warnings
 
             warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s); repeats can land in both "
-                          "the fit and the eval part (drop the repeats from the file, or call ConceptSet.dedupe() in Python)", stacklevel=2)
-        seconds: dict[str, float] = {}
-        passes: dict[str, dict] = {}
-
-        # 1. data and concept vector (m passes, once)
-        t0, c0 = time.perf_counter(), model.counter.snapshot()
-        split = concept.split(eval_fraction=eval_fraction, seed=seed)
-        fit = split.fit
-        pos, neg = fit.positives, fit.contrast
-        if probe_pairs is None and probe_size > len(set(pos)):
-            import warnings
-
-            warnings.warn(f"probe size {probe_size}: the fit split has {len(set(pos))} distinct positives, so the probe "
-                          f"batch holds {len(set(pos))} (recorded as the run's probe_size)", stacklevel=2)
-        read_pos, read_neg = apply_template(read_template, pos), apply_template(read_template, neg)  # as the model reads them
-        with progress_bar("fit texts", len(fit) + len(split.eval), progress) as adv:
-            sp = text_pass(model, read_pos, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
-            sn = text_pass(model, read_neg, pool=pool, batch_size=batch_size, neuron_stats=True, strict=strict, on_batch=adv)
-            se = text_pass(model, apply_template(read_template, split.eval.texts), pool=pool, batch_size=batch_size,
-                           strict=strict, on_batch=adv)
-        h = torch.cat([sp.residuals, sn.residuals])  # [m, L, d]
-        y = torch.tensor([True] * len(pos) + [False] * len(neg))
-        aucs = layer_aurocs(h, y, method=vector, seed=seed)
-        layer = choose_reading_layer(aucs) if reading_layer is None else reading_layer
-        if layers is not None and reading_layer is None:
-            _check_layers_reach_the_readout(layers, layer, method)
-        readout = ConceptReadout(layer, concept_vectors(h, y, vector, seed)[layer], vector, pool, read_template)
-        from sklearn.metrics import roc_auc_score
-
-        eval_auroc = float(roc_auc_score(list(split.eval.labels), readout.score(se.residuals[:, layer]).numpy()))
-        contrast_means = (sn.neuron_sum / max(sn.n_tokens, 1)).float()
-        positive_means = (sp.neuron_sum / max(sp.n_tokens, 1)).float()
-        off = Intervention.of(ablation, contrast_means)  # what a scored neuron becomes
-        gap_fit = float(readout.score(sp.residuals[:, layer]).double().mean() - readout.score(sn.residuals[:, layer]).double().mean())
-        seconds["concept"] = time.perf_counter() - t0
-        passes["concept"] = model.counter.since(c0).as_dict()
-
-        # 2. probe batch X*
-        def distinct(texts: list[str], order: torch.Tensor) -> list[str]:  # the first probe_size distinct texts
-            return list(dict.fromkeys(texts[int(i)] for i in order))[:probe_size]
-
-        if probe_pairs is None:
-            top_pos = distinct(read_pos, torch.argsort(readout.score(sp.residuals[:, layer]), descending=True))
-            low_neg = distinct(read_neg, torch.argsort(readout.score(sn.residuals[:, layer])))
-        else:  # the pairs themselves: the b most stereotypical-leaning pairs, each with its own counterpart
-            top_pos, low_neg = paired_probes(probe_pairs, pos, neg, readout.score(sp.residuals[:, layer]),
-                                             readout.score(sn.residuals[:, layer]), probe_size, read_template)
-        b = len(top_pos)
-        probes = ProbeSet(top_pos, [1.0 / b] * b)
-        if score == "contrastive":
-            probes = ProbeSet(probes.texts + low_neg, probes.weights + [-1.0 / len(low_neg)] * len(low_neg))
-
-        # 3. score, resuming finished blocks
-        params = {"reading_layer": layer, "reading_layer_chosen": reading_layer is None, "vector": vector, "pool": pool,
-                  "read_template": read_template,
-                  "probe_size": b, "score": score, "contrastive": score == "contrastive", "specificity": lam,
-                  **({"probe": "paired", "probe_pairs_sha": _pairs_sha(probe_pairs)} if probe_pairs is not None else {}),
-                  "gap_fit": gap_fit,
-                  "ablation": ablation, "eval_fraction": eval_fraction,
-                  "layers": layers, "top_k": top_k, "neuron_subset": neurons,
-                  "scorer": scorer.params()}  # the scorer's own options, kept apart from the readout's
-        fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": seed,
-                       **{k: v for k, v in params.items() if k != "scorer"},
-                       "scorer": {k: v for k, v in params["scorer"].items() if k != "tokens_per_batch"}}  # speed only
-        score_layers = layers if layers is not None else list(range(model.n_layers))
-        sides = {"positive": probes} if score != "specific" else {
-            "positive": probes, "contrast": ProbeSet(low_neg, [1.0 / len(low_neg)] * len(low_neg))}
-        results, sharded, resumed, side_passes = {}, {}, {}, {}
-        try:
-            for side, side_probes in sides.items():
-                partial = PartialSweep(run_dir, {**fingerprint, "side": side}, name=side if len(sides) > 1 else None)
-                side_scorer, side_neurons = scorer, neurons
-                if side == "contrast" and method != "neat":  # the contrast side: NEAT's exact sweep over what was scored
-                    ok = torch.isfinite(results["positive"].scores)
-                    side_neurons = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model.n_layers) if ok[l].any()}
-                    side_scorer = build_scorer("neat", FindSettings.of(s, positions=positions))
-                task = ScoringTask(readout=readout, probes=side_probes, layers=score_layers if side_neurons is None else
-                                   sorted(side_neurons), neurons=side_neurons, intervention=off,
-                                   positives=pos, contrast=neg, seed=seed)
-                what = f"{method} sweep" + (f", {side} probes" if len(sides) > 1 else "")
-                outcome = executor.sweep(model, side_scorer, task, partial, progress=progress, what=what)
-                results[side], resumed[side], side_passes[side] = outcome.scores, outcome.resumed, outcome.passes
-                if outcome.summary is not None:
-                    sharded[side] = outcome.summary
-        finally:
-            executor.close()  # the workers (if any) served every sweep of the run
-        result = results["positive"]
-        seconds["scoring"] = sum(r.seconds for r in results.values())
-        passes["scoring"] = {k: sum(p[k] for p in side_passes.values()) for k in result.passes.as_dict()}
-        effect = result.scores
-        if score == "specific":  # the drop on the positives minus the size of the change on the contrast texts
-            effect = score_from_effects("specific", result.scores, results["contrast"].scores)
+                          "the fit and the eval part (drop the repeats from the file, or call ConceptSet.dedupe() in "
+                          "Python)", stacklevel=2)
+        stages = Stages(model)
+        with stages.stage("concept"):  # 1. the fit texts read once
+            cr = _read_concept(model, concept, plan, probe_pairs, progress)
+        probes, top_pos, low_neg = _probe_batch(plan, cr, probe_pairs)  # 2. X*
+        params = _params(plan, cr, probes, len(top_pos), probe_pairs)
+        swept = _sweep(model, concept, plan, cr, probes, low_neg, params, run_dir, progress)  # 3. the sweep
+        stages.seconds["scoring"], stages.passes["scoring"] = swept.seconds, swept.passes
+        effect = swept.results["positive"].scores
+        if plan.score == "specific":  # the drop on the positives minus the size of the change on the contrast texts
+            effect = score_from_effects("specific", effect, swept.results["contrast"].scores)
         scores, cost = effect, None
-        if lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
-            t0, c0 = time.perf_counter(), model.counter.snapshot()
-            cost = fluency_cost(model, neg, off, batch_size=8)
-            scores = specificity_aware(effect, cost, gap_fit, lam)
-            seconds["fluency_cost"] = time.perf_counter() - t0
-            passes["fluency_cost"] = model.counter.since(c0).as_dict()
-
-        # 4. the run folder
-        import pandas as pd
-
-        run = Run(run_dir, meta=None, scores=scores, concept_vector=readout.vector.float(),
-                  contrast_means=contrast_means, layer_auroc=torch.tensor(aucs, dtype=torch.float32), top_table=None,
-                  positive_means=positive_means, effect=effect if lam > 0 else None,
-                  fluency_cost=cost, alpha=result.alpha)
-        sel = run.top(min(top_k, int(torch.isfinite(scores).sum())))
-        # 4b. what the top rows do to positives and to contrast texts, measured apart (a generic neuron moves both)
-        t0, c0 = time.perf_counter(), model.counter.snapshot()
-        if score == "specific" and method == "neat":  # both sides were swept in full
-            run.effect_positive, run.effect_contrast = result.scores, results["contrast"].scores
-        else:
-            run.effect_positive, run.effect_contrast = probe_effects(model, readout, top_pos, low_neg, sel, off, positions,
-                                                                     tokens_per_batch)
-        seconds["probe_effects"] = time.perf_counter() - t0
-        passes["probe_effects"] = model.counter.since(c0).as_dict()
-        own = own_token_counts(model, pos, read_template)
-        tokens = {(l, k): top_tokens(model, read_pos, sp, l, k, own=own) for l, k in sel.neurons}
-        run.top_table = pd.DataFrame([{**{c: getattr(r, c) for c in TOP_COLUMNS}, "top_tokens": tokens[(r.layer, r.neuron)]}
-                                      for r in run.rows(len(sel.neurons))], columns=[*TOP_COLUMNS, "top_tokens"])
+        if plan.lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
+            with stages.stage("fluency_cost"):
+                cost = fluency_cost(model, cr.fit.contrast, cr.off, batch_size=8)
+            scores = specificity_aware(effect, cost, cr.gap_fit, plan.lam)
+        run = Run(run_dir, meta=None, scores=scores, concept_vector=cr.readout.vector.float(),
+                  contrast_means=cr.contrast_means, layer_auroc=torch.tensor(cr.aucs, dtype=torch.float32),
+                  top_table=None, positive_means=cr.positive_means, effect=effect if plan.lam > 0 else None,
+                  fluency_cost=cost, alpha=swept.results["positive"].alpha)
+        with stages.stage("probe_effects"):  # 4. the ranking with what tells a concept neuron from a generic one
+            sel = _top_rows(model, run, plan, cr, swept, top_pos, low_neg)
         k_choice = None
-        if max_ppl is not None:  # 4c. K within the fluency budget, chosen on the fit split
+        if s.max_ppl is not None:  # 4c. K within the fluency budget, chosen on the fit split
             from .evaluation.budget import choose_k
 
-            t0, c0 = time.perf_counter(), model.counter.snapshot()
-            ranking = run.top(int(torch.isfinite(scores).sum()))
-            k_choice = choose_k(model, readout, fit, ranking, max_ppl, off,
-                                seed=seed, batch_size=batch_size).to_dict()
-            seconds["k_choice"] = time.perf_counter() - t0
-            passes["k_choice"] = model.counter.since(c0).as_dict()
-        # 5. the top neurons' top-activating examples, token by token, for the report (one pass over those texts)
-        t0, c0 = time.perf_counter(), model.counter.snapshot()
-        examples = neuron_examples(model, {"positive": read_pos, "contrast": read_neg}, {"positive": sp, "contrast": sn},
-                                   list(sel.neurons[:EXAMPLE_NEURONS]), batch_size=batch_size)
-        seconds["examples"] = time.perf_counter() - t0
-        passes["examples"] = model.counter.since(c0).as_dict()
-        seconds["total"] = sum(seconds.values())
-        run.meta = RunMeta(
-            model_id=model.model_id, model_family=model.family.name, weights_hash=model.weights_hash,
-            n_layers=model.n_layers, d_ff=model.d_ff, concept_name=concept.name, concept_hash=concept.hash,
-            n_fit={"positive": fit.n_positive, "contrast": fit.n_contrast},
-            n_eval={"positive": split.eval.n_positive, "contrast": split.eval.n_contrast},
-            method=method, params=params, seed=seed, reading_layer=layer, eval_auroc=eval_auroc,
-            n_neurons_scored=int(torch.isfinite(scores).sum()), passes=passes, seconds=seconds, versions=_versions(),
-            probe_texts=probes.texts, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            extra={"resumed_layers": resumed["positive"] if len(sides) == 1 else resumed,
-                   "concept_source": None if concept.source is None else concept.source.to_dict(),
-                   "contrast_probe_texts": low_neg,
-                   **({"k_choice": k_choice} if k_choice is not None else {}),
-                   **({"distributed": sharded["positive"] if len(sides) == 1 else sharded} if sharded else {})},
-        )
+            with stages.stage("k_choice"):
+                k_choice = choose_k(model, cr.readout, cr.fit, run.top(int(torch.isfinite(scores).sum())), s.max_ppl,
+                                    cr.off, seed=s.seed, batch_size=s.batch_size).to_dict()
+        with stages.stage("examples"):  # 5. the top neurons' top-activating examples, token by token, for the report
+            examples = neuron_examples(model, {"positive": cr.read_pos, "contrast": cr.read_neg},
+                                       {"positive": cr.sp, "contrast": cr.sn}, list(sel.neurons[:EXAMPLE_NEURONS]),
+                                       batch_size=s.batch_size)
+        run.meta = _meta(model, concept, plan, cr, swept, stages, params, probes, low_neg, scores, k_choice)
         write_text(run_dir / EXAMPLES_FILE, json.dumps(examples))  # before meta.json, which marks the run finished
         run.save()
         PartialSweep.clear_all(run_dir)

@@ -30,3 +30,18 @@ def test_readme_layout_names_nothing_that_is_gone():
     named = set(re.findall(r"\b([a-z_0-9]+\.py)\b", layout))
     here = {p.name for d in ("src/neat_llm", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")}
     assert not named - here, f"README's layout section names files that do not exist: {sorted(named - here)}"
+
+
+def test_no_function_body_is_longer_than_80_lines():
+    import ast
+
+    long = []
+    for p in (ROOT / "src" / "neat_llm").rglob("*.py"):
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = n.body
+                if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1:
+                    body = body[1:]  # the docstring is not code
+                if n.end_lineno - body[0].lineno + 1 > 80:
+                    long.append(f"{p.relative_to(ROOT)}:{n.name}")
+    assert not long, f"function bodies longer than 80 lines: {long}"

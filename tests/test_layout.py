@@ -45,3 +45,16 @@ def test_no_function_body_is_longer_than_80_lines():
                 if n.end_lineno - body[0].lineno + 1 > 80:
                     long.append(f"{p.relative_to(ROOT)}:{n.name}")
     assert not long, f"function bodies longer than 80 lines: {long}"
+
+
+def test_the_model_runs_through_one_seam():
+    """No module outside models/ and hooks.py calls the wrapped model or registers a raw hook."""
+    hits = []
+    for p in (ROOT / "src" / "neat_llm").rglob("*.py"):
+        rel = p.relative_to(ROOT / "src" / "neat_llm")
+        if rel.parts[0] == "models" or rel.name == "hooks.py":
+            continue
+        for i, line in enumerate(p.read_text().splitlines()):
+            if re.search(r"\.hf\(|\.hf\.generate\(|register_forward(_pre)?_hook", line):
+                hits.append(f"{rel}:{i + 1}")
+    assert not hits, f"the model run or hooked outside the seam: {hits}"

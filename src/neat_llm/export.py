@@ -188,7 +188,7 @@ def check_baked(model: LoadedModel, spec: InterventionSpec, folder: str | Path, 
     with torch.inference_mode():
         sel = spec.selection()
         with turn_off(model, sel, spec.intervention(sel)):
-            want = model.hf(**enc, use_cache=False).logits
+            want = model.logits(enc)
         got = baked(**enc, use_cache=False).logits
     return float((got - want).abs().max())
 

@@ -5,6 +5,8 @@
 - ``edit_inputs``: replace a module's input with ``fn(key, x)``.
 - ``stop_after``: end the forward pass once a module has run (later blocks and the unembedding
   are skipped); the caller wraps the forward in ``run_until``.
+- ``outputs_require_grad``: a module's output requires grad (gradients through a frozen model).
+- ``last_position_only``: a module sees only the last position of its input.
 """
 
 from __future__ import annotations
@@ -83,6 +85,25 @@ def edit_inputs(modules: Mapping[Hashable, nn.Module],
         return mod.register_forward_pre_hook(lambda _m, args: (fn(key, args[0]),) + tuple(args[1:]))
 
     with _hooked(modules, register):
+        yield
+
+
+@contextmanager
+def outputs_require_grad(module: nn.Module) -> Iterator[None]:
+    """The module's output requires grad (the embedding's, so every later activation is a non-leaf
+    node of one graph and ``autograd.grad`` gives total derivatives)."""
+    def hook(_m, _args, out):
+        return out.requires_grad_(True)
+
+    with _hooked({0: module}, lambda _k, mod: mod.register_forward_hook(hook)):
+        yield
+
+
+@contextmanager
+def last_position_only(module: nn.Module) -> Iterator[None]:
+    """The module sees only the last position of its first input ([B, 1, ...])."""
+    with _hooked({0: module}, lambda _k, mod: mod.register_forward_pre_hook(
+            lambda _m, args: (args[0][:, -1:].contiguous(),) + tuple(args[1:]))):
         yield
 
 

@@ -61,7 +61,7 @@ def neuron_examples(model: LoadedModel, texts: dict[str, list[str]], stats: dict
         enc = model.encode([texts[s][t] for s, t in batch])
         lengths = enc["attention_mask"].sum(1).tolist()
         with capture_inputs(sites) as got:
-            model.hf(**enc, use_cache=False)
+            model.forward(enc)
         for i, key in enumerate(batch):
             n = int(lengths[i])
             ids_of[key] = enc["input_ids"][i, :n].tolist()

@@ -56,7 +56,7 @@ class LabelReadout:
         out = torch.empty(G, len(prompts))
         for rows in token_batches(model, prompts, batch_size, logit_token_budget(model, G)):
             enc = model.encode([prompts[i] for i in rows])
-            logits = model.hf(**repeat_rows(enc, G), use_cache=False).logits  # [G*B, T, V]
+            logits = model.logits(repeat_rows(enc, G))  # [G*B, T, V]
             last = (enc["attention_mask"].sum(1) - 1).repeat(G)  # [G*B]
             s = self.from_logits(model, logits[torch.arange(G * len(rows)), last])
             out[:, rows] = s.reshape(G, len(rows)).cpu()

@@ -126,7 +126,7 @@ def text_pass(model: LoadedModel, texts: list[str], *, pool: str = "last", batch
         enc = model.encode([texts[i] for i in ids], strict=strict)
         mask = enc["attention_mask"].bool()  # [B, T]
         with capture_outputs(blocks) as res, capture_inputs(sites) as acts:
-            model.hf(**enc, use_cache=False)
+            model.forward(enc)
         h = torch.stack([res[l][0] for l in range(L)], 1).float()  # [B, L, T, d]
         check_finite(h, "the residual stream")
         residuals[ids] = pool_tokens(h, mask, pool).cpu()  # [B, L, d]
@@ -175,7 +175,7 @@ def neuron_profiles(model: LoadedModel, texts: list[str], layers: list[int], *, 
         enc = model.encode([texts[r] for r in rows])
         mask = enc["attention_mask"].bool()
         with capture_inputs(sites) as acts:
-            model.hf(**enc, use_cache=False)
+            model.forward(enc)
         for i in sites:
             a = acts[i][0].float()  # [B, T, d_ff]
             check_finite(a, f"the neuron activations of block {layers[i]}")

@@ -140,7 +140,7 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
             width = enc["input_ids"].shape[1]
             ur = torch.stack([u[jobs[r]] for r in rows]).repeat(G, 1)  # [G*B, max_new_tokens]
             sampler = _InverseCdfSampler(ur, width, temperature, top_p, top_k)
-            gen = model.hf.generate(**repeat_rows(enc, G), generation_config=config,
+            gen = model.generate_ids(repeat_rows(enc, G), generation_config=config,
                                     logits_processor=LogitsProcessorList([sampler]))
             text = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
             if stop_at_newline:

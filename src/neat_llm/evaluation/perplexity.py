@@ -36,7 +36,7 @@ def text_logliks_along(model: LoadedModel, texts: Sequence[str], replicas: int,
     # similar lengths share a batch, within a token budget shared by the replicas
     for ids in token_batches(model, texts, batch_size, logit_token_budget(model, G)):
         enc = model.encode([texts[i] for i in ids])
-        logits = model.hf(**repeat_rows(enc, G), use_cache=False).logits  # [G*B, T, V]
+        logits = model.logits(repeat_rows(enc, G))  # [G*B, T, V]
         z = logits[:, :-1].float()  # [G*B, T-1, V]
         target = enc["input_ids"][:, 1:].repeat(G, 1)  # [G*B, T-1]
         ll = z.gather(-1, target[..., None]).squeeze(-1) - z.logsumexp(-1)  # log p(target), no [.., V] log-softmax kept

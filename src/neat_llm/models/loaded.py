@@ -135,10 +135,24 @@ class LoadedModel:
         self._partial = True
         try:
             with capture_outputs({0: self.blocks[layer]}) as res, stop_after(self.blocks[layer]):
-                run_until(lambda: self.hf(**enc, use_cache=False))
+                run_until(lambda: self.forward(enc))
         finally:
             self._partial = False
         return res[0][0]
+
+    def forward(self, enc: dict[str, torch.Tensor], **kwargs):
+        """One pass of the wrapped model over an encoded batch (``use_cache=False`` unless given):
+        the one seam through which every module runs it (hooks, from ``hooks.py``, edit and capture)."""
+        kwargs.setdefault("use_cache", False)
+        return self.hf(**enc, **kwargs)
+
+    def logits(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits of one pass: [B, T, V]."""
+        return self.forward(enc).logits
+
+    def generate_ids(self, enc: dict[str, torch.Tensor], **kwargs) -> torch.Tensor:
+        """``generate`` of the wrapped model on an encoded batch: the prompt ids and the new ones."""
+        return self.hf.generate(**enc, **kwargs)
 
     def gradients(self, output: torch.Tensor, inputs, n_sequences: int):
         """``torch.autograd.grad(output, inputs)``, counted as ``n_sequences`` backward passes."""

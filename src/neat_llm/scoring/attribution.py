@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..concepts.representations import check_finite, token_batches
-from ..hooks import capture_inputs, capture_outputs, run_until, stop_after
+from ..hooks import capture_inputs, capture_outputs, outputs_require_grad, run_until, stop_after
 from ..models.loaded import LoadedModel
 from .base import Scorer, ScoringTask
 
@@ -28,28 +28,21 @@ def gradient_x_activation(model: LoadedModel, texts: list[str], layer: int, vect
     emb = model.hf.get_input_embeddings()
     vec = vector.to(model.device).float()
 
-    def grad_on(_m, _args, out):
-        return out.requires_grad_(True)
-
     for rows in token_batches(model, texts, batch_size):
         enc = model.encode([texts[r] for r in rows])
         mask = enc["attention_mask"]
         last = mask.sum(1) - 1
-        handle = emb.register_forward_hook(grad_on)
-        try:
-            with torch.enable_grad(), capture_inputs(sites) as acts, \
-                    capture_outputs({0: model.blocks[layer]}) as outs, stop_after(model.blocks[layer]):
-                run_until(lambda: model.hf(**enc, use_cache=False))
-                h = outs[0][0]
-                if pool == "last":
-                    s = h[torch.arange(len(rows)), last].float() @ vec  # [B]: S of each text
-                else:  # the mean over each text's own tokens
-                    mm = mask[..., None].float()
-                    s = ((h.float() * mm).sum(1) / mm.sum(1)) @ vec
-                a = [acts[l][0] for l in range(layer + 1)]
-                grads = model.gradients(s.sum(), a, len(rows))  # texts are independent: per-text gradients
-        finally:
-            handle.remove()
+        with outputs_require_grad(emb), torch.enable_grad(), capture_inputs(sites) as acts, \
+                capture_outputs({0: model.blocks[layer]}) as outs, stop_after(model.blocks[layer]):
+            run_until(lambda: model.forward(enc))
+            h = outs[0][0]
+            if pool == "last":
+                s = h[torch.arange(len(rows)), last].float() @ vec  # [B]: S of each text
+            else:  # the mean over each text's own tokens
+                mm = mask[..., None].float()
+                s = ((h.float() * mm).sum(1) / mm.sum(1)) @ vec
+            a = [acts[l][0] for l in range(layer + 1)]
+            grads = model.gradients(s.sum(), a, len(rows))  # texts are independent: per-text gradients
         m = mask[..., None].float()
         for l in range(layer + 1):
             contrib = (a[l].detach().float() * grads[l].float() * m).sum(1)  # [B, d_ff]

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from ..concepts.representations import check_finite, token_batches
-from ..hooks import capture_inputs
+from ..hooks import capture_inputs, outputs_require_grad
 from ..interventions import Intervention, Zero
 from ..models.loaded import LoadedModel
 
@@ -88,24 +88,17 @@ def loss_effect_first_order(model: LoadedModel, texts: Sequence[str], interventi
     sites = dict(enumerate(model.sites))
     emb = model.hf.get_input_embeddings()
 
-    def grad_on(_m, _args, out):
-        return out.requires_grad_(True)
-
     for rows in token_batches(model, texts, batch_size):
         enc = model.encode([texts[r] for r in rows])
         mask = enc["attention_mask"]
-        handle = emb.register_forward_hook(grad_on)
-        try:
-            with torch.enable_grad(), capture_inputs(sites) as acts:
-                logits = model.hf(**enc, use_cache=False).logits  # [B, T, V]
-                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                ll = logp.gather(-1, enc["input_ids"][:, 1:, None]).squeeze(-1)  # [B, T-1]
-                predicted = mask[:, 1:].float()
-                nll = -(ll * predicted).sum()
-                a = [acts[l][0] for l in range(L)]
-                grads = model.gradients(nll, a, len(rows))
-        finally:
-            handle.remove()
+        with outputs_require_grad(emb), torch.enable_grad(), capture_inputs(sites) as acts:
+            logits = model.logits(enc)  # [B, T, V]
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            ll = logp.gather(-1, enc["input_ids"][:, 1:, None]).squeeze(-1)  # [B, T-1]
+            predicted = mask[:, 1:].float()
+            nll = -(ll * predicted).sum()
+            a = [acts[l][0] for l in range(L)]
+            grads = model.gradients(nll, a, len(rows))
         n_tokens += int(predicted.sum())
         m = mask[..., None].to(a[0].dtype)
         for l in range(L):

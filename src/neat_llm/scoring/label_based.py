@@ -49,7 +49,7 @@ class IntegratedGradientsScorer(Scorer):
             return held["scaled"]
 
         with torch.enable_grad(), edit_inputs({layer: model.sites[layer]}, scale):
-            logits = model.hf(**enc, use_cache=False).logits[:, -1]
+            logits = model.logits(enc)[:, -1]
             s = self.label.from_logits(model, logits)  # [steps]
             (g,) = model.gradients(s.sum(), held["scaled"], self.steps)  # [steps, T, d_ff]
         ig = (held["a"].float() * g.float().mean(0)).sum(0)
@@ -91,7 +91,7 @@ class LogprobIncreaseScorer(Scorer):
             enc = model.encode([self.label.prompt(t)])
             with capture_outputs({l: model.blocks[l] for l in layers}) as outs, \
                     capture_inputs({l: model.sites[l] for l in layers}) as acts:
-                model.hf(**enc, use_cache=False)
+                model.forward(enc)
             for i, l in enumerate(layers):
                 h = outs[l][0][0, -1]  # [d]
                 a = acts[l][0][0, -1]  # [d_ff]

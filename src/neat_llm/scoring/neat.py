@@ -27,7 +27,8 @@ import torch
 from ..allocator import keep_freed_memory
 from ..concepts.representations import check_finite
 from ..interventions.types import BlockEdit
-from ..hooks import capture_calls, capture_inputs, capture_outputs, edit_inputs, run_until, stop_after
+from ..hooks import (capture_calls, capture_inputs, capture_outputs, edit_inputs, last_position_only, run_until,
+                     stop_after)
 from ..models.adapters import get_module
 from ..models.loaded import LoadedModel
 from .base import Scorer, ScoringTask
@@ -51,7 +52,7 @@ class ProbeCache:
         sites = {l: model.sites[l] for l in range(readout_layer + 1)}
         with torch.inference_mode(), capture_calls(blocks) as calls, capture_outputs(blocks) as outs, \
                 capture_inputs(sites) as acts, stop_after(model.blocks[readout_layer]):
-            run_until(lambda: model.hf(**enc, use_cache=False))
+            run_until(lambda: model.forward(enc))
         self.calls = {l: calls[l][0] for l in blocks}
         self.block_out = {l: outs[l][0] for l in blocks}
         self.acts = {l: acts[l][0] for l in blocks}
@@ -78,11 +79,8 @@ def call_block_last(model: LoadedModel, j: int, h: torch.Tensor, call: tuple[tup
     broadcasts, so positions < T-1 of the returned tensor are not the block's output and must not
     be used). The MLP is ~3/4 of a block's FLOPs. Attention still runs on every position."""
     mlp = get_module(model.blocks[j], model.family.site.rsplit(".", 1)[0])
-    handle = mlp.register_forward_pre_hook(lambda _m, args: (args[0][:, -1:].contiguous(),) + tuple(args[1:]))
-    try:
+    with last_position_only(mlp):
         return call_block(model, j, h, call)
-    finally:
-        handle.remove()
 
 
 def finish_replicas(model: LoadedModel, cache: ProbeCache, l: int, top: int, h: torch.Tensor,

@@ -65,14 +65,14 @@ class ReadPositionCache:
             with torch.inference_mode():
                 cache = DynamicCache(config=model.hf.config)
                 with stop_after(model.blocks[top]):
-                    run_until(lambda: model.hf(input_ids=enc["input_ids"][:, :-1],
-                                               attention_mask=enc["attention_mask"][:, :-1], cache=cache,
-                                               use_cache=True))
+                    run_until(lambda: model.forward({"input_ids": enc["input_ids"][:, :-1],
+                                                     "attention_mask": enc["attention_mask"][:, :-1]}, cache=cache,
+                                                    use_cache=True))
                 self.prefix = copy.deepcopy(cache)  # the one-token call below appends to ``cache``
                 with capture_calls(blocks) as calls, capture_outputs(blocks) as outs, capture_inputs(sites) as acts, \
                         stop_after(model.blocks[top]):
-                    run_until(lambda: model.hf(input_ids=enc["input_ids"][:, -1:], attention_mask=enc["attention_mask"],
-                                               cache=cache, use_cache=True))
+                    run_until(lambda: model.forward({"input_ids": enc["input_ids"][:, -1:],
+                                                     "attention_mask": enc["attention_mask"]}, cache=cache, use_cache=True))
         except (TypeError, ValueError, RuntimeError, AttributeError) as err:  # a family without a usable cache path
             warnings.warn(f"{model.model_id}: the one-token KV-cache replay failed ({err}); position-restricted "
                           "scores re-run every position instead", stacklevel=3)

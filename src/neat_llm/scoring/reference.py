@@ -32,7 +32,7 @@ def concept_score_of(model: LoadedModel, text: str, layer: int, vector: torch.Te
 
     with torch.inference_mode(), capture_outputs({layer: model.blocks[layer]}) as outs, \
             edit_inputs(edits, set_value):
-        model.hf(**enc, use_cache=False)
+        model.forward(enc)
     h = outs[layer][0][0]  # [T, d]
     x = h[-1] if pool == "last" else h.float().mean(0)
     return float(x.float() @ vector.to(model.device).float())

@@ -24,7 +24,7 @@ from .evaluation.removal import BUDGETS, BudgetResult, RemovalReport, evaluate_r
 from .find import find_concept_neurons
 from .models.loaded import LoadedModel
 from .records import known
-from .runs import Run, run_folder_lock, write_text
+from .runs import Run, RunFiles, run_folder_lock, write_text
 from .scoring import Scorer
 
 WHOLE_MODEL_METHODS = ("neat", "neat-cluster", "screen-verify", "attribution-patching", "logprob-increase",
@@ -266,7 +266,7 @@ def _name(method: str | Scorer) -> str:
 
 
 def _find_or_load(model, concept, method: str | Scorer, run_dir: Path, **kwargs) -> Run:
-    return Run.load(run_dir) if (run_dir / "meta.json").exists() else find_concept_neurons(
+    return Run.load(run_dir) if (run_dir / RunFiles.META).exists() else find_concept_neurons(
         model, concept, method=method, out=run_dir, **kwargs)
 
 

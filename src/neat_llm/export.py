@@ -31,7 +31,7 @@ from .interventions import InterventionSpec, turn_off
 from .interventions.spec import make_spec
 from .models.adapters import FAMILIES, get_module
 from .models.loaded import LoadedModel
-from .runs import Run
+from .runs import Run, RunFiles
 
 FORMATS = ("spec", "hf", "neuronpedia")
 BIAS_VIA_CONFIG = {"llama": "mlp_bias"}  # model_type -> the config switch that gives the MLP biases
@@ -132,9 +132,7 @@ def export_checkpoint(model: LoadedModel, spec: InterventionSpec, out: str | Pat
 def neuronpedia_records(run: Run, k: int) -> list[dict]:
     """One record per top-``k`` neuron: layer, index, score, mean activations, and the top-activating
     texts the run kept (examples.json) with per-token activations."""
-    from .concepts.examples import EXAMPLES_FILE
-
-    path = run.run_dir / EXAMPLES_FILE
+    path = run.run_dir / RunFiles.EXAMPLES
     examples = {}
     if path.is_file():
         for n in json.loads(path.read_text()).get("neurons", []):

@@ -22,8 +22,8 @@ from .concepts.vectors import (ConceptReadout, apply_template,
                                choose_reading_layer, concept_vectors, layer_aurocs)
 from .models.loaded import LoadedModel
 from .progress import progress_bar
-from .concepts.examples import EXAMPLES_FILE, neuron_examples
-from .runs import PartialSweep, Run, RunError, RunMeta, check_run_folder, run_folder_lock, write_text
+from .concepts.examples import neuron_examples
+from .runs import PartialSweep, Run, RunError, RunFiles, RunMeta, check_run_folder, run_folder_lock, write_text
 from .interventions import Intervention
 from .find_settings import (DEFAULT_POSITIONS, EFFECT_METHODS, POSITION_METHODS,
                             PROBE_METHODS, SCORE_RULES, FindSettings, build_scorer)
@@ -478,7 +478,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
     run_dir = Path(out) if out is not None else default_run_dir(concept, plan.method)
     check_run_folder(run_dir)  # a folder of the user's own files: refused before the lock file is made
     with run_folder_lock(run_dir):  # one writer: a second process gets an error, not a mixed folder
-        if (run_dir / "meta.json").exists():
+        if (run_dir / RunFiles.META).exists():
             raise RunError(f"{run_dir} already holds a finished run; choose another --out")
         if concept.n_repeated:
             import warnings
@@ -519,7 +519,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
                                        {"positive": cr.sp, "contrast": cr.sn}, list(sel.neurons[:EXAMPLE_NEURONS]),
                                        batch_size=s.batch_size)
         run.meta = _meta(model, concept, plan, cr, swept, stages, params, probes, low_neg, scores, k_choice)
-        write_text(run_dir / EXAMPLES_FILE, json.dumps(examples))  # before meta.json, which marks the run finished
+        write_text(run_dir / RunFiles.EXAMPLES, json.dumps(examples))  # before meta.json, which marks the run finished
         run.save()
         PartialSweep.clear_all(run_dir)
         return run

@@ -44,8 +44,39 @@ class RunError(ValueError):
     """A run folder is missing, incomplete, or belongs to another run."""
 
 
-LOCK_FILE = ".lock"
-TRANSPORT_FILE = "transport.safetensors"
+class RunFiles:
+    """Every file a run folder holds, named once (the report, the studies and the CLI use these)."""
+
+    META = "meta.json"  # written last: a folder is a finished run exactly when it exists
+    SCORES = "scores.safetensors"
+    TOP = "top.csv"
+    EXAMPLES = "examples.json"
+    TRANSPORT = "transport.safetensors"
+    EVALUATION = "evaluation.json"
+    HATE = "hate.json"
+    HATE_CONTINUATIONS = "hate_continuations.json"
+    BIAS = "bias.json"
+    REPORT = "report.html"
+    LOCK = ".lock"
+    PARTIAL = ".partial"
+    HATE_PARTIAL = ".hate-partial"
+    BIAS_PARTIAL = ".bias-partial"
+
+    @staticmethod
+    def behaviour(tag: str) -> str:
+        return f"behaviour-{tag}.json"
+
+    @staticmethod
+    def behaviour_continuations(tag: str) -> str:
+        return f"behaviour-{tag}-continuations.json"
+
+    @staticmethod
+    def behaviour_partial(tag: str) -> str:
+        return f".behaviour-partial-{tag}"
+
+
+LOCK_FILE = RunFiles.LOCK
+TRANSPORT_FILE = RunFiles.TRANSPORT
 
 
 def _safetensors_meta(path: Path) -> dict:
@@ -121,7 +152,7 @@ def run_folder_lock(run_dir: str | Path):
                 pass  # not empty: it holds the run (or a resumable part of it)
 
 
-RUN_MARKS = ("meta.json", ".partial", ".hate-partial", ".bias-partial")  # what only a neat run folder holds
+RUN_MARKS = (RunFiles.META, RunFiles.PARTIAL, RunFiles.HATE_PARTIAL, RunFiles.BIAS_PARTIAL)  # what only a neat run folder holds
 
 
 def check_run_folder(run_dir: str | Path) -> None:
@@ -321,15 +352,15 @@ class Run:
         """evaluation.json (``neat evaluate``, or ``neat find --max-ppl``'s chosen K)."""
         from .evaluation.removal import RemovalReport
 
-        d = self._json("evaluation.json")
+        d = self._json(RunFiles.EVALUATION)
         return None if d is None else RemovalReport.from_dict(d)
 
     def hate_report(self) -> "HateReport | None":
         """hate.json (``neat hate``), with the continuations when hate_continuations.json is there."""
         from .evaluation.hate import HateReport
 
-        d = self._json("hate.json")
-        conts = self._json("hate_continuations.json") or {}
+        d = self._json(RunFiles.HATE)
+        conts = self._json(RunFiles.HATE_CONTINUATIONS) or {}
         conts = {k: v for k, v in conts.items() if k not in ("prompts", "samples_per_prompt")}
         return None if d is None else HateReport.from_dict(d, conts)
 
@@ -337,10 +368,10 @@ class Run:
         """bias.json (``neat bias``)."""
         from .evaluation.bias import BiasReport
 
-        d = self._json("bias.json")
+        d = self._json(RunFiles.BIAS)
         return None if d is None else BiasReport.from_dict(d)
 
-    EVALUATION = "evaluation.json"
+    EVALUATION = RunFiles.EVALUATION
     EVALUATION_KEYS = ("mode", "seed", "n_random", "layers_pool")  # with the Ks: what makes two evaluations differ
 
     def save_evaluation(self, obj: dict) -> Path | None:
@@ -369,15 +400,15 @@ class Run:
             raise RunError(f"{f} is not valid JSON ({err})") from None
 
     def save(self) -> None:
-        if (self.run_dir / "meta.json").exists():  # checked again right before the run is written
+        if (self.run_dir / RunFiles.META).exists():  # checked again right before the run is written
             raise RunError(f"{self.run_dir} already holds a finished run; choose another --out")
         tensors = {"scores": self.scores.contiguous(), "concept_vector": self.concept_vector.contiguous(),
                    "contrast_means": self.contrast_means.contiguous(), "layer_auroc": self.layer_auroc.contiguous()}
         tensors.update({name: getattr(self, name).float().contiguous() for name in self.OPTIONAL
                         if getattr(self, name) is not None})
-        atomic_write(self.run_dir / "scores.safetensors", lambda p: save_file(tensors, str(p)))
-        atomic_write(self.run_dir / "top.csv", lambda p: self.top_table.to_csv(p, index=False))
-        write_text(self.run_dir / "meta.json", json.dumps(asdict(self.meta), indent=2))  # last: marks completion
+        atomic_write(self.run_dir / RunFiles.SCORES, lambda p: save_file(tensors, str(p)))
+        atomic_write(self.run_dir / RunFiles.TOP, lambda p: self.top_table.to_csv(p, index=False))
+        write_text(self.run_dir / RunFiles.META, json.dumps(asdict(self.meta), indent=2))  # last: marks completion
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Run":
@@ -386,15 +417,15 @@ class Run:
         d = Path(run_dir)
         if not d.is_dir():
             raise RunError(f"no such run folder: {d}")
-        if not (d / "meta.json").is_file():
-            hint = " (an interrupted run: rerun the same `neat find --out` to resume)" if (d / ".partial").exists() else ""
+        if not (d / RunFiles.META).is_file():
+            hint = " (an interrupted run: rerun the same `neat find --out` to resume)" if (d / RunFiles.PARTIAL).exists() else ""
             raise RunError(f"{d} is not a finished run: meta.json is missing{hint}")
-        raw = json.loads((d / "meta.json").read_text())
+        raw = json.loads((d / RunFiles.META).read_text())
         if raw.get("format") != FORMAT:
             raise RunError(f"{d} was written by an incompatible neat-llm (format {raw.get('format')})")
-        t = load_file(str(d / "scores.safetensors"))
+        t = load_file(str(d / RunFiles.SCORES))
         return cls(d, RunMeta(**raw), t["scores"], t["concept_vector"], t["contrast_means"], t["layer_auroc"],
-                   pd.read_csv(d / "top.csv"), **{name: t.get(name) for name in cls.OPTIONAL})
+                   pd.read_csv(d / RunFiles.TOP), **{name: t.get(name) for name in cls.OPTIONAL})
 
 
 def _evaluation_key(d: dict) -> tuple:

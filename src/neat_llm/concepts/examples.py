@@ -19,7 +19,6 @@ from .representations import batches, check_finite
 from ..hooks import capture_inputs
 from ..models.loaded import LoadedModel
 
-EXAMPLES_FILE = "examples.json"
 
 
 def _candidates(stats, side: str, layer: int, neuron: int):

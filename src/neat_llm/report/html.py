@@ -20,12 +20,12 @@ from pathlib import Path
 
 from .charts import GREY, PALETTE, Series, bar_chart, empty_chart, histogram, interval_chart, line_chart
 from ..concepts.conceptset import ConceptSource
-from ..concepts.examples import EXAMPLES_FILE
 from ..evaluation.bias import BiasReport
 from ..evaluation.behaviour import BehaviourReport
+from ..runs import RunFiles
 from ..evaluation.hate import HateReport
 
-REPORT_FILE = "report.html"
+REPORT_FILE = RunFiles.REPORT
 OPEN_ROWS = 2  # top neurons shown expanded when the page opens
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -75,29 +75,29 @@ def read_run_folder(run_dir: str | Path) -> ReportInputs:
     if not d.is_dir():
         raise RunError(f"no such run folder: {d}")
     notes: list[str] = []
-    meta = _read_json(d / "meta.json", notes)
+    meta = _read_json(d / RunFiles.META, notes)
     if meta is None:
         raise RunError(f"{d} is not a finished run: meta.json is missing or unreadable")
     inp = ReportInputs(d, meta, notes=notes)
-    if (d / "scores.safetensors").is_file():
+    if (d / RunFiles.SCORES).is_file():
         try:
             from safetensors.torch import load_file
 
-            t = load_file(str(d / "scores.safetensors"))
+            t = load_file(str(d / RunFiles.SCORES))
             inp.scores, inp.layer_auroc = t.get("scores"), t.get("layer_auroc")
         except Exception as err:  # a damaged file costs its charts, not the page
             notes.append(f"scores.safetensors could not be read ({err})")
-    if (d / "top.csv").is_file():
+    if (d / RunFiles.TOP).is_file():
         try:
             import pandas as pd
 
-            inp.top = pd.read_csv(d / "top.csv", keep_default_na=False).to_dict("records")
+            inp.top = pd.read_csv(d / RunFiles.TOP, keep_default_na=False).to_dict("records")
         except Exception as err:
             notes.append(f"top.csv could not be read ({err})")
-    inp.examples = _read_json(d / EXAMPLES_FILE, notes)
-    inp.evaluation = _read_json(d / "evaluation.json", notes)
-    inp.hate = _read_typed(d / "hate.json", HateReport.from_dict, notes)
-    inp.bias = _read_typed(d / "bias.json", BiasReport.from_dict, notes)
+    inp.examples = _read_json(d / RunFiles.EXAMPLES, notes)
+    inp.evaluation = _read_json(d / RunFiles.EVALUATION, notes)
+    inp.hate = _read_typed(d / RunFiles.HATE, HateReport.from_dict, notes)
+    inp.bias = _read_typed(d / RunFiles.BIAS, BiasReport.from_dict, notes)
     for f in sorted(d.glob("behaviour-*.json")):
         if not f.name.endswith("-continuations.json"):
             got = _read_typed(f, BehaviourReport.from_dict, notes)

@@ -26,7 +26,7 @@ from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
-from ..runs import Run, check_run_folder, run_folder_lock, write_text
+from ..runs import Run, RunFiles, check_run_folder, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
 from .settings import BiasStudySettings
 
@@ -134,7 +134,7 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
             layer_rule=layer_rule, paired_cv_accuracy=None if paired_cv is None else float(paired_cv[readout.layer]),
             paired_cv_accuracy_by_layer=None if paired_cv is None else [float(x) for x in paired_cv],
             eval_paired_accuracy=eval_paired, eval_paired_accuracy_by_type=paired_by_type)
-        path = out / "bias.json"
+        path = out / RunFiles.BIAS
         write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
         store.clear()
         return BiasStudy(run, report, path, fit, ev)

@@ -13,7 +13,7 @@ from ..find import find_concept_neurons
 from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..progress import progress_bar
-from ..runs import Run, RunError
+from ..runs import Run, RunError, RunFiles
 
 
 def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Path, settings: FindSettings, *,
@@ -21,7 +21,7 @@ def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Pat
     """The finished run in ``out`` when it was made from the same model, data and method (a rerun
     after an interruption goes straight to the evaluation); otherwise ``find_concept_neurons``
     (which itself resumes an interrupted sweep in ``out``)."""
-    if (out / "meta.json").is_file():
+    if (out / RunFiles.META).is_file():
         run = Run.load(out)
         layer, score = settings.reading_layer, settings.score
         probe = "paired" if probe_pairs is not None else None

@@ -31,7 +31,7 @@ from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..records import split_known
-from ..runs import Run, check_run_folder, run_folder_lock, write_text
+from ..runs import Run, RunFiles, check_run_folder, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
 from .hate import _groups, hate_concept
 from .settings import DemonstrationStudySettings
@@ -116,7 +116,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                        "n_random": s.n_random, "seed": s.seed, **iv.settings(), "alpha": iv.alpha,
                        "demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
                        "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
-        store = ConditionStore(out / f".behaviour-partial-{tag}", fingerprint)
+        store = ConditionStore(out / RunFiles.behaviour_partial(tag), fingerprint)
         n_cond = 1 + len(s.ks) * (1 + s.n_random)
         with condition_progress("behaviour evaluation", n_cond, store.n_done(), progress) as tick:
             report = evaluate_behaviour(model, demos, run.selections(s.ks), judge, intervention=iv,
@@ -128,10 +128,10 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,
                                reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)})
-        write_text(out / f"behaviour-{tag}-continuations.json",
+        write_text(out / RunFiles.behaviour_continuations(tag),
                    json.dumps({"prompts": {"hate": list(demos.hate_prompts), "neutral": list(demos.neutral_prompts)},
                                **report.continuations}))
-        path = out / f"behaviour-{tag}.json"
+        path = out / RunFiles.behaviour(tag)
         write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
     return DemonstrationStudy(run, report, path)
 

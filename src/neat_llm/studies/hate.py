@@ -27,7 +27,7 @@ from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
-from ..runs import Run, check_run_folder, run_folder_lock, write_text
+from ..runs import Run, RunFiles, check_run_folder, run_folder_lock, write_text
 from .common import condition_progress, find_or_reuse, neuron_pool
 from .settings import HateStudySettings
 
@@ -211,8 +211,8 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
         report.settings = replace(report.settings, fit_groups=fit_g, eval_groups=eval_g,
                                   reading_layer=run.meta.reading_layer, eval_auroc=run.meta.eval_auroc,
                                   n_fit=run.meta.n_fit)
-        path = out / "hate.json"
-        write_text(out / "hate_continuations.json", json.dumps({"prompts": list(hdata.prompts), "samples_per_prompt": samples,
+        path = out / RunFiles.HATE
+        write_text(out / RunFiles.HATE_CONTINUATIONS, json.dumps({"prompts": list(hdata.prompts), "samples_per_prompt": samples,
                                                                 **report.continuations}))
         write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
         store.clear()

@@ -17,15 +17,21 @@ from .scoring import SCORERS, Scorer, get_scorer
 DEFAULT_PROBE_SIZE = 8
 SCORE_RULES = ("specific", "contrastive", "positive")
 DEFAULT_SCORE = "specific"
-PROBE_METHODS = ("neat", "neat-cluster", "screen-verify", "reference")  # methods that score a probe batch
 DEFAULT_POSITIONS = "read"
+
+
+def _methods(capability: str) -> tuple[str, ...]:
+    """The methods whose scorer class has ``capability`` (what a method can do lives on its class)."""
+    return tuple(name for name, cls in SCORERS.items() if getattr(cls, capability))
+
+
+PROBE_METHODS = _methods("probe_based")  # methods that score a probe batch
 # methods that turn neurons off exactly at a choice of positions (neat-cluster and screen-verify for the
 # neurons they score exactly: the same positions as neat, so their scores and the contrast side agree)
-POSITION_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive")
-# methods whose score is a drop of the concept score S (the ones a specificity-aware score applies to)
-EFFECT_METHODS = ("neat", "neat-cluster", "screen-verify", "exhaustive", "attribution-patching", "reference")
-TOKEN_BUDGET_METHODS = ("neat", "exhaustive", "screen-verify", "neat-cluster")  # take tokens_per_batch
-LABEL_METHODS = ("integrated-gradients", "logprob-increase")  # read the label readout
+POSITION_METHODS = _methods("takes_positions")
+EFFECT_METHODS = _methods("scores_an_effect")  # a drop of S: the specificity-aware score applies
+TOKEN_BUDGET_METHODS = _methods("takes_token_budget")  # take tokens_per_batch
+LABEL_METHODS = _methods("reads_label")  # read the label readout
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class AttributionPatchingScorer(Scorer):
     """Attribution patching / gradient x activation over the fit positives (see module docstring)."""
 
     name = "attribution-patching"
+    scores_an_effect = True
 
     def __init__(self, batch_size: int = 8):
         self.batch_size = batch_size

@@ -137,7 +137,13 @@ class Scorer(ABC):
     """Scores neurons for a concept. Subclasses implement ``_score`` and document formula and cost."""
 
     name: str = "?"
+    # what the method can do (find_settings reads these; nothing lists method names by hand)
     shardable: bool = False  # its work units may run in other processes with the same numbers (distributed.py)
+    probe_based: bool = False  # it scores a probe batch (so a contrast side and the score rules apply)
+    takes_positions: bool = False  # it turns neurons off exactly at a choice of positions (read / all)
+    scores_an_effect: bool = False  # its score is a drop of the concept score S (the specificity penalty applies)
+    takes_token_budget: bool = False  # its constructor takes tokens_per_batch
+    reads_label: bool = False  # it reads the label readout, not the concept score
 
     def score(self, model: LoadedModel, task: ScoringTask) -> NeuronScores:
         bad = [l for l in task.layers if not 0 <= l < model.n_layers]

@@ -34,6 +34,7 @@ def cluster_neurons(features: torch.Tensor, n_clusters: int, seed: int) -> torch
 
 class ClusterScorer(Scorer):
     name = "neat-cluster"
+    probe_based = takes_positions = scores_an_effect = takes_token_budget = True
 
     def __init__(self, n_clusters: int = 32, keep: int = 16, basis: str = "activation", tokens_per_batch: int = 4096,
                  positions: str = "read"):

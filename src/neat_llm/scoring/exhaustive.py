@@ -16,6 +16,8 @@ from .neat import NeatScorer
 
 class ExhaustiveScorer(NeatScorer):
     name = "exhaustive"
+    probe_based = False  # its probes are the fit positives, not a probe batch
+    takes_positions = scores_an_effect = takes_token_budget = True
     shardable = False  # its probes are the fit positives, not the task's: NEAT's batch grid does not describe it
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:

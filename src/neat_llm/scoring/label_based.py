@@ -26,6 +26,7 @@ from .base import Scorer, ScoringTask
 
 class IntegratedGradientsScorer(Scorer):
     name = "integrated-gradients"
+    reads_label = True
 
     def __init__(self, steps: int = 20, label: LabelReadout | None = None, max_texts: int | None = None):
         self.steps = steps
@@ -74,6 +75,7 @@ class IntegratedGradientsScorer(Scorer):
 
 class LogprobIncreaseScorer(Scorer):
     name = "logprob-increase"
+    reads_label = True
 
     def __init__(self, label: LabelReadout | None = None):
         self.label = label or LabelReadout()

@@ -114,6 +114,7 @@ class NeatScorer(Scorer):
     per process, tens of seconds on a CPU, so it pays off on full sweeps only)."""
 
     name = "neat"
+    probe_based = takes_positions = scores_an_effect = takes_token_budget = True
     shardable = True
 
     def __init__(self, tokens_per_batch: int = 4096, positions: str = "all", kv_cache: bool = True,

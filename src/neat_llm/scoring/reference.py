@@ -44,6 +44,7 @@ class ReferenceScorer(Scorer):
     Cost: (n + 1) full forwards per probe text."""
 
     name = "reference"
+    probe_based = scores_an_effect = True
 
     def __init__(self, positions: str = "all"):
         if positions not in ("all", "read"):

@@ -19,6 +19,7 @@ from .neat import NeatScorer
 
 class ScreenVerifyScorer(Scorer):
     name = "screen-verify"
+    probe_based = takes_positions = scores_an_effect = takes_token_budget = True
 
     def __init__(self, candidates: int = 500, tokens_per_batch: int = 4096, screen_on: str = "fit",
                  positions: str = "read"):

@@ -146,3 +146,28 @@ def test_generation_readout_reads_where_the_model_writes(tiny_llama, tmp_path):
     assert run.meta.params["read_template"] == "{text}" and run.meta.concept_name.endswith("-demonstrations")
     assert all(t.endswith("\n-") for t in run.meta.probe_texts)  # the probes are prompts, read at their end
     assert study.report.settings["readout"] == "generation" and study.report.n_continuations == 6
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma2", "gemma3", "qwen2", "gpt_neox", "phi3", "mistral", "gemma",
+                                  "qwen3"])
+def test_shared_prefill_gives_the_same_continuations(kind, tokenizer):
+    from conftest import FAMILY_KINDS, build_tiny
+
+    from neat_llm.interventions import Condition, NeuronSelection, Zero, conditions_along_batch
+
+    if kind not in FAMILY_KINDS:
+        pytest.skip(f"{kind} is not a tiny family here")
+    m = build_tiny(kind, tokenizer)
+    prompts = ["- the rain came\n- the wind moved\n-", "- a cake\n-", "- hill folk bake bread\n- the town\n-"]
+    conds = [Condition("before"), Condition("off", NeuronSelection(((0, 3), (1, 7))), Zero())]
+    kw = dict(max_new_tokens=6, seed=2, samples=3, batch_size=4, stop_at_newline=True)
+    with conditions_along_batch(m, conds) as G:
+        c0 = m.counter.snapshot()
+        plain = sample_continuations_along(m, prompts, G, **kw)
+        c1 = m.counter.snapshot()
+        shared = sample_continuations_along(m, prompts, G, share_prefill=True, **kw)
+        c2 = m.counter.snapshot()
+    assert shared == plain
+    # each prompt read once per condition (3 prompts x 2), not once per sample (9 jobs x 2)
+    assert c1.since(c0).forward == 18 and c2.since(c1).forward == 6
+    assert plain[0] != plain[1]  # the conditions differ: the test is not vacuous

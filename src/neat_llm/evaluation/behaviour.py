@@ -58,7 +58,8 @@ class BehaviourMeasure:
 
     def measure(self, model: LoadedModel, replicas: int) -> list[BehaviourResult]:
         G, d, bs = replicas, self.demos, self.batch_size
-        kw = dict(max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=bs, stop_at_newline=True)
+        kw = dict(max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=bs, stop_at_newline=True,
+                  share_prefill=True)  # a prompt read once per condition, its cache copied to its samples
         hate = sample_continuations_along(model, d.hate_prompts, G, samples=self.samples, **kw)
         neutral = sample_continuations_along(model, d.neutral_prompts, G, samples=self.neutral_samples, **kw)
         ll_h = continuation_logliks_along(model, d.hate_prompts, [" " + s.strip() + "\n" for s in d.hate_next], G, bs)

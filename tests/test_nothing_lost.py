@@ -269,3 +269,14 @@ def test_a_truncated_checkpoint_and_a_junk_gguf_are_clear_errors(tiny_model_dir,
     junk.write_bytes(b"GGUF" + bytes(200))
     with pytest.raises(ModelLoadError, match="could not be read as a GGUF model file"):
         nl.load_model(str(junk))
+
+
+def test_version_and_k_beside_a_spec(run, tmp_path):
+    import neat_llm
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"neat-llm {neat_llm.__version__}"
+    spec = tmp_path / "s.json"
+    assert CliRunner().invoke(app, ["export", str(run.run_dir), "--k", "3", "--out", str(spec)]).exit_code == 0
+    res = CliRunner().invoke(app, ["generate", "--spec", str(spec), "--k", "10", "hello"])
+    assert res.exit_code == 2 and "drop --k" in res.output

@@ -234,7 +234,7 @@ def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
 @app.command()
 def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (or, with --spec, the prompt)"),
              prompt: Optional[str] = typer.Argument(None, help="the prompt to continue"),
-             k: int = typer.Option(50, "--k", help="turn off the top-k neurons"),
+             k: Optional[int] = typer.Option(None, "--k", help="turn off the top-k neurons (default 50; not with --spec)"),
              mode: ModeOption = None,
              alpha: AlphaOption = None,
              strength: StrengthOption = None,
@@ -256,6 +256,8 @@ def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (
             _fail("give a run folder or --spec, not both")
         if mode is not None or alpha is not None or strength is not None:
             _fail("an intervention file carries its own mode and values; drop --mode / --alpha / --strength")
+        if k is not None:
+            _fail("an intervention file names its own neurons; drop --k (or export another K)")
     elif run_dir is None:
         _fail("give a run folder (or --spec FILE)")
     if prompt is None:
@@ -274,6 +276,7 @@ def generate(run_dir: Optional[Path] = typer.Argument(None, help="a run folder (
             run = nl.Run.load(run_dir)
             m = _model_of_run(run)
             iv = run.intervention(mode, alpha, strength)
+            k = 50 if k is None else k
             what, neurons = f"top-{k} {run.meta.concept_name} neurons", run.top(k)
         before = m.generate(prompt, max_new_tokens, chat=chat)
         with nl.turn_off(m, neurons, iv):

@@ -14,6 +14,16 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Find the concept neurons of a language model, turn them off, measure what changes.")
+@app.callback(invoke_without_command=True)
+def _main(version: bool = typer.Option(False, "--version", help="print neat-llm's version and exit")) -> None:
+    """Find the concept neurons of a language model, turn them off, measure what changes."""
+    if version:
+        from . import __version__
+
+        print(f"neat-llm {__version__}")
+        raise typer.Exit(0)
+
+
 out = Console()
 err = Console(stderr=True)
 

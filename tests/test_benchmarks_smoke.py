@@ -32,7 +32,7 @@ def quiet_transformers():
         logging.enable_progress_bar()
 
 
-@pytest.mark.parametrize("name", ["bench_sweep", "bench_variants", "bench_costs", "bench_conditions"])
+@pytest.mark.parametrize("name", ["bench_sweep", "bench_variants", "bench_costs", "bench_conditions", "bench_generation"])
 def test_scripts_import_and_help(name, capsys, quiet_transformers):
     module = _script(name)  # bench_sweep: the shared set-up it imports from _common resolves
     with pytest.raises(SystemExit) as exc:

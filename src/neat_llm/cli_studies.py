@@ -180,20 +180,29 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
     t = Table(title=f"what the model writes: {r.dataset}, {r.method}, {r.intervention}; {r.n_prompts} hate-prone "
                     f"demonstration prompts x {r.samples} = {r.n_continuations} continuations per condition, "
                     f"{r.n_neutral_prompts} x {r.neutral_samples} neutral")
-    for col in ("K", "neurons", "hate rate [95%]", "vs random [95%], p", "neutral rate", "next-statement gap",
-                "vs random [95%], p", "ppl ratio"):
-        t.add_column(col, justify="right")
+    for col in ("K", "neurons", "hate", "vs rnd", "p", "neutral", "gap", "vs rnd", "p", "ppl"):
+        t.add_column(col, justify="right", no_wrap=True)
 
-    def vs(row, name):
+    def vs(row, name) -> list[str]:
         d = row.vs_random.get(name)
-        return "" if d is None else f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p={d['p']:.3f}"
+        return ["", ""] if d is None else [f"{d['diff']:+.3f}", f"{d['p']:.3f}"]
 
     for row in r.rows:
-        lo, hi = row.hate_rate_ci
         t.add_row(str(row.k), row.condition if row.condition != "random" else f"random x{row.n_sets}",
-                  f"{row.hate_rate:.3f} [{lo:.3f}, {hi:.3f}]", vs(row, "hate_rate"), f"{row.neutral_hate_rate:.3f}",
-                  f"{row.next_gap:+.3f}", vs(row, "next_gap"), f"{row.ppl_ratio:.3f}")
+                  f"{row.hate_rate:.3f}", *vs(row, "hate_rate"), f"{row.neutral_hate_rate:.3f}", f"{row.next_gap:+.3f}",
+                  *vs(row, "next_gap"), f"{row.ppl_ratio:.3f}")
     out.print(t)
+    out.print("hate: hate rate of the continuations; neutral: the judge's rate on neutral-prompt continuations; gap: "
+              "log p(hateful next statement) - log p(neutral one), nats per token; vs rnd: top-K minus its random "
+              "K-sets, paired per prompt, with the permutation p; 95% intervals:", soft_wrap=True)
+    for row in r.rows:
+        lo, hi = row.hate_rate_ci
+        line = f"  K={row.k} {row.condition}: hate rate {row.hate_rate:.3f} [{lo:.3f}, {hi:.3f}]"
+        for label, d in (("vs random", row.vs_random.get("hate_rate")), ("vs before", row.vs_before.get("hate_rate")),
+                         ("gap vs random", row.vs_random.get("next_gap"))):
+            if d:
+                line += f"; {label} {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+        out.print(line, soft_wrap=True)
     j = r.judge
     out.print(f"judge: MiniLM + logistic regression on the fit statements; threshold {j['threshold']:.2f} set on "
               f"{j['calibrated_on']} neutral continuations (rate there {j['neutral_rate_at_threshold']:.3f}); "

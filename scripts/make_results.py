@@ -82,13 +82,13 @@ STUDIES = {
 
 # What the model writes (METHOD.md section 6): the demonstration design, one study folder per readout,
 # one behaviour-<intervention>.json per intervention (each a command of its own).
-DEMO_COMMON = ["--design", "demonstrations", "--random", "2", "--seed", "0"]
+DEMO_COMMON = ["--design", "demonstrations", "--seed", "0"]
 DEMOS = {
     "hate-demo": {"title": "ToxiGen, demonstration prompts, neurons found with the recognition readout (S after a statement)",
-                  "runs": [["--k", "500"], ["--k", "500,2000", "--mode", "transport"]]},
+                  "runs": [["--k", "500", "--random", "2"], ["--k", "500", "--random", "2", "--mode", "transport"]]},
     "hate-demo-gen": {"title": "ToxiGen, demonstration prompts, neurons found where the model writes (`--readout generation`)",
-                      "runs": [["--k", "500", "--readout", "generation"],
-                               ["--k", "500,2000", "--mode", "transport", "--readout", "generation"]]},
+                      "runs": [["--k", "500", "--random", "2", "--readout", "generation"],
+                               ["--k", "500", "--random", "1", "--mode", "transport", "--readout", "generation"]]},
 }
 
 
@@ -442,7 +442,7 @@ def behaviour_sections() -> list[str]:
              "p(a held-out hateful statement | prompt) − log p(a held-out neutral statement about the same group | "
              "prompt), nats per token. Differences are **paired per prompt** (every condition draws the same samples): "
              "mean difference, 95% bootstrap interval over prompts, sign-flip permutation p; bold where the interval "
-             "excludes 0. Random K-sets: 2 per K.\n"]
+             "excludes 0. Random K-sets: 2 per K (1 where the command says so).\n"]
     for name, demo in DEMOS.items():
         out = ROOT / "results" / name
         cmds = "\n".join("neat hate " + " ".join(shlex.quote(a) for a in (*DEMO_COMMON, *args)) + f" --out results/{name}"

@@ -181,7 +181,7 @@ class ConceptSet:
         named = pos_vals | ({str(v).strip() for v in (contrast if isinstance(contrast, (list, tuple, set)) else [contrast])}
                             if contrast is not None else set())
         lower = {v.lower(): v for v in named}
-        for v in sorted(set(labels_str) - named):
+        for v in sorted({x for x in set(labels_str) if isinstance(x, str)} - named):  # a missing label is not text
             if v.lower() in lower:
                 raise ConceptSetError(f"column {label!r} holds {v!r}, which differs from the label {lower[v.lower()]!r} "
                                       f"only by case; name every spelling that is meant (labels found: "

@@ -462,6 +462,11 @@ def behaviour_sections() -> list[str]:
                         f"groups); held-out statements: AUROC {j['heldout_auroc']:.3f}, macro-F1 "
                         f"{j['heldout_macro_f1']:.3f}, hate F1 {j['heldout_f1_hate']:.3f} (calling all hate: "
                         f"{j['heldout_all_hate_f1']:.3f}).\n\n" + behaviour_table(rep))
+        for args in demo["runs"]:  # a command whose intervention has no file here was not run
+            mode = args[args.index("--mode") + 1] if "--mode" in args else "zero"
+            if not any(f.name.startswith(f"behaviour-{mode}") for f in files):
+                cmd = "neat hate " + " ".join(shlex.quote(a) for a in (*DEMO_COMMON, *args)) + f" --out results/{name}"
+                body.append(f"Not run yet: `{cmd}` (left out for compute in the session that added it).\n")
         parts.append("\n".join(body))
     return parts
 

@@ -190,7 +190,7 @@ def test_fewer_than_two_per_side(n_pos, n_neg):
 
 @pytest.mark.parametrize("bad", ["", "   ", None])
 def test_empty_text_rows(bad):
-    with pytest.raises(ConceptSetError, match="empty or non-text entries.*row 1"):
+    with pytest.raises(ConceptSetError, match="empty or non-text entries.*entry 2, counting from 1"):
         ConceptSet(("ok one", bad, "ok two", "ok three"), (True, True, False, False))
 
 
@@ -300,13 +300,29 @@ def test_dedupe_keeps_first_and_drops_ambiguous_texts():
 def test_rows_without_a_label_are_not_made_contrast_examples(tmp_path):
     p = tmp_path / "c.csv"
     p.write_text("text,label\nhot day,hot\nwarm sun,hot\ncold snow,cold\nicy wind,cold\nmystery,\n")
-    with pytest.raises(ConceptSetError, match=r"1 row\(s\) have no value in column 'label' \(first: row 4\)"):
+    with pytest.raises(ConceptSetError, match=r"1 row\(s\) have no value in column 'label' \(first: line 6 of c.csv\)"):
         ConceptSet.from_file(p, positive="hot")
     cs = ConceptSet.from_file(p, positive="hot", contrast="cold")  # named contrast: the blank row is left out
     assert cs.n_positive == 2 and cs.n_contrast == 2 and "mystery" not in cs.texts
     df = pd.DataFrame({"text": ["a", "b", "c", "d", "e"], "label": ["p", "p", "n", "n", None]})
-    with pytest.raises(ConceptSetError, match="no value in column"):
+    with pytest.raises(ConceptSetError, match=r"no value in column .*first: row 5 \(counting from 1\)"):
         ConceptSet.from_pandas(df, positive="p")
+
+
+def test_every_message_names_a_row_the_way_an_editor_shows_it(tmp_path):
+    """One convention: file lines counted from 1 (a CSV's header is line 1), blank lines of a
+    JSONL file counted too; in-memory data names entries counting from 1."""
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"text": "hot day", "label": "hot"}\n\n{"text": "warm sun", "label": "hot"}\n'
+                 '{"text": "cold snow", "label": "cold"}\n\n{"text": "  ", "label": "cold"}\n')
+    with pytest.raises(ConceptSetError, match=r"1 missing or empty text\(s\) .*first: line 6 of c.jsonl"):
+        ConceptSet.from_file(p, positive="hot")
+    c = tmp_path / "c.csv"
+    c.write_text("text,label\nhot day,hot\n,hot\ncold snow,cold\n")
+    with pytest.raises(ConceptSetError, match=r"first: line 3 of c.csv"):
+        ConceptSet.from_file(c, positive="hot")
+    with pytest.raises(ConceptSetError, match=r"first: entry 2, counting from 1"):
+        ConceptSet(("a b", " ", "c d", "e f"), (True, True, False, False))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])

@@ -280,3 +280,77 @@ def test_version_and_k_beside_a_spec(run, tmp_path):
     assert CliRunner().invoke(app, ["export", str(run.run_dir), "--k", "3", "--out", str(spec)]).exit_code == 0
     res = CliRunner().invoke(app, ["generate", "--spec", str(spec), "--k", "10", "hello"])
     assert res.exit_code == 2 and "drop --k" in res.output
+
+
+# --- 11. words a CLI user can act on ------------------------------------------------------------------
+def test_the_repeated_text_note_names_the_text_and_no_python_call(tiny_model_dir, tmp_path):
+    pos, neg = concept_texts(6)
+    f = tmp_path / "c.jsonl"
+    f.write_text("".join(json.dumps({"text": t, "label": y}) + "\n"
+                         for t, y in [*((t, "p") for t in pos + pos[:2]), *((t, "n") for t in neg)]))
+    res = CliRunner().invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(f), "--positive", "p",
+                                   "--out", str(tmp_path / "run"), "--layers", "0-1"])
+    assert res.exit_code == 0, res.output
+    assert f"repeats 2 text(s) (first: {pos[0]!r})" in " ".join(res.output.split())
+    assert "note:" in res.output and "UserWarning" not in res.output
+    assert "dedupe" not in res.output and "Python" not in res.output
+
+
+# --- fuzz: the concept loaders ---------------------------------------------------------------------
+def _malformed_concept_file(rng: random.Random, folder, i: int):
+    """A concept file of a random type with random damage: missing or renamed columns, blank or
+    non-text cells, labels in other spellings, broken lines, one-sided or tiny sets, junk bytes."""
+    import pandas as pd
+
+    damage = rng.random() < 0.6  # otherwise only texts that look like missing values, long or odd texts
+    n = rng.randint(0, 14) if damage else rng.randint(4, 14)
+    good = ["a cold day", "NA", "null", "x" * 300, "line\nbreak", "é ü 你好", "7", "the rain came", "a, b; c"]
+    texts = [rng.choice(good) + f" {j}" if not damage or rng.random() < 0.9 else rng.choice(["", "   ", None])
+             for j in range(n)]
+    labels = [rng.choice("pn") if not damage or rng.random() < 0.85 else
+              rng.choice([" p", "P", "", None, 1, 0, "p,n", True]) for _ in range(n)]
+    labels[:2] = ["p", "n"][:n]
+    cols = {"text" if not damage or rng.random() < 0.85 else rng.choice(["Text", "txt"]): texts,
+            "label" if not damage or rng.random() < 0.85 else "lbl": labels}
+    df = pd.DataFrame(cols) if n else pd.DataFrame(columns=list(cols))
+    kind = rng.choice(["csv", "tsv", "jsonl", "json", "parquet"] * 4 + ["txt"] * damage)
+    path = folder / f"f{i}.{kind}"
+    if kind == "csv":
+        df.to_csv(path, index=False)
+    elif kind == "tsv":
+        df.to_csv(path, sep="\t", index=False)
+    elif kind == "jsonl":
+        lines = [json.dumps({k: v[j] for k, v in cols.items()}) for j in range(n)]
+        lines += rng.choice([[], [""], ["{broken"], ["[1, 2]"], ["\"a string\""]]) if damage else [""]
+        rng.shuffle(lines)
+        path.write_text("\n".join(lines) + "\n")
+    elif kind == "json":
+        path.write_text(rng.choice([df.to_json(), "[]", "{", "null", json.dumps({"text": "a"})]) if damage else
+                        df.to_json(orient=rng.choice(["records", "columns"])))
+    elif kind == "parquet":
+        df.astype(str).to_parquet(path) if not damage or rng.random() < 0.8 else path.write_bytes(b"PAR1junk")
+    else:
+        path.write_text("text,label\na,p\n")
+    if damage and rng.random() < 0.1:
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randint(0, 64))))
+    return path
+
+
+def test_fuzz_the_concept_loaders_never_raise_anything_but_a_concept_error(tmp_path):
+    from neat_llm.concepts.conceptset import MIN_PER_SIDE, ConceptSetError
+
+    rng = random.Random(0)
+    refused = accepted = 0
+    for i in range(300):
+        path = _malformed_concept_file(rng, tmp_path, i)
+        contrast = rng.choice([None, "n", "n", ["n", "N"]])
+        try:
+            cs = nl.ConceptSet.from_file(path, positive=rng.choice(["p", "p", ["p", "P"], "1"]), contrast=contrast)
+        except ConceptSetError as e:
+            assert str(e) and "\n" not in str(e).strip()[:1]
+            refused += 1
+            continue
+        accepted += 1  # what is accepted is a whole, valid concept set
+        assert cs.n_positive >= MIN_PER_SIDE and cs.n_contrast >= MIN_PER_SIDE
+        assert all(isinstance(t, str) and t.strip() for t in cs.texts)
+    assert refused > 100 and accepted > 30 and accepted + refused == 300  # both paths exercised

@@ -41,15 +41,15 @@ def test_templates_are_read_safely_from_literals_and_plain_strings():
 ])
 def test_bad_target_lists_are_refused_with_their_place(cell, message):
     with pytest.raises(ConceptSetError, match=message):
-        parse_targets(cell, "f.csv row 3, column 'x'")
+        parse_targets(cell, "f.csv line 3, column 'x'")
     assert parse_targets("('a', 'b')", "w") == ("a", "b") and parse_targets(" marsh folk ", "w") == ("marsh folk",)
 
 
-def test_template_file_problems_name_the_row_and_column(tmp_path):
+def test_template_file_problems_name_the_line_and_column(tmp_path):
     bad = tmp_path / "t.csv"
     bad.write_text("Sentence,Target_Stereotypical,Target_Anti-Stereotypical\nMASK are slow,['a'],['b']\n"
                    "MASK are rude,\"['a', 1]\",['b']\n")
-    with pytest.raises(ConceptSetError, match=r"t.csv row 3, column 'Target_Stereotypical'"):
+    with pytest.raises(ConceptSetError, match=r"t.csv line 3, column 'Target_Stereotypical'"):
         load_templates(bad)
     two = tmp_path / "two.csv"
     two.write_text("Sentence,Target_Stereotypical,Target_Anti-Stereotypical\nMASK and MASK,['a'],['b']\n")
@@ -135,5 +135,5 @@ def test_templates_with_several_slots_fill_them_in_order(tmp_path, tiny_llama):
     assert got == (1.0 if d > 0 else 0.0 if d < 0 else 0.5)
     bad = tmp_path / "bad.csv"
     bad.write_text("Sentence,Target_Stereotypical,Target_Anti-Stereotypical\nMASK and MASK,\"['a', 'b', 'c']\",['b']\n")
-    with pytest.raises(ConceptSetError, match=r"bad.csv row 2, column 'Target_Stereotypical': the template has 2 'MASK' slots"):
+    with pytest.raises(ConceptSetError, match=r"bad.csv line 2, column 'Target_Stereotypical': the template has 2 'MASK' slots"):
         load_templates(bad)

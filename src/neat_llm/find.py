@@ -483,9 +483,12 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
         if concept.n_repeated:
             import warnings
 
-            warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s); repeats can land in both "
-                          "the fit and the eval part (drop the repeats from the file, or call ConceptSet.dedupe() in "
-                          "Python)", stacklevel=2)
+            seen: set[str] = set()
+            first = next(t for t in concept.texts if t in seen or seen.add(t))
+            shown = first if len(first) <= 60 else first[:57] + "..."
+            warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s) (first: {shown!r}); a "
+                          "repeat can land in both the fit and the eval part and inflate the held-out numbers: "
+                          "remove the repeated lines from the file", stacklevel=2)
         stages = Stages(model)
         with stages.stage("concept"):  # 1. the fit texts read once
             cr = _read_concept(model, concept, plan, probe_pairs, progress)

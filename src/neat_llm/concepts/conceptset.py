@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -112,7 +112,8 @@ class ConceptSet:
             raise ConceptSetError(f"{len(self.texts)} texts but {len(self.labels)} labels")
         bad = [i for i, t in enumerate(self.texts) if not isinstance(t, str) or not t.strip()]
         if bad:
-            raise ConceptSetError(f"{len(bad)} empty or non-text entries (first at row {bad[0]}); remove them")
+            raise ConceptSetError(f"{len(bad)} empty or non-text entries (first: entry {bad[0] + 1}, counting from 1); "
+                                  "remove them")
         n_pos, n_neg = self.n_positive, self.n_contrast
         if n_pos + n_neg == 0:
             raise ConceptSetError(f"concept set {self.name!r} is empty")
@@ -161,11 +162,16 @@ class ConceptSet:
 
     @classmethod
     def from_pandas(cls, df: "pd.DataFrame", text: str = "text", label: str = "label", positive=None,
-                    contrast=None, name: str = "concept") -> "ConceptSet":
+                    contrast=None, name: str = "concept", where: "Callable[[int], str] | None" = None) -> "ConceptSet":
         """``positive``: the label value(s) of positive rows; ``contrast``: the label value(s) of
         contrast rows (default: every other value). Values compare as strings, after stripping
         surrounding spaces; a value that differs from a named label only by case is an error (it
-        would silently become a contrast example), which lists the labels found."""
+        would silently become a contrast example), which lists the labels found.
+
+        ``where(i)`` names the i-th row (0-based position) in messages; by default "row i+1
+        (counting from 1)". ``from_file`` names file lines (a CSV's header is line 1), so every
+        message points at the same place in the file an editor shows."""
+        where = where or (lambda i: f"row {i + 1} (counting from 1)")
         missing = [c for c in (text, label) if c not in df.columns]
         if missing:
             raise ConceptSetError(f"column(s) {missing} not found; available columns: {list(df.columns)}")
@@ -192,9 +198,9 @@ class ConceptSet:
             blank = df[label].isna() | (labels_str.str.strip() == "")
             if blank.any():
                 first = int(blank.to_numpy().nonzero()[0][0])
-                raise ConceptSetError(f"{int(blank.sum())} row(s) have no value in column {label!r} (first: row "
-                                      f"{first}); label every row, or name the contrast label(s) so such rows are "
-                                      "left out")
+                raise ConceptSetError(f"{int(blank.sum())} row(s) have no value in column {label!r} (first: "
+                                      f"{where(first)}); label every row, or name the contrast label(s) so such rows "
+                                      "are left out")
             keep[:] = True
         else:
             neg_vals = {str(v).strip() for v in (contrast if isinstance(contrast, (list, tuple, set)) else [contrast])}
@@ -204,8 +210,11 @@ class ConceptSet:
                                       f"(values: {_values(df[label])})")
             keep = is_pos | labels_str.isin(neg_vals)
         texts = df[text][keep]
-        if texts.isna().any():
-            raise ConceptSetError(f"column {text!r} has {int(texts.isna().sum())} missing values")
+        empty = (texts.isna() | (texts.astype(str).str.strip() == "")).to_numpy()
+        if empty.any():
+            first = int(keep.to_numpy().nonzero()[0][empty.nonzero()[0][0]])
+            raise ConceptSetError(f"column {text!r} has {int(empty.sum())} missing or empty text(s) among the rows "
+                                  f"used (first: {where(first)}); fill or remove them")
         return cls(tuple(texts.astype(str)), tuple(bool(v) for v in is_pos[keep]), name=name,
                    positive_label=",".join(sorted(pos_vals)))
 
@@ -221,10 +230,12 @@ class ConceptSet:
         suffix = p.suffix.lower()
         try:
             # texts such as "NA", "None" or "null" are texts, not missing values: no NA guessing, no type guessing
+            lines = None
             if suffix in (".jsonl", ".ndjson"):
-                df = pd.DataFrame(_read_jsonl(p))
+                rows, lines = _read_jsonl(p)
+                df = pd.DataFrame(rows)
             elif suffix == ".json":
-                df = pd.read_json(p, dtype=False, convert_dates=False)
+                df = pd.read_json(p, dtype=False)
             elif suffix == ".csv":
                 df = pd.read_csv(p, keep_default_na=False)
             elif suffix == ".tsv":
@@ -237,7 +248,14 @@ class ConceptSet:
             if isinstance(err, ConceptSetError):
                 raise
             raise ConceptSetError(f"could not parse {p}: {err}") from err
-        cs = cls.from_pandas(df, text=text, label=label, positive=positive, contrast=contrast, name=name or p.stem)
+        if lines is not None:
+            where = lambda i: f"line {lines[i]} of {p.name}"  # noqa: E731
+        elif suffix in (".csv", ".tsv"):
+            where = lambda i: f"line {i + 2} of {p.name}"  # noqa: E731  (line 1 is the header)
+        else:
+            where = lambda i: f"record {i + 1} of {p.name} (counting from 1)"  # noqa: E731
+        cs = cls.from_pandas(df, text=text, label=label, positive=positive, contrast=contrast, name=name or p.stem,
+                             where=where)
         return replace(cs, source=ConceptSource("file", path=str(p.resolve()), name=cs.name,
                                                 columns={"text": text, "label": label, "positive": positive,
                                                          "contrast": contrast}))
@@ -335,9 +353,10 @@ class ConceptSplit:
     eval_fraction: float
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """One JSON object per line (blank lines skipped); a broken line is named by its line number."""
-    rows = []
+def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+    """One JSON object per line (blank lines skipped), with the file line (from 1) of each; a broken
+    line is named by its line number."""
+    rows, lines = [], []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -351,7 +370,8 @@ def _read_jsonl(path: Path) -> list[dict]:
                 raise ConceptSetError(f"{path}, line {i}: expected a JSON object with named fields, got "
                                       f"{type(obj).__name__}")
             rows.append(obj)
-    return rows
+            lines.append(i)
+    return rows, lines
 
 
 def _values(col) -> list:

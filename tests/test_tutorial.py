@@ -30,3 +30,9 @@ def test_tutorial_notebook_runs(tmp_path, monkeypatch):
     assert not errors
     assert "reading layer 21" in text and "K=50: gap removal" in text and "from the file:" in text
     assert (tmp_path / "runs" / "insults" / "meta.json").is_file() and (tmp_path / "runs" / "insults-50.json").is_file()
+    import re
+
+    diffs = dict(re.findall(r"(nnsight|pyvene|TransformerLens):? +largest logit difference from turn_off (\S+)", text))
+    assert set(diffs) == {"nnsight", "pyvene", "TransformerLens"}, text[-2000:]
+    assert all(float(v) <= 1e-4 for v in diffs.values()), diffs  # the bridges give turn_off's logits
+    assert (tmp_path / "runs" / "insults-50-pyvene" / "config.json").is_file()

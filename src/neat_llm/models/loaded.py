@@ -257,11 +257,7 @@ class LoadedModel:
     @cached_property
     def weights_hash(self) -> str:
         """blake2b over every parameter and buffer, in name order (stable across save/load)."""
-        h = hashlib.blake2b(digest_size=16)
-        for name, t in sorted(self.hf.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return weights_hash_of(self.hf)
 
     # --- text ------------------------------------------------------------------------------
     def encode(self, texts: list[str], *, strict: bool = False) -> dict[str, torch.Tensor]:
@@ -300,3 +296,13 @@ class LoadedModel:
         out = self.hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                pad_token_id=self.tokenizer.pad_token_id, **kwargs)
         return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def weights_hash_of(hf_model: torch.nn.Module) -> str:
+    """blake2b over every parameter and buffer of a Hugging Face model, in name order: the hash an
+    intervention file records (``LoadedModel.weights_hash``), for models held by other tools too."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(hf_model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -311,3 +311,56 @@ def test_study_dose_response_charts_follow_the_results(run_dir, tmp_path):
     assert "agree on 0.900" in text
     (d / "bias.json").write_text(json.dumps(BIAS))  # one K: no dose-response line to draw
     assert "bias-dose" not in render_report(d)
+
+
+def test_tick_labels_are_distinct_and_spaced():
+    from neat_llm.report.charts import CHAR_W, spaced, tick_labels
+
+    assert tick_labels([1.165, 1.220]) == ["1.17", "1.22"] or tick_labels([1.165, 1.220]) == ["1.16", "1.22"]
+    assert tick_labels([0.5, 1.0, 2.0]) == ["0.5", "1", "2"]  # short where short is distinct
+    labels = ["0.986", "1.001", "1.003", "1.165"]
+    xs = [100.0, 110.0, 112.0, 300.0]
+    keep = spaced(xs, labels)
+    assert keep == [0, 3]  # 1.001 and 1.003 would run into 0.986
+    for a, b in zip(keep, keep[1:]):
+        assert xs[b] - CHAR_W * len(labels[b]) / 2 >= xs[a] + CHAR_W * len(labels[a]) / 2
+
+
+OVERLAPS = """(() => {
+  let n = 0;
+  for (const svg of document.querySelectorAll('svg.chart')) {
+    const r = Array.from(svg.querySelectorAll('text.tick')).map(t => t.getBoundingClientRect());
+    for (let i = 0; i < r.length; i++) for (let j = i + 1; j < r.length; j++)
+      if (r[i].left < r[j].right && r[j].left < r[i].right && r[i].top < r[j].bottom && r[j].top < r[i].bottom) n++;
+  }
+  return n;
+})()"""
+
+
+@needs_chromium
+def test_chart_ticks_never_overlap_and_the_forest_plot_keeps_to_the_budget(run_dir, tmp_path):
+    """The dose-response x axis is the perplexity ratio of each K: nearby ratios (0.986, 1.001, 1.003)
+    must not be drawn on top of each other, 1.165 and 1.220 not both as "1.2"; the per-type chart
+    shows the largest K within the budget (here K = 100 at ×1.003, not K = 2000 at ×1.220), and
+    chart text is not drawn larger than the page's."""
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(run_dir, d)
+    ppl = {10: 0.986, 50: 1.001, 100: 1.003, 500: 1.165, 2000: 1.220}
+    bias = json.loads(json.dumps(BIAS))
+    rows = [*BIAS["results"], {**BIAS["results"][0], "bias_type": "all", "n": 200}]
+    bias["results"] = [{**r, "k": k, "ppl_ratio": v, "random_ppl_ratio": v - 0.004} for r in rows for k, v in ppl.items()]
+    (d / "bias.json").write_text(json.dumps(bias))
+    path = write_report(d, tmp_path / "report.html")
+    html = path.read_text()
+    assert "K = 100 neurons off (perplexity ×1.003, within 1.1)" in html
+    check = check_page(path, evaluate={
+        "overlaps": OVERLAPS,
+        "ticks": "Array.from(document.querySelectorAll('svg.bias-dose text.tick')).map(t => t.textContent)",
+        "chart_px": "Math.max(...Array.from(document.querySelectorAll('svg.chart text.tick')).map(t => t.getBoundingClientRect().height))",
+        "body_px": "parseFloat(getComputedStyle(document.body).fontSize)"}, width=1280)
+    v = check.values
+    assert check.errors == [] and v["overlaps"] == 0
+    assert len(v["ticks"]) >= 2 and len(set(v["ticks"])) == len(v["ticks"])  # labelled ticks, each distinct
+    assert v["chart_px"] <= 1.25 * v["body_px"]  # chart text is not blown up past the page's

@@ -31,6 +31,32 @@ def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
+CHAR_W = 6.2  # px per character of 11 px chart text (digits), for laying labels out
+
+
+def tick_labels(values: list[float]) -> list[str]:
+    """Labels for ticks: short (``_num``), but never the same text for two different values (1.165
+    and 1.220 are not both "1.2"): more decimals until they differ."""
+    labels = [_num(v) for v in values]
+    for d in range(1, 7):
+        if len(set(labels)) == len(set(values)):
+            break
+        labels = [f"{v:.{d}f}" for v in values]
+    return labels
+
+
+def spaced(positions: list[float], labels: list[str], gap: float = 6.0) -> list[int]:
+    """Indices of the ticks to label so that no two centred labels overlap: left to right, a label is
+    kept when it starts ``gap`` px after the last kept one ends (the first is always kept)."""
+    keep, right = [], -math.inf
+    for i in sorted(range(len(positions)), key=lambda j: positions[j]):
+        half = CHAR_W * len(labels[i]) / 2
+        if positions[i] - half >= right + gap:
+            keep.append(i)
+            right = positions[i] + half
+    return keep
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About ``n`` round tick values covering [lo, hi]."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -81,7 +107,9 @@ class _Frame:
 
     def svg(self, title: str, css_class: str) -> str:
         body = "".join(self.parts)
+        # never drawn wider than its own size: the text keeps its 11 px instead of growing with the page
         return (f'<svg class="chart {css_class}" viewBox="0 0 {self.width} {self.height}" role="img" '
+                f'style="max-width:{self.width}px" '
                 f'xmlns="http://www.w3.org/2000/svg" {FONT} font-size="11"><title>{_e(title)}</title>{body}</svg>')
 
 
@@ -165,16 +193,20 @@ def line_chart(series: list[Series], *, title: str, xlabel: str, ylabel: str, x_
         y_lo, y_hi = y_lo - 0.08 * span, y_hi + 0.08 * span
     X = lambda v: f.left + (tx(v) - x_lo) / (x_hi - x_lo) * f.pw  # noqa: E731
     Y = lambda v: f.top + (1 - (v - y_lo) / (y_hi - y_lo)) * f.ph  # noqa: E731
-    for t in nice_ticks(y_lo, y_hi):
-        if y_lo <= t <= y_hi:
-            f.parts.append(f'<line x1="{f.left}" y1="{Y(t):.1f}" x2="{f.left + f.pw}" y2="{Y(t):.1f}" stroke="#f1f3f5"/>'
-                           f'<text x="{f.left - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" fill="#495057">{_num(t)}</text>')
+    yt = [t for t in nice_ticks(y_lo, y_hi) if y_lo <= t <= y_hi]
+    for t, lab in zip(yt, tick_labels(yt)):
+        f.parts.append(f'<line x1="{f.left}" y1="{Y(t):.1f}" x2="{f.left + f.pw}" y2="{Y(t):.1f}" stroke="#f1f3f5"/>'
+                       f'<text x="{f.left - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" fill="#495057">{lab}</text>')
     if xticks is None:
         xticks = sorted(set(xs_all)) if x_log or len(set(xs_all)) <= 12 else nice_ticks(min(xs_all), max(xs_all), 8)
-    for t in xticks:
-        if (t > 0 or not x_log) and x_lo <= tx(t) <= x_hi:
-            f.parts.append(f'<line x1="{X(t):.1f}" y1="{f.top + f.ph}" x2="{X(t):.1f}" y2="{f.top + f.ph + 4}" stroke="#adb5bd"/>'
-                           f'<text x="{X(t):.1f}" y="{f.top + f.ph + 16}" text-anchor="middle" fill="#495057">{_num(t)}</text>')
+    xticks = [t for t in xticks if (t > 0 or not x_log) and x_lo <= tx(t) <= x_hi]
+    labels = tick_labels(xticks)
+    labelled = set(spaced([X(t) for t in xticks], labels))
+    for i, t in enumerate(xticks):  # every tick marked; labels only where they do not run into each other
+        f.parts.append(f'<line x1="{X(t):.1f}" y1="{f.top + f.ph}" x2="{X(t):.1f}" y2="{f.top + f.ph + 4}" stroke="#adb5bd"/>')
+        if i in labelled:
+            f.parts.append(f'<text class="tick" x="{X(t):.1f}" y="{f.top + f.ph + 16}" text-anchor="middle" '
+                           f'fill="#495057">{labels[i]}</text>')
     _axes(f, xlabel, ylabel)
     for y, label in hlines:
         f.parts.append(f'<line x1="{f.left}" y1="{Y(y):.1f}" x2="{f.left + f.pw}" y2="{Y(y):.1f}" stroke="{GREY}" '
@@ -232,9 +264,9 @@ def bar_chart(labels: list, values: list[float], *, title: str, xlabel: str, yla
         ticks = [t for t in (0, 1, 10, 100, 1000, 10_000, 100_000, 1_000_000) if tr(t) <= top * 1.0001]
     else:
         ticks = [t for t in nice_ticks(min(0.0, min(values)), max(values)) if tr(t) <= top * 1.0001]
-    for t in ticks:
+    for t, lab in zip(ticks, tick_labels(ticks)):
         f.parts.append(f'<line x1="{f.left}" y1="{Y(t):.1f}" x2="{f.left + f.pw}" y2="{Y(t):.1f}" stroke="#f1f3f5"/>'
-                       f'<text x="{f.left - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" fill="#495057">{_num(t)}</text>')
+                       f'<text x="{f.left - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" fill="#495057">{lab}</text>')
     slot = f.pw / n
     bw = max(1.0, slot * 0.78)
     every = max(1, math.ceil(n / 24))  # at most ~24 x labels
@@ -283,10 +315,10 @@ def histogram(counts: list[int], edges: list[float], *, title: str, xlabel: str,
         if tr(t) <= top * 1.0001:
             f.parts.append(f'<line x1="{f.left}" y1="{Y(t):.1f}" x2="{f.left + f.pw}" y2="{Y(t):.1f}" stroke="#f1f3f5"/>'
                            f'<text x="{f.left - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" fill="#495057">{_num(t)}</text>')
-    for t in nice_ticks(lo, hi, 8):
-        if lo <= t <= hi:
-            f.parts.append(f'<line x1="{X(t):.1f}" y1="{f.top + f.ph}" x2="{X(t):.1f}" y2="{f.top + f.ph + 4}" stroke="#adb5bd"/>'
-                           f'<text x="{X(t):.1f}" y="{f.top + f.ph + 16}" text-anchor="middle" fill="#495057">{_num(t)}</text>')
+    xt = [t for t in nice_ticks(lo, hi, 8) if lo <= t <= hi]
+    for t, lab in zip(xt, tick_labels(xt)):
+        f.parts.append(f'<line x1="{X(t):.1f}" y1="{f.top + f.ph}" x2="{X(t):.1f}" y2="{f.top + f.ph + 4}" stroke="#adb5bd"/>'
+                       f'<text class="tick" x="{X(t):.1f}" y="{f.top + f.ph + 16}" text-anchor="middle" fill="#495057">{lab}</text>')
     for c, a, b in zip(counts, edges[:-1], edges[1:]):
         if c:
             x0, x1 = X(a), X(b)
@@ -325,10 +357,10 @@ def interval_chart(rows: list[tuple[str, list[tuple[str, float, float | None, fl
         lo_, hi_ = lo_ - 0.06 * span, hi_ + 0.06 * span
     X = lambda v: f.left + (v - lo_) / (hi_ - lo_) * f.pw  # noqa: E731
     y0 = f.top + f.ph
-    for t in nice_ticks(lo_, hi_, 7):
-        if lo_ <= t <= hi_:
-            f.parts.append(f'<line x1="{X(t):.1f}" y1="{f.top}" x2="{X(t):.1f}" y2="{y0}" stroke="#f1f3f5"/>'
-                           f'<text x="{X(t):.1f}" y="{y0 + 16}" text-anchor="middle" fill="#495057">{_num(t)}</text>')
+    xt = [t for t in nice_ticks(lo_, hi_, 7) if lo_ <= t <= hi_]
+    for t, lab in zip(xt, tick_labels(xt)):
+        f.parts.append(f'<line x1="{X(t):.1f}" y1="{f.top}" x2="{X(t):.1f}" y2="{y0}" stroke="#f1f3f5"/>'
+                       f'<text class="tick" x="{X(t):.1f}" y="{y0 + 16}" text-anchor="middle" fill="#495057">{lab}</text>')
     if reference:
         x, label = reference
         f.parts.append(f'<line x1="{X(x):.1f}" y1="{f.top}" x2="{X(x):.1f}" y2="{y0}" stroke="{GREY}" '

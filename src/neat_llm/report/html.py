@@ -543,19 +543,41 @@ def _dose_response(concept: list[tuple], random: list[tuple], ylabel: str, title
                       width=480, height=260, css_class=css)
 
 
+PPL_BUDGET = 1.10  # the fluency budget the charts mark (and the studies report against)
+
+
+def _k_within_budget(rows) -> tuple[int, float | None, bool]:
+    """The K a one-K chart shows: the largest whose perplexity ratio (the worst over the rows of that
+    K) stays within ``PPL_BUDGET``; the smallest K when none does, or when none has a ratio."""
+    worst: dict[int, float | None] = {}
+    for r in rows:
+        v = _num(r.ppl_ratio)
+        if v is not None:
+            worst[r.k] = max(v, worst.get(r.k) or v)
+        else:
+            worst.setdefault(r.k, None)
+    ok = [k for k, v in worst.items() if v is not None and v <= PPL_BUDGET]
+    if ok:
+        return max(ok), worst[max(ok)], True
+    k = min(worst)
+    return k, worst[k], worst[k] is None
+
+
 def _bias(inp: ReportInputs) -> str:
     b = inp.bias
     title = "Social bias before and after"
     res = b.rows
     if not res:
         return _section("bias", title, _note("bias.json holds no results."))
-    k_chart = max(r.k for r in res)  # one K in the chart (the largest); the table has every K
+    k_chart, ppl_chart, within = _k_within_budget(res)  # one K in the chart; the table has every K
     names = {"before": "before", "after": "concept neurons off", "random": "random neurons off"}
     rows = [(f"{r.bias_type} (n={r.n})",
              [(names[c], _num(getattr(r, c).score), _num(getattr(r, c).lo), _num(getattr(r, c).hi))
               for c in ("before", "after", "random") if _num(getattr(r, c).score) is not None])
             for r in res if r.k == k_chart]
-    k_title = f", K = {_f(k_chart)} neurons off"
+    cost = "" if ppl_chart is None else (f" (perplexity ×{ppl_chart:.3f}" + (f", within {PPL_BUDGET:g})" if within else
+                                                                           f", over {PPL_BUDGET:g}: the smallest K)"))
+    k_title = f", K = {_f(k_chart)} neurons off{cost}"
     chart = interval_chart(rows, title=f"stereotype preference per bias type{k_title}",
                            xlabel=f"stereotype preference (%; 50 = none){k_title}",
                            reference=(50.0, "no preference"), css_class="bias")
@@ -572,7 +594,8 @@ def _bias(inp: ReportInputs) -> str:
                 "than its counterpart; 0.5 = not readable)." if acc is not None else "")
     intro = (f"Data set: {e(b.dataset or '?')} ({e(b.lang or '?')}); method: {e(b.method or '?')}."
              f"{readable} Percent of pairs where the model prefers the stereotypical sentence, with its 95% "
-             "interval; the chart shows the largest K, the table every K.")
+             f"interval; the chart shows the largest K within a perplexity ratio of {PPL_BUDGET:g} (the smallest K "
+             "when none is), the table every K.")
 
     def point(r, side, ppl):
         c = getattr(r, side)

@@ -14,7 +14,8 @@ from neat_llm.runs import PartialSweep, RunError
 def test_find_writes_a_complete_run(tiny_llama, concept_set, tmp_path):
     run = nl.find_concept_neurons(tiny_llama, concept_set, out=tmp_path / "run", progress=False, top_k=20, seed=3)
     d = tmp_path / "run"
-    assert {p.name for p in d.iterdir()} == {"scores.safetensors", "top.csv", "meta.json", "examples.json"}
+    assert {p.name for p in d.iterdir()} == {"scores.safetensors", "top.csv", "meta.json", "examples.json",
+                                           "probe_effects.safetensors"}
     meta = json.loads((d / "meta.json").read_text())
     L, d_ff = tiny_llama.n_layers, tiny_llama.d_ff
     assert meta["n_neurons_scored"] == L * d_ff  # every neuron, those after the reading layer included
@@ -52,8 +53,8 @@ def test_interrupted_sweep_resumes_without_redoing_blocks(tiny_llama, concept_se
     saved = []
     original = PartialSweep.save
 
-    def save_then_die(self, layer, row, passes=None):
-        original(self, layer, row, passes)
+    def save_then_die(self, layer, row, passes=None, per_probe=None):
+        original(self, layer, row, passes, per_probe)
         saved.append(layer)
         if len(saved) == 2:
             raise KeyboardInterrupt
@@ -73,6 +74,9 @@ def test_interrupted_sweep_resumes_without_redoing_blocks(tiny_llama, concept_se
     assert got["partial_forward"] == once["partial_forward"] and got["block_forward"] == once["block_forward"]
     assert got["forward"] > once["forward"]
     assert torch.equal(resumed.scores, full.scores)
+    pe, pf = resumed.probe_effects, full.probe_effects  # each probe's effects come back from the store too
+    assert pe is not None and torch.equal(pe.positive.nan_to_num(7.0), pf.positive.nan_to_num(7.0))
+    assert torch.equal(pe.contrast.nan_to_num(7.0), pf.contrast.nan_to_num(7.0))
     assert not (tmp_path / "cut" / ".partial").exists()
 
 

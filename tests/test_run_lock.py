@@ -61,8 +61,8 @@ def test_a_run_finished_meanwhile_is_not_replaced(tiny_llama, concept_set, tmp_p
     original = PartialSweep.save
     other = {"format": 1, "concept_name": "someone else's"}
 
-    def save_and_race(self, layer, row, passes=None):
-        original(self, layer, row, passes)
+    def save_and_race(self, layer, row, passes=None, per_probe=None):
+        original(self, layer, row, passes, per_probe)
         (folder / "meta.json").write_text(json.dumps(other))
 
     monkeypatch.setattr(PartialSweep, "save", save_and_race)

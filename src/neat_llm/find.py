@@ -28,24 +28,14 @@ from .interventions import Intervention
 from .find_settings import (DEFAULT_POSITIONS, EFFECT_METHODS, POSITION_METHODS,
                             PROBE_METHODS, SCORE_RULES, FindSettings, build_scorer)
 from .scoring import ProbeSet, Scorer, ScoringTask
+from .scoring.effects import ProbeEffects, score_from_effects
 from .scoring.fluency import fluency_cost, specificity_aware
 from .sweeps import LocalSweep, SweepExecutor
 
 # top.csv: the ranking with what tells a concept neuron from a generic one (runs.NeuronRow)
 TOP_COLUMNS = ("rank", "layer", "neuron", "score", "effect", "effect_positive", "effect_contrast", "mean_positive",
-               "mean_contrast", "fluency_cost")
+               "mean_contrast", "fluency_cost", "score_lo", "score_hi", "stability")
 
-
-def score_from_effects(rule: str, effect_positive: torch.Tensor, effect_contrast: torch.Tensor) -> torch.Tensor:
-    """A neuron's score under ``rule`` from its effects on the positive and the contrast probes
-    (each the mean drop of S when it is removed): "positive" ΔS_P; "contrastive" ΔS_P − ΔS_N (the
-    effect on the P−N gap: a contrastive sweep weighs the contrast probes by −1/b, and the sweep is
-    linear in its weights); "specific" ΔS_P − |ΔS_N|."""
-    if rule not in SCORE_RULES:
-        raise ValueError(f"score must be one of {', '.join(SCORE_RULES)}, got {rule!r}")
-    if rule == "positive":
-        return effect_positive
-    return effect_positive - (effect_contrast if rule == "contrastive" else effect_contrast.abs())
 
 EXAMPLE_NEURONS = 50  # top neurons whose top-activating examples the run keeps for its report
 
@@ -386,6 +376,20 @@ def _sweep(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead,
                  {k: sum(p[k] for p in side_passes.values()) for k in first.passes.as_dict()})
 
 
+def _probe_effects(plan: Plan, swept: Swept, probes: ProbeSet, low_neg: list[str], cost: torch.Tensor | None,
+                   gap_fit: float) -> ProbeEffects | None:
+    """Each probe text's own effect and how the score is made of them (for the bootstrap over
+    probes), when every sweep of the score gave them; the score they give back is checked to be the
+    run's, bit for bit."""
+    pos = swept.results["positive"].per_probe
+    neg = swept.results["contrast"].per_probe if plan.score == "specific" else None
+    if pos is None or (plan.score == "specific" and neg is None):
+        return None
+    return ProbeEffects(pos, tuple(probes.weights), plan.score, neg,
+                        tuple([1.0 / len(low_neg)] * len(low_neg)) if neg is not None else (),
+                        plan.lam, float(gap_fit) if plan.lam > 0 else 1.0, cost if plan.lam > 0 else None)
+
+
 def _top_rows(model: LoadedModel, run: Run, plan: Plan, cr: ConceptRead, swept: Swept, top_pos: list[str],
               low_neg: list[str]):
     """Stage 4b: what the top rows do to positives and to contrast texts, measured apart (a generic
@@ -507,7 +511,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
         run = Run(run_dir, meta=None, scores=scores, concept_vector=cr.readout.vector.float(),
                   contrast_means=cr.contrast_means, layer_auroc=torch.tensor(cr.aucs, dtype=torch.float32),
                   top_table=None, positive_means=cr.positive_means, effect=effect if plan.lam > 0 else None,
-                  fluency_cost=cost, alpha=swept.results["positive"].alpha)
+                  fluency_cost=cost, alpha=swept.results["positive"].alpha,
+                  probe_effects=_probe_effects(plan, swept, probes, low_neg, cost, cr.gap_fit))
         with stages.stage("probe_effects"):  # 4. the ranking with what tells a concept neuron from a generic one
             sel = _top_rows(model, run, plan, cr, swept, top_pos, low_neg)
         k_choice = None

@@ -13,9 +13,9 @@ from .concepts.label_readout import LabelReadout
 from .concepts.vectors import DEFAULT_READ_TEMPLATE, check_template
 from .records import Changeable
 from .scoring import SCORERS, Scorer, get_scorer
+from .scoring.effects import SCORE_RULES
 
 DEFAULT_PROBE_SIZE = 8
-SCORE_RULES = ("specific", "contrastive", "positive")
 DEFAULT_SCORE = "specific"
 DEFAULT_POSITIONS = "read"
 

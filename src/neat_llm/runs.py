@@ -36,12 +36,17 @@ from .files import atomic_write, write_text
 from .concepts.conceptset import ConceptSet
 from .concepts.vectors import ConceptReadout
 from .interventions import Intervention, NeuronSelection, NeuronStats, Transport
+from .scoring.effects import ProbeEffects, Stability, bootstrap
 
 FORMAT = 1
 
 
 class RunError(ValueError):
     """A run folder is missing, incomplete, or belongs to another run."""
+
+
+STABILITY_K = 100  # the top-K whose membership the bootstrap reports (the default K turned off)
+STABILITY_RESAMPLES = 200
 
 
 class RunFiles:
@@ -52,6 +57,7 @@ class RunFiles:
     TOP = "top.csv"
     EXAMPLES = "examples.json"
     TRANSPORT = "transport.safetensors"
+    PROBE_EFFECTS = "probe_effects.safetensors"  # each probe text's own effect (scoring/effects.py)
     EVALUATION = "evaluation.json"
     HATE = "hate.json"
     HATE_CONTINUATIONS = "hate_continuations.json"
@@ -227,6 +233,9 @@ class NeuronRow:
     fluency_cost: float
     alpha: float
     top_tokens: str
+    score_lo: float = float("nan")  # the score's bootstrap interval over probes (STABILITY_RESAMPLES resamples)
+    score_hi: float = float("nan")
+    stability: float = float("nan")  # share of resamples in which the neuron is in the top STABILITY_K
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and v != v else v) for k, v in self.__dict__.items()}
@@ -249,8 +258,20 @@ class Run:
     effect_contrast: torch.Tensor | None = None
     fluency_cost: torch.Tensor | None = None
     alpha: torch.Tensor | None = None
+    probe_effects: ProbeEffects | None = None  # each probe's own effect, where the sweep gave them (NEAT)
 
     OPTIONAL = ("positive_means", "effect", "effect_positive", "effect_contrast", "fluency_cost", "alpha")
+
+    def stability(self, k: int = STABILITY_K, n: int = STABILITY_RESAMPLES, seed: int = 0) -> Stability | None:
+        """How much of the ranking survives other probes: the probes resampled with replacement
+        ``n`` times; each neuron's score interval and its share of resamples in the top ``k``. None
+        when the run has no per-probe effects (methods other than NEAT, sharded sweeps)."""
+        if self.probe_effects is None:
+            return None
+        cache = self.__dict__.setdefault("_stability", {})
+        if (k, n, seed) not in cache:
+            cache[(k, n, seed)] = bootstrap(self.probe_effects, k, n, seed)
+        return cache[(k, n, seed)]
 
     def ranking(self) -> torch.Tensor:
         """All scored neurons, best first: [n, 2] of (layer, neuron). Ties keep (layer, neuron) order."""
@@ -284,12 +305,16 @@ class Run:
         def at(t: torch.Tensor | None, l: int, n: int) -> float:
             return float("nan") if t is None else float(t[l, n])
 
+        st = self.stability()
+        lo, hi, share = (st.lo, st.hi, st.in_top) if st is not None else (None, None, None)
+
         return [NeuronRow(rank=i + 1, layer=l, neuron=n, score=float(self.scores[l, n]),
                           effect=at(self.effect if self.effect is not None else self.scores, l, n),
                           effect_positive=at(self.effect_positive, l, n), effect_contrast=at(self.effect_contrast, l, n),
                           mean_positive=at(self.positive_means, l, n), mean_contrast=at(self.contrast_means, l, n),
                           fluency_cost=at(self.fluency_cost, l, n), alpha=at(self.alpha, l, n),
-                          top_tokens=tokens.get((l, n), ""))
+                          top_tokens=tokens.get((l, n), ""), score_lo=at(lo, l, n), score_hi=at(hi, l, n),
+                          stability=at(share, l, n))
                 for i, (l, n) in enumerate(sel.neurons)]
 
     # --- what an evaluation needs from the run -----------------------------------------------------
@@ -407,6 +432,8 @@ class Run:
         tensors.update({name: getattr(self, name).float().contiguous() for name in self.OPTIONAL
                         if getattr(self, name) is not None})
         atomic_write(self.run_dir / RunFiles.SCORES, lambda p: save_file(tensors, str(p)))
+        if self.probe_effects is not None:
+            self.probe_effects.save(self.run_dir / RunFiles.PROBE_EFFECTS)
         atomic_write(self.run_dir / RunFiles.TOP, lambda p: self.top_table.to_csv(p, index=False))
         write_text(self.run_dir / RunFiles.META, json.dumps(asdict(self.meta), indent=2))  # last: marks completion
 
@@ -424,8 +451,10 @@ class Run:
         if raw.get("format") != FORMAT:
             raise RunError(f"{d} was written by an incompatible neat-llm (format {raw.get('format')})")
         t = load_file(str(d / RunFiles.SCORES))
+        pe = d / RunFiles.PROBE_EFFECTS
         return cls(d, RunMeta(**raw), t["scores"], t["concept_vector"], t["contrast_means"], t["layer_auroc"],
-                   pd.read_csv(d / RunFiles.TOP), **{name: t.get(name) for name in cls.OPTIONAL})
+                   pd.read_csv(d / RunFiles.TOP), **{name: t.get(name) for name in cls.OPTIONAL},
+                   probe_effects=ProbeEffects.load(pe) if pe.is_file() else None)
 
 
 def _evaluation_key(d: dict) -> tuple:
@@ -469,12 +498,27 @@ class PartialSweep:
                 p.unlink(missing_ok=True)
         return out
 
-    def save(self, layer: int, row: torch.Tensor, passes: dict | None = None) -> None:
-        """Keep a finished block's scores, and the passes it cost (so a resumed run's meta.json
-        counts the work of every process, not only the last one's)."""
+    def done_per_probe(self) -> dict[int, torch.Tensor]:
+        """The finished blocks' per-probe effects [n_probes, d_ff], where they were kept."""
+        out = {}
+        for p in sorted(self.dir.glob("layer_*.safetensors")):
+            try:
+                got = load_file(str(p))
+            except Exception:  # a damaged file: done() drops it and the block is recomputed
+                continue
+            if "per_probe" in got:
+                out[int(p.stem.split("_")[1])] = got["per_probe"]
+        return out
+
+    def save(self, layer: int, row: torch.Tensor, passes: dict | None = None,
+             per_probe: torch.Tensor | None = None) -> None:
+        """Keep a finished block's scores (and each probe text's own effects), and the passes it
+        cost (so a resumed run's meta.json counts the work of every process, not only the last one's)."""
         meta = {"passes": json.dumps(passes or {})}
-        atomic_write(self.dir / f"layer_{layer:03d}.safetensors",
-                     lambda p: save_file({"scores": row.contiguous()}, str(p), metadata=meta))
+        tensors = {"scores": row.contiguous()}
+        if per_probe is not None:
+            tensors["per_probe"] = per_probe.contiguous()
+        atomic_write(self.dir / f"layer_{layer:03d}.safetensors", lambda p: save_file(tensors, str(p), metadata=meta))
 
     def stored_passes(self) -> dict[str, int] | None:
         """The passes of every finished block stored here, summed; None when no block is stored."""

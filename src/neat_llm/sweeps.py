@@ -29,9 +29,9 @@ class BlockPasses:
         self.model, self.partial = model, partial
         self.last = model.counter.snapshot()
 
-    def save(self, layer: int, row: torch.Tensor) -> None:
+    def save(self, layer: int, row: torch.Tensor, per_probe: torch.Tensor | None = None) -> None:
         now = self.model.counter.snapshot()
-        self.partial.save(layer, row, now.since(self.last).as_dict())
+        self.partial.save(layer, row, now.since(self.last).as_dict(), per_probe)
         self.last = now
 
     def total(self, this_process) -> dict[str, int]:
@@ -68,7 +68,7 @@ class SweepExecutor:
         self.check(scorer)
         done = partial.done()
         tracker = BlockPasses(model, partial)
-        task = replace(task, done=done, on_layer_done=tracker.save)
+        task = replace(task, done=done, done_per_probe=partial.done_per_probe(), on_layer_done=tracker.save)
         scores, summary = self._run(model, scorer, task, partial, progress, what)
         return SweepOutcome(scores, tracker.total(scores.passes), sorted(done), summary)
 

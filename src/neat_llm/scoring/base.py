@@ -44,8 +44,10 @@ class ScoringTask:
     neurons: optional {layer: [neuron indices]} restricting the neurons scored inside a block.
     intervention: what a turned-off neuron becomes (``Zero``, ``Mean``, ``Dampen`` with one alpha,
         ``Transport``): the same types ``turn_off`` and the evaluations take.
-    done: {layer: scores [d_ff]} already finished (resume); on_layer_done(layer, row) is called when
-        a block is finished, so a caller can persist it.
+    done: {layer: scores [d_ff]} already finished (resume); on_layer_done(layer, row, per_probe) is
+        called when a block is finished, so a caller can persist it (``per_probe``: [n_probes, d_ff],
+        each probe text's own effect, from scorers that give one, else None); ``done_per_probe``:
+        the finished blocks' per-probe effects, where stored.
     """
 
     readout: ConceptReadout
@@ -54,7 +56,8 @@ class ScoringTask:
     neurons: dict[int, list[int]] | None = None
     intervention: Intervention = field(default_factory=Zero)
     done: dict[int, torch.Tensor] = field(default_factory=dict)
-    on_layer_done: Callable[[int, torch.Tensor], None] | None = None
+    on_layer_done: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None
+    done_per_probe: dict[int, torch.Tensor] = field(default_factory=dict)
     on_progress: Callable[[int], None] | None = None  # called with the number of neurons just scored
     positives: list[str] | None = None  # fit positives P_fit, as given (readout.apply(...) is what S reads)
     contrast: list[str] | None = None  # fit contrast texts N_fit, as given
@@ -119,7 +122,10 @@ def plan_units(blocks: dict[int, list[int]], unit: int, target: int, size: int |
 @dataclass
 class NeuronScores:
     """scores: [n_layers, d_ff] (NaN = not scored); passes spent; wall seconds; parameters;
-    alpha: [n_layers, d_ff] each neuron's own dampening factor, for methods that define one (AurA)."""
+    alpha: [n_layers, d_ff] each neuron's own dampening factor, for methods that define one (AurA);
+    per_probe: [n_probes, n_layers, d_ff] each probe text's own effect (unweighted; ``scores`` is
+    their sum weighted by the probe weights, in probe order), from scorers that give it (NEAT), and
+    None where a block of them is missing (a block resumed from a store that did not keep them)."""
 
     scores: torch.Tensor
     method: str
@@ -127,6 +133,7 @@ class NeuronScores:
     seconds: float
     params: dict
     alpha: torch.Tensor | None = None
+    per_probe: torch.Tensor | None = None
 
     @property
     def n_scored(self) -> int:
@@ -144,6 +151,7 @@ class Scorer(ABC):
     scores_an_effect: bool = False  # its score is a drop of the concept score S (the specificity penalty applies)
     takes_token_budget: bool = False  # its constructor takes tokens_per_batch
     reads_label: bool = False  # it reads the label readout, not the concept score
+    gives_per_probe: bool = False  # its _score takes per_probe= and fills each probe text's own effect
 
     def score(self, model: LoadedModel, task: ScoringTask) -> NeuronScores:
         bad = [l for l in task.layers if not 0 <= l < model.n_layers]
@@ -152,9 +160,17 @@ class Scorer(ABC):
         before = model.counter.snapshot()
         t0 = time.perf_counter()
         scores = torch.full((model.n_layers, model.d_ff), float("nan"))
-        self._score(model, task, scores)
+        per_probe = None
+        if self.gives_per_probe:
+            per_probe = torch.full((len(task.probes.texts), model.n_layers, model.d_ff), float("nan"))
+            self._score(model, task, scores, per_probe=per_probe)
+            if any(l in task.done and l not in task.done_per_probe for l in task.layers):
+                per_probe = None  # a resumed block without its per-probe effects: none rather than a gap
+        else:
+            self._score(model, task, scores)
         return NeuronScores(scores=scores, method=self.name, passes=model.counter.since(before),
-                            seconds=time.perf_counter() - t0, params=self.params(), alpha=self.dampening(scores))
+                            seconds=time.perf_counter() - t0, params=self.params(), alpha=self.dampening(scores),
+                            per_probe=per_probe)
 
     @abstractmethod
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
@@ -163,13 +179,17 @@ class Scorer(ABC):
     def params(self) -> dict:
         return {}
 
-    def pending(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> dict[int, list[int]]:
-        """{block: selected neurons} still to score; fills ``scores`` [n_layers, d_ff] in place with
-        what needs no pass (the blocks the task has done already)."""
+    def pending(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor,
+                per_probe: torch.Tensor | None = None) -> dict[int, list[int]]:
+        """{block: selected neurons} still to score; fills ``scores`` [n_layers, d_ff] (and
+        ``per_probe`` [n_probes, n_layers, d_ff], where stored) in place with what needs no pass (the
+        blocks the task has done already)."""
         out = {}
         for l in sorted(task.layers):
             if l in task.done:
                 scores[l] = task.done[l]
+                if per_probe is not None and l in task.done_per_probe:
+                    per_probe[:, l] = task.done_per_probe[l]
             else:
                 out[l] = task.neurons_of(l, model.d_ff)
         return out
@@ -187,7 +207,7 @@ class Scorer(ABC):
     def unit_task(task: ScoringTask, unit: WorkUnit) -> ScoringTask:
         """The task restricted to one work unit (no resume state, no callbacks: what a worker runs)."""
         return replace(task, layers=[unit.layer], neurons={unit.layer: list(unit.neurons)}, done={},
-                       on_layer_done=None, on_progress=None)
+                       done_per_probe={}, on_layer_done=None, on_progress=None)
 
     def dampening(self, scores: torch.Tensor) -> torch.Tensor | None:
         """Each neuron's own dampening factor [n_layers, d_ff], for methods that define one."""

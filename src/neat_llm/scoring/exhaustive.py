@@ -19,6 +19,7 @@ class ExhaustiveScorer(NeatScorer):
     probe_based = False  # its probes are the fit positives, not a probe batch
     takes_positions = scores_an_effect = takes_token_budget = True
     shardable = False  # its probes are the fit positives, not the task's: NEAT's batch grid does not describe it
+    gives_per_probe = False  # its probes are the fit texts, not a probe batch a bootstrap resamples
 
     def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
         pos = task.readout.apply(task.fit_texts(self.name)[0])  # as the readout reads them

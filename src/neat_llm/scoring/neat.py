@@ -134,13 +134,16 @@ class NeatScorer(Scorer):
             out["compile"] = True
         return out
 
-    def pending(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> dict[int, list[int]]:
+    def pending(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor,
+                per_probe: torch.Tensor | None = None) -> dict[int, list[int]]:
         """The blocks up to the reading layer not done yet; blocks after it score exactly 0 (no pass)."""
         top = task.readout.layer
         for l in task.layers:
             if l > top:  # cannot reach the reading layer
                 scores[l, task.neurons_of(l, model.d_ff)] = 0.0
-        return super().pending(model, replace(task, layers=[l for l in task.layers if l <= top]), scores)
+                if per_probe is not None:
+                    per_probe[:, l, task.neurons_of(l, model.d_ff)] = 0.0
+        return super().pending(model, replace(task, layers=[l for l in task.layers if l <= top]), scores, per_probe)
 
     def replicas_per_batch(self, n_tokens: int, kv: bool | None = None) -> int:
         """C: how many neurons of a block one batch turns off (replicas of a probe of ``n_tokens``
@@ -155,11 +158,14 @@ class NeatScorer(Scorer):
             unit = math.lcm(unit, self.replicas_per_batch(int(model.encode([text])["input_ids"].shape[1])))
         return unit
 
+    gives_per_probe = True
+
     @torch.inference_mode()
-    def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor) -> None:
+    def _score(self, model: LoadedModel, task: ScoringTask, scores: torch.Tensor,
+               per_probe: torch.Tensor | None = None) -> None:
         top = task.readout.layer
         d_ff = model.d_ff
-        todo = self.pending(model, task, scores)
+        todo = self.pending(model, task, scores, per_probe)
         if task.on_progress:  # blocks after the reading layer and resumed blocks: no pass
             task.on_progress(task.n_selected(model.n_layers, d_ff) - sum(len(v) for v in todo.values()))
         pending = sorted(todo)
@@ -175,14 +181,18 @@ class NeatScorer(Scorer):
         for l in pending:
             idx = task.neurons_of(l, d_ff)
             row = torch.full((d_ff,), float("nan"))
+            each = torch.full((len(caches), d_ff), float("nan"))  # each probe text's own effect
             if idx:
                 row[idx] = 0.0
                 off = task.edit_off(l, d_ff).to(model.block_device(l), model.dtype)
-                for cache, w in zip(caches, task.probes.weights):
-                    row[idx] += w * self._block_effect(model, cache, l, top, torch.tensor(idx), off, task)
+                for p, (cache, w) in enumerate(zip(caches, task.probes.weights)):
+                    each[p, idx] = self._block_effect(model, cache, l, top, torch.tensor(idx), off, task)
+                    row[idx] += w * each[p, idx]
             scores[l] = row
+            if per_probe is not None:
+                per_probe[:, l] = each
             if task.on_layer_done:
-                task.on_layer_done(l, row.clone())
+                task.on_layer_done(l, row.clone(), each)
 
     def _block_effect(self, model, cache: ProbeCache, l: int, top: int, idx: torch.Tensor, off: BlockEdit,
                       task) -> torch.Tensor:

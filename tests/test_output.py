@@ -24,14 +24,16 @@ def test_show_at_a_narrow_terminal_cuts_no_number(run, width, monkeypatch):
     res = CliRunner().invoke(app, ["show", str(run.run_dir), "--k", "10"])
     assert res.exit_code == 0, res.output
     lines = [l for l in res.output.splitlines() if l.strip()[:1] in "│┃" and any(c.isdigit() for c in l)]
-    rows = [l.split("│")[1:7] for l in lines if l.count("│") >= 7]
+    rows = [l.split("│")[1:8] for l in lines if l.count("│") >= 8]  # rank .. ΔS N, the stability included
+    rows = [c for c in rows if c[0].strip()]  # not the lines the tokens column folds onto
     assert len(rows) >= 10
     for cells in rows:
         assert not any("…" in c for c in cells), cells
     assert all(len(l) <= width for l in res.output.splitlines())
+    assert "stays" in res.output and all(0 <= float(c[4]) <= 1 for c in rows)  # the share of resamples in the top 100
     assert [c.strip() for c in rows[0][:3]] == ["1", str(run.rows(1)[0].layer), str(run.rows(1)[0].neuron)]
     wide = CliRunner().invoke(app, ["show", str(run.run_dir), "--k", "3", "--wide"])
-    assert "act P" in wide.output and "cost" in wide.output
+    assert "act P" in wide.output and "cost" in wide.output and "score 95%" in wide.output
 
 
 def test_top_tokens_are_the_texts_own_never_the_read_template(run, tiny_llama):

@@ -40,14 +40,25 @@ def _top_table(run, k: int, title: str, wide: bool = False) -> Table:
                "(a generic neuron moves both)" + ("; act P / act N: mean activation on the fit positives / contrast "
                                                   "texts; cost: fluency cost (nats per token)" if wide else
                                                   "; --wide or --json for every column"))
+    stays = run.probe_effects is not None
+    if stays:
+        from neat_llm.runs import STABILITY_K, STABILITY_RESAMPLES
+
+        caption += (f"; stays: share of {STABILITY_RESAMPLES} resamples of the probes in which the neuron is in the "
+                    f"top {STABILITY_K}" + ("; score 95%: its interval over those resamples" if wide else ""))
     t = Table(title=title, caption=caption)
-    cols = ("rank", "layer", "neuron", "score", "ΔS P", "ΔS N") + (("act P", "act N", "cost") if wide else ())
+    cols = (("rank", "layer", "neuron", "score") + (("score 95%",) if wide and stays else ()) + (("stays",) if stays else ())
+            + ("ΔS P", "ΔS N") + (("act P", "act N", "cost") if wide else ()))
     for col in cols:
         t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     t.add_column("top tokens (activation)", justify="left", overflow="fold", ratio=1)
     for r in run.rows(k):
-        cells = [str(r.rank), str(r.layer), str(r.neuron), _num(r.score, ".4g"), _num(r.effect_positive),
-                 _num(r.effect_contrast)]
+        cells = [str(r.rank), str(r.layer), str(r.neuron), _num(r.score, ".4g")]
+        if wide and stays:
+            cells.append(f"{_num(r.score_lo, '.3g')}..{_num(r.score_hi, '.3g')}")
+        if stays:
+            cells.append(_num(r.stability, ".2f"))
+        cells += [_num(r.effect_positive), _num(r.effect_contrast)]
         if wide:
             cells += [_num(r.mean_positive), _num(r.mean_contrast), _num(r.fluency_cost, ".2g")]
         t.add_row(*cells, r.top_tokens)

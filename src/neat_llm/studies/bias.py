@@ -9,7 +9,6 @@ The study folder is the run folder: the run's files, ``bias.json`` and ``.bias-p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,15 +18,14 @@ from ..concepts.templates import BiasTemplates, load_templates
 from ..concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
 from ..concepts.vectors import choose_reading_layer
 from ..evaluation.bias import BiasReport, evaluate_bias
-from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
 
 from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
-from ..runs import Run, RunFiles, check_run_folder, run_folder_lock, write_text
-from .common import condition_progress, find_or_reuse, neuron_pool
+from ..runs import Run, RunFiles
+from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results
 from .settings import BiasStudySettings
 
 __all__ = ["BiasStudy", "bias_study", "load_pairs"]
@@ -99,8 +97,7 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
         probe_pairs = list(zip(fit.more, fit.less))
         fs = FindSettings.of(fs, score=fs.score or "contrastive")
     out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
-    check_run_folder(out)  # a folder of the user's own files is refused before anything is written
-    with run_folder_lock(out):  # one writer per study folder
+    with study_folder(out):
         paired_cv = None
         if layer_rule == "paired" and fs.reading_layer is None:
             # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
@@ -119,14 +116,13 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
             ev_diffs[[i for i, x in enumerate(types) if x == t]], readout.vector)} for t in sorted(set(types))}
 
         neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
-        fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                       "n_random": n_random, "seed": seed, "mode": iv.name, "alpha": iv.alpha, **iv.settings(), "eval": repr(ev), "neutral": neutral}
-        store = ConditionStore(out / ".bias-partial", fingerprint)
-        with condition_progress("bias evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-            report = evaluate_bias(model, ev, run.selections(ks), n_random=n_random, seed=seed, mode=iv,
-                                   neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
-                                   min_pairs=min_pairs, store=store, on_condition=tick, dataset=items.name, lang=lang,
-                                   method=method)
+        report, store = measure_conditions(
+            out, RunFiles.BIAS_PARTIAL, run, iv, ks, n_random, seed, {"method": method, "eval": repr(ev), "neutral": neutral},
+            "bias evaluation", progress,
+            lambda store, tick: evaluate_bias(model, ev, run.selections(ks), n_random=n_random, seed=seed, mode=iv,
+                                              neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
+                                              min_pairs=min_pairs, store=store, on_condition=tick, dataset=items.name,
+                                              lang=lang, method=method))
         report.settings = replace(
             report.settings, bias_type=bias_type, n_fit_pairs=len(fit), eval_fraction=eval_fraction,
             templates=templates, n_eval_items=len(ev), probe=probe, score=run.meta.params.get("score"),
@@ -134,9 +130,7 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
             layer_rule=layer_rule, paired_cv_accuracy=None if paired_cv is None else float(paired_cv[readout.layer]),
             paired_cv_accuracy_by_layer=None if paired_cv is None else [float(x) for x in paired_cv],
             eval_paired_accuracy=eval_paired, eval_paired_accuracy_by_type=paired_by_type)
-        path = out / RunFiles.BIAS
-        write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
-        store.clear()
+        path = write_results(out, RunFiles.BIAS, report, store)
         return BiasStudy(run, report, path, fit, ev)
 
 

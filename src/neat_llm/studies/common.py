@@ -1,10 +1,18 @@
-"""What both studies share: find the neurons once (or reuse the finished run in the study folder),
-the pool of neurons the random control draws from, and the evaluation's progress bar."""
+"""What every study is made of, written once: the study folder (a folder of the user's own files is
+refused before anything is written; one writer at a time), the neurons found once or the finished
+run reused (``find_or_reuse``), the conditions measured with a resumable store and a progress bar
+(``measure_conditions``: before, each top-K, each random K-set, drawn from ``neuron_pool``), and
+the results written, the continuations first, the report last (``write_results``). The studies
+(hate.py, bias.py, demonstrations.py) differ only in their data, their evaluation and what they
+add to the report."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -13,7 +21,20 @@ from ..find import find_concept_neurons
 from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..progress import progress_bar
-from ..runs import Run, RunError, RunFiles
+from ..evaluation.checkpoints import ConditionStore
+from ..interventions import Intervention
+from ..runs import Run, RunError, RunFiles, check_run_folder, run_folder_lock, write_text
+
+R = TypeVar("R")
+
+
+@contextmanager
+def study_folder(out: Path) -> Iterator[Path]:
+    """The study's folder, checked and locked: a folder of the user's own files is refused before
+    anything is written, and a second writer gets an error, not a mixed folder."""
+    check_run_folder(out)
+    with run_folder_lock(out):
+        yield out
 
 
 def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Path, settings: FindSettings, *,
@@ -50,3 +71,28 @@ def condition_progress(what: str, n_conditions: int, done: int, enabled: bool):
     """A bar over the evaluation's conditions (before, each top-K, each random K-set)."""
     with progress_bar(f"{what} ({done} resumed)" if done else what, n_conditions, enabled) as adv:
         yield lambda _name: adv(1)
+
+
+def measure_conditions(out: Path, partial: str, run: Run, iv: Intervention, ks: list[int], n_random: int, seed: int,
+                       data: dict, what: str, progress: bool,
+                       evaluate: Callable[[ConditionStore, Callable[[str], None]], R]) -> tuple[R, ConditionStore]:
+    """Run ``evaluate(store, on_condition)`` over the study's conditions (before, each top-K, each
+    random K-set) with finished conditions kept in ``out / partial``, bound to the run, the
+    intervention, the sizes, the seed and the study's own ``data`` (a changed setting starts over)."""
+    fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "ks": list(ks),
+                   "n_random": n_random, "seed": seed, **iv.settings(), "alpha": iv.alpha, **data}
+    store = ConditionStore(out / partial, fingerprint)
+    with condition_progress(what, 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
+        return evaluate(store, tick), store
+
+
+def write_results(out: Path, name: str, report, store: ConditionStore,
+                  continuations: tuple[str, dict] | None = None) -> Path:
+    """The study's files: its continuations (``(file name, payload)``), then its report with the
+    folder it belongs to; then the finished conditions' store is cleared. Returns the report's path."""
+    if continuations is not None:
+        write_text(out / continuations[0], json.dumps(continuations[1]))
+    path = out / name
+    write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
+    store.clear()
+    return path

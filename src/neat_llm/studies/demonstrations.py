@@ -16,7 +16,6 @@ The study folder is the run folder; each intervention writes ``behaviour-<interv
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,14 @@ from pathlib import Path
 from ..concepts.conceptset import ConceptSet
 from ..concepts.datasets import resolve
 from ..evaluation.behaviour import BehaviourReport, evaluate_behaviour
-from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.demonstrations import Demonstrations, build_demonstrations
 from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..records import split_known
-from ..runs import Run, RunFiles, check_run_folder, run_folder_lock, write_text
-from .common import condition_progress, find_or_reuse, neuron_pool
+from ..runs import Run, RunFiles
+from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results
 from .hate import _groups, hate_concept
 from .settings import DemonstrationStudySettings
 
@@ -98,8 +96,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         concept = generation_concept(fit, group_of, s.n_readout_prompts, s.per_prompt, s.seed)
         fs = FindSettings.of(fs, read_template="{text}")
     out = Path(out) if out is not None else default_run_dir(concept, f"demo-{s.method}")
-    check_run_folder(out)
-    with run_folder_lock(out):
+    with study_folder(out):
         run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, progress=progress)
         if eval_g:
             held = hate_concept("toxigen", s.data_path, groups=eval_g)
@@ -112,27 +109,24 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
         iv = run.intervention(s.mode, s.alpha, s.strength)
         tag = _slug(iv.describe())
-        fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "ks": s.ks,
-                       "n_random": s.n_random, "seed": s.seed, **iv.settings(), "alpha": iv.alpha,
-                       "demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
-                       "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
-        store = ConditionStore(out / RunFiles.behaviour_partial(tag), fingerprint)
-        n_cond = 1 + len(s.ks) * (1 + s.n_random)
-        with condition_progress("behaviour evaluation", n_cond, store.n_done(), progress) as tick:
-            report = evaluate_behaviour(model, demos, run.selections(s.ks), judge, intervention=iv,
-                                        n_random=s.n_random, seed=s.seed, samples=s.samples,
-                                        neutral_samples=s.neutral_samples, max_new_tokens=s.max_new_tokens,
-                                        neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
-                                        store=store, on_condition=tick, dataset=concept.name, method=s.method)
+        data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
+                   "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
+        report, store = measure_conditions(
+            out, RunFiles.behaviour_partial(tag), run, iv, list(s.ks), s.n_random, s.seed, data_fp,
+            "behaviour evaluation", progress,
+            lambda store, tick: evaluate_behaviour(model, demos, run.selections(s.ks), judge, intervention=iv,
+                                                   n_random=s.n_random, seed=s.seed, samples=s.samples,
+                                                   neutral_samples=s.neutral_samples, max_new_tokens=s.max_new_tokens,
+                                                   neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
+                                                   store=store, on_condition=tick, dataset=concept.name,
+                                                   method=s.method))
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,
                                reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)})
-        write_text(out / RunFiles.behaviour_continuations(tag),
-                   json.dumps({"prompts": {"hate": list(demos.hate_prompts), "neutral": list(demos.neutral_prompts)},
-                               **report.continuations}))
-        path = out / RunFiles.behaviour(tag)
-        write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
+        path = write_results(out, RunFiles.behaviour(tag), report, store, (RunFiles.behaviour_continuations(tag), {
+            "prompts": {"hate": list(demos.hate_prompts), "neutral": list(demos.neutral_prompts)},
+            **report.continuations}))
     return DemonstrationStudy(run, report, path)
 
 

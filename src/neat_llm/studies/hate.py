@@ -10,7 +10,6 @@ The study folder is the run folder: the run's files, ``hate.json`` (the report),
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,7 +17,6 @@ from pathlib import Path
 
 from ..concepts.conceptset import ConceptSet, ConceptSetError, ConceptSource
 from ..concepts.datasets import load_davidson, load_toxigen, resolve
-from ..evaluation.checkpoints import ConditionStore
 from ..evaluation.generation import prompt_prefixes
 from ..evaluation.hate import HateData, HateReport, evaluate_hate
 from ..evaluation.hate_classifier import load_hate_classifier
@@ -27,8 +25,8 @@ from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
-from ..runs import Run, RunFiles, check_run_folder, run_folder_lock, write_text
-from .common import condition_progress, find_or_reuse, neuron_pool
+from ..runs import Run, RunFiles
+from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results
 from .settings import HateStudySettings
 
 
@@ -158,8 +156,7 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
 
         encoder = SentenceEncoder(minilm_dir())  # a missing encoder package fails before the long part
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
-    check_run_folder(out)  # a folder of the user's own files is refused before anything is written
-    with run_folder_lock(out):  # one writer per study folder
+    with study_folder(out):
         run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, progress=progress)
         iv = run.intervention(mode, alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
 
@@ -193,17 +190,15 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
             tfidf_on_fit = judge_quality(tfidf.predict, test_x, ["hate" if y else "neither" for y in test_y], source)
         else:
             classifier, second, tfidf_on_fit = tfidf, None, None
-        selections = run.selections(ks)
-        fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "method": method, "ks": ks,
-                       "n_random": n_random, "seed": seed, "mode": iv.name, "alpha": iv.alpha, **iv.settings(), "data": [hdata.hate, hdata.neutral, hdata.prompts, hdata.prompt_sources], "samples": samples,
-                       "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256, "judge": judge,
-                       "judge_settings": getattr(classifier, "settings", None),
-                       "readout": repr(readout)}
-        store = ConditionStore(out / ".hate-partial", fingerprint)
-        with condition_progress("hate evaluation", 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
-            report = evaluate_hate(model, hdata, selections, classifier, n_random=n_random, seed=seed, mode=iv,
-                                   neuron_pool=neuron_pool(run), max_new_tokens=max_new_tokens, readout=readout, store=store,
-                                   on_condition=tick, dataset=concept.name, method=method, second_judge=second)
+        data_fp = {"method": method, "data": [hdata.hate, hdata.neutral, hdata.prompts, hdata.prompt_sources],
+                   "samples": samples, "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256,
+                   "judge": judge, "judge_settings": getattr(classifier, "settings", None), "readout": repr(readout)}
+        report, store = measure_conditions(
+            out, RunFiles.HATE_PARTIAL, run, iv, ks, n_random, seed, data_fp, "hate evaluation", progress,
+            lambda store, tick: evaluate_hate(model, hdata, run.selections(ks), classifier, n_random=n_random, seed=seed,
+                                              mode=iv, neuron_pool=neuron_pool(run), max_new_tokens=max_new_tokens,
+                                              readout=readout, store=store, on_condition=tick, dataset=concept.name,
+                                              method=method, second_judge=second))
         if tfidf_on_fit is not None:  # the second opinion measured on the same held-out part of the fit texts
             from dataclasses import asdict as _asdict
 
@@ -211,9 +206,6 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
         report.settings = replace(report.settings, fit_groups=fit_g, eval_groups=eval_g,
                                   reading_layer=run.meta.reading_layer, eval_auroc=run.meta.eval_auroc,
                                   n_fit=run.meta.n_fit)
-        path = out / RunFiles.HATE
-        write_text(out / RunFiles.HATE_CONTINUATIONS, json.dumps({"prompts": list(hdata.prompts), "samples_per_prompt": samples,
-                                                                **report.continuations}))
-        write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
-        store.clear()
+        path = write_results(out, RunFiles.HATE, report, store, (RunFiles.HATE_CONTINUATIONS, {
+            "prompts": list(hdata.prompts), "samples_per_prompt": samples, **report.continuations}))
         return HateStudy(run, report, path)

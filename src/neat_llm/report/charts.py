@@ -155,6 +155,17 @@ def _legend(f: _Frame, items: list[tuple[str, str, str]]) -> None:
         x += w
 
 
+def _x_ticks(f: _Frame, ticks: list[float], X) -> None:
+    """Every tick marked on the x axis; labels only where they do not run into each other."""
+    labels = tick_labels(ticks)
+    labelled = set(spaced([X(t) for t in ticks], labels))
+    for i, t in enumerate(ticks):
+        f.parts.append(f'<line x1="{X(t):.1f}" y1="{f.top + f.ph}" x2="{X(t):.1f}" y2="{f.top + f.ph + 4}" stroke="#adb5bd"/>')
+        if i in labelled:
+            f.parts.append(f'<text class="tick" x="{X(t):.1f}" y="{f.top + f.ph + 16}" text-anchor="middle" '
+                           f'fill="#495057">{labels[i]}</text>')
+
+
 def line_chart(series: list[Series], *, title: str, xlabel: str, ylabel: str, x_log: bool = False,
                y_range: tuple[float, float] | None = None, hlines: list[tuple[float, str]] = (),
                vlines: list[tuple[float, str]] = (), xticks: list[float] | None = None, highlight: tuple | None = None,
@@ -199,14 +210,7 @@ def line_chart(series: list[Series], *, title: str, xlabel: str, ylabel: str, x_
                        f'<text x="{f.left - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" fill="#495057">{lab}</text>')
     if xticks is None:
         xticks = sorted(set(xs_all)) if x_log or len(set(xs_all)) <= 12 else nice_ticks(min(xs_all), max(xs_all), 8)
-    xticks = [t for t in xticks if (t > 0 or not x_log) and x_lo <= tx(t) <= x_hi]
-    labels = tick_labels(xticks)
-    labelled = set(spaced([X(t) for t in xticks], labels))
-    for i, t in enumerate(xticks):  # every tick marked; labels only where they do not run into each other
-        f.parts.append(f'<line x1="{X(t):.1f}" y1="{f.top + f.ph}" x2="{X(t):.1f}" y2="{f.top + f.ph + 4}" stroke="#adb5bd"/>')
-        if i in labelled:
-            f.parts.append(f'<text class="tick" x="{X(t):.1f}" y="{f.top + f.ph + 16}" text-anchor="middle" '
-                           f'fill="#495057">{labels[i]}</text>')
+    _x_ticks(f, [t for t in xticks if (t > 0 or not x_log) and x_lo <= tx(t) <= x_hi], X)
     _axes(f, xlabel, ylabel)
     for y, label in hlines:
         f.parts.append(f'<line x1="{f.left}" y1="{Y(y):.1f}" x2="{f.left + f.pw}" y2="{Y(y):.1f}" stroke="{GREY}" '

@@ -157,6 +157,10 @@ def test_report_has_every_section(run_dir):
     assert "held-out paired accuracy 0.612" in text and "(paired rule)" in text
     tokens = [a for t, a in page.tags if t == "span" and a.get("class") == "t"]
     assert len(tokens) > 100 and all(a["style"].startswith("background:rgba(") for a in tokens)
+    import pandas as pd
+
+    first = pd.read_csv(run_dir / "top.csv").iloc[0]  # each row shows how often its neuron stays in the top 100
+    assert "stays" in text and f"<span>{first.stability:.2f}</span>" in html
 
 
 def test_no_url_the_browser_would_fetch(run_dir):

@@ -345,12 +345,13 @@ def _neurons(inp: ReportInputs) -> str:
              "off" + (f", as a share of the fit gap, minus λ = {lam:g} × its fluency cost" if lam else "") + "). "
              "ΔS P and ΔS N: the drop of S on the positive and on the contrast probes when the neuron alone is off "
              "(a neuron that moves both alike is generic machinery, not the concept); act. P / N: its mean "
-             "activation on the fit positives and contrast texts. Open a row to see the texts of the concept set "
+             "activation on the fit positives and contrast texts; stays: the share of 200 resamples of the probe "
+             "texts in which the neuron is in the top 100 (a solid neuron stays, a lucky one does not). Open a row to see the texts of the concept set "
              "that excite it most; each token is coloured by the neuron's activation there "
              "(<span class=\"swatch pos\"></span> positive, <span class=\"swatch neg\"></span> negative, relative "
              "to the neuron's largest activation shown).")
     head = ('<div class="nrow head"><span>rank</span><span>block</span><span>neuron</span><span>score</span>'
-            '<span>ΔS P</span><span>ΔS N</span><span>act. P</span><span>act. N</span>'
+            '<span>stays</span><span>ΔS P</span><span>ΔS N</span><span>act. P</span><span>act. N</span>'
             '<span>tokens that excite it most</span></div>')
     items, rest = [], []
     for r in rows[:100]:
@@ -363,7 +364,8 @@ def _neurons(inp: ReportInputs) -> str:
         mp = mp if mp is not None else (_num(info.get("mean_positive")) if info else None)
         mc = mc if mc is not None else (_num(info.get("mean_contrast")) if info else None)
         cells = (f'<span>{e(r.get("rank", ""))}</span><span>{l}</span><span>{n}</span>'
-                 f'<span>{e(_f(_num(r.get("score")), 4))}</span><span>{e(_f(_num(r.get("effect_positive")), 3))}</span>'
+                 f'<span>{e(_f(_num(r.get("score")), 4))}</span><span>{e(_f(_num(r.get("stability")), 2))}</span>'
+                 f'<span>{e(_f(_num(r.get("effect_positive")), 3))}</span>'
                  f'<span>{e(_f(_num(r.get("effect_contrast")), 3))}</span><span>{e(_f(mp, 3))}</span>'
                  f'<span>{e(_f(mc, 3))}</span><span class="toks">{e(r.get("top_tokens", ""))}</span>')
         exs = (info or {}).get("examples") or []
@@ -654,7 +656,7 @@ table.small th:first-child,table.small td:first-child{text-align:left}
 ol.probes{margin:0;padding-left:20px;color:#495057;overflow-wrap:anywhere}
 svg.chart{width:100%;height:auto;display:block}
 .ntable{border:1px solid var(--line);border-radius:6px;overflow:hidden}
-.nrow>summary,.nrow.plain,.nrow.head{display:grid;grid-template-columns:44px 48px 56px 72px 72px 72px 72px 72px 1fr;gap:8px;
+.nrow>summary,.nrow.plain,.nrow.head{display:grid;grid-template-columns:44px 48px 56px 72px 48px 72px 72px 72px 72px 1fr;gap:8px;
   padding:6px 12px;align-items:baseline;border-top:1px solid var(--line)}
 .nrow.head{background:#f1f3f5;font-weight:600;font-size:12px;color:#495057;border-top:0}
 .nrow>summary{cursor:pointer;list-style:none}

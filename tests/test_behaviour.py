@@ -106,6 +106,24 @@ def test_demonstration_study_end_to_end(tiny_llama, tmp_path):
     assert again.report.mode == "transport"
 
 
+def test_the_direction_ceiling_is_a_row_of_its_own_beside_the_neurons(tiny_llama, tmp_path):
+    from neat_llm.studies.demonstrations import demonstration_study
+
+    kw = dict(ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=4, samples=2, n_neutral_prompts=2,
+              neutral_samples=2, max_new_tokens=4, per_prompt=2, out=tmp_path / "d", progress=False)
+    plain = demonstration_study(tiny_llama, **kw)
+    study = demonstration_study(tiny_llama, ceiling=True, **kw)
+    r = study.report
+    assert [(x.k, x.condition) for x in r.rows] == [(0, "before"), (2, "concept"), (2, "random"), (0, "direction")]
+    direction = r.rows[-1]
+    assert set(direction.vs_before) == {"hate_rate", "next_gap"} and direction.vs_random == {}
+    assert direction.vs_before["next_gap"]["diff"] == pytest.approx(direction.next_gap - r.rows[0].next_gap, abs=1e-9)
+    assert r.settings["ceiling"]["layer"] == study.run.meta.reading_layer and r.settings["ceiling"]["kind"] == "project"
+    # the same seeded draws: the rows both runs share are the same; the plain run's file is kept beside
+    assert [x.hate_rate for x in r.rows[:3]] == [x.hate_rate for x in plain.report.rows]
+    assert study.path.name == "behaviour-zero-ceiling.json" and plain.path.is_file()
+
+
 def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 

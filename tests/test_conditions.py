@@ -249,3 +249,47 @@ def test_studies_give_the_same_report_with_and_without_batched_conditions(tiny_l
         assert (a.k, a.condition, a.hate_rate, a.hate_rate_ci) == (b.k, b.condition, b.hate_rate, b.hate_rate_ci)
         assert a.hate_rate_ci[0] <= a.hate_rate <= a.hate_rate_ci[1]
         assert a.gap == pytest.approx(b.gap, abs=1e-5) and a.ppl_ratio == pytest.approx(b.ppl_ratio, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2"])
+def test_a_direction_condition_along_the_batch_equals_remove_direction(kind, tokenizer):
+    """The residual stream edited along a direction at one block's output: its block of rows equals
+    the plain one-condition ``remove_direction``; the other conditions' blocks are untouched; after
+    the edit the block's output has no component along the direction."""
+    from neat_llm.hooks import capture_outputs
+    from neat_llm.interventions import DirectionEdit, remove_direction
+
+    model = build_tiny(kind, tokenizer)
+    d = model.hf.config.hidden_size
+    v = torch.randn(d, generator=torch.Generator().manual_seed(0))
+    conds = [Condition("before"), Condition("direction", residual=DirectionEdit(1, v, "project")),
+             Condition("shift", residual=DirectionEdit(0, v, "subtract")), _conditions(model)[1]]
+    enc = model.encode(TEXTS)
+    with torch.inference_mode():
+        with conditions_along_batch(model, conds) as G:
+            batched = model.hf(**repeat_rows(enc, G), use_cache=False).logits.reshape(G, len(TEXTS), *enc["input_ids"].shape[1:], -1)
+        plain = model.hf(**enc, use_cache=False).logits
+        torch.testing.assert_close(batched[0], plain, atol=1e-5, rtol=1e-4)
+        for c in (1, 2):
+            with remove_direction(model, conds[c].residual):
+                want = model.hf(**enc, use_cache=False).logits
+            torch.testing.assert_close(batched[c], want, atol=1e-5, rtol=1e-4)
+            assert not torch.allclose(want, plain, atol=1e-3)  # the edit does something
+        with _plain(model, conds[3]):
+            torch.testing.assert_close(batched[3], model.hf(**enc, use_cache=False).logits, atol=1e-5, rtol=1e-4)
+        with remove_direction(model, conds[1].residual), capture_outputs({1: model.blocks[1]}) as out:
+            model.hf(**enc, use_cache=False)
+        u = v / v.norm()
+        assert (out[1][0].float() @ u).abs().max() < 1e-4
+    assert all(not b._forward_hooks for b in model.blocks)
+
+
+def test_a_direction_edit_refuses_nonsense(tiny_llama):
+    from neat_llm.interventions import DirectionEdit, remove_direction
+
+    with pytest.raises(ValueError, match="non-zero"):
+        DirectionEdit(0, torch.zeros(8))
+    with pytest.raises(ValueError, match="one of project, subtract"):
+        DirectionEdit(0, torch.ones(8), "rotate")
+    with pytest.raises(ValueError, match="out of range"), remove_direction(tiny_llama, DirectionEdit(99, torch.ones(8))):
+        pass

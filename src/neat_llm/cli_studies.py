@@ -57,6 +57,7 @@ def hate(
     n_prompts: Optional[int] = typer.Option(None, "--prompts", help="hate-prone prompts to continue (default 80; demonstrations: 200)"),
     neutral_prompts: int = typer.Option(50, "--neutral-prompts", help="(demonstrations) neutral demonstration prompts, the control"),
     per_prompt: int = typer.Option(4, "--per-prompt", help="(demonstrations) held-out statements shown in each prompt"),
+    ceiling: bool = typer.Option(False, "--ceiling", help="(demonstrations) also measure the concept direction removed from the residual stream at the reading layer, every position: the direction-level ceiling beside the neurons"),
     readout_at: str = typer.Option("recognition", "--readout", help="(demonstrations) where the concept is read: recognition (after a statement, as neat find) or generation (at the end of fit demonstration prompts, where the model writes)"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
     davidson_prompts: int = typer.Option(0, "--davidson-prompts", help="also continue this many prefixes of hate-class Davidson tweets (the judges' test part); rates per source too"),
@@ -89,7 +90,7 @@ def hate(
             _fail("--design demonstrations builds prompts from target groups: it needs --data toxigen")
         return _demonstration_hate(model, data_path, _parse_ks(k or "100,500"), n_random, fit_groups, eval_groups,
                                    n_prompts or 200, samples, neutral_prompts, per_prompt, new_tokens or 40, mode, alpha,
-                                   strength, layers, probe_size, seed, out_dir, as_json, readout_at)
+                                   strength, layers, probe_size, seed, out_dir, as_json, readout_at, ceiling)
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     ks = _parse_ks(k or "10,50,100,500,2000")
@@ -157,7 +158,7 @@ def hate(
 
 def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups, n_prompts, samples, neutral_prompts,
                         per_prompt, new_tokens, mode, alpha, strength, layers, probe_size, seed, out_dir, as_json,
-                        readout_at="recognition") -> None:
+                        readout_at="recognition", ceiling=False) -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
     import neat_llm as nl
     from neat_llm.studies.demonstrations import demonstration_study
@@ -169,7 +170,8 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               eval_groups=_csv(eval_groups), n_random=n_random, n_prompts=n_prompts,
                                               samples=samples, n_neutral_prompts=neutral_prompts,
                                               per_prompt=per_prompt, max_new_tokens=new_tokens, mode=mode, alpha=alpha,
-                                              strength=strength, seed=seed, readout=readout_at)
+                                              strength=strength, seed=seed, readout=readout_at,
+                                              ceiling=ceiling)
         study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)

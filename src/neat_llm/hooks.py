@@ -89,6 +89,23 @@ def edit_inputs(modules: Mapping[Hashable, nn.Module],
 
 
 @contextmanager
+def edit_outputs(modules: Mapping[Hashable, nn.Module],
+                 fn: Callable[[Hashable, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace each module's output ``h`` (the first element of a tuple output) with ``fn(key, h)``
+    while the context is open."""
+    def register(key, mod):
+        def hook(_m, _args, out):
+            if isinstance(out, tuple):
+                return (fn(key, out[0]),) + out[1:]
+            return fn(key, out)
+
+        return mod.register_forward_hook(hook)
+
+    with _hooked(modules, register):
+        yield
+
+
+@contextmanager
 def outputs_require_grad(module: nn.Module) -> Iterator[None]:
     """The module's output requires grad (the embedding's, so every later activation is a non-leaf
     node of one graph and ``autograd.grad`` gives total derivatives)."""

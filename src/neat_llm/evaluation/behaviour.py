@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..interventions import Condition, Intervention, NeuronSelection
+from ..interventions import Condition, DirectionEdit, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
 from ..records import known
 from .checkpoints import ConditionStore
@@ -34,6 +34,9 @@ from .neutral_text import NEUTRAL_TEXTS
 from .paired_stats import PairedDifference, paired_difference
 from .perplexity import continuation_logliks_along, perplexities_along
 from .statement_judge import StatementJudge
+
+
+DIRECTION = "direction"  # the direction-level ceiling's condition and row
 
 
 @dataclass
@@ -142,15 +145,19 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
                        neuron_pool: Sequence[tuple[int, int]] | None = None, max_neutral_rate: float = 0.10,
                        store: ConditionStore | None = None, on_condition: Callable[[str], None] | None = None,
                        per_batch: int = CONDITIONS_PER_BATCH, dataset: str = "", method: str = "",
-                       batch_size: int = 16) -> BehaviourReport:
+                       batch_size: int = 16, ceiling: DirectionEdit | None = None) -> BehaviourReport:
     """Measure every condition (finished ones from ``store``), set the judge's threshold on the
     "before" neutral-prompt continuations, and compare each top-K set with before and with its
-    random K-sets, paired per prompt."""
+    random K-sets, paired per prompt. ``ceiling``: also measure the residual stream edited along
+    the concept direction (row "direction", K = 0, compared with before): what the direction
+    itself does to the writing, the most a neuron set reading it could do."""
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     iv = Intervention.of(intervention, means)
     conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
+    if ceiling is not None:
+        flat.append(Condition(DIRECTION, residual=ceiling))
     measure = BehaviourMeasure(demos, samples, neutral_samples, seed, max_new_tokens, batch_size)
     got = run_conditions(model, flat, measure, store=store, per_batch=per_batch, on_condition=on_condition)
     judge.calibrate(got[BEFORE].neutral_continuations, max_neutral_rate)
@@ -191,13 +198,19 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
             rr = row(k, "random", [c.name for c in rand], 2 * i + 2)
             rr.vs_before = paired([c.name for c in rand], [BEFORE], 2 * i + 2)
             rows.append(rr)
+    if ceiling is not None:
+        salt = 2 * len(conds) + 1
+        r = row(0, DIRECTION, [DIRECTION], salt)
+        r.vs_before = paired([DIRECTION], [BEFORE], salt)
+        rows.append(r)
     return BehaviourReport(
         dataset=dataset, method=method, mode=iv.name, intervention=iv.describe(), n_prompts=n, samples=samples,
         n_neutral_prompts=len(demos.neutral_prompts), neutral_samples=neutral_samples, rows=rows,
         judge=asdict(judge.validation) if judge.validation is not None else {"threshold": judge.threshold},
         passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
         settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens, "per_batch": per_batch,
-                  "max_neutral_rate": max_neutral_rate, **iv.settings()},
+                  "max_neutral_rate": max_neutral_rate, **iv.settings(),
+                  **({"ceiling": {**ceiling.settings(), "what": ceiling.describe()}} if ceiling is not None else {})},
         continuations={c: {"hate": r.hate_continuations, "neutral": r.neutral_continuations} for c, r in got.items()})
 
 

@@ -15,7 +15,8 @@ under condition c, so one pass over the texts measures G conditions (``turn_off`
 one-condition reference).
 """
 
-from .apply import conditions_along_batch, turn_off
+from .apply import conditions_along_batch, remove_direction, turn_off
+from .direction import DirectionEdit
 from .spec import InterventionSpec, SpecError
 from .transport import fit_transport
 from .selection import NeuronSelection, as_selection
@@ -23,6 +24,6 @@ from .types import (INTERVENTIONS, MODES, BlockEdit, Dampen, Intervention, Mean,
                     check_choice)
 from .values import Condition
 
-__all__ = ["INTERVENTIONS", "MODES", "BlockEdit", "Condition", "Dampen", "Intervention", "InterventionSpec", "Mean",
+__all__ = ["INTERVENTIONS", "MODES", "BlockEdit", "Condition", "Dampen", "DirectionEdit", "remove_direction", "Intervention", "InterventionSpec", "Mean",
            "NeuronSelection", "NeuronStats", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "conditions_along_batch",
            "fit_transport", "turn_off"]

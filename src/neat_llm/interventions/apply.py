@@ -11,8 +11,9 @@ from contextlib import contextmanager
 
 import torch
 
-from ..hooks import edit_inputs
+from ..hooks import edit_inputs, edit_outputs
 from ..models.loaded import LoadedModel
+from .direction import DirectionEdit
 from .spec import InterventionSpec
 from .selection import NeuronSelection, as_selection
 from .types import Intervention
@@ -72,13 +73,37 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
             scale[l][c, idx], shift[l][c, idx] = sc, sh
     scale = {l: t.to(model.device) for l, t in scale.items()}
     shift = {l: t.to(model.device) for l, t in shift.items()}
+    residual: dict[int, dict[int, DirectionEdit]] = {}  # block -> {condition: its edit of the block's output}
+    for c, cond in enumerate(conditions):
+        if cond.residual is not None:
+            residual.setdefault(cond.residual.layer, {})[c] = cond.residual
 
-    def edit(layer, x):
+    def blocks_of(x):
         if x.shape[0] % G:
             raise RuntimeError(f"a batch of {x.shape[0]} rows cannot be split into {G} condition blocks")
-        y = x.reshape(G, -1, x.shape[-1])
+        return x.reshape(G, x.shape[0] // G, *x.shape[1:])
+
+    def edit(layer, x):
+        y = blocks_of(x).reshape(G, -1, x.shape[-1])
         y = y * scale[layer][:, None].to(x.dtype) + shift[layer][:, None].to(x.dtype)
         return y.reshape(x.shape)
 
-    with edit_inputs({l: model.sites[l] for l in scale}, edit):
+    def edit_residual(layer, h):
+        y = blocks_of(h).clone()
+        for c, e in residual[layer].items():
+            y[c] = e.apply(y[c])
+        return y.reshape(h.shape)
+
+    with edit_inputs({l: model.sites[l] for l in scale}, edit), \
+            edit_outputs({l: model.blocks[l] for l in residual}, edit_residual):
         yield G
+
+
+@contextmanager
+def remove_direction(model: LoadedModel, edit: DirectionEdit) -> Iterator[DirectionEdit]:
+    """The residual stream edited along one direction at one block's output, at every position
+    (``conditions_along_batch``'s plain one-condition reference for a direction condition)."""
+    if not 0 <= edit.layer < model.n_layers:
+        raise ValueError(f"block {edit.layer} is out of range: the model has blocks 0..{model.n_layers - 1}")
+    with edit_outputs({edit.layer: model.blocks[edit.layer]}, lambda _l, h: edit.apply(h)):
+        yield edit

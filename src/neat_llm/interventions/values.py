@@ -1,4 +1,5 @@
-"""One arm of an evaluation: a ``Condition`` (a name, the neurons turned off and how)."""
+"""One arm of an evaluation: a ``Condition`` (a name, the neurons turned off and how, and, for the
+direction-level ceiling, an edit of the residual stream)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.loaded import LoadedModel
+from .direction import DirectionEdit
 from .selection import NeuronSelection
 from .types import Intervention, Zero
 
@@ -19,6 +21,7 @@ class Condition:
     name: str
     selection: NeuronSelection = NeuronSelection(())
     intervention: Intervention = field(default_factory=Zero)
+    residual: DirectionEdit | None = None  # the residual stream edited along a direction (no neurons needed)
 
     def __post_init__(self) -> None:
         self.intervention.check(self.selection)

@@ -75,14 +75,16 @@ def condition_progress(what: str, n_conditions: int, done: int, enabled: bool):
 
 def measure_conditions(out: Path, partial: str, run: Run, iv: Intervention, ks: list[int], n_random: int, seed: int,
                        data: dict, what: str, progress: bool,
-                       evaluate: Callable[[ConditionStore, Callable[[str], None]], R]) -> tuple[R, ConditionStore]:
+                       evaluate: Callable[[ConditionStore, Callable[[str], None]], R],
+                       extra: int = 0) -> tuple[R, ConditionStore]:
     """Run ``evaluate(store, on_condition)`` over the study's conditions (before, each top-K, each
     random K-set) with finished conditions kept in ``out / partial``, bound to the run, the
-    intervention, the sizes, the seed and the study's own ``data`` (a changed setting starts over)."""
+    intervention, the sizes, the seed and the study's own ``data`` (a changed setting starts over);
+    ``extra``: conditions beyond those (the direction-level ceiling)."""
     fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "ks": list(ks),
                    "n_random": n_random, "seed": seed, **iv.settings(), "alpha": iv.alpha, **data}
     store = ConditionStore(out / partial, fingerprint)
-    with condition_progress(what, 1 + len(ks) * (1 + n_random), store.n_done(), progress) as tick:
+    with condition_progress(what, 1 + len(ks) * (1 + n_random) + extra, store.n_done(), progress) as tick:
         return evaluate(store, tick), store
 
 

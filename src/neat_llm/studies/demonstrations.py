@@ -27,6 +27,7 @@ from ..evaluation.demonstrations import Demonstrations, build_demonstrations
 from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
+from ..interventions import DirectionEdit
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
@@ -108,7 +109,8 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                      s.n_neutral_prompts, s.per_prompt, s.seed)
         judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
         iv = run.intervention(s.mode, s.alpha, s.strength)
-        tag = _slug(iv.describe())
+        tag = _slug(iv.describe()) + ("-ceiling" if s.ceiling else "")  # a ceiling run is kept beside the plain one
+        ceiling = DirectionEdit(run.meta.reading_layer, run.concept_vector, "project") if s.ceiling else None
         data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
                    "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
         report, store = measure_conditions(
@@ -119,7 +121,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                                    neutral_samples=s.neutral_samples, max_new_tokens=s.max_new_tokens,
                                                    neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
                                                    store=store, on_condition=tick, dataset=concept.name,
-                                                   method=s.method))
+                                                   method=s.method, ceiling=ceiling))
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,

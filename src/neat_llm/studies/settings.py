@@ -142,6 +142,7 @@ class DemonstrationStudySettings(Changeable):
     max_neutral_rate: float = 0.10
     readout: str = "recognition"  # where S is read: after a statement, or where the model writes (demonstration prompts)
     n_readout_prompts: int = 150  # generation readout: fit demonstration prompts per side
+    ceiling: bool = False  # also measure the concept direction removed at the reading layer (row "direction")
     mode: str | None = None
     alpha: float | None = None
     strength: float | None = None

@@ -87,7 +87,7 @@ DEMOS = {
     "hate-demo": {"title": "ToxiGen, demonstration prompts, neurons found with the recognition readout (S after a statement)",
                   "runs": [["--k", "500", "--random", "2"], ["--k", "500", "--random", "2", "--mode", "transport"]]},
     "hate-demo-gen": {"title": "ToxiGen, demonstration prompts, neurons found where the model writes (`--readout generation`)",
-                      "runs": [["--k", "500", "--random", "2", "--readout", "generation"],
+                      "runs": [["--k", "500", "--random", "2", "--readout", "generation", "--ceiling"],
                                ["--k", "500", "--random", "1", "--mode", "transport", "--readout", "generation"]]},
 }
 

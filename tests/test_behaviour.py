@@ -178,7 +178,9 @@ def test_shared_prefill_gives_the_same_continuations(kind, tokenizer):
     m = build_tiny(kind, tokenizer)
     prompts = ["- the rain came\n- the wind moved\n-", "- a cake\n-", "- hill folk bake bread\n- the town\n-"]
     conds = [Condition("before"), Condition("off", NeuronSelection(((0, 3), (1, 7))), Zero())]
-    kw = dict(max_new_tokens=6, seed=2, samples=3, batch_size=4, stop_at_newline=True)
+    # batch_size 9: all three prompts (of different lengths) in one batch, so the shorter ones are
+    # left-padded (with a batch of one prompt the padding, and a fault in its positions, never shows)
+    kw = dict(max_new_tokens=6, seed=2, samples=3, batch_size=9, stop_at_newline=True)
     with conditions_along_batch(m, conds) as G:
         c0 = m.counter.snapshot()
         plain = sample_continuations_along(m, prompts, G, **kw)

@@ -100,7 +100,12 @@ def _prefilled(model: LoadedModel, prompts: list[str], replicas: int, samples: i
 
     enc = repeat_rows(model.encode(prompts), replicas)
     cache = DynamicCache(config=model.hf.config)
-    model.forward({"input_ids": enc["input_ids"][:, :-1], "attention_mask": enc["attention_mask"][:, :-1]},
+    mask = enc["attention_mask"][:, :-1]
+    # positions as generate gives them (counted over the real tokens): without them a left-padded
+    # prompt's tokens sit as many positions late as it has padding, and the tokens generate then
+    # appends (placed by the mask) see the prompt at the wrong distance
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    model.forward({"input_ids": enc["input_ids"][:, :-1], "attention_mask": mask, "position_ids": positions},
                   cache=cache, use_cache=True)
     cache.batch_repeat_interleave(samples)
     return {k: v.repeat_interleave(samples, 0) for k, v in enc.items()}, cache

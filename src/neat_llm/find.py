@@ -26,10 +26,10 @@ from .concepts.examples import neuron_examples
 from .runs import PartialSweep, Run, RunError, RunFiles, RunMeta, check_run_folder, run_folder_lock, write_text
 from .interventions import Intervention
 from .find_settings import (DEFAULT_POSITIONS, EFFECT_METHODS, POSITION_METHODS,
-                            PROBE_METHODS, SCORE_RULES, FindSettings, build_scorer)
+                            PROBE_METHODS, FindSettings, build_scorer)
 from .scoring import ProbeSet, Scorer, ScoringTask
-from .scoring.effects import ProbeEffects, score_from_effects
-from .scoring.fluency import fluency_cost, specificity_aware
+from .scoring.effects import ProbeEffects, combine, score_from_effects  # noqa: F401  (score_from_effects: find.score_from_effects, as before)
+from .scoring.fluency import fluency_cost
 from .sweeps import LocalSweep, SweepExecutor
 
 # top.csv: the ranking with what tells a concept neuron from a generic one (runs.NeuronRow)
@@ -335,6 +335,7 @@ class Swept:
     sharded: dict
     seconds: float
     passes: dict
+    probes: dict  # each side's probe set (texts and weights)
 
     @property
     def one_side(self) -> bool:
@@ -373,21 +374,46 @@ def _sweep(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead,
         plan.executor.close()  # the workers (if any) served every sweep of the run
     first = results["positive"]
     return Swept(results, resumed, sharded, sum(r.seconds for r in results.values()),
-                 {k: sum(p[k] for p in side_passes.values()) for k in first.passes.as_dict()})
+                 {k: sum(p[k] for p in side_passes.values()) for k in first.passes.as_dict()}, sides)
 
 
-def _probe_effects(plan: Plan, swept: Swept, probes: ProbeSet, low_neg: list[str], cost: torch.Tensor | None,
-                   gap_fit: float) -> ProbeEffects | None:
+def _probe_effects(plan: Plan, swept: Swept, cost: torch.Tensor | None, gap_fit: float) -> ProbeEffects | None:
     """Each probe text's own effect and how the score is made of them (for the bootstrap over
-    probes), when every sweep of the score gave them; the score they give back is checked to be the
-    run's, bit for bit."""
-    pos = swept.results["positive"].per_probe
-    neg = swept.results["contrast"].per_probe if plan.score == "specific" else None
-    if pos is None or (plan.score == "specific" and neg is None):
+    probes), when every sweep of the score gave them."""
+    per = {side: r.per_probe for side, r in swept.results.items()}
+    if any(v is None for v in per.values()):
         return None
-    return ProbeEffects(pos, tuple(probes.weights), plan.score, neg,
-                        tuple([1.0 / len(low_neg)] * len(low_neg)) if neg is not None else (),
+    neg = "contrast" in per
+    return ProbeEffects(per["positive"], tuple(swept.probes["positive"].weights), plan.score,
+                        per["contrast"] if neg else None, tuple(swept.probes["contrast"].weights) if neg else (),
                         plan.lam, float(gap_fit) if plan.lam > 0 else 1.0, cost if plan.lam > 0 else None)
+
+
+def _scored_run(model: LoadedModel, run_dir: Path, plan: Plan, cr: ConceptRead, swept: Swept, stages: Stages) -> Run:
+    """Stage 3b: the run's score from its sweeps (the specific rule's contrast side, the
+    specificity-aware penalty with its fluency cost), as a run not yet written."""
+    cost = None
+    if plan.lam > 0:
+        with stages.stage("fluency_cost"):
+            cost = fluency_cost(model, cr.fit.contrast, cr.off, batch_size=8)
+    contrast = swept.results["contrast"].scores if "contrast" in swept.results else None
+    effect, scores = combine(swept.results["positive"].scores, contrast, plan.lam, cost, cr.gap_fit)
+    return Run(run_dir, meta=None, scores=scores, concept_vector=cr.readout.vector.float(),
+               contrast_means=cr.contrast_means, layer_auroc=torch.tensor(cr.aucs, dtype=torch.float32),
+               top_table=None, positive_means=cr.positive_means, effect=effect if plan.lam > 0 else None,
+               fluency_cost=cost, alpha=swept.results["positive"].alpha,
+               probe_effects=_probe_effects(plan, swept, cost, cr.gap_fit))
+
+
+def _warn_repeats(concept: ConceptSet) -> None:
+    import warnings
+
+    seen: set[str] = set()
+    first = next(t for t in concept.texts if t in seen or seen.add(t))
+    shown = first if len(first) <= 60 else first[:57] + "..."
+    warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s) (first: {shown!r}); a repeat "
+                  "can land in both the fit and the eval part and inflate the held-out numbers: remove the repeated "
+                  "lines from the file", stacklevel=3)
 
 
 def _top_rows(model: LoadedModel, run: Run, plan: Plan, cr: ConceptRead, swept: Swept, top_pos: list[str],
@@ -485,14 +511,7 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
         if (run_dir / RunFiles.META).exists():
             raise RunError(f"{run_dir} already holds a finished run; choose another --out")
         if concept.n_repeated:
-            import warnings
-
-            seen: set[str] = set()
-            first = next(t for t in concept.texts if t in seen or seen.add(t))
-            shown = first if len(first) <= 60 else first[:57] + "..."
-            warnings.warn(f"concept set {concept.name!r} repeats {concept.n_repeated} text(s) (first: {shown!r}); a "
-                          "repeat can land in both the fit and the eval part and inflate the held-out numbers: "
-                          "remove the repeated lines from the file", stacklevel=2)
+            _warn_repeats(concept)
         stages = Stages(model)
         with stages.stage("concept"):  # 1. the fit texts read once
             cr = _read_concept(model, concept, plan, probe_pairs, progress)
@@ -500,19 +519,8 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
         params = _params(plan, cr, probes, len(top_pos), probe_pairs)
         swept = _sweep(model, concept, plan, cr, probes, low_neg, params, run_dir, progress)  # 3. the sweep
         stages.seconds["scoring"], stages.passes["scoring"] = swept.seconds, swept.passes
-        effect = swept.results["positive"].scores
-        if plan.score == "specific":  # the drop on the positives minus the size of the change on the contrast texts
-            effect = score_from_effects("specific", effect, swept.results["contrast"].scores)
-        scores, cost = effect, None
-        if plan.lam > 0:  # 3b. the specificity-aware score: a share of the fit gap minus lambda x the fluency cost
-            with stages.stage("fluency_cost"):
-                cost = fluency_cost(model, cr.fit.contrast, cr.off, batch_size=8)
-            scores = specificity_aware(effect, cost, cr.gap_fit, plan.lam)
-        run = Run(run_dir, meta=None, scores=scores, concept_vector=cr.readout.vector.float(),
-                  contrast_means=cr.contrast_means, layer_auroc=torch.tensor(cr.aucs, dtype=torch.float32),
-                  top_table=None, positive_means=cr.positive_means, effect=effect if plan.lam > 0 else None,
-                  fluency_cost=cost, alpha=swept.results["positive"].alpha,
-                  probe_effects=_probe_effects(plan, swept, probes, low_neg, cost, cr.gap_fit))
+        run = _scored_run(model, run_dir, plan, cr, swept, stages)  # 3b. specific rule, specificity penalty
+        scores = run.scores
         with stages.stage("probe_effects"):  # 4. the ranking with what tells a concept neuron from a generic one
             sel = _top_rows(model, run, plan, cr, swept, top_pos, low_neg)
         k_choice = None

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .fluency import specificity_aware
+
 SCORE_RULES = ("specific", "contrastive", "positive")
 
 
@@ -36,6 +38,16 @@ def score_from_effects(rule: str, effect_positive: torch.Tensor, effect_contrast
     if rule == "positive":
         return effect_positive
     return effect_positive - (effect_contrast if rule == "contrastive" else effect_contrast.abs())
+
+
+def combine(effect_positive: torch.Tensor, effect_contrast: torch.Tensor | None, lam: float = 0.0,
+            cost: torch.Tensor | None = None, gap_fit: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(effect, score): the effect is ΔS_P, or ΔS_P − |ΔS_N| when the contrast sweep's effects are
+    given (the specific rule); the score is the effect, or with ``lam`` > 0 the specificity-aware
+    score effect / gap_fit − lam × cost. The one place a run's score is made from its sweeps."""
+    effect = effect_positive if effect_contrast is None else score_from_effects("specific", effect_positive,
+                                                                               effect_contrast)
+    return effect, (specificity_aware(effect, cost, gap_fit, lam) if lam > 0 else effect)
 
 
 def weighted_sum(effects: torch.Tensor, weights, order=None) -> torch.Tensor:
@@ -79,15 +91,9 @@ class ProbeEffects:
     def score(self, positive_order=None, contrast_order=None) -> torch.Tensor:
         """The score [n_layers, d_ff] from the probes in ``positive_order`` / ``contrast_order``
         (indices, repeats allowed: a resample); by default every probe once: the run's own score."""
-        effect = weighted_sum(self.positive, self.positive_weights, positive_order)
-        if self.contrast is not None:
-            effect = score_from_effects("specific", effect,
-                                        weighted_sum(self.contrast, self.contrast_weights, contrast_order))
-        if self.lam > 0:
-            from .fluency import specificity_aware
-
-            effect = specificity_aware(effect, self.cost, self.gap_fit, self.lam)
-        return effect
+        contrast = None if self.contrast is None else weighted_sum(self.contrast, self.contrast_weights, contrast_order)
+        return combine(weighted_sum(self.positive, self.positive_weights, positive_order), contrast, self.lam,
+                       self.cost, self.gap_fit)[1]
 
     # --- to and from the run folder -----------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..interventions.spec import InterventionSpec, SpecError, site_module
+from ..interventions.spec import InterventionSpec, SpecError, hook_name, site_module
+from ..interventions.types import BlockEdit
 from ..models.adapters import UnsupportedModelError, family_for
 from ..models.loaded import weights_hash_of
 
@@ -30,7 +31,7 @@ class LayerEdit:
     def apply_(self, x: torch.Tensor) -> torch.Tensor:
         """Edit ``x`` [..., d_ff] in place (and return it)."""
         idx = self.index.to(x.device)
-        x[..., idx] = x[..., idx] * self.scale.to(x.device, x.dtype) + self.shift.to(x.device, x.dtype)
+        x[..., idx] = BlockEdit(self.scale, self.shift).to(x.device).apply(x[..., idx])
         return x
 
     def applied(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ def layer_edits(spec: "InterventionSpec | str | os.PathLike") -> list[LayerEdit]
     spec = as_spec(spec)
     family = spec.family()
     edits = spec.intervention().edits(spec.selection(), spec.n_layers, spec.d_ff)
-    return [LayerEdit(l, site_module(family, l), f"blocks.{l}.mlp.hook_post", idx, e.scale.float(), e.shift.float())
+    return [LayerEdit(l, site_module(family, l), hook_name(l), idx, e.scale.float(), e.shift.float())
             for l, (idx, e) in sorted(edits.items())]
 
 
@@ -61,9 +62,9 @@ def module_at(root, path: str):
 
 def check_hf_model(spec: InterventionSpec, hf_model: torch.nn.Module, *, check_weights: bool = True) -> None:
     """The file's neurons mean something only in the model they were found in: same family, same
-    blocks and neurons, and (``check_weights``) the same weights, by the hash the file records."""
-    config = getattr(hf_model, "config", None)
-    model_type = getattr(config, "model_type", None)
+    blocks and neurons, and (``check_weights``) the same weights, by the hash the file records
+    (``InterventionSpec.check_against``, the check ``turn_off`` makes)."""
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
     try:
         family = family_for(model_type)
     except UnsupportedModelError as err:
@@ -77,14 +78,8 @@ def check_hf_model(spec: InterventionSpec, hf_model: torch.nn.Module, *, check_w
         d_ff = site.in_features if family.down_layout == "linear" else site.weight.shape[0]
     except (AttributeError, IndexError, TypeError) as err:
         raise SpecError(f"cannot find the neuron site {family.blocks}.0.{family.site} in the model: {err}") from None
-    if (len(blocks), d_ff) != (spec.n_layers, spec.d_ff):
-        raise SpecError(f"the file is for {spec.n_layers} blocks of {spec.d_ff} neurons ({spec.model_id}); the model "
-                        f"has {len(blocks)} blocks of {d_ff}")
-    if check_weights:
-        got = weights_hash_of(hf_model)
-        if got != spec.weights_hash:
-            raise SpecError(f"the file's neurons were found in {spec.model_id} (weights {spec.weights_hash[:12]}), "
-                            f"not in this model (weights {got[:12]}): another model or other weights")
+    spec.check_against("this model", family, len(blocks), d_ff,
+                       (lambda: weights_hash_of(hf_model)) if check_weights else None)
 
 
 def checked_edits(spec: "InterventionSpec | str | os.PathLike", hf_model: torch.nn.Module,

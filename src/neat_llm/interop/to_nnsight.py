@@ -16,17 +16,15 @@ Generating, the edit goes in every step's forward (one per new token; pin the le
         out = tracer.result.save()
 
 Checked against the Hugging Face model inside ``lm`` (family, size, weights) before anything is
-applied; the check runs once per model and file (its result is remembered)."""
+applied (call ``edits_for`` once and pass its edits when tracing many times, e.g. each step of
+a generation: the check hashes the weights)."""
 
 from __future__ import annotations
 
 import os
 
 from ..interventions.spec import InterventionSpec
-from .edits import as_spec, checked_edits, module_at
-
-_checked: dict[tuple[int, str], list] = {}
-
+from .edits import checked_edits, module_at
 
 def _hf_model_of(lm):
     for name in ("_module", "_model"):
@@ -40,12 +38,7 @@ def _hf_model_of(lm):
 def edits_for(lm, spec: "InterventionSpec | str | os.PathLike", check_weights: bool = True) -> list:
     """The file's edits, checked against the model inside ``lm``; call it before the trace to fail
     outside it (an error inside a trace surfaces wrapped in nnsight's own)."""
-    spec = as_spec(spec)
-    hf = _hf_model_of(lm)
-    key = (id(hf), spec.weights_hash + str(hash(str(spec.to_dict()))))
-    if key not in _checked:
-        _checked[key] = checked_edits(spec, hf, check_weights)
-    return _checked[key]
+    return checked_edits(spec, _hf_model_of(lm), check_weights)
 
 
 def turn_off_in_trace(lm, spec: "InterventionSpec | str | os.PathLike | list", check_weights: bool = True) -> None:

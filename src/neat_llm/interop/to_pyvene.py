@@ -18,6 +18,7 @@ import pyvene as pv
 import torch
 
 from ..interventions.spec import InterventionSpec
+from ..interventions.types import BlockEdit
 from .edits import checked_edits
 
 
@@ -35,7 +36,7 @@ class NeuronAffine(pv.SourcelessIntervention, pv.TrainableIntervention):
     def forward(self, base, source=None, subspaces=None):
         out = base.clone()
         idx = self.index.to(out.device)
-        out[..., idx] = out[..., idx] * self.scale.to(out.device, out.dtype) + self.shift.to(out.device, out.dtype)
+        out[..., idx] = BlockEdit(self.scale, self.shift).to(out.device).apply(out[..., idx])
         return out
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

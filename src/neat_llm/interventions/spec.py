@@ -16,6 +16,8 @@ refused, and a file with any such fault is refused whole (``SpecError``), never 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -211,17 +213,23 @@ class InterventionSpec:
     # --- applying it -----------------------------------------------------------------------------
     def check_model(self, model: LoadedModel) -> None:
         """The neurons are only meaningful in the model they were found in: same weights."""
-        if (model.n_layers, model.d_ff) != (self.n_layers, self.d_ff):
+        self.check_against(model.model_id, model.family, model.n_layers, model.d_ff, lambda: model.weights_hash)
+
+    def check_against(self, model_id: str, family: ModelFamily, n_layers: int, d_ff: int,
+                      weights_hash: "Callable[[], str] | None") -> None:
+        """``check_model`` for a model described by its parts (the interop bridges check a Hugging
+        Face model held by another tool); ``weights_hash`` None skips the weights check."""
+        if (n_layers, d_ff) != (self.n_layers, self.d_ff):
             raise SpecError(f"the file is for {self.n_layers} blocks of {self.d_ff} neurons ({self.model_id}); "
-                            f"{model.model_id} has {model.n_layers} blocks of {model.d_ff}")
-        if model.weights_hash != self.weights_hash:
+                            f"{model_id} has {n_layers} blocks of {d_ff}")
+        got = weights_hash() if weights_hash is not None else self.weights_hash
+        if got != self.weights_hash:
             raise SpecError(f"the file's neurons were found in {self.model_id} (weights {self.weights_hash[:12]}), "
-                            f"not in {model.model_id} (weights {model.weights_hash[:12]}): another model or other "
-                            "weights")
+                            f"not in {model_id} (weights {got[:12]}): another model or other weights")
         for n in self.neurons:
-            want = site_module(model.family, n.layer)
+            want = site_module(family, n.layer)
             if n.module != want:
-                raise SpecError(f"neuron ({n.layer}, {n.index}) names module {n.module!r}; in {model.model_id} "
+                raise SpecError(f"neuron ({n.layer}, {n.index}) names module {n.module!r}; in {model_id} "
                                 f"block {n.layer}'s neuron site is {want!r}")
 
     def _ranked(self) -> list[SpecNeuron]:

@@ -259,6 +259,7 @@ class Run:
     fluency_cost: torch.Tensor | None = None
     alpha: torch.Tensor | None = None
     probe_effects: ProbeEffects | None = None  # each probe's own effect, where the sweep gave them (NEAT)
+    _stability: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # (k, n, seed) -> Stability
 
     OPTIONAL = ("positive_means", "effect", "effect_positive", "effect_contrast", "fluency_cost", "alpha")
 
@@ -268,10 +269,9 @@ class Run:
         when the run has no per-probe effects (methods other than NEAT, sharded sweeps)."""
         if self.probe_effects is None:
             return None
-        cache = self.__dict__.setdefault("_stability", {})
-        if (k, n, seed) not in cache:
-            cache[(k, n, seed)] = bootstrap(self.probe_effects, k, n, seed)
-        return cache[(k, n, seed)]
+        if (k, n, seed) not in self._stability:
+            self._stability[(k, n, seed)] = bootstrap(self.probe_effects, k, n, seed)
+        return self._stability[(k, n, seed)]
 
     def ranking(self) -> torch.Tensor:
         """All scored neurons, best first: [n, 2] of (layer, neuron). Ties keep (layer, neuron) order."""

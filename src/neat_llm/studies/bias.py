@@ -40,6 +40,38 @@ class BiasStudy:
     eval: MinimalPairs | BiasTemplates  # templates are scored by their own metric
 
 
+def _heldout_paired_accuracy(model: LoadedModel, readout, ev_pairs) -> tuple[float, dict]:
+    """The held-out pairs' paired accuracy at the reading layer (share of pairs whose stereotypical
+    sentence scores higher than its counterpart), in all and per bias type."""
+    ev_diffs = pair_differences(model, ev_pairs.more, ev_pairs.less, pool=readout.pool,
+                                template=readout.template)[:, readout.layer]
+    types = list(ev_pairs.bias_type)
+    by_type = {t: {"n": types.count(t), "accuracy": paired_accuracy(
+        ev_diffs[[i for i, x in enumerate(types) if x == t]], readout.vector)} for t in sorted(set(types))}
+    return paired_accuracy(ev_diffs, readout.vector), by_type
+
+
+def _split_items(s: BiasStudySettings):
+    """(the items' name, the fit pairs, the held-out items, the concept's source): pairs or
+    templates split whole and stratified, each part capped (seeded) where asked."""
+    columns = dict(s.columns or {})
+    if s.templates is not None:
+        items = load_templates(s.data, **s.templates).only(s.bias_type)
+        fit_items, ev = items.split(s.eval_fraction, s.seed)
+        fit = fit_items.as_pairs()
+        source = ConceptSource("templates", path=str(s.data), columns=dict(s.templates))
+    else:
+        items = load_pairs(s.data, s.data_path, s.lang, **columns).only(s.bias_type)
+        fit, ev = items.split(s.eval_fraction, s.seed)
+        source = ConceptSource("pairs", data=s.data, path=None if s.data_path is None else str(s.data_path),
+                               lang=s.lang, columns=columns)
+    if s.max_eval_pairs and len(ev) > s.max_eval_pairs:
+        ev = ev.subset(_sample(len(ev), s.max_eval_pairs, s.seed), ev.name)
+    if s.max_fit_pairs and len(fit) > s.max_fit_pairs:  # the cap holds for everything read from the fit pairs
+        fit = fit.subset(_sample(len(fit), s.max_fit_pairs, s.seed), fit.name)
+    return items.name, fit, ev, source
+
+
 def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *, out: str | Path | None = None,
                progress: bool = True, find: FindSettings | None = None,
                neurons: dict[int, list[int]] | None = None, **options) -> BiasStudy:
@@ -68,29 +100,14 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
     study_options, find_options = split_known(BiasStudySettings, options)
     s = BiasStudySettings.of(settings, **study_options)
     fs = FindSettings.of(find, **{**find_options, "seed": s.seed})
-    data, data_path, lang, bias_type, columns, method = s.data, s.data_path, s.lang, s.bias_type, s.columns, s.method
+    lang, bias_type, method = s.lang, s.bias_type, s.method
     ks, n_random, eval_fraction, n_boot, min_pairs, seed = list(s.ks), s.n_random, s.eval_fraction, s.n_boot, \
         s.min_pairs, s.seed
     mode, alpha, layer_rule, templates, probe = s.mode, s.alpha, s.layer_rule, s.templates, s.probe
-    max_fit_pairs, max_eval_pairs = s.max_fit_pairs, s.max_eval_pairs
-    columns = dict(columns or {})
-    if templates is not None:
-        items = load_templates(data, **templates).only(bias_type)
-        fit_items, ev = items.split(eval_fraction, seed)
-        fit = fit_items.as_pairs()
-        source = ConceptSource("templates", path=str(data), columns=dict(templates))
-    else:
-        items = load_pairs(data, data_path, lang, **columns).only(bias_type)
-        fit, ev = items.split(eval_fraction, seed)
-        source = ConceptSource("pairs", data=data, path=None if data_path is None else str(data_path), lang=lang,
-                               columns=columns)
-    if max_eval_pairs and len(ev) > max_eval_pairs:
-        ev = ev.subset(_sample(len(ev), max_eval_pairs, seed), ev.name)
+    items_name, fit, ev, source = _split_items(s)
     ev_pairs = ev.as_pairs() if isinstance(ev, BiasTemplates) else ev  # what the paired accuracy reads
-    if max_fit_pairs and len(fit) > max_fit_pairs:  # the cap holds for everything read from the fit pairs
-        fit = fit.subset(_sample(len(fit), max_fit_pairs, seed), fit.name)
     concept = fit.as_concept_set().dedupe()
-    concept = replace(concept, name=f"{items.name}-stereo",
+    concept = replace(concept, name=f"{items_name}-stereo",
                       source=replace(source, bias_type=bias_type, eval_fraction=eval_fraction, seed=seed))
     probe_pairs = None
     if probe == "paired":
@@ -108,12 +125,7 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
                             progress=progress)
         readout = run.readout()
         iv = run.intervention(mode, alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
-        ev_diffs = pair_differences(model, ev_pairs.more, ev_pairs.less, pool=readout.pool,
-                                    template=readout.template)[:, readout.layer]
-        eval_paired = paired_accuracy(ev_diffs, readout.vector)
-        types = list(ev_pairs.bias_type)
-        paired_by_type = {t: {"n": types.count(t), "accuracy": paired_accuracy(
-            ev_diffs[[i for i, x in enumerate(types) if x == t]], readout.vector)} for t in sorted(set(types))}
+        eval_paired, paired_by_type = _heldout_paired_accuracy(model, readout, ev_pairs)
 
         neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
         report, store = measure_conditions(
@@ -121,7 +133,7 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
             "bias evaluation", progress,
             lambda store, tick: evaluate_bias(model, ev, run.selections(ks), n_random=n_random, seed=seed, mode=iv,
                                               neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
-                                              min_pairs=min_pairs, store=store, on_condition=tick, dataset=items.name,
+                                              min_pairs=min_pairs, store=store, on_condition=tick, dataset=items_name,
                                               lang=lang, method=method))
         report.settings = replace(
             report.settings, bias_type=bias_type, n_fit_pairs=len(fit), eval_fraction=eval_fraction,

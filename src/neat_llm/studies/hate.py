@@ -113,6 +113,43 @@ def _cap(texts: list[str], n: int | None, seed: int) -> list[str]:
     return [texts[i] for i in keep]
 
 
+def _held_out_data(s: HateStudySettings, concept: ConceptSet, run: Run, eval_g: list[str] | None) -> HateData:
+    """The held-out hateful and neutral sentences (the eval groups', or the run's eval split) and the
+    hate-prone prompts made from them (plus Davidson tweet prefixes, when asked)."""
+    if eval_g:
+        held = hate_concept(s.data, s.data_path, groups=eval_g)
+        seen = set(concept.texts)
+        hate = [t for t in held.positives if t not in seen]
+        neutral = [t for t in held.contrast if t not in seen]
+    else:
+        ev = run.eval_set(concept)
+        hate, neutral = ev.positives, ev.contrast
+    hate, neutral = _cap(hate, s.max_eval, s.seed), _cap(neutral, s.max_eval, s.seed)
+    prompts = prompt_prefixes(hate)[:s.n_prompts]
+    sources = ["held-out hateful"] * len(prompts)
+    if s.davidson_prompts:  # a second source: hate-class tweets of the judges' Davidson test part
+        extra = davidson_hate_prompts(s.classifier_data, s.davidson_prompts, s.seed)
+        prompts, sources = prompts + extra, sources + ["davidson"] * len(extra)
+    if not prompts:
+        raise ConceptSetError("no held-out hateful sentence is long enough (4+ words) to make a prompt from")
+    return HateData(tuple(hate), tuple(neutral), tuple(prompts), s.samples, tuple(sources))
+
+
+def _judges(s: HateStudySettings, concept: ConceptSet, run: Run, tfidf, encoder):
+    """(judge, second opinion, the second opinion's quality on the fit part): the MiniLM judge when
+    ``encoder`` is given, else the TF-IDF judge alone. The judge learns from the fit part only: the
+    held-out texts never train or test it."""
+    if encoder is None:
+        return tfidf, None, None
+    from ..evaluation.embedding_judge import judge_quality, load_embedding_judge, toxigen_split
+
+    fit = concept.split(eval_fraction=run.meta.params["eval_fraction"], seed=run.meta.seed).fit
+    source = s.data if s.data in ("toxigen", "davidson") else "fit"
+    classifier = load_embedding_judge(s.classifier_data, (fit.texts, fit.labels), source=source, encoder=encoder)
+    _, _, test_x, test_y = toxigen_split(fit.texts, fit.labels)
+    return classifier, tfidf, judge_quality(tfidf.predict, test_x, ["hate" if y else "neither" for y in test_y], source)
+
+
 def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *, out: str | Path | None = None,
                progress: bool = True, find: FindSettings | None = None,
                neurons: dict[int, list[int]] | None = None, **options) -> HateStudy:
@@ -141,8 +178,6 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
     data, data_path, method, ks, n_random, seed, samples = s.data, s.data_path, s.method, list(s.ks), s.n_random, \
         s.seed, s.samples
     max_new_tokens, readout, mode, alpha, judge = s.max_new_tokens, s.readout, s.mode, s.alpha, s.judge
-    max_eval, n_prompts, davidson_prompts, classifier_data = s.max_eval, s.n_prompts, s.davidson_prompts, \
-        s.classifier_data
     fit_groups, eval_groups = _names_list(s.fit_groups), _names_list(s.eval_groups)
     fit_g, eval_g = _groups(data_path, fit_groups, eval_groups) if data == "toxigen" else (fit_groups, eval_groups)
     concept = hate_concept(data, data_path, groups=fit_g, text_col=s.text_col, label_col=s.label_col,
@@ -150,7 +185,7 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
     if s.max_per_side:
         concept = concept.sample(s.max_per_side, seed)
     readout.token_ids(model)  # before the long part: bad label words and a missing file fail now
-    tfidf = load_hate_classifier(s.classifier_data)
+    tfidf, encoder = load_hate_classifier(s.classifier_data), None
     if judge == "minilm":
         from ..evaluation.embedding_judge import SentenceEncoder, minilm_dir
 
@@ -160,36 +195,8 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
         run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, progress=progress)
         iv = run.intervention(mode, alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
 
-        if eval_g:
-            held = hate_concept(data, data_path, groups=eval_g)
-            seen = set(concept.texts)
-            hate = [t for t in held.positives if t not in seen]
-            neutral = [t for t in held.contrast if t not in seen]
-        else:
-            ev = run.eval_set(concept)
-            hate, neutral = ev.positives, ev.contrast
-        hate, neutral = _cap(hate, max_eval, seed), _cap(neutral, max_eval, seed)
-        prompts = prompt_prefixes(hate)[:n_prompts]
-        sources = ["held-out hateful"] * len(prompts)
-        if davidson_prompts:  # a second source: hate-class tweets of the judges' Davidson test part
-            extra = davidson_hate_prompts(classifier_data, davidson_prompts, seed)
-            prompts, sources = prompts + extra, sources + ["davidson"] * len(extra)
-        if not prompts:
-            raise ConceptSetError("no held-out hateful sentence is long enough (4+ words) to make a prompt from")
-        hdata = HateData(tuple(hate), tuple(neutral), tuple(prompts), samples, tuple(sources))
-
-        # the judge learns from the fit part only: the held-out texts never train or test it
-        fit = concept.split(eval_fraction=run.meta.params["eval_fraction"], seed=run.meta.seed).fit
-        if judge == "minilm":
-            from ..evaluation.embedding_judge import judge_quality, load_embedding_judge, toxigen_split
-
-            source = data if data in ("toxigen", "davidson") else "fit"
-            classifier = load_embedding_judge(classifier_data, (fit.texts, fit.labels), source=source, encoder=encoder)
-            second = tfidf
-            _, _, test_x, test_y = toxigen_split(fit.texts, fit.labels)
-            tfidf_on_fit = judge_quality(tfidf.predict, test_x, ["hate" if y else "neither" for y in test_y], source)
-        else:
-            classifier, second, tfidf_on_fit = tfidf, None, None
+        hdata = _held_out_data(s, concept, run, eval_g)
+        classifier, second, tfidf_on_fit = _judges(s, concept, run, tfidf, encoder)
         data_fp = {"method": method, "data": [hdata.hate, hdata.neutral, hdata.prompts, hdata.prompt_sources],
                    "samples": samples, "max_new_tokens": max_new_tokens, "classifier": classifier.data_sha256,
                    "judge": judge, "judge_settings": getattr(classifier, "settings", None), "readout": repr(readout)}

@@ -52,6 +52,22 @@ def test_find_show_generate(tiny_model_dir, tmp_path):
     assert g["after"] != g["before"]  # 40 of the 144 neurons off changes the greedy continuation
 
 
+def test_find_with_min_stability_lists_the_neurons_that_stay(tiny_model_dir, tmp_path):
+    csv = _concept_csv(tmp_path)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(out), "--top-k", "40",
+                            "--min-stability", "0.8", "--json"])
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    want = nl.Run.load(out).top(40, 0.8).neurons
+    assert obj["min_stability"] == 0.8 and 0 < len(want) < 40
+    assert [(t["layer"], t["neuron"]) for t in obj["top"]] == list(want)
+    assert len(pd.read_csv(out / "top.csv")) == 40  # the run keeps every row; the filter is how it is taken
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(tmp_path / "b"),
+                            "--min-stability", "0"])
+    assert r.exit_code != 0 and "(0, 1]" in r.output and not (tmp_path / "b").exists()
+
+
 def test_nonsense_sizes_and_layers_are_refused(tiny_model_dir, tmp_path):
     """Each used to be accepted silently (a run of 0 neurons, 'top--5', everything turned off)."""
     csv = _concept_csv(tmp_path)

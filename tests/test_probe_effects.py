@@ -92,3 +92,74 @@ def test_the_bootstrap_refuses_nonsense():
         bootstrap(pe, k=0)
     with pytest.raises(ValueError, match="specific rule"):
         ProbeEffects(torch.zeros(2, 1, 3), (0.5, 0.5), "specific")
+
+
+@pytest.fixture(scope="module")
+def stable_run(tiny_llama, tmp_path_factory):
+    from conftest import concept_texts
+
+    pos, neg = concept_texts(24)
+    return nl.find_concept_neurons(tiny_llama, nl.ConceptSet.from_texts(pos, neg, name="weather"),
+                                   out=tmp_path_factory.mktemp("s") / "run", progress=False)
+
+
+def test_min_stability_keeps_exactly_the_top_k_neurons_that_stay(stable_run):
+    k = 30
+    share = stable_run.stability(k).in_top
+    top = stable_run.top(k).neurons
+    for x in (0.5, 0.8, 1.0):
+        kept = stable_run.top(k, min_stability=x)
+        assert list(kept.neurons) == [nk for nk in top if share[nk] >= x]  # in rank order, none else
+        assert kept.scores == tuple(float(stable_run.scores[nk]) for nk in kept.neurons)
+    assert 0 < len(stable_run.top(k, 1.0)) <= len(stable_run.top(k, 0.5)) < k  # the tiny run has lucky neurons too
+    rows = stable_run.rows(k, 0.8)
+    ranks = {nk: i + 1 for i, nk in enumerate(top)}
+    assert [r.rank for r in rows] == [ranks[(r.layer, r.neuron)] for r in rows]  # the rank among the k, kept
+    assert all(r.stability >= 0.8 and r.stability == float(share[r.layer, r.neuron]) for r in rows)
+
+
+def test_min_stability_refuses_nonsense_and_runs_without_per_probe_effects(stable_run, tiny_llama, concept_set, tmp_path):
+    for bad in (0, 0.0, -0.1, 1.5, True, "0.8"):
+        with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+            stable_run.top(10, bad)
+    act = nl.find_concept_neurons(tiny_llama, concept_set, method="activation", out=tmp_path / "a", progress=False)
+    assert act.top(10).neurons and act.probe_effects is None
+    with pytest.raises(ValueError, match="no per-probe effects"):
+        act.top(10, 0.8)
+
+
+def test_show_and_export_keep_the_neurons_that_stay(stable_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from neat_llm.cli import app
+    from neat_llm.interventions import InterventionSpec
+
+    want = stable_run.top(30, 0.8).neurons
+    res = CliRunner().invoke(app, ["show", str(stable_run.run_dir), "--k", "30", "--min-stability", "0.8", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["min_stability"] == 0.8 and [(r["layer"], r["neuron"]) for r in got["top"]] == list(want)
+    table = CliRunner().invoke(app, ["show", str(stable_run.run_dir), "--k", "30", "--min-stability", "0.8"])
+    assert f"{len(want)} of the top 30 stay" in table.output.replace("\n", " ")
+    spec_file = tmp_path / "spec.json"
+    res = CliRunner().invoke(app, ["export", str(stable_run.run_dir), "--k", "30", "--min-stability", "0.8",
+                                   "--out", str(spec_file), "--json"])
+    assert res.exit_code == 0, res.output
+    spec = InterventionSpec.load(spec_file)
+    assert [(n.layer, n.index) for n in spec.neurons] == list(want)
+    assert spec.provenance["min_stability"] == 0.8 and spec.provenance["kept"] == len(want)
+    bad = CliRunner().invoke(app, ["show", str(stable_run.run_dir), "--min-stability", "2"])
+    assert bad.exit_code != 0 and "--min-stability" in bad.output and "(0, 1]" in bad.output
+
+
+def test_find_refuses_min_stability_for_a_method_without_per_probe_effects_before_loading(tmp_path):
+    from typer.testing import CliRunner
+
+    from neat_llm.cli import app
+
+    res = CliRunner().invoke(app, ["find", "--method", "activation", "--min-stability", "0.8",
+                                   "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "only --method neat" in res.output
+    assert not (tmp_path / "r").exists()

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_app import (AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, ProbeSizeOption,
-                      RandomOption, SeedOption, _fail, _parse_ks, _quiet_libraries, app, err, out, resumable)
+from .cli_app import (AlphaOption, StrengthOption, JsonOption, LayersOption, MinStabilityOption, ModelOption,
+                      ModeOption, ProbeSizeOption, RandomOption, SeedOption, _fail, _parse_ks, _quiet_libraries, app, err, out, resumable)
 
 def _model_of_run(run):
     """Load the model a run was made with, and refuse one whose weights changed since."""
@@ -31,10 +31,12 @@ def _num(v: float, fmt: str = ".3g") -> str:
 WIDE_COLUMNS = 140  # below this terminal width the table is compact (rank, layer, neuron, score, ΔS P, ΔS N, tokens)
 
 
-def _top_table(run, k: int, title: str, wide: bool = False) -> Table:
+def _top_table(run, k: int, title: str, wide: bool = False, min_stability: float | None = None,
+               show: int | None = None) -> Table:
     """The top k neurons with what tells a concept neuron from a generic one: the drop of S its
     removal causes on the positive and on the contrast probes, its mean activation on P and N.
-    Compact (never a number cut) on a narrow terminal unless ``wide``."""
+    Compact (never a number cut) on a narrow terminal unless ``wide``. With ``min_stability`` only
+    the neurons that stay, "stays" then read against the top k; ``show``: at most that many rows."""
     wide = wide or out.width >= WIDE_COLUMNS
     caption = ("ΔS P / ΔS N: drop of the concept score on the positive / contrast probes when the neuron alone is off "
                "(a generic neuron moves both)" + ("; act P / act N: mean activation on the fit positives / contrast "
@@ -45,14 +47,17 @@ def _top_table(run, k: int, title: str, wide: bool = False) -> Table:
         from neat_llm.runs import STABILITY_K, STABILITY_RESAMPLES
 
         caption += (f"; stays: share of {STABILITY_RESAMPLES} resamples of the probes in which the neuron is in the "
-                    f"top {STABILITY_K}" + ("; score 95%: its interval over those resamples" if wide else ""))
+                    f"top {k if min_stability is not None else STABILITY_K}" + ("; score 95%: its interval over those resamples" if wide else ""))
     t = Table(title=title, caption=caption)
     cols = (("rank", "layer", "neuron", "score") + (("score 95%",) if wide and stays else ()) + (("stays",) if stays else ())
             + ("ΔS P", "ΔS N") + (("act P", "act N", "cost") if wide else ()))
     for col in cols:
         t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     t.add_column("top tokens (activation)", justify="left", overflow="fold", ratio=1)
-    for r in run.rows(k):
+    rows = run.rows(k, min_stability)
+    if min_stability is not None:
+        t.title += f"; {len(rows)} of the top {k} stay in >= {min_stability:g} of the resamples"
+    for r in rows[:show]:
         cells = [str(r.rank), str(r.layer), str(r.neuron), _num(r.score, ".4g")]
         if wide and stays:
             cells.append(f"{_num(r.score_lo, '.3g')}..{_num(r.score_hi, '.3g')}")
@@ -92,6 +97,7 @@ def find(
     eval_fraction: float = typer.Option(0.3, "--eval-fraction"),
     seed: SeedOption = 0,
     top_k: int = typer.Option(100, "--top-k", help="rows kept in top.csv"),
+    min_stability: MinStabilityOption = None,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/<time>-<concept>-<method>); an interrupted run resumes here"),
     strict: bool = typer.Option(False, "--strict", help="refuse texts longer than the context instead of truncating"),
     device: str = typer.Option("cpu", "--device"),
@@ -128,6 +134,8 @@ def find(
 
         if positions is not None and method not in POSITION_METHODS:
             _fail(f"--positions {positions} is an option of --method {', '.join(POSITION_METHODS)}")
+        if min_stability is not None:
+            _check_stability_option(min_stability, method, ray or ray_address is not None)
         settings = FindSettings(reading_layer=reading_layer, vector=vector, pool=pool, read_template=read_template,
                                 probe_size=probe_size, score=score, contrastive=contrastive, positions=positions,
                                 specificity=specificity, layers=layers, ablation=ablation, eval_fraction=eval_fraction,
@@ -156,16 +164,22 @@ def find(
     report = _write_run_report(run.run_dir)
     if as_json:
         top = [{"layer": int(r.layer), "neuron": int(r.neuron), "score": float(r.score)}
-               for r in run.top_table.itertuples()]
+               for r in (run.top_table.itertuples() if min_stability is None else run.rows(top_k, min_stability))]
         print(json.dumps({"run_dir": str(run.run_dir), "model": meta.model_id, "concept": meta.concept_name,
                           "method": meta.method, "reading_layer": meta.reading_layer, "eval_auroc": meta.eval_auroc,
                           "n_neurons_scored": meta.n_neurons_scored, "forward_passes": meta.forward_passes,
                           "backward_passes": meta.backward_passes, "passes": meta.passes,
-                          "seconds": meta.seconds["total"], "top": top,
+                          "seconds": meta.seconds["total"], "top": top, "min_stability": min_stability,
                           "k_choice": meta.extra.get("k_choice"), "budget_evaluation": budget,
                           "report": str(report) if report else None}))
         return
-    out.print(_top_table(run, show, f"top concept neurons: {meta.concept_name} ({meta.model_id})"))
+    if min_stability is None:
+        out.print(_top_table(run, show, f"top concept neurons: {meta.concept_name} ({meta.model_id})"))
+    else:
+        out.print(_top_table(run, min(top_k, meta.n_neurons_scored), f"top concept neurons: {meta.concept_name} "
+                             f"({meta.model_id})", min_stability=min_stability, show=show))
+        out.print(f"the same neurons elsewhere: neat export {run.run_dir} --k {top_k} --min-stability {min_stability:g} "
+                  f"(Python: run.top({top_k}, min_stability={min_stability:g}))")
     out.print(f"reading layer {meta.reading_layer} (eval AUROC {meta.eval_auroc:.3f}); {meta.n_neurons_scored:,} neurons "
               f"scored with {meta.forward_passes:,} forward passes in {meta.seconds['total']:.1f} s")
     if budget is not None:
@@ -173,6 +187,20 @@ def find(
     out.print(f"run folder: {run.run_dir}")
     if report:
         out.print(f"report: {report}")
+
+
+def _check_stability_option(min_stability: float, method: str, sharded: bool) -> None:
+    """--min-stability needs each probe's own effect, which only NEAT's sweep in one process keeps."""
+    from neat_llm.runs import check_min_stability
+    from neat_llm.scoring import SCORERS
+
+    try:
+        check_min_stability(min_stability)
+    except ValueError as e:
+        _fail(str(e).replace("min_stability", "--min-stability"))
+    if sharded or not getattr(SCORERS.get(method), "gives_per_probe", False):
+        _fail(f"--min-stability needs each probe's own effect, which only --method neat swept in one process keeps "
+              f"(got --method {method}{' with --ray' if sharded else ''})")
 
 
 def _evaluate_chosen_k(m, run, cs) -> dict:
@@ -222,8 +250,9 @@ def _write_run_report(run_dir: Path) -> Path | None:
 def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
              k: int = typer.Option(20, "--k", help="rows to show"),
              wide: bool = typer.Option(False, "--wide", help="every column, whatever the terminal's width"),
+             min_stability: MinStabilityOption = None,
              as_json: JsonOption = False) -> None:
-    """Print a run's stored ranking."""
+    """Print a run's stored ranking (with --min-stability: only the top-k neurons that stay)."""
     import neat_llm as nl
 
     if k < 1:
@@ -234,12 +263,17 @@ def show_run(run_dir: Path = typer.Argument(..., help="a run folder"),
         _fail(e)
     m = run.meta
     k = min(k, m.n_neurons_scored)  # asking for more rows than there are shows them all
+    try:
+        rows = run.rows(k, min_stability)
+    except ValueError as e:
+        _fail(str(e).replace("min_stability", "--min-stability"))
     if as_json:
         print(json.dumps({"run_dir": str(run.run_dir), "model": m.model_id, "method": m.method,
-                          "reading_layer": m.reading_layer, "top": [r.to_dict() for r in run.rows(k)]}))
+                          "reading_layer": m.reading_layer, "min_stability": min_stability,
+                          "top": [r.to_dict() for r in rows]}))
         return
     out.print(_top_table(run, k, f"{m.concept_name}: {m.method} on {m.model_id} (reading layer {m.reading_layer})",
-                         wide))
+                         wide, min_stability))
 
 
 @app.command()
@@ -314,6 +348,7 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            strength: StrengthOption = None,
            out_path: Path = typer.Option(..., "--out", "-o", help="the file (spec, neuronpedia) or the new folder (hf)"),
            force: bool = typer.Option(False, "--force", help="replace an existing spec or neuronpedia file"),
+           min_stability: MinStabilityOption = None,
            as_json: JsonOption = False) -> None:
     """Take a run's neurons elsewhere: an intervention file, the edited model as a plain checkpoint,
     or the neurons' evidence for Neuronpedia."""
@@ -330,25 +365,27 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
         if fmt == "neuronpedia":
             if mode is not None or alpha is not None or strength is not None:
                 _fail("--mode / --alpha / --strength do not apply to --format neuronpedia (it exports evidence, not an edit)")
-            path = write_neuronpedia(run, k, out_path, overwrite=force)
-            result = {"format": fmt, "path": str(path), "neurons": k}
+            path = write_neuronpedia(run, k, out_path, overwrite=force, min_stability=min_stability)
+            result = {"format": fmt, "path": str(path), "neurons": len(run.top(k, min_stability))}
         else:
-            s = spec_from_run(run, k, mode, alpha, strength)
+            s = spec_from_run(run, k, mode, alpha, strength, min_stability)
             if fmt == "spec":
                 path = s.save(out_path, overwrite=force)
-                result = {"format": fmt, "path": str(path), "neurons": k, "mode": s.mode}
+                result = {"format": fmt, "path": str(path), "neurons": len(s.neurons), "mode": s.mode}
             else:
                 m = _model_of_run(run)
                 path = export_checkpoint(m, s, out_path)
                 diff = check_baked(m, s, path, ["The weather today is", "You are"])
-                result = {"format": fmt, "path": str(path), "neurons": k, "mode": s.mode, "max_logit_diff": diff}
+                result = {"format": fmt, "path": str(path), "neurons": len(s.neurons), "mode": s.mode,
+                          "max_logit_diff": diff}
     except (ValueError, OSError) as e:
-        _fail(e)
+        _fail(str(e).replace("min_stability", "--min-stability") if min_stability is not None else e)
     if as_json:
         print(json.dumps(result))
         return
     extra = f"; the checkpoint's logits match turn_off's to {result['max_logit_diff']:.2g}" if fmt == "hf" else ""
-    out.print(f"wrote {result['path']} ({fmt}, {k} neurons{', ' + result['mode'] if 'mode' in result else ''}){extra}")
+    kept = f" of the top {k} that stay in >= {min_stability:g} of the resamples" if min_stability is not None else ""
+    out.print(f"wrote {result['path']} ({fmt}, {result['neurons']} neurons{kept}{', ' + result['mode'] if 'mode' in result else ''}){extra}")
 
 
 @app.command()

@@ -45,6 +45,9 @@ StrengthOption = Annotated[Optional[float], typer.Option(
 RandomOption = Annotated[int, typer.Option("--random", help="random K-sets per K (the control)")]
 StudyOutOption = Annotated[Optional[Path], typer.Option("--out", "-o",
                                                         help="study folder (= run folder); rerun to resume")]
+MinStabilityOption = Annotated[Optional[float], typer.Option(
+    "--min-stability", help="keep only the top-k neurons that stay in the top k in at least this share of 200 "
+    "bootstrap resamples of the probes (e.g. 0.8; NEAT runs)")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
 
 

@@ -39,18 +39,23 @@ HAS_MLP_BIAS = ("gpt2", "gpt_neox")
 
 
 def spec_from_run(run: Run, k: int, mode: str | None = None, alpha: float | None = None,
-                  strength: float | None = None) -> InterventionSpec:
+                  strength: float | None = None, min_stability: float | None = None) -> InterventionSpec:
     """The run's top-``k`` neurons as an intervention file, turned off by ``mode`` (default: the
-    run's own, as ``neat generate`` and the studies use it)."""
+    run's own, as ``neat generate`` and the studies use it); with ``min_stability`` only those of
+    them that stay (``Run.top``)."""
     from . import __version__
 
     iv = run.intervention(mode, alpha, strength)
-    sel = run.top(k)
+    sel = run.top(k, min_stability)
+    if not len(sel):
+        raise ValueError(f"none of the top {k} neurons stays in the top {k} in >= {min_stability:g} of the resamples "
+                         "of the probes: lower min_stability or raise k")
     family = next((f for f in FAMILIES if f.name == run.meta.model_family), None)
     if family is None:
         raise ValueError(f"the run's model family {run.meta.model_family!r} is not in the adapter table")
     provenance = {"run_dir": str(run.run_dir), "concept_name": run.meta.concept_name,
                   "concept_hash": run.meta.concept_hash, "method": run.meta.method, "k": k,
+                  **({"min_stability": min_stability, "kept": len(sel)} if min_stability is not None else {}),
                   "reading_layer": run.meta.reading_layer, "params": run.meta.params, "seed": run.meta.seed,
                   "intervention": iv.describe(), "neat_llm": __version__,
                   "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -129,16 +134,17 @@ def export_checkpoint(model: LoadedModel, spec: InterventionSpec, out: str | Pat
 
 
 # --- neurons for sharing ----------------------------------------------------------------------------
-def neuronpedia_records(run: Run, k: int) -> list[dict]:
-    """One record per top-``k`` neuron: layer, index, score, mean activations, and the top-activating
-    texts the run kept (examples.json) with per-token activations."""
+def neuronpedia_records(run: Run, k: int, min_stability: float | None = None) -> list[dict]:
+    """One record per top-``k`` neuron (with ``min_stability``: per one of them that stays): layer,
+    index, score, mean activations, and the top-activating texts the run kept (examples.json) with
+    per-token activations."""
     path = run.run_dir / RunFiles.EXAMPLES
     examples = {}
     if path.is_file():
         for n in json.loads(path.read_text()).get("neurons", []):
             examples[(int(n["layer"]), int(n["neuron"]))] = n
     out = []
-    for row in run.rows(k):
+    for row in run.rows(k, min_stability):
         ex = examples.get((row.layer, row.neuron), {})
         acts = [{"tokens": e["tokens"], "values": e["acts"], "maxValue": e["max"],
                  "maxValueTokenIndex": int(e["max_pos"]) - int(e.get("offset", 0)), "side": e["side"]}
@@ -151,14 +157,15 @@ def neuronpedia_records(run: Run, k: int) -> list[dict]:
     return out
 
 
-def write_neuronpedia(run: Run, k: int, out: str | Path, *, overwrite: bool = False) -> Path:
+def write_neuronpedia(run: Run, k: int, out: str | Path, *, overwrite: bool = False,
+                      min_stability: float | None = None) -> Path:
     from .files import write_text
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     write_text(out, "".join(json.dumps(r, allow_nan=False) + "\n"
-                            for r in _finite_records(neuronpedia_records(run, k))))
+                            for r in _finite_records(neuronpedia_records(run, k, min_stability))))
     return out
 
 

@@ -49,6 +49,13 @@ STABILITY_K = 100  # the top-K whose membership the bootstrap reports (the defau
 STABILITY_RESAMPLES = 200
 
 
+def check_min_stability(value: float) -> float:
+    """A share of resamples: a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"min_stability is a share of resamples and must be in (0, 1], got {value!r}")
+    return float(value)
+
+
 class RunFiles:
     """Every file a run folder holds, named once (the report, the studies and the CLI use these)."""
 
@@ -281,22 +288,44 @@ class Run:
         d_ff = self.scores.shape[1]
         return torch.stack([order // d_ff, order % d_ff], 1)
 
-    def top(self, k: int) -> NeuronSelection:
+    def top(self, k: int, min_stability: float | None = None) -> NeuronSelection:
         """The k best neurons, with the contrast means attached (for ``turn_off(..., mode="mean")``)
-        and, where the run has them, each neuron's own dampening factor (``mode="dampen"``)."""
+        and, where the run has them, each neuron's own dampening factor (``mode="dampen"``).
+
+        ``min_stability``: keep only those of the k that stay, i.e. are in the top k in at least
+        that share of the bootstrap resamples of the probes (``stability(k)``); the selection then
+        holds k or fewer neurons, in rank order."""
         n = int(torch.isfinite(self.scores).sum())
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k (neurons to take from the top) must be a whole number >= 0, got {k!r}")
         if k > n:
             raise ValueError(f"k={k} is more than the {n} neurons this run scored")
         r = self.ranking()[:k]
+        if min_stability is not None:
+            r = r[self._stays(k, min_stability, r)]
         return NeuronSelection(tuple((int(l), int(n)) for l, n in r), means=self.contrast_means,
                                scores=tuple(float(self.scores[l, n]) for l, n in r),
                                alphas=None if self.alpha is None else tuple(float(self.alpha[l, n]) for l, n in r))
 
-    def rows(self, k: int) -> list[NeuronRow]:
-        """The top k neurons as ``NeuronRow``s (top tokens for the rows top.csv holds)."""
-        sel = self.top(k)
+    def _stays(self, k: int, min_stability: float, r: torch.Tensor) -> torch.Tensor:
+        """Which of the ranked neurons ``r`` [k, 2] stay in the top k in at least ``min_stability``
+        of the resamples: a bool mask [k]."""
+        check_min_stability(min_stability)
+        if k == 0:
+            return torch.zeros(0, dtype=torch.bool)
+        st = self.stability(k)
+        if st is None:
+            raise ValueError(f"this run ({self.meta.method if self.meta else 'unknown method'}) has no per-probe "
+                             f"effects ({RunFiles.PROBE_EFFECTS} is missing), so no stability to filter on: "
+                             "min_stability needs a NEAT run swept in one process (not --ray)")
+        return st.in_top[r[:, 0], r[:, 1]] >= min_stability
+
+    def rows(self, k: int, min_stability: float | None = None) -> list[NeuronRow]:
+        """The top k neurons as ``NeuronRow``s (top tokens for the rows top.csv holds); with
+        ``min_stability`` only those that stay (``top``), each with its rank among the k and its
+        share of resamples in the top k (else in the top ``STABILITY_K``)."""
+        rank = {nk: i + 1 for i, nk in enumerate(self.top(k).neurons)}
+        sel = self.top(k, min_stability)
         tokens = {}
         if self.top_table is not None and "top_tokens" in self.top_table:
             for r in self.top_table.itertuples():
@@ -305,17 +334,17 @@ class Run:
         def at(t: torch.Tensor | None, l: int, n: int) -> float:
             return float("nan") if t is None else float(t[l, n])
 
-        st = self.stability()
+        st = self.stability(k if min_stability is not None and k > 0 else STABILITY_K)
         lo, hi, share = (st.lo, st.hi, st.in_top) if st is not None else (None, None, None)
 
-        return [NeuronRow(rank=i + 1, layer=l, neuron=n, score=float(self.scores[l, n]),
+        return [NeuronRow(rank=rank[(l, n)], layer=l, neuron=n, score=float(self.scores[l, n]),
                           effect=at(self.effect if self.effect is not None else self.scores, l, n),
                           effect_positive=at(self.effect_positive, l, n), effect_contrast=at(self.effect_contrast, l, n),
                           mean_positive=at(self.positive_means, l, n), mean_contrast=at(self.contrast_means, l, n),
                           fluency_cost=at(self.fluency_cost, l, n), alpha=at(self.alpha, l, n),
                           top_tokens=tokens.get((l, n), ""), score_lo=at(lo, l, n), score_hi=at(hi, l, n),
                           stability=at(share, l, n))
-                for i, (l, n) in enumerate(sel.neurons)]
+                for l, n in sel.neurons]
 
     # --- what an evaluation needs from the run -----------------------------------------------------
     def readout(self) -> ConceptReadout:

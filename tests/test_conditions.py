@@ -180,6 +180,17 @@ def test_run_conditions_groups_resumes_and_checks(tiny_llama, tmp_path):
         run_conditions(tiny_llama, conds, m, per_batch=0)
 
 
+def test_conditions_measured_by_an_older_revision_of_the_code_are_not_reused(tmp_path, monkeypatch):
+    from neat_llm.evaluation import checkpoints
+
+    store = ConditionStore(tmp_path / "s", {"a": 1})
+    store.put("before", {"rate": 0.4})
+    assert ConditionStore(tmp_path / "s", {"a": 1}).get("before") == {"rate": 0.4}  # same settings, same code: kept
+    monkeypatch.setattr(checkpoints, "MEASUREMENT_REVISION", checkpoints.MEASUREMENT_REVISION + 1)
+    again = ConditionStore(tmp_path / "s", {"a": 1})
+    assert again.get("before") is None and again.n_done() == 0  # measured otherwise: started over
+
+
 def test_study_conditions_match_the_random_control_rules(tiny_llama):
     means = torch.ones(tiny_llama.n_layers, tiny_llama.d_ff)
     top = NeuronSelection(((0, 1), (1, 2)), means=means, alphas=(0.2, 0.4))

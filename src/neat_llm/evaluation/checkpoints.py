@@ -1,6 +1,7 @@
 """Finished conditions of a long evaluation, kept on disk so an interrupted study resumes without
 redoing them. One JSON file per condition in a folder, written atomically; a settings fingerprint
-guards against reusing results computed under other settings."""
+guards against reusing results computed under other settings, or by code that measured otherwise
+(``MEASUREMENT_REVISION``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from pathlib import Path
 
 from ..files import write_text
 
+# Raise by one whenever a change alters what an evaluation measures for the same settings, so a
+# resumed study never mixes conditions measured before and after it. 2: the shared-prefill sampler
+# gives a left-padded prompt generate's positions (before, padded prompts were continued from
+# shifted positions).
+MEASUREMENT_REVISION = 2
+
 
 class ConditionStore:
     """``get(name)`` returns a finished condition's dict (or None), ``put(name, value)`` keeps one.
@@ -18,7 +25,8 @@ class ConditionStore:
 
     def __init__(self, folder: str | Path, fingerprint: dict):
         self.folder = Path(folder)
-        self.key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+        stamped = {**fingerprint, "measurement_revision": MEASUREMENT_REVISION}
+        self.key = hashlib.sha256(json.dumps(stamped, sort_keys=True, default=str).encode()).hexdigest()
         stamp = self.folder / "fingerprint"
         if self.folder.exists() and (not stamp.is_file() or stamp.read_text() != self.key):
             shutil.rmtree(self.folder)

@@ -98,6 +98,7 @@ def find(
     seed: SeedOption = 0,
     top_k: int = typer.Option(100, "--top-k", help="rows kept in top.csv"),
     min_stability: MinStabilityOption = None,
+    exact_top: Optional[int] = typer.Option(None, "--exact-top", help="specific score: sweep the contrast probes only over the neurons that can still reach the top K (the top K and its order are the full sweep's; below it the scores are upper bounds and the run refuses a larger K); K >= --top-k"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/<time>-<concept>-<method>); an interrupted run resumes here"),
     strict: bool = typer.Option(False, "--strict", help="refuse texts longer than the context instead of truncating"),
     device: str = typer.Option("cpu", "--device"),
@@ -139,7 +140,7 @@ def find(
         settings = FindSettings(reading_layer=reading_layer, vector=vector, pool=pool, read_template=read_template,
                                 probe_size=probe_size, score=score, contrastive=contrastive, positions=positions,
                                 specificity=specificity, layers=layers, ablation=ablation, eval_fraction=eval_fraction,
-                                seed=seed, top_k=top_k, strict=strict, max_ppl=max_ppl)
+                                seed=seed, top_k=top_k, strict=strict, max_ppl=max_ppl, exact_top=exact_top)
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)
         own = {"neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -27,7 +28,8 @@ from .runs import PartialSweep, Run, RunError, RunFiles, RunMeta, check_run_fold
 from .interventions import Intervention
 from .find_settings import (DEFAULT_POSITIONS, EFFECT_METHODS, POSITION_METHODS,
                             PROBE_METHODS, FindSettings, build_scorer)
-from .scoring import ProbeSet, Scorer, ScoringTask
+from .models.loaded import PassCounter
+from .scoring import NeuronScores, ProbeSet, Scorer, ScoringTask
 from .scoring.effects import ProbeEffects, combine, score_from_effects  # noqa: F401  (score_from_effects: find.score_from_effects, as before)
 from .scoring.fluency import fluency_cost
 from .sweeps import LocalSweep, SweepExecutor
@@ -322,7 +324,7 @@ def _params(plan: Plan, cr: ConceptRead, probes: ProbeSet, n_probes: int, probe_
             "contrastive": plan.score == "contrastive", "specificity": plan.lam,
             **({"probe": "paired", "probe_pairs_sha": _pairs_sha(probe_pairs)} if probe_pairs is not None else {}),
             "gap_fit": cr.gap_fit, "ablation": s.ablation, "eval_fraction": s.eval_fraction, "layers": plan.layers,
-            "top_k": s.top_k, "neuron_subset": plan.neurons,
+            "top_k": s.top_k, "neuron_subset": plan.neurons, **({"exact_top": s.exact_top} if s.exact_top else {}),
             "scorer": plan.scorer.params()}  # the scorer's own options, kept apart from the readout's
 
 
@@ -336,6 +338,7 @@ class Swept:
     seconds: float
     passes: dict
     probes: dict  # each side's probe set (texts and weights)
+    proof: "TopKProof | None" = None  # exact_top: the contrast side swept only where the top K could change
 
     @property
     def one_side(self) -> bool:
@@ -343,9 +346,10 @@ class Swept:
 
 
 def _sweep(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead, probes: ProbeSet,
-           low_neg: list[str], params: dict, run_dir: Path, progress: bool) -> Swept:
+           low_neg: list[str], params: dict, run_dir: Path, progress: bool, cost: torch.Tensor | None = None) -> Swept:
     """Stage 3: the scorer over every requested neuron (and, for the specific score, NEAT's exact
-    sweep of the contrast probes over what it scored), resuming finished blocks."""
+    sweep of the contrast probes over what it scored, or with ``exact_top`` only over the neurons
+    that can still reach the top K), resuming finished blocks."""
     s, method, model_n = plan.settings, plan.method, model.n_layers
     fingerprint = {"model": model.weights_hash, "concept": concept.hash, "method": method, "seed": s.seed,
                    **{k: v for k, v in params.items() if k != "scorer"},
@@ -353,20 +357,23 @@ def _sweep(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead,
     score_layers = plan.layers if plan.layers is not None else list(range(model_n))
     sides = {"positive": probes} if plan.score != "specific" else {
         "positive": probes, "contrast": ProbeSet(low_neg, [1.0 / len(low_neg)] * len(low_neg))}
-    results, sharded, resumed, side_passes = {}, {}, {}, {}
+    results, sharded, resumed, side_passes, proof = {}, {}, {}, {}, None
+
+    def one_sweep(side: str, side_neurons, name: str | None, extra: dict, what: str, scorer=None):
+        partial = PartialSweep(run_dir, {**fingerprint, "side": side, **extra}, name=name)
+        task = ScoringTask(readout=cr.readout, probes=sides[side], layers=score_layers if side_neurons is None else
+                           sorted(side_neurons), neurons=side_neurons, intervention=cr.off,
+                           positives=cr.fit.positives, contrast=cr.fit.contrast, seed=s.seed)
+        return plan.executor.sweep(model, scorer or plan.scorer, task, partial, progress=progress, what=what)
+
     try:
-        for side, side_probes in sides.items():
-            partial = PartialSweep(run_dir, {**fingerprint, "side": side}, name=side if len(sides) > 1 else None)
-            side_scorer, side_neurons = plan.scorer, plan.neurons
-            if side == "contrast" and method != "neat":  # the contrast side: NEAT's exact sweep over what was scored
-                ok = torch.isfinite(results["positive"].scores)
-                side_neurons = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model_n) if ok[l].any()}
-                side_scorer = build_scorer("neat", FindSettings.of(s, positions=plan.positions))
-            task = ScoringTask(readout=cr.readout, probes=side_probes, layers=score_layers if side_neurons is None else
-                               sorted(side_neurons), neurons=side_neurons, intervention=cr.off,
-                               positives=cr.fit.positives, contrast=cr.fit.contrast, seed=s.seed)
+        for side in sides:
             what = f"{method} sweep" + (f", {side} probes" if len(sides) > 1 else "")
-            outcome = plan.executor.sweep(model, side_scorer, task, partial, progress=progress, what=what)
+            if side == "contrast":  # NEAT's exact sweep over what was scored (or what can reach the top K)
+                outcome, proof = _contrast_side(model, plan, results["positive"].scores, cost, cr.gap_fit, one_sweep,
+                                                what)
+            else:
+                outcome = one_sweep(side, plan.neurons, side if len(sides) > 1 else None, {}, what)
             results[side], resumed[side], side_passes[side] = outcome.scores, outcome.resumed, outcome.passes
             if outcome.summary is not None:
                 sharded[side] = outcome.summary
@@ -374,7 +381,42 @@ def _sweep(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead,
         plan.executor.close()  # the workers (if any) served every sweep of the run
     first = results["positive"]
     return Swept(results, resumed, sharded, sum(r.seconds for r in results.values()),
-                 {k: sum(p[k] for p in side_passes.values()) for k in first.passes.as_dict()}, sides)
+                 {k: sum(p[k] for p in side_passes.values()) for k in first.passes.as_dict()}, sides, proof)
+
+
+def _contrast_side(model: LoadedModel, plan: Plan, positive: torch.Tensor, cost, gap_fit: float, one_sweep,
+                   what: str):
+    """The specific score's contrast sweep (NEAT's exact sweep): over every neuron the positive side
+    scored, or with ``exact_top`` K in rounds over those that can still reach the top K
+    (``scoring/pruning.py``). Returns (the sweep's outcome, the proof or None)."""
+    from .scoring.pruning import prove_top_k
+    from .sweeps import SweepOutcome
+
+    scorer = build_scorer("neat", FindSettings.of(plan.settings, positions=plan.positions)) \
+        if plan.method != "neat" else plan.scorer
+    ok = torch.isfinite(positive)
+    every = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model.n_layers) if ok[l].any()}
+    k = plan.settings.exact_top
+    if k is None:
+        return one_sweep("contrast", plan.neurons if plan.method == "neat" else every, "contrast", {}, what, scorer), None
+    outcomes = []
+
+    def rounds(neurons: dict[int, list[int]], r: int):
+        sha = hashlib.sha256(json.dumps(sorted(neurons.items())).encode()).hexdigest()[:16]
+        o = one_sweep("contrast", neurons, f"contrast-{r}", {"round": r, "neurons": sha},
+                      f"{what}, round {r + 1} ({sum(map(len, neurons.values())):,} neurons)", scorer)
+        outcomes.append(o)
+        return o.scores.scores, o.scores.per_probe
+
+    lam = plan.lam
+    contrast, per_probe, proof = prove_top_k(positive, k, rounds, lam, cost if lam > 0 else None,
+                                             float(gap_fit) if lam > 0 else 1.0)
+    last = outcomes[-1].scores
+    passes = {key: sum(o.passes[key] for o in outcomes) for key in outcomes[0].passes}
+    scores = NeuronScores(contrast, last.method, PassCounter.from_dict(passes), sum(o.scores.seconds for o in outcomes),
+                          last.params, per_probe=per_probe)
+    return SweepOutcome(scores, passes, sorted({l for o in outcomes for l in o.resumed}),
+                        outcomes[0].summary), proof
 
 
 def _probe_effects(plan: Plan, swept: Swept, cost: torch.Tensor | None, gap_fit: float) -> ProbeEffects | None:
@@ -384,20 +426,34 @@ def _probe_effects(plan: Plan, swept: Swept, cost: torch.Tensor | None, gap_fit:
     if any(v is None for v in per.values()):
         return None
     neg = "contrast" in per
+    if neg and swept.proof is not None:  # not swept: 0 on every probe, so the per-probe score is the stored bound
+        ok = torch.isfinite(per["positive"][:1]) & torch.isnan(per["contrast"])
+        per["contrast"] = torch.where(ok, torch.zeros_like(per["contrast"]), per["contrast"])
     return ProbeEffects(per["positive"], tuple(swept.probes["positive"].weights), plan.score,
                         per["contrast"] if neg else None, tuple(swept.probes["contrast"].weights) if neg else (),
                         plan.lam, float(gap_fit) if plan.lam > 0 else 1.0, cost if plan.lam > 0 else None)
 
 
-def _scored_run(model: LoadedModel, run_dir: Path, plan: Plan, cr: ConceptRead, swept: Swept, stages: Stages) -> Run:
+def _cost(model: LoadedModel, plan: Plan, cr: ConceptRead, stages: Stages) -> torch.Tensor | None:
+    """Stage 2b: each neuron's fluency cost, for the specificity-aware score (lambda > 0)."""
+    if plan.lam <= 0:
+        return None
+    with stages.stage("fluency_cost"):
+        return fluency_cost(model, cr.fit.contrast, cr.off, batch_size=8)
+
+
+def _scored_run(run_dir: Path, plan: Plan, cr: ConceptRead, swept: Swept, cost: torch.Tensor | None) -> Run:
     """Stage 3b: the run's score from its sweeps (the specific rule's contrast side, the
-    specificity-aware penalty with its fluency cost), as a run not yet written."""
-    cost = None
-    if plan.lam > 0:
-        with stages.stage("fluency_cost"):
-            cost = fluency_cost(model, cr.fit.contrast, cr.off, batch_size=8)
+    specificity-aware penalty with its fluency cost), as a run not yet written. With ``exact_top``
+    the neurons not swept on the contrast side hold their upper bound (``scoring/pruning.py``)."""
+    from .scoring.pruning import pruned_score
+
     contrast = swept.results["contrast"].scores if "contrast" in swept.results else None
-    effect, scores = combine(swept.results["positive"].scores, contrast, plan.lam, cost, cr.gap_fit)
+    positive = swept.results["positive"].scores
+    if swept.proof is not None:
+        effect, scores = pruned_score(positive, contrast, plan.lam, cost, cr.gap_fit)
+    else:
+        effect, scores = combine(positive, contrast, plan.lam, cost, cr.gap_fit)
     return Run(run_dir, meta=None, scores=scores, concept_vector=cr.readout.vector.float(),
                contrast_means=cr.contrast_means, layer_auroc=torch.tensor(cr.aucs, dtype=torch.float32),
                top_table=None, positive_means=cr.positive_means, effect=effect if plan.lam > 0 else None,
@@ -452,6 +508,7 @@ def _meta(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead, 
                "concept_source": None if concept.source is None else concept.source.to_dict(),
                "contrast_probe_texts": low_neg,
                **({"k_choice": k_choice} if k_choice is not None else {}),
+               **({"exact_top": swept.proof.to_dict(int(torch.isfinite(scores).sum()))} if swept.proof else {}),
                **({"distributed": swept.sharded["positive"] if one else swept.sharded} if swept.sharded else {})},
     )
 
@@ -517,9 +574,10 @@ def find_concept_neurons(model: LoadedModel, concept: ConceptSet, method: str | 
             cr = _read_concept(model, concept, plan, probe_pairs, progress)
         probes, top_pos, low_neg = _probe_batch(plan, cr, probe_pairs)  # 2. X*
         params = _params(plan, cr, probes, len(top_pos), probe_pairs)
-        swept = _sweep(model, concept, plan, cr, probes, low_neg, params, run_dir, progress)  # 3. the sweep
+        cost = _cost(model, plan, cr, stages)  # 2b. the fluency cost (the specificity penalty; exact_top's bound)
+        swept = _sweep(model, concept, plan, cr, probes, low_neg, params, run_dir, progress, cost)  # 3. the sweep
         stages.seconds["scoring"], stages.passes["scoring"] = swept.seconds, swept.passes
-        run = _scored_run(model, run_dir, plan, cr, swept, stages)  # 3b. specific rule, specificity penalty
+        run = _scored_run(run_dir, plan, cr, swept, cost)  # 3b. specific rule, specificity penalty
         scores = run.scores
         with stages.stage("probe_effects"):  # 4. the ranking with what tells a concept neuron from a generic one
             sel = _top_rows(model, run, plan, cr, swept, top_pos, low_neg)

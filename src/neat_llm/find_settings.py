@@ -62,6 +62,7 @@ class FindSettings(Changeable):
     batch_size: int = 16
     tokens_per_batch: int = 4096
     max_ppl: float | None = None
+    exact_top: int | None = None  # the specific score: sweep the contrast probes only where the top K can change
     WHAT = "find setting"  # class attribute (no annotation): not a field
 
     def __post_init__(self) -> None:
@@ -96,6 +97,13 @@ class FindSettings(Changeable):
             raise ValueError(f"specificity must be >= 0, got {self.specificity}")
         if self.max_ppl is not None and not self.max_ppl > 1.0:
             raise ValueError(f"max_ppl is a perplexity ratio and must be > 1, got {self.max_ppl}")
+        if self.exact_top is not None:
+            whole("exact_top", 1)
+            if self.exact_top < self.top_k:
+                raise ValueError(f"exact_top ({self.exact_top}) proves the top {self.exact_top} only, but top.csv lists "
+                                 f"the top_k = {self.top_k}: give exact_top >= top_k")
+            if self.max_ppl is not None:
+                raise ValueError("max_ppl chooses K among every size, which needs the whole ranking: not with exact_top")
 
     def rule(self, method: str) -> str:
         """The score rule for ``method``."""
@@ -111,6 +119,8 @@ class FindSettings(Changeable):
         if rule != "positive" and method not in PROBE_METHODS:
             raise ValueError(f"score {rule!r} needs contrast probes, which the {method!r} method does not use "
                              f"(probe-based methods: {', '.join(PROBE_METHODS)})")
+        if self.exact_top is not None and rule != "specific":
+            raise ValueError(f"exact_top prunes the contrast sweep of the specific score; score {rule!r} has none")
         if self.positions is not None and method not in POSITION_METHODS:
             raise ValueError(f"positions is an option of the {', '.join(POSITION_METHODS)} methods, not of {method!r}")
         if self.specificity is not None and self.specificity > 0 and method not in EFFECT_METHODS:

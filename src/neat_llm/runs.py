@@ -300,6 +300,10 @@ class Run:
             raise ValueError(f"k (neurons to take from the top) must be a whole number >= 0, got {k!r}")
         if k > n:
             raise ValueError(f"k={k} is more than the {n} neurons this run scored")
+        proven = (self.meta.extra.get("exact_top") or {}).get("k") if self.meta is not None else None
+        if proven is not None and k > proven:
+            raise ValueError(f"k={k}: this run proved only its top {proven} (find --exact-top {proven}: below it the "
+                             f"scores are upper bounds); find again with --exact-top {k} or without it")
         r = self.ranking()[:k]
         if min_stability is not None:
             r = r[self._stays(k, min_stability, r)]

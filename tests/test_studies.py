@@ -500,3 +500,53 @@ def test_max_fit_pairs_caps_everything_read_from_the_fit_pairs(tiny_llama, tmp_p
                        max_fit_pairs=6, progress=False)
     assert len(study.fit) == 6 and study.report.settings.n_fit_pairs == 6
     assert seen[0] == 6  # the paired layer rule read the capped pairs, not all of them
+
+
+def test_cross_fitted_bias_study_evaluates_every_item_once_by_neurons_found_without_it(tiny_llama, tmp_path):
+    from neat_llm.studies.bias import fold_indices
+
+    items = load_pairs("crows-pairs")
+    study = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "cf", n_random=1, min_pairs=2,
+                       folds=3, progress=False)
+    folds = fold_indices(items.bias_type, 3, 0, items.name)
+    assert sorted(i for f in folds for i in f) == list(range(len(items)))  # a partition
+    assert len(study.folds) == 3 and study.report.n_eval_pairs == len(items)
+    for f, part in zip(folds, study.folds):
+        held = {items.more[i] for i in f}
+        assert list(part.eval.more) == [items.more[i] for i in f]
+        assert not held & set(part.fit.more)  # found without the items it evaluates
+        assert part.run.run_dir == tmp_path / "cf" / f"fold-{folds.index(f)}"
+    row = next(r for r in study.report.rows if r.bias_type == "all")
+    assert row.n == len(items)
+    # before does not depend on the neurons: the pooled score is the whole set's
+    whole = pair_preferences(tiny_llama, items.subset([i for f in folds for i in f]))
+    assert row.before.score == pytest.approx(100 * float(whole.mean()), abs=1e-6)
+    pooled_after = np.concatenate([np.asarray(p.report.items.prefs[p.report.items.conditions[3][0]])
+                                   for p in study.folds])
+    assert row.after.score == pytest.approx(100 * float(pooled_after.mean()), abs=1e-9)
+    assert row.vs_random is not None and row.vs_random["n"] == len(items)
+    ratio = np.mean([p.report.items.ppl["concept-k3"] / p.report.items.ppl["before"] for p in study.folds])
+    assert row.ppl_ratio == pytest.approx(ratio)
+    saved = json.loads((tmp_path / "cf" / "bias.json").read_text())
+    assert saved["settings"]["folds"] == 3 and len(saved["items"]["bias_type"]) == len(items)
+
+
+def test_a_cross_fitted_study_reuses_finished_folds_and_refuses_other_folds(tiny_llama, tmp_path, monkeypatch):
+    import neat_llm.studies.bias as bias_mod
+
+    first = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "cf", n_random=1, min_pairs=2, folds=2,
+                       progress=False)
+    calls = []
+    real = bias_mod._one_split
+    monkeypatch.setattr(bias_mod, "_one_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "cf", n_random=1, min_pairs=2, folds=2,
+                       progress=False)
+    assert calls == [] and [r.after.score for r in again.report.rows] == [r.after.score for r in first.report.rows]
+    with pytest.raises(ValueError, match="other folds"):
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "cf", n_random=1, min_pairs=2, folds=3,
+                   progress=False)
+    with pytest.raises(ValueError, match="folds must be"):
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "x", folds=1, progress=False)
+    with pytest.raises(ValueError, match="max_eval_pairs"):
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "y", folds=2, max_eval_pairs=5,
+                   progress=False)

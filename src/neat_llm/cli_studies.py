@@ -233,6 +233,7 @@ def bias(
     k: str = typer.Option("10,50,100,500,2000", "--k", help="sizes of the top-K sets turned off (a dose-response)"),
     n_random: RandomOption = 3,
     eval_fraction: float = typer.Option(0.3, "--eval-fraction", help="share of pairs held out for the evaluation"),
+    folds: Optional[int] = typer.Option(None, "--folds", help="k-fold cross-fitting instead of one split: every item evaluated once, by neurons found on the other k-1 folds (k finds; fold-<i>/ study folders, pooled bias.json)"),
     max_fit_pairs: Optional[int] = typer.Option(None, "--max-fit-pairs", help="seeded cap on fit pairs"),
     max_eval_pairs: Optional[int] = typer.Option(None, "--max-eval-pairs", help="seeded cap on held-out pairs"),
     n_boot: int = typer.Option(1000, "--boot", help="bootstrap resamples for the 95% intervals"),
@@ -272,7 +273,7 @@ def bias(
                                      method=method, ks=ks, n_random=n_random, eval_fraction=eval_fraction,
                                      max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
                                      min_pairs=min_pairs, mode=mode, alpha=alpha, strength=strength, seed=seed, layer_rule=layer_rule,
-                                     templates=templates, probe=probe)
+                                     templates=templates, probe=probe, folds=folds)
         m = nl.load_model(model)
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
@@ -281,20 +282,30 @@ def bias(
     if as_json:
         print(json.dumps({"path": str(study.path), **r.to_dict()}))
         return
+    held = (f"{r.n_eval_pairs} items, each held out once ({r.settings.folds}-fold cross-fitting)" if r.settings.folds
+            else f"{r.n_eval_pairs} held-out pairs")
     t = Table(title=f"stereotype score (%, 50 = no preference, 95% bootstrap interval): {r.dataset}, {r.method}, "
-                    f"{r.mode} ablation; {r.n_eval_pairs} held-out pairs")
-    for col in ("bias type", "n", "K", "before", "top-K off", "random off", "ppl ratio", "random ppl"):
+                    f"{r.mode} ablation; {held}")
+    for col in ("bias type", "n", "K", "before", "top-K off", "random off", "vs random (paired)", "ppl ratio",
+                "random ppl"):
         t.add_column(col, justify="right" if col != "bias type" else "left")
 
     def s(x):
         return f"{x.score:.1f} [{x.lo:.1f}, {x.hi:.1f}]"
 
     for row in r.rows:
-        t.add_row(row.bias_type, str(row.n), str(row.k), s(row.before), s(row.after), s(row.random),
+        v = row.vs_random
+        vs = "–" if v is None else f"{v['diff']:+.1f} [{v['ci'][0]:+.1f}, {v['ci'][1]:+.1f}]"
+        t.add_row(row.bias_type, str(row.n), str(row.k), s(row.before), s(row.after), s(row.random), vs,
                   f"{row.ppl_ratio:.3f}", f"{row.random_ppl_ratio:.3f}")
     out.print(t)
     st = r.settings
     cv = st.paired_cv_accuracy
+    if st.folds:
+        out.print(f"reading layers of the {st.folds} folds: {st.fold_reading_layers} ({st.layer_rule} rule); each fold's "
+                  f"own numbers in its bias.json under {study.path.parent}/fold-<i>/")
+        out.print(f"written to {study.path}")
+        return
     out.print(f"reading layer {st.reading_layer} ({st.layer_rule} rule); paired accuracy (stereotypical sentence "
               f"scores higher than its counterpart): held-out {st.eval_paired_accuracy:.3f}"
               + (f", cross-validated on the fit pairs {cv:.3f}" if cv is not None else "")

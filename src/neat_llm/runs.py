@@ -74,6 +74,7 @@ class RunFiles:
     PARTIAL = ".partial"
     HATE_PARTIAL = ".hate-partial"
     BIAS_PARTIAL = ".bias-partial"
+    FOLDS = "folds.json"  # a cross-fitted study's folder: its folds (each a study folder fold-<i>/)
 
     @staticmethod
     def behaviour(tag: str) -> str:
@@ -165,7 +166,7 @@ def run_folder_lock(run_dir: str | Path):
                 pass  # not empty: it holds the run (or a resumable part of it)
 
 
-RUN_MARKS = (RunFiles.META, RunFiles.PARTIAL, RunFiles.HATE_PARTIAL, RunFiles.BIAS_PARTIAL)  # what only a neat run folder holds
+RUN_MARKS = (RunFiles.META, RunFiles.PARTIAL, RunFiles.HATE_PARTIAL, RunFiles.BIAS_PARTIAL, RunFiles.FOLDS)  # what only a neat run folder holds
 
 
 def check_run_folder(run_dir: str | Path) -> None:

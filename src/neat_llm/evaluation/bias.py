@@ -127,11 +127,15 @@ class BiasRow:
     ppl_ratio: float
     random_ppl_ratio: float
     n_random: int
+    vs_random: dict | None = None  # PairedDifference (points) of after − random, paired over items
+    vs_before: dict | None = None  # the same for after − before
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BiasRow":
         """A row of bias.json; a missing perplexity ratio reads as NaN, a missing score is an error."""
         kept = {"n_random": 0, **known(cls, d, missing_numbers=True)}
+        for name in ("vs_random", "vs_before"):
+            kept[name] = d.get(name) if isinstance(d.get(name), Mapping) else None
         for side in ("before", "after", "random"):
             if not isinstance(d.get(side), Mapping):
                 raise ValueError(f"a bias row ({d.get('bias_type', '?')}, K = {d.get('k', '?')}) has no {side!r} score")
@@ -165,6 +169,39 @@ class BiasSettings:
     paired_cv_accuracy_by_layer: list[float] | None = None
     eval_paired_accuracy: float | None = None  # held out
     eval_paired_accuracy_by_type: dict | None = None  # {bias type: {"n", "accuracy"}}
+    folds: int | None = None  # cross-fitting: every item evaluated once, by neurons found without it
+    fold_reading_layers: list[int] | None = None
+
+
+@dataclass
+class ItemPreferences:
+    """Each held-out item's bias type and its preference (1 = the stereotypical side, ties 0.5;
+    templates: the share of stereotypical fillings) under every condition, with each condition's
+    perplexity on the neutral texts; ``conditions``: {K: (the top-K condition, [its random ones])}."""
+
+    bias_type: list[str]
+    prefs: dict[str, list[float]]
+    ppl: dict[str, float]
+    conditions: dict[int, tuple[str, list[str]]]
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ItemPreferences":
+        return cls(list(d["bias_type"]), {k: [float(x) for x in v] for k, v in d["prefs"].items()},
+                   {k: float(v) for k, v in d["ppl"].items()},
+                   {int(k): (v[0], list(v[1])) for k, v in d["conditions"].items()})
+
+    @classmethod
+    def pooled(cls, parts: Sequence["ItemPreferences"]) -> "ItemPreferences":
+        """The items of several evaluations (the folds of a cross-fitted study) as one: preferences
+        concatenated in the parts' order; each condition's perplexity ratio to before is the mean of
+        the parts' ratios, kept as ``ppl`` with before at 1."""
+        first = parts[0]
+        names = list(first.prefs)
+        if any(list(p.prefs) != names or p.conditions != first.conditions for p in parts):
+            raise ValueError("the parts were evaluated under different conditions")
+        ratio = {n: float(np.mean([p.ppl[n] / p.ppl[BEFORE] for p in parts])) for n in names}
+        return cls([t for p in parts for t in p.bias_type], {n: [x for p in parts for x in p.prefs[n]] for n in names},
+                   ratio, first.conditions)
 
 
 @dataclass
@@ -179,6 +216,7 @@ class BiasReport:
     passes: dict
     seconds: float
     settings: BiasSettings = field(default_factory=BiasSettings)
+    items: ItemPreferences | None = None  # every item's preference under every condition (pooling, resume)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -190,9 +228,11 @@ class BiasReport:
         """bias.json typed again; what an older file lacks reads as empty (a missing number as NaN)."""
         empty = dict(dataset="", lang="", method="", mode="", n_eval_pairs=0, ppl_before=float("nan"), passes={},
                      seconds=float("nan"))
-        return cls(**{**empty, **known(cls, d, skip=("rows", "settings"))},
+        items = d.get("items")
+        return cls(**{**empty, **known(cls, d, skip=("rows", "settings", "items"))},
                    rows=[BiasRow.from_dict(r) for r in d.get("results", [])],
-                   settings=BiasSettings(**known(BiasSettings, d.get("settings") or {})))
+                   settings=BiasSettings(**known(BiasSettings, d.get("settings") or {})),
+                   items=ItemPreferences.from_dict(items) if isinstance(items, Mapping) else None)
 
 
 @dataclass
@@ -224,7 +264,8 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
     """Stereotype scores of the held-out ``pairs`` (minimal pairs, or templates scored by their
     decoder metric) per bias type (types with fewer than ``min_pairs``
     pairs only count towards ``all``) before, with each top-K set off and with ``n_random`` random
-    K-sets off (from ``neuron_pool``, default every neuron); perplexity ratio on ``neutral_texts``.
+    K-sets off (from ``neuron_pool``, default every neuron); perplexity ratio on ``neutral_texts``;
+    the top K against random and against before, paired over items.
     ``per_batch`` conditions are measured at a time along the batch."""
     if len(pairs) == 0:
         raise ValueError(f"{pairs.name}: no pairs to evaluate")
@@ -236,21 +277,37 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
     got = run_conditions(model, flat, BiasMeasure(pairs, neutral_texts, batch_size), store=store,
                          per_batch=per_batch, on_condition=on_condition)
-    types = np.array(pairs.bias_type)
-    groups = [ALL] + [t for t in sorted(set(pairs.bias_type)) if (types == t).sum() >= min_pairs]
-    pb, ppl_b = got[BEFORE]
-    rows = []
-    for k in sorted(conds):
-        top, rand = conds[k]
-        pa, ppl_a = got[top.name]
-        pr = np.mean([got[c.name][0] for c in rand], axis=0)
-        ppl_r = float(np.mean([got[c.name][1] for c in rand]))
-        for g in groups:
-            m = np.ones(len(pairs), bool) if g == ALL else types == g
-            score = [StereotypeScore.of(p[m], n_boot, seed) for p in (pb, pa, pr)]
-            rows.append(BiasRow(bias_type=g, k=k, n=int(m.sum()), before=score[0], after=score[1], random=score[2],
-                                ppl_ratio=ppl_a / ppl_b, random_ppl_ratio=ppl_r / ppl_b, n_random=n_random))
-    return BiasReport(dataset=dataset, lang=lang, method=method, mode=iv.name, n_eval_pairs=len(pairs), ppl_before=ppl_b,
-                      rows=rows, passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
+    items = ItemPreferences(list(pairs.bias_type), {n: [float(x) for x in v[0]] for n, v in got.items()},
+                            {n: float(v[1]) for n, v in got.items()},
+                            {int(k): (top.name, [c.name for c in rand]) for k, (top, rand) in sorted(conds.items())})
+    return BiasReport(dataset=dataset, lang=lang, method=method, mode=iv.name, n_eval_pairs=len(pairs),
+                      ppl_before=got[BEFORE][1], rows=bias_rows(items, n_boot, seed, min_pairs),
+                      passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
                       settings=BiasSettings(n_random=n_random, seed=seed, n_boot=n_boot, min_pairs=min_pairs,
-                                            n_neutral=len(neutral_texts)))
+                                            n_neutral=len(neutral_texts)), items=items)
+
+
+def bias_rows(items: ItemPreferences, n_boot: int = 1000, seed: int = 0, min_pairs: int = 5) -> list[BiasRow]:
+    """One row per K and bias type (``all`` first; a type with fewer than ``min_pairs`` items only
+    counts towards ``all``): the stereotype scores before, after and with the random K-sets off
+    (their per-item preference averaged first), the perplexity ratios, and after − random and
+    after − before paired over items (points)."""
+    from .paired_stats import paired_difference
+
+    types = np.array(items.bias_type)
+    groups = [ALL] + [t for t in sorted(set(items.bias_type)) if (types == t).sum() >= min_pairs]
+    pb, ppl_b = np.asarray(items.prefs[BEFORE]), items.ppl[BEFORE]
+    rows = []
+    for k, (top, rand) in sorted(items.conditions.items()):
+        pa = np.asarray(items.prefs[top])
+        pr = np.mean([items.prefs[c] for c in rand], axis=0) if rand else np.full_like(pa, np.nan)
+        ppl_r = float(np.mean([items.ppl[c] for c in rand])) if rand else float("nan")
+        for g in groups:
+            m = np.ones(len(pa), bool) if g == ALL else types == g
+            score = [StereotypeScore.of(p[m], n_boot, seed) if np.isfinite(p[m]).all() else
+                     StereotypeScore(float("nan"), float("nan"), float("nan"), int(m.sum())) for p in (pb, pa, pr)]
+            vs_r = paired_difference(100 * pa[m], 100 * pr[m], seed=seed).to_dict() if rand else None
+            rows.append(BiasRow(bias_type=g, k=k, n=int(m.sum()), before=score[0], after=score[1], random=score[2],
+                                ppl_ratio=items.ppl[top] / ppl_b, random_ppl_ratio=ppl_r / ppl_b, n_random=len(rand),
+                                vs_random=vs_r, vs_before=paired_difference(100 * pa[m], 100 * pb[m], seed=seed).to_dict()))
+    return rows

@@ -565,6 +565,14 @@ def _k_within_budget(rows) -> tuple[int, float | None, bool]:
     return k, worst[k], worst[k] is None
 
 
+def _paired_points(v: dict | None) -> str:
+    """A paired difference in points, bold where its interval excludes 0; – where not measured."""
+    if not v:
+        return "–"
+    text = e(f"{v['diff']:+.1f} [{v['ci'][0]:+.1f}, {v['ci'][1]:+.1f}]")
+    return f"<b>{text}</b>" if v["ci"][0] > 0 or v["ci"][1] < 0 else text
+
+
 def _bias(inp: ReportInputs) -> str:
     b = inp.bias
     title = "Social bias before and after"
@@ -584,9 +592,10 @@ def _bias(inp: ReportInputs) -> str:
                            xlabel=f"stereotype preference (%; 50 = none){k_title}",
                            reference=(50.0, "no preference"), css_class="bias")
     table = ('<table class="small"><thead><tr><th>bias type</th><th>K</th><th>n</th><th>before</th><th>after</th>'
-             '<th>random</th><th>ppl ratio</th></tr></thead><tbody>'
+             '<th>random</th><th>after − random (paired, points)</th><th>ppl ratio</th></tr></thead><tbody>'
              + "".join(f"<tr><td>{e(r.bias_type)}</td><td>{e(r.k)}</td><td>{e(r.n)}</td>"
                        + "".join(f"<td>{e(_ci(getattr(r, c)))}</td>" for c in ("before", "after", "random"))
+                       + f"<td>{_paired_points(r.vs_random)}</td>"
                        + f"<td>{e(_f(_num(r.ppl_ratio)))}</td></tr>" for r in res) + "</tbody></table>")
     st = b.settings
     acc = _num(st.eval_paired_accuracy)

@@ -4,12 +4,16 @@ score of held-out pairs measured per bias type against random neurons, with the 
 alongside. CrowS-Pairs, IndiBias (Indian context) in English and Hindi, or a user's own pairs.
 
 The study folder is the run folder: the run's files, ``bias.json`` and ``.bias-partial/``
-(finished conditions, so an interrupted study resumes).
+(finished conditions, so an interrupted study resumes). With ``folds`` = k (cross-fitting) every
+item is evaluated once, by neurons found without it: the items are cut into k stratified folds,
+fold i is a study of its own in ``fold-<i>/`` (found on the other folds, evaluated on fold i), and
+``bias.json`` beside ``folds.json`` pools every item's preference under every condition.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..concepts.conceptset import ConceptSource
@@ -17,7 +21,7 @@ from ..concepts.datasets import MinimalPairs, load_pairs
 from ..concepts.templates import BiasTemplates, load_templates
 from ..concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
 from ..concepts.vectors import choose_reading_layer
-from ..evaluation.bias import BiasReport, evaluate_bias
+from ..evaluation.bias import BiasReport, ItemPreferences, bias_rows, evaluate_bias
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
 
 from ..find import default_run_dir
@@ -25,6 +29,7 @@ from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
 from ..runs import Run, RunFiles
+from ..runs import write_text
 from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results
 from .settings import BiasStudySettings
 
@@ -38,6 +43,7 @@ class BiasStudy:
     path: Path  # bias.json
     fit: MinimalPairs
     eval: MinimalPairs | BiasTemplates  # templates are scored by their own metric
+    folds: list["BiasStudy"] = field(default_factory=list)  # cross-fitting: each fold's own study
 
 
 def _heldout_paired_accuracy(model: LoadedModel, readout, ev_pairs) -> tuple[float, dict]:
@@ -51,25 +57,53 @@ def _heldout_paired_accuracy(model: LoadedModel, readout, ev_pairs) -> tuple[flo
     return paired_accuracy(ev_diffs, readout.vector), by_type
 
 
-def _split_items(s: BiasStudySettings):
-    """(the items' name, the fit pairs, the held-out items, the concept's source): pairs or
-    templates split whole and stratified, each part capped (seeded) where asked."""
+def _load_items(s: BiasStudySettings):
+    """(every item of the study's type, the concept's source): pairs, or templates."""
     columns = dict(s.columns or {})
     if s.templates is not None:
         items = load_templates(s.data, **s.templates).only(s.bias_type)
-        fit_items, ev = items.split(s.eval_fraction, s.seed)
-        fit = fit_items.as_pairs()
-        source = ConceptSource("templates", path=str(s.data), columns=dict(s.templates))
-    else:
-        items = load_pairs(s.data, s.data_path, s.lang, **columns).only(s.bias_type)
-        fit, ev = items.split(s.eval_fraction, s.seed)
-        source = ConceptSource("pairs", data=s.data, path=None if s.data_path is None else str(s.data_path),
-                               lang=s.lang, columns=columns)
-    if s.max_eval_pairs and len(ev) > s.max_eval_pairs:
-        ev = ev.subset(_sample(len(ev), s.max_eval_pairs, s.seed), ev.name)
+        return items, ConceptSource("templates", path=str(s.data), columns=dict(s.templates))
+    items = load_pairs(s.data, s.data_path, s.lang, **columns).only(s.bias_type)
+    return items, ConceptSource("pairs", data=s.data, path=None if s.data_path is None else str(s.data_path),
+                                lang=s.lang, columns=columns)
+
+
+def _capped_fit(fit, s: BiasStudySettings) -> MinimalPairs:
+    """The fit items as pairs (templates: pairs of their fillings), capped (seeded) where asked."""
+    fit = fit.as_pairs() if isinstance(fit, BiasTemplates) else fit
     if s.max_fit_pairs and len(fit) > s.max_fit_pairs:  # the cap holds for everything read from the fit pairs
         fit = fit.subset(_sample(len(fit), s.max_fit_pairs, s.seed), fit.name)
-    return items.name, fit, ev, source
+    return fit
+
+
+def _split_items(s: BiasStudySettings):
+    """(the items' name, the fit pairs, the held-out items, the concept's source): pairs or
+    templates split whole and stratified, each part capped (seeded) where asked."""
+    items, source = _load_items(s)
+    fit, ev = items.split(s.eval_fraction, s.seed)
+    if s.max_eval_pairs and len(ev) > s.max_eval_pairs:
+        ev = ev.subset(_sample(len(ev), s.max_eval_pairs, s.seed), ev.name)
+    return items.name, _capped_fit(fit, s), ev, source
+
+
+def fold_indices(types, k: int, seed: int, name: str) -> list[list[int]]:
+    """k seeded folds of ``len(types)`` items, stratified by type where every type has k items."""
+    import numpy as np
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    n = len(types)
+    if n < 2 * k:
+        raise ValueError(f"{name}: {n} items cannot make {k} folds of at least 2 (use fewer --folds)")
+    _, counts = np.unique(np.array(types), return_counts=True)
+    cut = StratifiedKFold(k, shuffle=True, random_state=seed) if counts.min() >= k else KFold(k, shuffle=True,
+                                                                                              random_state=seed)
+    return [sorted(int(i) for i in ev) for _, ev in cut.split(np.zeros(n), np.array(types))]
+
+
+def _concept(fit: MinimalPairs, items_name: str, source: ConceptSource, s: BiasStudySettings):
+    concept = fit.as_concept_set().dedupe()
+    return replace(concept, name=f"{items_name}-stereo",
+                   source=replace(source, bias_type=s.bias_type, eval_fraction=s.eval_fraction, seed=s.seed))
 
 
 def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *, out: str | Path | None = None,
@@ -92,6 +126,8 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
     read with these ``load_templates`` options ({"template": "Sentence", "stereo": ..., "anti": ...,
     "bias_type": ..., "mask": "MASK"}); the neurons are found on pairs of fillings of the fit
     templates and the held-out templates are scored by the template metric (evaluation/bias.py).
+    ``folds``: k-fold cross-fitting instead of one split (every item evaluated once, by neurons
+    found on the other folds; ``eval_fraction`` and ``max_eval_pairs`` then do not apply).
     The settings come as a ``BiasStudySettings`` (``settings``), as keyword arguments
     (``probe="paired"``), or both (the keywords win); ``find`` (a ``FindSettings``) and keyword
     arguments naming its fields (``layers=``, ``probe_size=``) are how the neurons are found (its
@@ -100,50 +136,115 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
     study_options, find_options = split_known(BiasStudySettings, options)
     s = BiasStudySettings.of(settings, **study_options)
     fs = FindSettings.of(find, **{**find_options, "seed": s.seed})
-    lang, bias_type, method = s.lang, s.bias_type, s.method
-    ks, n_random, eval_fraction, n_boot, min_pairs, seed = list(s.ks), s.n_random, s.eval_fraction, s.n_boot, \
-        s.min_pairs, s.seed
-    mode, alpha, layer_rule, templates, probe = s.mode, s.alpha, s.layer_rule, s.templates, s.probe
+    if s.folds:
+        return _cross_fitted(model, s, fs, out, progress, neurons)
     items_name, fit, ev, source = _split_items(s)
+    concept = _concept(fit, items_name, source, s)
+    out = Path(out) if out is not None else default_run_dir(concept, f"bias-{s.method}")
+    with study_folder(out):
+        return _one_split(model, s, fs, fit, ev, items_name, concept, out, progress, neurons)
+
+
+def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: MinimalPairs, ev, items_name: str,
+               concept, out: Path, progress: bool, neurons) -> BiasStudy:
+    """Find on ``fit``, evaluate ``ev`` (one study folder, ``out``, already locked)."""
     ev_pairs = ev.as_pairs() if isinstance(ev, BiasTemplates) else ev  # what the paired accuracy reads
-    concept = fit.as_concept_set().dedupe()
-    concept = replace(concept, name=f"{items_name}-stereo",
-                      source=replace(source, bias_type=bias_type, eval_fraction=eval_fraction, seed=seed))
+    method, ks, seed = s.method, list(s.ks), s.seed
     probe_pairs = None
-    if probe == "paired":
+    if s.probe == "paired":
         probe_pairs = list(zip(fit.more, fit.less))
         fs = FindSettings.of(fs, score=fs.score or "contrastive")
-    out = Path(out) if out is not None else default_run_dir(concept, f"bias-{method}")
-    with study_folder(out):
-        paired_cv = None
-        if layer_rule == "paired" and fs.reading_layer is None:
-            # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
-            paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=fs.pool,
-                                                            template=fs.read_template), seed=seed)
-            fs = FindSettings.of(fs, reading_layer=choose_reading_layer(paired_cv))
-        run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, probe_pairs=probe_pairs,
-                            progress=progress)
-        readout = run.readout()
-        iv = run.intervention(mode, alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
-        eval_paired, paired_by_type = _heldout_paired_accuracy(model, readout, ev_pairs)
+    paired_cv = None
+    if s.layer_rule == "paired" and fs.reading_layer is None:
+        # the reading layer where, within a pair, the stereotypical sentence scores higher (paired.py)
+        paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=fs.pool,
+                                                        template=fs.read_template), seed=seed)
+        fs = FindSettings.of(fs, reading_layer=choose_reading_layer(paired_cv))
+    run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, probe_pairs=probe_pairs, progress=progress)
+    readout = run.readout()
+    iv = run.intervention(s.mode, s.alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
+    eval_paired, paired_by_type = _heldout_paired_accuracy(model, readout, ev_pairs)
+    neutral = NEUTRAL_BY_LANG.get(s.lang, NEUTRAL_TEXTS)
+    report, store = measure_conditions(
+        out, RunFiles.BIAS_PARTIAL, run, iv, ks, s.n_random, seed, {"method": method, "eval": repr(ev), "neutral": neutral},
+        "bias evaluation", progress,
+        lambda store, tick: evaluate_bias(model, ev, run.selections(ks), n_random=s.n_random, seed=seed, mode=iv,
+                                          neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=s.n_boot,
+                                          min_pairs=s.min_pairs, store=store, on_condition=tick, dataset=items_name,
+                                          lang=s.lang, method=method))
+    report.settings = replace(
+        report.settings, bias_type=s.bias_type, n_fit_pairs=len(fit), eval_fraction=s.eval_fraction,
+        templates=s.templates, n_eval_items=len(ev), probe=s.probe, score=run.meta.params.get("score"),
+        reading_layer=run.meta.reading_layer, eval_auroc=run.meta.eval_auroc, n_fit=run.meta.n_fit,
+        layer_rule=s.layer_rule, paired_cv_accuracy=None if paired_cv is None else float(paired_cv[readout.layer]),
+        paired_cv_accuracy_by_layer=None if paired_cv is None else [float(x) for x in paired_cv],
+        eval_paired_accuracy=eval_paired, eval_paired_accuracy_by_type=paired_by_type)
+    path = write_results(out, RunFiles.BIAS, report, store)
+    return BiasStudy(run, report, path, fit, ev)
 
-        neutral = NEUTRAL_BY_LANG.get(lang, NEUTRAL_TEXTS)
-        report, store = measure_conditions(
-            out, RunFiles.BIAS_PARTIAL, run, iv, ks, n_random, seed, {"method": method, "eval": repr(ev), "neutral": neutral},
-            "bias evaluation", progress,
-            lambda store, tick: evaluate_bias(model, ev, run.selections(ks), n_random=n_random, seed=seed, mode=iv,
-                                              neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=n_boot,
-                                              min_pairs=min_pairs, store=store, on_condition=tick, dataset=items_name,
-                                              lang=lang, method=method))
-        report.settings = replace(
-            report.settings, bias_type=bias_type, n_fit_pairs=len(fit), eval_fraction=eval_fraction,
-            templates=templates, n_eval_items=len(ev), probe=probe, score=run.meta.params.get("score"),
-            reading_layer=run.meta.reading_layer, eval_auroc=run.meta.eval_auroc, n_fit=run.meta.n_fit,
-            layer_rule=layer_rule, paired_cv_accuracy=None if paired_cv is None else float(paired_cv[readout.layer]),
-            paired_cv_accuracy_by_layer=None if paired_cv is None else [float(x) for x in paired_cv],
-            eval_paired_accuracy=eval_paired, eval_paired_accuracy_by_type=paired_by_type)
-        path = write_results(out, RunFiles.BIAS, report, store)
-        return BiasStudy(run, report, path, fit, ev)
+
+def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> BiasReport | None:
+    """A fold's report when it is finished under these settings (sizes, controls, items), else None."""
+    f = fold_dir / RunFiles.BIAS
+    if not f.is_file() or not (fold_dir / RunFiles.META).is_file():
+        return None
+    rep = BiasReport.from_dict(json.loads(f.read_text()))
+    it = rep.items
+    ok = (it is not None and sorted(it.conditions) == sorted(s.ks) and len(it.bias_type) == n_items
+          and all(len(r) == s.n_random for _, r in it.conditions.values()) and rep.settings.seed == s.seed
+          and (s.mode is None or rep.mode == s.mode))
+    return rep if ok else None
+
+
+def _cross_fitted(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, out, progress: bool,
+                  neurons) -> BiasStudy:
+    """k-fold cross-fitting: fold i found on the other folds and evaluated on fold i, in
+    ``out/fold-<i>/``; every item's preference pooled into ``out/bias.json``. A finished fold is
+    reused when the study is run again (an interrupted study resumes)."""
+    if s.max_eval_pairs:
+        raise ValueError("max_eval_pairs does not apply with folds: cross-fitting evaluates every item once")
+    items, source = _load_items(s)
+    folds = fold_indices(items.bias_type, s.folds, s.seed, items.name)
+    plan = {"folds": s.folds, "seed": s.seed, "items": items.name, "n_items": len(items), "eval_items": folds}
+    out = Path(out) if out is not None else default_run_dir(
+        _concept(_capped_fit(items, s), items.name, source, s), f"bias-{s.method}-{s.folds}fold")
+    parts: list[BiasStudy] = []
+    with study_folder(out):
+        plan_file = out / RunFiles.FOLDS
+        if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+            raise ValueError(f"{out} holds a cross-fitted study with other folds (items, seed or k); choose another --out")
+        write_text(plan_file, json.dumps(plan))
+        for i, ev_idx in enumerate(folds):
+            held = set(ev_idx)
+            fit = _capped_fit(items.subset([j for j in range(len(items)) if j not in held], f"{items.name}-fit{i}"), s)
+            ev = items.subset(ev_idx, f"{items.name}-fold{i}")
+            concept = _concept(fit, items.name, source, s)
+            fold_dir = out / f"fold-{i}"
+            done = _finished_fold(fold_dir, s, len(ev))
+            if done is not None:
+                parts.append(BiasStudy(Run.load(fold_dir), done, fold_dir / RunFiles.BIAS, fit, ev))
+                continue
+            with study_folder(fold_dir):
+                parts.append(_one_split(model, s, fs, fit, ev, items.name, concept, fold_dir, progress, neurons))
+        report = _pooled_report(parts, s, len(items))
+        path = out / RunFiles.BIAS
+        write_text(path, json.dumps({"run_dir": str(out), **report.to_dict()}, indent=2))
+    return BiasStudy(parts[0].run, report, path, parts[0].fit, items, parts)
+
+
+def _pooled_report(parts: list[BiasStudy], s: BiasStudySettings, n_items: int) -> BiasReport:
+    """The folds' items as one evaluation: every item once, rows and paired differences from them."""
+    pooled = ItemPreferences.pooled([p.report.items for p in parts])
+    first = parts[0].report
+    settings = replace(first.settings, folds=s.folds, fold_reading_layers=[p.run.meta.reading_layer for p in parts],
+                       n_fit_pairs=None, eval_fraction=None, n_eval_items=n_items, reading_layer=None,
+                       eval_auroc=None, n_fit=None, paired_cv_accuracy=None, paired_cv_accuracy_by_layer=None,
+                       eval_paired_accuracy=None, eval_paired_accuracy_by_type=None)
+    return BiasReport(dataset=first.dataset, lang=first.lang, method=first.method, mode=first.mode,
+                      n_eval_pairs=n_items, ppl_before=first.ppl_before,
+                      rows=bias_rows(pooled, s.n_boot, s.seed, s.min_pairs),
+                      passes={k: sum(p.report.passes.get(k, 0) for p in parts) for k in first.passes},
+                      seconds=sum(p.report.seconds for p in parts), settings=settings, items=pooled)
 
 
 def _sample(n: int, k: int, seed: int) -> list[int]:

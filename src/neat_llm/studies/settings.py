@@ -106,10 +106,12 @@ class BiasStudySettings(Changeable):
     layer_rule: str = "paired"
     templates: dict | None = None
     probe: str = "prototypical"
+    folds: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", _ks(self.ks))
         _at_least(self, 1, "n_random", "max_fit_pairs", "max_eval_pairs", "n_boot", "min_pairs")
+        _at_least(self, 2, "folds")
         _at_least(self, 0, "seed")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must lie between 0 and 1, got {self.eval_fraction}")

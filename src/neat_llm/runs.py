@@ -478,6 +478,9 @@ class Run:
         d = Path(run_dir)
         if not d.is_dir():
             raise RunError(f"no such run folder: {d}")
+        if not (d / RunFiles.META).is_file() and (d / RunFiles.FOLDS).is_file():
+            raise RunError(f"{d} is a cross-fitted study (neat bias --folds): its pooled results are {d / RunFiles.BIAS}; "
+                           f"each fold is a run folder of its own ({d / 'fold-0'}, ...)")
         if not (d / RunFiles.META).is_file():
             hint = " (an interrupted run: rerun the same `neat find --out` to resume)" if (d / RunFiles.PARTIAL).exists() else ""
             raise RunError(f"{d} is not a finished run: meta.json is missing{hint}")

@@ -124,6 +124,37 @@ def test_the_direction_ceiling_is_a_row_of_its_own_beside_the_neurons(tiny_llama
     assert study.path.name == "behaviour-zero-ceiling.json" and plain.path.is_file()
 
 
+def test_the_direction_at_other_blocks_is_a_row_per_block(tiny_llama, tmp_path):
+    from neat_llm.find_settings import FindSettings
+    from neat_llm.studies.demonstrations import layer_directions
+
+    from neat_llm.studies.demonstrations import demonstration_study
+
+    kw = dict(ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=4, samples=2, n_neutral_prompts=2,
+              neutral_samples=2, max_new_tokens=4, per_prompt=2, out=tmp_path / "d", progress=False)
+    one = demonstration_study(tiny_llama, ceiling=True, **kw)
+    study = demonstration_study(tiny_llama, ceiling_layers=[0, 1], **kw)
+    r = study.report
+    assert [x.condition for x in r.rows] == ["before", "concept", "random", "direction", "direction-L0", "direction-L1"]
+    assert [x.hate_rate for x in r.rows[:4]] == [x.hate_rate for x in one.report.rows]  # the same draws
+    assert set(r.settings["ceilings"]) == {"direction", "direction-L0", "direction-L1"}
+    assert r.settings["ceilings"]["direction-L1"]["layer"] == 1 and r.settings["ceiling"]["layer"] == \
+        study.run.meta.reading_layer
+    assert study.path.name == "behaviour-zero-ceiling-L0-1.json" and one.path.is_file()
+    # the direction read at the run's own reading layer is the run's concept vector
+    run = study.run
+    fs = FindSettings(read_template=run.meta.params["read_template"], seed=run.meta.seed)
+    from neat_llm.studies.hate import hate_concept
+
+    concept = hate_concept("toxigen", None, groups=["hillfolk", "riverfolk"])
+    got = layer_directions(tiny_llama, concept, [run.meta.reading_layer], fs)[run.meta.reading_layer]
+    torch.testing.assert_close(got, run.concept_vector, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="out of range"):
+        layer_directions(tiny_llama, concept, [99], fs)
+    with pytest.raises(ValueError, match="block numbers"):
+        demonstration_study(tiny_llama, ceiling_layers=[-1], **kw)
+
+
 def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 

@@ -57,6 +57,7 @@ def hate(
     n_prompts: Optional[int] = typer.Option(None, "--prompts", help="hate-prone prompts to continue (default 80; demonstrations: 200)"),
     neutral_prompts: int = typer.Option(50, "--neutral-prompts", help="(demonstrations) neutral demonstration prompts, the control"),
     per_prompt: int = typer.Option(4, "--per-prompt", help="(demonstrations) held-out statements shown in each prompt"),
+    ceiling_layers: Optional[str] = typer.Option(None, "--ceiling-layers", help="(demonstrations) also the concept direction read at each of these blocks removed there, e.g. 8,14,20 (rows direction-L<block>): where removing it moves what the model writes, at what fluency cost"),
     ceiling: bool = typer.Option(False, "--ceiling", help="(demonstrations) also measure the concept direction removed from the residual stream at the reading layer, every position: the direction-level ceiling beside the neurons"),
     readout_at: str = typer.Option("recognition", "--readout", help="(demonstrations) where the concept is read: recognition (after a statement, as neat find) or generation (at the end of fit demonstration prompts, where the model writes)"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
@@ -90,7 +91,8 @@ def hate(
             _fail("--design demonstrations builds prompts from target groups: it needs --data toxigen")
         return _demonstration_hate(model, data_path, _parse_ks(k or "100,500"), n_random, fit_groups, eval_groups,
                                    n_prompts or 200, samples, neutral_prompts, per_prompt, new_tokens or 40, mode, alpha,
-                                   strength, layers, probe_size, seed, out_dir, as_json, readout_at, ceiling)
+                                   strength, layers, probe_size, seed, out_dir, as_json, readout_at, ceiling,
+                                   _int_list(ceiling_layers, "--ceiling-layers"))
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     ks = _parse_ks(k or "10,50,100,500,2000")
@@ -156,9 +158,19 @@ def hate(
     out.print(f"written to {study.path}")
 
 
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """'8,14,20' as (8, 14, 20); a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _fail(f"{flag} takes block numbers separated by commas, e.g. 8,14,20; got {text!r}")
+
+
 def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups, n_prompts, samples, neutral_prompts,
                         per_prompt, new_tokens, mode, alpha, strength, layers, probe_size, seed, out_dir, as_json,
-                        readout_at="recognition", ceiling=False) -> None:
+                        readout_at="recognition", ceiling=False, ceiling_layers=None) -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
     import neat_llm as nl
     from neat_llm.studies.demonstrations import demonstration_study
@@ -171,7 +183,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               samples=samples, n_neutral_prompts=neutral_prompts,
                                               per_prompt=per_prompt, max_new_tokens=new_tokens, mode=mode, alpha=alpha,
                                               strength=strength, seed=seed, readout=readout_at,
-                                              ceiling=ceiling)
+                                              ceiling=ceiling, ceiling_layers=ceiling_layers)
         study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)

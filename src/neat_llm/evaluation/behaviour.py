@@ -145,19 +145,21 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
                        neuron_pool: Sequence[tuple[int, int]] | None = None, max_neutral_rate: float = 0.10,
                        store: ConditionStore | None = None, on_condition: Callable[[str], None] | None = None,
                        per_batch: int = CONDITIONS_PER_BATCH, dataset: str = "", method: str = "",
-                       batch_size: int = 16, ceiling: DirectionEdit | None = None) -> BehaviourReport:
+                       batch_size: int = 16,
+                       ceiling: "DirectionEdit | Mapping[str, DirectionEdit] | None" = None) -> BehaviourReport:
     """Measure every condition (finished ones from ``store``), set the judge's threshold on the
     "before" neutral-prompt continuations, and compare each top-K set with before and with its
     random K-sets, paired per prompt. ``ceiling``: also measure the residual stream edited along
     the concept direction (row "direction", K = 0, compared with before): what the direction
-    itself does to the writing, the most a neuron set reading it could do."""
+    itself does to the writing, the most a neuron set reading it could do; several, as {row name:
+    edit} (e.g. the direction at several blocks: where the model writes)."""
+    ceilings = _ceilings(ceiling)
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     iv = Intervention.of(intervention, means)
     conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
-    if ceiling is not None:
-        flat.append(Condition(DIRECTION, residual=ceiling))
+    flat += [Condition(name, residual=edit) for name, edit in ceilings.items()]
     measure = BehaviourMeasure(demos, samples, neutral_samples, seed, max_new_tokens, batch_size)
     got = run_conditions(model, flat, measure, store=store, per_batch=per_batch, on_condition=on_condition)
     judge.calibrate(got[BEFORE].neutral_continuations, max_neutral_rate)
@@ -198,10 +200,10 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
             rr = row(k, "random", [c.name for c in rand], 2 * i + 2)
             rr.vs_before = paired([c.name for c in rand], [BEFORE], 2 * i + 2)
             rows.append(rr)
-    if ceiling is not None:
-        salt = 2 * len(conds) + 1
-        r = row(0, DIRECTION, [DIRECTION], salt)
-        r.vs_before = paired([DIRECTION], [BEFORE], salt)
+    for j, name in enumerate(ceilings):
+        salt = 2 * len(conds) + 1 + j
+        r = row(0, name, [name], salt)
+        r.vs_before = paired([name], [BEFORE], salt)
         rows.append(r)
     return BehaviourReport(
         dataset=dataset, method=method, mode=iv.name, intervention=iv.describe(), n_prompts=n, samples=samples,
@@ -210,8 +212,32 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
         passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
         settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens, "per_batch": per_batch,
                   "max_neutral_rate": max_neutral_rate, **iv.settings(),
-                  **({"ceiling": {**ceiling.settings(), "what": ceiling.describe()}} if ceiling is not None else {})},
+                  **_ceiling_settings(ceilings)},
         continuations={c: {"hate": r.hate_continuations, "neutral": r.neutral_continuations} for c, r in got.items()})
+
+
+def _ceilings(ceiling) -> dict[str, DirectionEdit]:
+    """{row name: edit}: one edit is the row "direction"; a mapping names its rows."""
+    if ceiling is None:
+        return {}
+    if isinstance(ceiling, DirectionEdit):
+        return {DIRECTION: ceiling}
+    out = dict(ceiling)
+    if not out or not all(isinstance(v, DirectionEdit) for v in out.values()):
+        raise TypeError("ceiling must be a DirectionEdit or a non-empty {row name: DirectionEdit}")
+    clash = [n for n in out if n in (BEFORE,) or n.startswith(("concept-", "random-"))]
+    if clash:
+        raise ValueError(f"ceiling row names {clash} clash with the study's own conditions")
+    return out
+
+
+def _ceiling_settings(ceilings: dict[str, DirectionEdit]) -> dict:
+    """How the ceilings were made, for the report: "ceiling" (the first, the reading layer's, as
+    before) and, for several, "ceilings" {row name: ...}."""
+    if not ceilings:
+        return {}
+    desc = {n: {**c.settings(), "what": c.describe()} for n, c in ceilings.items()}
+    return {"ceiling": next(iter(desc.values())), **({"ceilings": desc} if len(desc) > 1 else {})}
 
 
 def vs_random_of(row: BehaviourRow, measure: str = "hate_rate") -> PairedDifference | None:

@@ -75,6 +75,38 @@ def generation_concept(fit: ConceptSet, group_of: dict[str, str], n_prompts: int
     return ConceptSet.from_texts(pos, neg, name=f"{fit.name}-demonstrations")
 
 
+def layer_directions(model: LoadedModel, concept: ConceptSet, layers, fs: FindSettings) -> dict[int, "torch.Tensor"]:
+    """The concept vector at each of ``layers`` ({block: unit vector}), made as ``neat find`` makes
+    the reading layer's: the same fit split, read template, pooling and vector rule."""
+    from ..concepts.representations import text_pass
+    from ..concepts.vectors import apply_template, concept_vectors
+
+    bad = [l for l in layers if not 0 <= l < model.n_layers]
+    if bad:
+        raise ValueError(f"ceiling layers {bad} out of range: the model has blocks 0..{model.n_layers - 1}")
+    fit = concept.split(eval_fraction=fs.eval_fraction, seed=fs.seed).fit
+    h = text_pass(model, apply_template(fs.read_template, list(fit.texts)), pool=fs.pool,
+                  batch_size=fs.batch_size).residuals
+    import torch
+
+    vectors = concept_vectors(h, torch.tensor(list(fit.labels)).bool(), fs.vector, fs.seed)
+    return {int(l): vectors[l] for l in layers}
+
+
+def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSettings,
+              s: DemonstrationStudySettings) -> dict[str, DirectionEdit]:
+    """The direction-level ceilings: the run's concept direction removed at its reading layer (row
+    "direction") and, with ``ceiling_layers``, the direction read at each of those blocks removed there."""
+    if not (s.ceiling or s.ceiling_layers):
+        return {}
+    out = {"direction": DirectionEdit(run.meta.reading_layer, run.concept_vector, "project")}
+    if s.ceiling_layers:
+        fs = FindSettings.of(fs, read_template=run.meta.params.get("read_template", fs.read_template))
+        for l, v in layer_directions(model, concept, s.ceiling_layers, fs).items():
+            out[f"direction-L{l}"] = DirectionEdit(l, v, "project")
+    return out
+
+
 def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings | None = None, *,
                         out: str | Path | None = None, progress: bool = True, find: FindSettings | None = None,
                         neurons: dict[int, list[int]] | None = None, **changes) -> DemonstrationStudy:
@@ -109,8 +141,9 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                      s.n_neutral_prompts, s.per_prompt, s.seed)
         judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
         iv = run.intervention(s.mode, s.alpha, s.strength)
-        tag = _slug(iv.describe()) + ("-ceiling" if s.ceiling else "")  # a ceiling run is kept beside the plain one
-        ceiling = DirectionEdit(run.meta.reading_layer, run.concept_vector, "project") if s.ceiling else None
+        ceiling = _ceilings(model, run, concept, fs, s)
+        tag = _slug(iv.describe()) + ("-ceiling" if ceiling else "") + (  # a ceiling run is kept beside the plain one
+            "-L" + "-".join(map(str, s.ceiling_layers)) if s.ceiling_layers else "")
         data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
                    "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
         report, store = measure_conditions(
@@ -121,7 +154,8 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                                    neutral_samples=s.neutral_samples, max_new_tokens=s.max_new_tokens,
                                                    neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
                                                    store=store, on_condition=tick, dataset=concept.name,
-                                                   method=s.method, ceiling=ceiling))
+                                                   method=s.method, ceiling=ceiling or None),
+            extra=len(ceiling))
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,

@@ -145,6 +145,7 @@ class DemonstrationStudySettings(Changeable):
     readout: str = "recognition"  # where S is read: after a statement, or where the model writes (demonstration prompts)
     n_readout_prompts: int = 150  # generation readout: fit demonstration prompts per side
     ceiling: bool = False  # also measure the concept direction removed at the reading layer (row "direction")
+    ceiling_layers: tuple[int, ...] | None = None  # and at these blocks (rows "direction-L<block>"): where it writes
     mode: str | None = None
     alpha: float | None = None
     strength: float | None = None
@@ -161,5 +162,10 @@ class DemonstrationStudySettings(Changeable):
             raise ValueError(f"max_neutral_rate must lie between 0 and 1, got {self.max_neutral_rate}")
         if self.readout not in ("recognition", "generation"):
             raise ValueError(f"readout must be 'recognition' or 'generation', got {self.readout!r}")
+        if self.ceiling_layers is not None:
+            layers = tuple(self.ceiling_layers)
+            if not layers or any(isinstance(l, bool) or not isinstance(l, int) or l < 0 for l in layers):
+                raise ValueError(f"ceiling_layers must be block numbers >= 0, got {self.ceiling_layers!r}")
+            object.__setattr__(self, "ceiling_layers", tuple(sorted(set(layers))))
         _at_least(self, 2, "n_readout_prompts")
         check_choice(self.mode, self.alpha, self.strength)

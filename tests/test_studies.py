@@ -264,6 +264,20 @@ def test_bias_study_indibias_hindi(tiny_llama, tmp_path):
     assert reloaded.hash == study.run.meta.concept_hash  # `neat evaluate` can reload the fit pairs
 
 
+def test_a_study_finds_with_its_top_k_proven_the_same_neurons_as_two_full_sweeps(tiny_llama, tmp_path):
+    study = bias_study(tiny_llama, data="indibias", lang="en", ks=[2, 30], out=tmp_path / "b", n_random=1,
+                       min_pairs=2, progress=False, top_k=20)
+    proof = study.run.meta.extra["exact_top"]
+    assert proof["k"] == 30 and proof["contrast_swept"] < proof["of"] == 144
+    concept = load_concept_source(study.run.meta.extra["concept_source"])
+    assert concept.hash == study.run.meta.concept_hash
+    full = nl.find_concept_neurons(tiny_llama, concept, out=tmp_path / "full", progress=False, reading_layer=study.run.meta.reading_layer,
+                                   seed=study.run.meta.seed)
+    assert full.top(30).neurons == study.run.top(30).neurons
+    with pytest.raises(ValueError, match="proved only its top 30"):
+        study.run.top(31)
+
+
 def test_paired_accuracy_against_a_direct_computation(tiny_llama):
     """pair_differences = h(more) - h(less) per layer; the CV accuracy of the fold-wise diff-means
     direction equals a hand-written loop; paired_accuracy counts positive projections."""

@@ -310,9 +310,12 @@ def _where(inp: ReportInputs) -> str:
                          css_class="scores")
     else:
         dist = empty_chart("score distribution", "every scored neuron has score 0")
+    proof = (inp.meta.get("extra") or {}).get("exact_top") or {}
     caption = (f'<p class="caption">{int(fin.numel()):,} neurons scored'
                + (f"; {n_zero:,} scored exactly 0 (e.g. blocks after ℓ*, which cannot change S) and are left out "
-                  "of the histogram" if n_zero else "") + ".</p>")
+                  "of the histogram" if n_zero else "")
+               + (f"; the contrast probes were swept for {proof.get('contrast_swept', 0):,} of them, enough to prove the "
+                  f"top {proof.get('k')} (--exact-top): the others show their upper bound" if proof else "") + ".</p>")
     return _section("where", title, f'<div class="grid2"><div>{bars}</div><div>{dist}{caption}</div></div>')
 
 

@@ -160,7 +160,8 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
         paired_cv = paired_cv_accuracy(pair_differences(model, fit.more, fit.less, pool=fs.pool,
                                                         template=fs.read_template), seed=seed)
         fs = FindSettings.of(fs, reading_layer=choose_reading_layer(paired_cv))
-    run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, probe_pairs=probe_pairs, progress=progress)
+    run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, probe_pairs=probe_pairs, progress=progress,
+                        ks=ks)
     readout = run.readout()
     iv = run.intervention(s.mode, s.alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
     eval_paired, paired_by_type = _heldout_paired_accuracy(model, readout, ev_pairs)

@@ -9,7 +9,7 @@ add to the report."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -38,10 +38,13 @@ def study_folder(out: Path) -> Iterator[Path]:
 
 
 def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Path, settings: FindSettings, *,
-                  neurons: dict[int, list[int]] | None = None, probe_pairs=None, progress: bool = True) -> Run:
+                  neurons: dict[int, list[int]] | None = None, probe_pairs=None, progress: bool = True,
+                  ks: Sequence[int] = ()) -> Run:
     """The finished run in ``out`` when it was made from the same model, data and method (a rerun
     after an interruption goes straight to the evaluation); otherwise ``find_concept_neurons``
-    (which itself resumes an interrupted sweep in ``out``)."""
+    (which itself resumes an interrupted sweep in ``out``). ``ks``: the sizes the study turns off;
+    with the specific score the contrast probes are swept only where the top max(ks) can change
+    (``exact_top``: the same top K, a fraction of the second sweep), unless the settings say otherwise."""
     if (out / RunFiles.META).is_file():
         run = Run.load(out)
         layer, score = settings.reading_layer, settings.score
@@ -54,6 +57,8 @@ def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Pat
                     if not ok]
             raise RunError(f"{out} holds a finished run with other {', '.join(what)}; choose another --out")
         return run
+    if ks and settings.exact_top is None and settings.max_ppl is None and settings.rule(method) == "specific":
+        settings = FindSettings.of(settings, exact_top=max(max(ks), settings.top_k))
     return find_concept_neurons(model, concept, method, settings, out=out, neurons=neurons, probe_pairs=probe_pairs,
                                 progress=progress)
 

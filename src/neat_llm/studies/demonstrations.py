@@ -130,7 +130,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         fs = FindSettings.of(fs, read_template="{text}")
     out = Path(out) if out is not None else default_run_dir(concept, f"demo-{s.method}")
     with study_folder(out):
-        run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, progress=progress)
+        run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, progress=progress, ks=s.ks)
         if eval_g:
             held = hate_concept("toxigen", s.data_path, groups=eval_g)
             seen = set(statements.texts)

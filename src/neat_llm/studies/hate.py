@@ -192,7 +192,7 @@ def hate_study(model: LoadedModel, settings: HateStudySettings | None = None, *,
         encoder = SentenceEncoder(minilm_dir())  # a missing encoder package fails before the long part
     out = Path(out) if out is not None else default_run_dir(concept, f"hate-{method}")
     with study_folder(out):
-        run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, progress=progress)
+        run = find_or_reuse(model, concept, method, out, fs, neurons=neurons, progress=progress, ks=ks)
         iv = run.intervention(mode, alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
 
         hdata = _held_out_data(s, concept, run, eval_g)

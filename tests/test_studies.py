@@ -558,6 +558,9 @@ def test_a_cross_fitted_study_reuses_finished_folds_and_refuses_other_folds(tiny
     assert calls == [] and [r.after.score for r in again.report.rows] == [r.after.score for r in first.report.rows]
     with pytest.raises(nl.RunError, match="cross-fitted study"):
         nl.Run.load(tmp_path / "cf")
+    damped = bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "cf", n_random=1, min_pairs=2, folds=2,
+                        progress=False, mode="dampen", alpha=0.5)
+    assert len(calls) == 2 and damped.report.mode == "dampen"  # another intervention: every fold measured again
     with pytest.raises(ValueError, match="other folds"):
         bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "cf", n_random=1, min_pairs=2, folds=3,
                    progress=False)

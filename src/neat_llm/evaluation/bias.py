@@ -169,6 +169,7 @@ class BiasSettings:
     paired_cv_accuracy_by_layer: list[float] | None = None
     eval_paired_accuracy: float | None = None  # held out
     eval_paired_accuracy_by_type: dict | None = None  # {bias type: {"n", "accuracy"}}
+    intervention: dict | None = None  # Intervention.settings() of what was turned off (mode, alpha, strength ...)
     folds: int | None = None  # cross-fitting: every item evaluated once, by neurons found without it
     fold_reading_layers: list[int] | None = None
 
@@ -284,7 +285,7 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
                       ppl_before=got[BEFORE][1], rows=bias_rows(items, n_boot, seed, min_pairs),
                       passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
                       settings=BiasSettings(n_random=n_random, seed=seed, n_boot=n_boot, min_pairs=min_pairs,
-                                            n_neutral=len(neutral_texts)), items=items)
+                                            n_neutral=len(neutral_texts), intervention=iv.settings()), items=items)
 
 
 def bias_rows(items: ItemPreferences, n_boot: int = 1000, seed: int = 0, min_pairs: int = 5) -> list[BiasRow]:

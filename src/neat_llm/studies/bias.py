@@ -184,17 +184,20 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
     return BiasStudy(run, report, path, fit, ev)
 
 
-def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> BiasReport | None:
-    """A fold's report when it is finished under these settings (sizes, controls, items), else None."""
+def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> tuple[Run, BiasReport] | None:
+    """A fold's run and report when it is finished under these settings (sizes, controls, items,
+    the intervention with its parameters), else None."""
     f = fold_dir / RunFiles.BIAS
     if not f.is_file() or not (fold_dir / RunFiles.META).is_file():
         return None
     rep = BiasReport.from_dict(json.loads(f.read_text()))
+    run = Run.load(fold_dir)
     it = rep.items
     ok = (it is not None and sorted(it.conditions) == sorted(s.ks) and len(it.bias_type) == n_items
           and all(len(r) == s.n_random for _, r in it.conditions.values()) and rep.settings.seed == s.seed
-          and (s.mode is None or rep.mode == s.mode))
-    return rep if ok else None
+          and rep.settings.intervention == json.loads(json.dumps(run.intervention(s.mode, s.alpha,
+                                                                                    s.strength).settings())))
+    return (run, rep) if ok else None
 
 
 def _cross_fitted(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, out, progress: bool,
@@ -223,7 +226,7 @@ def _cross_fitted(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, ou
             fold_dir = out / f"fold-{i}"
             done = _finished_fold(fold_dir, s, len(ev))
             if done is not None:
-                parts.append(BiasStudy(Run.load(fold_dir), done, fold_dir / RunFiles.BIAS, fit, ev))
+                parts.append(BiasStudy(done[0], done[1], fold_dir / RunFiles.BIAS, fit, ev))
                 continue
             with study_folder(fold_dir):
                 parts.append(_one_split(model, s, fs, fit, ev, items.name, concept, fold_dir, progress, neurons))

@@ -119,8 +119,11 @@ def test_demo_top_ten_are_specific_not_generic(smollm2, tmp_path):
     """With the defaults, none of the demo concept's top 10 neurons is generic machinery: each
     moves S on the insult probes at least twice as much as on the friendly contrast probes, and
     the '.'- and massive-activation neurons of the old defaults (0/1194 first, 11/1229 third) do
-    not lead the list any more. The whole `neat find` demo run (~2.5 minutes on 2 cores)."""
-    run = nl.find_concept_neurons(smollm2, nl.demo_concept(), out=tmp_path / "demo", progress=False)
+    not lead the list any more. The whole `neat find` demo run with the top 100 proven by
+    ``exact_top`` (the same top 100 as two full sweeps, docs/performance.md; about half the passes)."""
+    run = nl.find_concept_neurons(smollm2, nl.demo_concept(), out=tmp_path / "demo", progress=False, exact_top=100)
+    proof = run.meta.extra["exact_top"]
+    assert proof["k"] == 100 and proof["contrast_swept"] < 0.05 * proof["of"]  # the contrast sweep mostly skipped
     rows = run.rows(10)
     for r in rows:
         assert r.effect_positive > 0 and abs(r.effect_contrast) * 2 < r.effect_positive, r

@@ -408,9 +408,7 @@ def _contrast_side(model: LoadedModel, plan: Plan, positive: torch.Tensor, cost,
         outcomes.append(o)
         return o.scores.scores, o.scores.per_probe
 
-    lam = plan.lam
-    contrast, per_probe, proof = prove_top_k(positive, k, rounds, lam, cost if lam > 0 else None,
-                                             float(gap_fit) if lam > 0 else 1.0)
+    contrast, per_probe, proof = prove_top_k(positive, k, rounds, plan.lam, cost, float(gap_fit))  # combine: lam 0 ignores both
     last = outcomes[-1].scores
     passes = {key: sum(o.passes[key] for o in outcomes) for key in outcomes[0].passes}
     scores = NeuronScores(contrast, last.method, PassCounter.from_dict(passes), sum(o.scores.seconds for o in outcomes),

@@ -197,6 +197,30 @@ def test_generation_readout_reads_where_the_model_writes(tiny_llama, tmp_path):
     assert study.report.settings["readout"] == "generation" and study.report.n_continuations == 6
 
 
+def test_own_decoding_loop_drops_finished_jobs_and_keeps_every_continuation(tiny_llama, monkeypatch):
+    """Rows ending at different steps (a third of the vocabulary ends a line here): the loop drops
+    a job once it has ended under both conditions, and every continuation is still generate's."""
+    from neat_llm.evaluation import generation
+    from neat_llm.interventions import Condition, NeuronSelection, Zero, conditions_along_batch
+
+    stops = list(range(0, len(tiny_llama.tokenizer), 3))
+    monkeypatch.setattr(generation, "newline_tokens", lambda tok: stops)
+    prompts = ["- the rain came\n- the wind moved\n-", "- a cake\n-", "- hill folk bake bread\n- the town\n-"]
+    conds = [Condition("before"), Condition("off", NeuronSelection(((0, 3), (1, 7), (1, 2))), Zero())]
+    kw = dict(max_new_tokens=10, seed=4, samples=4, batch_size=12, stop_at_newline=True)
+    with conditions_along_batch(tiny_llama, conds) as G:
+        c0 = tiny_llama.counter.snapshot()
+        plain = sample_continuations_along(tiny_llama, prompts, G, **kw)
+        c1 = tiny_llama.counter.snapshot()
+        shared = sample_continuations_along(tiny_llama, prompts, G, share_prefill=True, **kw)
+        c2 = tiny_llama.counter.snapshot()
+    assert shared == plain
+    lengths = {len(tiny_llama.tokenizer(t)["input_ids"]) for c in plain for t in c}
+    assert len(lengths) > 2  # rows ended at several steps: the dropping was exercised
+    # generate steps every row until the last one ends; the loop only the jobs still running
+    assert 0 < c2.since(c1).decode < c1.since(c0).decode
+
+
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma2", "gemma3", "qwen2", "gpt_neox", "phi3", "mistral", "gemma",
                                   "qwen3"])
 def test_shared_prefill_gives_the_same_continuations(kind, tokenizer):

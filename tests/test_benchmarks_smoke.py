@@ -4,7 +4,9 @@ what they promise: the columns, rows, pass counts and agreement values of a real
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _script(name: str):
+    """The script as a module, with benchmarks/ on the path as when it is run (its own imports,
+    _common and bench_sweep, resolve whichever test runs first)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -114,3 +120,14 @@ def test_bench_conditions_smoke(tiny_model_dir, tmp_path, capsys, quiet_transfor
     assert df[df.measure == "removal"].max_diff.max() < 1e-4
     assert (df[df.per_batch == 1].speedup == 1).all()
     assert "x" in capsys.readouterr().out
+
+
+def test_bench_generation_smoke(tiny_model_dir, capsys, quiet_transformers):
+    """Every path of bench_generation on a tiny model: its last line is the JSON it promises, and
+    at the study's batch size our loop's continuations are generate's."""
+    _script("bench_generation").main(["--model", str(tiny_model_dir), "--prompts", "3", "--samples", "2",
+                                      "--new-tokens", "6", "--big-batch", "6"])
+    out = capsys.readouterr().out.strip().splitlines()
+    last = json.loads(out[-1])
+    assert set(last) >= {"share_of_matmul", "speedup_over_current", "identical"} and last["share_of_matmul"] > 0
+    assert any(line.startswith("(c) identical to (a): True") for line in out)

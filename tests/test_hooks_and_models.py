@@ -255,3 +255,29 @@ def test_text_passes_keep_a_token_budget(tiny_llama):
     one = text_pass(tiny_llama, texts, batch_size=1)
     torch.testing.assert_close(batched.residuals, one.residuals, rtol=1e-4, atol=1e-4)
     assert torch.equal(batched.lengths, one.lengths)
+
+
+def test_growing_kv_cache_layer_holds_what_concatenation_holds():
+    """models/kv_cache.GrowingLayer against transformers' DynamicLayer: a prefill, steps past its
+    spare room, rows dropped and rows repeated between steps, the same keys and values every time."""
+    from transformers.cache_utils import DynamicLayer
+
+    from neat_llm.models.kv_cache import GrowingLayer
+
+    g = torch.Generator().manual_seed(0)
+    grow, plain = GrowingLayer(), DynamicLayer()
+
+    def step(n_tokens, rows):
+        k, v = torch.randn(rows, 2, n_tokens, 4, generator=g), torch.randn(rows, 2, n_tokens, 4, generator=g)
+        a, b = grow.update(k, v), plain.update(k, v)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+    step(5, 6)
+    grow.batch_repeat_interleave(2), plain.batch_repeat_interleave(2)
+    for t in range(GrowingLayer.GROW + 3):  # past the first spare room
+        step(1, 12)
+    keep = torch.tensor([0, 3, 4, 11])
+    grow.batch_select_indices(keep), plain.batch_select_indices(keep)
+    for _ in range(3):
+        step(1, 4)
+    assert grow.get_seq_length() == plain.get_seq_length() == 5 + GrowingLayer.GROW + 6

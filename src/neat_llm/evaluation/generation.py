@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..concepts.representations import batches, repeat_rows
+from ..models.kv_cache import growing_cache
 from ..models.loaded import LoadedModel
 
 
@@ -39,28 +40,48 @@ class _InverseCdfSampler:
         self.u, self.prompt_len = u, prompt_len
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
 
-    HEAD = 1024  # most likely tokens sorted first; the full sort only for rows whose nucleus is wider
+    HEADS = (64, 1024)  # most likely tokens first, in tiers; the full sort only for rows whose nucleus is wider
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """As a logits processor of ``generate``: only the chosen token left open."""
         t = input_ids.shape[1] - self.prompt_len
-        u = self.u[:, t].to(scores.device)  # [R]
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [R, V]
+        chosen = self.choose(scores, self.u[:, t])
+        return torch.full_like(scores, -torch.inf).scatter_(1, chosen[:, None], 0.0)
+
+    def choose(self, scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The token each row takes, from its logits [R, V] and its uniforms for this step [R]."""
+        u = u.to(scores.device)
+        scores = scores.float()
+        probs = torch.softmax(scores if self.temperature == 1.0 else scores / self.temperature, dim=-1)  # [R, V]
         V = probs.shape[-1]
         if self.top_k:  # the k most likely, renormalised, then the nucleus within them
             p, order = probs.topk(min(self.top_k, V), dim=-1)
             chosen = self._pick(p / p.sum(-1, keepdim=True), order, u)
         elif self.top_p >= 1.0:  # no filter: inverse CDF in vocabulary order, no sort needed
             chosen = self._pick(probs, torch.arange(V, device=probs.device).expand_as(probs), u)
-        else:  # the nucleus lies in the head when the head's mass reaches top_p (a full sort costs ~50x more)
-            p, order = probs.topk(min(self.HEAD, V), dim=-1)
-            chosen = torch.empty(len(u), dtype=torch.long, device=probs.device)
-            wide = p.sum(-1) < self.top_p
-            if (~wide).any():
-                chosen[~wide] = self._pick(p[~wide], order[~wide], u[~wide])
-            if wide.any():
-                pw, ow = probs[wide].sort(dim=-1, descending=True)
-                chosen[wide] = self._pick(pw, ow, u[wide])
-        return torch.full_like(scores, -torch.inf).scatter_(1, chosen[:, None], 0.0)
+        else:  # the nucleus lies in a head when the head's mass reaches top_p (a full sort costs ~50x more)
+            chosen = torch.full((len(u),), -1, dtype=torch.long, device=probs.device)
+            todo = torch.arange(len(u), device=probs.device)
+            for head in self.HEADS:  # a smaller head first: topk's cost grows with it
+                if head >= V or len(todo) == 0:
+                    break
+                p, order = probs[todo].topk(head, dim=-1)
+                order, perm = order.sort(dim=-1)  # ties broken by token id, as the stable full sort does
+                p, perm = p.gather(1, perm).sort(dim=-1, descending=True, stable=True)
+                order = order.gather(1, perm)
+                # the head holds the nucleus when its running mass reaches top_p and the nucleus's last
+                # token is strictly likelier than the head's last (no tie across the head's edge): then
+                # the head is the full sort's prefix and the token is the one the full sort picks
+                cum = p.cumsum(-1)
+                last = ((cum - p) < self.top_p).sum(-1, keepdim=True) - 1
+                inside = (cum[:, -1] >= self.top_p) & (p.gather(1, last.clamp(min=0))[:, 0] > p[:, -1])
+                if inside.any():
+                    chosen[todo[inside]] = self._pick(p[inside], order[inside], u[todo[inside]])
+                todo = todo[~inside]
+            if len(todo):
+                pw, ow = probs[todo].sort(dim=-1, descending=True, stable=True)
+                chosen[todo] = self._pick(pw, ow, u[todo])
+        return chosen
 
     def _pick(self, p: torch.Tensor, order: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The token where the cumulative kept probability first reaches u (of the kept mass);
@@ -92,23 +113,65 @@ def first_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
 
-def _prefilled(model: LoadedModel, prompts: list[str], replicas: int, samples: int):
+def _prefilled(model: LoadedModel, prompts: list[str], replicas: int, samples: int, cache=None):
     """The prompts encoded once per condition (left padding), every token but the last read into a
     KV cache, then cache and ids repeated for each prompt's samples (condition-major, prompt-major,
     sample-minor: the rows ``sample_continuations_along`` generates)."""
-    from transformers import DynamicCache
-
     enc = repeat_rows(model.encode(prompts), replicas)
-    cache = DynamicCache(config=model.hf.config)
+    cache = growing_cache(model.hf.config) if cache is None else cache
     mask = enc["attention_mask"][:, :-1]
     # positions as generate gives them (counted over the real tokens): without them a left-padded
     # prompt's tokens sit as many positions late as it has padding, and the tokens generate then
     # appends (placed by the mask) see the prompt at the wrong distance
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     model.forward({"input_ids": enc["input_ids"][:, :-1], "attention_mask": mask, "position_ids": positions},
-                  cache=cache, use_cache=True)
+                  cache=cache, use_cache=True, **_last_logits_only(model))
     cache.batch_repeat_interleave(samples)
     return {k: v.repeat_interleave(samples, 0) for k, v in enc.items()}, cache
+
+
+def _last_logits_only(model: LoadedModel) -> dict:
+    """``logits_to_keep=1`` where the family's forward takes it: a prefill needs no logits, and the
+    unembedding of every prompt position costs a tenth of a small model's pass."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.hf.forward).parameters else {}
+
+
+def _decode(model: LoadedModel, enc: dict[str, torch.Tensor], cache, sampler: "_InverseCdfSampler", u: torch.Tensor,
+            replicas: int, stop: Sequence[int]) -> list[list[int]]:
+    """Our own decoding loop: ``enc``'s rows (``replicas`` equal condition blocks, left padded)
+    continued on ``cache`` (every token but each row's last already read), one token per step,
+    row r's step t drawn with ``u[r, t]``. A row ends on a token in ``stop`` (kept, as ``generate``
+    keeps its end token); a (prompt, sample) job leaves the batch once its rows under every
+    condition have ended, so the blocks stay equal (``conditions_along_batch``) while finished work
+    stops costing decoding steps. Returns each row's new tokens."""
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    G, steps = replicas, u.shape[1]
+    rows = torch.arange(ids.shape[0], device=ids.device)  # the original row of each row still in the batch
+    ended = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    new: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    stop_t = torch.tensor(sorted(set(stop)), dtype=torch.long, device=ids.device)
+    step = ids[:, -1:]
+    for t in range(steps):
+        positions = mask.long().sum(-1, keepdim=True) - 1  # where generate places the token read now
+        logits = model.forward({"input_ids": step, "attention_mask": mask, "position_ids": positions},
+                               cache=cache, use_cache=True).logits[:, -1]
+        chosen = sampler.choose(logits, u[rows, t])
+        live = ~ended[rows]
+        for r, tok in zip(rows[live].tolist(), chosen[live].tolist()):
+            new[r].append(tok)
+        ended[rows[live & torch.isin(chosen, stop_t)]] = True
+        jobs_left = (~ended[rows]).view(G, -1).any(0)  # [B]: a job runs while any condition's row runs
+        if not bool(jobs_left.any()) or t == steps - 1:
+            break
+        step = chosen[:, None]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        if not bool(jobs_left.all()):
+            keep = jobs_left.repeat(G).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            rows, mask, step = rows[keep], mask[keep], step[keep]
+    return new
 
 
 def sample_continuations(model: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 20, seed: int = 0,
@@ -149,8 +212,10 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
     tok = model.tokenizer
     side = tok.padding_side
     eos = model.hf.generation_config.eos_token_id
+    stop = set([eos] if isinstance(eos, int) else list(eos or []))  # where a continuation ends
     if stop_at_newline:
-        eos = sorted(set([eos] if isinstance(eos, int) else list(eos or [])) | set(newline_tokens(tok)))
+        stop |= set(newline_tokens(tok))
+        eos = sorted(stop)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=tok.pad_token_id, eos_token_id=eos,
                               bos_token_id=model.hf.generation_config.bos_token_id)
@@ -169,9 +234,11 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
                 enc, cache = repeat_rows(model.encode([prompts[jobs[r][0]] for r in rows]), G), None
             width = enc["input_ids"].shape[1]
             sampler = _InverseCdfSampler(ur, width, temperature, top_p, top_k)
-            gen = model.generate_ids(enc, generation_config=config, logits_processor=LogitsProcessorList([sampler]),
-                                     **({"cache": cache} if cache is not None else {}))
-            text = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+            if share_prefill:  # our loop: finished jobs leave the batch
+                text = tok.batch_decode(_decode(model, enc, cache, sampler, ur, G, stop), skip_special_tokens=True)
+            else:  # the plain reference: transformers' generate, every sample prefilling its prompt
+                gen = model.generate_ids(enc, generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+                text = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
             if stop_at_newline:
                 text = [first_line(t) for t in text]
             for g in range(G):

@@ -106,6 +106,27 @@ def test_demonstration_study_end_to_end(tiny_llama, tmp_path):
     assert again.report.mode == "transport"
 
 
+def test_demonstration_study_without_k_evaluates_the_k_chosen_on_the_fit_split_at_each_budget(tiny_llama, tmp_path):
+    from neat_llm.evaluation.budget import choose_k
+    from neat_llm.studies.demonstrations import demonstration_study
+    from neat_llm.studies.hate import hate_concept
+
+    study = demonstration_study(tiny_llama, fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=3, samples=2,
+                                n_neutral_prompts=2, neutral_samples=2, max_new_tokens=4, per_prompt=2,
+                                out=tmp_path / "d", progress=False)
+    choices = study.report.settings["k_choice"]
+    assert [c["max_ppl"] for c in choices] == [1.05, 1.10]
+    chosen = sorted({c["k"] for c in choices if c["k"] is not None}) or [10]
+    assert sorted({r.k for r in study.report.rows if r.condition == "concept"}) == chosen
+    assert all(r.n_sets == 1 for r in study.report.rows if r.condition == "random")  # random sets only for those K
+    run = study.run
+    statements = hate_concept("toxigen", None, groups=("hillfolk", "riverfolk"))
+    for c in choices:  # one fit curve gives what choose_k gives at each budget on its own
+        alone = choose_k(tiny_llama, run.readout(), run.fit_set(statements), run.top(min(run.n_ranked, 2000)),
+                         c["max_ppl"], run.intervention())
+        assert (alone.k, alone.ks, alone.fit_ppl_ratio) == (c["k"], c["ks"], c["fit_ppl_ratio"])
+
+
 def test_the_direction_ceiling_is_a_row_of_its_own_beside_the_neurons(tiny_llama, tmp_path):
     from neat_llm.studies.demonstrations import demonstration_study
 

@@ -48,7 +48,7 @@ def hate(
     contrast: Optional[str] = typer.Option(None, "--contrast", help="(own file) label value(s) of neutral texts (default: all others)"),
     method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
     design: str = typer.Option("prefixes", "--design", help="prefixes (continue the first half of held-out hateful sentences) or demonstrations (lists of held-out statements about a group; METHOD.md section 6: paired vs random, judge set on neutral continuations, judge-free measure)"),
-    k: Optional[str] = typer.Option(None, "--k", help="sizes of the top-K sets turned off (default: 10,50,100,500,2000; demonstrations: 100,500)"),
+    k: Optional[str] = typer.Option(None, "--k", help="sizes of the top-K sets turned off (default: 10,50,100,500,2000; demonstrations: the K chosen on the fit split at perplexity ratios 1.05 and 1.10)"),
     n_random: RandomOption = 3,
     fit_groups: Optional[str] = typer.Option(None, "--fit-groups", help="ToxiGen target groups to find the neurons on (default: all but --eval-groups)"),
     eval_groups: Optional[str] = typer.Option(None, "--eval-groups", help="ToxiGen target groups to evaluate on (default: all but --fit-groups)"),
@@ -89,7 +89,7 @@ def hate(
     if design == "demonstrations":
         if data != "toxigen":
             _fail("--design demonstrations builds prompts from target groups: it needs --data toxigen")
-        return _demonstration_hate(model, data_path, _parse_ks(k or "100,500"), n_random, fit_groups, eval_groups,
+        return _demonstration_hate(model, data_path, _parse_ks(k) if k else None, n_random, fit_groups, eval_groups,
                                    n_prompts or 200, samples, neutral_prompts, per_prompt, new_tokens or 40, mode, alpha,
                                    strength, layers, probe_size, seed, out_dir, as_json, readout_at, ceiling,
                                    _int_list(ceiling_layers, "--ceiling-layers"))
@@ -206,6 +206,11 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                   f"{row.hate_rate:.3f}", *vs(row, "hate_rate"), f"{row.neutral_hate_rate:.3f}", f"{row.next_gap:+.3f}",
                   *vs(row, "next_gap"), f"{row.ppl_ratio:.3f}")
     out.print(t)
+    for c in r.settings.get("k_choice") or []:
+        got = (f"K = {c['k']} (fit gap removal {c['fit_gap_removal'][c['ks'].index(c['k'])]:.3f}, ratio "
+               f"{c['fit_ppl_ratio'][c['ks'].index(c['k'])]:.3f})" if c["k"] is not None else
+               f"no K (the top {c['ks'][0]} already {c['fit_ppl_ratio'][0]:.3f})")
+        out.print(f"chosen on the fit split at perplexity ratio {c['max_ppl']}: {got}", soft_wrap=True)
     out.print("hate: hate rate of the continuations; neutral: the judge's rate on neutral-prompt continuations; gap: "
               "log p(hateful next statement) - log p(neutral one), nats per token; vs rnd: top-K minus its random "
               "K-sets, paired per prompt, with the permutation p; 95% intervals:", soft_wrap=True)

@@ -301,7 +301,7 @@ class Run:
             raise ValueError(f"k (neurons to take from the top) must be a whole number >= 0, got {k!r}")
         if k > n:
             raise ValueError(f"k={k} is more than the {n} neurons this run scored")
-        proven = (self.meta.extra.get("exact_top") or {}).get("k") if self.meta is not None else None
+        proven = self._proven()
         if proven is not None and k > proven:
             raise ValueError(f"k={k}: this run proved only its top {proven} (find --exact-top {proven}: below it the "
                              f"scores are upper bounds); find again with --exact-top {k} or without it")
@@ -397,6 +397,22 @@ class Run:
             raise RunError(f"concept set {concept.name!r} is not the data of run {self.run_dir} "
                            f"(hash {concept.hash[:12]} != {self.meta.concept_hash[:12]})")
         return concept.split(eval_fraction=self.meta.params["eval_fraction"], seed=self.meta.seed).eval
+
+    def _proven(self) -> int | None:
+        """K of an exact_top run (its ranking holds below that only upper bounds); None otherwise."""
+        return (self.meta.extra.get("exact_top") or {}).get("k") if self.meta is not None else None
+
+    @property
+    def n_ranked(self) -> int:
+        """How many of the top neurons ``top`` can give: those scored, at most the proven top K."""
+        n = int(torch.isfinite(self.scores).sum())
+        proven = self._proven()
+        return n if proven is None else min(n, int(proven))
+
+    def fit_set(self, concept: ConceptSet) -> ConceptSet:
+        """The fit part of ``concept`` exactly as the run split it (what a choice of K may look at)."""
+        self.eval_set(concept)  # the same data check
+        return concept.split(eval_fraction=self.meta.params["eval_fraction"], seed=self.meta.seed).fit
 
     def selections(self, ks) -> dict[int, NeuronSelection]:
         """{K: the run's top-K neurons} (with contrast means, for mean ablation) for every K of ``ks``."""

@@ -5,6 +5,7 @@ rule off a held-out evaluation).
   held-out data: the top-K sets are turned off, the gap removal is measured on (a sample of) the
   fit texts and the perplexity ratio on ``FLUENCY_TEXTS`` (the perplexity check of the evaluation
   uses other texts).
+- ``choose_ks``: the same rule at several budgets from one curve (a study's default sizes).
 """
 
 from __future__ import annotations
@@ -38,6 +39,21 @@ class KChoice:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def within(self, max_ppl: float) -> "KChoice":
+        """The choice at budget ``max_ppl`` from this curve: the K with the largest fit gap removal
+        before the first K whose perplexity ratio exceeds the budget (the curve is cut there)."""
+        out = KChoice(max_ppl, None)
+        best = -math.inf
+        for k, removal, ratio in zip(self.ks, self.fit_gap_removal, self.fit_ppl_ratio):
+            out.ks.append(k)
+            out.fit_gap_removal.append(removal)
+            out.fit_ppl_ratio.append(ratio)
+            if ratio > max_ppl:
+                break
+            if removal > best:
+                best, out.k = removal, k
+        return out
+
 
 def choose_k(model: LoadedModel, readout: ConceptReadout, fit: ConceptSet, ranking: NeuronSelection,
              max_ppl: float, intervention: Intervention, *, ks: Sequence[int] = CANDIDATE_KS,
@@ -55,20 +71,26 @@ def choose_k(model: LoadedModel, readout: ConceptReadout, fit: ConceptSet, ranki
     before = concept_scores(model, readout, sample, batch_size)
     ppl0 = perplexity(model, FLUENCY_TEXTS, batch_size)
     out = KChoice(max_ppl, None)
-    best = -math.inf
     for k in ks:
         with turn_off(model, selection_prefix(ranking, k), intervention):
             after = concept_scores(model, readout, sample, batch_size)
             ratio = perplexity(model, FLUENCY_TEXTS, batch_size) / ppl0
-        removal = 1.0 - after.gap / before.gap
         out.ks.append(k)
-        out.fit_gap_removal.append(removal)
+        out.fit_gap_removal.append(1.0 - after.gap / before.gap)
         out.fit_ppl_ratio.append(ratio)
         if ratio > max_ppl:
             break
-        if removal > best:
-            best, out.k = removal, k
-    return out
+    return out.within(max_ppl)
+
+
+def choose_ks(model: LoadedModel, readout: ConceptReadout, fit: ConceptSet, ranking: NeuronSelection,
+              budgets: Sequence[float], intervention: Intervention, **kw) -> list[KChoice]:
+    """``choose_k`` at each of ``budgets`` from one fit curve (measured up to the largest budget):
+    the same choices as one ``choose_k`` per budget, for the passes of one."""
+    if not budgets:
+        raise ValueError("no fluency budget given")
+    curve = choose_k(model, readout, fit, ranking, max(budgets), intervention, **kw)
+    return [curve.within(b) for b in budgets]
 
 
 def selection_prefix(sel: NeuronSelection, k: int) -> NeuronSelection:

@@ -23,6 +23,8 @@ from pathlib import Path
 from ..concepts.conceptset import ConceptSet
 from ..concepts.datasets import resolve
 from ..evaluation.behaviour import BehaviourReport, evaluate_behaviour
+from ..evaluation.budget import CANDIDATE_KS, KChoice, choose_ks
+from ..evaluation.removal import BUDGETS as BUDGET_KS_AT
 from ..evaluation.demonstrations import Demonstrations, build_demonstrations
 from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
@@ -107,6 +109,17 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
     return out
 
 
+def budget_ks(model: LoadedModel, run: Run, concept: ConceptSet, iv, seed: int) -> tuple[list[int], list[KChoice]]:
+    """The sizes to evaluate when none are given: at each fluency budget of ``BUDGET_KS_AT``, the K
+    (of ``CANDIDATE_KS``) with the largest gap removal on the run's *fit* split whose perplexity
+    ratio on the fluency texts stays within it (``choose_ks``, one fit curve). Where no K fits even
+    the largest budget, the smallest candidate, so the study still says what it costs."""
+    ranking = run.top(min(run.n_ranked, max(CANDIDATE_KS)))
+    choices = choose_ks(model, run.readout(), run.fit_set(concept), ranking, BUDGET_KS_AT, iv, seed=seed)
+    ks = sorted({c.k for c in choices if c.k is not None}) or [min(CANDIDATE_KS)]
+    return ks, choices
+
+
 def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings | None = None, *,
                         out: str | Path | None = None, progress: bool = True, find: FindSettings | None = None,
                         neurons: dict[int, list[int]] | None = None, **changes) -> DemonstrationStudy:
@@ -130,7 +143,10 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         fs = FindSettings.of(fs, read_template="{text}")
     out = Path(out) if out is not None else default_run_dir(concept, f"demo-{s.method}")
     with study_folder(out):
-        run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, progress=progress, ks=s.ks)
+        run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, progress=progress,
+                            ks=s.ks or CANDIDATE_KS)
+        iv = run.intervention(s.mode, s.alpha, s.strength)
+        ks, k_choices = (list(s.ks), None) if s.ks else budget_ks(model, run, concept, iv, s.seed)
         if eval_g:
             held = hate_concept("toxigen", s.data_path, groups=eval_g)
             seen = set(statements.texts)
@@ -140,16 +156,15 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         demos = build_demonstrations(_by_group(hate, group_of), _by_group(neutral, group_of), s.n_prompts,
                                      s.n_neutral_prompts, s.per_prompt, s.seed)
         judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
-        iv = run.intervention(s.mode, s.alpha, s.strength)
         ceiling = _ceilings(model, run, concept, fs, s)
         tag = _slug(iv.describe()) + ("-ceiling" if ceiling else "") + (  # a ceiling run is kept beside the plain one
             "-L" + "-".join(map(str, s.ceiling_layers)) if s.ceiling_layers else "")
         data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
                    "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
         report, store = measure_conditions(
-            out, RunFiles.behaviour_partial(tag), run, iv, list(s.ks), s.n_random, s.seed, data_fp,
+            out, RunFiles.behaviour_partial(tag), run, iv, ks, s.n_random, s.seed, data_fp,
             "behaviour evaluation", progress,
-            lambda store, tick: evaluate_behaviour(model, demos, run.selections(s.ks), judge, intervention=iv,
+            lambda store, tick: evaluate_behaviour(model, demos, run.selections(ks), judge, intervention=iv,
                                                    n_random=s.n_random, seed=s.seed, samples=s.samples,
                                                    neutral_samples=s.neutral_samples, max_new_tokens=s.max_new_tokens,
                                                    neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
@@ -159,7 +174,8 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,
-                               reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)})
+                               reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)},
+                               **({"k_choice": [c.to_dict() for c in k_choices]} if k_choices else {}))
         path = write_results(out, RunFiles.behaviour(tag), report, store, (RunFiles.behaviour_continuations(tag), {
             "prompts": {"hate": list(demos.hate_prompts), "neutral": list(demos.neutral_prompts)},
             **report.continuations}))

@@ -131,7 +131,7 @@ class DemonstrationStudySettings(Changeable):
 
     data_path: str | Path | None = None
     method: str = "neat"
-    ks: tuple[int, ...] = (100, 500)
+    ks: tuple[int, ...] | None = None  # None: K chosen on the fit split at each of BUDGET_KS_AT (perplexity ratios)
     fit_groups: tuple[str, ...] | None = None
     eval_groups: tuple[str, ...] | None = None
     n_random: int = 3
@@ -152,7 +152,8 @@ class DemonstrationStudySettings(Changeable):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ks", _ks(self.ks))
+        if self.ks is not None:
+            object.__setattr__(self, "ks", _ks(self.ks))
         for name in ("fit_groups", "eval_groups"):
             object.__setattr__(self, name, _names(getattr(self, name)))
         _at_least(self, 1, "n_random", "n_prompts", "samples", "n_neutral_prompts", "neutral_samples", "per_prompt",

@@ -68,38 +68,33 @@ def test_smollm2_fast_sweep_equals_reference_on_sample(smollm2):
 
 @needs_smollm2
 @pytest.mark.smollm2
-def test_corrupt_default_cache_is_rebuilt(smollm2, tmp_path, monkeypatch):
+def test_a_damaged_default_cache_is_caught_and_rebuilt(smollm2, tmp_path, monkeypatch):
+    """Damage that keeps model.safetensors' size (a broken header; 4 MB zeroed inside, which would
+    load without an error) is caught by the digest recorded when the cache was built, each on its
+    own; one load rebuilds the cache (one GGUF conversion for both kinds); a partial file is caught
+    without loading."""
     src = loading.default_model_folder()
     monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path))
     dst = tmp_path / "models" / src.name
     shutil.copytree(src, dst)
-    assert loading._cache_is_complete(dst)
     weights = dst / "model.safetensors"
+    intact = weights.read_bytes()
+    assert loading._cache_is_complete(dst) and loading._cache_mismatch(dst) == []
     with open(weights, "r+b") as f:  # same size, broken header: looks complete, fails to load
         f.write(b"\xff" * 16)
-    m = nl.load_model()
-    assert m.weights_hash == smollm2.weights_hash
-    weights.write_bytes(b"partial")  # a partial file: detected without loading
-    assert not loading._cache_is_complete(dst)
-
-
-@needs_smollm2
-@pytest.mark.smollm2
-def test_cache_with_zeroed_weights_is_rebuilt(smollm2, tmp_path, monkeypatch):
-    """4 MB zeroed inside model.safetensors keeps its size and loads without an error: the digest
-    recorded when the cache was built catches it."""
-    src = loading.default_model_folder()
-    monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path))
-    dst = tmp_path / "models" / src.name
-    shutil.copytree(src, dst)
-    weights = dst / "model.safetensors"
-    with open(weights, "r+b") as f:
+    assert loading._cache_is_complete(dst) and loading._cache_mismatch(dst) == ["model.safetensors"]
+    weights.write_bytes(intact)
+    with open(weights, "r+b") as f:  # same size, zeroed inside: loads, with wrong weights
         f.seek(weights.stat().st_size // 2)
         f.write(b"\0" * (4 << 20))
     assert loading._cache_is_complete(dst)  # sizes alone cannot tell
     assert loading._cache_mismatch(dst) == ["model.safetensors"]
+    with open(weights, "r+b") as f:  # both kinds at once, then one load repairs the cache
+        f.write(b"\xff" * 16)
     m = nl.load_model()
     assert m.weights_hash == smollm2.weights_hash and loading._cache_mismatch(dst) == []
+    weights.write_bytes(b"partial")  # a partial file: detected without loading
+    assert not loading._cache_is_complete(dst)
 
 
 @needs_gemma3

@@ -176,6 +176,44 @@ def test_the_direction_at_other_blocks_is_a_row_per_block(tiny_llama, tmp_path):
         demonstration_study(tiny_llama, ceiling_layers=[-1], **kw)
 
 
+class _LengthEncoder:
+    """A stand-in sentence encoder (the judge only needs some numbers per text): length and vowels."""
+
+    def encode(self, texts):
+        return np.array([[len(t) / 10.0, sum(c in "aeiou" for c in t) / 5.0] for t in texts])
+
+
+def test_a_span_and_a_unit_ceiling_are_rows_beside_the_neurons(tiny_llama):
+    """A ``DirectionEdits`` of one block is the same row as that block's ``DirectionEdit``; a unit-level
+    ceiling (a ``NeuronSelection`` under the study's intervention) is the same row as a top-K set of
+    those neurons (the same draws); both are compared with before, and the report says what they were."""
+    from neat_llm.evaluation.behaviour import evaluate_behaviour
+    from neat_llm.evaluation.statement_judge import StatementJudge
+    from neat_llm.interventions import DirectionEdit, DirectionEdits, NeuronSelection
+
+    hate = {g: [f"the {g} folk ruin the rain {i}" for i in range(5)] for g in ("hill", "river")}
+    neutral = {g: [f"the {g} folk bake bread {i}" for i in range(4)] for g in ("hill", "river")}
+    demos = build_demonstrations(hate, neutral, n_prompts=4, n_neutral_prompts=2, per_prompt=2, seed=0)
+    judge = StatementJudge(_LengthEncoder(), np.array([1.0, -1.0]), 0.0)
+    v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(2))
+    units = NeuronSelection(((0, 1), (1, 4), (2, 7)))
+    ceiling = {"single": DirectionEdit(1, v), "span": DirectionEdits((DirectionEdit(1, v),)), "units": units}
+    r = evaluate_behaviour(tiny_llama, demos, {3: units}, judge, n_random=1, samples=2, neutral_samples=2,
+                           max_new_tokens=4, ceiling=ceiling)
+    rows = {x.condition: x for x in r.rows}
+    assert list(rows) == ["before", "concept", "random", "single", "span", "units"]
+    same = lambda a, b: (a.hate_rate, a.next_gap, a.ppl_ratio, a.neutral_hate_rate) == \
+        (b.hate_rate, b.next_gap, b.ppl_ratio, b.neutral_hate_rate)
+    assert same(rows["span"], rows["single"]) and same(rows["units"], rows["concept"])
+    assert rows["units"].vs_before["next_gap"]["diff"] == pytest.approx(rows["concept"].vs_before["next_gap"]["diff"])
+    assert rows["units"].vs_random == {} and rows["units"].k == 0
+    c = r.settings["ceilings"]
+    assert c["units"]["n_neurons"] == 3 and c["units"]["blocks"] == [0, 1, 2] and c["units"]["mode"] == "zero"
+    assert c["span"]["layers"] == [1] and c["single"]["layer"] == 1
+    with pytest.raises(ValueError, match="at least one neuron"):
+        evaluate_behaviour(tiny_llama, demos, {3: units}, judge, n_random=1, ceiling={"u": NeuronSelection(())})
+
+
 def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 

@@ -310,6 +310,58 @@ def test_a_direction_condition_along_the_batch_equals_remove_direction(kind, tok
     assert all(not b._forward_hooks for b in model.blocks)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2"])
+def test_directions_at_several_blocks_along_the_batch_equal_the_nested_single_edits(kind, tokenizer):
+    """``DirectionEdits`` (each block's own direction removed at several blocks, one condition): its
+    block of rows equals the single-block ``remove_direction`` contexts nested by hand and the plain
+    ``remove_direction`` of the whole edit; every edited block's output has no component along its
+    own direction; the other conditions' rows are untouched."""
+    from contextlib import ExitStack
+
+    from neat_llm.hooks import capture_outputs
+    from neat_llm.interventions import DirectionEdit, DirectionEdits, remove_direction
+
+    model = build_tiny(kind, tokenizer)
+    d = model.hf.config.hidden_size
+    g = torch.Generator().manual_seed(3)
+    parts = [DirectionEdit(l, torch.randn(d, generator=g), "project") for l in (2, 0, 1)]
+    multi = DirectionEdits(tuple(parts))
+    assert multi.layers == (0, 1, 2) and "blocks 0-2" in multi.describe()
+    conds = [Condition("before"), Condition("span", residual=multi), _conditions(model)[1]]
+    enc = model.encode(TEXTS)
+    with torch.inference_mode():
+        with conditions_along_batch(model, conds) as G:
+            batched = model.hf(**repeat_rows(enc, G), use_cache=False).logits.reshape(
+                G, len(TEXTS), *enc["input_ids"].shape[1:], -1)
+        plain = model.hf(**enc, use_cache=False).logits
+        with ExitStack() as stack:
+            for e in parts:
+                stack.enter_context(remove_direction(model, e))
+            nested = model.hf(**enc, use_cache=False).logits
+        with remove_direction(model, multi), capture_outputs({l: model.blocks[l] for l in multi.layers}) as out:
+            whole = model.hf(**enc, use_cache=False).logits
+        torch.testing.assert_close(batched[0], plain, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched[1], nested, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(whole, nested, atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(nested, plain, atol=1e-3)
+        for e in parts:
+            assert (out[e.layer][0].float() @ (e.vector / e.vector.norm())).abs().max() < 1e-4
+        with _plain(model, conds[2]):
+            torch.testing.assert_close(batched[2], model.hf(**enc, use_cache=False).logits, atol=1e-5, rtol=1e-4)
+    assert all(not b._forward_hooks for b in model.blocks)
+
+
+def test_directions_at_several_blocks_refuse_nonsense():
+    from neat_llm.interventions import DirectionEdit, DirectionEdits
+
+    with pytest.raises(ValueError, match="at least one"):
+        DirectionEdits(())
+    with pytest.raises(ValueError, match="each block once"):
+        DirectionEdits((DirectionEdit(1, torch.ones(4)), DirectionEdit(1, -torch.ones(4))))
+    with pytest.raises(ValueError, match="one kind"):
+        DirectionEdits((DirectionEdit(0, torch.ones(4)), DirectionEdit(1, torch.ones(4), "subtract")))
+
+
 def test_a_direction_edit_refuses_nonsense(tiny_llama):
     from neat_llm.interventions import DirectionEdit, remove_direction
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..interventions import Condition, DirectionEdit, Intervention, NeuronSelection
+from ..interventions import Condition, DirectionEdit, DirectionEdits, Intervention, NeuronSelection
 from ..models.loaded import LoadedModel
 from ..records import known
 from .checkpoints import ConditionStore
@@ -37,6 +37,7 @@ from .statement_judge import StatementJudge
 
 
 DIRECTION = "direction"  # the direction-level ceiling's condition and row
+Ceiling = DirectionEdit | DirectionEdits | NeuronSelection  # one ceiling row: a residual edit, or units
 
 
 @dataclass
@@ -146,20 +147,24 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
                        store: ConditionStore | None = None, on_condition: Callable[[str], None] | None = None,
                        per_batch: int = CONDITIONS_PER_BATCH, dataset: str = "", method: str = "",
                        batch_size: int = 16,
-                       ceiling: "DirectionEdit | Mapping[str, DirectionEdit] | None" = None) -> BehaviourReport:
+                       ceiling: Ceiling | Mapping[str, Ceiling] | None = None) -> BehaviourReport:
     """Measure every condition (finished ones from ``store``), set the judge's threshold on the
     "before" neutral-prompt continuations, and compare each top-K set with before and with its
     random K-sets, paired per prompt. ``ceiling``: also measure the residual stream edited along
     the concept direction (row "direction", K = 0, compared with before): what the direction
     itself does to the writing, the most a neuron set reading it could do; several, as {row name:
-    edit} (e.g. the direction at several blocks: where the model writes)."""
+    edit} (e.g. the direction at several blocks: where the model writes); a ``DirectionEdits``
+    edits several blocks in one row (each block's own direction removed at every block of a span),
+    and a ``NeuronSelection`` is a row of those neurons under the study's intervention (e.g. every
+    MLP unit of a span of blocks transported: the unit-level ceiling)."""
     ceilings = _ceilings(ceiling)
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     iv = Intervention.of(intervention, means)
     conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
-    flat += [Condition(name, residual=edit) for name, edit in ceilings.items()]
+    flat += [Condition(name, edit, iv.for_selection(edit)) if isinstance(edit, NeuronSelection) else
+             Condition(name, residual=edit) for name, edit in ceilings.items()]
     measure = BehaviourMeasure(demos, samples, neutral_samples, seed, max_new_tokens, batch_size)
     got = run_conditions(model, flat, measure, store=store, per_batch=per_batch, on_condition=on_condition)
     judge.calibrate(got[BEFORE].neutral_continuations, max_neutral_rate)
@@ -212,31 +217,43 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
         passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
         settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens, "per_batch": per_batch,
                   "max_neutral_rate": max_neutral_rate, **iv.settings(),
-                  **_ceiling_settings(ceilings)},
+                  **_ceiling_settings(ceilings, iv)},
         continuations={c: {"hate": r.hate_continuations, "neutral": r.neutral_continuations} for c, r in got.items()})
 
 
-def _ceilings(ceiling) -> dict[str, DirectionEdit]:
+def _ceilings(ceiling) -> dict[str, Ceiling]:
     """{row name: edit}: one edit is the row "direction"; a mapping names its rows."""
+    kinds = (DirectionEdit, DirectionEdits, NeuronSelection)  # Ceiling's members
     if ceiling is None:
         return {}
-    if isinstance(ceiling, DirectionEdit):
+    if isinstance(ceiling, kinds):
         return {DIRECTION: ceiling}
     out = dict(ceiling)
-    if not out or not all(isinstance(v, DirectionEdit) for v in out.values()):
-        raise TypeError("ceiling must be a DirectionEdit or a non-empty {row name: DirectionEdit}")
+    if not out or not all(isinstance(v, kinds) for v in out.values()):
+        raise TypeError("ceiling must be a DirectionEdit, a DirectionEdits, a NeuronSelection or a non-empty "
+                        "{row name: one of them}")
+    if any(isinstance(v, NeuronSelection) and not len(v) for v in out.values()):
+        raise ValueError("a unit-level ceiling needs at least one neuron")
     clash = [n for n in out if n in (BEFORE,) or n.startswith(("concept-", "random-"))]
     if clash:
         raise ValueError(f"ceiling row names {clash} clash with the study's own conditions")
     return out
 
 
-def _ceiling_settings(ceilings: dict[str, DirectionEdit]) -> dict:
+def _ceiling_settings(ceilings: dict, iv: Intervention) -> dict:
     """How the ceilings were made, for the report: "ceiling" (the first, the reading layer's, as
     before) and, for several, "ceilings" {row name: ...}."""
     if not ceilings:
         return {}
-    desc = {n: {**c.settings(), "what": c.describe()} for n, c in ceilings.items()}
+
+    def what(c) -> dict:
+        if isinstance(c, NeuronSelection):
+            blocks = sorted(c.by_layer())
+            return {"n_neurons": len(c), "blocks": blocks, **iv.settings(),
+                    "what": f"{iv.describe()} on {len(c)} MLP units of blocks {blocks[0]}-{blocks[-1]}, every position"}
+        return {**c.settings(), "what": c.describe()}
+
+    desc = {n: what(c) for n, c in ceilings.items()}
     return {"ceiling": next(iter(desc.values())), **({"ceilings": desc} if len(desc) > 1 else {})}
 
 

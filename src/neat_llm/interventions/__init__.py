@@ -16,7 +16,7 @@ one-condition reference).
 """
 
 from .apply import conditions_along_batch, remove_direction, turn_off
-from .direction import DirectionEdit
+from .direction import DirectionEdit, DirectionEdits
 from .spec import InterventionSpec, SpecError
 from .transport import fit_transport
 from .selection import NeuronSelection, as_selection
@@ -24,6 +24,6 @@ from .types import (INTERVENTIONS, MODES, BlockEdit, Dampen, Intervention, Mean,
                     check_choice)
 from .values import Condition
 
-__all__ = ["INTERVENTIONS", "MODES", "BlockEdit", "Condition", "Dampen", "DirectionEdit", "remove_direction", "Intervention", "InterventionSpec", "Mean",
+__all__ = ["INTERVENTIONS", "MODES", "BlockEdit", "Condition", "Dampen", "DirectionEdit", "DirectionEdits", "remove_direction", "Intervention", "InterventionSpec", "Mean",
            "NeuronSelection", "NeuronStats", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "conditions_along_batch",
            "fit_transport", "turn_off"]

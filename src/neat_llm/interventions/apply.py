@@ -13,7 +13,7 @@ import torch
 
 from ..hooks import edit_inputs, edit_outputs
 from ..models.loaded import LoadedModel
-from .direction import DirectionEdit
+from .direction import DirectionEdit, DirectionEdits
 from .spec import InterventionSpec
 from .selection import NeuronSelection, as_selection
 from .types import Intervention
@@ -75,8 +75,8 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
     shift = {l: t.to(model.device) for l, t in shift.items()}
     residual: dict[int, dict[int, DirectionEdit]] = {}  # block -> {condition: its edit of the block's output}
     for c, cond in enumerate(conditions):
-        if cond.residual is not None:
-            residual.setdefault(cond.residual.layer, {})[c] = cond.residual
+        for e in (cond.residual.parts if cond.residual is not None else ()):
+            residual.setdefault(e.layer, {})[c] = e
 
     def blocks_of(x):
         if x.shape[0] % G:
@@ -100,10 +100,13 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
 
 
 @contextmanager
-def remove_direction(model: LoadedModel, edit: DirectionEdit) -> Iterator[DirectionEdit]:
-    """The residual stream edited along one direction at one block's output, at every position
+def remove_direction(model: LoadedModel, edit: "DirectionEdit | DirectionEdits") -> Iterator["DirectionEdit | DirectionEdits"]:
+    """The residual stream edited along one direction at one block's output (or along each block's
+    own direction at several blocks: ``DirectionEdits``), at every position
     (``conditions_along_batch``'s plain one-condition reference for a direction condition)."""
-    if not 0 <= edit.layer < model.n_layers:
-        raise ValueError(f"block {edit.layer} is out of range: the model has blocks 0..{model.n_layers - 1}")
-    with edit_outputs({edit.layer: model.blocks[edit.layer]}, lambda _l, h: edit.apply(h)):
+    parts = {e.layer: e for e in edit.parts}
+    bad = [l for l in parts if not 0 <= l < model.n_layers]
+    if bad:
+        raise ValueError(f"block {bad[0]} is out of range: the model has blocks 0..{model.n_layers - 1}")
+    with edit_outputs({l: model.blocks[l] for l in parts}, lambda l, h: parts[l].apply(h)):
         yield edit

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.loaded import LoadedModel
-from .direction import DirectionEdit
+from .direction import DirectionEdit, DirectionEdits
 from .selection import NeuronSelection
 from .types import Intervention, Zero
 
@@ -21,7 +21,7 @@ class Condition:
     name: str
     selection: NeuronSelection = NeuronSelection(())
     intervention: Intervention = field(default_factory=Zero)
-    residual: DirectionEdit | None = None  # the residual stream edited along a direction (no neurons needed)
+    residual: DirectionEdit | DirectionEdits | None = None  # the residual stream edited along a direction (no neurons)
 
     def __post_init__(self) -> None:
         self.intervention.check(self.selection)

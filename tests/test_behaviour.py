@@ -176,6 +176,31 @@ def test_the_direction_at_other_blocks_is_a_row_per_block(tiny_llama, tmp_path):
         demonstration_study(tiny_llama, ceiling_layers=[-1], **kw)
 
 
+def test_the_direction_over_a_span_and_every_unit_of_a_span_are_rows_of_the_study(tiny_llama, tmp_path):
+    """``ceiling_spans``: one row with each block's own direction removed at every block of the span
+    (the single-block rows' directions, read the same way); ``ceiling_units``: one row with every MLP
+    unit of the span under the study's intervention; the file name says which."""
+    from neat_llm.studies.demonstrations import demonstration_study
+
+    kw = dict(ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=4, samples=2, n_neutral_prompts=2,
+              neutral_samples=2, max_new_tokens=4, per_prompt=2, out=tmp_path / "d", progress=False)
+    study = demonstration_study(tiny_llama, ceiling_layers=[0, 1], ceiling_spans=[(0, 1)], ceiling_units=[(1, 2)],
+                                mode="transport", **kw)
+    r = study.report
+    assert [x.condition for x in r.rows] == ["before", "concept", "random", "direction", "direction-L0",
+                                             "direction-L1", "direction-L0-1", "units-L1-2"]
+    c = r.settings["ceilings"]
+    assert c["direction-L0-1"]["layers"] == [0, 1]
+    assert c["direction-L0-1"]["vector_norms"] == pytest.approx([c["direction-L0"]["vector_norm"],
+                                                                 c["direction-L1"]["vector_norm"]])
+    assert c["units-L1-2"]["n_neurons"] == 2 * tiny_llama.d_ff and c["units-L1-2"]["mode"] == "transport"
+    assert study.path.name == "behaviour-transport-mean-strength-1-ceiling-L0-1-S0-1-U1-2.json"
+    with pytest.raises(ValueError, match="0 <= first <= last"):
+        demonstration_study(tiny_llama, ceiling_spans=[(3, 1)], **kw)
+    with pytest.raises(ValueError, match="out of range"):
+        demonstration_study(tiny_llama, ceiling_units=[(0, 99)], **kw)
+
+
 class _LengthEncoder:
     """A stand-in sentence encoder (the judge only needs some numbers per text): length and vowels."""
 
@@ -229,6 +254,12 @@ def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     assert set(got["rows"][1]["vs_random"]) == {"hate_rate", "next_gap"}
     res = CliRunner().invoke(app, ["hate", "--design", "demonstrations", "--data", "davidson"])
     assert res.exit_code == 2 and "needs --data toxigen" in res.output
+    res = CliRunner().invoke(app, args + ["--ceiling-spans", "0-1", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output.strip().splitlines()[-1])
+    assert [r["condition"] for r in got["rows"]][-2:] == ["direction", "direction-L0-1"]
+    res = CliRunner().invoke(app, args + ["--ceiling-spans", "a-b"])
+    assert res.exit_code == 2 and "spans of blocks" in res.output
 
 
 def test_the_report_shows_each_intervention_paired(tiny_llama, tmp_path):

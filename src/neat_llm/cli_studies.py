@@ -58,6 +58,8 @@ def hate(
     neutral_prompts: int = typer.Option(50, "--neutral-prompts", help="(demonstrations) neutral demonstration prompts, the control"),
     per_prompt: int = typer.Option(4, "--per-prompt", help="(demonstrations) held-out statements shown in each prompt"),
     ceiling_layers: Optional[str] = typer.Option(None, "--ceiling-layers", help="(demonstrations) also the concept direction read at each of these blocks removed there, e.g. 8,14,20 (rows direction-L<block>): where removing it moves what the model writes, at what fluency cost"),
+    ceiling_spans: Optional[str] = typer.Option(None, "--ceiling-spans", help="(demonstrations) also each block's own concept direction removed at every block of a span, e.g. 14-29 (rows direction-L<a>-<b>; later blocks cannot write it back)"),
+    ceiling_units: Optional[str] = typer.Option(None, "--ceiling-units", help="(demonstrations) also every MLP unit of a span of blocks under the study's intervention, e.g. 20-27 with --mode transport (rows units-L<a>-<b>: the unit-level ceiling)"),
     ceiling: bool = typer.Option(False, "--ceiling", help="(demonstrations) also measure the concept direction removed from the residual stream at the reading layer, every position: the direction-level ceiling beside the neurons"),
     readout_at: str = typer.Option("recognition", "--readout", help="(demonstrations) where the concept is read: recognition (after a statement, as neat find) or generation (at the end of fit demonstration prompts, where the model writes)"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
@@ -92,7 +94,8 @@ def hate(
         return _demonstration_hate(model, data_path, _parse_ks(k) if k else None, n_random, fit_groups, eval_groups,
                                    n_prompts or 200, samples, neutral_prompts, per_prompt, new_tokens or 40, mode, alpha,
                                    strength, layers, probe_size, seed, out_dir, as_json, readout_at, ceiling,
-                                   _int_list(ceiling_layers, "--ceiling-layers"))
+                                   _int_list(ceiling_layers, "--ceiling-layers"), _spans(ceiling_spans, "--ceiling-spans"),
+                                   _spans(ceiling_units, "--ceiling-units"))
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     ks = _parse_ks(k or "10,50,100,500,2000")
@@ -168,9 +171,26 @@ def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
         _fail(f"{flag} takes block numbers separated by commas, e.g. 8,14,20; got {text!r}")
 
 
+def _spans(text: str | None, flag: str) -> tuple[tuple[int, int], ...] | None:
+    """'14-29,20-29' as ((14, 29), (20, 29)); a single block '8' as (8, 8); a clear error for anything else."""
+    if text is None:
+        return None
+    out = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        a, _, b = part.partition("-")
+        try:
+            out.append((int(a), int(b or a)))
+        except ValueError:
+            _fail(f"{flag} takes spans of blocks separated by commas, e.g. 14-29,20-29; got {text!r}")
+    return tuple(out)
+
+
 def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups, n_prompts, samples, neutral_prompts,
                         per_prompt, new_tokens, mode, alpha, strength, layers, probe_size, seed, out_dir, as_json,
-                        readout_at="recognition", ceiling=False, ceiling_layers=None) -> None:
+                        readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
+                        ceiling_units=None) -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
     import neat_llm as nl
     from neat_llm.studies.demonstrations import demonstration_study
@@ -183,7 +203,8 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               samples=samples, n_neutral_prompts=neutral_prompts,
                                               per_prompt=per_prompt, max_new_tokens=new_tokens, mode=mode, alpha=alpha,
                                               strength=strength, seed=seed, readout=readout_at,
-                                              ceiling=ceiling, ceiling_layers=ceiling_layers)
+                                              ceiling=ceiling, ceiling_layers=ceiling_layers,
+                                              ceiling_spans=ceiling_spans, ceiling_units=ceiling_units)
         study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)

@@ -29,7 +29,7 @@ from ..evaluation.demonstrations import Demonstrations, build_demonstrations
 from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
-from ..interventions import DirectionEdit
+from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
@@ -96,17 +96,39 @@ def layer_directions(model: LoadedModel, concept: ConceptSet, layers, fs: FindSe
 
 
 def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSettings,
-              s: DemonstrationStudySettings) -> dict[str, DirectionEdit]:
-    """The direction-level ceilings: the run's concept direction removed at its reading layer (row
-    "direction") and, with ``ceiling_layers``, the direction read at each of those blocks removed there."""
-    if not (s.ceiling or s.ceiling_layers):
+              s: DemonstrationStudySettings) -> dict[str, "DirectionEdit | DirectionEdits | NeuronSelection"]:
+    """The ceilings beside the neurons: the run's concept direction removed at its reading layer
+    (row "direction"); with ``ceiling_layers``, the direction read at each of those blocks removed
+    there ("direction-L<block>"); with ``ceiling_spans``, each block's own direction removed at every
+    block of a span ("direction-L<a>-<b>"); with ``ceiling_units``, every MLP unit of a span of blocks
+    under the study's intervention ("units-L<a>-<b>", e.g. transport on all of them)."""
+    spans, units = s.ceiling_spans or (), s.ceiling_units or ()
+    if not (s.ceiling or s.ceiling_layers or spans or units):
         return {}
-    out = {"direction": DirectionEdit(run.meta.reading_layer, run.concept_vector, "project")}
-    if s.ceiling_layers:
+    out: dict = {"direction": DirectionEdit(run.meta.reading_layer, run.concept_vector, "project")}
+    layers = sorted(set(s.ceiling_layers or ()) | {l for a, b in spans for l in range(a, b + 1)})
+    bad = [l for a, b in units for l in (a, b) if l >= model.n_layers]
+    if bad:
+        raise ValueError(f"ceiling units block {bad[0]} out of range: the model has blocks 0..{model.n_layers - 1}")
+    if layers:
         fs = FindSettings.of(fs, read_template=run.meta.params.get("read_template", fs.read_template))
-        for l, v in layer_directions(model, concept, s.ceiling_layers, fs).items():
-            out[f"direction-L{l}"] = DirectionEdit(l, v, "project")
+        dirs = layer_directions(model, concept, layers, fs)
+        for l in s.ceiling_layers or ():
+            out[f"direction-L{l}"] = DirectionEdit(l, dirs[l], "project")
+        for a, b in spans:
+            out[f"direction-L{a}-{b}"] = DirectionEdits(tuple(DirectionEdit(l, dirs[l], "project") for l in range(a, b + 1)))
+    for a, b in units:
+        out[f"units-L{a}-{b}"] = NeuronSelection(tuple((l, k) for l in range(a, b + 1) for k in range(model.d_ff)))
     return out
+
+
+def _ceiling_tag(s: DemonstrationStudySettings) -> str:
+    """What the study's file name adds for its ceilings (a ceiling run is kept beside the plain one)."""
+    if not (s.ceiling or s.ceiling_layers or s.ceiling_spans or s.ceiling_units):
+        return ""
+    tag = "-ceiling" + ("-L" + "-".join(map(str, s.ceiling_layers)) if s.ceiling_layers else "")
+    tag += "".join(f"-S{a}-{b}" for a, b in s.ceiling_spans or ())
+    return tag + "".join(f"-U{a}-{b}" for a, b in s.ceiling_units or ())
 
 
 def budget_ks(model: LoadedModel, run: Run, concept: ConceptSet, iv, seed: int) -> tuple[list[int], list[KChoice]]:
@@ -157,8 +179,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                      s.n_neutral_prompts, s.per_prompt, s.seed)
         judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
         ceiling = _ceilings(model, run, concept, fs, s)
-        tag = _slug(iv.describe()) + ("-ceiling" if ceiling else "") + (  # a ceiling run is kept beside the plain one
-            "-L" + "-".join(map(str, s.ceiling_layers)) if s.ceiling_layers else "")
+        tag = _slug(iv.describe()) + _ceiling_tag(s)
         data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
                    "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
         report, store = measure_conditions(

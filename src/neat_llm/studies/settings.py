@@ -33,6 +33,17 @@ def _at_least(obj, lo: int, *names: str) -> None:
             raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
 
 
+def _spans(v, name: str) -> tuple[tuple[int, int], ...]:
+    """Spans of blocks (first, last), checked: whole numbers, first <= last, at least one."""
+    try:
+        out = tuple((int(a), int(b)) for a, b in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} takes spans of blocks (first, last), e.g. [(14, 29)]; got {v!r}") from None
+    if not out or any(a < 0 or b < a for a, b in out):
+        raise ValueError(f"{name} needs spans (first, last) with 0 <= first <= last, got {list(out)}")
+    return tuple(sorted(set(out)))
+
+
 def _names(v) -> tuple[str, ...] | None:
     return None if v is None else tuple([v] if isinstance(v, str) else v)
 
@@ -146,6 +157,8 @@ class DemonstrationStudySettings(Changeable):
     n_readout_prompts: int = 150  # generation readout: fit demonstration prompts per side
     ceiling: bool = False  # also measure the concept direction removed at the reading layer (row "direction")
     ceiling_layers: tuple[int, ...] | None = None  # and at these blocks (rows "direction-L<block>"): where it writes
+    ceiling_spans: tuple[tuple[int, int], ...] | None = None  # each block's own direction at every block a..b ("direction-La-b")
+    ceiling_units: tuple[tuple[int, int], ...] | None = None  # every MLP unit of blocks a..b under the intervention ("units-La-b")
     mode: str | None = None
     alpha: float | None = None
     strength: float | None = None
@@ -168,5 +181,8 @@ class DemonstrationStudySettings(Changeable):
             if not layers or any(isinstance(l, bool) or not isinstance(l, int) or l < 0 for l in layers):
                 raise ValueError(f"ceiling_layers must be block numbers >= 0, got {self.ceiling_layers!r}")
             object.__setattr__(self, "ceiling_layers", tuple(sorted(set(layers))))
+        for name in ("ceiling_spans", "ceiling_units"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _spans(getattr(self, name), name))
         _at_least(self, 2, "n_readout_prompts")
         check_choice(self.mode, self.alpha, self.strength)

@@ -287,6 +287,39 @@ def test_generation_readout_reads_where_the_model_writes(tiny_llama, tmp_path):
     assert study.report.settings["readout"] == "generation" and study.report.n_continuations == 6
 
 
+def test_paired_probes_match_each_hateful_text_with_a_neutral_one_of_its_group(tiny_llama, tmp_path):
+    """``probe="paired"``: every positive probe of the run is paired with a contrast probe about the same
+    target group (generation readout: prompts of one group; recognition: statements of one group)."""
+    from neat_llm.studies.demonstrations import demonstration_study, group_pairs, toxigen_groups
+
+    group_of = toxigen_groups(None)
+    pairs = group_pairs(["h1", "h2", "h3", "x"], ["n1", "n2"], {"h1": "a", "h2": "a", "h3": "b", "x": "c",
+                                                                 "n1": "a", "n2": "b"})
+    assert pairs == [("h1", "n1"), ("h2", "n1"), ("h3", "n2")]  # group c has no neutral text: left out
+    with pytest.raises(ValueError, match="both hateful and neutral"):
+        group_pairs(["h1"], ["n2"], {"h1": "a", "n2": "b"})
+    kw = dict(ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=3, samples=2, n_neutral_prompts=2,
+              neutral_samples=2, max_new_tokens=4, per_prompt=2, progress=False, probe="paired")
+    rec = demonstration_study(tiny_llama, out=tmp_path / "r", **kw)
+    meta = rec.run.meta
+    assert meta.params["probe"] == "paired" and rec.report.settings["probe"] == "paired"
+    contrast = meta.extra["contrast_probe_texts"]
+    strip = lambda t: t.rstrip("\n")  # the recognition readout reads a statement with its template
+    assert len(meta.probe_texts) == len(contrast) > 0
+    assert all(group_of[strip(p)] == group_of[strip(c)] for p, c in zip(meta.probe_texts, contrast))
+    gen = demonstration_study(tiny_llama, out=tmp_path / "g", readout="generation", n_readout_prompts=12, **kw)
+    gm = gen.run.meta
+
+    def group_of_prompt(p):  # every statement of a prompt is about one group
+        gs = {group_of[line[2:]] for line in p.split("\n")[:-1]}
+        assert len(gs) == 1
+        return gs.pop()
+
+    assert all(group_of_prompt(p) == group_of_prompt(c) for p, c in zip(gm.probe_texts, gm.extra["contrast_probe_texts"]))
+    with pytest.raises(ValueError, match="probe must be"):
+        demonstration_study(tiny_llama, out=tmp_path / "x", **{**kw, "probe": "random"})
+
+
 def test_own_decoding_loop_drops_finished_jobs_and_keeps_every_continuation(tiny_llama, monkeypatch):
     """Rows ending at different steps (a third of the vocabulary ends a line here): the loop drops
     a job once it has ended under both conditions, and every continuation is still generate's."""

@@ -68,13 +68,38 @@ def _slug(text: str) -> str:
 
 
 def generation_concept(fit: ConceptSet, group_of: dict[str, str], n_prompts: int, per_prompt: int,
-                       seed: int) -> ConceptSet:
+                       seed: int) -> tuple[ConceptSet, dict[str, str]]:
     """The generation readout's concept: demonstration prompts built from *fit* statements, hateful
-    (positives) vs neutral (contrast), read where the model is about to write (no read template)."""
+    (positives) vs neutral (contrast), read where the model is about to write (no read template);
+    with each prompt's target group."""
     demos = build_demonstrations(_by_group(fit.positives, group_of), _by_group(fit.contrast, group_of), n_prompts,
                                  n_prompts, per_prompt, seed + 1)
     pos, neg = list(dict.fromkeys(demos.hate_prompts)), list(dict.fromkeys(demos.neutral_prompts))
-    return ConceptSet.from_texts(pos, neg, name=f"{fit.name}-demonstrations")
+    return ConceptSet.from_texts(pos, neg, name=f"{fit.name}-demonstrations"), prompt_groups(demos)
+
+
+def group_pairs(positives, contrast, group_of) -> list[tuple[str, str]]:
+    """Probe pairs matched by target group: each positive with a contrast text about the same group
+    (a group's contrast texts in turn), so a paired probe asks what separates hateful from neutral
+    text *within* a group rather than one group's hateful text from another group's neutral text.
+    Positives of a group without contrast texts are left out."""
+    by_group = _by_group(list(dict.fromkeys(contrast)), group_of)
+    seen: dict[str, int] = {}
+    out = []
+    for t in dict.fromkeys(positives):
+        g = group_of[t]
+        if g in by_group:
+            i = seen.get(g, 0)
+            out.append((t, by_group[g][i % len(by_group[g])]))
+            seen[g] = i + 1
+    if not out:
+        raise ValueError("no target group has both hateful and neutral fit texts: paired probes need both")
+    return out
+
+
+def prompt_groups(demos: Demonstrations) -> dict[str, str]:
+    """{demonstration prompt: its target group}."""
+    return dict(zip(demos.hate_prompts, demos.hate_groups)) | dict(zip(demos.neutral_prompts, demos.neutral_groups))
 
 
 def layer_directions(model: LoadedModel, concept: ConceptSet, layers, fs: FindSettings) -> dict[int, "torch.Tensor"]:
@@ -159,13 +184,14 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
     group_of = toxigen_groups(s.data_path)
     split = statements.split(eval_fraction=fs.eval_fraction, seed=fs.seed)  # the statements' fit / held-out parts
     fit = split.fit
-    concept = statements
+    concept, concept_groups = statements, group_of
     if s.readout == "generation":  # S read where the model writes: at the end of fit demonstration prompts
-        concept = generation_concept(fit, group_of, s.n_readout_prompts, s.per_prompt, s.seed)
+        concept, concept_groups = generation_concept(fit, group_of, s.n_readout_prompts, s.per_prompt, s.seed)
         fs = FindSettings.of(fs, read_template="{text}")
+    pairs = group_pairs(concept.positives, concept.contrast, concept_groups) if s.probe == "paired" else None
     out = Path(out) if out is not None else default_run_dir(concept, f"demo-{s.method}")
     with study_folder(out):
-        run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, progress=progress,
+        run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, probe_pairs=pairs, progress=progress,
                             ks=s.ks or CANDIDATE_KS)
         iv = run.intervention(s.mode, s.alpha, s.strength)
         ks, k_choices = (list(s.ks), None) if s.ks else budget_ks(model, run, concept, iv, s.seed)
@@ -195,6 +221,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,
+                               probe=s.probe,
                                reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)},
                                **({"k_choice": [c.to_dict() for c in k_choices]} if k_choices else {}))
         path = write_results(out, RunFiles.behaviour(tag), report, store, (RunFiles.behaviour_continuations(tag), {

@@ -155,6 +155,7 @@ class DemonstrationStudySettings(Changeable):
     max_neutral_rate: float = 0.10
     readout: str = "recognition"  # where S is read: after a statement, or where the model writes (demonstration prompts)
     n_readout_prompts: int = 150  # generation readout: fit demonstration prompts per side
+    probe: str = "prototypical"  # or "paired": each probe a hateful text with a neutral one about the same group
     ceiling: bool = False  # also measure the concept direction removed at the reading layer (row "direction")
     ceiling_layers: tuple[int, ...] | None = None  # and at these blocks (rows "direction-L<block>"): where it writes
     ceiling_spans: tuple[tuple[int, int], ...] | None = None  # each block's own direction at every block a..b ("direction-La-b")
@@ -176,6 +177,8 @@ class DemonstrationStudySettings(Changeable):
             raise ValueError(f"max_neutral_rate must lie between 0 and 1, got {self.max_neutral_rate}")
         if self.readout not in ("recognition", "generation"):
             raise ValueError(f"readout must be 'recognition' or 'generation', got {self.readout!r}")
+        if self.probe not in ("prototypical", "paired"):
+            raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
         if self.ceiling_layers is not None:
             layers = tuple(self.ceiling_layers)
             if not layers or any(isinstance(l, bool) or not isinstance(l, int) or l < 0 for l in layers):

@@ -72,7 +72,7 @@ def previous_path(model, prompts_, G, *, new_tokens, samples, batch_size) -> lis
         for p in range(0, len(prompts_), per):
             chunk = prompts_[p:p + per]
             ur = u[p:p + len(chunk)].reshape(-1, new_tokens).repeat(G, 1)
-            enc, cache = _prefilled(model, chunk, G, samples, cache=DynamicCache(config=model.hf.config))
+            enc, cache, _ = _prefilled(model, chunk, G, samples, cache=DynamicCache(config=model.hf.config))
             width = enc["input_ids"].shape[1]
             gen = model.generate_ids(enc, generation_config=config, cache=cache,
                                      logits_processor=LogitsProcessorList([_InverseCdfSampler(ur, width, 1.0, 0.95, 0)]))

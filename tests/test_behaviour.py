@@ -346,6 +346,46 @@ def test_own_decoding_loop_drops_finished_jobs_and_keeps_every_continuation(tiny
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma2", "gemma3", "qwen2", "gpt_neox", "phi3", "mistral", "gemma",
                                   "qwen3"])
+def test_next_statements_scored_on_the_shared_prefill_equal_the_plain_logliks(kind, tokenizer):
+    """The judge-free measure read on the sampling's own prefill (the prompt not run again): the
+    same mean log p per token as ``continuation_logliks_along`` under every condition along the
+    batch, for continuations of different lengths and one whose first token merges with the prompt's
+    last (scored the plain way); the continuations are the plain sampler's."""
+    from conftest import FAMILY_KINDS, build_tiny
+
+    from neat_llm.evaluation.generation import sample_and_score_along
+    from neat_llm.interventions import Condition, NeuronSelection, Zero, conditions_along_batch
+
+    if kind not in FAMILY_KINDS:
+        pytest.skip(f"{kind} is not a tiny family here")
+    m = build_tiny(kind, tokenizer)
+    prompts = ["- the rain came\n- the wind moved\n-", "- a cake\n-", "- hill folk bake bread\n- the town\n-",
+               "- the rain came over the rai"]
+    nexts = [[" the town stayed dry\n", " bread\n", " the hills moved over the rain today\n", "n came\n"],
+             [" a cake\n", " the wind moved over the hills\n", " folk\n", "n\n"]]
+    merged = [len(m.tokenizer(p + c)["input_ids"][:len(m.tokenizer(p)["input_ids"])]) and
+              m.tokenizer(p + c)["input_ids"][:len(m.tokenizer(p)["input_ids"])] != m.tokenizer(p)["input_ids"]
+              for p, c in zip(prompts, nexts[0])]
+    conds = [Condition("before"), Condition("off", NeuronSelection(((0, 3), (1, 7))), Zero())]
+    kw = dict(max_new_tokens=5, seed=2, samples=2, batch_size=4, stop_at_newline=True, share_prefill=True)
+    with conditions_along_batch(m, conds) as G:
+        texts, got = sample_and_score_along(m, prompts, G, score=nexts, **kw)
+        alone = sample_continuations_along(m, prompts, G, **kw)
+        want = [continuation_logliks_along(m, prompts, c, G) for c in nexts]
+    assert texts == alone and got.shape == (2, G, len(prompts))
+    for j in range(2):
+        torch.testing.assert_close(got[j], want[j].to(got.dtype), atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(got[0, 0], got[0, 1])  # the condition changes the scores
+    if kind == "llama":
+        assert any(merged)  # the boundary case was exercised on at least one family's tokenizer
+    with pytest.raises(ValueError, match="share_prefill"):
+        sample_and_score_along(m, prompts, 1, score=nexts)
+    with pytest.raises(ValueError, match="one per prompt"):
+        sample_and_score_along(m, prompts, 1, share_prefill=True, score=[nexts[0][:2]])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma2", "gemma3", "qwen2", "gpt_neox", "phi3", "mistral", "gemma",
+                                  "qwen3"])
 def test_shared_prefill_gives_the_same_continuations(kind, tokenizer):
     from conftest import FAMILY_KINDS, build_tiny
 

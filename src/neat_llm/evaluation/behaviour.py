@@ -29,10 +29,10 @@ from ..records import known
 from .checkpoints import ConditionStore
 from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_conditions
 from .demonstrations import Demonstrations
-from .generation import sample_continuations_along
+from .generation import sample_and_score_along, sample_continuations_along
 from .neutral_text import NEUTRAL_TEXTS
 from .paired_stats import PairedDifference, paired_difference
-from .perplexity import continuation_logliks_along, perplexities_along
+from .perplexity import perplexities_along
 from .statement_judge import StatementJudge
 
 
@@ -64,11 +64,10 @@ class BehaviourMeasure:
         G, d, bs = replicas, self.demos, self.batch_size
         kw = dict(max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=bs, stop_at_newline=True,
                   share_prefill=True)  # a prompt read once per condition, its cache copied to its samples
-        hate = sample_continuations_along(model, d.hate_prompts, G, samples=self.samples, **kw)
+        nexts = [[" " + s.strip() + "\n" for s in d.hate_next], [" " + s.strip() + "\n" for s in d.neutral_next]]
+        # the next-statement log-likelihoods read on the hate-prone prompts' own prefill (not run again)
+        hate, (ll_h, ll_n) = sample_and_score_along(model, d.hate_prompts, G, samples=self.samples, score=nexts, **kw)
         neutral = sample_continuations_along(model, d.neutral_prompts, G, samples=self.neutral_samples, **kw)
-        ll_h = continuation_logliks_along(model, d.hate_prompts, [" " + s.strip() + "\n" for s in d.hate_next], G, bs)
-        ll_n = continuation_logliks_along(model, d.hate_prompts, [" " + s.strip() + "\n" for s in d.neutral_next], G,
-                                          bs)
         ppls = perplexities_along(model, self.neutral_texts, G, bs)
         return [BehaviourResult(hate[g], neutral[g], (ll_h[g] - ll_n[g]).tolist(), ppls[g]) for g in range(G)]
 

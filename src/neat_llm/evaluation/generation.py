@@ -113,10 +113,13 @@ def first_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
 
-def _prefilled(model: LoadedModel, prompts: list[str], replicas: int, samples: int, cache=None):
+def _prefilled(model: LoadedModel, prompts: list[str], replicas: int, samples: int, cache=None,
+               score: Sequence[Sequence[str]] = ()):
     """The prompts encoded once per condition (left padding), every token but the last read into a
     KV cache, then cache and ids repeated for each prompt's samples (condition-major, prompt-major,
-    sample-minor: the rows ``sample_continuations_along`` generates)."""
+    sample-minor: the rows ``sample_continuations_along`` generates). ``score``: sets of given
+    continuations (one per prompt each) scored on the same prefill before it is repeated
+    (``_continuation_logliks_on``): [len(score), replicas, len(prompts)] mean log p per token."""
     enc = repeat_rows(model.encode(prompts), replicas)
     cache = growing_cache(model.hf.config) if cache is None else cache
     mask = enc["attention_mask"][:, :-1]
@@ -126,8 +129,54 @@ def _prefilled(model: LoadedModel, prompts: list[str], replicas: int, samples: i
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     model.forward({"input_ids": enc["input_ids"][:, :-1], "attention_mask": mask, "position_ids": positions},
                   cache=cache, use_cache=True, **_last_logits_only(model))
+    scored = torch.stack([_continuation_logliks_on(model, enc, cache, prompts, conts, replicas) for conts in score]) \
+        if score else None
     cache.batch_repeat_interleave(samples)
-    return {k: v.repeat_interleave(samples, 0) for k, v in enc.items()}, cache
+    return {k: v.repeat_interleave(samples, 0) for k, v in enc.items()}, cache, scored
+
+
+def _continuation_logliks_on(model: LoadedModel, enc: dict[str, torch.Tensor], cache, prompts: list[str],
+                             continuations: Sequence[str], replicas: int) -> torch.Tensor:
+    """Mean log p per token of continuation i after prompt i, read on a copy of ``cache`` (the
+    prompts' tokens but the last, prefilled by ``_prefilled``; ``enc`` their rows): only the
+    prompt's last token and the continuation's tokens are run, and the unembedding only there.
+    The tokens scored are those of prompt + continuation after the prompt's own tokens, as
+    ``perplexity.continuation_logliks_along`` scores them; where the joint text's tokens do not start
+    with the prompt's (a token merged across the boundary), that item is scored the plain way.
+    Returns [replicas, len(prompts)]."""
+    import copy
+
+    from .perplexity import continuation_logliks_along
+
+    tok = model.tokenizer
+    own = tok(list(prompts))["input_ids"]
+    joint = tok([p + c for p, c in zip(prompts, continuations)])["input_ids"]
+    tails = [j[len(o):] for o, j in zip(own, joint)]
+    plain = [i for i, (o, j, t) in enumerate(zip(own, joint, tails)) if j[:len(o)] != o or not t]
+    G, B = replicas, len(prompts)
+    L = max(len(t) for t in tails)
+    ids = torch.full((B, L), int(tok.pad_token_id if tok.pad_token_id is not None else 0), dtype=torch.long)
+    new_mask = torch.zeros(B, L, dtype=enc["attention_mask"].dtype)
+    for i, t in enumerate(tails):  # the prompt's last token, then the continuation's tokens but the last
+        feed = [own[i][-1]] + t[:-1]
+        ids[i, :len(feed)] = torch.tensor(feed)
+        new_mask[i, :len(feed)] = 1
+    ids, new_mask = ids.repeat(G, 1).to(enc["input_ids"].device), new_mask.repeat(G, 1).to(enc["input_ids"].device)
+    mask = torch.cat([enc["attention_mask"][:, :-1], new_mask], dim=1)
+    positions = (enc["attention_mask"][:, :-1].long().sum(-1, keepdim=True) + torch.arange(L, device=ids.device)[None])
+    logits = model.forward({"input_ids": ids, "attention_mask": mask, "position_ids": positions},
+                           cache=copy.deepcopy(cache), use_cache=True).logits.float()  # [G*B, L, V]
+    target = torch.zeros(B, L, dtype=torch.long)
+    for i, t in enumerate(tails):
+        target[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+    target = target.repeat(G, 1).to(logits.device)
+    ll = logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)  # [G*B, L]
+    ll = ll.masked_fill(new_mask == 0, 0.0).double().sum(-1) / new_mask.sum(-1).clamp(min=1)
+    out = ll.reshape(G, B).cpu()
+    if plain:  # the few items whose tokens cross the boundary: the plain reference
+        out[:, plain] = continuation_logliks_along(model, [prompts[i] for i in plain],
+                                                   [continuations[i] for i in plain], G).to(out.dtype)
+    return out
 
 
 def _last_logits_only(model: LoadedModel) -> dict:
@@ -197,11 +246,31 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
     every row has ended. ``share_prefill``: each prompt is read once per condition and its KV cache
     copied to its samples (a batch holds whole prompts), about ``samples`` times less prefill; the
     same continuations as without it (tested), up to float rounding of the batched prefill."""
+    return sample_and_score_along(model, prompts, replicas, max_new_tokens=max_new_tokens, seed=seed,
+                                  batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k,
+                                  samples=samples, stop_at_newline=stop_at_newline, share_prefill=share_prefill)[0]
+
+
+@torch.inference_mode()
+def sample_and_score_along(model: LoadedModel, prompts: Sequence[str], replicas: int, *, max_new_tokens: int = 20,
+                           seed: int = 0, batch_size: int = 16, temperature: float = 1.0, top_p: float = 0.95,
+                           top_k: int = 0, samples: int = 1, stop_at_newline: bool = False, share_prefill: bool = False,
+                           score: Sequence[Sequence[str]] = ()) -> tuple[list[list[str]], torch.Tensor | None]:
+    """``sample_continuations_along``, and with ``score`` (sets of given continuations, one per prompt
+    each, e.g. a held-out hateful and a neutral next statement) their mean log p per token after
+    each prompt under each condition, read on the same shared prefill (the prompt is not run again):
+    ``(continuations [G][n_prompts * samples], logliks [len(score), G, n_prompts] or None)``. The
+    logliks equal ``perplexity.continuation_logliks_along``'s (tested); ``score`` needs ``share_prefill``."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
+    score = [list(c) for c in score]
+    if score and not share_prefill:
+        raise ValueError("scoring given continuations reads the shared prefill: pass share_prefill=True")
+    if any(len(c) != len(prompts) for c in score):
+        raise ValueError(f"every set of continuations to score needs one per prompt ({len(prompts)})")
     if samples < 1 or max_new_tokens < 1 or temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError(f"bad sampling settings: samples={samples}, max_new_tokens={max_new_tokens}, "
                          f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
@@ -220,6 +289,7 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
                               pad_token_id=tok.pad_token_id, eos_token_id=eos,
                               bos_token_id=model.hf.generation_config.bos_token_id)
     out: list[list[str]] = [[""] * len(jobs) for _ in range(G)]
+    scored = torch.zeros(len(score), G, len(prompts), dtype=torch.float64) if score else None
     per = max(1, batch_size // samples)  # share_prefill: whole prompts per batch
     groups = ([list(range(p * samples, min(len(prompts), p + per) * samples)) for p in range(0, len(prompts), per)]
               if share_prefill else [list(r) for r in batches(len(jobs), batch_size)])
@@ -228,8 +298,11 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
         for rows in groups:
             ur = torch.stack([u[jobs[r]] for r in rows]).repeat(G, 1)  # [G*B, max_new_tokens]
             if share_prefill:
-                enc, cache = _prefilled(model, [prompts[i] for i in range(jobs[rows[0]][0], jobs[rows[-1]][0] + 1)], G,
-                                        samples)
+                first, last = jobs[rows[0]][0], jobs[rows[-1]][0] + 1
+                enc, cache, got = _prefilled(model, prompts[first:last], G, samples,
+                                             score=[c[first:last] for c in score])
+                if got is not None:
+                    scored[:, :, first:last] = got
             else:
                 enc, cache = repeat_rows(model.encode([prompts[jobs[r][0]] for r in rows]), G), None
             width = enc["input_ids"].shape[1]
@@ -246,4 +319,4 @@ def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], repli
                     out[g][r] = text[g * len(rows) + j]
     finally:
         tok.padding_side = side
-    return out
+    return out, scored

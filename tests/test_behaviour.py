@@ -262,6 +262,28 @@ def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     assert res.exit_code == 2 and "spans of blocks" in res.output
 
 
+def test_a_study_finds_with_the_score_it_is_given_and_refuses_to_reuse_another(tiny_model_dir, tmp_path):
+    """``neat hate --score positive --specificity 2`` finds with that rule and lambda; the same folder
+    asked for another lambda (or score) is refused by name, never silently reused."""
+    from typer.testing import CliRunner
+
+    from neat_llm.cli import app
+
+    args = ["hate", "--design", "demonstrations", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
+            "--k", "3", "--random", "1", "--prompts", "3", "--samples", "2", "--neutral-prompts", "2",
+            "--per-prompt", "2", "--new-tokens", "4", "--out", str(tmp_path / "d")]
+    res = CliRunner().invoke(app, args + ["--score", "positive", "--specificity", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    assert meta["params"]["score"] == "positive" and meta["params"]["specificity"] == 2.0
+    res = CliRunner().invoke(app, args + ["--score", "positive", "--specificity", "5"])
+    assert res.exit_code != 0 and "other specificity" in res.output
+    res = CliRunner().invoke(app, args + ["--score", "specific"])
+    assert res.exit_code != 0 and "other score" in res.output
+    res = CliRunner().invoke(app, args + ["--score", "nonsense"])
+    assert res.exit_code == 2 and "score must be one of" in res.output
+
+
 def test_the_report_shows_each_intervention_paired(tiny_llama, tmp_path):
     from neat_llm.report.html import render_report
     from neat_llm.studies.demonstrations import demonstration_study

@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from .cli_app import (AlphaOption, StrengthOption, JsonOption, LayersOption, MinStabilityOption, ModelOption,
-                      ModeOption, ProbeSizeOption, RandomOption, SeedOption, _fail, _parse_ks, _quiet_libraries, app, err, out, resumable)
+                      ModeOption, ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption,
+                      SpecificityOption, _fail, _parse_ks, _quiet_libraries, app, err, out, resumable)
 
 def _model_of_run(run):
     """Load the model a run was made with, and refuse one whose weights changed since."""
@@ -84,12 +85,12 @@ def find(
     method: str = typer.Option("neat", "--method", help="scoring method: neat, aura, exhaustive, screen-verify, attribution-patching, activation, auroc, random, reference, ..."),
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
-    score: Optional[str] = typer.Option(None, "--score", help="probe-based methods: 'specific' (default: drop of S on the positive probes minus the size of its change on the b lowest-S contrast texts), 'contrastive' (the effect on the P-N gap) or 'positive' (the drop on the positives alone)"),
+    score: ScoreOption = None,
     contrastive: bool = typer.Option(False, "--contrastive", help="the same as --score contrastive"),
     positions: Optional[str] = typer.Option(None, "--positions", help="neat: turn a neuron off at the read position only ('read', the default: KV-cache replay) or at every position ('all', ~T times slower)"),
-    specificity: Optional[float] = typer.Option(None, "--specificity", help="lambda of the specificity-aware score: share of the fit gap minus lambda x fluency cost (default 10 for methods scoring a drop of S, 0 otherwise; 0 turns it off)"),
+    specificity: SpecificityOption = None,
     read_template: str = typer.Option("{text}\n", "--read-template", help="what the model reads for the concept score; {text} stands for the text (default: the text and a newline, so S is read at the same token for every text)"),
-    reading_layer: Optional[int] = typer.Option(None, "--reading-layer", help="default: best cross-validated AUROC"),
+    reading_layer: ReadingLayerOption = None,
     vector: str = typer.Option("diff-means", "--vector", help="concept vector: diff-means, cav, centroid"),
     pool: str = typer.Option("last", "--pool", help="representation: last token or mean"),
     ablation: str = typer.Option("zero", "--ablation", help="turn off as zero or mean"),

@@ -36,6 +36,14 @@ ProbeSizeOption = Annotated[int, typer.Option("--probe-size", "-b", help="b: pro
 NeuronsSubsetOption = Annotated[Optional[int], typer.Option("--neurons-subset",
                                                             help="score only this many seeded random neurons")]
 SeedOption = Annotated[int, typer.Option("--seed", help="seed of the split, the probes and the random K-sets")]
+ScoreOption = Annotated[Optional[str], typer.Option(
+    "--score", help="probe-based methods: 'specific' (default: drop of S on the positive probes minus the size of its "
+    "change on the b lowest-S contrast texts), 'contrastive' (the effect on the P-N gap) or 'positive' (the drop on the "
+    "positives alone)")]
+SpecificityOption = Annotated[Optional[float], typer.Option(
+    "--specificity", help="lambda of the specificity-aware score: share of the fit gap minus lambda x fluency cost "
+    "(default 10 for methods scoring a drop of S, 0 otherwise; 0 turns it off)")]
+ReadingLayerOption = Annotated[Optional[int], typer.Option("--reading-layer", help="default: best cross-validated AUROC")]
 ModeOption = Annotated[Optional[str], typer.Option(
     "--mode", help="zero, mean, dampen or transport (default: the run's own: its ablation, or dampening for aura runs)")]
 AlphaOption = Annotated[Optional[float], typer.Option(

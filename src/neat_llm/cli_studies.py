@@ -11,16 +11,17 @@ import typer
 from rich.table import Table
 
 from .cli_app import (AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
-                      ProbeSizeOption, RandomOption, SeedOption, StudyOutOption, _fail, _parse_ks, _quiet_libraries,
-                      app, out, resumable)
+                      ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption, SpecificityOption,
+                      StudyOutOption, _fail, _parse_ks, _quiet_libraries, app, out, resumable)
 
 
-def _find_settings(layers, probe_size, seed):
+def _find_settings(layers, probe_size, seed, score=None, specificity=None, reading_layer=None):
     """How a study finds its neurons, from the option group the studies share with ``neat find``
     (checked here, before the model loads)."""
     from .find_settings import FindSettings
 
-    return FindSettings(layers=layers or None, probe_size=probe_size, seed=seed)
+    return FindSettings(layers=layers or None, probe_size=probe_size, seed=seed, score=score, specificity=specificity,
+                        reading_layer=reading_layer)
 
 
 def _subset(neurons_subset, model):
@@ -76,6 +77,9 @@ def hate(
     neurons_subset: NeuronsSubsetOption = None,
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
+    score: ScoreOption = None,
+    specificity: SpecificityOption = None,
+    reading_layer: ReadingLayerOption = None,
     seed: SeedOption = 0,
     out_dir: StudyOutOption = None,
     as_json: JsonOption = False,
@@ -92,9 +96,13 @@ def hate(
     if design == "demonstrations":
         if data != "toxigen":
             _fail("--design demonstrations builds prompts from target groups: it needs --data toxigen")
+        try:
+            find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer)
+        except ValueError as e:
+            _fail(e)
         return _demonstration_hate(model, data_path, _parse_ks(k) if k else None, n_random, fit_groups, eval_groups,
                                    n_prompts or 200, samples, neutral_prompts, per_prompt, new_tokens or 40, mode, alpha,
-                                   strength, layers, probe_size, seed, out_dir, as_json, readout_at, ceiling,
+                                   strength, find, seed, out_dir, as_json, readout_at, ceiling,
                                    _int_list(ceiling_layers, "--ceiling-layers"), _spans(ceiling_spans, "--ceiling-spans"),
                                    _spans(ceiling_units, "--ceiling-units"), probe)
     if design != "prefixes":
@@ -102,7 +110,7 @@ def hate(
     ks = _parse_ks(k or "10,50,100,500,2000")
     n_prompts, new_tokens = n_prompts or 80, new_tokens or 20
     try:  # every setting is checked here, before the model and the data load
-        find = _find_settings(layers, probe_size, seed)
+        find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer)
         readout = replace(HATE_READOUT, positive_word=label_yes, negative_word=label_no)
         settings = HateStudySettings(data=data, data_path=data_path, text_col=text_col, label_col=label_col,
                                      positive=_csv(positive) or ("hate",), contrast=_csv(contrast), method=method,
@@ -189,7 +197,7 @@ def _spans(text: str | None, flag: str) -> tuple[tuple[int, int], ...] | None:
 
 
 def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups, n_prompts, samples, neutral_prompts,
-                        per_prompt, new_tokens, mode, alpha, strength, layers, probe_size, seed, out_dir, as_json,
+                        per_prompt, new_tokens, mode, alpha, strength, find, seed, out_dir, as_json,
                         readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
                         ceiling_units=None, probe="prototypical") -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
@@ -198,7 +206,6 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
     from neat_llm.studies.settings import DemonstrationStudySettings
 
     try:
-        find = _find_settings(layers, probe_size, seed)
         settings = DemonstrationStudySettings(data_path=data_path, ks=ks, fit_groups=_csv(fit_groups),
                                               eval_groups=_csv(eval_groups), n_random=n_random, n_prompts=n_prompts,
                                               samples=samples, n_neutral_prompts=neutral_prompts,
@@ -285,6 +292,9 @@ def bias(
     neurons_subset: NeuronsSubsetOption = None,
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
+    score: ScoreOption = None,
+    specificity: SpecificityOption = None,
+    reading_layer: ReadingLayerOption = None,
     seed: SeedOption = 0,
     out_dir: StudyOutOption = None,
     as_json: JsonOption = False,
@@ -307,7 +317,7 @@ def bias(
         templates, columns = {"template": template_col, "stereo": stereo_col, "anti": anti_col,
                               "bias_type": type_col or None, "mask": mask}, {}
     try:  # every setting is checked here, before the model and the data load
-        find = _find_settings(layers, probe_size, seed)
+        find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer)
         settings = BiasStudySettings(data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
                                      method=method, ks=ks, n_random=n_random, eval_fraction=eval_fraction,
                                      max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,

@@ -276,6 +276,10 @@ def test_a_study_finds_with_the_score_it_is_given_and_refuses_to_reuse_another(t
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert meta["params"]["score"] == "positive" and meta["params"]["specificity"] == 2.0
+    got = json.loads(res.output.strip().splitlines()[-1])
+    from neat_llm.runs import Run
+    run = Run.load(tmp_path / "d")
+    assert got["settings"]["n_positive_score"] == run.n_positive == int((run.scores > 0).sum())
     res = CliRunner().invoke(app, args + ["--score", "positive", "--specificity", "5"])
     assert res.exit_code != 0 and "other specificity" in res.output
     res = CliRunner().invoke(app, args + ["--score", "specific"])

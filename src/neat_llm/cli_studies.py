@@ -235,6 +235,12 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                   f"{row.hate_rate:.3f}", *vs(row, "hate_rate"), f"{row.neutral_hate_rate:.3f}", f"{row.next_gap:+.3f}",
                   *vs(row, "next_gap"), f"{row.ppl_ratio:.3f}")
     out.print(t)
+    n_pos = r.settings.get("n_positive_score")
+    top_k = max((row.k for row in r.rows if row.condition == "concept"), default=0)
+    if n_pos is not None and top_k > n_pos:
+        out.print(f"note: only {n_pos} neurons have a positive score; the top {top_k} beyond them are ranked by a score "
+                  "at or below 0 (no net effect on the concept after the contrast texts and the fluency cost)",
+                  soft_wrap=True)
     for c in r.settings.get("k_choice") or []:
         got = (f"K = {c['k']} (fit gap removal {c['fit_gap_removal'][c['ks'].index(c['k'])]:.3f}, ratio "
                f"{c['fit_ppl_ratio'][c['ks'].index(c['k'])]:.3f})" if c["k"] is not None else

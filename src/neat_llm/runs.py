@@ -409,6 +409,14 @@ class Run:
         proven = self._proven()
         return n if proven is None else min(n, int(proven))
 
+    @property
+    def n_positive(self) -> int:
+        """How many neurons have a score above 0: beyond them a top-K set holds neurons whose removal
+        does not lower S by more than the score asks (with the specific rule, more than it moves the
+        contrast texts; with a specificity penalty, more than their fluency cost): filler, ranked by
+        how little they cost rather than by what they carry."""
+        return int((torch.nan_to_num(self.scores, nan=0.0) > 0).sum())
+
     def fit_set(self, concept: ConceptSet) -> ConceptSet:
         """The fit part of ``concept`` exactly as the run split it (what a choice of K may look at)."""
         self.eval_set(concept)  # the same data check

@@ -221,7 +221,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,
-                               probe=s.probe,
+                               probe=s.probe, n_positive_score=run.n_positive,
                                reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)},
                                **({"k_choice": [c.to_dict() for c in k_choices]} if k_choices else {}))
         path = write_results(out, RunFiles.behaviour(tag), report, store, (RunFiles.behaviour_continuations(tag), {

@@ -100,6 +100,15 @@ def test_fit_transport_mean_is_the_difference_of_token_means(tiny_llama):
         fit_transport(tiny_llama, pos, neg, kind="cubic")
     with pytest.raises(ValueError, match="concept and contrast texts"):
         fit_transport(tiny_llama, pos, [])
+    # at="last": the difference of the means at each text's last token (one text at a time, no padding)
+    last = fit_transport(tiny_llama, pos, neg, kind="mean", at="last")
+    for l in range(tiny_llama.n_layers):
+        mp = torch.stack([_acts(tiny_llama, [t])[l][0, -1] for t in pos]).double().mean(0)
+        mn = torch.stack([_acts(tiny_llama, [t])[l][0, -1] for t in neg]).double().mean(0)
+        torch.testing.assert_close(last.beta[l], (mn - mp).float(), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(last.beta, tr.beta, atol=1e-3)
+    with pytest.raises(ValueError, match="fitted at all or last"):
+        fit_transport(tiny_llama, pos, neg, at="first")
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

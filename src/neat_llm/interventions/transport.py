@@ -7,7 +7,10 @@ that carries its activations on concept text onto its activations on contrast te
   A neuron whose concept-side quantiles do not vary gets the mean map.
 
 Cost: one forward pass per text (all neurons at once). Activations are taken at every non-padding
-token, where the intervention is applied while the model writes."""
+token (``at="all"``), where the intervention is applied while the model writes, or only at each
+text's last token (``at="last"``): where a concept read at the end of a text is read, e.g. the end
+of a demonstration prompt, where the model is about to write (the means over all of a prompt's
+tokens mostly measure the statements it shows, not the state it writes from)."""
 
 from __future__ import annotations
 
@@ -21,16 +24,24 @@ from ..models.loaded import LoadedModel
 from .types import TRANSPORT_KINDS, Transport
 
 
+TRANSPORT_AT = ("all", "last")
+
+
 @torch.inference_mode()
 def _activations(model: LoadedModel, texts: Sequence[str], max_tokens: int, seed: int,
-                 batch_size: int) -> list[torch.Tensor]:
-    """Per block, the activations at up to ``max_tokens`` non-padding tokens of ``texts``
-    (a seeded sample when there are more): [n_layers] x [N, d_ff] (float32, CPU)."""
+                 batch_size: int, at: str = "all") -> list[torch.Tensor]:
+    """Per block, the activations at up to ``max_tokens`` non-padding tokens of ``texts`` (every
+    token, or each text's last with ``at="last"``; a seeded sample when there are more):
+    [n_layers] x [N, d_ff] (float32, CPU)."""
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(model.n_layers)]
     sites = dict(enumerate(model.sites))
     for rows in token_batches(model, texts, batch_size):
         enc = model.encode([texts[r] for r in rows])
         keep = enc["attention_mask"].bool()
+        if at == "last":  # right padding: each row's last real token
+            last = keep.long().sum(-1) - 1
+            keep = torch.zeros_like(keep)
+            keep[torch.arange(len(rows)), last] = True
         with capture_inputs(sites) as acts:
             model.run_through(model.n_layers - 1, enc)  # the unembedding is not needed
         for l in range(model.n_layers):
@@ -59,19 +70,22 @@ def quantile_map(pos: torch.Tensor, neg: torch.Tensor, n_quantiles: int = 32) ->
 
 def fit_transport(model: LoadedModel, concept_texts: Sequence[str], contrast_texts: Sequence[str], *,
                   kind: str = "mean", strength: float = 1.0, n_quantiles: int = 32, max_tokens: int = 8192,
-                  seed: int = 0, batch_size: int = 16) -> Transport:
+                  seed: int = 0, batch_size: int = 16, at: str = "all") -> Transport:
     """The ``Transport`` of every neuron of ``model`` from ``concept_texts`` to ``contrast_texts``
-    (fit texts only: the map is part of the method, never fitted on held-out data)."""
+    (fit texts only: the map is part of the method, never fitted on held-out data), from the
+    activations at every token (``at="all"``) or at each text's last token (``"last"``)."""
     if kind not in TRANSPORT_KINDS:
         raise ValueError(f"transport kind must be one of {', '.join(TRANSPORT_KINDS)}, got {kind!r}")
+    if at not in TRANSPORT_AT:
+        raise ValueError(f"transport is fitted at {' or '.join(TRANSPORT_AT)} tokens, got {at!r}")
     concept_texts, contrast_texts = list(concept_texts), list(contrast_texts)
     if not concept_texts or not contrast_texts:
         raise ValueError(f"transport needs concept and contrast texts ({len(concept_texts)} concept, "
                          f"{len(contrast_texts)} contrast given)")
     if n_quantiles < 2:
         raise ValueError(f"n_quantiles must be >= 2, got {n_quantiles}")
-    pos = _activations(model, concept_texts, max_tokens, seed, batch_size)
-    neg = _activations(model, contrast_texts, max_tokens, seed + 1, batch_size)
+    pos = _activations(model, concept_texts, max_tokens, seed, batch_size, at)
+    neg = _activations(model, contrast_texts, max_tokens, seed + 1, batch_size, at)
     omega = torch.ones(model.n_layers, model.d_ff)
     beta = torch.empty(model.n_layers, model.d_ff)
     for l in range(model.n_layers):

@@ -90,6 +90,16 @@ def test_nonsense_sizes_and_layers_are_refused(tiny_model_dir, tmp_path):
     assert r.exit_code == 0 and len(json.loads(r.stdout)["top"]) == 144
 
 
+def test_a_data_folder_given_as_data_points_to_data_path(tiny_model_dir, tmp_path):
+    """--data ../shared/data (a folder where --data-path was meant) used to end in an unrelated
+    error ("--design demonstrations ... needs --data toxigen", or a file read of a folder)."""
+    for cmd in (["hate", "--design", "demonstrations"], ["hate"], ["bias"]):
+        out = tmp_path / cmd[0]
+        r = runner.invoke(app, [*cmd, "--model", str(tiny_model_dir), "--data", str(tmp_path), "--out", str(out)])
+        assert r.exit_code != 0 and "is a folder" in r.output and f"--data-path {tmp_path}" in r.output, r.output
+        assert not out.exists()
+
+
 def test_find_errors_are_clear(tiny_model_dir, tmp_path):
     csv = _concept_csv(tmp_path)
     r = runner.invoke(app, ["find", "--model", str(tiny_model_dir), "--concept", str(csv), "--text-col", "nope",

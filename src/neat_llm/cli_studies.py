@@ -33,6 +33,13 @@ def _subset(neurons_subset, model):
     return subset_neurons(model, neurons_subset)
 
 
+def _data_not_a_folder(data: str, names: str) -> None:
+    """--data names a data set or a file; a folder there is almost always meant for --data-path."""
+    if Path(data).expanduser().is_dir():
+        _fail(f"--data {data!r} is a folder: --data takes {names} or a file; say where the data sets are with "
+              f"--data-path {data}")
+
+
 def _csv(v: Optional[str]) -> Optional[list[str]]:
     return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
@@ -93,6 +100,7 @@ def hate(
     from neat_llm.studies import HateStudySettings, hate_study
 
     _quiet_libraries()
+    _data_not_a_folder(data, "toxigen, davidson")
     if design == "demonstrations":
         if data != "toxigen":
             _fail("--design demonstrations builds prompts from target groups: it needs --data toxigen")
@@ -313,6 +321,7 @@ def bias(
     from neat_llm.studies import BiasStudySettings, bias_study
 
     _quiet_libraries()
+    _data_not_a_folder(data, "crows-pairs, indibias")
     ks = _parse_ks(k)
     columns = {} if data in ("crows-pairs", "indibias") else {"more": more_col, "less": less_col,
                                                                "bias_type": type_col or None}

@@ -106,6 +106,43 @@ def test_demonstration_study_end_to_end(tiny_llama, tmp_path):
     assert again.report.mode == "transport"
 
 
+def test_transport_fitted_at_the_fit_prompts_last_token_is_the_studys_intervention(tiny_llama, tmp_path, monkeypatch):
+    """``transport_at="last"``: the map fitted on the run's own fit texts at each one's last token
+    (where the generation readout reads), not the run's all-token means; recorded and named so."""
+    import neat_llm.studies.demonstrations as demo_mod
+    from neat_llm.concepts.vectors import apply_template
+    from neat_llm.studies.demonstrations import demonstration_study, generation_concept, toxigen_groups
+    from neat_llm.studies.hate import hate_concept
+
+    used = []
+    real = demo_mod.fit_transport
+    monkeypatch.setattr(demo_mod, "fit_transport", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+
+    kw = dict(ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=3, samples=2, n_neutral_prompts=2,
+              neutral_samples=2, max_new_tokens=4, per_prompt=2, readout="generation", n_readout_prompts=12,
+              mode="transport", out=tmp_path / "d", progress=False)
+    study = demonstration_study(tiny_llama, transport_at="last", **kw)
+    r = study.report
+    assert study.path.name == "behaviour-transport-mean-at-last-tokens-strength-1.json"
+    assert r.intervention == "transport (mean at last tokens, strength=1)" and r.settings["at"] == "last"
+    # the map it used: the one fitted on the run's fit prompts, read as the run reads them
+    statements = hate_concept("toxigen", None, groups=("hillfolk", "riverfolk"))
+    fit = statements.split(eval_fraction=study.run.meta.params["eval_fraction"], seed=0).fit
+    concept, _ = generation_concept(fit, toxigen_groups(None), 12, 2, 0)
+    texts = study.run.fit_set(concept)
+    template = study.run.readout().template
+    want = real(tiny_llama, apply_template(template, texts.positives),
+                 apply_template(template, texts.contrast), at="last")
+    assert len(used) == 1 and used[0].at == "last" and torch.equal(used[0].beta, want.beta)
+    assert torch.equal(used[0].omega, want.omega)
+    plain = study.run.intervention("transport")
+    assert not torch.allclose(want.beta, plain.beta, atol=1e-4)  # not the all-token means
+    for bad, match in [(dict(transport_at="first"), "fitted at all or last"),
+                       (dict(transport_at="last", mode="zero"), "applies to mode transport")]:
+        with pytest.raises(ValueError, match=match):
+            demonstration_study(tiny_llama, **{**kw, **bad})
+
+
 def test_demonstration_study_without_k_evaluates_the_k_chosen_on_the_fit_split_at_each_budget(tiny_llama, tmp_path):
     from neat_llm.evaluation.budget import choose_k
     from neat_llm.studies.demonstrations import demonstration_study

@@ -4,6 +4,7 @@ interventions/ branches on a mode name."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -157,6 +158,18 @@ def test_run_transport_from_its_means_and_a_stored_fit(run_and_model):
     again = nl.Run.load(run.run_dir).intervention("transport")
     assert again.kind == "linear" and again.strength == pytest.approx(0.4) and torch.equal(again.omega, fitted.omega)
     assert nl.Run.load(run.run_dir).intervention("transport", strength=0.9).strength == 0.9
+    last = fit_transport(model, pos, neg, at="last")  # where it was fitted travels with it: folder, spec, strength
+    assert last.at == "last" and last.describe() == "transport (mean at last tokens, strength=1)"
+    assert last.settings()["at"] == "last" and "at" not in fitted.settings()  # the default unsaid (old records equal)
+    run.save_transport(last)
+    again = nl.Run.load(run.run_dir).intervention("transport", strength=0.5)
+    assert again.at == "last" and again.strength == 0.5 and torch.equal(again.beta, last.beta)
+    from neat_llm.interventions.spec import InterventionSpec, make_spec
+
+    spec = make_spec(model.model_id, model.family, model.weights_hash, model.n_layers, model.d_ff, run.top(5), last)
+    back = InterventionSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).intervention()
+    assert back.at == "last" and back.describe() == last.describe()
+    assert all(back.beta[l, k] == last.beta[l, k] for l, k in run.top(5).neurons)
 
 
 @pytest.fixture

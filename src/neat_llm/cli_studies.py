@@ -68,6 +68,7 @@ def hate(
     ceiling_layers: Optional[str] = typer.Option(None, "--ceiling-layers", help="(demonstrations) also the concept direction read at each of these blocks removed there, e.g. 8,14,20 (rows direction-L<block>): where removing it moves what the model writes, at what fluency cost"),
     ceiling_spans: Optional[str] = typer.Option(None, "--ceiling-spans", help="(demonstrations) also each block's own concept direction removed at every block of a span, e.g. 14-29 (rows direction-L<a>-<b>; later blocks cannot write it back)"),
     ceiling_units: Optional[str] = typer.Option(None, "--ceiling-units", help="(demonstrations) also every MLP unit of a span of blocks under the study's intervention, e.g. 20-27 with --mode transport (rows units-L<a>-<b>: the unit-level ceiling)"),
+    transport_at: Optional[str] = typer.Option(None, "--transport-at", help="(demonstrations, --mode transport) fit the map on the run's fit texts at each one's last token ('last': the end of a demonstration prompt, where the model writes) or at every token ('all'); default: the run's own all-token means"),
     probe: str = typer.Option("prototypical", "--probe", help="(demonstrations) prototypical (find's probe batch) or paired (each probe a hateful text with a neutral one about the same target group: what separates hate within a group, not one group from another)"),
     ceiling: bool = typer.Option(False, "--ceiling", help="(demonstrations) also measure the concept direction removed from the residual stream at the reading layer, every position: the direction-level ceiling beside the neurons"),
     readout_at: str = typer.Option("recognition", "--readout", help="(demonstrations) where the concept is read: recognition (after a statement, as neat find) or generation (at the end of fit demonstration prompts, where the model writes)"),
@@ -112,7 +113,7 @@ def hate(
                                    n_prompts or 200, samples, neutral_prompts, per_prompt, new_tokens or 40, mode, alpha,
                                    strength, find, seed, out_dir, as_json, readout_at, ceiling,
                                    _int_list(ceiling_layers, "--ceiling-layers"), _spans(ceiling_spans, "--ceiling-spans"),
-                                   _spans(ceiling_units, "--ceiling-units"), probe)
+                                   _spans(ceiling_units, "--ceiling-units"), probe, transport_at)
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     ks = _parse_ks(k or "10,50,100,500,2000")
@@ -131,10 +132,42 @@ def hate(
         study = hate_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)
-    r = study.report
     if as_json:
-        print(json.dumps({"path": str(study.path), **r.to_dict()}))
+        print(json.dumps({"path": str(study.path), **study.report.to_dict()}))
         return
+    _print_hate(study)
+
+
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """'8,14,20' as (8, 14, 20); a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _fail(f"{flag} takes block numbers separated by commas, e.g. 8,14,20; got {text!r}")
+
+
+def _spans(text: str | None, flag: str) -> tuple[tuple[int, int], ...] | None:
+    """'14-29,20-29' as ((14, 29), (20, 29)); a single block '8' as (8, 8); a clear error for anything else."""
+    if text is None:
+        return None
+    out = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        a, _, b = part.partition("-")
+        try:
+            out.append((int(a), int(b or a)))
+        except ValueError:
+            _fail(f"{flag} takes spans of blocks separated by commas, e.g. 14-29,20-29; got {text!r}")
+    return tuple(out)
+
+
+
+def _print_hate(study) -> None:
+    """``neat hate``'s (prefixes design) table and notes."""
+    r = study.report
     t = Table(title=f"hate speech: {r.dataset}, {r.method}, {r.mode} ablation; held-out {r.n_eval['hate']} hateful / "
                     f"{r.n_eval['neutral']} neutral, {r.n_prompts} prompts, {r.n_continuations} continuations per condition")
     for col in ("K", "neurons", "loglik hate", "loglik neutral", "gap", "readout acc", "hate rate", "toxic rate",
@@ -177,37 +210,10 @@ def hate(
                 for src, v in row.by_source.items()))
     out.print(f"written to {study.path}")
 
-
-def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
-    """'8,14,20' as (8, 14, 20); a clear error for anything else."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        _fail(f"{flag} takes block numbers separated by commas, e.g. 8,14,20; got {text!r}")
-
-
-def _spans(text: str | None, flag: str) -> tuple[tuple[int, int], ...] | None:
-    """'14-29,20-29' as ((14, 29), (20, 29)); a single block '8' as (8, 8); a clear error for anything else."""
-    if text is None:
-        return None
-    out = []
-    for part in (x.strip() for x in text.split(",")):
-        if not part:
-            continue
-        a, _, b = part.partition("-")
-        try:
-            out.append((int(a), int(b or a)))
-        except ValueError:
-            _fail(f"{flag} takes spans of blocks separated by commas, e.g. 14-29,20-29; got {text!r}")
-    return tuple(out)
-
-
 def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups, n_prompts, samples, neutral_prompts,
                         per_prompt, new_tokens, mode, alpha, strength, find, seed, out_dir, as_json,
                         readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
-                        ceiling_units=None, probe="prototypical") -> None:
+                        ceiling_units=None, probe="prototypical", transport_at=None) -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
     import neat_llm as nl
     from neat_llm.studies.demonstrations import demonstration_study
@@ -220,7 +226,8 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               per_prompt=per_prompt, max_new_tokens=new_tokens, mode=mode, alpha=alpha,
                                               strength=strength, seed=seed, readout=readout_at,
                                               ceiling=ceiling, ceiling_layers=ceiling_layers,
-                                              ceiling_spans=ceiling_spans, ceiling_units=ceiling_units, probe=probe)
+                                              ceiling_spans=ceiling_spans, ceiling_units=ceiling_units, probe=probe,
+                                              transport_at=transport_at)
         study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)

@@ -382,11 +382,12 @@ class Run:
             return None
         t = load_file(str(f))
         meta = _safetensors_meta(f)
-        return Transport(t["omega"], t["beta"], float(meta.get("strength", 1.0)), meta.get("kind", "mean"))
+        return Transport(t["omega"], t["beta"], float(meta.get("strength", 1.0)), meta.get("kind", "mean"),
+                         meta.get("at", "all"))
 
     def save_transport(self, transport: Transport) -> None:
         """Keep a fitted transport in the run folder (``run.intervention("transport")`` then uses it)."""
-        meta = {"strength": str(transport.strength), "kind": transport.kind}
+        meta = {"strength": str(transport.strength), "kind": transport.kind, "at": transport.at}
         atomic_write(self.run_dir / TRANSPORT_FILE, lambda p: save_file(
             {"omega": transport.omega.float().contiguous(), "beta": transport.beta.float().contiguous()}, str(p),
             metadata=meta))

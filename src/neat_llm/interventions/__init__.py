@@ -20,10 +20,11 @@ from .direction import DirectionEdit, DirectionEdits
 from .spec import InterventionSpec, SpecError
 from .transport import fit_transport
 from .selection import NeuronSelection, as_selection
-from .types import (INTERVENTIONS, MODES, BlockEdit, Dampen, Intervention, Mean, NeuronStats, Transport, Zero,
-                    check_choice)
+from .types import (INTERVENTIONS, MODES, TRANSPORT_AT, BlockEdit, Dampen, Intervention, Mean, NeuronStats, Transport,
+                    Zero, check_choice, check_transport_at)
 from .values import Condition
 
-__all__ = ["INTERVENTIONS", "MODES", "BlockEdit", "Condition", "Dampen", "DirectionEdit", "DirectionEdits", "remove_direction", "Intervention", "InterventionSpec", "Mean",
-           "NeuronSelection", "NeuronStats", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "conditions_along_batch",
+__all__ = ["INTERVENTIONS", "MODES", "TRANSPORT_AT", "BlockEdit", "Condition", "Dampen", "DirectionEdit", "DirectionEdits", "remove_direction", "Intervention", "InterventionSpec", "Mean",
+           "NeuronSelection", "NeuronStats", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "check_transport_at",
+           "conditions_along_batch",
            "fit_transport", "turn_off"]

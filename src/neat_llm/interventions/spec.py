@@ -179,12 +179,14 @@ class InterventionSpec:
                             "by another neat-llm, or edited by hand")
         _fields(d, TOP_FIELDS, TOP_FIELDS - {"provenance"}, "the file")
         m = _fields(d["model"], MODEL_FIELDS, MODEL_FIELDS, "the file's model")
-        iv = dict(_fields(d["intervention"], {"mode", "strength", "kind"}, {"mode"}, "the file's intervention"))
+        iv = dict(_fields(d["intervention"], {"mode", "strength", "kind", "at"}, {"mode"}, "the file's intervention"))
         mode = _text(iv.pop("mode"), "the intervention's mode")
         if "strength" in iv:
             iv["strength"] = _number(iv["strength"], "the intervention's strength")
         if "kind" in iv:
             iv["kind"] = _text(iv["kind"], "the intervention's kind")
+        if "at" in iv:
+            iv["at"] = _text(iv["at"], "where the intervention was fitted")
         if not isinstance(d["neurons"], list):
             raise SpecError(f"the file's neurons must be a list, got {type(d['neurons']).__name__}")
         neurons = tuple(_neuron(n, i) for i, n in enumerate(d["neurons"]))

@@ -21,10 +21,7 @@ import torch
 from ..concepts.representations import token_batches
 from ..hooks import capture_inputs
 from ..models.loaded import LoadedModel
-from .types import TRANSPORT_KINDS, Transport
-
-
-TRANSPORT_AT = ("all", "last")
+from .types import TRANSPORT_AT, TRANSPORT_KINDS, Transport
 
 
 @torch.inference_mode()
@@ -93,4 +90,4 @@ def fit_transport(model: LoadedModel, concept_texts: Sequence[str], contrast_tex
             omega[l], beta[l] = quantile_map(pos[l], neg[l], n_quantiles)
         else:
             beta[l] = (neg[l].double().mean(0) - pos[l].double().mean(0)).float()
-    return Transport(omega, beta, float(strength), kind)
+    return Transport(omega, beta, float(strength), kind, at)

@@ -298,6 +298,7 @@ class Dampen(Intervention):
 
 
 TRANSPORT_KINDS = ("mean", "linear")
+TRANSPORT_AT = ("all", "last")  # where a transport map is fitted: every token, or each text's last
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,7 +306,8 @@ class Transport(Intervention):
     """a -> (1 - t) a + t (omega a + beta), per neuron: the map that carries the neuron's activations
     on concept text onto those on contrast text (``omega``, ``beta`` [n_layers, d_ff]; ``kind``
     ``mean``: omega = 1, beta = mu_N - mu_P; ``linear``: least squares between matched quantiles),
-    at ``strength`` t in [0, 1] (0 leaves the model as it is)."""
+    at ``strength`` t in [0, 1] (0 leaves the model as it is). ``at``: where the map was fitted, at
+    every token (``"all"``; a run's own means) or at each fit text's last token (``"last"``)."""
 
     name: ClassVar[str] = "transport"
     adds_constant: ClassVar[bool] = True
@@ -313,6 +315,7 @@ class Transport(Intervention):
     beta: torch.Tensor | None = None
     strength: float = 1.0
     kind: str = "mean"
+    at: str = "all"
 
     def __post_init__(self) -> None:
         if self.omega is None or self.beta is None:
@@ -327,19 +330,25 @@ class Transport(Intervention):
             raise ValueError(f"transport strength must be in [0, 1], got {self.strength}")
         if self.kind not in TRANSPORT_KINDS:
             raise ValueError(f"transport kind must be one of {', '.join(TRANSPORT_KINDS)}, got {self.kind!r}")
+        if self.at not in TRANSPORT_AT:
+            raise ValueError(f"transport is fitted at {' or '.join(TRANSPORT_AT)} tokens, got {self.at!r}")
 
     def block_affine(self, layer: int, d_ff: int) -> BlockEdit:
         t = float(self.strength)
         return BlockEdit((1.0 - t) + t * self.omega[layer].float().cpu(), t * self.beta[layer].float().cpu())
 
+    def _fitted(self) -> dict:
+        return {} if self.at == "all" else {"at": self.at}  # the default unsaid: earlier records stay equal
+
     def settings(self) -> dict:
-        return {"mode": self.name, "strength": self.strength, "kind": self.kind}
+        return {"mode": self.name, "strength": self.strength, "kind": self.kind, **self._fitted()}
 
     def describe(self) -> str:
-        return f"transport ({self.kind}, strength={self.strength:g})"
+        where = "" if self.at == "all" else f" at {self.at} tokens"
+        return f"transport ({self.kind}{where}, strength={self.strength:g})"
 
     def with_strength(self, strength: float) -> "Transport":
-        return Transport(self.omega, self.beta, float(strength), self.kind)
+        return Transport(self.omega, self.beta, float(strength), self.kind, self.at)
 
     @classmethod
     def from_stats(cls, stats, *, alpha=None, strength=None) -> "Transport":
@@ -355,17 +364,29 @@ class Transport(Intervention):
         return [{"value": float(self.beta[l, k]), "omega": float(self.omega[l, k])} for l, k in sel.neurons]
 
     def spec_settings(self) -> dict:
-        return {"mode": self.name, "strength": self.strength, "kind": self.kind}
+        return {"mode": self.name, "strength": self.strength, "kind": self.kind, **self._fitted()}
 
     @classmethod
     def from_spec(cls, neurons, settings, n_layers, d_ff):
         if any(f.get("omega") is None for _, _, f in neurons):
             raise ValueError("a transport neuron needs its 'omega' beside its 'value' (beta)")
         return cls(_full(n_layers, d_ff, neurons, "omega", 1.0), _full(n_layers, d_ff, neurons, "value"),
-                   float(settings.get("strength", 1.0)), str(settings.get("kind", "mean"))), None
+                   float(settings.get("strength", 1.0)), str(settings.get("kind", "mean")),
+                   str(settings.get("at", "all"))), None
 
 
 MODES = tuple(INTERVENTIONS)
+
+
+def check_transport_at(mode: str | None, at: str | None) -> None:
+    """A transport's fitting place chosen by name (``at``; None: the run's own means, every token):
+    one of ``TRANSPORT_AT``, and only with mode transport."""
+    if at is None:
+        return
+    if at not in TRANSPORT_AT:
+        raise ValueError(f"transport is fitted at {' or '.join(TRANSPORT_AT)} tokens, got {at!r}")
+    if mode != Transport.name:
+        raise ValueError(f"where transport is fitted (at {at!r}) applies to mode transport, not {mode!r}")
 
 
 def check_choice(mode: str | None, alpha: float | None = None, strength: float | None = None) -> None:

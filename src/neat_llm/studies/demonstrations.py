@@ -29,7 +29,7 @@ from ..evaluation.demonstrations import Demonstrations, build_demonstrations
 from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
-from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection
+from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, fit_transport
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
@@ -156,6 +156,20 @@ def _ceiling_tag(s: DemonstrationStudySettings) -> str:
     return tag + "".join(f"-U{a}-{b}" for a, b in s.ceiling_units or ())
 
 
+def _intervention(model: LoadedModel, run: Run, concept: ConceptSet, s: DemonstrationStudySettings):
+    """The study's intervention: the run's own (``mode``, ``alpha``, ``strength``); with
+    ``transport_at``, a transport fitted on the run's fit texts as it read them, at each one's last
+    token or at every token, instead of the run's all-token means."""
+    iv = run.intervention(s.mode, s.alpha, s.strength)
+    if s.transport_at is None:
+        return iv
+    from ..concepts.vectors import apply_template
+
+    fit, template = run.fit_set(concept), run.readout().template
+    return fit_transport(model, apply_template(template, fit.positives), apply_template(template, fit.contrast),
+                         kind=iv.kind, strength=iv.strength, at=s.transport_at, seed=s.seed)
+
+
 def budget_ks(model: LoadedModel, run: Run, concept: ConceptSet, iv, seed: int) -> tuple[list[int], list[KChoice]]:
     """The sizes to evaluate when none are given: at each fluency budget of ``BUDGET_KS_AT``, the K
     (of ``CANDIDATE_KS``) with the largest gap removal on the run's *fit* split whose perplexity
@@ -193,7 +207,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
     with study_folder(out):
         run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, probe_pairs=pairs, progress=progress,
                             ks=s.ks or CANDIDATE_KS)
-        iv = run.intervention(s.mode, s.alpha, s.strength)
+        iv = _intervention(model, run, concept, s)
         ks, k_choices = (list(s.ks), None) if s.ks else budget_ks(model, run, concept, iv, s.seed)
         if eval_g:
             held = hate_concept("toxigen", s.data_path, groups=eval_g)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..concepts.label_readout import LabelReadout
 from ..evaluation.hate import HATE_READOUT
-from ..interventions import check_choice
+from ..interventions import check_choice, check_transport_at
 from ..records import Changeable
 
 DEFAULT_KS = (10, 50, 100, 500, 2000)
@@ -163,6 +163,7 @@ class DemonstrationStudySettings(Changeable):
     mode: str | None = None
     alpha: float | None = None
     strength: float | None = None
+    transport_at: str | None = None  # mode transport: the map fitted at each fit prompt's "last" token (or "all")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -189,3 +190,4 @@ class DemonstrationStudySettings(Changeable):
                 object.__setattr__(self, name, _spans(getattr(self, name), name))
         _at_least(self, 2, "n_readout_prompts")
         check_choice(self.mode, self.alpha, self.strength)
+        check_transport_at(self.mode, self.transport_at)

@@ -236,6 +236,14 @@ def test_the_direction_over_a_span_and_every_unit_of_a_span_are_rows_of_the_stud
         demonstration_study(tiny_llama, ceiling_spans=[(3, 1)], **kw)
     with pytest.raises(ValueError, match="out of range"):
         demonstration_study(tiny_llama, ceiling_units=[(0, 99)], **kw)
+    # the direction rows at a strength: named, recorded, and less of an edit than the whole direction
+    weak = demonstration_study(tiny_llama, ceiling_spans=[(0, 1)], ceiling_strength=0.5, **kw)
+    assert weak.path.name == "behaviour-zero-ceiling-S0-1-t0.5.json"
+    wc = weak.report.settings["ceilings"]
+    assert wc["direction-L0-1"]["strength"] == 0.5 and wc["direction"]["strength"] == 0.5
+    assert "at strength 0.5" in wc["direction-L0-1"]["what"]
+    with pytest.raises(ValueError, match="ceiling_strength"):
+        demonstration_study(tiny_llama, ceiling=True, ceiling_strength=0.0, **kw)
 
 
 class _LengthEncoder:

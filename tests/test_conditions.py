@@ -360,6 +360,31 @@ def test_directions_at_several_blocks_refuse_nonsense():
         DirectionEdits((DirectionEdit(1, torch.ones(4)), DirectionEdit(1, -torch.ones(4))))
     with pytest.raises(ValueError, match="one kind"):
         DirectionEdits((DirectionEdit(0, torch.ones(4)), DirectionEdit(1, torch.ones(4), "subtract")))
+    with pytest.raises(ValueError, match="one strength"):
+        DirectionEdits((DirectionEdit(0, torch.ones(4)), DirectionEdit(1, torch.ones(4), strength=0.5)))
+
+
+def test_a_direction_edit_at_a_strength_shrinks_the_component_by_that_share():
+    """strength t: h - t (h . u) u (the component along u kept at 1 - t), h - t v for subtract; the
+    condition along the batch uses the same ``apply`` as the plain edit (tested above)."""
+    from neat_llm.interventions import DirectionEdit, DirectionEdits
+
+    g = torch.Generator().manual_seed(1)
+    h, v = torch.randn(3, 5, 8, generator=g), torch.randn(8, generator=g)
+    u = v / v.norm()
+    half = DirectionEdit(0, v, "project", 0.25)
+    torch.testing.assert_close(half.apply(h) @ u, 0.75 * (h @ u))
+    perp = lambda x: x - (x @ u)[..., None] * u  # noqa: E731 - the part orthogonal to u is left as it is
+    torch.testing.assert_close(perp(half.apply(h)), perp(h))
+    torch.testing.assert_close(DirectionEdit(0, v, "subtract", 0.5).apply(h), h - 0.5 * v)
+    torch.testing.assert_close(DirectionEdit(0, v).apply(h), DirectionEdit(0, v, "project", 1.0).apply(h))
+    assert "at strength 0.25" in half.describe() and half.settings()["strength"] == 0.25
+    assert "strength" not in DirectionEdit(0, v).describe()
+    span = DirectionEdits((half, DirectionEdit(1, v, "project", 0.25)))
+    assert span.strength == 0.25 and "at strength 0.25" in span.describe() and span.settings()["strength"] == 0.25
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+            DirectionEdit(0, v, "project", bad)
 
 
 def test_a_direction_edit_refuses_nonsense(tiny_llama):

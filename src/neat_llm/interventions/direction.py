@@ -2,8 +2,10 @@
 direction-level ceiling of a neuron intervention (what removing the concept direction itself does,
 beside what turning its neurons off does).
 
-- ``project``: h -> h - (h . u) u, u = v / |v|: the direction removed;
-- ``subtract``: h -> h - v: the concept vector subtracted (a constant shift).
+- ``project``: h -> h - t (h . u) u, u = v / |v|: the direction removed (t = 1) or shrunk;
+- ``subtract``: h -> h - t v: the concept vector subtracted (a constant shift),
+
+at ``strength`` t in (0, 1] (1: the whole of it; less trades effect for fluency).
 
 ``DirectionEdits`` edits several blocks at once, each along its own direction (the concept direction
 read at every block of a span removed at each of them, so later blocks cannot write it back from
@@ -21,11 +23,13 @@ DIRECTION_KINDS = ("project", "subtract")
 
 @dataclass(frozen=True)
 class DirectionEdit:
-    """Block ``layer``'s output h [..., d_model] edited along ``vector`` [d_model] (``kind``)."""
+    """Block ``layer``'s output h [..., d_model] edited along ``vector`` [d_model] (``kind``, at
+    ``strength``)."""
 
     layer: int
     vector: torch.Tensor
     kind: str = "project"
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in DIRECTION_KINDS:
@@ -33,22 +37,26 @@ class DirectionEdit:
         v = torch.as_tensor(self.vector).float().flatten()
         if not torch.isfinite(v).all() or float(v.norm()) == 0.0:
             raise ValueError("a direction edit needs a finite, non-zero vector")
+        if isinstance(self.strength, bool) or not 0.0 < float(self.strength) <= 1.0:
+            raise ValueError(f"a direction edit's strength must be in (0, 1], got {self.strength!r}")
         object.__setattr__(self, "vector", v)
+        object.__setattr__(self, "strength", float(self.strength))
 
     def apply(self, h: torch.Tensor) -> torch.Tensor:
         v = self.vector.to(h.device)
+        t = self.strength
         if self.kind == "subtract":
-            return (h.float() - v).to(h.dtype)
+            return (h.float() - t * v).to(h.dtype)
         u = v / v.norm()
         hf = h.float()
-        return (hf - (hf @ u)[..., None] * u).to(h.dtype)
+        return (hf - (t * (hf @ u))[..., None] * u).to(h.dtype)
 
     def describe(self) -> str:
-        what = "concept direction removed" if self.kind == "project" else "concept vector subtracted"
-        return f"{what} from block {self.layer}'s output, every position"
+        return f"{_what(self.kind, self.strength)} from block {self.layer}'s output, every position"
 
     def settings(self) -> dict:
-        return {"layer": self.layer, "kind": self.kind, "vector_norm": float(self.vector.norm())}
+        return {"layer": self.layer, "kind": self.kind, "vector_norm": float(self.vector.norm()),
+                "strength": self.strength}
 
     @property
     def parts(self) -> tuple["DirectionEdit", ...]:
@@ -70,8 +78,8 @@ class DirectionEdits:
         layers = [e.layer for e in edits]
         if len(set(layers)) != len(layers):
             raise ValueError(f"DirectionEdits edits each block once, got blocks {layers}")
-        if len({e.kind for e in edits}) != 1:
-            raise ValueError("DirectionEdits' edits are all of one kind (project or subtract)")
+        if len({(e.kind, e.strength) for e in edits}) != 1:
+            raise ValueError("DirectionEdits' edits are all of one kind (project or subtract) and one strength")
         object.__setattr__(self, "edits", edits)
 
     @property
@@ -86,13 +94,22 @@ class DirectionEdits:
     def kind(self) -> str:
         return self.edits[0].kind
 
+    @property
+    def strength(self) -> float:
+        return self.edits[0].strength
+
     def describe(self) -> str:
-        what = "concept direction removed" if self.kind == "project" else "concept vector subtracted"
-        return f"{what} from the outputs of blocks {_span(self.layers)} (each block's own), every position"
+        return (f"{_what(self.kind, self.strength)} from the outputs of blocks {_span(self.layers)} (each block's own), "
+                "every position")
 
     def settings(self) -> dict:
         return {"layers": list(self.layers), "kind": self.kind,
-                "vector_norms": [float(e.vector.norm()) for e in self.edits]}
+                "vector_norms": [float(e.vector.norm()) for e in self.edits], "strength": self.strength}
+
+
+def _what(kind: str, strength: float) -> str:
+    what = "concept direction removed" if kind == "project" else "concept vector subtracted"
+    return what if strength == 1.0 else f"{what} at strength {strength:g}"
 
 
 def _span(layers: tuple[int, ...]) -> str:

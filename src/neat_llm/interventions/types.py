@@ -386,7 +386,8 @@ def check_transport_at(mode: str | None, at: str | None) -> None:
     if at not in TRANSPORT_AT:
         raise ValueError(f"transport is fitted at {' or '.join(TRANSPORT_AT)} tokens, got {at!r}")
     if mode != Transport.name:
-        raise ValueError(f"where transport is fitted (at {at!r}) applies to mode transport, not {mode!r}")
+        given = "no mode was given (the run's own ablation)" if mode is None else f"mode is {mode!r}"
+        raise ValueError(f"where transport is fitted (at {at!r}) applies to mode transport; {given}")
 
 
 def check_choice(mode: str | None, alpha: float | None = None, strength: float | None = None) -> None:

@@ -126,11 +126,13 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
     (row "direction"); with ``ceiling_layers``, the direction read at each of those blocks removed
     there ("direction-L<block>"); with ``ceiling_spans``, each block's own direction removed at every
     block of a span ("direction-L<a>-<b>"); with ``ceiling_units``, every MLP unit of a span of blocks
-    under the study's intervention ("units-L<a>-<b>", e.g. transport on all of them)."""
+    under the study's intervention ("units-L<a>-<b>", e.g. transport on all of them). The direction
+    rows at ``ceiling_strength``."""
     spans, units = s.ceiling_spans or (), s.ceiling_units or ()
     if not (s.ceiling or s.ceiling_layers or spans or units):
         return {}
-    out: dict = {"direction": DirectionEdit(run.meta.reading_layer, run.concept_vector, "project")}
+    t = float(s.ceiling_strength)
+    out: dict = {"direction": DirectionEdit(run.meta.reading_layer, run.concept_vector, "project", t)}
     layers = sorted(set(s.ceiling_layers or ()) | {l for a, b in spans for l in range(a, b + 1)})
     bad = [l for a, b in units for l in (a, b) if l >= model.n_layers]
     if bad:
@@ -139,9 +141,10 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
         fs = FindSettings.of(fs, read_template=run.meta.params.get("read_template", fs.read_template))
         dirs = layer_directions(model, concept, layers, fs)
         for l in s.ceiling_layers or ():
-            out[f"direction-L{l}"] = DirectionEdit(l, dirs[l], "project")
+            out[f"direction-L{l}"] = DirectionEdit(l, dirs[l], "project", t)
         for a, b in spans:
-            out[f"direction-L{a}-{b}"] = DirectionEdits(tuple(DirectionEdit(l, dirs[l], "project") for l in range(a, b + 1)))
+            out[f"direction-L{a}-{b}"] = DirectionEdits(tuple(DirectionEdit(l, dirs[l], "project", t)
+                                                              for l in range(a, b + 1)))
     for a, b in units:
         out[f"units-L{a}-{b}"] = NeuronSelection(tuple((l, k) for l in range(a, b + 1) for k in range(model.d_ff)))
     return out
@@ -153,6 +156,7 @@ def _ceiling_tag(s: DemonstrationStudySettings) -> str:
         return ""
     tag = "-ceiling" + ("-L" + "-".join(map(str, s.ceiling_layers)) if s.ceiling_layers else "")
     tag += "".join(f"-S{a}-{b}" for a, b in s.ceiling_spans or ())
+    tag += "" if s.ceiling_strength == 1.0 else f"-t{s.ceiling_strength:g}"
     return tag + "".join(f"-U{a}-{b}" for a, b in s.ceiling_units or ())
 
 

@@ -160,6 +160,7 @@ class DemonstrationStudySettings(Changeable):
     ceiling_layers: tuple[int, ...] | None = None  # and at these blocks (rows "direction-L<block>"): where it writes
     ceiling_spans: tuple[tuple[int, int], ...] | None = None  # each block's own direction at every block a..b ("direction-La-b")
     ceiling_units: tuple[tuple[int, int], ...] | None = None  # every MLP unit of blocks a..b under the intervention ("units-La-b")
+    ceiling_strength: float = 1.0  # the direction ceilings at this strength in (0, 1]: h - t (h . u) u
     mode: str | None = None
     alpha: float | None = None
     strength: float | None = None
@@ -188,6 +189,8 @@ class DemonstrationStudySettings(Changeable):
         for name in ("ceiling_spans", "ceiling_units"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _spans(getattr(self, name), name))
+        if isinstance(self.ceiling_strength, bool) or not 0.0 < float(self.ceiling_strength) <= 1.0:
+            raise ValueError(f"ceiling_strength must be in (0, 1], got {self.ceiling_strength!r}")
         _at_least(self, 2, "n_readout_prompts")
         check_choice(self.mode, self.alpha, self.strength)
         check_transport_at(self.mode, self.transport_at)

@@ -165,7 +165,6 @@ def _spans(text: str | None, flag: str) -> tuple[tuple[int, int], ...] | None:
     return tuple(out)
 
 
-
 def _print_hate(study) -> None:
     """``neat hate``'s (prefixes design) table and notes."""
     r = study.report

@@ -21,6 +21,12 @@ import torch
 DIRECTION_KINDS = ("project", "subtract")
 
 
+def check_direction_strength(value, name: str) -> None:
+    """A direction edit's strength: a number in (0, 1] (``name`` says whose, in the error)."""
+    if isinstance(value, bool) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+
 @dataclass(frozen=True)
 class DirectionEdit:
     """Block ``layer``'s output h [..., d_model] edited along ``vector`` [d_model] (``kind``, at
@@ -37,8 +43,7 @@ class DirectionEdit:
         v = torch.as_tensor(self.vector).float().flatten()
         if not torch.isfinite(v).all() or float(v.norm()) == 0.0:
             raise ValueError("a direction edit needs a finite, non-zero vector")
-        if isinstance(self.strength, bool) or not 0.0 < float(self.strength) <= 1.0:
-            raise ValueError(f"a direction edit's strength must be in (0, 1], got {self.strength!r}")
+        check_direction_strength(self.strength, "a direction edit's strength")
         object.__setattr__(self, "vector", v)
         object.__setattr__(self, "strength", float(self.strength))
 

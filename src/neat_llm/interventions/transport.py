@@ -21,7 +21,7 @@ import torch
 from ..concepts.representations import token_batches
 from ..hooks import capture_inputs
 from ..models.loaded import LoadedModel
-from .types import TRANSPORT_AT, TRANSPORT_KINDS, Transport
+from .types import TRANSPORT_KINDS, Transport, check_fitted_at
 
 
 @torch.inference_mode()
@@ -73,8 +73,7 @@ def fit_transport(model: LoadedModel, concept_texts: Sequence[str], contrast_tex
     activations at every token (``at="all"``) or at each text's last token (``"last"``)."""
     if kind not in TRANSPORT_KINDS:
         raise ValueError(f"transport kind must be one of {', '.join(TRANSPORT_KINDS)}, got {kind!r}")
-    if at not in TRANSPORT_AT:
-        raise ValueError(f"transport is fitted at {' or '.join(TRANSPORT_AT)} tokens, got {at!r}")
+    check_fitted_at(at)  # before any pass
     concept_texts, contrast_texts = list(concept_texts), list(contrast_texts)
     if not concept_texts or not contrast_texts:
         raise ValueError(f"transport needs concept and contrast texts ({len(concept_texts)} concept, "

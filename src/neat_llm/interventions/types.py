@@ -301,6 +301,12 @@ TRANSPORT_KINDS = ("mean", "linear")
 TRANSPORT_AT = ("all", "last")  # where a transport map is fitted: every token, or each text's last
 
 
+def check_fitted_at(at: str) -> None:
+    """``at`` names where a transport map is fitted: one of ``TRANSPORT_AT``."""
+    if at not in TRANSPORT_AT:
+        raise ValueError(f"transport is fitted at {' or '.join(TRANSPORT_AT)} tokens, got {at!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class Transport(Intervention):
     """a -> (1 - t) a + t (omega a + beta), per neuron: the map that carries the neuron's activations
@@ -330,8 +336,7 @@ class Transport(Intervention):
             raise ValueError(f"transport strength must be in [0, 1], got {self.strength}")
         if self.kind not in TRANSPORT_KINDS:
             raise ValueError(f"transport kind must be one of {', '.join(TRANSPORT_KINDS)}, got {self.kind!r}")
-        if self.at not in TRANSPORT_AT:
-            raise ValueError(f"transport is fitted at {' or '.join(TRANSPORT_AT)} tokens, got {self.at!r}")
+        check_fitted_at(self.at)
 
     def block_affine(self, layer: int, d_ff: int) -> BlockEdit:
         t = float(self.strength)
@@ -383,8 +388,7 @@ def check_transport_at(mode: str | None, at: str | None) -> None:
     one of ``TRANSPORT_AT``, and only with mode transport."""
     if at is None:
         return
-    if at not in TRANSPORT_AT:
-        raise ValueError(f"transport is fitted at {' or '.join(TRANSPORT_AT)} tokens, got {at!r}")
+    check_fitted_at(at)
     if mode != Transport.name:
         given = "no mode was given (the run's own ablation)" if mode is None else f"mode is {mode!r}"
         raise ValueError(f"where transport is fitted (at {at!r}) applies to mode transport; {given}")

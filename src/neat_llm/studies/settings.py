@@ -11,6 +11,7 @@ from pathlib import Path
 from ..concepts.label_readout import LabelReadout
 from ..evaluation.hate import HATE_READOUT
 from ..interventions import check_choice, check_transport_at
+from ..interventions.direction import check_direction_strength
 from ..records import Changeable
 
 DEFAULT_KS = (10, 50, 100, 500, 2000)
@@ -189,8 +190,7 @@ class DemonstrationStudySettings(Changeable):
         for name in ("ceiling_spans", "ceiling_units"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _spans(getattr(self, name), name))
-        if isinstance(self.ceiling_strength, bool) or not 0.0 < float(self.ceiling_strength) <= 1.0:
-            raise ValueError(f"ceiling_strength must be in (0, 1], got {self.ceiling_strength!r}")
+        check_direction_strength(self.ceiling_strength, "ceiling_strength")
         _at_least(self, 2, "n_readout_prompts")
         check_choice(self.mode, self.alpha, self.strength)
         check_transport_at(self.mode, self.transport_at)

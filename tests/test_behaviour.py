@@ -480,3 +480,31 @@ def test_shared_prefill_gives_the_same_continuations(kind, tokenizer):
     # each prompt read once per condition (3 prompts x 2), not once per sample (9 jobs x 2)
     assert c1.since(c0).forward == 18 and c2.since(c1).forward == 6
     assert plain[0] != plain[1]  # the conditions differ: the test is not vacuous
+
+
+def test_a_demonstration_study_finds_with_the_method_and_activation_pool_it_is_given(tiny_model_dir, tmp_path):
+    """``neat hate --design demonstrations --method auroc --activation-pool last`` finds with that
+    scorer read at each fit prompt's last token (``--method`` was once dropped on this path and the
+    study found with neat); neurons above chance are those with an AUROC above 0.5; the folder asked
+    for another pool is refused by name; a pool for a method without one is refused before loading."""
+    from typer.testing import CliRunner
+
+    from neat_llm.cli import app
+    from neat_llm.runs import Run
+
+    args = ["hate", "--design", "demonstrations", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
+            "--readout", "generation", "--k", "3", "--random", "1", "--prompts", "3", "--samples", "2",
+            "--neutral-prompts", "2", "--per-prompt", "2", "--new-tokens", "4", "--out", str(tmp_path / "d")]
+    res = CliRunner().invoke(app, args + ["--method", "auroc", "--activation-pool", "last", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output.strip().splitlines()[-1])
+    run = Run.load(tmp_path / "d")
+    assert got["method"] == run.meta.method == "auroc" and run.meta.params["scorer"]["pool"] == "last"
+    finite = run.scores[torch.isfinite(run.scores)]
+    assert got["settings"]["n_positive_score"] == run.n_positive == int((finite > 0.5).sum()) < finite.numel()
+    res = CliRunner().invoke(app, args + ["--method", "auroc", "--activation-pool", "mean"])
+    assert res.exit_code != 0 and "other activation pool" in res.output
+    res = CliRunner().invoke(app, args + ["--activation-pool", "last"])
+    assert res.exit_code == 2 and "activation_pool is an option of the methods" in res.output
+    res = CliRunner().invoke(app, args + ["--method", "auroc", "--activation-pool", "first"])
+    assert res.exit_code == 2 and "activation_pool must be one of" in res.output

@@ -158,3 +158,30 @@ def test_attribution_patching_reads_a_mean_pooled_score(setup):
         l, k = i // m.d_ff, i % m.d_ff
         fd = _finite_difference(m, pos, readout, l, k, pool="mean")
         assert got.scores[l, k].item() == pytest.approx(fd, rel=2e-2, abs=1e-4)
+
+
+def test_the_activation_pool_reads_each_neuron_where_it_is_asked(setup):
+    """``FindSettings(activation_pool="last")`` builds activation and auroc scorers that read each
+    neuron at the text's last token (a prompt's end, where the model writes next), checked against a
+    direct read; the other methods refuse it."""
+    from neat_llm.find_settings import FindSettings, build_scorer
+
+    m, pos, neg, _, task = setup
+    scorer = build_scorer("activation", FindSettings(activation_pool="last"))
+    assert scorer.pool == "last" and scorer.params()["pool"] == "last"
+    got = scorer.score(m, task(layers=[1]))
+
+    def last(text):
+        enc = m.encode([text])
+        with torch.inference_mode(), capture_inputs({0: m.sites[1]}) as acts:
+            m.hf(**enc)
+        return acts[0][0][0][-1]
+
+    want = torch.stack([last(t) for t in pos]).mean(0) - torch.stack([last(t) for t in neg]).mean(0)
+    torch.testing.assert_close(got.scores[1], want, atol=1e-5, rtol=1e-4)
+    assert build_scorer("auroc", FindSettings(activation_pool="max")).pool == "max"
+    assert build_scorer("aura", FindSettings()).pool == "max" and build_scorer("auroc", FindSettings()).pool == "mean"
+    with pytest.raises(ValueError, match="activation_pool is an option"):
+        build_scorer("neat", FindSettings(activation_pool="last"))
+    with pytest.raises(ValueError, match="activation_pool must be one of"):
+        FindSettings(activation_pool="first")

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_app import (AlphaOption, StrengthOption, JsonOption, LayersOption, MinStabilityOption, ModelOption,
+from .cli_app import (ActivationPoolOption, AlphaOption, StrengthOption, JsonOption, LayersOption, MinStabilityOption, ModelOption,
                       ModeOption, ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption,
                       SpecificityOption, _fail, _parse_ks, _quiet_libraries, app, err, out, resumable)
 
@@ -89,6 +89,7 @@ def find(
     contrastive: bool = typer.Option(False, "--contrastive", help="the same as --score contrastive"),
     positions: Optional[str] = typer.Option(None, "--positions", help="neat: turn a neuron off at the read position only ('read', the default: KV-cache replay) or at every position ('all', ~T times slower)"),
     specificity: SpecificityOption = None,
+    activation_pool: ActivationPoolOption = None,
     read_template: str = typer.Option("{text}\n", "--read-template", help="what the model reads for the concept score; {text} stands for the text (default: the text and a newline, so S is read at the same token for every text)"),
     reading_layer: ReadingLayerOption = None,
     vector: str = typer.Option("diff-means", "--vector", help="concept vector: diff-means, cav, centroid"),
@@ -140,7 +141,7 @@ def find(
             _check_stability_option(min_stability, method, ray or ray_address is not None)
         settings = FindSettings(reading_layer=reading_layer, vector=vector, pool=pool, read_template=read_template,
                                 probe_size=probe_size, score=score, contrastive=contrastive, positions=positions,
-                                specificity=specificity, layers=layers, ablation=ablation, eval_fraction=eval_fraction,
+                                specificity=specificity, activation_pool=activation_pool, layers=layers, ablation=ablation, eval_fraction=eval_fraction,
                                 seed=seed, top_k=top_k, strict=strict, max_ppl=max_ppl, exact_top=exact_top)
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)

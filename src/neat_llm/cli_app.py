@@ -43,6 +43,9 @@ ScoreOption = Annotated[Optional[str], typer.Option(
 SpecificityOption = Annotated[Optional[float], typer.Option(
     "--specificity", help="lambda of the specificity-aware score: share of the fit gap minus lambda x fluency cost "
     "(default 10 for methods scoring a drop of S, 0 otherwise; 0 turns it off)")]
+ActivationPoolOption = Annotated[Optional[str], typer.Option(
+    "--activation-pool", help="activation, auroc, aura: where a neuron's activation is read on a text: 'mean' over its "
+    "tokens, the 'last' token (a prompt's end, where the model writes next) or 'max' (default: aura max, the others mean)")]
 ReadingLayerOption = Annotated[Optional[int], typer.Option("--reading-layer", help="default: best cross-validated AUROC")]
 ModeOption = Annotated[Optional[str], typer.Option(
     "--mode", help="zero, mean, dampen or transport (default: the run's own: its ablation, or dampening for aura runs)")]

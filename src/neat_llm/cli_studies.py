@@ -10,18 +10,21 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_app import (AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
+from .cli_app import (ActivationPoolOption, AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
                       ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption, SpecificityOption,
                       StudyOutOption, _fail, _parse_ks, _quiet_libraries, app, out, resumable)
 
 
-def _find_settings(layers, probe_size, seed, score=None, specificity=None, reading_layer=None):
+def _find_settings(layers, probe_size, seed, score=None, specificity=None, reading_layer=None, method="neat",
+                   activation_pool=None):
     """How a study finds its neurons, from the option group the studies share with ``neat find``
-    (checked here, before the model loads)."""
+    (checked here, against the study's method, before the model loads)."""
     from .find_settings import FindSettings
 
-    return FindSettings(layers=layers or None, probe_size=probe_size, seed=seed, score=score, specificity=specificity,
-                        reading_layer=reading_layer)
+    settings = FindSettings(layers=layers or None, probe_size=probe_size, seed=seed, score=score,
+                            specificity=specificity, reading_layer=reading_layer, activation_pool=activation_pool)
+    settings.check_for(method)
+    return settings
 
 
 def _subset(neurons_subset, model):
@@ -88,6 +91,7 @@ def hate(
     probe_size: ProbeSizeOption = 8,
     score: ScoreOption = None,
     specificity: SpecificityOption = None,
+    activation_pool: ActivationPoolOption = None,
     reading_layer: ReadingLayerOption = None,
     seed: SeedOption = 0,
     out_dir: StudyOutOption = None,
@@ -107,20 +111,21 @@ def hate(
         if data != "toxigen":
             _fail("--design demonstrations builds prompts from target groups: it needs --data toxigen")
         try:
-            find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer)
+            find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer, method, activation_pool)
         except ValueError as e:
             _fail(e)
         return _demonstration_hate(model, data_path, _parse_ks(k) if k else None, n_random, fit_groups, eval_groups,
                                    n_prompts or 200, samples, neutral_prompts, per_prompt, new_tokens or 40, mode, alpha,
                                    strength, find, seed, out_dir, as_json, readout_at, ceiling,
                                    _int_list(ceiling_layers, "--ceiling-layers"), _spans(ceiling_spans, "--ceiling-spans"),
-                                   _spans(ceiling_units, "--ceiling-units"), probe, transport_at, ceiling_strength)
+                                   _spans(ceiling_units, "--ceiling-units"), probe, transport_at, ceiling_strength,
+                                   method)
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     ks = _parse_ks(k or "10,50,100,500,2000")
     n_prompts, new_tokens = n_prompts or 80, new_tokens or 20
     try:  # every setting is checked here, before the model and the data load
-        find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer)
+        find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer, method, activation_pool)
         readout = replace(HATE_READOUT, positive_word=label_yes, negative_word=label_no)
         settings = HateStudySettings(data=data, data_path=data_path, text_col=text_col, label_col=label_col,
                                      positive=_csv(positive) or ("hate",), contrast=_csv(contrast), method=method,
@@ -213,14 +218,15 @@ def _print_hate(study) -> None:
 def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups, n_prompts, samples, neutral_prompts,
                         per_prompt, new_tokens, mode, alpha, strength, find, seed, out_dir, as_json,
                         readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
-                        ceiling_units=None, probe="prototypical", transport_at=None, ceiling_strength=1.0) -> None:
+                        ceiling_units=None, probe="prototypical", transport_at=None, ceiling_strength=1.0,
+                        method="neat") -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
     import neat_llm as nl
     from neat_llm.studies.demonstrations import demonstration_study
     from neat_llm.studies.settings import DemonstrationStudySettings
 
     try:
-        settings = DemonstrationStudySettings(data_path=data_path, ks=ks, fit_groups=_csv(fit_groups),
+        settings = DemonstrationStudySettings(data_path=data_path, method=method, ks=ks, fit_groups=_csv(fit_groups),
                                               eval_groups=_csv(eval_groups), n_random=n_random, n_prompts=n_prompts,
                                               samples=samples, n_neutral_prompts=neutral_prompts,
                                               per_prompt=per_prompt, max_new_tokens=new_tokens, mode=mode, alpha=alpha,
@@ -253,9 +259,13 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
     n_pos = r.settings.get("n_positive_score")
     top_k = max((row.k for row in r.rows if row.condition == "concept"), default=0)
     if n_pos is not None and top_k > n_pos:
-        out.print(f"note: only {n_pos} neurons have a positive score; the top {top_k} beyond them are ranked by a score "
-                  "at or below 0 (no net effect on the concept after the contrast texts and the fluency cost)",
-                  soft_wrap=True)
+        from neat_llm.find_settings import EFFECT_METHODS
+        from neat_llm.scoring import SCORERS
+
+        why = ("at or below 0 (no net effect on the concept after the contrast texts and the fluency cost)"
+               if r.method in EFFECT_METHODS else f"at or below chance ({getattr(SCORERS.get(r.method), 'chance_score', 0.0):g})")
+        out.print(f"note: only {n_pos} neurons score above chance; the top {top_k} beyond them are ranked by a score "
+                  f"{why}", soft_wrap=True)
     for c in r.settings.get("k_choice") or []:
         got = (f"K = {c['k']} (fit gap removal {c['fit_gap_removal'][c['ks'].index(c['k'])]:.3f}, ratio "
                f"{c['fit_ppl_ratio'][c['ks'].index(c['k'])]:.3f})" if c["k"] is not None else
@@ -315,6 +325,7 @@ def bias(
     probe_size: ProbeSizeOption = 8,
     score: ScoreOption = None,
     specificity: SpecificityOption = None,
+    activation_pool: ActivationPoolOption = None,
     reading_layer: ReadingLayerOption = None,
     seed: SeedOption = 0,
     out_dir: StudyOutOption = None,
@@ -339,7 +350,7 @@ def bias(
         templates, columns = {"template": template_col, "stereo": stereo_col, "anti": anti_col,
                               "bias_type": type_col or None, "mask": mask}, {}
     try:  # every setting is checked here, before the model and the data load
-        find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer)
+        find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer, method, activation_pool)
         settings = BiasStudySettings(data=data, data_path=data_path, lang=lang, bias_type=bias_type, columns=columns,
                                      method=method, ks=ks, n_random=n_random, eval_fraction=eval_fraction,
                                      max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,

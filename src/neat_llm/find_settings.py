@@ -32,6 +32,8 @@ POSITION_METHODS = _methods("takes_positions")
 EFFECT_METHODS = _methods("scores_an_effect")  # a drop of S: the specificity-aware score applies
 TOKEN_BUDGET_METHODS = _methods("takes_token_budget")  # take tokens_per_batch
 LABEL_METHODS = _methods("reads_label")  # read the label readout
+POOL_METHODS = _methods("pools_activations")  # score a neuron's own activation, pooled over a text (activation_pool)
+ACTIVATION_POOLS = ("mean", "last", "max")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,11 @@ class FindSettings(Changeable):
     ``score`` None: "specific" for the probe-based methods, "positive" for the others;
     ``positions`` None: "read" for the methods that have positions ("all" for exhaustive);
     ``specificity`` None: 10 for the methods that score a drop of S, 0 for the others;
-    ``layers``: blocks to score, a list or a string such as "0-5,7,20-" (parsed against the model)."""
+    ``layers``: blocks to score, a list or a string such as "0-5,7,20-" (parsed against the model);
+    ``activation_pool``: for the methods that score a neuron's own activation (activation, auroc,
+    aura), where it is read: its mean over the text's tokens, its value at the last token (where a
+    model reads a prompt's end and writes next) or its maximum; None: the method's own (aura: max,
+    the others: mean). ``pool`` is the concept representation's, a different thing."""
 
     reading_layer: int | None = None
     vector: str = "diff-means"
@@ -62,6 +68,7 @@ class FindSettings(Changeable):
     batch_size: int = 16
     tokens_per_batch: int = 4096
     max_ppl: float | None = None
+    activation_pool: str | None = None  # activation, auroc, aura: "mean", "last" or "max" (None: the method's own)
     exact_top: int | None = None  # the specific score: sweep the contrast probes only where the top K can change
     WHAT = "find setting"  # class attribute (no annotation): not a field
 
@@ -81,6 +88,8 @@ class FindSettings(Changeable):
         check_template(self.read_template)
         if self.pool not in ("last", "mean"):
             raise ValueError(f"pool must be 'last' or 'mean', got {self.pool!r}")
+        if self.activation_pool is not None and self.activation_pool not in ACTIVATION_POOLS:
+            raise ValueError(f"activation_pool must be one of {', '.join(ACTIVATION_POOLS)}, got {self.activation_pool!r}")
         if self.ablation not in ("zero", "mean"):
             raise ValueError(f"ablation must be 'zero' or 'mean', got {self.ablation!r}")
         if not 0.0 < self.eval_fraction < 1.0:
@@ -123,6 +132,9 @@ class FindSettings(Changeable):
             raise ValueError(f"exact_top prunes the contrast sweep of the specific score; score {rule!r} has none")
         if self.positions is not None and method not in POSITION_METHODS:
             raise ValueError(f"positions is an option of the {', '.join(POSITION_METHODS)} methods, not of {method!r}")
+        if self.activation_pool is not None and method not in POOL_METHODS:
+            raise ValueError(f"activation_pool is an option of the methods that score a neuron's own activation "
+                             f"({', '.join(POOL_METHODS)}), not of {method!r}")
         if self.specificity is not None and self.specificity > 0 and method not in EFFECT_METHODS:
             raise ValueError(f"specificity applies to methods that score a drop of the concept score "
                              f"({', '.join(EFFECT_METHODS)}), not to {method!r}")
@@ -151,6 +163,8 @@ def build_scorer(method: str, settings: FindSettings | None = None, label: Label
         options.setdefault("positions", settings.positions_for(method))
     if method in TOKEN_BUDGET_METHODS:
         options.setdefault("tokens_per_batch", settings.tokens_per_batch)
+    if method in POOL_METHODS and settings.activation_pool is not None:
+        options.setdefault("pool", settings.activation_pool)
     if method in LABEL_METHODS:
         options.setdefault("label", label or (LabelReadout(concept=concept_name) if concept_name else LabelReadout()))
     try:

@@ -412,11 +412,15 @@ class Run:
 
     @property
     def n_positive(self) -> int:
-        """How many neurons have a score above 0: beyond them a top-K set holds neurons whose removal
-        does not lower S by more than the score asks (with the specific rule, more than it moves the
-        contrast texts; with a specificity penalty, more than their fluency cost): filler, ranked by
-        how little they cost rather than by what they carry."""
-        return int((torch.nan_to_num(self.scores, nan=0.0) > 0).sum())
+        """How many neurons score above what a neuron carrying nothing scores (the method's
+        ``chance_score``: 0, or 0.5 for an AUROC). For the methods scoring a drop of S, beyond them a
+        top-K set holds neurons whose removal does not lower S by more than the score asks (with the
+        specific rule, more than it moves the contrast texts; with a specificity penalty, more than
+        their fluency cost): filler, ranked by how little they cost rather than by what they carry."""
+        from .scoring import SCORERS
+
+        chance = SCORERS[self.meta.method].chance_score if self.meta.method in SCORERS else 0.0
+        return int((torch.nan_to_num(self.scores, nan=chance) > chance).sum())
 
     def fit_set(self, concept: ConceptSet) -> ConceptSet:
         """The fit part of ``concept`` exactly as the run split it (what a choice of K may look at)."""

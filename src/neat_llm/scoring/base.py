@@ -151,6 +151,8 @@ class Scorer(ABC):
     scores_an_effect: bool = False  # its score is a drop of the concept score S (the specificity penalty applies)
     takes_token_budget: bool = False  # its constructor takes tokens_per_batch
     reads_label: bool = False  # it reads the label readout, not the concept score
+    chance_score: float = 0.0  # the score of a neuron that carries nothing (AUROC: 0.5)
+    pools_activations: bool = False  # it scores each neuron's own activation, pooled over a text's tokens (pool=)
     gives_per_probe: bool = False  # its _score takes per_probe= and fills each probe text's own effect
 
     def score(self, model: LoadedModel, task: ScoringTask) -> NeuronScores:

@@ -29,6 +29,7 @@ class ActivationScorer(Scorer):
     last token (``pool="last"``). Cost: m forward passes, no ablation."""
 
     name = "activation"
+    pools_activations = True
 
     def __init__(self, pool: str = "mean"):
         if pool not in ("mean", "last", "max"):
@@ -60,6 +61,7 @@ class AurocScorer(ActivationScorer):
     Mann-Whitney U statistic (ties count one half). Cost: m forward passes."""
 
     name = "auroc"
+    chance_score = 0.5
 
     def _contrast(self, prof_p: torch.Tensor, prof_n: torch.Tensor) -> torch.Tensor:
         # U / (|P| |N|): share of (p, n) pairs with a_p > a_n, ties counting 1/2; [len(layers), d_ff]

@@ -49,13 +49,15 @@ def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Pat
         run = Run.load(out)
         layer, score, lam = settings.reading_layer, settings.score, settings.specificity
         probe = "paired" if probe_pairs is not None else None
+        pool = settings.activation_pool
         same = (run.meta.weights_hash == model.weights_hash, run.meta.concept_hash == concept.hash,
                 run.meta.method == method, layer is None or run.meta.reading_layer == layer,
                 run.meta.params.get("probe") == probe, score is None or run.meta.params.get("score") == score,
-                lam is None or run.meta.params.get("specificity") == float(lam))
+                lam is None or run.meta.params.get("specificity") == float(lam),
+                pool is None or run.meta.params.get("scorer", {}).get("pool") == pool)
         if not all(same):
             what = [w for w, ok in zip(("model weights", "data", "method", "reading layer", "probe", "score",
-                                        "specificity"), same) if not ok]
+                                        "specificity", "activation pool"), same) if not ok]
             raise RunError(f"{out} holds a finished run with other {', '.join(what)}; choose another --out")
         return run
     if ks and settings.exact_top is None and settings.max_ppl is None and settings.rule(method) == "specific":

@@ -46,3 +46,26 @@ def test_top_tokens_are_the_texts_own_never_the_read_template(run, tiny_llama):
         len(tiny_llama.tokenizer("Text: " + t)["input_ids"]) for t in texts]
     tokens = [t for t in run.top_table["top_tokens"] if isinstance(t, str)]
     assert tokens and not any("\\n" in t for t in tokens)  # the template's newline never shows as a token
+
+
+def test_progress_without_a_terminal_is_plain_lines_as_it_goes(monkeypatch, capsys):
+    """Where stderr is a log file or a pipe, a rich bar shows only when it has finished; long work
+    there writes plain "what: done/total (pct%), elapsed, eta" lines as it goes, and a last one when
+    it ends, also when it ends in an error."""
+    from neat_llm import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    with progress.progress_bar("sweep", 4) as advance:
+        advance(1)
+        advance(2)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("sweep: 1/4 (25%), elapsed 0:00:0") and ", eta " in lines[0]
+    assert lines[1].startswith("sweep: 3/4 (75%)") and lines[-1].startswith("sweep: 3/4 (75%)")
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 3600.0)
+    with pytest.raises(RuntimeError), progress.progress_bar("eval", 2) as advance:
+        advance(1)
+        raise RuntimeError("stop")
+    assert capsys.readouterr().err.strip().splitlines() == ["eval: 1/2 (50%), elapsed 0:00:00, eta 0:00:00"]
+    with progress.progress_bar("quiet", 2, enabled=False) as advance:
+        advance(2)
+    assert capsys.readouterr().err == ""

@@ -305,6 +305,20 @@ def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     assert [r["condition"] for r in got["rows"]][-2:] == ["direction", "direction-L0-1"]
     res = CliRunner().invoke(app, args + ["--ceiling-spans", "a-b"])
     assert res.exit_code == 2 and "spans of blocks" in res.output
+    from neat_llm.cli_app import out
+
+    old_width = out._width
+    try:  # the table at 80 columns (a log file's width) cuts no number; the resumed study is read back
+        out._width = 80
+        res = CliRunner().invoke(app, args + ["--ceiling-spans", "0-1"])
+    finally:
+        out._width = old_width
+    assert res.exit_code == 0, res.output
+    table = res.output[res.output.index("what the model writes"):]
+    table = table[:min(table.index(w) for w in ("note:", "hate: hate rate") if w in table)]
+    assert "…" not in table and all(len(l) <= 80 for l in table.splitlines())
+    for word in ("neurons", "before", "random x1", "0-1"):
+        assert word in table, word
 
 
 def test_a_study_finds_with_the_score_it_is_given_and_refuses_to_reuse_another(tiny_model_dir, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from .cli_app import (ActivationPoolOption, AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
@@ -243,9 +244,14 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
         return
     t = Table(title=f"what the model writes: {r.dataset}, {r.method}, {r.intervention}; {r.n_prompts} hate-prone "
                     f"demonstration prompts x {r.samples} = {r.n_continuations} continuations per condition, "
-                    f"{r.n_neutral_prompts} x {r.neutral_samples} neutral")
+                    f"{r.n_neutral_prompts} x {r.neutral_samples} neutral",
+              box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)  # ten columns fit 80, no number cut
+    widths = {"K": 4, "hate": 5, "vs rnd": 6, "p": 5, "neutral": 7, "gap": 6, "ppl": 5}  # the widest cell of each
     for col in ("K", "neurons", "hate", "vs rnd", "p", "neutral", "gap", "vs rnd", "p", "ppl"):
-        t.add_column(col, justify="right", no_wrap=True)
+        if col == "neurons":  # a long condition name folds onto a second line instead of squeezing the numbers
+            t.add_column(col, overflow="fold", min_width=9)
+        else:
+            t.add_column(col, justify="right", no_wrap=True, min_width=widths[col])
 
     def vs(row, name) -> list[str]:
         d = row.vs_random.get(name)

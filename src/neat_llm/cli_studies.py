@@ -266,10 +266,10 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
     top_k = max((row.k for row in r.rows if row.condition == "concept"), default=0)
     if n_pos is not None and top_k > n_pos:
         from neat_llm.find_settings import EFFECT_METHODS
-        from neat_llm.scoring import SCORERS
+        from neat_llm.scoring import chance_score
 
         why = ("at or below 0 (no net effect on the concept after the contrast texts and the fluency cost)"
-               if r.method in EFFECT_METHODS else f"at or below chance ({getattr(SCORERS.get(r.method), 'chance_score', 0.0):g})")
+               if r.method in EFFECT_METHODS else f"at or below chance ({chance_score(r.method):g})")
         out.print(f"note: only {n_pos} neurons score above chance; the top {top_k} beyond them are ranked by a score "
                   f"{why}", soft_wrap=True)
     for c in r.settings.get("k_choice") or []:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Callable, Iterator
 
 PLAIN_EVERY_S = 30.0  # without a terminal: at most one line this often (and one when done)
 
 
 def _clock(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return str(timedelta(seconds=round(seconds)))  # h:mm:ss
 
 
 @contextmanager

@@ -417,9 +417,9 @@ class Run:
         top-K set holds neurons whose removal does not lower S by more than the score asks (with the
         specific rule, more than it moves the contrast texts; with a specificity penalty, more than
         their fluency cost): filler, ranked by how little they cost rather than by what they carry."""
-        from .scoring import SCORERS
+        from .scoring import chance_score
 
-        chance = SCORERS[self.meta.method].chance_score if self.meta.method in SCORERS else 0.0
+        chance = chance_score(self.meta.method)
         return int((torch.nan_to_num(self.scores, nan=chance) > chance).sum())
 
     def fit_set(self, concept: ConceptSet) -> ConceptSet:

@@ -26,6 +26,11 @@ SCORERS = {
 }
 
 
+def chance_score(method: str) -> float:
+    """What ``method`` scores a neuron that carries nothing (0; an AUROC: 0.5); 0 for a method not here."""
+    return SCORERS[method].chance_score if method in SCORERS else 0.0
+
+
 def get_scorer(name: str, **kwargs) -> Scorer:
     if name not in SCORERS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(SCORERS)}")
@@ -34,4 +39,4 @@ def get_scorer(name: str, **kwargs) -> Scorer:
 
 __all__ = ["NeuronScores", "ProbeSet", "Scorer", "ScoringTask", "NeatScorer", "ReferenceScorer", "ExhaustiveScorer",
            "ScreenVerifyScorer", "ClusterScorer", "IntegratedGradientsScorer", "LogprobIncreaseScorer", "AttributionPatchingScorer", "ActivationScorer", "AuraScorer", "AurocScorer", "RandomScorer", "SCORERS",
-           "get_scorer"]
+           "chance_score", "get_scorer"]

@@ -44,6 +44,12 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
 
 
+@pytest.fixture(autouse=True)
+def _own_shared_conditions(tmp_path, monkeypatch):
+    """Each test shares finished conditions only with itself (never with another test or the user's cache)."""
+    monkeypatch.setattr("neat_llm.evaluation.checkpoints.shared_root", lambda: tmp_path / "shared-conditions")
+
+
 # Tiny models run on one thread: a 2-thread pool on 2 shared cores makes tiny matmuls thousands of
 # times slower. The real-model tests switch back to every core (test_real_models.py).
 torch.set_num_threads(1)

@@ -164,6 +164,26 @@ def test_demonstration_study_without_k_evaluates_the_k_chosen_on_the_fit_split_a
         assert (alone.k, alone.ks, alone.fit_ppl_ratio) == (c["k"], c["ks"], c["fit_ppl_ratio"])
 
 
+def test_a_second_study_of_the_same_prompts_reuses_the_conditions_it_shares_with_the_first(tiny_llama, tmp_path):
+    """The before row and the random K-sets of another folder's study (same weights, prompts and draws)
+    come from the shared cache, listed in the report; the top-K of another method is measured."""
+    from neat_llm.studies.demonstrations import demonstration_study
+
+    kw = dict(ks=[2], fit_groups=["hillfolk", "riverfolk"], n_random=1, n_prompts=4, samples=2, n_neutral_prompts=2,
+              neutral_samples=2, max_new_tokens=4, per_prompt=2, progress=False)
+    first = demonstration_study(tiny_llama, out=tmp_path / "a", **kw)
+    assert first.report.settings["reused_conditions"] == []
+    second = demonstration_study(tiny_llama, out=tmp_path / "b", method="activation", **kw)
+    assert sorted(second.report.settings["reused_conditions"]) == ["before", "random-k2-s0"]
+    assert second.report.row("before").hate_rate == first.report.row("before").hate_rate
+    assert second.report.row("random", 2).next_gap == first.report.row("random", 2).next_gap
+    # one of three conditions measured: a third of the first evaluation's sequences (the top-K row)
+    assert 3 * second.report.passes["forward"] == first.report.passes["forward"] > 0
+    fresh = demonstration_study(tiny_llama, out=tmp_path / "c", method="activation", share_conditions=False, **kw)
+    assert fresh.report.settings["reused_conditions"] == []
+    assert fresh.report.row("before").next_gap == pytest.approx(first.report.row("before").next_gap, abs=1e-5)
+
+
 def test_the_direction_ceiling_is_a_row_of_its_own_beside_the_neurons(tiny_llama, tmp_path):
     from neat_llm.studies.demonstrations import demonstration_study
 
@@ -319,6 +339,16 @@ def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     assert "…" not in table and all(len(l) <= 80 for l in table.splitlines())
     for word in ("neurons", "before", "random x1", "0-1"):
         assert word in table, word
+    # another folder, the same prompts and draws: every condition comes from the shared cache, and it says so
+    other = args[:-1] + [str(tmp_path / "e")]
+    res = CliRunner().invoke(app, other)
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output[res.output.index("reused from an earlier study"):].split())
+    assert said.startswith("reused from an earlier study measuring the same way (--no-shared-conditions to measure "
+                           "them again): before, concept-k3, random-k3-s0")
+    res = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "f"), "--no-shared-conditions", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["settings"]["reused_conditions"] == []
 
 
 def test_a_study_finds_with_the_score_it_is_given_and_refuses_to_reuse_another(tiny_model_dir, tmp_path):

@@ -195,6 +195,86 @@ def test_run_conditions_groups_resumes_and_checks(tiny_llama, tmp_path):
         run_conditions(tiny_llama, conds, m, per_batch=0)
 
 
+def test_a_condition_s_content_key_is_what_it_does_to_the_model_not_its_name(tiny_llama):
+    from neat_llm.interventions import DirectionEdit, DirectionEdits
+
+    m, d = tiny_llama, tiny_llama.d_model
+    a = NeuronSelection(((0, 3), (1, 7), (2, 5)))
+    a_shuffled = NeuronSelection(((2, 5), (0, 3), (1, 7)))
+    key = Condition("concept-k3", a).content_key(m)
+    assert Condition("random-k3-s0", a_shuffled).content_key(m) == key  # the same neurons, named and ordered otherwise
+    assert Condition("x", NeuronSelection(((0, 3), (1, 7), (2, 6)))).content_key(m) != key  # one neuron differs
+    assert Condition("x", a, Dampen(0.5)).content_key(m) != key  # the same neurons turned off otherwise
+    assert Condition("x", a, Dampen(0.5)).content_key(m) != Condition("x", a, Dampen(0.25)).content_key(m)
+    means = torch.zeros(m.n_layers, m.d_ff)
+    assert Condition("x", a, Mean(means)).content_key(m) == key  # mean 0 is zero ablation: the same edit
+    means[2, 5] = 1.0
+    assert Condition("x", a, Mean(means)).content_key(m) != key
+    before = Condition(BEFORE).content_key(m)
+    assert Condition("before-again").content_key(m) == before and before != key
+    v = torch.ones(d)
+    one = Condition("direction", residual=DirectionEdit(1, v)).content_key(m)
+    assert one != before and one == Condition("d", residual=DirectionEdits((DirectionEdit(1, v),))).content_key(m)
+    assert one != Condition("d", residual=DirectionEdit(1, v, strength=0.7)).content_key(m)
+    assert one != Condition("d", residual=DirectionEdit(2, v)).content_key(m)
+    assert one != Condition("d", residual=DirectionEdit(1, v, kind="subtract")).content_key(m)
+    w = v.clone()
+    w[0] = 2.0
+    assert one != Condition("d", residual=DirectionEdit(1, w)).content_key(m)
+
+
+def test_a_study_takes_conditions_another_study_measured_the_same_way_and_only_those(tiny_llama, tmp_path):
+    from neat_llm.evaluation.checkpoints import SharedConditions
+
+    conds = _conditions(tiny_llama)
+    first = ConditionStore(tmp_path / "study-1", {"run": "a"}, SharedConditions({"data": 1}, tmp_path / "cache"))
+    m1 = _Count()
+    got = run_conditions(tiny_llama, conds, m1, store=first, per_batch=8)
+    assert m1.calls == [len(conds)] and first.reused == []
+    # another study (another folder, another run): the same conditions under other names, and one new one
+    renamed = [Condition(f"other-{c.name}", c.selection, c.intervention) for c in conds]
+    new = Condition("zero-other", NeuronSelection(((0, 4),)))
+    second = ConditionStore(tmp_path / "study-2", {"run": "b"}, SharedConditions({"data": 1}, tmp_path / "cache"))
+    m2 = _Count()
+    again = run_conditions(tiny_llama, renamed + [new], m2, store=second, per_batch=8)
+    assert m2.calls == [1]  # only the new condition is measured
+    assert sorted(second.reused) == sorted(c.name for c in renamed)
+    assert [again[c.name] for c in renamed] == [got[c.name] for c in conds]  # the earlier study's numbers, as kept
+    assert second.get("other-zero") == {"ppl": got["zero"]}  # copied into the study's own folder (resume)
+    # measured another way (other data): nothing is shared
+    third = ConditionStore(tmp_path / "study-3", {"run": "b"}, SharedConditions({"data": 2}, tmp_path / "cache"))
+    m3 = _Count()
+    run_conditions(tiny_llama, conds, m3, store=third, per_batch=8)
+    assert m3.calls == [len(conds)] and third.reused == []
+    # without a shared cache, a store keeps to its own folder
+    alone = ConditionStore(tmp_path / "study-4", {"run": "b"})
+    m4 = _Count()
+    run_conditions(tiny_llama, conds, m4, store=alone, per_batch=8)
+    assert m4.calls == [len(conds)] and alone.reused == []
+
+
+def test_a_shared_condition_measured_by_an_older_revision_or_unreadable_is_measured_again(tiny_llama, tmp_path,
+                                                                                         monkeypatch):
+    from neat_llm.evaluation import checkpoints
+    from neat_llm.evaluation.checkpoints import SharedConditions
+
+    conds = _conditions(tiny_llama)[:2]
+    run_conditions(tiny_llama, conds, _Count(), store=ConditionStore(tmp_path / "s1", {},
+                                                                     SharedConditions({}, tmp_path / "c")))
+    cache = SharedConditions({}, tmp_path / "c")
+    (cache.folder / f"{conds[1].content_key(tiny_llama)}.json").write_text("{half a fi")
+    m = _Count()
+    store = ConditionStore(tmp_path / "s2", {}, SharedConditions({}, tmp_path / "c"))
+    run_conditions(tiny_llama, conds, m, store=store)
+    assert m.calls == [1] and store.reused == [conds[0].name]  # the unreadable one measured again
+    monkeypatch.setattr(checkpoints, "MEASUREMENT_REVISION", checkpoints.MEASUREMENT_REVISION + 1)
+    m = _Count()
+    run_conditions(tiny_llama, conds, m, store=ConditionStore(tmp_path / "s3", {}, SharedConditions({}, tmp_path / "c")))
+    assert m.calls == [2]  # measured otherwise since: nothing reused
+    with pytest.raises(ValueError, match="hex digest"):
+        cache.get("../escape")
+
+
 def test_conditions_measured_by_an_older_revision_of_the_code_are_not_reused(tmp_path, monkeypatch):
     from neat_llm.evaluation import checkpoints
 

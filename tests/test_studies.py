@@ -264,6 +264,18 @@ def test_bias_study_indibias_hindi(tiny_llama, tmp_path):
     assert reloaded.hash == study.run.meta.concept_hash  # `neat evaluate` can reload the fit pairs
 
 
+def test_a_second_bias_study_of_the_same_items_reuses_its_before_row_and_random_sets(tiny_llama, tmp_path):
+    kw = dict(data="indibias", lang="en", ks=[2], n_random=2, min_pairs=2, progress=False)
+    first = bias_study(tiny_llama, out=tmp_path / "a", **kw)
+    assert first.report.settings.reused_conditions is None
+    second = bias_study(tiny_llama, out=tmp_path / "b", method="activation", **kw)
+    assert sorted(second.report.settings.reused_conditions) == ["before", "random-k2-s0", "random-k2-s1"]
+    a, b = ([r for r in rep.rows if (r.bias_type, r.k) == ("all", 2)][0] for rep in (first.report, second.report))
+    assert (b.before.score, b.random.score, b.random_ppl_ratio) == (a.before.score, a.random.score, a.random_ppl_ratio)
+    fresh = bias_study(tiny_llama, out=tmp_path / "c", method="activation", share_conditions=False, **kw)
+    assert fresh.report.settings.reused_conditions is None
+
+
 def test_a_study_finds_with_its_top_k_proven_the_same_neurons_as_two_full_sweeps(tiny_llama, tmp_path):
     study = bias_study(tiny_llama, data="indibias", lang="en", ks=[2, 30], out=tmp_path / "b", n_random=1,
                        min_pairs=2, progress=False, top_k=20)

@@ -75,6 +75,7 @@ def hate(
     ceiling_strength: float = typer.Option(1.0, "--ceiling-strength", help="(demonstrations) the direction ceilings at this strength t in (0, 1]: h - t (h.u) u (1: the direction removed; less: shrunk, for less fluency cost); file names add -t<t>"),
     transport_at: Optional[str] = typer.Option(None, "--transport-at", help="(demonstrations, --mode transport) fit the map on the run's fit texts at each one's last token ('last': the end of a demonstration prompt, where the model writes) or at every token ('all'); default: the run's own all-token means"),
     probe: str = typer.Option("prototypical", "--probe", help="(demonstrations) prototypical (find's probe batch) or paired (each probe a hateful text with a neutral one about the same target group: what separates hate within a group, not one group from another)"),
+    shared_conditions: bool = typer.Option(True, "--shared-conditions/--no-shared-conditions", help="(demonstrations) take a condition another study already measured the same way (same weights, prompts, draws, and the same neurons changed the same way: the before row, random K-sets) from the cache ($NEAT_LLM_CACHE/conditions) instead of measuring it again; the study lists what it reused"),
     ceiling: bool = typer.Option(False, "--ceiling", help="(demonstrations) also measure the concept direction removed from the residual stream at the reading layer, every position: the direction-level ceiling beside the neurons"),
     readout_at: str = typer.Option("recognition", "--readout", help="(demonstrations) where the concept is read: recognition (after a statement, as neat find) or generation (at the end of fit demonstration prompts, where the model writes)"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
@@ -120,7 +121,7 @@ def hate(
                                    strength, find, seed, out_dir, as_json, readout_at, ceiling,
                                    _int_list(ceiling_layers, "--ceiling-layers"), _spans(ceiling_spans, "--ceiling-spans"),
                                    _spans(ceiling_units, "--ceiling-units"), probe, transport_at, ceiling_strength,
-                                   method)
+                                   method, shared_conditions)
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     ks = _parse_ks(k or "10,50,100,500,2000")
@@ -220,7 +221,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                         per_prompt, new_tokens, mode, alpha, strength, find, seed, out_dir, as_json,
                         readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
                         ceiling_units=None, probe="prototypical", transport_at=None, ceiling_strength=1.0,
-                        method="neat") -> None:
+                        method="neat", shared_conditions=True) -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
     import neat_llm as nl
     from neat_llm.studies.demonstrations import demonstration_study
@@ -234,7 +235,8 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               strength=strength, seed=seed, readout=readout_at,
                                               ceiling=ceiling, ceiling_layers=ceiling_layers,
                                               ceiling_spans=ceiling_spans, ceiling_units=ceiling_units, probe=probe,
-                                              transport_at=transport_at, ceiling_strength=ceiling_strength)
+                                              transport_at=transport_at, ceiling_strength=ceiling_strength,
+                                              share_conditions=shared_conditions)
         study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)
@@ -272,6 +274,9 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                if r.method in EFFECT_METHODS else f"at or below chance ({chance_score(r.method):g})")
         out.print(f"note: only {n_pos} neurons score above chance; the top {top_k} beyond them are ranked by a score "
                   f"{why}", soft_wrap=True)
+    if r.settings.get("reused_conditions"):
+        out.print(f"reused from an earlier study measuring the same way (--no-shared-conditions to measure them again): "
+                  f"{', '.join(r.settings['reused_conditions'])}", soft_wrap=True)
     for c in r.settings.get("k_choice") or []:
         got = (f"K = {c['k']} (fit gap removal {c['fit_gap_removal'][c['ks'].index(c['k'])]:.3f}, ratio "
                f"{c['fit_ppl_ratio'][c['ks'].index(c['k'])]:.3f})" if c["k"] is not None else
@@ -322,6 +327,7 @@ def bias(
     n_boot: int = typer.Option(1000, "--boot", help="bootstrap resamples for the 95% intervals"),
     min_pairs: int = typer.Option(5, "--min-pairs", help="bias types with fewer held-out pairs only count towards 'all'"),
     probe: str = typer.Option("prototypical", "--probe", help="prototypical (find's probe batch) or paired (the b most stereotypical-leaning fit pairs; each neuron scored by its effect on S(stereotypical) - S(its own counterpart))"),
+    shared_conditions: bool = typer.Option(True, "--shared-conditions/--no-shared-conditions", help="take a condition another study already measured the same way (same weights, held-out items, and the same neurons changed the same way: the before row, random K-sets) from the cache ($NEAT_LLM_CACHE/conditions) instead of measuring it again; the study lists what it reused"),
     layer_rule: str = typer.Option("paired", "--layer-rule", help="reading layer: best cross-validated paired accuracy on the fit pairs ('paired') or find's P-vs-N AUROC ('auroc')"),
     mode: ModeOption = None,
     alpha: AlphaOption = None,
@@ -361,7 +367,8 @@ def bias(
                                      method=method, ks=ks, n_random=n_random, eval_fraction=eval_fraction,
                                      max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
                                      min_pairs=min_pairs, mode=mode, alpha=alpha, strength=strength, seed=seed, layer_rule=layer_rule,
-                                     templates=templates, probe=probe, folds=folds)
+                                     templates=templates, probe=probe, folds=folds,
+                                     share_conditions=shared_conditions)
         m = nl.load_model(model)
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
@@ -389,6 +396,9 @@ def bias(
     out.print(t)
     st = r.settings
     cv = st.paired_cv_accuracy
+    if st.reused_conditions:
+        out.print(f"reused from an earlier study measuring the same way (--no-shared-conditions to measure them again): "
+                  f"{', '.join(st.reused_conditions)}", soft_wrap=True)
     if st.folds:
         out.print(f"reading layers of the {st.folds} folds: {st.fold_reading_layers} ({st.layer_rule} rule); each fold's "
                   f"own numbers in its bias.json under {study.path.parent}/fold-<i>/")

@@ -172,6 +172,7 @@ class BiasSettings:
     intervention: dict | None = None  # Intervention.settings() of what was turned off (mode, alpha, strength ...)
     folds: int | None = None  # cross-fitting: every item evaluated once, by neurons found without it
     fold_reading_layers: list[int] | None = None
+    reused_conditions: list[str] | None = None  # conditions taken from an earlier study measuring the same way
 
 
 @dataclass

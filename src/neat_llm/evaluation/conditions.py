@@ -6,7 +6,8 @@ A measure computes its numbers under G conditions at once: the engine opens
 ``interventions.conditions_along_batch`` for a group of conditions and the measure repeats each of
 its batches G times along the batch (the ``*_along`` functions), so the texts, the neutral texts and
 the generation prompts run once per group instead of once per condition. Finished conditions are
-read from / written to a ``ConditionStore`` (resume after an interruption), and every finished
+read from / written to a ``ConditionStore`` (resume after an interruption; with its shared cache,
+conditions another study already measured the same way are taken from there), and every finished
 condition is reported to ``on_condition`` (progress).
 """
 
@@ -146,8 +147,10 @@ def run_conditions(model: LoadedModel, conditions: Sequence[Condition], measure:
         c.edits(model)
     out: dict[str, R] = {}
     todo = []
+    shared = store is not None and store.shared is not None
+    keys = {c.name: c.content_key(model) if shared else None for c in conditions}
     for c in conditions:
-        got = store.get(c.name) if store is not None else None
+        got = store.lookup(c.name, keys[c.name]) if store is not None else None
         if got is None:
             todo.append(c)
             continue
@@ -162,7 +165,7 @@ def run_conditions(model: LoadedModel, conditions: Sequence[Condition], measure:
             raise RuntimeError(f"the measure returned {len(results)} results for {len(group)} conditions")
         for c, r in zip(group, results):
             if store is not None:
-                store.put(c.name, measure.to_json(r))
+                store.keep(c.name, keys[c.name], measure.to_json(r))
             out[c.name] = r
             if on_condition:
                 on_condition(c.name)

@@ -3,6 +3,7 @@ direction-level ceiling, an edit of the residual stream)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -33,3 +34,19 @@ class Condition:
         except ValueError as err:
             raise ValueError(f"condition {self.name!r}: {err}") from None
         return {l: (idx, e.scale, e.shift) for l, (idx, e) in got.items()}
+
+    def content_key(self, model: LoadedModel) -> str:
+        """What the condition does to the model, as a hash, its name aside: per edited block the
+        neuron indices (sorted) with their scale and shift, and the residual edit's blocks, kind,
+        strength and direction. Two conditions with one key measure the same (the cross-study cache)."""
+        h = hashlib.sha256()
+        for l, (idx, scale, shift) in sorted(self.edits(model).items()):
+            order = torch.argsort(idx)
+            h.update(f"block {l};".encode())
+            for t in (idx[order].to(torch.int64), scale.float()[order], shift.float()[order]):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        if self.residual is not None:
+            for p in self.residual.parts:
+                h.update(f"residual {p.layer} {p.kind} {p.strength!r};".encode())
+                h.update(p.vector.detach().cpu().float().contiguous().numpy().tobytes())
+        return h.hexdigest()

@@ -166,20 +166,22 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
     iv = run.intervention(s.mode, s.alpha, s.strength)  # default: the run's own (its ablation, or AurA's dampening)
     eval_paired, paired_by_type = _heldout_paired_accuracy(model, readout, ev_pairs)
     neutral = NEUTRAL_BY_LANG.get(s.lang, NEUTRAL_TEXTS)
+    shared = {"eval": repr(ev), "neutral": neutral} if s.share_conditions else None  # what a preference depends on
     report, store = measure_conditions(
         out, RunFiles.BIAS_PARTIAL, run, iv, ks, s.n_random, seed, {"method": method, "eval": repr(ev), "neutral": neutral},
         "bias evaluation", progress,
         lambda store, tick: evaluate_bias(model, ev, run.selections(ks), n_random=s.n_random, seed=seed, mode=iv,
                                           neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=s.n_boot,
                                           min_pairs=s.min_pairs, store=store, on_condition=tick, dataset=items_name,
-                                          lang=s.lang, method=method))
+                                          lang=s.lang, method=method), shared=shared)
     report.settings = replace(
         report.settings, bias_type=s.bias_type, n_fit_pairs=len(fit), eval_fraction=s.eval_fraction,
         templates=s.templates, n_eval_items=len(ev), probe=s.probe, score=run.meta.params.get("score"),
         reading_layer=run.meta.reading_layer, eval_auroc=run.meta.eval_auroc, n_fit=run.meta.n_fit,
         layer_rule=s.layer_rule, paired_cv_accuracy=None if paired_cv is None else float(paired_cv[readout.layer]),
         paired_cv_accuracy_by_layer=None if paired_cv is None else [float(x) for x in paired_cv],
-        eval_paired_accuracy=eval_paired, eval_paired_accuracy_by_type=paired_by_type)
+        eval_paired_accuracy=eval_paired, eval_paired_accuracy_by_type=paired_by_type,
+        reused_conditions=list(store.reused) or None)
     path = write_results(out, RunFiles.BIAS, report, store)
     return BiasStudy(run, report, path, fit, ev)
 

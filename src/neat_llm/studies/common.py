@@ -21,7 +21,7 @@ from ..find import find_concept_neurons
 from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..progress import progress_bar
-from ..evaluation.checkpoints import ConditionStore
+from ..evaluation.checkpoints import ConditionStore, SharedConditions
 from ..interventions import Intervention
 from ..runs import Run, RunError, RunFiles, check_run_folder, run_folder_lock, write_text
 
@@ -84,14 +84,20 @@ def condition_progress(what: str, n_conditions: int, done: int, enabled: bool):
 def measure_conditions(out: Path, partial: str, run: Run, iv: Intervention, ks: list[int], n_random: int, seed: int,
                        data: dict, what: str, progress: bool,
                        evaluate: Callable[[ConditionStore, Callable[[str], None]], R],
-                       extra: int = 0) -> tuple[R, ConditionStore]:
+                       extra: int = 0, shared: dict | None = None) -> tuple[R, ConditionStore]:
     """Run ``evaluate(store, on_condition)`` over the study's conditions (before, each top-K, each
     random K-set) with finished conditions kept in ``out / partial``, bound to the run, the
     intervention, the sizes, the seed and the study's own ``data`` (a changed setting starts over);
-    ``extra``: conditions beyond those (the direction-level ceiling)."""
+    ``extra``: conditions beyond those (the direction-level ceiling). ``shared``: what the measure's
+    result depends on besides the condition and the weights (its prompts, texts, sampling), to share
+    finished conditions with other studies measuring the same way (``SharedConditions``); None: not
+    shared."""
     fingerprint = {"run": run.meta.concept_hash, "weights": run.meta.weights_hash, "ks": list(ks),
                    "n_random": n_random, "seed": seed, **iv.settings(), "alpha": iv.alpha, **data}
-    store = ConditionStore(out / partial, fingerprint)
+    across = None
+    if shared is not None and run.meta.weights_hash:
+        across = SharedConditions({"weights": run.meta.weights_hash, "measure": what, "seed": seed, **shared})
+    store = ConditionStore(out / partial, fingerprint, across)
     with condition_progress(what, 1 + len(ks) * (1 + n_random) + extra, store.n_done(), progress) as tick:
         return evaluate(store, tick), store
 

@@ -26,6 +26,7 @@ from ..evaluation.behaviour import BehaviourReport, evaluate_behaviour
 from ..evaluation.budget import CANDIDATE_KS, KChoice, choose_ks
 from ..evaluation.removal import BUDGETS as BUDGET_KS_AT
 from ..evaluation.demonstrations import Demonstrations, build_demonstrations
+from ..evaluation.neutral_text import NEUTRAL_TEXTS
 from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
@@ -226,6 +227,8 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         tag = _slug(iv.describe()) + _ceiling_tag(s)
         data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
                    "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
+        # what a condition's raw result (continuations, next-statement gap, perplexity) depends on besides its edits
+        shared = {**data_fp, "neutral_texts": list(NEUTRAL_TEXTS)} if s.share_conditions else None
         report, store = measure_conditions(
             out, RunFiles.behaviour_partial(tag), run, iv, ks, s.n_random, s.seed, data_fp,
             "behaviour evaluation", progress,
@@ -235,12 +238,13 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                                    neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
                                                    store=store, on_condition=tick, dataset=concept.name,
                                                    method=s.method, ceiling=ceiling or None),
-            extra=len(ceiling))
+            extra=len(ceiling), shared=shared)
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,
                                probe=s.probe, n_positive_score=run.n_positive,
                                reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)},
+                               reused_conditions=list(store.reused),
                                **({"k_choice": [c.to_dict() for c in k_choices]} if k_choices else {}))
         path = write_results(out, RunFiles.behaviour(tag), report, store, (RunFiles.behaviour_continuations(tag), {
             "prompts": {"hate": list(demos.hate_prompts), "neutral": list(demos.neutral_prompts)},

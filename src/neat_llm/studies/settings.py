@@ -119,6 +119,7 @@ class BiasStudySettings(Changeable):
     templates: dict | None = None
     probe: str = "prototypical"
     folds: int | None = None
+    share_conditions: bool = True  # conditions another study measured the same way taken from the cache (SharedConditions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", _ks(self.ks))
@@ -166,6 +167,7 @@ class DemonstrationStudySettings(Changeable):
     alpha: float | None = None
     strength: float | None = None
     transport_at: str | None = None  # mode transport: the map fitted at each fit prompt's "last" token (or "all")
+    share_conditions: bool = True  # conditions another study measured the same way taken from the cache (SharedConditions)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ from .cluster import ClusterScorer
 from .exhaustive import ExhaustiveScorer
 from .label_based import IntegratedGradientsScorer, LogprobIncreaseScorer
 from .neat import NeatScorer
+from .next_line import NextLineScorer
 from .reference import ReferenceScorer
 from .screen_verify import ScreenVerifyScorer
 from .simple import ActivationScorer, AuraScorer, AurocScorer, RandomScorer
@@ -17,6 +18,7 @@ SCORERS = {
     "exhaustive": ExhaustiveScorer,
     "screen-verify": ScreenVerifyScorer,
     "attribution-patching": AttributionPatchingScorer,
+    "next-line": NextLineScorer,
     "integrated-gradients": IntegratedGradientsScorer,
     "logprob-increase": LogprobIncreaseScorer,
     "activation": ActivationScorer,
@@ -38,5 +40,5 @@ def get_scorer(name: str, **kwargs) -> Scorer:
 
 
 __all__ = ["NeuronScores", "ProbeSet", "Scorer", "ScoringTask", "NeatScorer", "ReferenceScorer", "ExhaustiveScorer",
-           "ScreenVerifyScorer", "ClusterScorer", "IntegratedGradientsScorer", "LogprobIncreaseScorer", "AttributionPatchingScorer", "ActivationScorer", "AuraScorer", "AurocScorer", "RandomScorer", "SCORERS",
+           "ScreenVerifyScorer", "ClusterScorer", "IntegratedGradientsScorer", "LogprobIncreaseScorer", "AttributionPatchingScorer", "NextLineScorer", "ActivationScorer", "AuraScorer", "AurocScorer", "RandomScorer", "SCORERS",
            "chance_score", "get_scorer"]

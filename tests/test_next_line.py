@@ -69,6 +69,11 @@ def test_the_scorer_scores_the_drop_on_concept_texts_minus_that_on_contrast_text
         len(fit.contrast)
     with pytest.raises(ValueError, match="two or more lines"):
         NextLineScorer().score(tiny_llama, _task(tiny_llama, ["one line only"], ["another single line"]))
+    told = []  # progress in neurons as the texts are done, adding up to every neuron scored
+    task = _task(tiny_llama, _prompts(pos, 2)[:5], _prompts(neg, 2)[:4])
+    task.on_progress = told.append
+    NextLineScorer(batch_size=2).score(tiny_llama, task)
+    assert sum(told) == tiny_llama.d_ff and len(told) > 1
 
 
 def _task(model, pos, neg):

@@ -43,10 +43,11 @@ def next_line_split(text: str) -> tuple[str, str]:
 
 
 def next_line_effects(model: LoadedModel, texts: Sequence[str], layers: Sequence[int], edit_of,
-                      batch_size: int = 8) -> torch.Tensor:
+                      batch_size: int = 8, on_texts=None) -> torch.Tensor:
     """The linear estimate of the change of B (module docstring) when each neuron of ``layers`` is
     changed by ``edit_of(layer)`` (a ``BlockEdit``: a -> a * scale + shift) at every position,
-    averaged over ``texts``: [len(layers), d_ff] float32."""
+    averaged over ``texts``: [len(layers), d_ff] float32. ``on_texts(n)``: called as each batch of
+    n texts is done (progress)."""
     layers = list(layers)
     split = [next_line_split(t) for t in texts]
     joint = [c + x for c, x in split]
@@ -78,6 +79,8 @@ def next_line_effects(model: LoadedModel, texts: Sequence[str], layers: Sequence
             d = (grads[i].float() * change * m).sum(1)  # [B, d_ff]
             check_finite(d, f"the next-line effect of block {l}")
             total[i] += d.sum(0).double().cpu()
+        if on_texts:
+            on_texts(len(rows))
     return (total / len(texts)).float()
 
 
@@ -97,13 +100,21 @@ class NextLineScorer(Scorer):
         pos, neg = task.fit_texts(self.name)
         layers = sorted(task.layers)
         edit = lambda l: task.edit_off(l, model.d_ff)  # noqa: E731
-        drop = -next_line_effects(model, pos, layers, edit, self.batch_size) \
-            + next_line_effects(model, neg, layers, edit, self.batch_size)
+        n_neurons, n_texts = task.n_selected(model.n_layers, model.d_ff), len(pos) + len(neg)
+        done = {"texts": 0, "told": 0}
+
+        def tick(n: int) -> None:  # every neuron is scored by every text: progress in neurons, as a share of texts
+            done["texts"] += n
+            now = n_neurons * done["texts"] // n_texts
+            if task.on_progress and now > done["told"]:
+                task.on_progress(now - done["told"])
+            done["told"] = now
+
+        drop = -next_line_effects(model, pos, layers, edit, self.batch_size, tick) \
+            + next_line_effects(model, neg, layers, edit, self.batch_size, tick)
         for i, l in enumerate(layers):
             idx = task.neurons_of(l, model.d_ff)
             scores[l, idx] = drop[i, idx]
-            if task.on_progress:
-                task.on_progress(len(idx))
 
 
 __all__ = ["NextLineScorer", "next_line_effects", "next_line_split"]

@@ -264,6 +264,18 @@ def test_the_direction_over_a_span_and_every_unit_of_a_span_are_rows_of_the_stud
     assert "at strength 0.5" in wc["direction-L0-1"]["what"]
     with pytest.raises(ValueError, match="ceiling_strength"):
         demonstration_study(tiny_llama, ceiling=True, ceiling_strength=0.0, **kw)
+    # which writer puts the direction there: the run's direction removed from what the MLPs, and apart
+    # what the attention, of a span of blocks write
+    writers = demonstration_study(tiny_llama, ceiling_writers=[(0, 1)], **kw)
+    assert writers.path.name == "behaviour-zero-ceiling-W0-1.json"
+    assert [x.condition for x in writers.report.rows][-3:] == ["direction", "mlp-writes-L0-1", "attn-writes-L0-1"]
+    wc = writers.report.settings["ceilings"]
+    assert wc["mlp-writes-L0-1"]["sites"] == ["mlp"] and wc["attn-writes-L0-1"]["layers"] == [0, 1]
+    assert wc["mlp-writes-L0-1"]["vector_norms"] == pytest.approx([wc["direction"]["vector_norm"]] * 2)
+    rows = {x.condition: x for x in writers.report.rows}
+    assert rows["mlp-writes-L0-1"].next_gap != rows["attn-writes-L0-1"].next_gap
+    with pytest.raises(ValueError, match="ceiling writers block 99 out of range"):
+        demonstration_study(tiny_llama, ceiling_writers=[(0, 99)], **kw)
 
 
 class _LengthEncoder:

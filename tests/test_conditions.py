@@ -218,6 +218,8 @@ def test_a_condition_s_content_key_is_what_it_does_to_the_model_not_its_name(tin
     assert one != Condition("d", residual=DirectionEdit(1, v, strength=0.7)).content_key(m)
     assert one != Condition("d", residual=DirectionEdit(2, v)).content_key(m)
     assert one != Condition("d", residual=DirectionEdit(1, v, kind="subtract")).content_key(m)
+    mlp = Condition("d", residual=DirectionEdit(1, v, site="mlp")).content_key(m)
+    assert len({one, mlp, Condition("d", residual=DirectionEdit(1, v, site="attn")).content_key(m)}) == 3
     w = v.clone()
     w[0] = 2.0
     assert one != Condition("d", residual=DirectionEdit(1, w)).content_key(m)
@@ -436,7 +438,7 @@ def test_directions_at_several_blocks_refuse_nonsense():
 
     with pytest.raises(ValueError, match="at least one"):
         DirectionEdits(())
-    with pytest.raises(ValueError, match="each block once"):
+    with pytest.raises(ValueError, match="each block.s site once"):
         DirectionEdits((DirectionEdit(1, torch.ones(4)), DirectionEdit(1, -torch.ones(4))))
     with pytest.raises(ValueError, match="one kind"):
         DirectionEdits((DirectionEdit(0, torch.ones(4)), DirectionEdit(1, torch.ones(4), "subtract")))
@@ -476,3 +478,63 @@ def test_a_direction_edit_refuses_nonsense(tiny_llama):
         DirectionEdit(0, torch.ones(8), "rotate")
     with pytest.raises(ValueError, match="out of range"), remove_direction(tiny_llama, DirectionEdit(99, torch.ones(8))):
         pass
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_direction_removed_from_what_the_mlp_and_attention_write(kind, tokenizer):
+    """``site="mlp"`` / ``"attn"``: the direction removed from what a block's MLP or attention adds to
+    the residual stream. Along the batch it equals the plain ``remove_direction``; with both writers
+    of block 1 edited, block 1 adds nothing along the direction (its output's component equals its
+    input's, to float error); either writer alone changes the logits and differs from the other."""
+    from neat_llm.hooks import capture_outputs
+    from neat_llm.interventions import DirectionEdit, DirectionEdits, remove_direction
+
+    model = build_tiny(kind, tokenizer)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(5))
+    u = v / v.norm()
+    mlp, attn = DirectionEdit(1, v, site="mlp"), DirectionEdit(1, v, site="attn")
+    both = DirectionEdits((mlp, attn))
+    assert both.sites == ("mlp", "attn") and both.layers == (1,)
+    assert "what the MLPs of blocks 1 write and what the attentions of blocks 1 write" in both.describe()
+    assert "what the MLP of block 1 writes" in mlp.describe() and mlp.settings()["site"] == "mlp"
+    conds = [Condition("before"), Condition("mlp", residual=mlp), Condition("attn", residual=attn),
+             Condition("both", residual=both)]
+    enc = model.encode(TEXTS)
+    with torch.inference_mode():
+        with conditions_along_batch(model, conds) as G:
+            batched = model.hf(**repeat_rows(enc, G), use_cache=False).logits.reshape(
+                G, len(TEXTS), *enc["input_ids"].shape[1:], -1)
+        plain = model.hf(**enc, use_cache=False).logits
+        torch.testing.assert_close(batched[0], plain, atol=1e-5, rtol=1e-4)
+        for c in (1, 2, 3):
+            with remove_direction(model, conds[c].residual):
+                want = model.hf(**enc, use_cache=False).logits
+            torch.testing.assert_close(batched[c], want, atol=1e-5, rtol=1e-4)
+            assert not torch.allclose(want, plain, atol=1e-3)
+        assert not torch.allclose(batched[1], batched[2], atol=1e-3)
+        with remove_direction(model, both), capture_outputs({0: model.blocks[0], 1: model.blocks[1]}) as out:
+            model.hf(**enc, use_cache=False)
+        added = (out[1][0].float() - out[0][0].float()) @ u
+        assert added.abs().max() < 1e-4
+    assert all(not b._forward_hooks for b in model.blocks) and all(not s._forward_hooks for s in model.sites)
+
+
+def test_a_writer_edit_is_refused_where_the_family_normalises_it(tokenizer):
+    """Gemma 2/3 normalise what the MLP and attention write before adding it: no module's output is
+    the write, so a writer edit is refused by name (the block's output can still be edited)."""
+    from neat_llm.interventions import DirectionEdit, remove_direction
+    from neat_llm.models import UnsupportedModelError
+
+    model = build_tiny("gemma3", tokenizer)
+    v = torch.ones(model.d_model)
+    for site in ("mlp", "attn"):
+        with pytest.raises(UnsupportedModelError, match=f"normalise the {site} output"):
+            with remove_direction(model, DirectionEdit(0, v, site=site)):
+                pass
+    with pytest.raises(ValueError, match="site is one of block, mlp, attn"):
+        DirectionEdit(0, v, site="resid")
+    with pytest.raises(ValueError, match="out of range"):
+        model.writer("mlp", model.n_layers)
+    with pytest.raises(ValueError, match="each block's site once"):
+        from neat_llm.interventions import DirectionEdits
+        DirectionEdits((DirectionEdit(0, v, site="mlp"), DirectionEdit(0, 2 * v, site="mlp")))

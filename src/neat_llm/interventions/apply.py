@@ -73,10 +73,11 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
             scale[l][c, idx], shift[l][c, idx] = sc, sh
     scale = {l: t.to(model.device) for l, t in scale.items()}
     shift = {l: t.to(model.device) for l, t in shift.items()}
-    residual: dict[int, dict[int, DirectionEdit]] = {}  # block -> {condition: its edit of the block's output}
+    residual: dict[tuple[str, int], dict[int, DirectionEdit]] = {}  # (site, block) -> {condition: its edit there}
     for c, cond in enumerate(conditions):
         for e in (cond.residual.parts if cond.residual is not None else ()):
-            residual.setdefault(e.layer, {})[c] = e
+            residual.setdefault((e.site, e.layer), {})[c] = e
+    writers = {where: model.writer(*where) for where in residual}
 
     def blocks_of(x):
         if x.shape[0] % G:
@@ -88,25 +89,24 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
         y = y * scale[layer][:, None].to(x.dtype) + shift[layer][:, None].to(x.dtype)
         return y.reshape(x.shape)
 
-    def edit_residual(layer, h):
+    def edit_residual(where, h):
         y = blocks_of(h).clone()
-        for c, e in residual[layer].items():
+        for c, e in residual[where].items():
             y[c] = e.apply(y[c])
         return y.reshape(h.shape)
 
     with edit_inputs({l: model.sites[l] for l in scale}, edit), \
-            edit_outputs({l: model.blocks[l] for l in residual}, edit_residual):
+            edit_outputs(writers, edit_residual):
         yield G
 
 
 @contextmanager
 def remove_direction(model: LoadedModel, edit: "DirectionEdit | DirectionEdits") -> Iterator["DirectionEdit | DirectionEdits"]:
-    """The residual stream edited along one direction at one block's output (or along each block's
-    own direction at several blocks: ``DirectionEdits``), at every position
-    (``conditions_along_batch``'s plain one-condition reference for a direction condition)."""
-    parts = {e.layer: e for e in edit.parts}
-    bad = [l for l in parts if not 0 <= l < model.n_layers]
-    if bad:
-        raise ValueError(f"block {bad[0]} is out of range: the model has blocks 0..{model.n_layers - 1}")
-    with edit_outputs({l: model.blocks[l] for l in parts}, lambda l, h: parts[l].apply(h)):
+    """The residual stream edited along one direction at one block's output, or at what its MLP or
+    attention writes (``site``), or along each block's own direction at several blocks and sites
+    (``DirectionEdits``), at every position (``conditions_along_batch``'s plain one-condition
+    reference for a direction condition)."""
+    parts = {(e.site, e.layer): e for e in edit.parts}
+    writers = {where: model.writer(*where) for where in parts}
+    with edit_outputs(writers, lambda where, h: parts[where].apply(h)):
         yield edit

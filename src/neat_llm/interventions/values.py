@@ -37,7 +37,7 @@ class Condition:
 
     def content_key(self, model: LoadedModel) -> str:
         """What the condition does to the model, as a hash, its name aside: per edited block the
-        neuron indices (sorted) with their scale and shift, and the residual edit's blocks, kind,
+        neuron indices (sorted) with their scale and shift, and the residual edit's blocks, sites, kind,
         strength and direction. Two conditions with one key measure the same (the cross-study cache)."""
         h = hashlib.sha256()
         for l, (idx, scale, shift) in sorted(self.edits(model).items()):
@@ -47,6 +47,7 @@ class Condition:
                 h.update(t.detach().cpu().contiguous().numpy().tobytes())
         if self.residual is not None:
             for p in self.residual.parts:
-                h.update(f"residual {p.layer} {p.kind} {p.strength!r};".encode())
+                site = "" if p.site == "block" else f" {p.site}"  # block edits keep the keys they had
+                h.update(f"residual {p.layer}{site} {p.kind} {p.strength!r};".encode())
                 h.update(p.vector.detach().cpu().float().contiguous().numpy().tobytes())
         return h.hexdigest()

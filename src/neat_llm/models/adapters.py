@@ -21,6 +21,8 @@ class ModelFamily:
     mlp_output_direct: True when the down projection's output is added to the residual stream
         unchanged (no norm after the MLP). Then turning neuron k off changes the block's output by
         exactly ``-a_k * W_out[:, k]``, which the fast sweep uses instead of re-running the block.
+    attn: the attention module inside a block (its output's first element is what it writes).
+    attn_output_direct: True when that output is added to the residual stream unchanged.
     """
 
     name: str
@@ -31,6 +33,8 @@ class ModelFamily:
     unembed: str
     down_layout: str = "linear"
     mlp_output_direct: bool = True
+    attn: str = "self_attn"
+    attn_output_direct: bool = True
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
@@ -38,16 +42,16 @@ FAMILIES: tuple[ModelFamily, ...] = (
                 blocks="model.layers", site="mlp.down_proj", final_norm="model.norm", unembed="lm_head"),
     ModelFamily("gemma", ("gemma",),
                 blocks="model.layers", site="mlp.down_proj", final_norm="model.norm", unembed="lm_head"),
-    # Gemma 2/3 normalise the MLP output before adding it to the residual stream.
+    # Gemma 2/3 normalise the MLP and attention outputs before adding them to the residual stream.
     ModelFamily("gemma2", ("gemma2", "gemma3_text"),
                 blocks="model.layers", site="mlp.down_proj", final_norm="model.norm", unembed="lm_head",
-                mlp_output_direct=False),
+                mlp_output_direct=False, attn_output_direct=False),
     ModelFamily("gpt2", ("gpt2",),
                 blocks="transformer.h", site="mlp.c_proj", final_norm="transformer.ln_f", unembed="lm_head",
-                down_layout="conv1d"),
+                down_layout="conv1d", attn="attn"),
     ModelFamily("gpt_neox", ("gpt_neox",),
                 blocks="gpt_neox.layers", site="mlp.dense_4h_to_h", final_norm="gpt_neox.final_layer_norm",
-                unembed="lm_head"),
+                unembed="lm_head", attn="attention"),
 )
 
 

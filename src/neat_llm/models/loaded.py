@@ -181,6 +181,24 @@ class LoadedModel:
                 "the MLP down projection (nn.Linear or Conv1D); the adapter table entry does not match this model")
         return sites
 
+    def writer(self, site: str, layer: int) -> nn.Module:
+        """The module whose output is block ``layer``'s ``site``: "block" (the block's output, the
+        residual stream after it), "mlp" (what its MLP adds to the residual stream: the down
+        projection's output) or "attn" (what its attention adds). Refused by name where the family
+        normalises that output before adding it (the module's output is then not what is written)."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"block {layer} is out of range: the model has blocks 0..{self.n_layers - 1}")
+        if site == "block":
+            return self.blocks[layer]
+        direct = {"mlp": self.family.mlp_output_direct, "attn": self.family.attn_output_direct}
+        if site not in direct:
+            raise ValueError(f"a writer site is one of block, mlp, attn; got {site!r}")
+        if not direct[site]:
+            raise UnsupportedModelError(
+                f"{self.family.name} models normalise the {site} output before adding it to the residual stream, "
+                f"so no module's output is what the {site} writes; edit the block's output (site 'block') instead")
+        return self.sites[layer] if site == "mlp" else get_module(self.blocks[layer], self.family.attn)
+
     @property
     def n_layers(self) -> int:
         return len(self.blocks)

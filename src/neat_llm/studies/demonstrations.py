@@ -127,17 +127,20 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
     (row "direction"); with ``ceiling_layers``, the direction read at each of those blocks removed
     there ("direction-L<block>"); with ``ceiling_spans``, each block's own direction removed at every
     block of a span ("direction-L<a>-<b>"); with ``ceiling_units``, every MLP unit of a span of blocks
-    under the study's intervention ("units-L<a>-<b>", e.g. transport on all of them). The direction
-    rows at ``ceiling_strength``."""
-    spans, units = s.ceiling_spans or (), s.ceiling_units or ()
-    if not (s.ceiling or s.ceiling_layers or spans or units):
+    under the study's intervention ("units-L<a>-<b>", e.g. transport on all of them); with
+    ``ceiling_writers``, the run's direction removed from what the MLPs of a span of blocks write
+    ("mlp-writes-L<a>-<b>") and, apart, from what their attention writes ("attn-writes-L<a>-<b>"):
+    which writer puts the direction into the residual stream. The direction rows at ``ceiling_strength``."""
+    spans, units, writers = s.ceiling_spans or (), s.ceiling_units or (), s.ceiling_writers or ()
+    if not (s.ceiling or s.ceiling_layers or spans or units or writers):
         return {}
     t = float(s.ceiling_strength)
     out: dict = {"direction": DirectionEdit(run.meta.reading_layer, run.concept_vector, "project", t)}
     layers = sorted(set(s.ceiling_layers or ()) | {l for a, b in spans for l in range(a, b + 1)})
-    bad = [l for a, b in units for l in (a, b) if l >= model.n_layers]
-    if bad:
-        raise ValueError(f"ceiling units block {bad[0]} out of range: the model has blocks 0..{model.n_layers - 1}")
+    for what, given in (("units", units), ("writers", writers)):
+        bad = [l for a, b in given for l in (a, b) if l >= model.n_layers]
+        if bad:
+            raise ValueError(f"ceiling {what} block {bad[0]} out of range: the model has blocks 0..{model.n_layers - 1}")
     if layers:
         fs = FindSettings.of(fs, read_template=run.meta.params.get("read_template", fs.read_template))
         dirs = layer_directions(model, concept, layers, fs)
@@ -148,17 +151,24 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
                                                               for l in range(a, b + 1)))
     for a, b in units:
         out[f"units-L{a}-{b}"] = NeuronSelection(tuple((l, k) for l in range(a, b + 1) for k in range(model.d_ff)))
+    for a, b in writers:
+        for site in ("mlp", "attn"):
+            for l in range(a, b + 1):
+                model.writer(site, l)  # refuses, by name, a family whose writers are normalised
+            out[f"{site}-writes-L{a}-{b}"] = DirectionEdits(tuple(
+                DirectionEdit(l, run.concept_vector, "project", t, site=site) for l in range(a, b + 1)))
     return out
 
 
 def _ceiling_tag(s: DemonstrationStudySettings) -> str:
     """What the study's file name adds for its ceilings (a ceiling run is kept beside the plain one)."""
-    if not (s.ceiling or s.ceiling_layers or s.ceiling_spans or s.ceiling_units):
+    if not (s.ceiling or s.ceiling_layers or s.ceiling_spans or s.ceiling_units or s.ceiling_writers):
         return ""
     tag = "-ceiling" + ("-L" + "-".join(map(str, s.ceiling_layers)) if s.ceiling_layers else "")
     tag += "".join(f"-S{a}-{b}" for a, b in s.ceiling_spans or ())
     tag += "" if s.ceiling_strength == 1.0 else f"-t{s.ceiling_strength:g}"
-    return tag + "".join(f"-U{a}-{b}" for a, b in s.ceiling_units or ())
+    tag += "".join(f"-U{a}-{b}" for a, b in s.ceiling_units or ())
+    return tag + "".join(f"-W{a}-{b}" for a, b in s.ceiling_writers or ())
 
 
 def _intervention(model: LoadedModel, run: Run, concept: ConceptSet, s: DemonstrationStudySettings):

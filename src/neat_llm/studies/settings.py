@@ -162,6 +162,7 @@ class DemonstrationStudySettings(Changeable):
     ceiling_layers: tuple[int, ...] | None = None  # and at these blocks (rows "direction-L<block>"): where it writes
     ceiling_spans: tuple[tuple[int, int], ...] | None = None  # each block's own direction at every block a..b ("direction-La-b")
     ceiling_units: tuple[tuple[int, int], ...] | None = None  # every MLP unit of blocks a..b under the intervention ("units-La-b")
+    ceiling_writers: tuple[tuple[int, int], ...] | None = None  # the run's direction removed from what the MLPs / attention of blocks a..b write ("mlp-writes-La-b", "attn-writes-La-b")
     ceiling_strength: float = 1.0  # the direction ceilings at this strength in (0, 1]: h - t (h . u) u
     mode: str | None = None
     alpha: float | None = None
@@ -189,7 +190,7 @@ class DemonstrationStudySettings(Changeable):
             if not layers or any(isinstance(l, bool) or not isinstance(l, int) or l < 0 for l in layers):
                 raise ValueError(f"ceiling_layers must be block numbers >= 0, got {self.ceiling_layers!r}")
             object.__setattr__(self, "ceiling_layers", tuple(sorted(set(layers))))
-        for name in ("ceiling_spans", "ceiling_units"):
+        for name in ("ceiling_spans", "ceiling_units", "ceiling_writers"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _spans(getattr(self, name), name))
         check_direction_strength(self.ceiling_strength, "ceiling_strength")

@@ -359,6 +359,13 @@ def test_studies_give_the_same_report_with_and_without_batched_conditions(tiny_l
         assert a.gap == pytest.approx(b.gap, abs=1e-5) and a.ppl_ratio == pytest.approx(b.ppl_ratio, rel=1e-6)
 
 
+def _logits_along_batch(model, conds, enc):
+    """The logits of ``enc`` under each condition, one block of rows each: [G, B, T, vocab]."""
+    with conditions_along_batch(model, conds) as G:
+        return model.hf(**repeat_rows(enc, G), use_cache=False).logits.reshape(
+            G, len(TEXTS), *enc["input_ids"].shape[1:], -1)
+
+
 @pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2"])
 def test_a_direction_condition_along_the_batch_equals_remove_direction(kind, tokenizer):
     """The residual stream edited along a direction at one block's output: its block of rows equals
@@ -412,9 +419,7 @@ def test_directions_at_several_blocks_along_the_batch_equal_the_nested_single_ed
     conds = [Condition("before"), Condition("span", residual=multi), _conditions(model)[1]]
     enc = model.encode(TEXTS)
     with torch.inference_mode():
-        with conditions_along_batch(model, conds) as G:
-            batched = model.hf(**repeat_rows(enc, G), use_cache=False).logits.reshape(
-                G, len(TEXTS), *enc["input_ids"].shape[1:], -1)
+        batched = _logits_along_batch(model, conds, enc)
         plain = model.hf(**enc, use_cache=False).logits
         with ExitStack() as stack:
             for e in parts:
@@ -495,15 +500,13 @@ def test_a_direction_removed_from_what_the_mlp_and_attention_write(kind, tokeniz
     mlp, attn = DirectionEdit(1, v, site="mlp"), DirectionEdit(1, v, site="attn")
     both = DirectionEdits((mlp, attn))
     assert both.sites == ("mlp", "attn") and both.layers == (1,)
-    assert "what the MLPs of blocks 1 write and what the attentions of blocks 1 write" in both.describe()
+    assert "what the MLP of block 1 writes and what the attention of block 1 writes" in both.describe()
     assert "what the MLP of block 1 writes" in mlp.describe() and mlp.settings()["site"] == "mlp"
     conds = [Condition("before"), Condition("mlp", residual=mlp), Condition("attn", residual=attn),
              Condition("both", residual=both)]
     enc = model.encode(TEXTS)
     with torch.inference_mode():
-        with conditions_along_batch(model, conds) as G:
-            batched = model.hf(**repeat_rows(enc, G), use_cache=False).logits.reshape(
-                G, len(TEXTS), *enc["input_ids"].shape[1:], -1)
+        batched = _logits_along_batch(model, conds, enc)
         plain = model.hf(**enc, use_cache=False).logits
         torch.testing.assert_close(batched[0], plain, atol=1e-5, rtol=1e-4)
         for c in (1, 2, 3):

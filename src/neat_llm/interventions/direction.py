@@ -115,8 +115,8 @@ class DirectionEdits:
         return self.edits[0].strength
 
     def describe(self) -> str:
-        where = " and ".join(_where(s, _span(tuple(e.layer for e in self.edits if e.site == s)), plural=True)
-                             for s in self.sites)
+        blocks = {s: tuple(e.layer for e in self.edits if e.site == s) for s in self.sites}
+        where = " and ".join(_where(s, _span(b), plural=len(b) > 1) for s, b in blocks.items())
         return f"{_what(self.kind, self.strength)} from {where} (each block's own), every position"
 
     def settings(self) -> dict:

@@ -131,9 +131,9 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
     ``ceiling_writers``, the run's direction removed from what the MLPs of a span of blocks write
     ("mlp-writes-L<a>-<b>") and, apart, from what their attention writes ("attn-writes-L<a>-<b>"):
     which writer puts the direction into the residual stream. The direction rows at ``ceiling_strength``."""
-    spans, units, writers = s.ceiling_spans or (), s.ceiling_units or (), s.ceiling_writers or ()
-    if not (s.ceiling or s.ceiling_layers or spans or units or writers):
+    if not s.has_ceilings:
         return {}
+    spans, units, writers = s.ceiling_spans or (), s.ceiling_units or (), s.ceiling_writers or ()
     t = float(s.ceiling_strength)
     out: dict = {"direction": DirectionEdit(run.meta.reading_layer, run.concept_vector, "project", t)}
     layers = sorted(set(s.ceiling_layers or ()) | {l for a, b in spans for l in range(a, b + 1)})
@@ -153,8 +153,7 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
         out[f"units-L{a}-{b}"] = NeuronSelection(tuple((l, k) for l in range(a, b + 1) for k in range(model.d_ff)))
     for a, b in writers:
         for site in ("mlp", "attn"):
-            for l in range(a, b + 1):
-                model.writer(site, l)  # refuses, by name, a family whose writers are normalised
+            model.writer(site, a)  # refuses, by name and before any evaluation, a family that normalises its writers
             out[f"{site}-writes-L{a}-{b}"] = DirectionEdits(tuple(
                 DirectionEdit(l, run.concept_vector, "project", t, site=site) for l in range(a, b + 1)))
     return out
@@ -162,7 +161,7 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
 
 def _ceiling_tag(s: DemonstrationStudySettings) -> str:
     """What the study's file name adds for its ceilings (a ceiling run is kept beside the plain one)."""
-    if not (s.ceiling or s.ceiling_layers or s.ceiling_spans or s.ceiling_units or s.ceiling_writers):
+    if not s.has_ceilings:
         return ""
     tag = "-ceiling" + ("-L" + "-".join(map(str, s.ceiling_layers)) if s.ceiling_layers else "")
     tag += "".join(f"-S{a}-{b}" for a, b in s.ceiling_spans or ())

@@ -171,6 +171,12 @@ class DemonstrationStudySettings(Changeable):
     share_conditions: bool = True  # conditions another study measured the same way taken from the cache (SharedConditions)
     seed: int = 0
 
+    @property
+    def has_ceilings(self) -> bool:
+        """Whether any ceiling row is asked for (the direction, per block, per span, units, writers)."""
+        return bool(self.ceiling or self.ceiling_layers or self.ceiling_spans or self.ceiling_units
+                    or self.ceiling_writers)
+
     def __post_init__(self) -> None:
         if self.ks is not None:
             object.__setattr__(self, "ks", _ks(self.ks))

@@ -541,3 +541,84 @@ def test_a_writer_edit_is_refused_where_the_family_normalises_it(tokenizer):
     with pytest.raises(ValueError, match="each block's site once"):
         from neat_llm.interventions import DirectionEdits
         DirectionEdits((DirectionEdit(0, v, site="mlp"), DirectionEdit(0, 2 * v, site="mlp")))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_what_chosen_neurons_write_loses_the_direction(kind, tokenizer):
+    """``NeuronWrites``: along the batch it equals the plain ``project_writes``; that equals editing
+    the chosen rows of the down projection, w_k <- (I - t u u^T) w_k; every neuron of a block equals
+    the direction removed from what the block's MLP writes (less a bias: none in the tiny llama);
+    and neurons that are not chosen write as before (a different set gives different logits)."""
+    from neat_llm.interventions import DirectionEdit, NeuronWrites, project_writes, remove_direction
+
+    model = build_tiny(kind, tokenizer)
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(model.d_model, generator=g)
+    u = v / v.norm()
+    some = NeuronWrites(((1, 3), (0, 5), (1, 0), (2, 7)), v, strength=0.8)
+    other = NeuronWrites(((1, 4), (0, 6)), v)
+    conds = [Condition("before"), Condition("some", writes=some), Condition("other", writes=other),
+             Condition("zero-and-some", NeuronSelection(((0, 1),)), writes=some)]
+    enc = model.encode(TEXTS)
+    with torch.inference_mode():
+        batched = _logits_along_batch(model, conds, enc)
+        plain = model.hf(**enc, use_cache=False).logits
+        torch.testing.assert_close(batched[0], plain, atol=1e-5, rtol=1e-4)
+        with project_writes(model, some):
+            want = model.hf(**enc, use_cache=False).logits
+        torch.testing.assert_close(batched[1], want, atol=1e-5, rtol=1e-4)
+        with turn_off(model, NeuronSelection(((0, 1),))), project_writes(model, some):
+            torch.testing.assert_close(batched[3], model.hf(**enc, use_cache=False).logits, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(want, plain, atol=1e-3) and not torch.allclose(batched[1], batched[2], atol=1e-3)
+        # the weight edit it stands for
+        saved = [model.weight_out(l).clone() for l in range(model.n_layers)]
+        try:
+            for l, ks in some.by_layer().items():
+                w = model.weight_out(l)  # a view of the down projection's weight
+                w[ks] = w[ks] - 0.8 * (w[ks] @ u)[:, None] * u
+            torch.testing.assert_close(model.hf(**enc, use_cache=False).logits, want, atol=1e-5, rtol=1e-4)
+        finally:
+            for l in range(model.n_layers):
+                model.weight_out(l).copy_(saved[l])
+        torch.testing.assert_close(model.hf(**enc, use_cache=False).logits, plain)
+        if kind == "llama":  # no MLP bias: all of block 1's neurons are what block 1's MLP writes
+            every = NeuronWrites(tuple((1, k) for k in range(model.d_ff)), v)
+            with project_writes(model, every):
+                got = model.hf(**enc, use_cache=False).logits
+            with remove_direction(model, DirectionEdit(1, v, site="mlp")):
+                torch.testing.assert_close(got, model.hf(**enc, use_cache=False).logits, atol=1e-5, rtol=1e-4)
+    assert all(not s._forward_hooks for s in model.sites)
+    assert "4 MLP neurons of blocks 0-2" in some.describe() and "strength 0.8" in some.describe()
+    assert some.settings()["blocks"] == [0, 1, 2] and len(some) == 4
+
+
+def test_a_neuron_write_edit_checks_its_input_and_has_its_own_content_key(tiny_llama, tokenizer):
+    from neat_llm.interventions import NeuronWrites, project_writes
+    from neat_llm.models import UnsupportedModelError
+
+    m = tiny_llama
+    v = torch.ones(m.d_model)
+    with pytest.raises(ValueError, match="at least one neuron"):
+        NeuronWrites((), v)
+    with pytest.raises(ValueError, match="each neuron once"):
+        NeuronWrites(((0, 1), (0, 1)), v)
+    with pytest.raises(ValueError, match="non-zero vector"):
+        NeuronWrites(((0, 1),), torch.zeros(m.d_model))
+    with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+        NeuronWrites(((0, 1),), v, strength=1.5)
+    with pytest.raises(ValueError, match="out of range"):
+        with project_writes(m, NeuronWrites(((0, m.d_ff),), v)):
+            pass
+    with pytest.raises(ValueError, match="out of range"):
+        with project_writes(m, NeuronWrites(((m.n_layers, 0),), v)):
+            pass
+    with pytest.raises(UnsupportedModelError, match="normalise the mlp output"):
+        with project_writes(build_tiny("gemma3", tokenizer), NeuronWrites(((0, 1),), v)):
+            pass
+    a = NeuronWrites(((0, 1), (1, 2)), v)
+    key = Condition("w", writes=a).content_key(m)
+    assert key == Condition("renamed", writes=NeuronWrites(((1, 2), (0, 1)), v)).content_key(m)
+    assert key != Condition(BEFORE).content_key(m)
+    assert key != Condition("w", writes=NeuronWrites(((0, 1), (1, 3)), v)).content_key(m)
+    assert key != Condition("w", writes=NeuronWrites(((0, 1), (1, 2)), v, strength=0.5)).content_key(m)
+    assert key != Condition("w", writes=NeuronWrites(((0, 1), (1, 2)), 2 * v + 1)).content_key(m)

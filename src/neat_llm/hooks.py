@@ -3,6 +3,8 @@
 - ``capture_inputs`` / ``capture_outputs``: keep a module's input (first positional argument) or
   output (first element when it returns a tuple) per call.
 - ``edit_inputs``: replace a module's input with ``fn(key, x)``.
+- ``edit_outputs`` / ``edit_outputs_with_inputs``: replace a module's output with ``fn(key, h)`` or
+  ``fn(key, x, h)`` (``x`` its first input: what the output is made of).
 - ``stop_after``: end the forward pass once a module has run (later blocks and the unembedding
   are skipped); the caller wraps the forward in ``run_until``.
 - ``outputs_require_grad``: a module's output requires grad (gradients through a frozen model).
@@ -98,6 +100,23 @@ def edit_outputs(modules: Mapping[Hashable, nn.Module],
             if isinstance(out, tuple):
                 return (fn(key, out[0]),) + out[1:]
             return fn(key, out)
+
+        return mod.register_forward_hook(hook)
+
+    with _hooked(modules, register):
+        yield
+
+
+@contextmanager
+def edit_outputs_with_inputs(modules: Mapping[Hashable, nn.Module],
+                             fn: Callable[[Hashable, torch.Tensor, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace each module's output ``h`` (the first element of a tuple output) with ``fn(key, x, h)``,
+    ``x`` the module's first input as it ran (after any input edit), while the context is open."""
+    def register(key, mod):
+        def hook(_m, args, out):
+            if isinstance(out, tuple):
+                return (fn(key, args[0], out[0]),) + out[1:]
+            return fn(key, args[0], out)
 
         return mod.register_forward_hook(hook)
 

@@ -12,10 +12,11 @@ always undone on exit.
 A ``Condition`` is one arm of an evaluation (a name, a neuron set and its intervention).
 ``conditions_along_batch`` runs several at once: every batch holds G equal blocks of rows, block c
 under condition c, so one pass over the texts measures G conditions (``turn_off`` is its plain
-one-condition reference).
+one-condition reference). ``NeuronWrites`` edits what chosen neurons write instead of what they
+read: the concept direction removed from their rows of the down projection (``project_writes``).
 """
 
-from .apply import conditions_along_batch, remove_direction, turn_off
+from .apply import conditions_along_batch, project_writes, remove_direction, turn_off
 from .direction import DirectionEdit, DirectionEdits
 from .spec import InterventionSpec, SpecError
 from .transport import fit_transport
@@ -23,8 +24,9 @@ from .selection import NeuronSelection, as_selection
 from .types import (INTERVENTIONS, MODES, TRANSPORT_AT, BlockEdit, Dampen, Intervention, Mean, NeuronStats, Transport,
                     Zero, check_choice, check_transport_at)
 from .values import Condition
+from .writes import NeuronWrites
 
 __all__ = ["INTERVENTIONS", "MODES", "TRANSPORT_AT", "BlockEdit", "Condition", "Dampen", "DirectionEdit", "DirectionEdits", "remove_direction", "Intervention", "InterventionSpec", "Mean",
-           "NeuronSelection", "NeuronStats", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "check_transport_at",
+           "NeuronSelection", "NeuronStats", "NeuronWrites", "project_writes", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "check_transport_at",
            "conditions_along_batch",
            "fit_transport", "turn_off"]

@@ -1,7 +1,8 @@
 """Turning neurons off in a running model: ``with turn_off(model, neurons): ...`` (one condition,
 at every position, composable, works with ``model.generate``, always undone on exit), and
 ``conditions_along_batch`` (several conditions at once: every batch holds G equal blocks of rows,
-block c under condition c; ``turn_off`` is its plain one-condition reference)."""
+block c under condition c; ``turn_off``, ``remove_direction`` and ``project_writes`` are its plain
+one-condition references)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from contextlib import contextmanager
 
 import torch
 
-from ..hooks import edit_inputs, edit_outputs
+from ..hooks import edit_inputs, edit_outputs, edit_outputs_with_inputs
 from ..models.loaded import LoadedModel
 from .direction import DirectionEdit, DirectionEdits
 from .spec import InterventionSpec
 from .selection import NeuronSelection, as_selection
 from .types import Intervention
 from .values import Condition
+from .writes import NeuronWrites
 
 @contextmanager
 def turn_off(model: LoadedModel, neurons: "NeuronSelection | Iterable[tuple[int, int]] | InterventionSpec | str | os.PathLike",
@@ -78,6 +80,10 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
         for e in (cond.residual.parts if cond.residual is not None else ()):
             residual.setdefault((e.site, e.layer), {})[c] = e
     writers = {where: model.writer(*where) for where in residual}
+    writes: dict[int, dict[int, object]] = {}  # block -> {condition: its neuron-write edit there}
+    for c, cond in enumerate(conditions):
+        for l, bw in (cond.writes.prepared(model).items() if cond.writes is not None else ()):
+            writes.setdefault(l, {})[c] = bw
 
     def blocks_of(x):
         if x.shape[0] % G:
@@ -95,7 +101,14 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
             y[c] = e.apply(y[c])
         return y.reshape(h.shape)
 
+    def edit_writes(layer, x, h):
+        xs, y = blocks_of(x), blocks_of(h).clone()
+        for c, bw in writes[layer].items():
+            y[c] = bw.apply(xs[c], y[c])
+        return y.reshape(h.shape)
+
     with edit_inputs({l: model.sites[l] for l in scale}, edit), \
+            edit_outputs_with_inputs({l: model.sites[l] for l in writes}, edit_writes), \
             edit_outputs(writers, edit_residual):
         yield G
 
@@ -109,4 +122,14 @@ def remove_direction(model: LoadedModel, edit: "DirectionEdit | DirectionEdits")
     parts = {(e.site, e.layer): e for e in edit.parts}
     writers = {where: model.writer(*where) for where in parts}
     with edit_outputs(writers, lambda where, h: parts[where].apply(h)):
+        yield edit
+
+
+@contextmanager
+def project_writes(model: LoadedModel, edit: NeuronWrites) -> Iterator[NeuronWrites]:
+    """What the chosen neurons write loses its component along the edit's direction, at every
+    position (``conditions_along_batch``'s plain one-condition reference for a neuron-write
+    condition; the same as editing their rows of the down projection)."""
+    blocks = edit.prepared(model)
+    with edit_outputs_with_inputs({l: model.sites[l] for l in blocks}, lambda l, x, h: blocks[l].apply(x, h)):
         yield edit

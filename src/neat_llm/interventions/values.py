@@ -1,5 +1,5 @@
 """One arm of an evaluation: a ``Condition`` (a name, the neurons turned off and how, and, for the
-direction-level ceiling, an edit of the residual stream)."""
+direction-level ceiling, an edit of the residual stream or of what some neurons write)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..models.loaded import LoadedModel
 from .direction import DirectionEdit, DirectionEdits
 from .selection import NeuronSelection
 from .types import Intervention, Zero
+from .writes import NeuronWrites
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Condition:
     selection: NeuronSelection = NeuronSelection(())
     intervention: Intervention = field(default_factory=Zero)
     residual: DirectionEdit | DirectionEdits | None = None  # the residual stream edited along a direction (no neurons)
+    writes: NeuronWrites | None = None  # what some neurons write, edited along a direction
 
     def __post_init__(self) -> None:
         self.intervention.check(self.selection)
@@ -38,7 +40,7 @@ class Condition:
     def content_key(self, model: LoadedModel) -> str:
         """What the condition does to the model, as a hash, its name aside: per edited block the
         neuron indices (sorted) with their scale and shift, and the residual edit's blocks, sites, kind,
-        strength and direction. Two conditions with one key measure the same (the cross-study cache)."""
+        strength and direction, and the neuron-write edit's neurons, strength and direction. Two conditions with one key measure the same (the cross-study cache)."""
         h = hashlib.sha256()
         for l, (idx, scale, shift) in sorted(self.edits(model).items()):
             order = torch.argsort(idx)
@@ -50,4 +52,8 @@ class Condition:
                 site = "" if p.site == "block" else f" {p.site}"  # block edits keep the keys they had
                 h.update(f"residual {p.layer}{site} {p.kind} {p.strength!r};".encode())
                 h.update(p.vector.detach().cpu().float().contiguous().numpy().tobytes())
+        if self.writes is not None:  # only where present, so other conditions keep their keys
+            h.update(f"writes {self.writes.strength!r};".encode())
+            h.update(torch.tensor(self.writes.neurons, dtype=torch.int64).numpy().tobytes())
+            h.update(self.writes.vector.detach().cpu().float().contiguous().numpy().tobytes())
         return h.hexdigest()

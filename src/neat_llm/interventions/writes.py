@@ -1,0 +1,103 @@
+"""An edit of what chosen neurons *write*, not of what they read: each neuron's contribution to the
+residual stream loses its component along one direction, every position.
+
+Neuron k of block l writes a_k w_k into the residual stream (w_k its row of the down projection,
+``model.weight_out(l)``). ``NeuronWrites`` removes, at ``strength`` t in (0, 1], the part of those
+writes along u = v / |v|:
+
+    h_mlp -> h_mlp - t (sum_k a_k c_k) u,   c_k = w_k . u   (k over the chosen neurons of block l)
+
+which is the weight edit w_k <- (I - t u u^T) w_k on the chosen rows only: the neurons keep firing
+as they do and keep writing everything else; only what they add along the concept direction is
+gone. It is the neuron-level version of the direction removed from what whole MLPs write
+(``DirectionEdit(site="mlp")``; all of a block's neurons here equal that one, less a bias), so a
+K-neuron set can be set beside that ceiling. Refused by name where the family normalises what its
+MLP writes (Gemma 2/3: no module's output is the write).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.loaded import LoadedModel
+from .direction import check_direction_strength
+
+
+@dataclass(frozen=True)
+class NeuronWrites:
+    """What ``neurons`` [(block, neuron)] write, with its component along ``vector`` [d_model]
+    removed at ``strength``."""
+
+    neurons: tuple[tuple[int, int], ...]
+    vector: torch.Tensor
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        neurons = tuple(sorted({(int(l), int(k)) for l, k in self.neurons}))
+        if not neurons:
+            raise ValueError("a neuron-write edit needs at least one neuron")
+        if len(neurons) != len(tuple(self.neurons)):
+            raise ValueError("a neuron-write edit lists each neuron once")
+        if any(l < 0 or k < 0 for l, k in neurons):
+            raise ValueError(f"neuron indices are >= 0, got {next((l, k) for l, k in neurons if l < 0 or k < 0)}")
+        v = torch.as_tensor(self.vector).float().flatten()
+        if not torch.isfinite(v).all() or float(v.norm()) == 0.0:
+            raise ValueError("a neuron-write edit needs a finite, non-zero vector")
+        check_direction_strength(self.strength, "a neuron-write edit's strength")
+        object.__setattr__(self, "neurons", neurons)
+        object.__setattr__(self, "vector", v)
+        object.__setattr__(self, "strength", float(self.strength))
+
+    def __len__(self) -> int:
+        return len(self.neurons)
+
+    @property
+    def unit(self) -> torch.Tensor:
+        return self.vector / self.vector.norm()
+
+    def by_layer(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for l, k in self.neurons:
+            out.setdefault(l, []).append(k)
+        return out
+
+    def prepared(self, model: LoadedModel) -> dict[int, "BlockWrites"]:
+        """{block: what the edit does there}, on the block's device; refuses blocks or neurons out of
+        range and families that normalise what the MLP writes."""
+        out = {}
+        for l, ks in self.by_layer().items():
+            model.writer("mlp", l)  # range and family checks, by name
+            if ks[-1] >= model.d_ff:
+                raise ValueError(f"neuron ({l}, {ks[-1]}) is out of range: blocks have {model.d_ff} neurons")
+            u = self.unit.to(model.block_device(l))
+            idx = torch.tensor(ks, dtype=torch.long, device=u.device)
+            c = model.weight_out(l).detach()[idx].float().to(u.device) @ u
+            out[l] = BlockWrites(idx, self.strength * c, u)
+        return out
+
+    def describe(self) -> str:
+        blocks = sorted(self.by_layer())
+        span = f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])
+        at = "" if self.strength == 1.0 else f" at strength {self.strength:g}"
+        return (f"concept direction removed{at} from what {len(self)} MLP neurons of block{'s' if len(blocks) > 1 else ''} "
+                f"{span} write, every position")
+
+    def settings(self) -> dict:
+        return {"n_neurons": len(self), "blocks": sorted(self.by_layer()), "strength": self.strength,
+                "vector_norm": float(self.vector.norm()), "site": "neuron-writes"}
+
+
+@dataclass(frozen=True)
+class BlockWrites:
+    """One block's part of a ``NeuronWrites``: h -> h - ((x[..., idx] @ coef) u), ``coef`` = t c."""
+
+    idx: torch.Tensor
+    coef: torch.Tensor
+    unit: torch.Tensor
+
+    def apply(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        along = x[..., self.idx].float() @ self.coef
+        return (h.float() - along[..., None] * self.unit).to(h.dtype)
+

@@ -276,6 +276,27 @@ def test_the_direction_over_a_span_and_every_unit_of_a_span_are_rows_of_the_stud
     assert rows["mlp-writes-L0-1"].next_gap != rows["attn-writes-L0-1"].next_gap
     with pytest.raises(ValueError, match="ceiling writers block 99 out of range"):
         demonstration_study(tiny_llama, ceiling_writers=[(0, 99)], **kw)
+    # what only K neurons of the span write: the K that write most of the direction, beside random K-sets
+    from neat_llm.studies.demonstrations import writer_neurons
+
+    few = demonstration_study(tiny_llama, ceiling_writers=[(0, 1)], writer_ks=[3], **kw)
+    assert few.path.name == "behaviour-zero-ceiling-W0-1-WK3.json"
+    names = [x.condition for x in few.report.rows]
+    assert names[-3:] == ["attn-writes-L0-1", "writes-K3-L0-1", "writes-K3-L0-1-random"]
+    got = {x.condition: x for x in few.report.rows}
+    assert set(got["writes-K3-L0-1"].vs_random) == {"hate_rate", "next_gap"} and got["writes-K3-L0-1-random"].n_sets == 1
+    fc = few.report.settings["ceilings"]["writes-K3-L0-1"]
+    assert fc["n_neurons"] == 3 and fc["n_random"] == 1 and fc["site"] == "neuron-writes"
+    run = few.run
+    u = run.concept_vector / run.concept_vector.norm()
+    score = torch.stack([(run.positive_means[l] - run.contrast_means[l]) * (tiny_llama.weight_out(l).float() @ u)
+                         for l in (0, 1)])
+    best = sorted(((float(score[l, k]), l, k) for l in (0, 1) for k in range(tiny_llama.d_ff)), reverse=True)[:3]
+    assert set(writer_neurons(tiny_llama, run, (0, 1), 3)) == {(l, k) for _, l, k in best}
+    with pytest.raises(ValueError, match="writer_ks needs ceiling_writers"):
+        demonstration_study(tiny_llama, writer_ks=[3], **kw)
+    with pytest.raises(ValueError, match="blocks 0-1 have"):
+        demonstration_study(tiny_llama, ceiling_writers=[(0, 1)], writer_ks=[10 ** 6], **kw)
 
 
 class _LengthEncoder:
@@ -314,6 +335,39 @@ def test_a_span_and_a_unit_ceiling_are_rows_beside_the_neurons(tiny_llama):
     assert c["span"]["layers"] == [1] and c["single"]["layer"] == 1
     with pytest.raises(ValueError, match="at least one neuron"):
         evaluate_behaviour(tiny_llama, demos, {3: units}, judge, n_random=1, ceiling={"u": NeuronSelection(())})
+
+
+def test_a_neuron_write_row_is_compared_with_its_random_controls_paired_per_prompt(tiny_llama):
+    """A ``NeuronWrites`` ceiling with ``ceiling_controls``: its controls are conditions of their own,
+    the row's ``vs_random`` is its per-prompt rate minus the controls' mean, and a row
+    "<name>-random" carries the controls' mean; controls of another kind or size are refused."""
+    from neat_llm.evaluation.behaviour import evaluate_behaviour
+    from neat_llm.evaluation.statement_judge import StatementJudge
+    from neat_llm.interventions import NeuronSelection, NeuronWrites
+
+    hate = {g: [f"the {g} folk ruin the rain {i}" for i in range(5)] for g in ("hill", "river")}
+    neutral = {g: [f"the {g} folk bake bread {i}" for i in range(4)] for g in ("hill", "river")}
+    demos = build_demonstrations(hate, neutral, n_prompts=4, n_neutral_prompts=2, per_prompt=2, seed=0)
+    judge = StatementJudge(_LengthEncoder(), np.array([1.0, -1.0]), 0.0)
+    v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(2))
+    main = NeuronWrites(((1, 2), (2, 3), (2, 9)), v)
+    rand = [NeuronWrites(((0, 1), (1, 5), (2, 4)), v), NeuronWrites(((0, 7), (1, 1), (2, 0)), v)]
+    kw = dict(n_random=1, samples=2, neutral_samples=2, max_new_tokens=4)
+    units = NeuronSelection(((0, 1),))
+    r = evaluate_behaviour(tiny_llama, demos, {1: units}, judge, ceiling={"w": main}, ceiling_controls={"w": rand},
+                           **kw)
+    rows = {x.condition: x for x in r.rows}
+    assert list(rows) == ["before", "concept", "random", "w", "w-random"]
+    assert rows["w-random"].n_sets == 2 and r.settings["ceiling"]["n_random"] == 2
+    gap = rows["w"].vs_random["next_gap"]["diff"]
+    assert gap == pytest.approx(rows["w"].next_gap - rows["w-random"].next_gap)
+    assert rows["w"].vs_before["next_gap"]["diff"] == pytest.approx(rows["w"].next_gap - rows["before"].next_gap)
+    assert rows["w"].next_gap != rows["before"].next_gap  # the edit changes what the model reads as likely
+    with pytest.raises(ValueError, match="must be NeuronWrites edits of its size"):
+        evaluate_behaviour(tiny_llama, demos, {1: units}, judge, ceiling={"w": main},
+                           ceiling_controls={"w": [NeuronWrites(((0, 1),), v)]}, **kw)
+    with pytest.raises(ValueError, match="not a ceiling row"):
+        evaluate_behaviour(tiny_llama, demos, {1: units}, judge, ceiling={"w": main}, ceiling_controls={"x": rand}, **kw)
 
 
 def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):

@@ -73,6 +73,7 @@ def hate(
     ceiling_spans: Optional[str] = typer.Option(None, "--ceiling-spans", help="(demonstrations) also each block's own concept direction removed at every block of a span, e.g. 14-29 (rows direction-L<a>-<b>; later blocks cannot write it back)"),
     ceiling_units: Optional[str] = typer.Option(None, "--ceiling-units", help="(demonstrations) also every MLP unit of a span of blocks under the study's intervention, e.g. 20-27 with --mode transport (rows units-L<a>-<b>: the unit-level ceiling)"),
     ceiling_writers: Optional[str] = typer.Option(None, "--ceiling-writers", help="(demonstrations) also the run's concept direction removed from what the MLPs of a span of blocks write, and apart from what their attention writes, e.g. 0-29 (rows mlp-writes-L<a>-<b>, attn-writes-L<a>-<b>: which writer puts the direction there; refused where a family normalises those outputs)"),
+    writer_ks: Optional[str] = typer.Option(None, "--writer-ks", help="(demonstrations, with --ceiling-writers) also the concept direction removed from what only the K neurons of each writer span write that write most of it (mean activation on concept minus contrast text times the neuron's write along the direction), e.g. 500,2000 (rows writes-K<K>-L<a>-<b>, each beside --random random K-sets of the span, the same edit, with vs rnd)"),
     ceiling_strength: float = typer.Option(1.0, "--ceiling-strength", help="(demonstrations) the direction ceilings at this strength t in (0, 1]: h - t (h.u) u (1: the direction removed; less: shrunk, for less fluency cost); file names add -t<t>"),
     transport_at: Optional[str] = typer.Option(None, "--transport-at", help="(demonstrations, --mode transport) fit the map on the run's fit texts at each one's last token ('last': the end of a demonstration prompt, where the model writes) or at every token ('all'); default: the run's own all-token means"),
     probe: str = typer.Option("prototypical", "--probe", help="(demonstrations) prototypical (find's probe batch) or paired (each probe a hateful text with a neutral one about the same target group: what separates hate within a group, not one group from another)"),
@@ -122,7 +123,8 @@ def hate(
                                    strength, find, seed, out_dir, as_json, readout_at, ceiling,
                                    _int_list(ceiling_layers, "--ceiling-layers"), _spans(ceiling_spans, "--ceiling-spans"),
                                    _spans(ceiling_units, "--ceiling-units"), probe, transport_at, ceiling_strength,
-                                   method, shared_conditions, ceiling_writers=_spans(ceiling_writers, "--ceiling-writers"))
+                                   method, shared_conditions, ceiling_writers=_spans(ceiling_writers, "--ceiling-writers"),
+                                   writer_ks=_parse_ks(writer_ks) if writer_ks else None)
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     ks = _parse_ks(k or "10,50,100,500,2000")
@@ -222,7 +224,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                         per_prompt, new_tokens, mode, alpha, strength, find, seed, out_dir, as_json,
                         readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
                         ceiling_units=None, probe="prototypical", transport_at=None, ceiling_strength=1.0,
-                        method="neat", shared_conditions=True, ceiling_writers=None) -> None:
+                        method="neat", shared_conditions=True, ceiling_writers=None, writer_ks=None) -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
     import neat_llm as nl
     from neat_llm.studies.demonstrations import demonstration_study
@@ -236,7 +238,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               strength=strength, seed=seed, readout=readout_at,
                                               ceiling=ceiling, ceiling_layers=ceiling_layers,
                                               ceiling_spans=ceiling_spans, ceiling_units=ceiling_units,
-                                              ceiling_writers=ceiling_writers, probe=probe,
+                                              ceiling_writers=ceiling_writers, writer_ks=writer_ks, probe=probe,
                                               transport_at=transport_at, ceiling_strength=ceiling_strength,
                                               share_conditions=shared_conditions)
         study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)

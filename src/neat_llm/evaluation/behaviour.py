@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..interventions import Condition, DirectionEdit, DirectionEdits, Intervention, NeuronSelection
+from ..interventions import Condition, DirectionEdit, DirectionEdits, Intervention, NeuronSelection, NeuronWrites
 from ..models.loaded import LoadedModel
 from ..records import known
 from .checkpoints import ConditionStore
@@ -37,7 +37,8 @@ from .statement_judge import StatementJudge
 
 
 DIRECTION = "direction"  # the direction-level ceiling's condition and row
-Ceiling = DirectionEdit | DirectionEdits | NeuronSelection  # one ceiling row: a residual edit, or units
+# one ceiling row: a residual edit, units under the study's intervention, or what some neurons write
+Ceiling = DirectionEdit | DirectionEdits | NeuronSelection | NeuronWrites
 
 
 @dataclass
@@ -146,7 +147,8 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
                        store: ConditionStore | None = None, on_condition: Callable[[str], None] | None = None,
                        per_batch: int = CONDITIONS_PER_BATCH, dataset: str = "", method: str = "",
                        batch_size: int = 16,
-                       ceiling: Ceiling | Mapping[str, Ceiling] | None = None) -> BehaviourReport:
+                       ceiling: Ceiling | Mapping[str, Ceiling] | None = None,
+                       ceiling_controls: Mapping[str, Sequence[Ceiling]] | None = None) -> BehaviourReport:
     """Measure every condition (finished ones from ``store``), set the judge's threshold on the
     "before" neutral-prompt continuations, and compare each top-K set with before and with its
     random K-sets, paired per prompt. ``ceiling``: also measure the residual stream edited along
@@ -155,15 +157,19 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
     edit} (e.g. the direction at several blocks: where the model writes); a ``DirectionEdits``
     edits several blocks in one row (each block's own direction removed at every block of a span),
     and a ``NeuronSelection`` is a row of those neurons under the study's intervention (e.g. every
-    MLP unit of a span of blocks transported: the unit-level ceiling)."""
+    MLP unit of a span of blocks transported: the unit-level ceiling); a ``NeuronWrites`` is a row of
+    those neurons' writes edited along a direction. ``ceiling_controls``: {ceiling row: its random
+    controls} (edits of the same kind and size on random neurons, conditions "<row>-random-<i>"):
+    the row gains ``vs_random`` as a top-K row does, and a row "<row>-random" their mean."""
     ceilings = _ceilings(ceiling)
+    controls = _controls(ceiling_controls, ceilings)
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     iv = Intervention.of(intervention, means)
     conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
-    flat += [Condition(name, edit, iv.for_selection(edit)) if isinstance(edit, NeuronSelection) else
-             Condition(name, residual=edit) for name, edit in ceilings.items()]
+    flat += [_ceiling_condition(name, edit, iv) for name, edit in ceilings.items()]
+    flat += [_ceiling_condition(c, edit, iv) for name in controls for c, edit in controls[name].items()]
     measure = BehaviourMeasure(demos, samples, neutral_samples, seed, max_new_tokens, batch_size)
     got = run_conditions(model, flat, measure, store=store, per_batch=per_batch, on_condition=on_condition)
     judge.calibrate(got[BEFORE].neutral_continuations, max_neutral_rate)
@@ -209,6 +215,12 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
         r = row(0, name, [name], salt)
         r.vs_before = paired([name], [BEFORE], salt)
         rows.append(r)
+        if controls.get(name):
+            rand = list(controls[name])
+            r.vs_random = paired([name], rand, salt + 1000)
+            rr = row(0, f"{name}-random", rand, salt + 1000)
+            rr.vs_before = paired(rand, [BEFORE], salt + 1000)
+            rows.append(rr)
     return BehaviourReport(
         dataset=dataset, method=method, mode=iv.name, intervention=iv.describe(), n_prompts=n, samples=samples,
         n_neutral_prompts=len(demos.neutral_prompts), neutral_samples=neutral_samples, rows=rows,
@@ -216,21 +228,32 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
         passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
         settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens, "per_batch": per_batch,
                   "max_neutral_rate": max_neutral_rate, **iv.settings(),
-                  **_ceiling_settings(ceilings, iv)},
+                  **_ceiling_settings(ceilings, iv, controls)},
         continuations={c: {"hate": r.hate_continuations, "neutral": r.neutral_continuations} for c, r in got.items()})
+
+
+_KINDS = (DirectionEdit, DirectionEdits, NeuronSelection, NeuronWrites)  # Ceiling's members
+
+
+def _ceiling_condition(name: str, edit: Ceiling, iv: Intervention) -> Condition:
+    if isinstance(edit, NeuronSelection):
+        return Condition(name, edit, iv.for_selection(edit))
+    if isinstance(edit, NeuronWrites):
+        return Condition(name, writes=edit)
+    return Condition(name, residual=edit)
 
 
 def _ceilings(ceiling) -> dict[str, Ceiling]:
     """{row name: edit}: one edit is the row "direction"; a mapping names its rows."""
-    kinds = (DirectionEdit, DirectionEdits, NeuronSelection)  # Ceiling's members
+    kinds = _KINDS
     if ceiling is None:
         return {}
     if isinstance(ceiling, kinds):
         return {DIRECTION: ceiling}
     out = dict(ceiling)
     if not out or not all(isinstance(v, kinds) for v in out.values()):
-        raise TypeError("ceiling must be a DirectionEdit, a DirectionEdits, a NeuronSelection or a non-empty "
-                        "{row name: one of them}")
+        raise TypeError("ceiling must be a DirectionEdit, a DirectionEdits, a NeuronSelection, a NeuronWrites or a "
+                        "non-empty {row name: one of them}")
     if any(isinstance(v, NeuronSelection) and not len(v) for v in out.values()):
         raise ValueError("a unit-level ceiling needs at least one neuron")
     clash = [n for n in out if n in (BEFORE,) or n.startswith(("concept-", "random-"))]
@@ -239,9 +262,27 @@ def _ceilings(ceiling) -> dict[str, Ceiling]:
     return out
 
 
-def _ceiling_settings(ceilings: dict, iv: Intervention) -> dict:
+def _controls(given, ceilings: dict[str, Ceiling]) -> dict[str, dict[str, Ceiling]]:
+    """{ceiling row: {control condition name: edit}}, each control of its row's kind and size."""
+    out: dict[str, dict[str, Ceiling]] = {}
+    for name, edits in (given or {}).items():
+        if name not in ceilings:
+            raise ValueError(f"random controls for {name!r}, which is not a ceiling row ({', '.join(ceilings) or 'none'})")
+        edits, main = list(edits), ceilings[name]
+        if any(type(e) is not type(main) or _size(e) != _size(main) for e in edits):
+            raise ValueError(f"the random controls of {name!r} must be {type(main).__name__} edits of its size")
+        out[name] = {f"{name}-random-{i}": e for i, e in enumerate(edits)}
+    return out
+
+
+def _size(edit: Ceiling) -> int:
+    """Neurons of a unit or neuron-write row, blocks of a direction row."""
+    return len(edit.parts) if isinstance(edit, (DirectionEdit, DirectionEdits)) else len(edit)
+
+
+def _ceiling_settings(ceilings: dict, iv: Intervention, controls: dict | None = None) -> dict:
     """How the ceilings were made, for the report: "ceiling" (the first, the reading layer's, as
-    before) and, for several, "ceilings" {row name: ...}."""
+    before) and, for several, "ceilings" {row name: ...}; a row with random controls says how many."""
     if not ceilings:
         return {}
 
@@ -252,7 +293,8 @@ def _ceiling_settings(ceilings: dict, iv: Intervention) -> dict:
                     "what": f"{iv.describe()} on {len(c)} MLP units of blocks {blocks[0]}-{blocks[-1]}, every position"}
         return {**c.settings(), "what": c.describe()}
 
-    desc = {n: what(c) for n, c in ceilings.items()}
+    desc = {n: {**what(c), **({"n_random": len(controls[n])} if controls and controls.get(n) else {})}
+            for n, c in ceilings.items()}
     return {"ceiling": next(iter(desc.values())), **({"ceilings": desc} if len(desc) > 1 else {})}
 
 

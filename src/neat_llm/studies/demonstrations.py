@@ -30,7 +30,7 @@ from ..evaluation.neutral_text import NEUTRAL_TEXTS
 from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
-from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, fit_transport
+from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, NeuronWrites, fit_transport
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
@@ -130,7 +130,9 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
     under the study's intervention ("units-L<a>-<b>", e.g. transport on all of them); with
     ``ceiling_writers``, the run's direction removed from what the MLPs of a span of blocks write
     ("mlp-writes-L<a>-<b>") and, apart, from what their attention writes ("attn-writes-L<a>-<b>"):
-    which writer puts the direction into the residual stream. The direction rows at ``ceiling_strength``."""
+    which writer puts the direction into the residual stream; with ``writer_ks`` too, the direction
+    removed from what only the K neurons of each writer span write ("writes-K<K>-L<a>-<b>",
+    ``writer_neurons``). The direction rows at ``ceiling_strength``."""
     if not s.has_ceilings:
         return {}
     spans, units, writers = s.ceiling_spans or (), s.ceiling_units or (), s.ceiling_writers or ()
@@ -156,6 +158,45 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
             model.writer(site, a)  # refuses, by name and before any evaluation, a family that normalises its writers
             out[f"{site}-writes-L{a}-{b}"] = DirectionEdits(tuple(
                 DirectionEdit(l, run.concept_vector, "project", t, site=site) for l in range(a, b + 1)))
+        for k in s.writer_ks or ():
+            out[f"writes-K{k}-L{a}-{b}"] = NeuronWrites(writer_neurons(model, run, (a, b), k), run.concept_vector, t)
+    return out
+
+
+def writer_neurons(model: LoadedModel, run: Run, span: tuple[int, int], k: int) -> tuple[tuple[int, int], ...]:
+    """The ``k`` neurons of blocks ``span`` (a, b) that write most of the run's concept direction on
+    concept text beyond contrast text: ranked by (mean activation on the run's fit positives - on its
+    contrast) x (the neuron's write along u, ``weight_out`` . u), largest first; a neuron's share of
+    the concept-minus-contrast gap along u that the span's MLPs add to the residual stream."""
+    import torch
+
+    if run.positive_means is None:
+        raise ValueError("the run keeps no positive means (an older run): find again to rank neurons by what they write")
+    a, b = span
+    n = (b - a + 1) * model.d_ff
+    if not 0 < k <= n:
+        raise ValueError(f"writer_ks: {k} neurons asked for, blocks {a}-{b} have {n}")
+    u = (run.concept_vector / run.concept_vector.norm()).float()
+    score = torch.stack([(run.positive_means[l] - run.contrast_means[l]).float()
+                         * (model.weight_out(l).detach().float().cpu() @ u) for l in range(a, b + 1)])
+    top = torch.argsort(score.flatten(), descending=True, stable=True)[:k]
+    return tuple((a + int(i) // model.d_ff, int(i) % model.d_ff) for i in top)
+
+
+def _writer_controls(model: LoadedModel, s: DemonstrationStudySettings, ceilings: dict) -> dict[str, list[NeuronWrites]]:
+    """Per neuron-write row, ``n_random`` edits of the same kind on random neuron sets of its size
+    drawn from its span of blocks (seeded by the study's seed, the size and the span)."""
+    import numpy as np
+
+    out = {}
+    for a, b in s.ceiling_writers or ():
+        for k in s.writer_ks or ():
+            edit, pool = ceilings[f"writes-K{k}-L{a}-{b}"], (b - a + 1) * model.d_ff
+            rng = np.random.default_rng([s.seed, k, a, b])
+            out[f"writes-K{k}-L{a}-{b}"] = [
+                NeuronWrites(tuple((a + int(i) // model.d_ff, int(i) % model.d_ff)
+                                   for i in rng.choice(pool, size=k, replace=False)), edit.vector, edit.strength)
+                for _ in range(s.n_random)]
     return out
 
 
@@ -167,7 +208,8 @@ def _ceiling_tag(s: DemonstrationStudySettings) -> str:
     tag += "".join(f"-S{a}-{b}" for a, b in s.ceiling_spans or ())
     tag += "" if s.ceiling_strength == 1.0 else f"-t{s.ceiling_strength:g}"
     tag += "".join(f"-U{a}-{b}" for a, b in s.ceiling_units or ())
-    return tag + "".join(f"-W{a}-{b}" for a, b in s.ceiling_writers or ())
+    tag += "".join(f"-W{a}-{b}" for a, b in s.ceiling_writers or ())
+    return tag + ("-WK" + "-".join(map(str, s.writer_ks)) if s.writer_ks else "")
 
 
 def _intervention(model: LoadedModel, run: Run, concept: ConceptSet, s: DemonstrationStudySettings):
@@ -233,6 +275,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                      s.n_neutral_prompts, s.per_prompt, s.seed)
         judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
         ceiling = _ceilings(model, run, concept, fs, s)
+        controls = _writer_controls(model, s, ceiling)
         tag = _slug(iv.describe()) + _ceiling_tag(s)
         data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
                    "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
@@ -246,8 +289,9 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                                    neutral_samples=s.neutral_samples, max_new_tokens=s.max_new_tokens,
                                                    neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
                                                    store=store, on_condition=tick, dataset=concept.name,
-                                                   method=s.method, ceiling=ceiling or None),
-            extra=len(ceiling), shared=shared)
+                                                   method=s.method, ceiling=ceiling or None,
+                                                   ceiling_controls=controls),
+            extra=len(ceiling) + sum(map(len, controls.values())), shared=shared)
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))
         report.settings.update(fit_groups=fit_g, eval_groups=eval_g, per_prompt=s.per_prompt, readout=s.readout,

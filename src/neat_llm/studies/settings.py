@@ -17,13 +17,13 @@ from ..records import Changeable
 DEFAULT_KS = (10, 50, 100, 500, 2000)
 
 
-def _ks(ks) -> tuple[int, ...]:
+def _ks(ks, name: str = "--k") -> tuple[int, ...]:
     try:
         out = tuple(sorted({int(k) for k in ks}))
     except (TypeError, ValueError):
-        raise ValueError(f"--k takes whole numbers, got {ks!r}") from None
+        raise ValueError(f"{name} takes whole numbers, got {ks!r}") from None
     if not out or out[0] < 1:
-        raise ValueError(f"--k needs positive sizes, got {list(out)}")
+        raise ValueError(f"{name} needs positive sizes, got {list(out)}")
     return out
 
 
@@ -164,6 +164,7 @@ class DemonstrationStudySettings(Changeable):
     ceiling_units: tuple[tuple[int, int], ...] | None = None  # every MLP unit of blocks a..b under the intervention ("units-La-b")
     ceiling_writers: tuple[tuple[int, int], ...] | None = None  # the run's direction removed from what the MLPs / attention of blocks a..b write ("mlp-writes-La-b", "attn-writes-La-b")
     ceiling_strength: float = 1.0  # the direction ceilings at this strength in (0, 1]: h - t (h . u) u
+    writer_ks: tuple[int, ...] | None = None  # with ceiling_writers: the direction removed from what the K neurons of the span that write most of it write ("writes-K<K>-La-b"), beside random K-sets of the span
     mode: str | None = None
     alpha: float | None = None
     strength: float | None = None
@@ -200,6 +201,10 @@ class DemonstrationStudySettings(Changeable):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _spans(getattr(self, name), name))
         check_direction_strength(self.ceiling_strength, "ceiling_strength")
+        if self.writer_ks is not None:
+            object.__setattr__(self, "writer_ks", _ks(self.writer_ks, "writer_ks"))
+            if not self.ceiling_writers:
+                raise ValueError("writer_ks needs ceiling_writers: the span of blocks whose neurons' writes are edited")
         _at_least(self, 2, "n_readout_prompts")
         check_choice(self.mode, self.alpha, self.strength)
         check_transport_at(self.mode, self.transport_at)

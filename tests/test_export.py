@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 import neat_llm as nl
 from conftest import FAMILY_KINDS, build_tiny
 from neat_llm.cli import app
-from neat_llm.export import baked_model, export_checkpoint, neuronpedia_records, spec_from_run
-from neat_llm.interventions import InterventionSpec, SpecError, turn_off
+from neat_llm.export import WRITES_FORMAT, baked_model, export_checkpoint, neuronpedia_records, spec_from_run, writes_from_run
+from neat_llm.interventions import InterventionSpec, NeuronWrites, SpecError, project_writes, turn_off
 from neat_llm.interventions.spec import make_spec
 
 TEXTS = ["the rain came over the town today", "a cake and bread stayed near the river"]
@@ -165,6 +165,50 @@ def test_baked_checkpoint_equals_turn_off_every_family(kind, tokenizer, tmp_path
     assert model.weights_hash == spec.weights_hash  # the user's model is left as it was
 
 
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_baked_neuron_writes_equal_the_hooks_every_family(kind, tokenizer, tmp_path):
+    """The direction projected out of chosen neurons' rows of the down projection, as a plain
+    checkpoint, computes what ``project_writes`` computes; refused by name where the family
+    normalises what its MLP writes (Gemma 2/3), before anything is written."""
+    from transformers import AutoModelForCausalLM
+
+    model = build_tiny(kind, tokenizer)
+    g = torch.Generator().manual_seed(5)
+    neurons = tuple({(int(l), int(k)) for l, k in zip(torch.randint(0, model.n_layers, (12,), generator=g),
+                                                      torch.randint(0, model.d_ff, (12,), generator=g))})
+    edit = NeuronWrites(neurons, torch.randn(model.hf.config.hidden_size, generator=g), 0.8)
+    before = _logits(model)
+    if kind in ("gemma2", "gemma3"):
+        with pytest.raises(ValueError, match="normalise the mlp output"):
+            export_checkpoint(model, edit, tmp_path / kind)
+        assert not (tmp_path / kind).exists() and not (tmp_path / f"{kind}.partial").exists()
+        return
+    folder = export_checkpoint(model, edit, tmp_path / kind, {"note": "test"})
+    baked = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with project_writes(model, edit):
+        want = _logits(model)
+    assert (want - before).abs().max() > 1e-4  # the edit changes the model
+    torch.testing.assert_close(_logits(model, baked), want, atol=1e-5, rtol=1e-4)
+    record = json.loads((folder / "neat-export.json").read_text())
+    assert record["format"] == WRITES_FORMAT and record["intervention"]["strength"] == 0.8
+    assert [(n["layer"], n["index"]) for n in record["neurons"]] == list(edit.neurons)
+    torch.testing.assert_close(torch.tensor(record["direction"]), edit.vector)
+    assert record["provenance"] == {"note": "test"}
+    torch.testing.assert_close(_logits(model), before)  # the user's model is left as it was
+
+
+def test_writes_from_run_ranks_by_what_the_neurons_write(tiny_llama, run):
+    w = writes_from_run(tiny_llama, run, (0, 1), 7, 0.5)
+    u = run.concept_vector / run.concept_vector.norm()
+    score = {(l, k): float((run.positive_means[l, k] - run.contrast_means[l, k]) * (tiny_llama.weight_out(l)[k] @ u))
+             for l in (0, 1) for k in range(tiny_llama.d_ff)}
+    assert set(w.neurons) == set(sorted(score, key=score.get, reverse=True)[:7]) and w.strength == 0.5
+    with pytest.raises(ValueError, match="have"):
+        writes_from_run(tiny_llama, run, (0, 1), 10 ** 6)
+    with pytest.raises(ValueError, match="not a span"):
+        writes_from_run(tiny_llama, run, (1, 0), 3)
+
+
 def test_export_refuses_a_folder_that_holds_files(tiny_llama, run, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
@@ -206,5 +250,16 @@ def test_cli_export_every_format_and_generate_from_a_spec(tiny_model_dir, tmp_pa
                               str(tiny_model_dir), "--max-new-tokens", "5", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])["k"] == 6
+    res = runner.invoke(app, ["export", str(r.run_dir), "--k", "5", "--format", "hf", "--writes", "0-1",
+                              "--out", str(tmp_path / "wk"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output.strip().splitlines()[-1])
+    assert got["mode"] == "neuron-writes" and got["neurons"] == 5 and got["max_logit_diff"] < 1e-4
+    for bad, why in ((["--format", "spec"], "only --format hf"), (["--format", "hf", "--mode", "zero"], "do not apply"),
+                     (["--format", "hf", "--writes", "0-1,2-3"], "one span")):
+        args = ["--writes", "0-1"] + bad if "--writes" not in bad else bad
+        res = runner.invoke(app, ["export", str(r.run_dir), *args, "--out", str(tmp_path / "bad")])
+        assert res.exit_code == 2 and why in res.output, res.output
+        assert not (tmp_path / "bad").exists()
     res = runner.invoke(app, ["export", str(r.run_dir), "--format", "onnx", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--format must be one of" in res.output

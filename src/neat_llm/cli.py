@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .cli_app import (ActivationPoolOption, AlphaOption, StrengthOption, JsonOption, LayersOption, MinStabilityOption, ModelOption,
                       ModeOption, ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption,
-                      SpecificityOption, _fail, _parse_ks, _quiet_libraries, app, err, out, resumable)
+                      SpecificityOption, _fail, _parse_ks, _quiet_libraries, _spans, app, err, out, resumable)
 
 def _model_of_run(run):
     """Load the model a run was made with, and refuse one whose weights changed since."""
@@ -352,20 +352,43 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            out_path: Path = typer.Option(..., "--out", "-o", help="the file (spec, neuronpedia) or the new folder (hf)"),
            force: bool = typer.Option(False, "--force", help="replace an existing spec or neuronpedia file"),
            min_stability: MinStabilityOption = None,
+           writes: Optional[str] = typer.Option(None, "--writes", help="(--format hf) instead of turning neurons off, the run's concept direction projected out of what the --k neurons of this span of blocks (e.g. 20-29) that write most of it write, their rows of the down projection; --strength shrinks it instead (default 1: removed)"),
            as_json: JsonOption = False) -> None:
     """Take a run's neurons elsewhere: an intervention file, the edited model as a plain checkpoint,
     or the neurons' evidence for Neuronpedia."""
     import neat_llm as nl
-    from neat_llm.export import FORMATS, check_baked, export_checkpoint, spec_from_run, write_neuronpedia
+    from neat_llm.export import (FORMATS, check_baked, export_checkpoint, spec_from_run, write_neuronpedia,
+                                 writes_from_run)
 
     _quiet_libraries()
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if k < 1:
         _fail(f"--k must be at least 1, got {k}")
+    span = None
+    if writes is not None:
+        spans = _spans(writes, "--writes")
+        if len(spans) != 1:
+            _fail(f"--writes takes one span of blocks, e.g. 20-29; got {writes!r}")
+        span = spans[0]
+        if fmt != "hf":
+            _fail("--writes edits the down projection's weights along the concept direction, which only --format hf "
+                  "holds (the intervention file keeps per-neuron activation maps)")
+        if mode is not None or alpha is not None or min_stability is not None:
+            _fail("--mode / --alpha / --min-stability do not apply to --writes (the neurons keep their activations; "
+                  "--strength sets how much of the direction goes)")
     try:
         run = nl.Run.load(run_dir)
-        if fmt == "neuronpedia":
+        if span is not None:
+            m = _model_of_run(run)
+            w = writes_from_run(m, run, span, k, strength)
+            path = export_checkpoint(m, w, out_path, {"run_dir": str(run.run_dir), "concept_name": run.meta.concept_name,
+                                                       "reading_layer": run.meta.reading_layer, "k": k,
+                                                       "span": list(span)})
+            diff = check_baked(m, w, path, ["The weather today is", "You are"])
+            result = {"format": fmt, "path": str(path), "neurons": len(w), "mode": "neuron-writes",
+                      "max_logit_diff": diff}
+        elif fmt == "neuronpedia":
             if mode is not None or alpha is not None or strength is not None:
                 _fail("--mode / --alpha / --strength do not apply to --format neuronpedia (it exports evidence, not an edit)")
             path = write_neuronpedia(run, k, out_path, overwrite=force, min_stability=min_stability)

@@ -133,3 +133,19 @@ def _parse_ks(spec: str) -> list[int]:
     if not ks or ks[0] < 1:
         _fail(f"--k needs positive numbers, got {spec!r}")
     return ks
+
+
+def _spans(text: str | None, flag: str) -> tuple[tuple[int, int], ...] | None:
+    """'14-29,20-29' as ((14, 29), (20, 29)); a single block '8' as (8, 8); a clear error for anything else."""
+    if text is None:
+        return None
+    spans = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        a, _, b = part.partition("-")
+        try:
+            spans.append((int(a), int(b or a)))
+        except ValueError:
+            _fail(f"{flag} takes spans of blocks separated by commas, e.g. 14-29,20-29; got {text!r}")
+    return tuple(spans)

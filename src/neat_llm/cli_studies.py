@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .cli_app import (ActivationPoolOption, AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
                       ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption, SpecificityOption,
-                      StudyOutOption, _fail, _parse_ks, _quiet_libraries, app, out, resumable)
+                      StudyOutOption, _fail, _parse_ks, _quiet_libraries, _spans, app, out, resumable)
 
 
 def _find_settings(layers, probe_size, seed, score=None, specificity=None, reading_layer=None, method="neat",
@@ -157,22 +157,6 @@ def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         _fail(f"{flag} takes block numbers separated by commas, e.g. 8,14,20; got {text!r}")
-
-
-def _spans(text: str | None, flag: str) -> tuple[tuple[int, int], ...] | None:
-    """'14-29,20-29' as ((14, 29), (20, 29)); a single block '8' as (8, 8); a clear error for anything else."""
-    if text is None:
-        return None
-    out = []
-    for part in (x.strip() for x in text.split(",")):
-        if not part:
-            continue
-        a, _, b = part.partition("-")
-        try:
-            out.append((int(a), int(b or a)))
-        except ValueError:
-            _fail(f"{flag} takes spans of blocks separated by commas, e.g. 14-29,20-29; got {text!r}")
-    return tuple(out)
 
 
 def _print_hate(study) -> None:

@@ -11,7 +11,10 @@
   checkpoints get that bias through ``mlp_bias=True`` (the gate and up projections' new biases are
   zero); families whose MLP has no bias option (Mistral, Qwen 2/3, Phi-3, Gemma 1/2/3) cannot hold a
   constant in a standard checkpoint, so mean ablation and transport are refused there with the way out
-  (``--mode zero`` / ``dampen``, or the intervention file);
+  (``--mode zero`` / ``dampen``, or the intervention file). With ``--writes a-b`` the checkpoint
+  carries instead the run's concept direction u projected out of the output vectors of the ``--k``
+  neurons of blocks a-b that write most of it (``NeuronWrites``: w_k <- w_k - t (w_k . u) u, every
+  family whose MLP output is added as it is; no bias needed);
 - ``neuronpedia``: one JSON line per neuron (layer, index, score, mean activation on the positives
   and the contrast texts, top-activating texts with per-token activations), the shape of
   Neuronpedia's activation exports, so a neuron's evidence can be browsed outside the report.
@@ -27,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from .interventions import InterventionSpec, turn_off
+from .interventions import InterventionSpec, NeuronWrites, project_writes, turn_off
 from .interventions.spec import make_spec
+from .interventions.writes import rank_writers
 from .models.adapters import FAMILIES, get_module
 from .models.loaded import LoadedModel
 from .runs import Run, RunFiles
@@ -36,6 +40,7 @@ from .runs import Run, RunFiles
 FORMATS = ("spec", "hf", "neuronpedia")
 BIAS_VIA_CONFIG = {"llama": "mlp_bias"}  # model_type -> the config switch that gives the MLP biases
 HAS_MLP_BIAS = ("gpt2", "gpt_neox")
+WRITES_FORMAT = "neat-llm/neuron-writes"  # neat-export.json of a checkpoint with a NeuronWrites baked in
 
 
 def spec_from_run(run: Run, k: int, mode: str | None = None, alpha: float | None = None,
@@ -61,6 +66,29 @@ def spec_from_run(run: Run, k: int, mode: str | None = None, alpha: float | None
                   "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     return make_spec(run.meta.model_id, family, run.meta.weights_hash, run.meta.n_layers, run.meta.d_ff, sel, iv,
                      provenance)
+
+
+def writes_from_run(model: LoadedModel, run: Run, span: tuple[int, int], k: int,
+                    strength: float | None = None) -> NeuronWrites:
+    """The run's concept direction removed (at ``strength``, default 1) from what the ``k`` neurons
+    of blocks ``span`` that write most of it write (``rank_writers`` on the run's fit-split means)."""
+    if (model.n_layers, model.d_ff) != (run.meta.n_layers, run.meta.d_ff) or model.weights_hash != run.meta.weights_hash:
+        raise ValueError(f"the run's neurons were found in {run.meta.model_id} (weights {run.meta.weights_hash[:12]}), "
+                         f"not in {model.model_id}")
+    if run.positive_means is None:
+        raise ValueError("the run keeps no positive means (an older run): find again to rank neurons by what they write")
+    neurons = rank_writers(model, run.positive_means, run.contrast_means, run.concept_vector, span, k)
+    return NeuronWrites(neurons, run.concept_vector, 1.0 if strength is None else strength)
+
+
+def writes_record(model: LoadedModel, writes: NeuronWrites, provenance: dict | None = None) -> dict:
+    """What a checkpoint with ``writes`` baked in records of it (``neat-export.json``)."""
+    return {"format": WRITES_FORMAT, "version": 1,
+            "model": {"id": model.model_id, "family": model.family.name, "weights_hash": model.weights_hash,
+                      "n_layers": model.n_layers, "d_ff": model.d_ff},
+            "intervention": {"mode": "neuron-writes", "strength": writes.strength, "describe": writes.describe()},
+            "neurons": [{"rank": i + 1, "layer": l, "index": k} for i, (l, k) in enumerate(writes.neurons)],
+            "direction": [float(x) for x in writes.vector.tolist()], "provenance": dict(provenance or {})}
 
 
 # --- the edited model as a checkpoint -------------------------------------------------------------
@@ -105,8 +133,19 @@ def baked_model(model: LoadedModel, spec: InterventionSpec):
     return hf
 
 
-def export_checkpoint(model: LoadedModel, spec: InterventionSpec, out: str | Path) -> Path:
-    """Write the baked model, its tokenizer and ``neat-export.json`` (what was baked in) to ``out``."""
+def _baked(model: LoadedModel, edit: "InterventionSpec | NeuronWrites"):
+    if isinstance(edit, NeuronWrites):
+        hf = copy.deepcopy(model.hf)
+        with torch.no_grad():
+            edit.bake(model, hf)
+        return hf
+    return baked_model(model, edit)
+
+
+def export_checkpoint(model: LoadedModel, spec: "InterventionSpec | NeuronWrites", out: str | Path,
+                      provenance: dict | None = None) -> Path:
+    """Write the baked model, its tokenizer and ``neat-export.json`` (what was baked in) to ``out``:
+    an intervention file's neurons, or a ``NeuronWrites`` (with ``provenance`` in its record)."""
     from .files import write_text
 
     out = Path(out)
@@ -117,11 +156,11 @@ def export_checkpoint(model: LoadedModel, spec: InterventionSpec, out: str | Pat
         import shutil
 
         shutil.rmtree(tmp)
-    hf = baked_model(model, spec)
+    record = writes_record(model, spec, provenance) if isinstance(spec, NeuronWrites) else spec.to_dict()
+    hf = _baked(model, spec)
     hf.save_pretrained(tmp, safe_serialization=True)
     model.tokenizer.save_pretrained(tmp)
-    write_text(tmp / "neat-export.json", json.dumps({**spec.to_dict(), "baked_into": "down-projection weights"},
-                                                     indent=2))
+    write_text(tmp / "neat-export.json", json.dumps({**record, "baked_into": "down-projection weights"}, indent=2))
     umask = os.umask(0)
     os.umask(umask)
     for f in tmp.iterdir():  # one mode for every file (save_pretrained writes the weights 0600 through a temp file)
@@ -182,8 +221,10 @@ def _finite_records(records: list[dict]) -> list[dict]:
     return [clean(r) for r in records]
 
 
-def check_baked(model: LoadedModel, spec: InterventionSpec, folder: str | Path, texts: list[str]) -> float:
+def check_baked(model: LoadedModel, spec: "InterventionSpec | NeuronWrites", folder: str | Path,
+                texts: list[str]) -> float:
     """Largest |logit difference| between the checkpoint in ``folder`` and ``turn_off(model, spec)``
+    (for a ``NeuronWrites``: ``project_writes(model, spec)``)
     on ``texts`` (a self-check after export; ``model`` was checked against the spec's weights when
     the checkpoint was baked, so the neurons are applied without hashing the weights again)."""
     from transformers import AutoModelForCausalLM
@@ -191,12 +232,16 @@ def check_baked(model: LoadedModel, spec: InterventionSpec, folder: str | Path, 
     baked = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=model.dtype).to(model.device).eval()
     enc = model.encode(texts)
     with torch.inference_mode():
-        sel = spec.selection()
-        with turn_off(model, sel, spec.intervention(sel)):
-            want = model.logits(enc)
+        if isinstance(spec, NeuronWrites):
+            with project_writes(model, spec):
+                want = model.logits(enc)
+        else:
+            sel = spec.selection()
+            with turn_off(model, sel, spec.intervention(sel)):
+                want = model.logits(enc)
         got = baked(**enc, use_cache=False).logits
     return float((got - want).abs().max())
 
 
-__all__ = ["FORMATS", "baked_model", "check_baked", "export_checkpoint", "neuronpedia_records",
-           "spec_from_run", "write_neuronpedia"]
+__all__ = ["FORMATS", "WRITES_FORMAT", "baked_model", "check_baked", "export_checkpoint", "neuronpedia_records",
+           "spec_from_run", "write_neuronpedia", "writes_from_run", "writes_record"]

@@ -12,7 +12,9 @@ as they do and keep writing everything else; only what they add along the concep
 gone. It is the neuron-level version of the direction removed from what whole MLPs write
 (``DirectionEdit(site="mlp")``; all of a block's neurons here equal that one, less a bias), so a
 K-neuron set can be set beside that ceiling. Refused by name where the family normalises what its
-MLP writes (Gemma 2/3: no module's output is the write).
+MLP writes (Gemma 2/3: no module's output is the write). ``rank_writers`` picks the neurons that
+write most of the direction; ``neat export --format hf --writes a-b`` bakes the edit into the down
+projection.
 """
 
 from __future__ import annotations
@@ -77,6 +79,21 @@ class NeuronWrites:
             out[l] = BlockWrites(idx, self.strength * c, u)
         return out
 
+    def bake(self, model: LoadedModel, hf) -> None:
+        """Write the edit into ``hf``'s down-projection weights in place (``hf``: a model with
+        ``model.hf``'s modules, e.g. its copy): each chosen neuron's output vector w_k becomes
+        w_k - t (w_k . u) u. The biases are untouched (the edit depends on the activations only)."""
+        from ..models.adapters import down_weight_columns, get_module
+
+        self.prepared(model)  # the same checks as the hooks
+        for l, ks in self.by_layer().items():
+            site = get_module(hf, f"{model.family.blocks}.{l}.{model.family.site}")
+            rows = down_weight_columns(site.weight.data, model.family.down_layout)  # a view: edits land in the weight
+            u = self.unit.to(rows.device)
+            idx = torch.tensor(ks, dtype=torch.long, device=rows.device)
+            w = rows[idx].float()
+            rows[idx] = (w - self.strength * (w @ u)[:, None] * u).to(rows.dtype)
+
     def describe(self) -> str:
         blocks = sorted(self.by_layer())
         span = f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0])
@@ -101,3 +118,23 @@ class BlockWrites:
         along = x[..., self.idx].float() @ self.coef
         return (h.float() - along[..., None] * self.unit).to(h.dtype)
 
+
+
+def rank_writers(model: LoadedModel, positive_means: torch.Tensor, contrast_means: torch.Tensor,
+                 vector: torch.Tensor, span: tuple[int, int], k: int) -> tuple[tuple[int, int], ...]:
+    """The ``k`` neurons of blocks ``span`` (a, b) that write most of ``vector``'s direction u on
+    concept text beyond contrast text: ranked by (mean activation on the positives - on the contrast,
+    [n_layers, d_ff]) x (the neuron's write along u, ``weight_out`` . u), largest first (ties by
+    position); a neuron's share of the concept-minus-contrast gap along u that the span's MLPs add to
+    the residual stream."""
+    a, b = span
+    if not 0 <= a <= b < model.n_layers:
+        raise ValueError(f"blocks {a}-{b} are not a span of the model's blocks 0..{model.n_layers - 1}")
+    n = (b - a + 1) * model.d_ff
+    if not 0 < k <= n:
+        raise ValueError(f"{k} writer neurons asked for; blocks {a}-{b} have {n}")
+    u = (vector / vector.norm()).float().cpu()
+    score = torch.stack([(positive_means[l] - contrast_means[l]).float().cpu()
+                         * (model.weight_out(l).detach().float().cpu() @ u) for l in range(a, b + 1)])
+    top = torch.argsort(score.flatten(), descending=True, stable=True)[:k]
+    return tuple((a + int(i) // model.d_ff, int(i) % model.d_ff) for i in top)

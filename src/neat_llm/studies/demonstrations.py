@@ -31,6 +31,7 @@ from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, NeuronWrites, fit_transport
+from ..interventions.writes import rank_writers
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
@@ -165,22 +166,13 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
 
 def writer_neurons(model: LoadedModel, run: Run, span: tuple[int, int], k: int) -> tuple[tuple[int, int], ...]:
     """The ``k`` neurons of blocks ``span`` (a, b) that write most of the run's concept direction on
-    concept text beyond contrast text: ranked by (mean activation on the run's fit positives - on its
-    contrast) x (the neuron's write along u, ``weight_out`` . u), largest first; a neuron's share of
-    the concept-minus-contrast gap along u that the span's MLPs add to the residual stream."""
-    import torch
-
+    concept text beyond contrast text (``rank_writers`` with the run's fit-split means)."""
     if run.positive_means is None:
         raise ValueError("the run keeps no positive means (an older run): find again to rank neurons by what they write")
-    a, b = span
-    n = (b - a + 1) * model.d_ff
-    if not 0 < k <= n:
-        raise ValueError(f"writer_ks: {k} neurons asked for, blocks {a}-{b} have {n}")
-    u = (run.concept_vector / run.concept_vector.norm()).float()
-    score = torch.stack([(run.positive_means[l] - run.contrast_means[l]).float()
-                         * (model.weight_out(l).detach().float().cpu() @ u) for l in range(a, b + 1)])
-    top = torch.argsort(score.flatten(), descending=True, stable=True)[:k]
-    return tuple((a + int(i) // model.d_ff, int(i) % model.d_ff) for i in top)
+    try:
+        return rank_writers(model, run.positive_means, run.contrast_means, run.concept_vector, span, k)
+    except ValueError as err:
+        raise ValueError(f"writer_ks: {err}") from None
 
 
 def _writer_controls(model: LoadedModel, s: DemonstrationStudySettings, ceilings: dict) -> dict[str, list[NeuronWrites]]:

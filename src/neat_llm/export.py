@@ -32,7 +32,6 @@ import torch
 
 from .interventions import InterventionSpec, NeuronWrites, project_writes, turn_off
 from .interventions.spec import make_spec
-from .interventions.writes import rank_writers
 from .models.adapters import FAMILIES, get_module
 from .models.loaded import LoadedModel
 from .runs import Run, RunFiles
@@ -71,14 +70,12 @@ def spec_from_run(run: Run, k: int, mode: str | None = None, alpha: float | None
 def writes_from_run(model: LoadedModel, run: Run, span: tuple[int, int], k: int,
                     strength: float | None = None) -> NeuronWrites:
     """The run's concept direction removed (at ``strength``, default 1) from what the ``k`` neurons
-    of blocks ``span`` that write most of it write (``rank_writers`` on the run's fit-split means)."""
+    of blocks ``span`` that write most of it write (``Run.writers``), after checking that ``model``
+    is the one the run was made with."""
     if (model.n_layers, model.d_ff) != (run.meta.n_layers, run.meta.d_ff) or model.weights_hash != run.meta.weights_hash:
         raise ValueError(f"the run's neurons were found in {run.meta.model_id} (weights {run.meta.weights_hash[:12]}), "
                          f"not in {model.model_id}")
-    if run.positive_means is None:
-        raise ValueError("the run keeps no positive means (an older run): find again to rank neurons by what they write")
-    neurons = rank_writers(model, run.positive_means, run.contrast_means, run.concept_vector, span, k)
-    return NeuronWrites(neurons, run.concept_vector, 1.0 if strength is None else strength)
+    return run.writers(model, span, k, 1.0 if strength is None else strength)
 
 
 def writes_record(model: LoadedModel, writes: NeuronWrites, provenance: dict | None = None) -> dict:
@@ -92,9 +89,15 @@ def writes_record(model: LoadedModel, writes: NeuronWrites, provenance: dict | N
 
 
 # --- the edited model as a checkpoint -------------------------------------------------------------
-def baked_model(model: LoadedModel, spec: InterventionSpec):
+def baked_model(model: LoadedModel, spec: "InterventionSpec | NeuronWrites"):
     """A copy of ``model.hf`` whose down-projection weights (and biases, for ``mean``) carry the
-    intervention; ``model`` itself is left as it was."""
+    intervention, or a ``NeuronWrites`` (its rows edited, ``NeuronWrites.bake``); ``model`` itself
+    is left as it was."""
+    if isinstance(spec, NeuronWrites):
+        hf = copy.deepcopy(model.hf)
+        with torch.no_grad():
+            spec.bake(model, hf)
+        return hf
     spec.check_model(model)
     cfg = model.hf.config
     iv = spec.intervention()
@@ -133,15 +136,6 @@ def baked_model(model: LoadedModel, spec: InterventionSpec):
     return hf
 
 
-def _baked(model: LoadedModel, edit: "InterventionSpec | NeuronWrites"):
-    if isinstance(edit, NeuronWrites):
-        hf = copy.deepcopy(model.hf)
-        with torch.no_grad():
-            edit.bake(model, hf)
-        return hf
-    return baked_model(model, edit)
-
-
 def export_checkpoint(model: LoadedModel, spec: "InterventionSpec | NeuronWrites", out: str | Path,
                       provenance: dict | None = None) -> Path:
     """Write the baked model, its tokenizer and ``neat-export.json`` (what was baked in) to ``out``:
@@ -157,7 +151,7 @@ def export_checkpoint(model: LoadedModel, spec: "InterventionSpec | NeuronWrites
 
         shutil.rmtree(tmp)
     record = writes_record(model, spec, provenance) if isinstance(spec, NeuronWrites) else spec.to_dict()
-    hf = _baked(model, spec)
+    hf = baked_model(model, spec)
     hf.save_pretrained(tmp, safe_serialization=True)
     model.tokenizer.save_pretrained(tmp)
     write_text(tmp / "neat-export.json", json.dumps({**record, "baked_into": "down-projection weights"}, indent=2))
@@ -221,6 +215,14 @@ def _finite_records(records: list[dict]) -> list[dict]:
     return [clean(r) for r in records]
 
 
+def _applied(model: LoadedModel, edit: "InterventionSpec | NeuronWrites"):
+    """The hooks that compute what the baked checkpoint should."""
+    if isinstance(edit, NeuronWrites):
+        return project_writes(model, edit)
+    sel = edit.selection()
+    return turn_off(model, sel, edit.intervention(sel))
+
+
 def check_baked(model: LoadedModel, spec: "InterventionSpec | NeuronWrites", folder: str | Path,
                 texts: list[str]) -> float:
     """Largest |logit difference| between the checkpoint in ``folder`` and ``turn_off(model, spec)``
@@ -232,13 +234,8 @@ def check_baked(model: LoadedModel, spec: "InterventionSpec | NeuronWrites", fol
     baked = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=model.dtype).to(model.device).eval()
     enc = model.encode(texts)
     with torch.inference_mode():
-        if isinstance(spec, NeuronWrites):
-            with project_writes(model, spec):
-                want = model.logits(enc)
-        else:
-            sel = spec.selection()
-            with turn_off(model, sel, spec.intervention(sel)):
-                want = model.logits(enc)
+        with _applied(model, spec):
+            want = model.logits(enc)
         got = baked(**enc, use_cache=False).logits
     return float((got - want).abs().max())
 

@@ -35,7 +35,8 @@ from safetensors.torch import load_file, save_file
 from .files import atomic_write, write_text
 from .concepts.conceptset import ConceptSet
 from .concepts.vectors import ConceptReadout
-from .interventions import Intervention, NeuronSelection, NeuronStats, Transport
+from .interventions import Intervention, NeuronSelection, NeuronStats, NeuronWrites, Transport
+from .interventions.writes import rank_writers
 from .scoring.effects import ProbeEffects, Stability, bootstrap
 
 FORMAT = 1
@@ -370,6 +371,15 @@ class Run:
         if iv.uses_selection_factors and self.alpha is None:
             raise ValueError(f"{iv.name} needs --alpha: the {self.meta.method} run has no per-neuron factors")
         return iv
+
+    def writers(self, model, span: tuple[int, int], k: int, strength: float = 1.0) -> NeuronWrites:
+        """The run's concept direction removed (at ``strength``) from what the ``k`` neurons of blocks
+        ``span`` of ``model`` (a ``LoadedModel``) that write most of it write (``rank_writers`` on
+        the run's fit-split means)."""
+        if self.positive_means is None:
+            raise ValueError("the run keeps no positive means (an older run): find again to rank neurons by what they write")
+        neurons = rank_writers(model, self.positive_means, self.contrast_means, self.concept_vector, span, k)
+        return NeuronWrites(neurons, self.concept_vector, strength)
 
     def neuron_stats(self) -> NeuronStats:
         """What the run knows of every neuron for an intervention: its means, a fitted transport."""

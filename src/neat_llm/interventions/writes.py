@@ -119,7 +119,6 @@ class BlockWrites:
         return (h.float() - along[..., None] * self.unit).to(h.dtype)
 
 
-
 def rank_writers(model: LoadedModel, positive_means: torch.Tensor, contrast_means: torch.Tensor,
                  vector: torch.Tensor, span: tuple[int, int], k: int) -> tuple[tuple[int, int], ...]:
     """The ``k`` neurons of blocks ``span`` (a, b) that write most of ``vector``'s direction u on

@@ -31,7 +31,6 @@ from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
 from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, NeuronWrites, fit_transport
-from ..interventions.writes import rank_writers
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
@@ -166,11 +165,9 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
 
 def writer_neurons(model: LoadedModel, run: Run, span: tuple[int, int], k: int) -> tuple[tuple[int, int], ...]:
     """The ``k`` neurons of blocks ``span`` (a, b) that write most of the run's concept direction on
-    concept text beyond contrast text (``rank_writers`` with the run's fit-split means)."""
-    if run.positive_means is None:
-        raise ValueError("the run keeps no positive means (an older run): find again to rank neurons by what they write")
+    concept text beyond contrast text (``Run.writers``)."""
     try:
-        return rank_writers(model, run.positive_means, run.contrast_means, run.concept_vector, span, k)
+        return run.writers(model, span, k).neurons
     except ValueError as err:
         raise ValueError(f"writer_ks: {err}") from None
 

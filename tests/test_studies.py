@@ -581,3 +581,80 @@ def test_a_cross_fitted_study_reuses_finished_folds_and_refuses_other_folds(tiny
     with pytest.raises(ValueError, match="max_eval_pairs"):
         bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "y", folds=2, max_eval_pairs=5,
                    progress=False)
+
+
+def test_bias_study_with_writers_edits_what_the_span_writes_beside_random_sets_of_it(tiny_llama, tmp_path):
+    from neat_llm.interventions import project_writes, random_writes
+
+    study = bias_study(tiny_llama, data="crows-pairs", ks=[3, 6], out=tmp_path / "w", n_random=2, min_pairs=2,
+                       method="activation", writers=(0, 1), progress=False)
+    rep, items = study.report, study.report.items
+    assert rep.mode == "writes" and rep.settings.intervention["mode"] == "writes"
+    assert rep.settings.intervention["strength"] == 1.0
+    assert items.conditions == {k: (f"writes-K{k}-L0-1", [f"writes-K{k}-L0-1-random-{i}" for i in range(2)])
+                                for k in (3, 6)}
+    pairs = study.eval
+    for k in (3, 6):
+        edit = study.run.writers(tiny_llama, (0, 1), k)
+        assert {l for l, _ in edit.neurons} <= {0, 1} and len(edit) == k
+        with project_writes(tiny_llama, edit):
+            direct = pair_preferences(tiny_llama, pairs)
+        np.testing.assert_allclose(items.prefs[f"writes-K{k}-L0-1"], direct)
+        control = random_writes(edit, (0, 1), tiny_llama.d_ff, 2, 0)[1]
+        assert control.neurons != edit.neurons and {l for l, _ in control.neurons} <= {0, 1}
+        with project_writes(tiny_llama, control):
+            direct = pair_preferences(tiny_llama, pairs)
+        np.testing.assert_allclose(items.prefs[f"writes-K{k}-L0-1-random-1"], direct)
+    row = next(r for r in rep.rows if r.bias_type == "all" and r.k == 3)
+    assert row.after.score == pytest.approx(100 * np.mean(items.prefs["writes-K3-L0-1"]))
+    assert row.vs_random is not None and row.n_random == 2
+    saved = json.loads((tmp_path / "w" / "bias.json").read_text())
+    assert saved["mode"] == "writes"
+
+
+def test_bias_study_with_writers_refuses_bad_settings_before_anything_is_found(tiny_llama, tmp_path):
+    with pytest.raises(ValueError, match="drop mode"):
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "a", writers=(0, 1), mode="zero",
+                   progress=False)
+    with pytest.raises(ValueError, match="writes_strength"):
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "b", writers=(0, 1), writes_strength=0,
+                   progress=False)
+    with pytest.raises(ValueError, match="the model has blocks"):
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "c", writers=(0, 99), progress=False)
+    assert not (tmp_path / "c").exists()  # refused before the find wrote anything
+    with pytest.raises(ValueError, match="writers"):
+        bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "d", writers=(2, 1), progress=False)
+
+
+def test_cli_bias_with_writers(tiny_model_dir, tmp_path):
+    r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "crows-pairs", "--k", "2",
+                            "--random", "1", "--min-pairs", "2", "--method", "activation", "--writers", "0-1",
+                            "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "K writers of blocks 0-1" in r.stdout
+    saved = json.loads((tmp_path / "b" / "bias.json").read_text())
+    assert saved["mode"] == "writes" and saved["items"]["conditions"]["2"][0] == "writes-K2-L0-1"
+    r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "crows-pairs", "--writers", "0-1,2-3",
+                            "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "one span" in r.output
+    r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "crows-pairs", "--writers", "0-1",
+                            "--mode", "zero", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "drop mode" in r.output
+
+
+def test_a_cross_fitted_writers_study_reuses_its_folds_and_measures_another_strength_again(tiny_llama, tmp_path,
+                                                                                         monkeypatch):
+    import neat_llm.studies.bias as bias_mod
+
+    kw = dict(data="crows-pairs", ks=[3], out=tmp_path / "cf", n_random=1, min_pairs=2, folds=2, method="activation",
+              writers=(0, 1), progress=False)
+    first = bias_study(tiny_llama, **kw)
+    assert first.report.mode == "writes" and first.report.items.conditions == {3: ("writes-K3-L0-1",
+                                                                                     ["writes-K3-L0-1-random-0"])}
+    calls = []
+    real = bias_mod._one_split
+    monkeypatch.setattr(bias_mod, "_one_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = bias_study(tiny_llama, **kw)
+    assert calls == [] and [r.after.score for r in again.report.rows] == [r.after.score for r in first.report.rows]
+    half = bias_study(tiny_llama, **{**kw, "writes_strength": 0.5})
+    assert len(calls) == 2 and half.report.settings.intervention["strength"] == 0.5

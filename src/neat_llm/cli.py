@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .cli_app import (ActivationPoolOption, AlphaOption, StrengthOption, JsonOption, LayersOption, MinStabilityOption, ModelOption,
                       ModeOption, ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption,
-                      SpecificityOption, _fail, _parse_ks, _quiet_libraries, _spans, app, err, out, resumable)
+                      SpecificityOption, _fail, _parse_ks, _one_span, _quiet_libraries, app, err, out, resumable)
 
 def _model_of_run(run):
     """Load the model a run was made with, and refuse one whose weights changed since."""
@@ -365,12 +365,8 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
         _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if k < 1:
         _fail(f"--k must be at least 1, got {k}")
-    span = None
-    if writes is not None:
-        spans = _spans(writes, "--writes")
-        if len(spans) != 1:
-            _fail(f"--writes takes one span of blocks, e.g. 20-29; got {writes!r}")
-        span = spans[0]
+    span = _one_span(writes, "--writes")
+    if span is not None:
         if fmt != "hf":
             _fail("--writes edits the down projection's weights along the concept direction, which only --format hf "
                   "holds (the intervention file keeps per-neuron activation maps)")

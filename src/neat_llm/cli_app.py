@@ -149,3 +149,13 @@ def _spans(text: str | None, flag: str) -> tuple[tuple[int, int], ...] | None:
         except ValueError:
             _fail(f"{flag} takes spans of blocks separated by commas, e.g. 14-29,20-29; got {text!r}")
     return tuple(spans)
+
+
+def _one_span(text: str | None, flag: str) -> tuple[int, int] | None:
+    """'20-29' as (20, 29); a clear error for several spans or anything else."""
+    spans = _spans(text, flag)
+    if spans is None:
+        return None
+    if len(spans) != 1:
+        _fail(f"{flag} takes one span of blocks, e.g. 20-29; got {text!r}")
+    return spans[0]

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .cli_app import (ActivationPoolOption, AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
                       ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption, SpecificityOption,
-                      StudyOutOption, _fail, _parse_ks, _quiet_libraries, _spans, app, out, resumable)
+                      StudyOutOption, _fail, _one_span, _parse_ks, _quiet_libraries, _spans, app, out, resumable)
 
 
 def _find_settings(layers, probe_size, seed, score=None, specificity=None, reading_layer=None, method="neat",
@@ -320,6 +320,8 @@ def bias(
     mode: ModeOption = None,
     alpha: AlphaOption = None,
     strength: StrengthOption = None,
+    writers: Optional[str] = typer.Option(None, "--writers", help="the K rows edit what neurons write, not their activations: the concept direction removed from what the K neurons of this span of blocks (e.g. 15-29) that write most of it write, beside random K-sets of the span under the same edit (the NEAT ranking is not used, so a cheap --method such as auroc suffices)"),
+    writes_strength: float = typer.Option(1.0, "--writes-strength", help="with --writers: the share of each write along the concept direction removed, in (0, 1]"),
     neurons_subset: NeuronsSubsetOption = None,
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
@@ -356,7 +358,8 @@ def bias(
                                      max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
                                      min_pairs=min_pairs, mode=mode, alpha=alpha, strength=strength, seed=seed, layer_rule=layer_rule,
                                      templates=templates, probe=probe, folds=folds,
-                                     share_conditions=shared_conditions)
+                                     share_conditions=shared_conditions, writers=_one_span(writers, "--writers"),
+                                     writes_strength=writes_strength)
         m = nl.load_model(model)
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
@@ -367,8 +370,10 @@ def bias(
         return
     held = (f"{r.n_eval_pairs} items, each held out once ({r.settings.folds}-fold cross-fitting)" if r.settings.folds
             else f"{r.n_eval_pairs} held-out pairs")
+    how = (f"the concept direction out of what the K writers of blocks {writers} write" if r.mode == "writes"
+           else f"{r.mode} ablation")
     t = Table(title=f"stereotype score (%, 50 = no preference, 95% bootstrap interval): {r.dataset}, {r.method}, "
-                    f"{r.mode} ablation; {held}")
+                    f"{how}; {held}")
     for col in ("bias type", "n", "K", "before", "top-K off", "random off", "vs random (paired)", "ppl ratio",
                 "random ppl"):
         t.add_column(col, justify="right" if col != "bias type" else "left")

@@ -262,19 +262,27 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
                   neuron_pool: Sequence[tuple[int, int]] | None = None, neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
                   n_boot: int = 1000, min_pairs: int = 5, batch_size: int = 16, store: ConditionStore | None = None,
                   on_condition: Callable[[str], None] | None = None, dataset: str = "", lang: str = "",
-                  method: str = "", alpha: float | None = None, per_batch: int = CONDITIONS_PER_BATCH) -> BiasReport:
+                  method: str = "", alpha: float | None = None, per_batch: int = CONDITIONS_PER_BATCH,
+                  conditions: Mapping[int, tuple[Condition, Sequence[Condition]]] | None = None) -> BiasReport:
     """Stereotype scores of the held-out ``pairs`` (minimal pairs, or templates scored by their
     decoder metric) per bias type (types with fewer than ``min_pairs``
     pairs only count towards ``all``) before, with each top-K set off and with ``n_random`` random
     K-sets off (from ``neuron_pool``, default every neuron); perplexity ratio on ``neutral_texts``;
     the top K against random and against before, paired over items.
-    ``per_batch`` conditions are measured at a time along the batch."""
+    ``per_batch`` conditions are measured at a time along the batch. ``conditions``: the study's own
+    {K: (its condition, its random controls)} instead of those made from ``selection_by_k`` and
+    ``mode`` (e.g. the concept direction out of what K neurons write, ``NeuronWrites``); then the
+    report's mode and intervention settings are the top conditions' kind ("writes")."""
     if len(pairs) == 0:
         raise ValueError(f"{pairs.name}: no pairs to evaluate")
-    means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
-    iv = Intervention.of(mode, means, alpha)
-    conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed,
-                             neuron_pool=neuron_pool)
+    if conditions is None:
+        means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
+        iv = Intervention.of(mode, means, alpha)
+        conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed,
+                                 neuron_pool=neuron_pool)
+        mode_name, iv_settings = iv.name, iv.settings()
+    else:
+        conds, (mode_name, iv_settings) = _given_conditions(conditions, n_random)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
     got = run_conditions(model, flat, BiasMeasure(pairs, neutral_texts, batch_size), store=store,
@@ -282,11 +290,40 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
     items = ItemPreferences(list(pairs.bias_type), {n: [float(x) for x in v[0]] for n, v in got.items()},
                             {n: float(v[1]) for n, v in got.items()},
                             {int(k): (top.name, [c.name for c in rand]) for k, (top, rand) in sorted(conds.items())})
-    return BiasReport(dataset=dataset, lang=lang, method=method, mode=iv.name, n_eval_pairs=len(pairs),
+    return BiasReport(dataset=dataset, lang=lang, method=method, mode=mode_name, n_eval_pairs=len(pairs),
                       ppl_before=got[BEFORE][1], rows=bias_rows(items, n_boot, seed, min_pairs),
                       passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
                       settings=BiasSettings(n_random=n_random, seed=seed, n_boot=n_boot, min_pairs=min_pairs,
-                                            n_neutral=len(neutral_texts), intervention=iv.settings()), items=items)
+                                            n_neutral=len(neutral_texts), intervention=iv_settings), items=items)
+
+
+def _given_conditions(conditions: Mapping[int, tuple[Condition, Sequence[Condition]]],
+                      n_random: int) -> tuple[dict[int, tuple[Condition, list[Condition]]], tuple[str, dict]]:
+    """A study's own conditions checked: every top condition a neuron-write edit of K neurons with
+    ``n_random`` controls of its size, names distinct; and (mode, settings) for the report."""
+    from ..interventions import NeuronWrites
+
+    if not conditions:
+        raise ValueError("conditions is empty: give at least one K and its condition")
+    out, names = {}, {BEFORE}
+    for k, (top, rand) in sorted(conditions.items()):
+        rand = list(rand)
+        for c in (top, *rand):
+            if not isinstance(c.writes, NeuronWrites) or len(c.writes) != k:
+                raise ValueError(f"condition {c.name!r} for K={k} must be a neuron-write edit of {k} neurons")
+            if c.name in names:
+                raise ValueError(f"two conditions are named {c.name!r}")
+            names.add(c.name)
+        if len(rand) != n_random:
+            raise ValueError(f"K={k} has {len(rand)} random controls, not n_random={n_random}")
+        out[int(k)] = (top, rand)
+    first = next(iter(out.values()))[0].writes
+    return out, ("writes", writes_settings(first))
+
+
+def writes_settings(edit) -> dict:
+    """A neuron-write study's intervention, as bias.json records it (its sizes are the rows' K)."""
+    return {"mode": "writes", "site": "neuron-writes", "strength": edit.strength, "vector_norm": float(edit.vector.norm())}
 
 
 def bias_rows(items: ItemPreferences, n_boot: int = 1000, seed: int = 0, min_pairs: int = 5) -> list[BiasRow]:

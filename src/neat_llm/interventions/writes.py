@@ -137,3 +137,18 @@ def rank_writers(model: LoadedModel, positive_means: torch.Tensor, contrast_mean
                          * (model.weight_out(l).detach().float().cpu() @ u) for l in range(a, b + 1)])
     top = torch.argsort(score.flatten(), descending=True, stable=True)[:k]
     return tuple((a + int(i) // model.d_ff, int(i) % model.d_ff) for i in top)
+
+
+def random_writes(edit: NeuronWrites, span: tuple[int, int], d_ff: int, n: int, seed: int) -> list[NeuronWrites]:
+    """``n`` edits like ``edit`` (its direction and strength) on random neuron sets of its size drawn
+    from blocks ``span`` (a, b) of ``d_ff`` neurons each, seeded by (``seed``, the size, the span):
+    the random control of a neuron-write row."""
+    import numpy as np
+
+    a, b = span
+    pool, k = (b - a + 1) * d_ff, len(edit)
+    if k > pool:
+        raise ValueError(f"{k} random writers asked for; blocks {a}-{b} have {pool}")
+    rng = np.random.default_rng([seed, k, a, b])
+    return [NeuronWrites(tuple((a + int(i) // d_ff, int(i) % d_ff) for i in rng.choice(pool, size=k, replace=False)),
+                         edit.vector, edit.strength) for _ in range(n)]

@@ -25,6 +25,7 @@ from ..evaluation.bias import BiasReport, ItemPreferences, bias_rows, evaluate_b
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
 
 from ..find import default_run_dir
+from ..interventions import Condition, random_writes
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
@@ -136,11 +137,16 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
     study_options, find_options = split_known(BiasStudySettings, options)
     s = BiasStudySettings.of(settings, **study_options)
     fs = FindSettings.of(find, **{**find_options, "seed": s.seed})
+    if s.writers:  # before anything is found: the span exists and the family's MLP output is its write
+        a, b = s.writers
+        if b >= model.n_layers:
+            raise ValueError(f"--writers {a}-{b}: the model has blocks 0..{model.n_layers - 1}")
+        model.writer("mlp", a)
     if s.folds:
         return _cross_fitted(model, s, fs, out, progress, neurons)
     items_name, fit, ev, source = _split_items(s)
     concept = _concept(fit, items_name, source, s)
-    out = Path(out) if out is not None else default_run_dir(concept, f"bias-{s.method}")
+    out = Path(out) if out is not None else default_run_dir(concept, f"bias-{s.method}{_writes_tag(s)}")
     with study_folder(out):
         return _one_split(model, s, fs, fit, ev, items_name, concept, out, progress, neurons)
 
@@ -167,13 +173,15 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
     eval_paired, paired_by_type = _heldout_paired_accuracy(model, readout, ev_pairs)
     neutral = NEUTRAL_BY_LANG.get(s.lang, NEUTRAL_TEXTS)
     shared = {"eval": repr(ev), "neutral": neutral} if s.share_conditions else None  # what a preference depends on
+    writes = writer_conditions(model, run, s.writers, ks, s.n_random, seed, s.writes_strength) if s.writers else None
+    data = {"method": method, "eval": repr(ev), "neutral": neutral,
+            **({"writers": list(s.writers), "writes_strength": s.writes_strength} if s.writers else {})}
     report, store = measure_conditions(
-        out, RunFiles.BIAS_PARTIAL, run, iv, ks, s.n_random, seed, {"method": method, "eval": repr(ev), "neutral": neutral},
-        "bias evaluation", progress,
+        out, RunFiles.BIAS_PARTIAL, run, iv, ks, s.n_random, seed, data, "bias evaluation", progress,
         lambda store, tick: evaluate_bias(model, ev, run.selections(ks), n_random=s.n_random, seed=seed, mode=iv,
                                           neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=s.n_boot,
                                           min_pairs=s.min_pairs, store=store, on_condition=tick, dataset=items_name,
-                                          lang=s.lang, method=method), shared=shared)
+                                          lang=s.lang, method=method, conditions=writes), shared=shared)
     report.settings = replace(
         report.settings, bias_type=s.bias_type, n_fit_pairs=len(fit), eval_fraction=s.eval_fraction,
         templates=s.templates, n_eval_items=len(ev), probe=s.probe, score=run.meta.params.get("score"),
@@ -186,6 +194,24 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
     return BiasStudy(run, report, path, fit, ev)
 
 
+def writer_conditions(model: LoadedModel, run: Run, span: tuple[int, int], ks: list[int], n_random: int, seed: int,
+                      strength: float = 1.0) -> dict[int, tuple[Condition, list[Condition]]]:
+    """{K: (the run's concept direction out of what the K neurons of blocks ``span`` that write most
+    of it write (``Run.writers``), ``n_random`` random K-sets of the span under the same edit)}."""
+    a, b = span
+    out = {}
+    for k in sorted(ks):
+        try:
+            edit = run.writers(model, span, k, strength)
+        except ValueError as err:
+            raise ValueError(f"--writers {a}-{b}: {err}") from None
+        name = f"writes-K{k}-L{a}-{b}"
+        out[k] = (Condition(name, writes=edit),
+                  [Condition(f"{name}-random-{i}", writes=e)
+                   for i, e in enumerate(random_writes(edit, span, model.d_ff, n_random, seed))])
+    return out
+
+
 def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> tuple[Run, BiasReport] | None:
     """A fold's run and report when it is finished under these settings (sizes, controls, items,
     the intervention with its parameters), else None."""
@@ -195,10 +221,13 @@ def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> tuple[
     rep = BiasReport.from_dict(json.loads(f.read_text()))
     run = Run.load(fold_dir)
     it = rep.items
+    if s.writers:  # the rows' names hold the span; the settings the strength
+        iv_ok = (rep.mode == "writes" and rep.settings.intervention.get("strength") == s.writes_strength
+                 and all(top == f"writes-K{k}-L{s.writers[0]}-{s.writers[1]}" for k, (top, _) in it.conditions.items()))
+    else:
+        iv_ok = rep.settings.intervention == json.loads(json.dumps(run.intervention(s.mode, s.alpha, s.strength).settings()))
     ok = (it is not None and sorted(it.conditions) == sorted(s.ks) and len(it.bias_type) == n_items
-          and all(len(r) == s.n_random for _, r in it.conditions.values()) and rep.settings.seed == s.seed
-          and rep.settings.intervention == json.loads(json.dumps(run.intervention(s.mode, s.alpha,
-                                                                                    s.strength).settings())))
+          and all(len(r) == s.n_random for _, r in it.conditions.values()) and rep.settings.seed == s.seed and iv_ok)
     return (run, rep) if ok else None
 
 
@@ -213,7 +242,7 @@ def _cross_fitted(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, ou
     folds = fold_indices(items.bias_type, s.folds, s.seed, items.name)
     plan = {"folds": s.folds, "seed": s.seed, "items": items.name, "n_items": len(items), "eval_items": folds}
     out = Path(out) if out is not None else default_run_dir(
-        _concept(_capped_fit(items, s), items.name, source, s), f"bias-{s.method}-{s.folds}fold")
+        _concept(_capped_fit(items, s), items.name, source, s), f"bias-{s.method}{_writes_tag(s)}-{s.folds}fold")
     parts: list[BiasStudy] = []
     with study_folder(out):
         plan_file = out / RunFiles.FOLDS
@@ -251,6 +280,13 @@ def _pooled_report(parts: list[BiasStudy], s: BiasStudySettings, n_items: int) -
                       rows=bias_rows(pooled, s.n_boot, s.seed, s.min_pairs),
                       passes={k: sum(p.report.passes.get(k, 0) for p in parts) for k in first.passes},
                       seconds=sum(p.report.seconds for p in parts), settings=settings, items=pooled)
+
+
+def _writes_tag(s: BiasStudySettings) -> str:
+    """What a neuron-write study's default folder name adds (kept beside the plain study's)."""
+    if not s.writers:
+        return ""
+    return f"-writes-L{s.writers[0]}-{s.writers[1]}" + ("" if s.writes_strength == 1.0 else f"-t{s.writes_strength:g}")
 
 
 def _sample(n: int, k: int, seed: int) -> list[int]:

@@ -30,7 +30,7 @@ from ..evaluation.neutral_text import NEUTRAL_TEXTS
 from ..evaluation.statement_judge import train_statement_judge
 from ..find import default_run_dir
 from ..find_settings import FindSettings
-from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, NeuronWrites, fit_transport
+from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, NeuronWrites, fit_transport, random_writes
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
@@ -174,19 +174,10 @@ def writer_neurons(model: LoadedModel, run: Run, span: tuple[int, int], k: int) 
 
 def _writer_controls(model: LoadedModel, s: DemonstrationStudySettings, ceilings: dict) -> dict[str, list[NeuronWrites]]:
     """Per neuron-write row, ``n_random`` edits of the same kind on random neuron sets of its size
-    drawn from its span of blocks (seeded by the study's seed, the size and the span)."""
-    import numpy as np
-
-    out = {}
-    for a, b in s.ceiling_writers or ():
-        for k in s.writer_ks or ():
-            edit, pool = ceilings[f"writes-K{k}-L{a}-{b}"], (b - a + 1) * model.d_ff
-            rng = np.random.default_rng([s.seed, k, a, b])
-            out[f"writes-K{k}-L{a}-{b}"] = [
-                NeuronWrites(tuple((a + int(i) // model.d_ff, int(i) % model.d_ff)
-                                   for i in rng.choice(pool, size=k, replace=False)), edit.vector, edit.strength)
-                for _ in range(s.n_random)]
-    return out
+    drawn from its span of blocks (``random_writes``, seeded by the study's seed)."""
+    return {f"writes-K{k}-L{a}-{b}": random_writes(ceilings[f"writes-K{k}-L{a}-{b}"], (a, b), model.d_ff, s.n_random,
+                                                   s.seed)
+            for a, b in s.ceiling_writers or () for k in s.writer_ks or ()}
 
 
 def _ceiling_tag(s: DemonstrationStudySettings) -> str:

@@ -120,6 +120,8 @@ class BiasStudySettings(Changeable):
     probe: str = "prototypical"
     folds: int | None = None
     share_conditions: bool = True  # conditions another study measured the same way taken from the cache (SharedConditions)
+    writers: tuple[int, int] | None = None  # the K rows: the concept direction out of what the K neurons of blocks a..b that write most of it write (NeuronWrites), random K-sets of the span the control
+    writes_strength: float = 1.0  # with writers: the share of each write along the direction removed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", _ks(self.ks))
@@ -133,6 +135,13 @@ class BiasStudySettings(Changeable):
         if self.probe not in ("prototypical", "paired"):
             raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
         check_choice(self.mode, self.alpha, self.strength)
+        if self.writers is not None:
+            object.__setattr__(self, "writers", _spans([self.writers], "writers")[0])
+            given = [n for n in ("mode", "alpha", "strength") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"writers edits what the neurons write, not their activations: drop {', '.join(given)} "
+                                 "(writes_strength sets how much of the direction is removed)")
+        check_direction_strength(self.writes_strength, "writes_strength")
 
 
 @dataclass(frozen=True)

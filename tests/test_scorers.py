@@ -63,6 +63,20 @@ def test_auroc_equals_sklearn(setup):
     assert torch.isnan(got.scores[0]).all()
 
 
+
+def test_auroc_by_sorting_equals_every_pair_compared_with_ties_and_chunks():
+    from neat_llm.scoring.simple import auroc_columns, auroc_pairwise
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randint(0, 5, (37, 3, 11), generator=g).float()  # many ties
+    neg = torch.randint(0, 5, (23, 3, 11), generator=g).float()
+    want = auroc_pairwise(pos, neg)
+    for chunk in (1, 4, 33, 4096):
+        torch.testing.assert_close(auroc_columns(pos, neg, chunk), want, atol=1e-7, rtol=0)
+    cont_p, cont_n = torch.randn(50, 40, generator=g) + 0.5, torch.randn(60, 40, generator=g)
+    torch.testing.assert_close(auroc_columns(cont_p, cont_n), auroc_pairwise(cont_p, cont_n), atol=1e-7, rtol=0)
+    assert auroc_columns(torch.ones(3, 2), torch.zeros(4, 2)).tolist() == [1.0, 1.0]
+
 def _finite_difference(m, texts, readout, l, k, pool="last", eps=1e-2):
     """d/de S(a(1+e)) at e = 0 for neuron (l, k), averaged over ``texts``: sum_t a_t dS/da_t, by
     central differences (error O(eps^2); float32 round-off ~1e-7 / eps)."""

@@ -63,11 +63,33 @@ class AurocScorer(ActivationScorer):
     name = "auroc"
     chance_score = 0.5
 
+    COLUMNS = 4096  # neurons per chunk: memory ~ COLUMNS x (|P| + |N|), never |P| x |N| x neurons
+
     def _contrast(self, prof_p: torch.Tensor, prof_n: torch.Tensor) -> torch.Tensor:
-        # U / (|P| |N|): share of (p, n) pairs with a_p > a_n, ties counting 1/2; [len(layers), d_ff]
-        gt = (prof_p[:, None] > prof_n[None, :]).float().mean((0, 1))
-        eq = (prof_p[:, None] == prof_n[None, :]).float().mean((0, 1))
-        return gt + 0.5 * eq
+        return auroc_columns(prof_p, prof_n, self.COLUMNS)
+
+
+def auroc_columns(pos: torch.Tensor, neg: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Per column, U / (|P| |N|): the share of (p, n) pairs with a_p > a_n, ties counting one half
+    (the Mann-Whitney AUROC, exactly), from [P, ...] and [N, ...] values; shape ``pos.shape[1:]``.
+    Each positive is placed among the sorted negatives (``searchsorted`` on both sides), so memory
+    grows with the texts, not with their pairs; ``auroc_pairwise`` is the plain reference."""
+    shape = pos.shape[1:]
+    p, n = pos.reshape(len(pos), -1).T.contiguous(), neg.reshape(len(neg), -1).T.contiguous()  # [C, P], [C, N]
+    out = torch.empty(p.shape[0], dtype=torch.float64)
+    for a in range(0, p.shape[0], chunk):
+        sn = n[a:a + chunk].sort(dim=1).values
+        below = torch.searchsorted(sn, p[a:a + chunk].contiguous(), side="left")  # negatives < p
+        upto = torch.searchsorted(sn, p[a:a + chunk].contiguous(), side="right")  # negatives <= p
+        out[a:a + chunk] = (below + upto).double().sum(1) / (2.0 * p.shape[1] * n.shape[1])
+    return out.float().reshape(shape)
+
+
+def auroc_pairwise(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """``auroc_columns`` by comparing every (p, n) pair: the plain reference (memory |P| |N| per column)."""
+    gt = (pos[:, None] > neg[None, :]).double().mean((0, 1))
+    eq = (pos[:, None] == neg[None, :]).double().mean((0, 1))
+    return (gt + 0.5 * eq).float()
 
 
 class AuraScorer(AurocScorer):

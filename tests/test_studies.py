@@ -589,7 +589,7 @@ def test_bias_study_with_writers_edits_what_the_span_writes_beside_random_sets_o
     study = bias_study(tiny_llama, data="crows-pairs", ks=[3, 6], out=tmp_path / "w", n_random=2, min_pairs=2,
                        method="activation", writers=(0, 1), progress=False)
     rep, items = study.report, study.report.items
-    assert rep.mode == "writes" and rep.settings.intervention["mode"] == "writes"
+    assert rep.mode == "writes" and rep.edits_writes and rep.settings.intervention["mode"] == "writes"
     assert rep.settings.intervention["strength"] == 1.0
     assert items.conditions == {k: (f"writes-K{k}-L0-1", [f"writes-K{k}-L0-1-random-{i}" for i in range(2)])
                                 for k in (3, 6)}

@@ -370,7 +370,7 @@ def bias(
         return
     held = (f"{r.n_eval_pairs} items, each held out once ({r.settings.folds}-fold cross-fitting)" if r.settings.folds
             else f"{r.n_eval_pairs} held-out pairs")
-    how = (f"the concept direction out of what the K writers of blocks {writers} write" if r.mode == "writes"
+    how = (f"the concept direction out of what the K writers of blocks {writers} write" if r.edits_writes
            else f"{r.mode} ablation")
     t = Table(title=f"stereotype score (%, 50 = no preference, 95% bootstrap interval): {r.dataset}, {r.method}, "
                     f"{how}; {held}")

@@ -220,6 +220,11 @@ class BiasReport:
     settings: BiasSettings = field(default_factory=BiasSettings)
     items: ItemPreferences | None = None  # every item's preference under every condition (pooling, resume)
 
+    @property
+    def edits_writes(self) -> bool:
+        """Whether the K rows edited what neurons write (``writes_settings``), not their activations."""
+        return (self.settings.intervention or {}).get("site") == "neuron-writes"
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["results"] = d.pop("rows")  # the name the report reads

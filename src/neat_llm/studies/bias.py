@@ -222,7 +222,7 @@ def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> tuple[
     run = Run.load(fold_dir)
     it = rep.items
     if s.writers:  # the rows' names hold the span; the settings the strength
-        iv_ok = (rep.mode == "writes" and rep.settings.intervention.get("strength") == s.writes_strength
+        iv_ok = (rep.edits_writes and rep.settings.intervention.get("strength") == s.writes_strength
                  and all(top == f"writes-K{k}-L{s.writers[0]}-{s.writers[1]}" for k, (top, _) in it.conditions.items()))
     else:
         iv_ok = rep.settings.intervention == json.loads(json.dumps(run.intervention(s.mode, s.alpha, s.strength).settings()))

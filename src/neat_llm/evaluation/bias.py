@@ -23,7 +23,7 @@ import torch
 
 from ..concepts.datasets import MinimalPairs
 from ..concepts.templates import BiasTemplates, targets_of
-from ..interventions import Condition, Intervention, NeuronSelection
+from ..interventions import Condition, Intervention, NeuronSelection, NeuronWrites
 from ..models.loaded import LoadedModel
 from ..records import known
 from .checkpoints import ConditionStore
@@ -223,7 +223,7 @@ class BiasReport:
     @property
     def edits_writes(self) -> bool:
         """Whether the K rows edited what neurons write (``writes_settings``), not their activations."""
-        return (self.settings.intervention or {}).get("site") == "neuron-writes"
+        return (self.settings.intervention or {}).get("site") == NeuronWrites.SITE
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -306,8 +306,6 @@ def _given_conditions(conditions: Mapping[int, tuple[Condition, Sequence[Conditi
                       n_random: int) -> tuple[dict[int, tuple[Condition, list[Condition]]], tuple[str, dict]]:
     """A study's own conditions checked: every top condition a neuron-write edit of K neurons with
     ``n_random`` controls of its size, names distinct; and (mode, settings) for the report."""
-    from ..interventions import NeuronWrites
-
     if not conditions:
         raise ValueError("conditions is empty: give at least one K and its condition")
     out, names = {}, {BEFORE}
@@ -328,7 +326,7 @@ def _given_conditions(conditions: Mapping[int, tuple[Condition, Sequence[Conditi
 
 def writes_settings(edit) -> dict:
     """A neuron-write study's intervention, as bias.json records it (its sizes are the rows' K)."""
-    return {"mode": "writes", "site": "neuron-writes", "strength": edit.strength, "vector_norm": float(edit.vector.norm())}
+    return {"mode": "writes", **{k: v for k, v in edit.settings().items() if k in ("site", "strength", "vector_norm")}}
 
 
 def bias_rows(items: ItemPreferences, n_boot: int = 1000, seed: int = 0, min_pairs: int = 5) -> list[BiasRow]:

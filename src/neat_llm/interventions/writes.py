@@ -36,6 +36,8 @@ class NeuronWrites:
     vector: torch.Tensor
     strength: float = 1.0
 
+    SITE = "neuron-writes"  # what ``settings()`` records as the edit's site
+
     def __post_init__(self) -> None:
         neurons = tuple(sorted({(int(l), int(k)) for l, k in self.neurons}))
         if not neurons:
@@ -103,7 +105,7 @@ class NeuronWrites:
 
     def settings(self) -> dict:
         return {"n_neurons": len(self), "blocks": sorted(self.by_layer()), "strength": self.strength,
-                "vector_norm": float(self.vector.norm()), "site": "neuron-writes"}
+                "vector_norm": float(self.vector.norm()), "site": self.SITE}
 
 
 @dataclass(frozen=True)

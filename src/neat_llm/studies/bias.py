@@ -31,7 +31,7 @@ from ..records import split_known
 from ..models.loaded import LoadedModel
 from ..runs import Run, RunFiles
 from ..runs import write_text
-from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results
+from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results, writes_row
 from .settings import BiasStudySettings
 
 __all__ = ["BiasStudy", "bias_study", "load_pairs"]
@@ -205,7 +205,7 @@ def writer_conditions(model: LoadedModel, run: Run, span: tuple[int, int], ks: l
             edit = run.writers(model, span, k, strength)
         except ValueError as err:
             raise ValueError(f"--writers {a}-{b}: {err}") from None
-        name = f"writes-K{k}-L{a}-{b}"
+        name = writes_row(k, span)
         out[k] = (Condition(name, writes=edit),
                   [Condition(f"{name}-random-{i}", writes=e)
                    for i, e in enumerate(random_writes(edit, span, model.d_ff, n_random, seed))])
@@ -223,7 +223,7 @@ def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> tuple[
     it = rep.items
     if s.writers:  # the rows' names hold the span; the settings the strength
         iv_ok = (rep.edits_writes and rep.settings.intervention.get("strength") == s.writes_strength
-                 and all(top == f"writes-K{k}-L{s.writers[0]}-{s.writers[1]}" for k, (top, _) in it.conditions.items()))
+                 and all(top == writes_row(k, s.writers) for k, (top, _) in it.conditions.items()))
     else:
         iv_ok = rep.settings.intervention == json.loads(json.dumps(run.intervention(s.mode, s.alpha, s.strength).settings()))
     ok = (it is not None and sorted(it.conditions) == sorted(s.ks) and len(it.bias_type) == n_items

@@ -66,6 +66,12 @@ def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Pat
                                 progress=progress)
 
 
+def writes_row(k: int, span: tuple[int, int]) -> str:
+    """The name of a neuron-write row: the K writers of blocks ``span`` (its random controls add
+    "-random-<i>")."""
+    return f"writes-K{k}-L{span[0]}-{span[1]}"
+
+
 def neuron_pool(run: Run) -> list[tuple[int, int]] | None:
     """The neurons the run scored (the random control draws from these), or None for all of them."""
     ok = torch.isfinite(run.scores)

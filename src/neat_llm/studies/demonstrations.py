@@ -34,7 +34,7 @@ from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, Neur
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
-from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results
+from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results, writes_row
 from .hate import _groups, hate_concept
 from .settings import DemonstrationStudySettings
 
@@ -159,7 +159,7 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
             out[f"{site}-writes-L{a}-{b}"] = DirectionEdits(tuple(
                 DirectionEdit(l, run.concept_vector, "project", t, site=site) for l in range(a, b + 1)))
         for k in s.writer_ks or ():
-            out[f"writes-K{k}-L{a}-{b}"] = NeuronWrites(writer_neurons(model, run, (a, b), k), run.concept_vector, t)
+            out[writes_row(k, (a, b))] = NeuronWrites(writer_neurons(model, run, (a, b), k), run.concept_vector, t)
     return out
 
 
@@ -175,8 +175,7 @@ def writer_neurons(model: LoadedModel, run: Run, span: tuple[int, int], k: int) 
 def _writer_controls(model: LoadedModel, s: DemonstrationStudySettings, ceilings: dict) -> dict[str, list[NeuronWrites]]:
     """Per neuron-write row, ``n_random`` edits of the same kind on random neuron sets of its size
     drawn from its span of blocks (``random_writes``, seeded by the study's seed)."""
-    return {f"writes-K{k}-L{a}-{b}": random_writes(ceilings[f"writes-K{k}-L{a}-{b}"], (a, b), model.d_ff, s.n_random,
-                                                   s.seed)
+    return {writes_row(k, (a, b)): random_writes(ceilings[writes_row(k, (a, b))], (a, b), model.d_ff, s.n_random, s.seed)
             for a, b in s.ceiling_writers or () for k in s.writer_ks or ()}
 
 

@@ -136,27 +136,32 @@ def test_inverse_cdf_sampler_draws_from_the_filtered_distribution():
     torch.testing.assert_close(counts, want, atol=0.015, rtol=0)
     top1 = _InverseCdfSampler(u[:100], 4, 1.0, 1.0, top_k=1)(torch.zeros(100, 4, dtype=torch.long), logits.expand(100, -1))
     assert top1.argmax(1).eq(0).all()
-    narrow = _InverseCdfSampler(u, 4, 0.7, 0.95, 0)
-    narrow.HEADS = (2,)  # the nucleus (3 tokens) is wider than the head: every row takes the full sort
-    assert torch.equal(narrow(torch.zeros(n, 4, dtype=torch.long), logits.expand(n, -1)).argmax(1), out.argmax(1))
+    sorted_ = _InverseCdfSampler(u, 4, 0.7, 0.95, 0)
+    sorted_.BY_THRESHOLD = False  # every row takes the full sort of the vocabulary
+    assert torch.equal(sorted_(torch.zeros(n, 4, dtype=torch.long), logits.expand(n, -1)).argmax(1), out.argmax(1))
     free = _InverseCdfSampler(u, 4, 1.0, 1.0, 0)(torch.zeros(n, 4, dtype=torch.long), logits.expand(n, -1))
     free_counts = torch.bincount(free.argmax(1), minlength=5).double() / n
     torch.testing.assert_close(free_counts, torch.softmax(logits[0], 0).double(), atol=0.015, rtol=0)
 
 
-def test_inverse_cdf_sampler_picks_the_same_token_whichever_head_holds_the_nucleus():
-    """The tiers of heads (64, then 1024, then the full sort) against the full sort alone, on
-    peaked, flat and tied rows of a 3,000-token vocabulary."""
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95, 0.999])
+def test_inverse_cdf_sampler_picks_the_full_sorts_token_from_the_tokens_above_a_threshold(top_p):
+    """The nucleus found among the tokens of the largest binary exponents, against the full sort of
+    the vocabulary, on peaked, flat, tied and one-hot rows of a 3,000-token vocabulary."""
     g = torch.Generator().manual_seed(1)
     peaked = torch.randn(40, 3000, generator=g) * 4
-    flat = torch.randn(40, 3000, generator=g) * 0.05  # nucleus wider than 1,024 tokens
-    tied = (torch.randn(40, 3000, generator=g) * 3).round()  # many equal logits
-    logits = torch.cat([peaked, flat, tied])
+    flat = torch.randn(40, 3000, generator=g) * 0.05  # nucleus of most of the vocabulary
+    tied = (torch.randn(40, 3000, generator=g) * 3).round()  # many equal logits, ties across bins' edges
+    one_hot = torch.full((4, 3000), -1e4).scatter_(1, torch.tensor([[0], [7], [2999], [1500]]), 10.0)
+    logits = torch.cat([peaked, flat, tied, one_hot])
     u = torch.rand(len(logits), 1, generator=g, dtype=torch.float64)
-    tiers = _InverseCdfSampler(u, 0, 0.9, 0.95, 0)
-    sort_only = _InverseCdfSampler(u, 0, 0.9, 0.95, 0)
-    sort_only.HEADS = ()
-    assert torch.equal(tiers.choose(logits, u[:, 0]), sort_only.choose(logits, u[:, 0]))
+    threshold = _InverseCdfSampler(u, 0, 0.9, top_p, 0)
+    sort_only = _InverseCdfSampler(u, 0, 0.9, top_p, 0)
+    sort_only.BY_THRESHOLD = False
+    picked, inside = threshold._by_threshold(torch.softmax(logits / 0.9, -1), u[:, 0])
+    assert inside.float().mean() > 0.9  # the threshold path decides nearly every row itself
+    assert torch.equal(threshold.choose(logits, u[:, 0]), sort_only.choose(logits, u[:, 0]))
+    assert torch.equal(picked[inside], sort_only.choose(logits, u[:, 0])[inside])
 
 
 # --- the engine ---------------------------------------------------------------------------------

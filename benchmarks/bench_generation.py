@@ -1,21 +1,25 @@
-"""Sampling speed, side by side in one run: the demonstration study's own prompts (lists of
+"""Sampling speed, side by side in one run: the demonstration study's own kind of prompt (lists of
 statements, here written for this benchmark, about 170 tokens each) continued to the line's end,
 5 seeded samples per prompt, 4 conditions along the batch, by
 
   (a) transformers' ``generate`` with the conditions' hooks, every sample prefilling its prompt
-      (``sample_continuations_along``, the plain reference);
-  (b) the previous path: each prompt read once per condition, its KV cache (transformers' own)
-      copied to its samples, then ``generate`` on it (rows that end early still cost every step);
-  (c) our own decoding loop (``share_prefill=True``, what the demonstration study runs): the
-      shared prefill without logits into a KV cache that grows in place (``models/kv_cache.py``),
-      then one step at a time, a job leaving the batch once it has ended under every condition; at
-      the study's batch size (16 jobs) and at --big-batch.
+      (``sample_continuations_along``, the plain reference), 16 jobs per batch;
+  (b) the path of the time the speed issue was filed: each prompt read once per condition, its KV
+      cache copied to its samples, then ``generate`` on it (rows that end early still cost steps);
+  (c) the decoding loop of 2026-12-01 (``_previous_loops.decode_jobs``): a (prompt, sample) job
+      leaves the batch once it has ended under every condition, batches of whole prompts (16 jobs);
+  (d) our decoding loop (``neat_llm.evaluation.decoding``, what the studies run now): a row leaves
+      the batch when it ends, a new prompt takes the freed slots (a KV-cache budget in tokens, not a
+      fixed batch), each row attending to exactly its own keys.
 
 Each as generated tokens per second and as a share of the float32 matmul rate measured in the same
-run (a token costs about 2 x the model's matmul parameters in FLOPs; prefill tokens count too, as
-"processed tokens"). The continuations of every path must be identical (checked here and in
-tests/test_behaviour.py). The last line is a JSON object with ``share_of_matmul`` and
-``speedup_over_current`` of (c) at the study's batch size (over (b)), and of the big batch.
+run: the matrix-product FLOPs the path had to do (2 x the model's matrix parameters per prompt
+token read, plus 2 x the unembedding per decoding row) over its wall time. Continuations are
+compared with (a)'s: exactly, and as the share of continuations that are the same (the products'
+last bits depend on how many rows a product has, on this CPU's BLAS, so a batch of another size can
+flip a near-tied draw). The last line is a JSON object with ``share_of_matmul`` and
+``speedup_over_current`` (over (c), the loop (d) replaces) of (d), its speed-up over (b), and the
+agreement.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import time
 import torch
 
 from _common import add_model_args, load
+from _previous_loops import decode_jobs, prefilled
 from bench_sweep import matmul_gflops
 
-from neat_llm.evaluation.generation import sample_continuations_along
+from neat_llm.evaluation.decoding import DECODE_TOKENS
+from neat_llm.evaluation.generation import _InverseCdfSampler, first_line, newline_tokens, sample_continuations_along
 from neat_llm.interventions import Condition, NeuronSelection, Zero, conditions_along_batch
 
 STATEMENTS = [
@@ -52,12 +58,11 @@ def prompts(n: int) -> list[str]:
     return out
 
 
-def previous_path(model, prompts_, G, *, new_tokens, samples, batch_size) -> list[list[str]]:
-    """(b): the shared prefill, then transformers' ``generate`` on the prefilled cache (the path the
-    study ran before our decoding loop), with the same seeded uniforms and stop tokens."""
+def earlier_path(model, prompts_, G, *, new_tokens, samples, batch_size, loop: bool) -> list[list[str]]:
+    """(b) (``loop=False``): the shared prefill, then transformers' ``generate`` on the prefilled
+    cache; (c) (``loop=True``): the shared prefill, then the job-dropping loop of 2026-12-01. Both
+    with the same seeded uniforms and stop tokens as the library's path."""
     from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
-
-    from neat_llm.evaluation.generation import _InverseCdfSampler, _prefilled, first_line, newline_tokens
 
     tok = model.tokenizer
     u = torch.rand(len(prompts_), samples, new_tokens, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -72,11 +77,17 @@ def previous_path(model, prompts_, G, *, new_tokens, samples, batch_size) -> lis
         for p in range(0, len(prompts_), per):
             chunk = prompts_[p:p + per]
             ur = u[p:p + len(chunk)].reshape(-1, new_tokens).repeat(G, 1)
-            enc, cache, _ = _prefilled(model, chunk, G, samples, cache=DynamicCache(config=model.hf.config))
-            width = enc["input_ids"].shape[1]
-            gen = model.generate_ids(enc, generation_config=config, cache=cache,
-                                     logits_processor=LogitsProcessorList([_InverseCdfSampler(ur, width, 1.0, 0.95, 0)]))
-            text = [first_line(t) for t in tok.batch_decode(gen[:, width:], skip_special_tokens=True)]
+            if loop:
+                enc, cache, _ = prefilled(model, chunk, G, samples)
+                sampler = _InverseCdfSampler(ur, enc["input_ids"].shape[1], 1.0, 0.95, 0)
+                text = tok.batch_decode(decode_jobs(model, enc, cache, sampler, ur, G, eos), skip_special_tokens=True)
+            else:
+                enc, cache, _ = prefilled(model, chunk, G, samples, cache=DynamicCache(config=model.hf.config))
+                width = enc["input_ids"].shape[1]
+                gen = model.generate_ids(enc, generation_config=config, cache=cache, logits_processor=LogitsProcessorList(
+                    [_InverseCdfSampler(ur, width, 1.0, 0.95, 0)]))
+                text = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+            text = [first_line(t) for t in text]
             n = len(chunk) * samples
             for g in range(G):
                 out[g] += text[g * n:(g + 1) * n]
@@ -91,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", type=int, default=12, help="prompts (each continued --samples times)")
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=40)
-    ap.add_argument("--big-batch", type=int, default=60, help="jobs per batch of the loop's second run")
+    ap.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS, help="(d)'s KV-cache budget in tokens")
+    ap.add_argument("--only", default="abcd", help="the paths to run, e.g. 'ad' ((a) always runs: the reference)")
     args = ap.parse_args(argv)
     model = load(args)
     ps = prompts(args.prompts)
@@ -99,43 +111,59 @@ def main(argv: list[str] | None = None) -> None:
     conds = [Condition("before")] + [Condition(f"off{i}", NeuronSelection(tuple(
         (int(l), int(k)) for l, k in zip(torch.randint(0, model.n_layers, (50,), generator=g),
                                          torch.randint(0, model.d_ff, (50,), generator=g)))), Zero()) for i in range(3)]
-    n_params = sum(p.numel() for n, p in model.hf.named_parameters() if p.dim() == 2 and "embed" not in n)
-    flops_per_token = 2 * n_params
+    matrices = sum(p.numel() for n, p in model.hf.named_parameters() if p.dim() == 2 and "embed" not in n
+                   and "lm_head" not in n)
+    unembed = model.hf.get_output_embeddings().weight.numel()
     rate = matmul_gflops(4096, model.d_model, model.d_ff)
-    print(f"float32 matmul: {rate:.0f} GFLOP/s; {flops_per_token / 1e9:.2f} GFLOP per token")
+    print(f"float32 matmul: {rate:.0f} GFLOP/s; {2 * matrices / 1e9:.2f} GFLOP per prompt token read, "
+          f"{2 * (matrices + unembed) / 1e9:.2f} per decoding row (the unembedding included)")
     kw = dict(max_new_tokens=args.new_tokens, samples=args.samples, seed=0, stop_at_newline=True)
+    ew = dict(new_tokens=args.new_tokens, samples=args.samples, batch_size=16)
     paths = {
         "a": ("generate, every sample prefills", lambda G: sample_continuations_along(model, ps, G, batch_size=16, **kw)),
-        "b": ("shared prefill, then generate (previous path)",
-              lambda G: previous_path(model, ps, G, new_tokens=args.new_tokens, samples=args.samples, batch_size=16)),
-        "c": ("our decoding loop, 16 jobs per batch",
-              lambda G: sample_continuations_along(model, ps, G, batch_size=16, share_prefill=True, **kw)),
-        "c_big": (f"our decoding loop, {args.big_batch} jobs per batch",
-                  lambda G: sample_continuations_along(model, ps, G, batch_size=args.big_batch, share_prefill=True, **kw)),
+        "b": ("shared prefill, then generate (the path when the issue was filed)",
+              lambda G: earlier_path(model, ps, G, loop=False, **ew)),
+        "c": ("the loop of 2026-12-01: jobs leave when ended under every condition, 16 jobs per batch",
+              lambda G: earlier_path(model, ps, G, loop=True, **ew)),
+        "d": (f"our decoding loop: rows leave when ended, new prompts take their slots, {args.decode_tokens:,} "
+              "tokens of KV cache", lambda G: sample_continuations_along(model, ps, G, share_prefill=True,
+                                                                         decode_tokens=args.decode_tokens, **kw)),
     }
     results = {}
     with conditions_along_batch(model, conds) as G:
         for key, (name, run) in paths.items():
+            if key != "a" and key not in args.only:
+                continue
             c0, t0 = model.counter.snapshot(), time.perf_counter()
             conts = run(G)
             secs = time.perf_counter() - t0
             new = sum(len(model.tokenizer(t)["input_ids"]) for c in conts for t in c)
             prompt_tokens = len(model.tokenizer(ps[0])["input_ids"])
             passes = model.counter.since(c0)
-            processed = passes.forward * prompt_tokens + passes.decode  # rows x tokens read
-            share = processed * flops_per_token / secs / 1e9 / rate
+            flops = passes.forward * prompt_tokens * 2 * matrices + passes.decode * 2 * (matrices + unembed)
+            share = flops / secs / 1e9 / rate
             results[key] = (conts, secs, share)
-            print(f"({key}) {name}: {secs:.1f} s, {new / secs:.0f} generated tokens/s, {processed / secs:.0f} "
-                  f"processed tokens/s = {share:.0%} of the matmul rate")
-    same = all(results[k][0] == results["a"][0] for k in results)
-    for k in ("b", "c", "c_big"):
-        print(f"({k}) identical to (a): {results[k][0] == results['a'][0]}; {results['a'][1] / results[k][1]:.2f}x (a), "
-              f"{results['b'][1] / results[k][1]:.2f}x (b)")
-    print(json.dumps({"share_of_matmul": round(results["c"][2], 3),
-                      "speedup_over_current": round(results["b"][1] / results["c"][1], 2),
-                      "share_of_matmul_big_batch": round(results["c_big"][2], 3),
-                      "speedup_over_current_big_batch": round(results["b"][1] / results["c_big"][1], 2),
-                      "identical": same}))
+            print(f"({key}) {name}: {secs:.1f} s, {new / secs:.0f} generated tokens/s, {passes.decode:,} decoding rows, "
+                  f"{flops / secs / 1e9:.0f} GFLOP/s = {share:.0%} of the matmul rate", flush=True)
+    ref = results["a"][0]
+    n_conts = sum(len(c) for c in ref)
+
+    def agreement(k):
+        return sum(x == y for cr, ck in zip(ref, results[k][0]) for x, y in zip(cr, ck)) / n_conts
+
+    for k in results:
+        if k != "a":
+            speed = "; ".join(f"{results[o][1] / results[k][1]:.2f}x ({o})" for o in results if o != k)
+            print(f"({k}) identical to (a): {results[k][0] == ref}, {agreement(k):.1%} of {n_conts} continuations "
+                  f"the same; {speed}")
+    if "d" in results:
+        out = {"share_of_matmul": round(results["d"][2], 3), "identical": results["d"][0] == ref,
+               "agreement": round(agreement("d"), 4)}
+        if "c" in results:
+            out["speedup_over_current"] = round(results["c"][1] / results["d"][1], 2)
+        if "b" in results:
+            out["speedup_over_filed"] = round(results["b"][1] / results["d"][1], 2)
+        print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -501,28 +501,38 @@ def test_paired_probes_match_each_hateful_text_with_a_neutral_one_of_its_group(t
         demonstration_study(tiny_llama, out=tmp_path / "x", **{**kw, "probe": "random"})
 
 
-def test_own_decoding_loop_drops_finished_jobs_and_keeps_every_continuation(tiny_llama, monkeypatch):
-    """Rows ending at different steps (a third of the vocabulary ends a line here): the loop drops
-    a job once it has ended under both conditions, and every continuation is still generate's."""
+def test_own_decoding_loop_drops_finished_rows_and_keeps_every_continuation(tiny_llama, monkeypatch):
+    """Rows ending at different steps (a third of the vocabulary ends a line here): the loop runs a
+    row only while it has not ended (its decoding rows are exactly the tokens it drew, stop tokens
+    included), new prompts take the slots finished ones free, and every continuation is generate's,
+    whatever the KV-cache budget (one prompt at a time, or all at once)."""
     from neat_llm.evaluation import generation
+    from neat_llm.evaluation.decoding import decode_prompts
     from neat_llm.interventions import Condition, NeuronSelection, Zero, conditions_along_batch
 
     stops = list(range(0, len(tiny_llama.tokenizer), 3))
     monkeypatch.setattr(generation, "newline_tokens", lambda tok: stops)
-    prompts = ["- the rain came\n- the wind moved\n-", "- a cake\n-", "- hill folk bake bread\n- the town\n-"]
+    prompts = ["- the rain came\n- the wind moved\n-", "- a cake\n-", "- hill folk bake bread\n- the town\n-",
+               "- the town\n-", "- bread\n- rain\n-"]
     conds = [Condition("before"), Condition("off", NeuronSelection(((0, 3), (1, 7), (1, 2))), Zero())]
-    kw = dict(max_new_tokens=10, seed=4, samples=4, batch_size=12, stop_at_newline=True)
+    kw = dict(max_new_tokens=10, seed=4, samples=4, batch_size=4, stop_at_newline=True)
     with conditions_along_batch(tiny_llama, conds) as G:
+        plain = sample_continuations_along(tiny_llama, prompts, G, **kw)  # generate, a prompt's 4 samples per batch
+        got = {}
+        for budget in (1, 24 * 8, 10 ** 6):  # a job at a time (the budget holds less than one), a few, all
+            c0 = tiny_llama.counter.snapshot()
+            got[budget] = sample_continuations_along(tiny_llama, prompts, G, share_prefill=True, decode_tokens=budget,
+                                                     **kw)
+            assert tiny_llama.counter.since(c0).forward == len(prompts) * G  # each prompt read once per condition
+        u = torch.rand(len(prompts), 4, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        sampler = generation._InverseCdfSampler(u, 0, 1.0, 0.95, 0)
         c0 = tiny_llama.counter.snapshot()
-        plain = sample_continuations_along(tiny_llama, prompts, G, **kw)
-        c1 = tiny_llama.counter.snapshot()
-        shared = sample_continuations_along(tiny_llama, prompts, G, share_prefill=True, **kw)
-        c2 = tiny_llama.counter.snapshot()
-    assert shared == plain
-    lengths = {len(tiny_llama.tokenizer(t)["input_ids"]) for c in plain for t in c}
-    assert len(lengths) > 2  # rows ended at several steps: the dropping was exercised
-    # generate steps every row until the last one ends; the loop only the jobs still running
-    assert 0 < c2.since(c1).decode < c1.since(c0).decode
+        tokens, _ = decode_prompts(tiny_llama, prompts, G, 4, u, sampler.choose, set(stops), tokens=10 ** 6)
+        decoded = tiny_llama.counter.since(c0).decode
+    assert got[1] == got[24 * 8] == got[10 ** 6] == plain
+    lengths = [len(t) for c in tokens for t in c]
+    assert len(set(lengths)) > 2  # rows ended at several steps: the dropping was exercised
+    assert decoded == sum(lengths)  # no step ran a row that had ended, nor a pad
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma2", "gemma3", "qwen2", "gpt_neox", "phi3", "mistral", "gemma",

@@ -84,6 +84,35 @@ def test_conditions_along_the_batch_refuse_a_batch_that_does_not_split(tiny_llam
         Condition("d", NeuronSelection(((0, 1),)), Dampen())
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_rows_under_puts_each_row_under_its_own_condition(kind, tokenizer):
+    """Rows in any order and any number per condition (a decoding step whose rows started and ended
+    at different times): every kind of edit (neurons of every intervention type, a residual
+    direction, what chosen neurons write) gives each row what its condition's equal block gives."""
+    from neat_llm.interventions import DirectionEdit, NeuronWrites, rows_under
+
+    model = build_tiny(kind, tokenizer)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(2))
+    conds = _every_type(model) + [Condition("direction", residual=DirectionEdit(1, v)),
+                                  Condition("writes", writes=NeuronWrites(((0, 2), (1, 5)), v))]
+    enc = model.encode(TEXTS)
+    B = len(TEXTS)
+    with torch.inference_mode(), conditions_along_batch(model, conds) as G:
+        blocks = model.hf(**repeat_rows(enc, G), use_cache=False).logits
+        # rows (condition, text) in a shuffled order, condition 1 twice, condition 3 left out
+        picks = [(5, 0), (1, 2), (0, 1), (7, 2), (1, 2), (6, 0), (2, 1), (4, 0), (7, 1)]
+        ids = torch.stack([enc["input_ids"][t] for _, t in picks])
+        mask = torch.stack([enc["attention_mask"][t] for _, t in picks])
+        with rows_under(model, torch.tensor([c for c, _ in picks])):
+            rows = model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        with pytest.raises(RuntimeError, match="rows_under names 2 rows"), rows_under(model, torch.tensor([0, 1])):
+            model.hf(input_ids=ids, attention_mask=mask, use_cache=False)
+    for r, (c, t) in enumerate(picks):
+        torch.testing.assert_close(rows[r], blocks[c * B + t], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(rows[0], rows[2], atol=1e-3)  # the conditions differ
+    assert all(not s._forward_pre_hooks and not s._forward_hooks for s in model.sites)
+
+
 # --- every measure along the batch equals the measure under turn_off ----------------------------
 def test_each_measure_along_the_batch_equals_one_condition_at_a_time(tiny_llama):
     model, conds = tiny_llama, _every_type(tiny_llama)

@@ -257,27 +257,44 @@ def test_text_passes_keep_a_token_budget(tiny_llama):
     assert torch.equal(batched.lengths, one.lengths)
 
 
-def test_growing_kv_cache_layer_holds_what_concatenation_holds():
-    """models/kv_cache.GrowingLayer against transformers' DynamicLayer: a prefill, steps past its
-    spare room, rows dropped and rows repeated between steps, the same keys and values every time."""
-    from transformers.cache_utils import DynamicLayer
+def test_slot_cache_writes_each_row_at_its_own_length_and_attends_to_exactly_its_keys(tiny_llama):
+    """models/slot_cache: two prefills of different lengths filled into slots (each row repeated for
+    its samples), a step that writes every row's key at its own length, rows moved between slots;
+    the slot attention of a step equals the family's attention over each row's keys alone."""
+    from transformers import DynamicCache
 
-    from neat_llm.models.kv_cache import GrowingLayer
+    from neat_llm.models.slot_cache import SlotCache, SlotGroup
 
-    g = torch.Generator().manual_seed(0)
-    grow, plain = GrowingLayer(), DynamicLayer()
-
-    def step(n_tokens, rows):
-        k, v = torch.randn(rows, 2, n_tokens, 4, generator=g), torch.randn(rows, 2, n_tokens, 4, generator=g)
-        a, b = grow.update(k, v), plain.update(k, v)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-
-    step(5, 6)
-    grow.batch_repeat_interleave(2), plain.batch_repeat_interleave(2)
-    for t in range(GrowingLayer.GROW + 3):  # past the first spare room
-        step(1, 12)
-    keep = torch.tensor([0, 3, 4, 11])
-    grow.batch_select_indices(keep), plain.batch_select_indices(keep)
-    for _ in range(3):
-        step(1, 4)
-    assert grow.get_seq_length() == plain.get_seq_length() == 5 + GrowingLayer.GROW + 6
+    hf = tiny_llama.hf
+    enc = [tiny_llama.encode([t]) for t in ("the rain came over the hills", "a cake")]
+    cache = SlotCache(tiny_llama.n_layers, slots=8, capacity=16)
+    pres = []
+    with torch.inference_mode():
+        for i, e in enumerate(enc):  # prompt i in slots 4i.. (two rows each, one per "sample")
+            pre = DynamicCache()
+            hf(**e, cache=pre, use_cache=True)
+            cache.fill(4 * i, pre, repeats=2)
+            pres.append(pre)
+        n = [e["input_ids"].shape[1] for e in enc]
+        k0 = cache.layers[0].keys
+        assert torch.equal(k0[0, :, :n[0]], pres[0].layers[0].keys[0]) and torch.equal(k0[1], k0[0])
+        assert torch.equal(k0[5, :, :n[1]], pres[1].layers[0].keys[0])
+        slots, lengths = torch.tensor([0, 1, 4, 5]), torch.tensor([n[0], n[0], n[1], n[1]])
+        nxt = torch.tensor([[7], [9], [7], [11]])
+        groups = [SlotGroup(slice(0, 2), 0, n[0] + 1), SlotGroup(slice(2, 4), 4, n[1] + 1)]
+        with cache.step(hf, slots, lengths, groups):
+            got = hf(input_ids=nxt, position_ids=lengths[:, None], cache=cache, use_cache=True).logits[:, -1]
+        for r, (i, s) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):  # each row alone: prompt, then its token
+            ids = torch.cat([enc[i]["input_ids"][0], nxt[r]])[None]
+            alone = hf(input_ids=ids).logits[0, -1]
+            torch.testing.assert_close(got[r], alone, atol=1e-5, rtol=1e-5)
+        assert hf.config._attn_implementation != "neat_slots"  # switched back after the step
+        assert torch.equal(cache.layers[0].keys[1, :, :n[0]], k0[0, :, :n[0]])  # the prompt's keys untouched
+        row1 = cache.layers[0].keys[1, :, :n[0] + 1].clone()
+        cache.move(torch.tensor([1]), torch.tensor([2]), n[0] + 1)
+        assert torch.equal(cache.layers[0].keys[2, :, :n[0] + 1], row1)
+        with pytest.raises(RuntimeError, match="inside SlotCache.step"):
+            cache.layers[0].update(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))
+        with pytest.raises(ValueError, match="capacity"):
+            with cache.step(hf, slots, torch.full((4,), 16), groups):
+                pass

@@ -20,8 +20,10 @@ from ..files import write_text
 # Raise by one whenever a change alters what an evaluation measures for the same settings, so a
 # resumed study never mixes conditions measured before and after it. 2: the shared-prefill sampler
 # gives a left-padded prompt generate's positions (before, padded prompts were continued from
-# shifted positions).
-MEASUREMENT_REVISION = 2
+# shifted positions). 3: the decoding loop of 2026-12-06 reads each prompt alone (no padding beside
+# other prompts) and runs rows in products of other sizes, whose last bits this CPU's BLAS rounds
+# otherwise, so a near-tied draw can fall the other way.
+MEASUREMENT_REVISION = 3
 
 
 def _key(fingerprint: dict) -> str:

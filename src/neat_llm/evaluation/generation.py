@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 
 from ..concepts.representations import batches, repeat_rows
-from ..models.kv_cache import growing_cache
 from ..models.loaded import LoadedModel
+from .decoding import DECODE_TOKENS, decode_prompts
 
 
 def prompt_prefixes(texts: Sequence[str], fraction: float = 0.5, min_words: int = 3, max_words: int = 10) -> list[str]:
@@ -46,9 +46,14 @@ class _InverseCdfSampler:
         chosen = self.choose(scores, self.u[:, t])
         return torch.full_like(scores, -torch.inf).scatter_(1, chosen[:, None], 0.0)
 
+    CHUNK = 64  # rows sampled together: a chunk's [rows, vocabulary] passes stay in the CPU's caches
+
     def choose(self, scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The token each row takes, from its logits [R, V] and its uniforms for this step [R]."""
         u = u.to(scores.device)
+        if len(scores) > self.CHUNK:  # row by row the same tokens, chunk by chunk less memory traffic
+            return torch.cat([self.choose(scores[i:i + self.CHUNK], u[i:i + self.CHUNK])
+                              for i in range(0, len(scores), self.CHUNK)])
         scores = scores.float()
         probs = torch.softmax(scores if self.temperature == 1.0 else scores / self.temperature, dim=-1)  # [R, V]
         V = probs.shape[-1]
@@ -88,17 +93,31 @@ class _InverseCdfSampler:
         lowest = 127 - (above < self.top_p).sum(1, keepdim=True).clamp(max=127)  # the smallest exponent kept
         rows, ids = (exponent >= lowest).nonzero(as_tuple=True)  # C, row-major: each row's tokens in id order
         m = torch.bincount(rows, minlength=r)
-        width = int(m.max())
-        start = m.cumsum(0) - m
-        p = probs.new_zeros(r, width)
-        order = torch.zeros(r, width, dtype=torch.long, device=dev)
-        at = torch.arange(len(rows), device=dev) - start[rows]
-        p[rows, at] = probs[rows, ids]
-        order[rows, at] = ids
-        p, perm = p.sort(dim=-1, descending=True, stable=True)
-        order = order.gather(1, perm)
-        inside = p.cumsum(-1)[:, -1] >= self.top_p
-        return self._pick(p, order, u), inside
+        at = torch.arange(len(rows), device=dev) - (m.cumsum(0) - m)[rows]  # each token's place in its row's C
+        chosen = torch.zeros(r, dtype=torch.long, device=dev)
+        inside = torch.zeros(r, dtype=torch.bool, device=dev)
+        for tier in self._width_tiers(m):  # rows sorted at the width of their own tier, not the widest row's
+            width = int(m[tier].max())
+            here = torch.zeros(r, dtype=torch.bool, device=dev)
+            here[tier] = True
+            take = here[rows]
+            slot = torch.full((r,), -1, dtype=torch.long, device=dev)
+            slot[tier] = torch.arange(len(tier), device=dev)
+            p = probs.new_zeros(len(tier), width)
+            order = torch.zeros(len(tier), width, dtype=torch.long, device=dev)
+            p[slot[rows[take]], at[take]] = probs[rows[take], ids[take]]
+            order[slot[rows[take]], at[take]] = ids[take]
+            p, perm = p.sort(dim=-1, descending=True, stable=True)
+            order = order.gather(1, perm)
+            inside[tier] = p.cumsum(-1)[:, -1] >= self.top_p
+            chosen[tier] = self._pick(p, order, u[tier])
+        return chosen, inside
+
+    @staticmethod
+    def _width_tiers(m: torch.Tensor) -> list[torch.Tensor]:
+        """The rows in tiers of C's width (up to 64, 512, 4,096 tokens, wider), the empty tiers left out."""
+        edges = [0, 64, 512, 4096, int(m.max()) + 1]
+        return [t for a, b in zip(edges, edges[1:]) if len(t := ((m > a) & (m <= b)).nonzero()[:, 0])]
 
     def _pick(self, p: torch.Tensor, order: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The token where the cumulative kept probability first reaches u (of the kept mass);
@@ -130,116 +149,6 @@ def first_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
 
-def _prefilled(model: LoadedModel, prompts: list[str], replicas: int, samples: int, cache=None,
-               score: Sequence[Sequence[str]] = ()):
-    """The prompts encoded once per condition (left padding), every token but the last read into a
-    KV cache, then cache and ids repeated for each prompt's samples (condition-major, prompt-major,
-    sample-minor: the rows ``sample_continuations_along`` generates). ``score``: sets of given
-    continuations (one per prompt each) scored on the same prefill before it is repeated
-    (``_continuation_logliks_on``): [len(score), replicas, len(prompts)] mean log p per token."""
-    enc = repeat_rows(model.encode(prompts), replicas)
-    cache = growing_cache(model.hf.config) if cache is None else cache
-    mask = enc["attention_mask"][:, :-1]
-    # positions as generate gives them (counted over the real tokens): without them a left-padded
-    # prompt's tokens sit as many positions late as it has padding, and the tokens generate then
-    # appends (placed by the mask) see the prompt at the wrong distance
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    model.forward({"input_ids": enc["input_ids"][:, :-1], "attention_mask": mask, "position_ids": positions},
-                  cache=cache, use_cache=True, **_last_logits_only(model))
-    scored = torch.stack([_continuation_logliks_on(model, enc, cache, prompts, conts, replicas) for conts in score]) \
-        if score else None
-    cache.batch_repeat_interleave(samples)
-    return {k: v.repeat_interleave(samples, 0) for k, v in enc.items()}, cache, scored
-
-
-def _continuation_logliks_on(model: LoadedModel, enc: dict[str, torch.Tensor], cache, prompts: list[str],
-                             continuations: Sequence[str], replicas: int) -> torch.Tensor:
-    """Mean log p per token of continuation i after prompt i, read on a copy of ``cache`` (the
-    prompts' tokens but the last, prefilled by ``_prefilled``; ``enc`` their rows): only the
-    prompt's last token and the continuation's tokens are run, and the unembedding only there.
-    The tokens scored are those of prompt + continuation after the prompt's own tokens, as
-    ``perplexity.continuation_logliks_along`` scores them; where the joint text's tokens do not start
-    with the prompt's (a token merged across the boundary), that item is scored the plain way.
-    Returns [replicas, len(prompts)]."""
-    import copy
-
-    from .perplexity import continuation_logliks_along
-
-    tok = model.tokenizer
-    own = tok(list(prompts))["input_ids"]
-    joint = tok([p + c for p, c in zip(prompts, continuations)])["input_ids"]
-    tails = [j[len(o):] for o, j in zip(own, joint)]
-    plain = [i for i, (o, j, t) in enumerate(zip(own, joint, tails)) if j[:len(o)] != o or not t]
-    G, B = replicas, len(prompts)
-    L = max(len(t) for t in tails)
-    ids = torch.full((B, L), int(tok.pad_token_id if tok.pad_token_id is not None else 0), dtype=torch.long)
-    new_mask = torch.zeros(B, L, dtype=enc["attention_mask"].dtype)
-    for i, t in enumerate(tails):  # the prompt's last token, then the continuation's tokens but the last
-        feed = [own[i][-1]] + t[:-1]
-        ids[i, :len(feed)] = torch.tensor(feed)
-        new_mask[i, :len(feed)] = 1
-    ids, new_mask = ids.repeat(G, 1).to(enc["input_ids"].device), new_mask.repeat(G, 1).to(enc["input_ids"].device)
-    mask = torch.cat([enc["attention_mask"][:, :-1], new_mask], dim=1)
-    positions = (enc["attention_mask"][:, :-1].long().sum(-1, keepdim=True) + torch.arange(L, device=ids.device)[None])
-    logits = model.forward({"input_ids": ids, "attention_mask": mask, "position_ids": positions},
-                           cache=copy.deepcopy(cache), use_cache=True).logits.float()  # [G*B, L, V]
-    target = torch.zeros(B, L, dtype=torch.long)
-    for i, t in enumerate(tails):
-        target[i, :len(t)] = torch.tensor(t, dtype=torch.long)
-    target = target.repeat(G, 1).to(logits.device)
-    ll = logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)  # [G*B, L]
-    ll = ll.masked_fill(new_mask == 0, 0.0).double().sum(-1) / new_mask.sum(-1).clamp(min=1)
-    out = ll.reshape(G, B).cpu()
-    if plain:  # the few items whose tokens cross the boundary: the plain reference
-        out[:, plain] = continuation_logliks_along(model, [prompts[i] for i in plain],
-                                                   [continuations[i] for i in plain], G).to(out.dtype)
-    return out
-
-
-def _last_logits_only(model: LoadedModel) -> dict:
-    """``logits_to_keep=1`` where the family's forward takes it: a prefill needs no logits, and the
-    unembedding of every prompt position costs a tenth of a small model's pass."""
-    import inspect
-
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.hf.forward).parameters else {}
-
-
-def _decode(model: LoadedModel, enc: dict[str, torch.Tensor], cache, sampler: "_InverseCdfSampler", u: torch.Tensor,
-            replicas: int, stop: Sequence[int]) -> list[list[int]]:
-    """Our own decoding loop: ``enc``'s rows (``replicas`` equal condition blocks, left padded)
-    continued on ``cache`` (every token but each row's last already read), one token per step,
-    row r's step t drawn with ``u[r, t]``. A row ends on a token in ``stop`` (kept, as ``generate``
-    keeps its end token); a (prompt, sample) job leaves the batch once its rows under every
-    condition have ended, so the blocks stay equal (``conditions_along_batch``) while finished work
-    stops costing decoding steps. Returns each row's new tokens."""
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    G, steps = replicas, u.shape[1]
-    rows = torch.arange(ids.shape[0], device=ids.device)  # the original row of each row still in the batch
-    ended = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    new: list[list[int]] = [[] for _ in range(ids.shape[0])]
-    stop_t = torch.tensor(sorted(set(stop)), dtype=torch.long, device=ids.device)
-    step = ids[:, -1:]
-    for t in range(steps):
-        positions = mask.long().sum(-1, keepdim=True) - 1  # where generate places the token read now
-        logits = model.forward({"input_ids": step, "attention_mask": mask, "position_ids": positions},
-                               cache=cache, use_cache=True).logits[:, -1]
-        chosen = sampler.choose(logits, u[rows, t])
-        live = ~ended[rows]
-        for r, tok in zip(rows[live].tolist(), chosen[live].tolist()):
-            new[r].append(tok)
-        ended[rows[live & torch.isin(chosen, stop_t)]] = True
-        jobs_left = (~ended[rows]).view(G, -1).any(0)  # [B]: a job runs while any condition's row runs
-        if not bool(jobs_left.any()) or t == steps - 1:
-            break
-        step = chosen[:, None]
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        if not bool(jobs_left.all()):
-            keep = jobs_left.repeat(G).nonzero()[:, 0]
-            cache.batch_select_indices(keep)
-            rows, mask, step = rows[keep], mask[keep], step[keep]
-    return new
-
-
 def sample_continuations(model: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 20, seed: int = 0,
                          batch_size: int = 16, temperature: float = 1.0, top_p: float = 0.95,
                          top_k: int = 0, samples: int = 1) -> list[str]:
@@ -255,24 +164,29 @@ def sample_continuations(model: LoadedModel, prompts: Sequence[str], *, max_new_
 def sample_continuations_along(model: LoadedModel, prompts: Sequence[str], replicas: int, *, max_new_tokens: int = 20,
                                seed: int = 0, batch_size: int = 16, temperature: float = 1.0, top_p: float = 0.95,
                                top_k: int = 0, samples: int = 1, stop_at_newline: bool = False,
-                               share_prefill: bool = False) -> list[list[str]]:
+                               share_prefill: bool = False, decode_tokens: int = DECODE_TOKENS) -> list[list[str]]:
     """``sample_continuations`` under each of ``replicas`` conditions along the batch
     (``interventions.conditions_along_batch``), with the same uniforms for every condition, so the
     conditions differ only by what they turned off: [G][n_prompts * samples]. ``stop_at_newline``:
     a continuation ends at its line's end (the line break is not kept), and a batch stops once
-    every row has ended. ``share_prefill``: each prompt is read once per condition and its KV cache
-    copied to its samples (a batch holds whole prompts), about ``samples`` times less prefill; the
-    same continuations as without it (tested), up to float rounding of the batched prefill."""
+    every row has ended. ``share_prefill``: our decoding loop (``decoding.decode_prompts``): each
+    prompt read once per condition and its KV cache copied to its samples, finished rows leaving the
+    batch and new prompts taking their place within ``decode_tokens`` of KV cache (``batch_size``
+    is then unused); every continuation is the one each prompt gets generated alone (tested).
+    Without it, transformers' ``generate`` on ``batch_size`` (prompt, sample) jobs at a time, left
+    padded: the plain reference."""
     return sample_and_score_along(model, prompts, replicas, max_new_tokens=max_new_tokens, seed=seed,
                                   batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k,
-                                  samples=samples, stop_at_newline=stop_at_newline, share_prefill=share_prefill)[0]
+                                  samples=samples, stop_at_newline=stop_at_newline, share_prefill=share_prefill,
+                                  decode_tokens=decode_tokens)[0]
 
 
 @torch.inference_mode()
 def sample_and_score_along(model: LoadedModel, prompts: Sequence[str], replicas: int, *, max_new_tokens: int = 20,
                            seed: int = 0, batch_size: int = 16, temperature: float = 1.0, top_p: float = 0.95,
                            top_k: int = 0, samples: int = 1, stop_at_newline: bool = False, share_prefill: bool = False,
-                           score: Sequence[Sequence[str]] = ()) -> tuple[list[list[str]], torch.Tensor | None]:
+                           score: Sequence[Sequence[str]] = (), decode_tokens: int = DECODE_TOKENS
+                           ) -> tuple[list[list[str]], torch.Tensor | None]:
     """``sample_continuations_along``, and with ``score`` (sets of given continuations, one per prompt
     each, e.g. a held-out hateful and a neutral next statement) their mean log p per token after
     each prompt under each condition, read on the same shared prefill (the prompt is not run again):
@@ -305,30 +219,23 @@ def sample_and_score_along(model: LoadedModel, prompts: Sequence[str], replicas:
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=tok.pad_token_id, eos_token_id=eos,
                               bos_token_id=model.hf.generation_config.bos_token_id)
+    if share_prefill:  # our decoding loop (decoding.py): a prompt read once per condition, finished rows leave
+        sampler = _InverseCdfSampler(u, 0, temperature, top_p, top_k)
+        tokens, scored = decode_prompts(model, prompts, G, samples, u, sampler.choose, stop, tokens=decode_tokens,
+                                        score=score)
+        texts = [tok.batch_decode(t, skip_special_tokens=True) for t in tokens]
+        return [[first_line(t) for t in ts] if stop_at_newline else ts for ts in texts], scored
     out: list[list[str]] = [[""] * len(jobs) for _ in range(G)]
-    scored = torch.zeros(len(score), G, len(prompts), dtype=torch.float64) if score else None
-    per = max(1, batch_size // samples)  # share_prefill: whole prompts per batch
-    groups = ([list(range(p * samples, min(len(prompts), p + per) * samples)) for p in range(0, len(prompts), per)]
-              if share_prefill else [list(r) for r in batches(len(jobs), batch_size)])
-    try:
+    try:  # the plain reference: transformers' generate, every sample prefilling its prompt
         tok.padding_side = "left"  # generation appends on the right; left padding keeps prompts adjacent to it
-        for rows in groups:
+        for rows in batches(len(jobs), batch_size):
+            rows = list(rows)
             ur = torch.stack([u[jobs[r]] for r in rows]).repeat(G, 1)  # [G*B, max_new_tokens]
-            if share_prefill:
-                first, last = jobs[rows[0]][0], jobs[rows[-1]][0] + 1
-                enc, cache, got = _prefilled(model, prompts[first:last], G, samples,
-                                             score=[c[first:last] for c in score])
-                if got is not None:
-                    scored[:, :, first:last] = got
-            else:
-                enc, cache = repeat_rows(model.encode([prompts[jobs[r][0]] for r in rows]), G), None
+            enc = repeat_rows(model.encode([prompts[jobs[r][0]] for r in rows]), G)
             width = enc["input_ids"].shape[1]
             sampler = _InverseCdfSampler(ur, width, temperature, top_p, top_k)
-            if share_prefill:  # our loop: finished jobs leave the batch
-                text = tok.batch_decode(_decode(model, enc, cache, sampler, ur, G, stop), skip_special_tokens=True)
-            else:  # the plain reference: transformers' generate, every sample prefilling its prompt
-                gen = model.generate_ids(enc, generation_config=config, logits_processor=LogitsProcessorList([sampler]))
-                text = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+            gen = model.generate_ids(enc, generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+            text = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
             if stop_at_newline:
                 text = [first_line(t) for t in text]
             for g in range(G):
@@ -336,4 +243,5 @@ def sample_and_score_along(model: LoadedModel, prompts: Sequence[str], replicas:
                     out[g][r] = text[g * len(rows) + j]
     finally:
         tok.padding_side = side
-    return out, scored
+    return out, None
+

@@ -16,7 +16,7 @@ one-condition reference). ``NeuronWrites`` edits what chosen neurons write inste
 read: the concept direction removed from their rows of the down projection (``project_writes``).
 """
 
-from .apply import conditions_along_batch, project_writes, remove_direction, turn_off
+from .apply import conditions_along_batch, project_writes, remove_direction, rows_under, turn_off
 from .direction import DirectionEdit, DirectionEdits
 from .spec import InterventionSpec, SpecError
 from .transport import fit_transport
@@ -28,5 +28,5 @@ from .writes import NeuronWrites, random_writes
 
 __all__ = ["INTERVENTIONS", "MODES", "TRANSPORT_AT", "BlockEdit", "Condition", "Dampen", "DirectionEdit", "DirectionEdits", "remove_direction", "Intervention", "InterventionSpec", "Mean",
            "NeuronSelection", "NeuronStats", "NeuronWrites", "project_writes", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "check_transport_at",
-           "conditions_along_batch", "random_writes",
+           "conditions_along_batch", "rows_under", "random_writes",
            "fit_transport", "turn_off"]

@@ -56,12 +56,31 @@ def turn_off(model: LoadedModel, neurons: "NeuronSelection | Iterable[tuple[int,
         yield sel
 
 
+_ROWS: dict[int, torch.Tensor] = {}  # id(model) -> each row's condition, while ``rows_under`` is open
+
+
+@contextmanager
+def rows_under(model: LoadedModel, conditions: torch.Tensor) -> Iterator[None]:
+    """Inside ``conditions_along_batch``: the passes made in this context hold one row per entry of
+    ``conditions`` (a condition index [R] per row, any order and any count) instead of G equal
+    blocks, e.g. a decoding step whose rows started and end at different times."""
+    key = id(model)
+    if key in _ROWS:
+        raise RuntimeError("rows_under is already open for this model")
+    _ROWS[key] = conditions.to(model.device).long()
+    try:
+        yield
+    finally:
+        del _ROWS[key]
+
+
 @contextmanager
 def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) -> Iterator[int]:
     """Turn neurons off per block of rows: every batch the model sees while the context is open
     must hold ``G = len(conditions)`` equal blocks of rows (condition-major: rows [c*B, (c+1)*B)
-    are under ``conditions[c]``); yields G. Each neuron activation becomes a * scale + shift with
-    (1, 0) for neurons a condition leaves alone, so a block equals ``turn_off`` with its condition."""
+    are under ``conditions[c]``), unless ``rows_under`` names each row's condition; yields G. Each
+    neuron activation becomes a * scale + shift with (1, 0) for neurons a condition leaves alone, so
+    a block equals ``turn_off`` with its condition."""
     conditions = list(conditions)
     if not conditions:
         raise ValueError("no conditions given")
@@ -85,23 +104,49 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
         for l, bw in (cond.writes.prepared(model).items() if cond.writes is not None else ()):
             writes.setdefault(l, {})[c] = bw
 
+    key = id(model)
+
     def blocks_of(x):
         if x.shape[0] % G:
             raise RuntimeError(f"a batch of {x.shape[0]} rows cannot be split into {G} condition blocks")
         return x.reshape(G, x.shape[0] // G, *x.shape[1:])
 
+    def rows_of(c, rows):
+        """The rows under condition c where ``rows_under`` names them."""
+        return (rows == c).nonzero()[:, 0]
+
     def edit(layer, x):
+        rows = _ROWS.get(key)
+        if rows is not None:
+            if len(rows) != x.shape[0]:
+                raise RuntimeError(f"rows_under names {len(rows)} rows, the batch has {x.shape[0]}")
+            at = (len(rows),) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+            return x * scale[layer][rows].view(at).to(x.dtype) + shift[layer][rows].view(at).to(x.dtype)
         y = blocks_of(x).reshape(G, -1, x.shape[-1])
         y = y * scale[layer][:, None].to(x.dtype) + shift[layer][:, None].to(x.dtype)
         return y.reshape(x.shape)
 
     def edit_residual(where, h):
+        rows = _ROWS.get(key)
+        if rows is not None:
+            y = h.clone()
+            for c, e in residual[where].items():
+                r = rows_of(c, rows)
+                y[r] = e.apply(h[r])
+            return y
         y = blocks_of(h).clone()
         for c, e in residual[where].items():
             y[c] = e.apply(y[c])
         return y.reshape(h.shape)
 
     def edit_writes(layer, x, h):
+        rows = _ROWS.get(key)
+        if rows is not None:
+            y = h.clone()
+            for c, bw in writes[layer].items():
+                r = rows_of(c, rows)
+                y[r] = bw.apply(x[r], h[r])
+            return y
         xs, y = blocks_of(x), blocks_of(h).clone()
         for c, bw in writes[layer].items():
             y[c] = bw.apply(xs[c], y[c])

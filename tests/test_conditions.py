@@ -503,8 +503,11 @@ def test_a_direction_edit_at_a_strength_shrinks_the_component_by_that_share():
     assert "strength" not in DirectionEdit(0, v).describe()
     span = DirectionEdits((half, DirectionEdit(1, v, "project", 0.25)))
     assert span.strength == 0.25 and "at strength 0.25" in span.describe() and span.settings()["strength"] == 0.25
-    for bad in (0.0, 1.5, True):
-        with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+    flipped = DirectionEdit(0, v, "project", 2.0)  # a reflection: the component reversed, the rest kept
+    torch.testing.assert_close(flipped.apply(h) @ u, -(h @ u))
+    torch.testing.assert_close(perp(flipped.apply(h)), perp(h))
+    for bad in (0.0, 2.5, True):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 2\]"):
             DirectionEdit(0, v, "project", bad)
 
 
@@ -638,8 +641,8 @@ def test_a_neuron_write_edit_checks_its_input_and_has_its_own_content_key(tiny_l
         NeuronWrites(((0, 1), (0, 1)), v)
     with pytest.raises(ValueError, match="non-zero vector"):
         NeuronWrites(((0, 1),), torch.zeros(m.d_model))
-    with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
-        NeuronWrites(((0, 1),), v, strength=1.5)
+    with pytest.raises(ValueError, match=r"strength must be in \(0, 2\]"):
+        NeuronWrites(((0, 1),), v, strength=2.5)
     with pytest.raises(ValueError, match="out of range"):
         with project_writes(m, NeuronWrites(((0, m.d_ff),), v)):
             pass

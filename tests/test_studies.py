@@ -612,6 +612,51 @@ def test_bias_study_with_writers_edits_what_the_span_writes_beside_random_sets_o
     assert saved["mode"] == "writes"
 
 
+def test_bias_study_ceilings_edit_the_direction_itself_against_before(tiny_llama, tmp_path):
+    """``ceiling``: the run's direction out of the residual at the reading layer, out of what every
+    MLP writes and out of what the writers' span writes, at the writes strength (2: reversed); each
+    row equals the edit measured directly, against before paired over items; kept through bias.json
+    and pooled over cross-fitted folds."""
+    from neat_llm.evaluation.bias import BiasReport
+    from neat_llm.interventions import DirectionEdit, remove_direction
+    from neat_llm.studies.common import span_writes
+
+    kw = dict(data="crows-pairs", ks=[3], n_random=1, min_pairs=2, method="activation", writers=(0, 1),
+              writes_strength=2.0, ceiling=True, progress=False)
+    study = bias_study(tiny_llama, out=tmp_path / "c", **kw)
+    rep, run = study.report, study.run
+    r, last = run.meta.reading_layer, tiny_llama.n_layers - 1
+    names = [f"direction-L{r}", f"mlp-writes-L0-{last}", "mlp-writes-L0-1"]
+    assert rep.items.ceilings == names and sorted({c.ceiling for c in rep.ceilings}) == sorted(names)
+    edits = {names[0]: DirectionEdit(r, run.concept_vector, "project", 2.0),
+             names[1]: span_writes(run.concept_vector, (0, last), "mlp", 2.0)[1],
+             names[2]: span_writes(run.concept_vector, (0, 1), "mlp", 2.0)[1]}
+    for name, edit in edits.items():
+        with remove_direction(tiny_llama, edit):
+            np.testing.assert_allclose(rep.items.prefs[name], pair_preferences(tiny_llama, study.eval))
+        row = next(c for c in rep.ceilings if c.ceiling == name and c.bias_type == "all")
+        assert row.after.score == pytest.approx(100 * np.mean(rep.items.prefs[name]))
+        assert row.vs_before["diff"] == pytest.approx(row.after.score - row.before.score, abs=1e-9)
+    assert rep.items.ppl[names[1]] != pytest.approx(rep.items.ppl["before"])  # the edit changes the model
+    again = BiasReport.from_dict(json.loads((tmp_path / "c" / "bias.json").read_text()))
+    assert again.ceilings == rep.ceilings
+    folds = bias_study(tiny_llama, out=tmp_path / "f", folds=2, **kw)
+    assert folds.report.items.ceilings == names and len(folds.report.items.bias_type) == len(folds.eval)
+    assert {c.ceiling for c in folds.report.ceilings} == set(names)
+    with pytest.raises(ValueError, match=r"writes_strength must be in \(0, 2\]"):
+        bias_study(tiny_llama, out=tmp_path / "bad", **{**kw, "writes_strength": 2.5})
+
+
+def test_cli_bias_ceiling_prints_the_ceilings(tiny_model_dir, tmp_path):
+    r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "crows-pairs", "--k", "2",
+                            "--random", "1", "--min-pairs", "2", "--method", "activation", "--ceiling",
+                            "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "ceilings: the concept direction" in r.stdout and "direction-L" in r.stdout and "mlp-writes-L0-" in r.stdout
+    saved = json.loads((tmp_path / "b" / "bias.json").read_text())
+    assert [c["ceiling"] for c in saved["ceilings"] if c["bias_type"] == "all"][0].startswith("direction-L")
+
+
 def test_bias_study_with_writers_refuses_bad_settings_before_anything_is_found(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="drop mode"):
         bias_study(tiny_llama, data="crows-pairs", ks=[3], out=tmp_path / "a", writers=(0, 1), mode="zero",

@@ -74,7 +74,7 @@ def hate(
     ceiling_units: Optional[str] = typer.Option(None, "--ceiling-units", help="(demonstrations) also every MLP unit of a span of blocks under the study's intervention, e.g. 20-27 with --mode transport (rows units-L<a>-<b>: the unit-level ceiling)"),
     ceiling_writers: Optional[str] = typer.Option(None, "--ceiling-writers", help="(demonstrations) also the run's concept direction removed from what the MLPs of a span of blocks write, and apart from what their attention writes, e.g. 0-29 (rows mlp-writes-L<a>-<b>, attn-writes-L<a>-<b>: which writer puts the direction there; refused where a family normalises those outputs)"),
     writer_ks: Optional[str] = typer.Option(None, "--writer-ks", help="(demonstrations, with --ceiling-writers) also the concept direction removed from what only the K neurons of each writer span write that write most of it (mean activation on concept minus contrast text times the neuron's write along the direction), e.g. 500,2000 (rows writes-K<K>-L<a>-<b>, each beside --random random K-sets of the span, the same edit, with vs rnd)"),
-    ceiling_strength: float = typer.Option(1.0, "--ceiling-strength", help="(demonstrations) the direction ceilings at this strength t in (0, 1]: h - t (h.u) u (1: the direction removed; less: shrunk, for less fluency cost); file names add -t<t>"),
+    ceiling_strength: float = typer.Option(1.0, "--ceiling-strength", help="(demonstrations) the direction ceilings at this strength t in (0, 2]: h - t (h.u) u (1: the direction removed; less: shrunk, for less fluency cost; 2: reversed); file names add -t<t>"),
     transport_at: Optional[str] = typer.Option(None, "--transport-at", help="(demonstrations, --mode transport) fit the map on the run's fit texts at each one's last token ('last': the end of a demonstration prompt, where the model writes) or at every token ('all'); default: the run's own all-token means"),
     probe: str = typer.Option("prototypical", "--probe", help="(demonstrations) prototypical (find's probe batch) or paired (each probe a hateful text with a neutral one about the same target group: what separates hate within a group, not one group from another)"),
     shared_conditions: bool = typer.Option(True, "--shared-conditions/--no-shared-conditions", help="(demonstrations) take a condition another study already measured the same way (same weights, prompts, draws, and the same neurons changed the same way: the before row, random K-sets) from the cache ($NEAT_LLM_CACHE/conditions) instead of measuring it again; the study lists what it reused"),
@@ -321,7 +321,8 @@ def bias(
     alpha: AlphaOption = None,
     strength: StrengthOption = None,
     writers: Optional[str] = typer.Option(None, "--writers", help="the K rows edit what neurons write, not their activations: the concept direction removed from what the K neurons of this span of blocks (e.g. 15-29) that write most of it write, beside random K-sets of the span under the same edit (the NEAT ranking is not used, so a cheap --method such as auroc suffices)"),
-    writes_strength: float = typer.Option(1.0, "--writes-strength", help="with --writers: the share of each write along the concept direction removed, in (0, 1]"),
+    writes_strength: float = typer.Option(1.0, "--writes-strength", help="with --writers: the share of each write along the concept direction removed, in (0, 2] (1: removed, 2: reversed, a reflection of each output vector)"),
+    ceiling: bool = typer.Option(False, "--ceiling", help="also the concept direction edited itself (at --writes-strength), against before: out of the residual stream at the reading layer (direction-L<r>), out of what every MLP writes (mlp-writes-L0-<last>: every neuron, the ceiling of any --writers set) and, with --writers, what the MLPs of that span write"),
     neurons_subset: NeuronsSubsetOption = None,
     layers: LayersOption = None,
     probe_size: ProbeSizeOption = 8,
@@ -359,7 +360,7 @@ def bias(
                                      min_pairs=min_pairs, mode=mode, alpha=alpha, strength=strength, seed=seed, layer_rule=layer_rule,
                                      templates=templates, probe=probe, folds=folds,
                                      share_conditions=shared_conditions, writers=_one_span(writers, "--writers"),
-                                     writes_strength=writes_strength)
+                                     writes_strength=writes_strength, ceiling=ceiling)
         m = nl.load_model(model)
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
@@ -387,6 +388,17 @@ def bias(
         t.add_row(row.bias_type, str(row.n), str(row.k), s(row.before), s(row.after), s(row.random), vs,
                   f"{row.ppl_ratio:.3f}", f"{row.random_ppl_ratio:.3f}")
     out.print(t)
+    if r.ceilings:
+        c = Table(title="ceilings: the concept direction edited itself (every neuron), against before (above), "
+                        "paired over items")
+        c.add_column("ceiling", no_wrap=True)
+        for col in ("bias type", "n", "after", "vs before (paired)", "ppl ratio"):
+            c.add_column(col, justify="left" if col == "bias type" else "right")
+        for row in r.ceilings:
+            v = row.vs_before
+            c.add_row(row.ceiling, row.bias_type, str(row.n), s(row.after),
+                      f"{v['diff']:+.1f} [{v['ci'][0]:+.1f}, {v['ci'][1]:+.1f}]", f"{row.ppl_ratio:.3f}")
+        out.print(c)
     st = r.settings
     cv = st.paired_cv_accuracy
     if st.reused_conditions:

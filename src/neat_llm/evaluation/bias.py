@@ -144,6 +144,28 @@ class BiasRow:
 
 
 @dataclass
+class CeilingRow:
+    """One bias type (or ``all``) under one ceiling (an edit of the concept direction itself, e.g. out
+    of what every MLP writes): its score against before, paired over items, no random control."""
+
+    bias_type: str
+    ceiling: str
+    n: int
+    before: StereotypeScore
+    after: StereotypeScore
+    ppl_ratio: float
+    vs_before: dict | None = None  # PairedDifference (points) of after − before
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "CeilingRow":
+        kept = known(cls, d, missing_numbers=True)
+        kept["vs_before"] = d.get("vs_before") if isinstance(d.get("vs_before"), Mapping) else None
+        for side in ("before", "after"):
+            kept[side] = StereotypeScore(**{"n": d.get("n", 0), **known(StereotypeScore, d[side])})
+        return cls(**kept)
+
+
+@dataclass
 class BiasSettings:
     """How a bias evaluation was made (bias.json "settings"). The evaluation fills the first block;
     ``neat bias`` the rest (the data, the reading layer and how readable the concept is there).
@@ -185,12 +207,13 @@ class ItemPreferences:
     prefs: dict[str, list[float]]
     ppl: dict[str, float]
     conditions: dict[int, tuple[str, list[str]]]
+    ceilings: list[str] = field(default_factory=list)  # conditions measured beside the K rows, with no control
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ItemPreferences":
         return cls(list(d["bias_type"]), {k: [float(x) for x in v] for k, v in d["prefs"].items()},
                    {k: float(v) for k, v in d["ppl"].items()},
-                   {int(k): (v[0], list(v[1])) for k, v in d["conditions"].items()})
+                   {int(k): (v[0], list(v[1])) for k, v in d["conditions"].items()}, list(d.get("ceilings") or []))
 
     @classmethod
     def pooled(cls, parts: Sequence["ItemPreferences"]) -> "ItemPreferences":
@@ -199,11 +222,12 @@ class ItemPreferences:
         the parts' ratios, kept as ``ppl`` with before at 1."""
         first = parts[0]
         names = list(first.prefs)
-        if any(list(p.prefs) != names or p.conditions != first.conditions for p in parts):
+        if any(list(p.prefs) != names or p.conditions != first.conditions or p.ceilings != first.ceilings
+               for p in parts):
             raise ValueError("the parts were evaluated under different conditions")
         ratio = {n: float(np.mean([p.ppl[n] / p.ppl[BEFORE] for p in parts])) for n in names}
         return cls([t for p in parts for t in p.bias_type], {n: [x for p in parts for x in p.prefs[n]] for n in names},
-                   ratio, first.conditions)
+                   ratio, first.conditions, list(first.ceilings))
 
 
 @dataclass
@@ -219,6 +243,7 @@ class BiasReport:
     seconds: float
     settings: BiasSettings = field(default_factory=BiasSettings)
     items: ItemPreferences | None = None  # every item's preference under every condition (pooling, resume)
+    ceilings: list[CeilingRow] = field(default_factory=list)  # the direction-level ceilings beside the K rows
 
     @property
     def edits_writes(self) -> bool:
@@ -236,10 +261,11 @@ class BiasReport:
         empty = dict(dataset="", lang="", method="", mode="", n_eval_pairs=0, ppl_before=float("nan"), passes={},
                      seconds=float("nan"))
         items = d.get("items")
-        return cls(**{**empty, **known(cls, d, skip=("rows", "settings", "items"))},
+        return cls(**{**empty, **known(cls, d, skip=("rows", "settings", "items", "ceilings"))},
                    rows=[BiasRow.from_dict(r) for r in d.get("results", [])],
                    settings=BiasSettings(**known(BiasSettings, d.get("settings") or {})),
-                   items=ItemPreferences.from_dict(items) if isinstance(items, Mapping) else None)
+                   items=ItemPreferences.from_dict(items) if isinstance(items, Mapping) else None,
+                   ceilings=[CeilingRow.from_dict(r) for r in d.get("ceilings") or []])
 
 
 @dataclass
@@ -268,7 +294,8 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
                   n_boot: int = 1000, min_pairs: int = 5, batch_size: int = 16, store: ConditionStore | None = None,
                   on_condition: Callable[[str], None] | None = None, dataset: str = "", lang: str = "",
                   method: str = "", alpha: float | None = None, per_batch: int = CONDITIONS_PER_BATCH,
-                  conditions: Mapping[int, tuple[Condition, Sequence[Condition]]] | None = None) -> BiasReport:
+                  conditions: Mapping[int, tuple[Condition, Sequence[Condition]]] | None = None,
+                  ceilings: Sequence[Condition] = ()) -> BiasReport:
     """Stereotype scores of the held-out ``pairs`` (minimal pairs, or templates scored by their
     decoder metric) per bias type (types with fewer than ``min_pairs``
     pairs only count towards ``all``) before, with each top-K set off and with ``n_random`` random
@@ -277,7 +304,9 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
     ``per_batch`` conditions are measured at a time along the batch. ``conditions``: the study's own
     {K: (its condition, its random controls)} instead of those made from ``selection_by_k`` and
     ``mode`` (e.g. the concept direction out of what K neurons write, ``NeuronWrites``); then the
-    report's mode and intervention settings are the top conditions' kind ("writes")."""
+    report's mode and intervention settings are the top conditions' kind ("writes"). ``ceilings``:
+    conditions measured beside them with no random control (the concept direction edited itself,
+    e.g. ``DirectionEdit``), each against before (``ceiling_rows``)."""
     if len(pairs) == 0:
         raise ValueError(f"{pairs.name}: no pairs to evaluate")
     if conditions is None:
@@ -289,14 +318,16 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
     else:
         conds, (mode_name, iv_settings) = _given_conditions(conditions, n_random)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
-    flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
+    flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])] + list(ceilings)
     got = run_conditions(model, flat, BiasMeasure(pairs, neutral_texts, batch_size), store=store,
                          per_batch=per_batch, on_condition=on_condition)
     items = ItemPreferences(list(pairs.bias_type), {n: [float(x) for x in v[0]] for n, v in got.items()},
                             {n: float(v[1]) for n, v in got.items()},
-                            {int(k): (top.name, [c.name for c in rand]) for k, (top, rand) in sorted(conds.items())})
+                            {int(k): (top.name, [c.name for c in rand]) for k, (top, rand) in sorted(conds.items())},
+                            [c.name for c in ceilings])
     return BiasReport(dataset=dataset, lang=lang, method=method, mode=mode_name, n_eval_pairs=len(pairs),
                       ppl_before=got[BEFORE][1], rows=bias_rows(items, n_boot, seed, min_pairs),
+                      ceilings=ceiling_rows(items, n_boot, seed, min_pairs),
                       passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
                       settings=BiasSettings(n_random=n_random, seed=seed, n_boot=n_boot, min_pairs=min_pairs,
                                             n_neutral=len(neutral_texts), intervention=iv_settings), items=items)
@@ -329,6 +360,30 @@ def writes_settings(edit) -> dict:
     return {"mode": "writes", **{k: v for k, v in edit.settings().items() if k in ("site", "strength", "vector_norm")}}
 
 
+def _groups(items: ItemPreferences, min_pairs: int) -> tuple[np.ndarray, list[str]]:
+    """(each item's type, the groups reported: ``all`` first, then each type with ``min_pairs`` items)."""
+    types = np.array(items.bias_type)
+    return types, [ALL] + [t for t in sorted(set(items.bias_type)) if (types == t).sum() >= min_pairs]
+
+
+def ceiling_rows(items: ItemPreferences, n_boot: int = 1000, seed: int = 0, min_pairs: int = 5) -> list[CeilingRow]:
+    """One row per ceiling and group: its stereotype score against before, paired over items."""
+    from .paired_stats import paired_difference
+
+    types, groups = _groups(items, min_pairs)
+    pb = np.asarray(items.prefs[BEFORE])
+    rows = []
+    for name in items.ceilings:
+        pa = np.asarray(items.prefs[name])
+        for g in groups:
+            m = np.ones(len(pa), bool) if g == ALL else types == g
+            rows.append(CeilingRow(bias_type=g, ceiling=name, n=int(m.sum()), before=StereotypeScore.of(pb[m], n_boot, seed),
+                                   after=StereotypeScore.of(pa[m], n_boot, seed),
+                                   ppl_ratio=items.ppl[name] / items.ppl[BEFORE],
+                                   vs_before=paired_difference(100 * pa[m], 100 * pb[m], seed=seed).to_dict()))
+    return rows
+
+
 def bias_rows(items: ItemPreferences, n_boot: int = 1000, seed: int = 0, min_pairs: int = 5) -> list[BiasRow]:
     """One row per K and bias type (``all`` first; a type with fewer than ``min_pairs`` items only
     counts towards ``all``): the stereotype scores before, after and with the random K-sets off
@@ -336,8 +391,7 @@ def bias_rows(items: ItemPreferences, n_boot: int = 1000, seed: int = 0, min_pai
     after − before paired over items (points)."""
     from .paired_stats import paired_difference
 
-    types = np.array(items.bias_type)
-    groups = [ALL] + [t for t in sorted(set(items.bias_type)) if (types == t).sum() >= min_pairs]
+    types, groups = _groups(items, min_pairs)
     pb, ppl_b = np.asarray(items.prefs[BEFORE]), items.ppl[BEFORE]
     rows = []
     for k, (top, rand) in sorted(items.conditions.items()):

@@ -2,10 +2,12 @@
 direction-level ceiling of a neuron intervention (what removing the concept direction itself does,
 beside what turning its neurons off does).
 
-- ``project``: h -> h - t (h . u) u, u = v / |v|: the direction removed (t = 1) or shrunk;
+- ``project``: h -> h - t (h . u) u, u = v / |v|: the direction removed (t = 1), shrunk (t < 1)
+  or reversed (t = 2: a reflection, the component along u the opposite of what it was);
 - ``subtract``: h -> h - t v: the concept vector subtracted (a constant shift),
 
-at ``strength`` t in (0, 1] (1: the whole of it; less trades effect for fluency), on what
+at ``strength`` t in (0, 2] (1: the whole of it; less trades effect for fluency; up to 2 pushes the
+other way, as far as the component was on the concept's side), on what
 ``site`` names: the block's output ("block", the residual stream after the block), or only what the
 block's MLP ("mlp") or its attention ("attn") adds to the residual stream: which writer puts the
 direction there.
@@ -25,10 +27,14 @@ DIRECTION_KINDS = ("project", "subtract")
 DIRECTION_SITES = ("block", "mlp", "attn")
 
 
+MAX_DIRECTION_STRENGTH = 2.0  # a reflection: the component along the direction reversed, not scaled past it
+
+
 def check_direction_strength(value, name: str) -> None:
-    """A direction edit's strength: a number in (0, 1] (``name`` says whose, in the error)."""
-    if isinstance(value, bool) or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    """A direction edit's strength: a number in (0, 2] (``name`` says whose, in the error)."""
+    if isinstance(value, bool) or not 0.0 < float(value) <= MAX_DIRECTION_STRENGTH:
+        raise ValueError(f"{name} must be in (0, {MAX_DIRECTION_STRENGTH:g}], got {value!r} "
+                         "(1 removes the component along the direction, 2 reverses it)")
 
 
 @dataclass(frozen=True)

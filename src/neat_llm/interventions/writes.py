@@ -2,8 +2,9 @@
 residual stream loses its component along one direction, every position.
 
 Neuron k of block l writes a_k w_k into the residual stream (w_k its row of the down projection,
-``model.weight_out(l)``). ``NeuronWrites`` removes, at ``strength`` t in (0, 1], the part of those
-writes along u = v / |v|:
+``model.weight_out(l)``). ``NeuronWrites`` removes, at ``strength`` t in (0, 2], the part of those
+writes along u = v / |v| (t = 1; t = 2 reverses it, a reflection of each output vector in the
+plane orthogonal to u, so the neurons write the opposite of what they wrote along the concept):
 
     h_mlp -> h_mlp - t (sum_k a_k c_k) u,   c_k = w_k . u   (k over the chosen neurons of block l)
 

@@ -21,17 +21,17 @@ from ..concepts.datasets import MinimalPairs, load_pairs
 from ..concepts.templates import BiasTemplates, load_templates
 from ..concepts.paired import pair_differences, paired_accuracy, paired_cv_accuracy
 from ..concepts.vectors import choose_reading_layer
-from ..evaluation.bias import BiasReport, ItemPreferences, bias_rows, evaluate_bias
+from ..evaluation.bias import BiasReport, ItemPreferences, bias_rows, ceiling_rows, evaluate_bias
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
 
 from ..find import default_run_dir
-from ..interventions import Condition, random_writes
+from ..interventions import Condition, DirectionEdit, random_writes
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
 from ..runs import Run, RunFiles
 from ..runs import write_text
-from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results, writes_row
+from .common import find_or_reuse, measure_conditions, neuron_pool, span_writes, study_folder, write_results, writes_row
 from .settings import BiasStudySettings
 
 __all__ = ["BiasStudy", "bias_study", "load_pairs"]
@@ -174,14 +174,17 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
     neutral = NEUTRAL_BY_LANG.get(s.lang, NEUTRAL_TEXTS)
     shared = {"eval": repr(ev), "neutral": neutral} if s.share_conditions else None  # what a preference depends on
     writes = writer_conditions(model, run, s.writers, ks, s.n_random, seed, s.writes_strength) if s.writers else None
+    ceilings = bias_ceilings(model, run, s) if s.ceiling else []
     data = {"method": method, "eval": repr(ev), "neutral": neutral,
-            **({"writers": list(s.writers), "writes_strength": s.writes_strength} if s.writers else {})}
+            **({"writers": list(s.writers), "writes_strength": s.writes_strength} if s.writers else {}),
+            **({"ceilings": [c.name for c in ceilings]} if ceilings else {})}
     report, store = measure_conditions(
         out, RunFiles.BIAS_PARTIAL, run, iv, ks, s.n_random, seed, data, "bias evaluation", progress,
         lambda store, tick: evaluate_bias(model, ev, run.selections(ks), n_random=s.n_random, seed=seed, mode=iv,
                                           neuron_pool=neuron_pool(run), neutral_texts=neutral, n_boot=s.n_boot,
                                           min_pairs=s.min_pairs, store=store, on_condition=tick, dataset=items_name,
-                                          lang=s.lang, method=method, conditions=writes), shared=shared)
+                                          lang=s.lang, method=method, conditions=writes, ceilings=ceilings),
+        extra=len(ceilings), shared=shared)
     report.settings = replace(
         report.settings, bias_type=s.bias_type, n_fit_pairs=len(fit), eval_fraction=s.eval_fraction,
         templates=s.templates, n_eval_items=len(ev), probe=s.probe, score=run.meta.params.get("score"),
@@ -212,6 +215,23 @@ def writer_conditions(model: LoadedModel, run: Run, span: tuple[int, int], ks: l
     return out
 
 
+def bias_ceilings(model: LoadedModel, run: Run, s: BiasStudySettings) -> list[Condition]:
+    """The ceilings beside the K rows, the run's concept direction edited itself at the study's
+    writes strength: out of the residual stream at the reading layer ("direction-L<r>"); out of what
+    every block's MLP writes ("mlp-writes-L0-<last>", every neuron's write: the ceiling of any
+    neuron-write set); with ``writers``, out of what the MLPs of that span write. The writes rows
+    only where the family's MLP output is its write (not Gemma 2/3)."""
+    t, u, r = s.writes_strength, run.concept_vector, run.meta.reading_layer
+    out = [Condition(f"direction-L{r}", residual=DirectionEdit(r, u, "project", t))]
+    if model.family.mlp_output_direct:
+        spans = [(0, model.n_layers - 1)] + ([tuple(s.writers)] if s.writers and tuple(s.writers) != (0, model.n_layers - 1)
+                                              else [])
+        for span in spans:
+            name, edit = span_writes(u, span, "mlp", t)
+            out.append(Condition(name, residual=edit))
+    return out
+
+
 def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> tuple[Run, BiasReport] | None:
     """A fold's run and report when it is finished under these settings (sizes, controls, items,
     the intervention with its parameters), else None."""
@@ -227,6 +247,7 @@ def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> tuple[
     else:
         iv_ok = rep.settings.intervention == json.loads(json.dumps(run.intervention(s.mode, s.alpha, s.strength).settings()))
     ok = (it is not None and sorted(it.conditions) == sorted(s.ks) and len(it.bias_type) == n_items
+          and bool(it.ceilings) == s.ceiling
           and all(len(r) == s.n_random for _, r in it.conditions.values()) and rep.settings.seed == s.seed and iv_ok)
     return (run, rep) if ok else None
 
@@ -278,6 +299,7 @@ def _pooled_report(parts: list[BiasStudy], s: BiasStudySettings, n_items: int) -
     return BiasReport(dataset=first.dataset, lang=first.lang, method=first.method, mode=first.mode,
                       n_eval_pairs=n_items, ppl_before=first.ppl_before,
                       rows=bias_rows(pooled, s.n_boot, s.seed, s.min_pairs),
+                      ceilings=ceiling_rows(pooled, s.n_boot, s.seed, s.min_pairs),
                       passes={k: sum(p.report.passes.get(k, 0) for p in parts) for k in first.passes},
                       seconds=sum(p.report.seconds for p in parts), settings=settings, items=pooled)
 

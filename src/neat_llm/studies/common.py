@@ -22,7 +22,7 @@ from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..progress import progress_bar
 from ..evaluation.checkpoints import ConditionStore, SharedConditions
-from ..interventions import Intervention
+from ..interventions import DirectionEdit, DirectionEdits, Intervention
 from ..runs import Run, RunError, RunFiles, check_run_folder, run_folder_lock, write_text
 
 R = TypeVar("R")
@@ -64,6 +64,15 @@ def find_or_reuse(model: LoadedModel, concept: ConceptSet, method: str, out: Pat
         settings = FindSettings.of(settings, exact_top=max(max(ks), settings.top_k))
     return find_concept_neurons(model, concept, method, settings, out=out, neurons=neurons, probe_pairs=probe_pairs,
                                 progress=progress)
+
+
+def span_writes(vector: torch.Tensor, span: tuple[int, int], site: str, strength: float = 1.0) -> tuple[str, DirectionEdits]:
+    """(its row's name, the edit): ``vector``'s direction edited out of what ``site`` ("mlp" or
+    "attn") of every block of ``span`` writes, at ``strength`` (every neuron of the span: the
+    ceiling of the K writers)."""
+    a, b = span
+    return f"{site}-writes-L{a}-{b}", DirectionEdits(tuple(DirectionEdit(l, vector, "project", strength, site=site)
+                                                          for l in range(a, b + 1)))
 
 
 def writes_row(k: int, span: tuple[int, int]) -> str:

@@ -34,7 +34,7 @@ from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, Neur
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
-from .common import find_or_reuse, measure_conditions, neuron_pool, study_folder, write_results, writes_row
+from .common import find_or_reuse, measure_conditions, neuron_pool, span_writes, study_folder, write_results, writes_row
 from .hate import _groups, hate_concept
 from .settings import DemonstrationStudySettings
 
@@ -156,8 +156,8 @@ def _ceilings(model: LoadedModel, run: Run, concept: ConceptSet, fs: FindSetting
     for a, b in writers:
         for site in ("mlp", "attn"):
             model.writer(site, a)  # refuses, by name and before any evaluation, a family that normalises its writers
-            out[f"{site}-writes-L{a}-{b}"] = DirectionEdits(tuple(
-                DirectionEdit(l, run.concept_vector, "project", t, site=site) for l in range(a, b + 1)))
+            name, edit = span_writes(run.concept_vector, (a, b), site, t)
+            out[name] = edit
         for k in s.writer_ks or ():
             out[writes_row(k, (a, b))] = NeuronWrites(writer_neurons(model, run, (a, b), k), run.concept_vector, t)
     return out

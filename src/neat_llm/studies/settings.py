@@ -121,7 +121,8 @@ class BiasStudySettings(Changeable):
     folds: int | None = None
     share_conditions: bool = True  # conditions another study measured the same way taken from the cache (SharedConditions)
     writers: tuple[int, int] | None = None  # the K rows: the concept direction out of what the K neurons of blocks a..b that write most of it write (NeuronWrites), random K-sets of the span the control
-    writes_strength: float = 1.0  # with writers: the share of each write along the direction removed
+    writes_strength: float = 1.0  # with writers: the share of each write along the direction removed (2: reversed)
+    ceiling: bool = False  # the concept direction edited itself beside the K rows: at the reading layer, out of what every MLP (and the writers' span) writes
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", _ks(self.ks))

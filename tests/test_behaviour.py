@@ -375,7 +375,7 @@ def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
 
     from neat_llm.cli import app
 
-    args = ["hate", "--design", "demonstrations", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
+    args = ["hate", "--design", "demonstrations", "--writers", "none", "--readout", "recognition", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
             "--k", "3", "--random", "1", "--prompts", "3", "--samples", "2", "--neutral-prompts", "2",
             "--per-prompt", "2", "--new-tokens", "4", "--out", str(tmp_path / "d")]
     res = CliRunner().invoke(app, args + ["--json"])
@@ -417,6 +417,39 @@ def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
     assert json.loads(res.output.strip().splitlines()[-1])["settings"]["reused_conditions"] == []
 
 
+def test_cli_hate_by_default_measures_the_writers_of_the_second_half_on_demonstrations(tiny_model_dir, tmp_path):
+    """``neat hate`` on ToxiGen with no design: demonstration prompts, the concept read where the model
+    writes (the generation readout, at the last block), found with next-line, and the K rows the
+    concept direction out of what the K writers of the second half of the blocks write (K = 2000 or
+    half the span), beside one random K-set of the span under the same edit."""
+    from typer.testing import CliRunner
+
+    from neat_llm.cli import app
+    from neat_llm.runs import Run
+
+    args = ["hate", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk", "--prompts", "3",
+            "--samples", "2", "--neutral-prompts", "2", "--per-prompt", "2", "--new-tokens", "4"]
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "d"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output.strip().splitlines()[-1])
+    run = Run.load(tmp_path / "d")
+    n, d_ff = run.meta.n_layers, run.meta.d_ff
+    a = n // 2
+    k = min(2000, (n - a) * d_ff // 2)
+    assert got["mode"] == "writes" and got["settings"]["site"] == "neuron-writes"
+    assert [(r["k"], r["condition"]) for r in got["rows"]] == [(0, "before"), (k, "concept"), (k, "random")]
+    assert got["rows"][2]["n_sets"] == 1 and set(got["rows"][1]["vs_random"]) == {"hate_rate", "next_gap"}
+    assert f"blocks {a}-{n - 1}" in got["intervention"] and "the K MLP neurons" in got["intervention"]
+    assert run.meta.method == "next-line" and run.meta.reading_layer == n - 1
+    assert got["settings"]["readout"] == "generation"
+    assert (tmp_path / "d" / f"behaviour-writes-L{a}-{n - 1}.json").is_file()
+    res = CliRunner().invoke(app, args + ["--writers", "0-1", "--mode", "zero", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--writers edits what the neurons write" in res.output
+    res = CliRunner().invoke(app, ["hate", "--design", "prefixes", "--writers", "0-1", "--model", str(tiny_model_dir)])
+    assert res.exit_code == 2 and "demonstrations design" in res.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_study_finds_with_the_score_it_is_given_and_refuses_to_reuse_another(tiny_model_dir, tmp_path):
     """``neat hate --score positive --specificity 2`` finds with that rule and lambda; the same folder
     asked for another lambda (or score) is refused by name, never silently reused."""
@@ -424,7 +457,7 @@ def test_a_study_finds_with_the_score_it_is_given_and_refuses_to_reuse_another(t
 
     from neat_llm.cli import app
 
-    args = ["hate", "--design", "demonstrations", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
+    args = ["hate", "--design", "demonstrations", "--writers", "none", "--readout", "recognition", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
             "--k", "3", "--random", "1", "--prompts", "3", "--samples", "2", "--neutral-prompts", "2",
             "--per-prompt", "2", "--new-tokens", "4", "--out", str(tmp_path / "d")]
     res = CliRunner().invoke(app, args + ["--score", "positive", "--specificity", "2", "--json"])
@@ -612,7 +645,7 @@ def test_a_demonstration_study_finds_with_the_method_and_activation_pool_it_is_g
     from neat_llm.cli import app
     from neat_llm.runs import Run
 
-    args = ["hate", "--design", "demonstrations", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
+    args = ["hate", "--design", "demonstrations", "--writers", "none", "--readout", "recognition", "--model", str(tiny_model_dir), "--fit-groups", "hillfolk,riverfolk",
             "--readout", "generation", "--k", "3", "--random", "1", "--prompts", "3", "--samples", "2",
             "--neutral-prompts", "2", "--per-prompt", "2", "--new-tokens", "4", "--out", str(tmp_path / "d")]
     res = CliRunner().invoke(app, args + ["--method", "auroc", "--activation-pool", "last", "--json"])

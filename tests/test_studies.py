@@ -344,7 +344,7 @@ def test_bias_study_reads_at_the_paired_layer(tiny_llama, tmp_path):
 
 # --- the commands -------------------------------------------------------------------------------
 def test_cli_hate_and_bias(tiny_model_dir, tmp_path):
-    r = runner.invoke(app, ["hate", "--model", str(tiny_model_dir), "--k", "2,3", "--random", "1", "--prompts", "4",
+    r = runner.invoke(app, ["hate", "--design", "prefixes", "--model", str(tiny_model_dir), "--k", "2,3", "--random", "1", "--prompts", "4",
                             "--new-tokens", "3", "--label-yes", " today", "--label-no", " and", "--eval-groups",
                             "coastfolk", "--out", str(tmp_path / "h"), "--json"])
     assert r.exit_code == 0, r.output
@@ -363,10 +363,10 @@ def test_cli_hate_and_bias(tiny_model_dir, tmp_path):
     r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "indibias", "--bias-type", "gender",
                             "--out", str(tmp_path / "g")])
     assert r.exit_code == 2 and "no pairs of bias type" in r.output
-    r = runner.invoke(app, ["hate", "--model", str(tiny_model_dir), "--eval-groups", "martians",
+    r = runner.invoke(app, ["hate", "--design", "prefixes", "--model", str(tiny_model_dir), "--eval-groups", "martians",
                             "--label-yes", " today", "--label-no", " and", "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "unknown ToxiGen group" in r.output
-    r = runner.invoke(app, ["hate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "y")])
+    r = runner.invoke(app, ["hate", "--design", "prefixes", "--model", str(tiny_model_dir), "--out", str(tmp_path / "y")])
     assert r.exit_code == 2 and "single-token" in r.output  # " Yes" is several tokens for the tiny tokenizer
     assert not (tmp_path / "y").exists()  # refused before anything was written
 

@@ -58,10 +58,10 @@ def hate(
     label_col: str = typer.Option("label", "--label-col", help="(own file) column holding the label"),
     positive: str = typer.Option("hate", "--positive", help="(own file) label value(s) of hateful texts"),
     contrast: Optional[str] = typer.Option(None, "--contrast", help="(own file) label value(s) of neutral texts (default: all others)"),
-    method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
-    design: str = typer.Option("prefixes", "--design", help="prefixes (continue the first half of held-out hateful sentences) or demonstrations (lists of held-out statements about a group; METHOD.md section 6: paired vs random, judge set on neutral continuations, judge-free measure)"),
-    k: Optional[str] = typer.Option(None, "--k", help="sizes of the top-K sets turned off (default: 10,50,100,500,2000; demonstrations: the K chosen on the fit split at perplexity ratios 1.05 and 1.10)"),
-    n_random: RandomOption = 3,
+    method: Optional[str] = typer.Option(None, "--method", help="how to find the neurons (any `neat find` method; default: neat, and next-line for the demonstrations design, whose writers it ranks from the run's means and direction)"),
+    design: Optional[str] = typer.Option(None, "--design", help="demonstrations (lists of held-out statements about a group; METHOD.md section 6: paired vs random, judge set on neutral continuations, judge-free measure; the default for toxigen) or prefixes (continue the first half of held-out hateful sentences; the default for other data)"),
+    k: Optional[str] = typer.Option(None, "--k", help="sizes of the top-K sets turned off (default: 10,50,100,500,2000; demonstrations: 2000 writers, or with --writers none the K chosen on the fit split at perplexity ratios 1.05 and 1.10)"),
+    n_random: Optional[int] = typer.Option(None, "--random", help="random K-sets per K, the control (default 3; demonstrations with writers: 1)"),
     fit_groups: Optional[str] = typer.Option(None, "--fit-groups", help="ToxiGen target groups to find the neurons on (default: all but --eval-groups)"),
     eval_groups: Optional[str] = typer.Option(None, "--eval-groups", help="ToxiGen target groups to evaluate on (default: all but --fit-groups)"),
     max_per_side: Optional[int] = typer.Option(None, "--max-per-side", help="seeded cap on fit texts per side"),
@@ -79,7 +79,9 @@ def hate(
     probe: str = typer.Option("prototypical", "--probe", help="(demonstrations) prototypical (find's probe batch) or paired (each probe a hateful text with a neutral one about the same target group: what separates hate within a group, not one group from another)"),
     shared_conditions: bool = typer.Option(True, "--shared-conditions/--no-shared-conditions", help="(demonstrations) take a condition another study already measured the same way (same weights, prompts, draws, and the same neurons changed the same way: the before row, random K-sets) from the cache ($NEAT_LLM_CACHE/conditions) instead of measuring it again; the study lists what it reused"),
     ceiling: bool = typer.Option(False, "--ceiling", help="(demonstrations) also measure the concept direction removed from the residual stream at the reading layer, every position: the direction-level ceiling beside the neurons"),
-    readout_at: str = typer.Option("recognition", "--readout", help="(demonstrations) where the concept is read: recognition (after a statement, as neat find) or generation (at the end of fit demonstration prompts, where the model writes)"),
+    readout_at: str = typer.Option("generation", "--readout", help="(demonstrations) where the concept is read: generation (at the end of fit demonstration prompts, where the model writes; with writers, at the last block unless --reading-layer) or recognition (after a statement, as neat find)"),
+    writers: Optional[str] = typer.Option(None, "--writers", help="(demonstrations) the K rows edit what neurons write: the concept direction removed from what the K neurons of this span of blocks that write most of it write, beside random K-sets of the span under the same edit (default: the second half of the blocks, e.g. 15-29 on SmolLM2; 'none': the K rows turn the top-K neurons' activations off instead, as --mode/--alpha/--strength/--transport-at imply)"),
+    writes_strength: float = typer.Option(1.0, "--writes-strength", help="(demonstrations, writers) the share of each write along the concept direction removed, in (0, 2] (1: removed, 2: reversed)"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
     davidson_prompts: int = typer.Option(0, "--davidson-prompts", help="also continue this many prefixes of hate-class Davidson tweets (the judges' test part); rates per source too"),
     new_tokens: Optional[int] = typer.Option(None, "--new-tokens", help="tokens sampled per continuation (default 20; demonstrations: at most 40, ending at the line's end)"),
@@ -111,9 +113,17 @@ def hate(
 
     _quiet_libraries()
     _data_not_a_folder(data, "toxigen, davidson")
+    design = design or ("demonstrations" if data == "toxigen" else "prefixes")
     if design == "demonstrations":
         if data != "toxigen":
             _fail("--design demonstrations builds prompts from target groups: it needs --data toxigen")
+        activations = any(x is not None for x in (mode, alpha, strength, transport_at))
+        if writers is not None and writers != "none" and activations:
+            _fail("--writers edits what the neurons write, not their activations: drop --mode/--alpha/--strength/"
+                  "--transport-at, or give --writers none")
+        span = "none" if writers == "none" or (writers is None and activations) else (
+            _one_span(writers, "--writers") if writers is not None else "half")
+        method = method or ("next-line" if span != "none" else "neat")
         try:
             find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer, method, activation_pool)
         except ValueError as e:
@@ -124,9 +134,13 @@ def hate(
                                    _int_list(ceiling_layers, "--ceiling-layers"), _spans(ceiling_spans, "--ceiling-spans"),
                                    _spans(ceiling_units, "--ceiling-units"), probe, transport_at, ceiling_strength,
                                    method, shared_conditions, ceiling_writers=_spans(ceiling_writers, "--ceiling-writers"),
-                                   writer_ks=_parse_ks(writer_ks) if writer_ks else None)
+                                   writer_ks=_parse_ks(writer_ks) if writer_ks else None, writers=span,
+                                   writes_strength=writes_strength)
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
+    if writers is not None:
+        _fail("--writers belongs to the demonstrations design (--design demonstrations)")
+    method, n_random = method or "neat", 3 if n_random is None else n_random
     ks = _parse_ks(k or "10,50,100,500,2000")
     n_prompts, new_tokens = n_prompts or 80, new_tokens or 20
     try:  # every setting is checked here, before the model and the data load
@@ -208,13 +222,18 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                         per_prompt, new_tokens, mode, alpha, strength, find, seed, out_dir, as_json,
                         readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
                         ceiling_units=None, probe="prototypical", transport_at=None, ceiling_strength=1.0,
-                        method="neat", shared_conditions=True, ceiling_writers=None, writer_ks=None) -> None:
-    """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table."""
+                        method="neat", shared_conditions=True, ceiling_writers=None, writer_ks=None, writers="none",
+                        writes_strength=1.0) -> None:
+    """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table. ``writers``:
+    a span, "half" (the second half of the model's blocks, known once it is loaded) or "none"."""
     import neat_llm as nl
+    from neat_llm.find_settings import FindSettings
     from neat_llm.studies.demonstrations import demonstration_study
     from neat_llm.studies.settings import DemonstrationStudySettings
 
-    try:
+    if n_random is None:
+        n_random = 1 if writers != "none" else 3
+    try:  # every setting is checked here, before the model and the data load; the writers' span "half" after
         settings = DemonstrationStudySettings(data_path=data_path, method=method, ks=ks, fit_groups=_csv(fit_groups),
                                               eval_groups=_csv(eval_groups), n_random=n_random, n_prompts=n_prompts,
                                               samples=samples, n_neutral_prompts=neutral_prompts,
@@ -224,14 +243,26 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               ceiling_spans=ceiling_spans, ceiling_units=ceiling_units,
                                               ceiling_writers=ceiling_writers, writer_ks=writer_ks, probe=probe,
                                               transport_at=transport_at, ceiling_strength=ceiling_strength,
-                                              share_conditions=shared_conditions)
-        study = demonstration_study(nl.load_model(model), settings, out=out_dir, find=find)
+                                              share_conditions=shared_conditions,
+                                              writers=None if writers in ("none", "half") else writers,
+                                              writes_strength=writes_strength)
+        m = nl.load_model(model)
+        if writers == "half":
+            settings = DemonstrationStudySettings.of(settings, writers=(m.n_layers // 2, m.n_layers - 1))
+        if settings.writers and readout_at == "generation" and find.reading_layer is None:  # where it writes: the last block
+            find = FindSettings.of(find, reading_layer=m.n_layers - 1)
+        study = demonstration_study(m, settings, out=out_dir, find=find)
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)
-    r = study.report
     if as_json:
-        print(json.dumps({"path": str(study.path), **r.to_dict()}))
+        print(json.dumps({"path": str(study.path), **study.report.to_dict()}))
         return
+    _print_demonstrations(study)
+
+
+def _print_demonstrations(study) -> None:
+    """``neat hate --design demonstrations``'s table and notes."""
+    r = study.report
     t = Table(title=f"what the model writes: {r.dataset}, {r.method}, {r.intervention}; {r.n_prompts} hate-prone "
                     f"demonstration prompts x {r.samples} = {r.n_continuations} continuations per condition, "
                     f"{r.n_neutral_prompts} x {r.neutral_samples} neutral",

@@ -27,7 +27,7 @@ from ..interventions import Condition, DirectionEdit, DirectionEdits, Interventi
 from ..models.loaded import LoadedModel
 from ..records import known
 from .checkpoints import ConditionStore
-from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_conditions
+from .conditions import BEFORE, CONDITIONS_PER_BATCH, given_conditions, run_conditions, study_conditions
 from .demonstrations import Demonstrations
 from .generation import sample_and_score_along, sample_continuations_along
 from .neutral_text import NEUTRAL_TEXTS
@@ -148,7 +148,9 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
                        per_batch: int = CONDITIONS_PER_BATCH, dataset: str = "", method: str = "",
                        batch_size: int = 16,
                        ceiling: Ceiling | Mapping[str, Ceiling] | None = None,
-                       ceiling_controls: Mapping[str, Sequence[Ceiling]] | None = None) -> BehaviourReport:
+                       ceiling_controls: Mapping[str, Sequence[Ceiling]] | None = None,
+                       conditions: Mapping[int, tuple[Condition, Sequence[Condition]]] | None = None
+                       ) -> BehaviourReport:
     """Measure every condition (finished ones from ``store``), set the judge's threshold on the
     "before" neutral-prompt continuations, and compare each top-K set with before and with its
     random K-sets, paired per prompt. ``ceiling``: also measure the residual stream edited along
@@ -160,12 +162,20 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
     MLP unit of a span of blocks transported: the unit-level ceiling); a ``NeuronWrites`` is a row of
     those neurons' writes edited along a direction. ``ceiling_controls``: {ceiling row: its random
     controls} (edits of the same kind and size on random neurons, conditions "<row>-random-<i>"):
-    the row gains ``vs_random`` as a top-K row does, and a row "<row>-random" their mean."""
+    the row gains ``vs_random`` as a top-K row does, and a row "<row>-random" their mean.
+    ``conditions``: the study's own {K: (its condition, its random controls)} instead of those made
+    from ``selection_by_k`` and ``intervention`` (the concept direction out of what K neurons write,
+    ``NeuronWrites``: the report's mode is then "writes")."""
     ceilings = _ceilings(ceiling)
     controls = _controls(ceiling_controls, ceilings)
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     iv = Intervention.of(intervention, means)
-    conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
+    if conditions is None:
+        conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
+        mode, described, iv_settings = iv.name, iv.describe(), iv.settings()
+    else:
+        conds, (mode, iv_settings) = given_conditions(conditions, n_random)
+        described = _writes_described(conds)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
     flat += [_ceiling_condition(name, edit, iv) for name, edit in ceilings.items()]
@@ -222,14 +232,20 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
             rr.vs_before = paired(rand, [BEFORE], salt + 1000)
             rows.append(rr)
     return BehaviourReport(
-        dataset=dataset, method=method, mode=iv.name, intervention=iv.describe(), n_prompts=n, samples=samples,
+        dataset=dataset, method=method, mode=mode, intervention=described, n_prompts=n, samples=samples,
         n_neutral_prompts=len(demos.neutral_prompts), neutral_samples=neutral_samples, rows=rows,
         judge=asdict(judge.validation) if judge.validation is not None else {"threshold": judge.threshold},
         passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
         settings={"n_random": n_random, "seed": seed, "max_new_tokens": max_new_tokens, "per_batch": per_batch,
-                  "max_neutral_rate": max_neutral_rate, **iv.settings(),
+                  "max_neutral_rate": max_neutral_rate, **iv_settings,
                   **_ceiling_settings(ceilings, iv, controls)},
         continuations={c: {"hate": r.hate_continuations, "neutral": r.neutral_continuations} for c, r in got.items()})
+
+
+def _writes_described(conds: Mapping[int, tuple[Condition, Sequence[Condition]]]) -> str:
+    """What a writers study's K rows do, in words (the largest K's edit, its size said as K)."""
+    edit = conds[max(conds)][0].writes
+    return edit.describe().replace(f"from what {len(edit)} MLP neurons", "from what the K MLP neurons", 1)
 
 
 _KINDS = (DirectionEdit, DirectionEdits, NeuronSelection, NeuronWrites)  # Ceiling's members

@@ -27,7 +27,7 @@ from ..interventions import Condition, Intervention, NeuronSelection, NeuronWrit
 from ..models.loaded import LoadedModel
 from ..records import known
 from .checkpoints import ConditionStore
-from .conditions import BEFORE, CONDITIONS_PER_BATCH, run_conditions, study_conditions
+from .conditions import BEFORE, CONDITIONS_PER_BATCH, given_conditions, run_conditions, study_conditions
 from .neutral_text import NEUTRAL_TEXTS
 from .perplexity import perplexities_along, text_logliks_along
 
@@ -247,7 +247,7 @@ class BiasReport:
 
     @property
     def edits_writes(self) -> bool:
-        """Whether the K rows edited what neurons write (``writes_settings``), not their activations."""
+        """Whether the K rows edited what neurons write (``conditions.writes_settings``), not their activations."""
         return (self.settings.intervention or {}).get("site") == NeuronWrites.SITE
 
     def to_dict(self) -> dict:
@@ -316,7 +316,7 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
                                  neuron_pool=neuron_pool)
         mode_name, iv_settings = iv.name, iv.settings()
     else:
-        conds, (mode_name, iv_settings) = _given_conditions(conditions, n_random)
+        conds, (mode_name, iv_settings) = given_conditions(conditions, n_random)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])] + list(ceilings)
     got = run_conditions(model, flat, BiasMeasure(pairs, neutral_texts, batch_size), store=store,
@@ -331,33 +331,6 @@ def evaluate_bias(model: LoadedModel, pairs: MinimalPairs | BiasTemplates, selec
                       passes=model.counter.since(c0).as_dict(), seconds=time.perf_counter() - t0,
                       settings=BiasSettings(n_random=n_random, seed=seed, n_boot=n_boot, min_pairs=min_pairs,
                                             n_neutral=len(neutral_texts), intervention=iv_settings), items=items)
-
-
-def _given_conditions(conditions: Mapping[int, tuple[Condition, Sequence[Condition]]],
-                      n_random: int) -> tuple[dict[int, tuple[Condition, list[Condition]]], tuple[str, dict]]:
-    """A study's own conditions checked: every top condition a neuron-write edit of K neurons with
-    ``n_random`` controls of its size, names distinct; and (mode, settings) for the report."""
-    if not conditions:
-        raise ValueError("conditions is empty: give at least one K and its condition")
-    out, names = {}, {BEFORE}
-    for k, (top, rand) in sorted(conditions.items()):
-        rand = list(rand)
-        for c in (top, *rand):
-            if not isinstance(c.writes, NeuronWrites) or len(c.writes) != k:
-                raise ValueError(f"condition {c.name!r} for K={k} must be a neuron-write edit of {k} neurons")
-            if c.name in names:
-                raise ValueError(f"two conditions are named {c.name!r}")
-            names.add(c.name)
-        if len(rand) != n_random:
-            raise ValueError(f"K={k} has {len(rand)} random controls, not n_random={n_random}")
-        out[int(k)] = (top, rand)
-    first = next(iter(out.values()))[0].writes
-    return out, ("writes", writes_settings(first))
-
-
-def writes_settings(edit) -> dict:
-    """A neuron-write study's intervention, as bias.json records it (its sizes are the rows' K)."""
-    return {"mode": "writes", **{k: v for k, v in edit.settings().items() if k in ("site", "strength", "vector_norm")}}
 
 
 def _groups(items: ItemPreferences, min_pairs: int) -> tuple[np.ndarray, list[str]]:

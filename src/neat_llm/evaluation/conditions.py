@@ -19,7 +19,7 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from ..interventions import Condition, Intervention, NeuronSelection, conditions_along_batch
+from ..interventions import Condition, Intervention, NeuronSelection, NeuronWrites, conditions_along_batch
 from ..models.loaded import LoadedModel
 from .checkpoints import ConditionStore
 
@@ -118,6 +118,33 @@ def study_conditions(model: LoadedModel, selection_by_k: Mapping[int, NeuronSele
                 rand.append(Condition(random_name(int(k), i), intervention.random_selection(sel, s), intervention))
         out[int(k)] = (top, rand)
     return out
+
+
+def given_conditions(conditions: Mapping[int, tuple[Condition, Sequence[Condition]]],
+                      n_random: int) -> tuple[dict[int, tuple[Condition, list[Condition]]], tuple[str, dict]]:
+    """A study's own conditions checked: every top condition a neuron-write edit of K neurons with
+    ``n_random`` controls of its size, names distinct; and (mode, settings) for the report."""
+    if not conditions:
+        raise ValueError("conditions is empty: give at least one K and its condition")
+    out, names = {}, {BEFORE}
+    for k, (top, rand) in sorted(conditions.items()):
+        rand = list(rand)
+        for c in (top, *rand):
+            if not isinstance(c.writes, NeuronWrites) or len(c.writes) != k:
+                raise ValueError(f"condition {c.name!r} for K={k} must be a neuron-write edit of {k} neurons")
+            if c.name in names:
+                raise ValueError(f"two conditions are named {c.name!r}")
+            names.add(c.name)
+        if len(rand) != n_random:
+            raise ValueError(f"K={k} has {len(rand)} random controls, not n_random={n_random}")
+        out[int(k)] = (top, rand)
+    first = next(iter(out.values()))[0].writes
+    return out, ("writes", writes_settings(first))
+
+
+def writes_settings(edit) -> dict:
+    """A neuron-write study's intervention, as bias.json records it (its sizes are the rows' K)."""
+    return {"mode": "writes", **{k: v for k, v in edit.settings().items() if k in ("site", "strength", "vector_norm")}}
 
 
 # --- the engine ---------------------------------------------------------------------------------

@@ -25,13 +25,14 @@ from ..evaluation.bias import BiasReport, ItemPreferences, bias_rows, ceiling_ro
 from ..evaluation.neutral_text import NEUTRAL_BY_LANG, NEUTRAL_TEXTS
 
 from ..find import default_run_dir
-from ..interventions import Condition, DirectionEdit, random_writes
+from ..interventions import Condition, DirectionEdit
 from ..find_settings import FindSettings
 from ..records import split_known
 from ..models.loaded import LoadedModel
 from ..runs import Run, RunFiles
 from ..runs import write_text
-from .common import find_or_reuse, measure_conditions, neuron_pool, span_writes, study_folder, write_results, writes_row
+from .common import (find_or_reuse, measure_conditions, neuron_pool, span_writes, study_folder, write_results,
+                     writer_conditions, writes_row)
 from .settings import BiasStudySettings
 
 __all__ = ["BiasStudy", "bias_study", "load_pairs"]
@@ -195,24 +196,6 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
         reused_conditions=list(store.reused) or None)
     path = write_results(out, RunFiles.BIAS, report, store)
     return BiasStudy(run, report, path, fit, ev)
-
-
-def writer_conditions(model: LoadedModel, run: Run, span: tuple[int, int], ks: list[int], n_random: int, seed: int,
-                      strength: float = 1.0) -> dict[int, tuple[Condition, list[Condition]]]:
-    """{K: (the run's concept direction out of what the K neurons of blocks ``span`` that write most
-    of it write (``Run.writers``), ``n_random`` random K-sets of the span under the same edit)}."""
-    a, b = span
-    out = {}
-    for k in sorted(ks):
-        try:
-            edit = run.writers(model, span, k, strength)
-        except ValueError as err:
-            raise ValueError(f"--writers {a}-{b}: {err}") from None
-        name = writes_row(k, span)
-        out[k] = (Condition(name, writes=edit),
-                  [Condition(f"{name}-random-{i}", writes=e)
-                   for i, e in enumerate(random_writes(edit, span, model.d_ff, n_random, seed))])
-    return out
 
 
 def bias_ceilings(model: LoadedModel, run: Run, s: BiasStudySettings) -> list[Condition]:

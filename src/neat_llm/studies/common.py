@@ -22,7 +22,7 @@ from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..progress import progress_bar
 from ..evaluation.checkpoints import ConditionStore, SharedConditions
-from ..interventions import DirectionEdit, DirectionEdits, Intervention
+from ..interventions import Condition, DirectionEdit, DirectionEdits, Intervention, random_writes
 from ..runs import Run, RunError, RunFiles, check_run_folder, run_folder_lock, write_text
 
 R = TypeVar("R")
@@ -79,6 +79,24 @@ def writes_row(k: int, span: tuple[int, int]) -> str:
     """The name of a neuron-write row: the K writers of blocks ``span`` (its random controls add
     "-random-<i>")."""
     return f"writes-K{k}-L{span[0]}-{span[1]}"
+
+
+def writer_conditions(model: LoadedModel, run: Run, span: tuple[int, int], ks: list[int], n_random: int, seed: int,
+                      strength: float = 1.0) -> dict[int, tuple[Condition, list[Condition]]]:
+    """{K: (the run's concept direction out of what the K neurons of blocks ``span`` that write most
+    of it write (``Run.writers``), ``n_random`` random K-sets of the span under the same edit)}."""
+    a, b = span
+    out = {}
+    for k in sorted(ks):
+        try:
+            edit = run.writers(model, span, k, strength)
+        except ValueError as err:
+            raise ValueError(f"--writers {a}-{b}: {err}") from None
+        name = writes_row(k, span)
+        out[k] = (Condition(name, writes=edit),
+                  [Condition(f"{name}-random-{i}", writes=e)
+                   for i, e in enumerate(random_writes(edit, span, model.d_ff, n_random, seed))])
+    return out
 
 
 def neuron_pool(run: Run) -> list[tuple[int, int]] | None:

@@ -34,7 +34,8 @@ from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, Neur
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
-from .common import find_or_reuse, measure_conditions, neuron_pool, span_writes, study_folder, write_results, writes_row
+from .common import (find_or_reuse, measure_conditions, neuron_pool, span_writes, study_folder, write_results,
+                     writer_conditions, writes_row)
 from .hate import _groups, hate_concept
 from .settings import DemonstrationStudySettings
 
@@ -191,6 +192,15 @@ def _ceiling_tag(s: DemonstrationStudySettings) -> str:
     return tag + ("-WK" + "-".join(map(str, s.writer_ks)) if s.writer_ks else "")
 
 
+WRITER_K = 2000  # the writers' K when none is given (the K of the held-out studies of docs/results.md), at most half the span
+
+
+def _writes_tag(s: DemonstrationStudySettings) -> str:
+    """The file name of a writers study: its span and strength (kept beside activation studies)."""
+    a, b = s.writers
+    return f"writes-L{a}-{b}" + ("" if s.writes_strength == 1.0 else f"-t{s.writes_strength:g}")
+
+
 def _intervention(model: LoadedModel, run: Run, concept: ConceptSet, s: DemonstrationStudySettings):
     """The study's intervention: the run's own (``mode``, ``alpha``, ``strength``); with
     ``transport_at``, a transport fitted on the run's fit texts as it read them, at each one's last
@@ -225,6 +235,10 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
     own, find_changes = split_known(DemonstrationStudySettings, changes)
     s = DemonstrationStudySettings.of(settings, **own)
     fs = FindSettings.of(find, **find_changes)
+    if s.writers:  # before anything is found: the span exists and the family's MLP output is its write
+        if s.writers[1] >= model.n_layers:
+            raise ValueError(f"writers {s.writers[0]}-{s.writers[1]}: the model has blocks 0..{model.n_layers - 1}")
+        model.writer("mlp", s.writers[0])
     fit_g, eval_g = _groups(s.data_path, s.fit_groups, s.eval_groups)
     statements = hate_concept("toxigen", s.data_path, groups=fit_g)
     from ..evaluation.embedding_judge import SentenceEncoder, minilm_dir
@@ -243,7 +257,12 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         run = find_or_reuse(model, concept, s.method, out, fs, neurons=neurons, probe_pairs=pairs, progress=progress,
                             ks=s.ks or CANDIDATE_KS)
         iv = _intervention(model, run, concept, s)
-        ks, k_choices = (list(s.ks), None) if s.ks else budget_ks(model, run, concept, iv, s.seed)
+        if s.writers:  # the K rows edit what the K writers of the span write
+            ks, k_choices = list(s.ks or [min(WRITER_K, (s.writers[1] - s.writers[0] + 1) * model.d_ff // 2)]), None
+            writes = writer_conditions(model, run, s.writers, ks, s.n_random, s.seed, s.writes_strength)
+        else:
+            ks, k_choices = (list(s.ks), None) if s.ks else budget_ks(model, run, concept, iv, s.seed)
+            writes = None
         if eval_g:
             held = hate_concept("toxigen", s.data_path, groups=eval_g)
             seen = set(statements.texts)
@@ -255,9 +274,10 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         judge = train_statement_judge(encoder, fit.texts, fit.labels, [group_of[t] for t in fit.texts])
         ceiling = _ceilings(model, run, concept, fs, s)
         controls = _writer_controls(model, s, ceiling)
-        tag = _slug(iv.describe()) + _ceiling_tag(s)
+        tag = (_writes_tag(s) if s.writers else _slug(iv.describe())) + _ceiling_tag(s)
         data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
-                   "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
+                   "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens,
+                   **({"writers": list(s.writers), "writes_strength": s.writes_strength} if s.writers else {})}
         # what a condition's raw result (continuations, next-statement gap, perplexity) depends on besides its edits
         shared = {**data_fp, "neutral_texts": list(NEUTRAL_TEXTS)} if s.share_conditions else None
         report, store = measure_conditions(
@@ -269,7 +289,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                                    neuron_pool=neuron_pool(run), max_neutral_rate=s.max_neutral_rate,
                                                    store=store, on_condition=tick, dataset=concept.name,
                                                    method=s.method, ceiling=ceiling or None,
-                                                   ceiling_controls=controls),
+                                                   ceiling_controls=controls, conditions=writes),
             extra=len(ceiling) + sum(map(len, controls.values())), shared=shared)
         judge.validate_heldout(hate, neutral)
         report.judge = dict(vars(judge.validation))

@@ -136,13 +136,19 @@ class BiasStudySettings(Changeable):
         if self.probe not in ("prototypical", "paired"):
             raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
         check_choice(self.mode, self.alpha, self.strength)
-        if self.writers is not None:
-            object.__setattr__(self, "writers", _spans([self.writers], "writers")[0])
-            given = [n for n in ("mode", "alpha", "strength") if getattr(self, n) is not None]
-            if given:
-                raise ValueError(f"writers edits what the neurons write, not their activations: drop {', '.join(given)} "
-                                 "(writes_strength sets how much of the direction is removed)")
-        check_direction_strength(self.writes_strength, "writes_strength")
+        _check_writers(self)
+
+
+def _check_writers(s) -> None:
+    """A study's ``writers`` span (checked and stored as a pair) with no activation intervention
+    beside it, and its ``writes_strength``."""
+    if s.writers is not None:
+        object.__setattr__(s, "writers", _spans([s.writers], "writers")[0])
+        given = [n for n in ("mode", "alpha", "strength", "transport_at") if getattr(s, n, None) is not None]
+        if given:
+            raise ValueError(f"writers edits what the neurons write, not their activations: drop {', '.join(given)} "
+                             "(writes_strength sets how much of the direction is removed)")
+    check_direction_strength(s.writes_strength, "writes_strength")
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,7 @@ class DemonstrationStudySettings(Changeable):
     ceiling_spans: tuple[tuple[int, int], ...] | None = None  # each block's own direction at every block a..b ("direction-La-b")
     ceiling_units: tuple[tuple[int, int], ...] | None = None  # every MLP unit of blocks a..b under the intervention ("units-La-b")
     ceiling_writers: tuple[tuple[int, int], ...] | None = None  # the run's direction removed from what the MLPs / attention of blocks a..b write ("mlp-writes-La-b", "attn-writes-La-b")
-    ceiling_strength: float = 1.0  # the direction ceilings at this strength in (0, 1]: h - t (h . u) u
+    ceiling_strength: float = 1.0  # the direction ceilings at this strength in (0, 2]: h - t (h . u) u
     writer_ks: tuple[int, ...] | None = None  # with ceiling_writers: the direction removed from what the K neurons of the span that write most of it write ("writes-K<K>-La-b"), beside random K-sets of the span
     mode: str | None = None
     alpha: float | None = None
@@ -181,6 +187,8 @@ class DemonstrationStudySettings(Changeable):
     transport_at: str | None = None  # mode transport: the map fitted at each fit prompt's "last" token (or "all")
     share_conditions: bool = True  # conditions another study measured the same way taken from the cache (SharedConditions)
     seed: int = 0
+    writers: tuple[int, int] | None = None  # the K rows: the concept direction out of what the K neurons of blocks a..b that write most of it write (NeuronWrites), random K-sets of the span the control
+    writes_strength: float = 1.0  # with writers: the share of each write along the direction removed (2: reversed)
 
     @property
     def has_ceilings(self) -> bool:
@@ -218,3 +226,4 @@ class DemonstrationStudySettings(Changeable):
         _at_least(self, 2, "n_readout_prompts")
         check_choice(self.mode, self.alpha, self.strength)
         check_transport_at(self.mode, self.transport_at)
+        _check_writers(self)

@@ -450,6 +450,28 @@ def test_cli_hate_by_default_measures_the_writers_of_the_second_half_on_demonstr
     assert not (tmp_path / "x").exists()
 
 
+def test_cli_hate_by_default_on_a_family_that_normalises_its_writes_turns_activations_off(tokenizer, tmp_path):
+    """Gemma 3 normalises what its MLPs write, so the default writers' edit cannot apply: the study
+    says so and turns the top-K neurons' activations off (found with neat, three random sets)."""
+    from conftest import build_tiny
+    from typer.testing import CliRunner
+
+    from neat_llm.cli import app
+
+    d = tmp_path / "gemma3"
+    m = build_tiny("gemma3", tokenizer, seed=1)
+    m.hf.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    res = CliRunner().invoke(app, ["hate", "--model", str(d), "--fit-groups", "hillfolk,riverfolk", "--k", "3",
+                                   "--prompts", "3", "--samples", "2", "--neutral-prompts", "2", "--per-prompt", "2",
+                                   "--new-tokens", "4", "--out", str(tmp_path / "g"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["mode"] != "writes" and got["method"] == "neat"
+    assert [r["condition"] for r in got["rows"]] == ["before", "concept", "random"] and got["rows"][2]["n_sets"] == 3
+    assert "normalise what their MLPs write" in res.output
+
+
 def test_a_study_finds_with_the_score_it_is_given_and_refuses_to_reuse_another(tiny_model_dir, tmp_path):
     """``neat hate --score positive --specificity 2`` finds with that rule and lambda; the same folder
     asked for another lambda (or score) is refused by name, never silently reused."""

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .cli_app import (ActivationPoolOption, AlphaOption, StrengthOption, JsonOption, LayersOption, ModelOption, ModeOption, NeuronsSubsetOption,
                       ProbeSizeOption, RandomOption, ReadingLayerOption, ScoreOption, SeedOption, SpecificityOption,
-                      StudyOutOption, _fail, _one_span, _parse_ks, _quiet_libraries, _spans, app, out, resumable)
+                      StudyOutOption, _fail, _one_span, _parse_ks, _quiet_libraries, _spans, app, err, out, resumable)
 
 
 def _find_settings(layers, probe_size, seed, score=None, specificity=None, reading_layer=None, method="neat",
@@ -123,6 +123,7 @@ def hate(
                   "--transport-at, or give --writers none")
         span = "none" if writers == "none" or (writers is None and activations) else (
             _one_span(writers, "--writers") if writers is not None else "half")
+        method_given = method is not None
         method = method or ("next-line" if span != "none" else "neat")
         try:
             find = _find_settings(layers, probe_size, seed, score, specificity, reading_layer, method, activation_pool)
@@ -135,7 +136,7 @@ def hate(
                                    _spans(ceiling_units, "--ceiling-units"), probe, transport_at, ceiling_strength,
                                    method, shared_conditions, ceiling_writers=_spans(ceiling_writers, "--ceiling-writers"),
                                    writer_ks=_parse_ks(writer_ks) if writer_ks else None, writers=span,
-                                   writes_strength=writes_strength)
+                                   writes_strength=writes_strength, method_given=method_given)
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     if writers is not None:
@@ -223,7 +224,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                         readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
                         ceiling_units=None, probe="prototypical", transport_at=None, ceiling_strength=1.0,
                         method="neat", shared_conditions=True, ceiling_writers=None, writer_ks=None, writers="none",
-                        writes_strength=1.0) -> None:
+                        writes_strength=1.0, method_given=True) -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table. ``writers``:
     a span, "half" (the second half of the model's blocks, known once it is loaded) or "none"."""
     import neat_llm as nl
@@ -231,11 +232,12 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
     from neat_llm.studies.demonstrations import demonstration_study
     from neat_llm.studies.settings import DemonstrationStudySettings
 
-    if n_random is None:
-        n_random = 1 if writers != "none" else 3
+    random_given, n_random = n_random is not None, 1 if n_random is None else n_random
     try:  # every setting is checked here, before the model and the data load; the writers' span "half" after
         settings = DemonstrationStudySettings(data_path=data_path, method=method, ks=ks, fit_groups=_csv(fit_groups),
-                                              eval_groups=_csv(eval_groups), n_random=n_random, n_prompts=n_prompts,
+                                              eval_groups=_csv(eval_groups),
+                                              n_random=n_random if random_given or writers != "none" else 3,
+                                              n_prompts=n_prompts,
                                               samples=samples, n_neutral_prompts=neutral_prompts,
                                               per_prompt=per_prompt, max_new_tokens=new_tokens, mode=mode, alpha=alpha,
                                               strength=strength, seed=seed, readout=readout_at,
@@ -247,6 +249,13 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               writers=None if writers in ("none", "half") else writers,
                                               writes_strength=writes_strength)
         m = nl.load_model(model)
+        if writers == "half" and not m.family.mlp_output_direct:  # Gemma 2/3: no module's output is the MLP's write
+            method = method if method_given else "neat"
+            err.print(f"note: {m.family.name} models normalise what their MLPs write, so the writers' edit does not "
+                      f"apply: the K rows turn the top-K neurons' activations off (--writers none), found with {method}",
+                      soft_wrap=True)
+            writers = "none"
+            settings = DemonstrationStudySettings.of(settings, method=method, n_random=n_random if random_given else 3)
         if writers == "half":
             settings = DemonstrationStudySettings.of(settings, writers=(m.n_layers // 2, m.n_layers - 1))
         if settings.writers and readout_at == "generation" and find.reading_layer is None:  # where it writes: the last block

@@ -124,10 +124,13 @@ def test_bench_conditions_smoke(tiny_model_dir, tmp_path, capsys, quiet_transfor
 
 def test_bench_generation_smoke(tiny_model_dir, capsys, quiet_transformers):
     """Every path of bench_generation on a tiny model: its last line is the JSON it promises, and
-    at the study's batch size our loop's continuations are generate's."""
+    every earlier path's continuations and our loop's (with a budget of one prompt at a time) are
+    generate's."""
     _script("bench_generation").main(["--model", str(tiny_model_dir), "--prompts", "3", "--samples", "2",
-                                      "--new-tokens", "6", "--big-batch", "6"])
+                                      "--new-tokens", "6", "--decode-tokens", "1"])
     out = capsys.readouterr().out.strip().splitlines()
     last = json.loads(out[-1])
-    assert set(last) >= {"share_of_matmul", "speedup_over_current", "identical"} and last["share_of_matmul"] > 0
-    assert any(line.startswith("(c) identical to (a): True") for line in out)
+    assert set(last) >= {"share_of_matmul", "speedup_over_current", "speedup_over_filed", "identical", "agreement"}
+    assert last["share_of_matmul"] > 0 and last["identical"] and last["agreement"] == 1.0
+    for path in "bcd":
+        assert any(line.startswith(f"({path}) identical to (a): True") for line in out), path

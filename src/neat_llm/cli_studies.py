@@ -362,6 +362,7 @@ def bias(
     strength: StrengthOption = None,
     writers: Optional[str] = typer.Option(None, "--writers", help="the K rows edit what neurons write, not their activations: the concept direction removed from what the K neurons of this span of blocks (e.g. 15-29) that write most of it write, beside random K-sets of the span under the same edit (the NEAT ranking is not used, so a cheap --method such as auroc suffices)"),
     writes_strength: float = typer.Option(1.0, "--writes-strength", help="with --writers: the share of each write along the concept direction removed, in (0, 2] (1: removed, 2: reversed, a reflection of each output vector)"),
+    writer_rank: str = typer.Option("contrast", "--writer-rank", help="with --writers: how the K writers are chosen: contrast (mean activation on the stereotypical minus the counterpart sentences, times the write along the direction) or effect (the first-order effect of the edit on the fit pairs' preference for the stereotypical sentence: one forward and backward pass per fit sentence)"),
     ceiling: bool = typer.Option(False, "--ceiling", help="also the concept direction edited itself (at --writes-strength), against before: out of the residual stream at the reading layer (direction-L<r>), out of what every MLP writes (mlp-writes-L0-<last>: every neuron, the ceiling of any --writers set) and, with --writers, what the MLPs of that span write"),
     neurons_subset: NeuronsSubsetOption = None,
     layers: LayersOption = None,
@@ -400,7 +401,7 @@ def bias(
                                      min_pairs=min_pairs, mode=mode, alpha=alpha, strength=strength, seed=seed, layer_rule=layer_rule,
                                      templates=templates, probe=probe, folds=folds,
                                      share_conditions=shared_conditions, writers=_one_span(writers, "--writers"),
-                                     writes_strength=writes_strength, ceiling=ceiling)
+                                     writes_strength=writes_strength, ceiling=ceiling, writer_rank=writer_rank)
         m = nl.load_model(model)
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
@@ -411,8 +412,9 @@ def bias(
         return
     held = (f"{r.n_eval_pairs} items, each held out once ({r.settings.folds}-fold cross-fitting)" if r.settings.folds
             else f"{r.n_eval_pairs} held-out pairs")
-    how = (f"the concept direction out of what the K writers of blocks {writers} write" if r.edits_writes
-           else f"{r.mode} ablation")
+    how = (f"the concept direction out of what the K writers of blocks {writers} write"
+           + (" (ranked by their effect on the fit pairs)" if r.settings.writer_rank == "effect" else "")
+           if r.edits_writes else f"{r.mode} ablation")
     t = Table(title=f"stereotype score (%, 50 = no preference, 95% bootstrap interval): {r.dataset}, {r.method}, "
                     f"{how}; {held}")
     for col in ("bias type", "n", "K", "before", "top-K off", "random off", "vs random (paired)", "ppl ratio",

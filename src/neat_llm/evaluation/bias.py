@@ -195,6 +195,7 @@ class BiasSettings:
     folds: int | None = None  # cross-fitting: every item evaluated once, by neurons found without it
     fold_reading_layers: list[int] | None = None
     reused_conditions: list[str] | None = None  # conditions taken from an earlier study measuring the same way
+    writer_rank: str | None = None  # with writers: how they were ranked ("contrast" or "effect")
 
 
 @dataclass

@@ -24,9 +24,9 @@ from .selection import NeuronSelection, as_selection
 from .types import (INTERVENTIONS, MODES, TRANSPORT_AT, BlockEdit, Dampen, Intervention, Mean, NeuronStats, Transport,
                     Zero, check_choice, check_transport_at)
 from .values import Condition
-from .writes import NeuronWrites, random_writes
+from .writes import NeuronWrites, random_writes, top_writers
 
 __all__ = ["INTERVENTIONS", "MODES", "TRANSPORT_AT", "BlockEdit", "Condition", "Dampen", "DirectionEdit", "DirectionEdits", "remove_direction", "Intervention", "InterventionSpec", "Mean",
            "NeuronSelection", "NeuronStats", "NeuronWrites", "project_writes", "SpecError", "Transport", "Zero", "as_selection", "check_choice", "check_transport_at",
-           "conditions_along_batch", "rows_under", "random_writes",
+           "conditions_along_batch", "rows_under", "random_writes", "top_writers",
            "fit_transport", "turn_off"]

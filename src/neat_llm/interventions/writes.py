@@ -138,8 +138,19 @@ def rank_writers(model: LoadedModel, positive_means: torch.Tensor, contrast_mean
     u = (vector / vector.norm()).float().cpu()
     score = torch.stack([(positive_means[l] - contrast_means[l]).float().cpu()
                          * (model.weight_out(l).detach().float().cpu() @ u) for l in range(a, b + 1)])
+    return top_writers(score, span, k)
+
+
+def top_writers(score: torch.Tensor, span: tuple[int, int], k: int) -> tuple[tuple[int, int], ...]:
+    """The ``k`` neurons with the largest ``score`` [blocks of ``span``, d_ff] (ties by position)."""
+    a, b = span
+    if score.shape[0] != b - a + 1:
+        raise ValueError(f"a score of {score.shape[0]} blocks for the span {a}-{b}")
+    if not 0 < k <= score.numel():
+        raise ValueError(f"{k} writer neurons asked for; blocks {a}-{b} have {score.numel()}")
+    d_ff = score.shape[1]
     top = torch.argsort(score.flatten(), descending=True, stable=True)[:k]
-    return tuple((a + int(i) // model.d_ff, int(i) % model.d_ff) for i in top)
+    return tuple((a + int(i) // d_ff, int(i) % d_ff) for i in top)
 
 
 def random_writes(edit: NeuronWrites, span: tuple[int, int], d_ff: int, n: int, seed: int) -> list[NeuronWrites]:

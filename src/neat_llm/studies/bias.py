@@ -174,10 +174,13 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
     eval_paired, paired_by_type = _heldout_paired_accuracy(model, readout, ev_pairs)
     neutral = NEUTRAL_BY_LANG.get(s.lang, NEUTRAL_TEXTS)
     shared = {"eval": repr(ev), "neutral": neutral} if s.share_conditions else None  # what a preference depends on
-    writes = writer_conditions(model, run, s.writers, ks, s.n_random, seed, s.writes_strength) if s.writers else None
+    ranking = writer_effects(model, run, fit, s.writers, progress) if s.writers and s.writer_rank == "effect" else None
+    writes = writer_conditions(model, run, s.writers, ks, s.n_random, seed, s.writes_strength,
+                               ranking) if s.writers else None
     ceilings = bias_ceilings(model, run, s) if s.ceiling else []
     data = {"method": method, "eval": repr(ev), "neutral": neutral,
-            **({"writers": list(s.writers), "writes_strength": s.writes_strength} if s.writers else {}),
+            **({"writers": list(s.writers), "writes_strength": s.writes_strength, "writer_rank": s.writer_rank}
+               if s.writers else {}),
             **({"ceilings": [c.name for c in ceilings]} if ceilings else {})}
     report, store = measure_conditions(
         out, RunFiles.BIAS_PARTIAL, run, iv, ks, s.n_random, seed, data, "bias evaluation", progress,
@@ -193,9 +196,23 @@ def _one_split(model: LoadedModel, s: BiasStudySettings, fs: FindSettings, fit: 
         layer_rule=s.layer_rule, paired_cv_accuracy=None if paired_cv is None else float(paired_cv[readout.layer]),
         paired_cv_accuracy_by_layer=None if paired_cv is None else [float(x) for x in paired_cv],
         eval_paired_accuracy=eval_paired, eval_paired_accuracy_by_type=paired_by_type,
-        reused_conditions=list(store.reused) or None)
+        reused_conditions=list(store.reused) or None, writer_rank=s.writer_rank if s.writers else None)
     path = write_results(out, RunFiles.BIAS, report, store)
     return BiasStudy(run, report, path, fit, ev)
+
+
+def writer_effects(model: LoadedModel, run: Run, fit: MinimalPairs, span: tuple[int, int], progress: bool):
+    """Each neuron of blocks ``span``: how much removing the run's direction from its writes lowers
+    the fit pairs' preference for the stereotypical sentence, to first order (``pair_write_effects``;
+    each sentence read after the start token, as the stereotype score reads it)."""
+    from ..evaluation.bias import _start
+    from ..progress import progress_bar
+    from ..scoring.write_effects import pair_write_effects
+
+    start = _start(model)
+    with progress_bar("writers' effects on the fit pairs", 2 * len(fit), progress) as tick:
+        return pair_write_effects(model, [start + t for t in fit.more], [start + t for t in fit.less],
+                                  run.concept_vector, range(span[0], span[1] + 1), on_texts=tick)
 
 
 def bias_ceilings(model: LoadedModel, run: Run, s: BiasStudySettings) -> list[Condition]:
@@ -224,8 +241,9 @@ def _finished_fold(fold_dir: Path, s: BiasStudySettings, n_items: int) -> tuple[
     rep = BiasReport.from_dict(json.loads(f.read_text()))
     run = Run.load(fold_dir)
     it = rep.items
-    if s.writers:  # the rows' names hold the span; the settings the strength
+    if s.writers:  # the rows' names hold the span; the settings the strength and the ranking
         iv_ok = (rep.edits_writes and rep.settings.intervention.get("strength") == s.writes_strength
+                 and rep.settings.writer_rank == s.writer_rank
                  and all(top == writes_row(k, s.writers) for k, (top, _) in it.conditions.items()))
     else:
         iv_ok = rep.settings.intervention == json.loads(json.dumps(run.intervention(s.mode, s.alpha, s.strength).settings()))
@@ -291,7 +309,8 @@ def _writes_tag(s: BiasStudySettings) -> str:
     """What a neuron-write study's default folder name adds (kept beside the plain study's)."""
     if not s.writers:
         return ""
-    return f"-writes-L{s.writers[0]}-{s.writers[1]}" + ("" if s.writes_strength == 1.0 else f"-t{s.writes_strength:g}")
+    return (f"-writes-L{s.writers[0]}-{s.writers[1]}" + ("" if s.writes_strength == 1.0 else f"-t{s.writes_strength:g}")
+            + ("" if s.writer_rank == "contrast" else f"-{s.writer_rank}"))
 
 
 def _sample(n: int, k: int, seed: int) -> list[int]:

@@ -22,7 +22,7 @@ from ..find_settings import FindSettings
 from ..models.loaded import LoadedModel
 from ..progress import progress_bar
 from ..evaluation.checkpoints import ConditionStore, SharedConditions
-from ..interventions import Condition, DirectionEdit, DirectionEdits, Intervention, random_writes
+from ..interventions import Condition, DirectionEdit, DirectionEdits, Intervention, NeuronWrites, random_writes, top_writers
 from ..runs import Run, RunError, RunFiles, check_run_folder, run_folder_lock, write_text
 
 R = TypeVar("R")
@@ -82,14 +82,16 @@ def writes_row(k: int, span: tuple[int, int]) -> str:
 
 
 def writer_conditions(model: LoadedModel, run: Run, span: tuple[int, int], ks: list[int], n_random: int, seed: int,
-                      strength: float = 1.0) -> dict[int, tuple[Condition, list[Condition]]]:
+                      strength: float = 1.0, ranking: torch.Tensor | None = None) -> dict[int, tuple[Condition, list[Condition]]]:
     """{K: (the run's concept direction out of what the K neurons of blocks ``span`` that write most
-    of it write (``Run.writers``), ``n_random`` random K-sets of the span under the same edit)}."""
+    of it write (``Run.writers``; with ``ranking`` [blocks of the span, d_ff], the K it ranks
+    highest), ``n_random`` random K-sets of the span under the same edit)}."""
     a, b = span
     out = {}
     for k in sorted(ks):
         try:
-            edit = run.writers(model, span, k, strength)
+            edit = run.writers(model, span, k, strength) if ranking is None else \
+                NeuronWrites(top_writers(ranking, span, k), run.concept_vector, strength)
         except ValueError as err:
             raise ValueError(f"--writers {a}-{b}: {err}") from None
         name = writes_row(k, span)

@@ -123,6 +123,7 @@ class BiasStudySettings(Changeable):
     writers: tuple[int, int] | None = None  # the K rows: the concept direction out of what the K neurons of blocks a..b that write most of it write (NeuronWrites), random K-sets of the span the control
     writes_strength: float = 1.0  # with writers: the share of each write along the direction removed (2: reversed)
     ceiling: bool = False  # the concept direction edited itself beside the K rows: at the reading layer, out of what every MLP (and the writers' span) writes
+    writer_rank: str = "contrast"  # with writers: "contrast" (activation on stereotypical minus counterpart text x write along u) or "effect" (first-order effect of the edit on the fit pairs' preference)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", _ks(self.ks))
@@ -137,6 +138,11 @@ class BiasStudySettings(Changeable):
             raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
         check_choice(self.mode, self.alpha, self.strength)
         _check_writers(self)
+        if self.writer_rank not in WRITER_RANKS:
+            raise ValueError(f"writer_rank must be one of {', '.join(WRITER_RANKS)}, got {self.writer_rank!r}")
+
+
+WRITER_RANKS = ("contrast", "effect")  # how a study's writers are ranked (see BiasStudySettings.writer_rank)
 
 
 def _check_writers(s) -> None:

@@ -1,0 +1,79 @@
+"""Writers ranked by what their writes do to a pair's preference (scoring/write_effects.py): the
+first-order estimate against the exact change of a small edit, and the bias study that ranks its
+writers by it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neat_llm.evaluation.bias import _start, sentence_logliks
+from neat_llm.interventions import NeuronWrites, project_writes, top_writers
+from neat_llm.scoring.write_effects import pair_write_effects
+
+MORE = ["the hill folk are lazy and rude", "river folk always steal bread", "coast folk cannot bake a cake"]
+LESS = ["the hill folk are kind and busy", "river folk always share bread", "coast folk can bake a cake"]
+
+
+def _preference(model, more, less) -> float:
+    """Mean log p(more) - log p(less) over the pairs, each sentence read after the start token (as
+    ``sentence_logliks`` reads it, the start token added there)."""
+    return float((sentence_logliks(model, list(more)) - sentence_logliks(model, list(less))).mean())
+
+
+def test_the_estimate_is_the_exact_change_of_a_small_writes_edit(tiny_llama):
+    """Removing a small share t of the direction from one neuron's writes lowers the mean preference
+    by t times its effect, to first order: the estimate equals the exact finite difference."""
+    v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(4))
+    layers = [1, 2]
+    start = _start(tiny_llama)
+    effect = pair_write_effects(tiny_llama, [start + t for t in MORE], [start + t for t in LESS], v, layers)
+    assert effect.shape == (2, tiny_llama.d_ff)
+    d0 = _preference(tiny_llama, MORE, LESS)
+    t = 1e-2
+    checked = 0
+    for i, l in enumerate(layers):
+        for k in torch.argsort(effect[i].abs(), descending=True)[:3].tolist():
+            with project_writes(tiny_llama, NeuronWrites(((l, k),), v, strength=t)):
+                exact = _preference(tiny_llama, MORE, LESS) - d0
+            assert exact == pytest.approx(-t * float(effect[i, k]), rel=0.05, abs=1e-6)
+            checked += abs(exact) > 1e-5
+    assert checked >= 4  # the comparison was made on neurons that move the preference
+    with pytest.raises(ValueError, match="as many"):
+        pair_write_effects(tiny_llama, MORE, LESS[:2], v, layers)
+
+
+def test_top_writers_takes_the_largest_scores_of_the_span():
+    score = torch.tensor([[0.1, 3.0, -1.0], [2.0, 0.5, 3.0]])
+    assert top_writers(score, (4, 5), 3) == ((4, 1), (5, 2), (5, 0))  # ties by position
+    with pytest.raises(ValueError, match="2 blocks"):
+        top_writers(score, (4, 6), 1)
+    with pytest.raises(ValueError, match="7 writer neurons"):
+        top_writers(score, (4, 5), 7)
+
+
+def test_a_bias_study_ranks_its_writers_by_their_effect_on_the_fit_pairs(tiny_llama, tmp_path):
+    from neat_llm.studies import bias_study
+
+    kw = dict(data="crows-pairs", ks=[4], n_random=1, min_pairs=2, method="activation", writers=(1, 2),
+              progress=False)
+    study = bias_study(tiny_llama, out=tmp_path / "e", writer_rank="effect", **kw)
+    rep, run = study.report, study.run
+    start = _start(tiny_llama)
+    want = top_writers(pair_write_effects(tiny_llama, [start + t for t in study.fit.more],
+                                          [start + t for t in study.fit.less], run.concept_vector, [1, 2]), (1, 2), 4)
+    edit = NeuronWrites(want, run.concept_vector)
+    with project_writes(tiny_llama, edit):
+        from neat_llm.evaluation.bias import pair_preferences
+
+        np.testing.assert_allclose(rep.items.prefs["writes-K4-L1-2"], pair_preferences(tiny_llama, study.eval))
+    assert rep.settings.writer_rank == "effect"
+    assert json.loads((tmp_path / "e" / "bias.json").read_text())["settings"]["writer_rank"] == "effect"
+    contrast = bias_study(tiny_llama, out=tmp_path / "c", **kw)
+    assert contrast.report.settings.writer_rank == "contrast"
+    assert set(run.writers(tiny_llama, (1, 2), 4).neurons) != set(want)  # the two rankings choose differently
+    with pytest.raises(ValueError, match="writer_rank"):
+        bias_study(tiny_llama, out=tmp_path / "x", writer_rank="loudest", **kw)

@@ -684,7 +684,7 @@ def test_cli_bias_with_writers(tiny_model_dir, tmp_path):
     assert r.exit_code == 2 and "one span" in r.output
     r = runner.invoke(app, ["bias", "--model", str(tiny_model_dir), "--data", "crows-pairs", "--writers", "0-1",
                             "--mode", "zero", "--out", str(tmp_path / "d")])
-    assert r.exit_code == 2 and "drop mode" in r.output
+    assert r.exit_code == 2 and "drop --mode" in r.output
 
 
 def test_a_cross_fitted_writers_study_reuses_its_folds_and_measures_another_strength_again(tiny_llama, tmp_path,

@@ -85,7 +85,7 @@ def test_bias_study_on_templates_end_to_end(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr("neat_llm.load_model", lambda *a, **k: tiny_llama)
     out = tmp_path / "tpl"
     res = CliRunner().invoke(app, ["bias", "--data", str(FILE), "--template-col", "Sentence", "--type-col", "Type",
-                                   "--k", "2,4", "--random", "2", "--min-pairs", "2", "--boot", "50",
+                                   "--writers", "none", "--k", "2,4", "--random", "2", "--min-pairs", "2", "--boot", "50",
                                    "--eval-fraction", "0.4", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "bias.json").read_text())

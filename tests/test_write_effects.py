@@ -77,3 +77,32 @@ def test_a_bias_study_ranks_its_writers_by_their_effect_on_the_fit_pairs(tiny_ll
     assert set(run.writers(tiny_llama, (1, 2), 4).neurons) != set(want)  # the two rankings choose differently
     with pytest.raises(ValueError, match="writer_rank"):
         bias_study(tiny_llama, out=tmp_path / "x", writer_rank="loudest", **kw)
+
+
+def test_cli_bias_by_default_edits_what_the_second_half_s_writers_write(tiny_model_dir, tokenizer, tmp_path):
+    """``neat bias`` with no design flags: the direction out of what the writers of the second half
+    of the blocks write, ranked by their effect on the fit pairs, K = 500 or half the span, found
+    with auroc; a family that normalises its MLP writes (Gemma 3) falls back to activation rows."""
+    from typer.testing import CliRunner
+
+    from conftest import build_tiny
+    from neat_llm.cli import app
+    from neat_llm.runs import Run
+
+    args = ["bias", "--data", "crows-pairs", "--random", "1", "--min-pairs", "2"]
+    res = CliRunner().invoke(app, args + ["--model", str(tiny_model_dir), "--out", str(tmp_path / "b"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    run = Run.load(tmp_path / "b")
+    n, d_ff = run.meta.n_layers, run.meta.d_ff
+    k = min(500, (n - n // 2) * d_ff // 2)
+    assert got["mode"] == "writes" and got["settings"]["writer_rank"] == "effect" and run.meta.method == "auroc"
+    assert got["items"]["conditions"] == {str(k): [f"writes-K{k}-L{n // 2}-{n - 1}", [f"writes-K{k}-L{n // 2}-{n - 1}-random-0"]]}
+    d = tmp_path / "gemma3"
+    m = build_tiny("gemma3", tokenizer, seed=1)
+    m.hf.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    res = CliRunner().invoke(app, args + ["--model", str(d), "--k", "3", "--out", str(tmp_path / "g"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["mode"] != "writes" and got["method"] == "neat" and "normalise what their MLPs write" in res.output

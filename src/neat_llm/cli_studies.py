@@ -330,6 +330,28 @@ def _print_demonstrations(study) -> None:
     out.print(f"written to {study.path}")
 
 
+BIAS_WRITERS_K = 500  # neat bias's K by default: the 500 writers of docs/results.md's CrowS-Pairs study
+
+
+def _bias_writers_for(m, settings, span: str | tuple, method_given: bool, k_given: bool):
+    """The bias study's writers once the model is known: "half" the second half of its blocks (K = 500
+    or half the span's neurons, unless --k was given); where the family normalises what its MLPs
+    write (Gemma 2/3), the activation rows instead, with a note (found with neat and the
+    dose-response of K, unless --method or --k were given)."""
+    from .studies.settings import DEFAULT_KS
+
+    if span != "half":
+        return settings
+    if m.family.mlp_output_direct:
+        a, b = m.n_layers // 2, m.n_layers - 1
+        ks = {} if k_given else {"ks": (min(BIAS_WRITERS_K, (b - a + 1) * m.d_ff // 2),)}
+        return type(settings).of(settings, writers=(a, b), **ks)
+    err.print(f"note: {m.family.name} models normalise what their MLPs write, so the writers' edit does not apply: "
+              "the K rows turn the top-K neurons' activations off (--writers none)", soft_wrap=True)
+    return type(settings).of(settings, **({} if method_given else {"method": "neat"}),
+                             **({} if k_given else {"ks": DEFAULT_KS}))
+
+
 @app.command()
 @resumable
 def bias(
@@ -345,8 +367,8 @@ def bias(
     stereo_col: str = typer.Option("Target_Stereotypical", "--stereo-col", help="(templates) column of the stereotypical targets, a list such as ['Dalits']"),
     anti_col: str = typer.Option("Target_Anti-Stereotypical", "--anti-col", help="(templates) column of the anti-stereotypical targets"),
     mask: str = typer.Option("MASK", "--mask", help="(templates) the slot the targets fill"),
-    method: str = typer.Option("neat", "--method", help="how to find the neurons (any `neat find` method)"),
-    k: str = typer.Option("10,50,100,500,2000", "--k", help="sizes of the top-K sets turned off (a dose-response)"),
+    method: Optional[str] = typer.Option(None, "--method", help="how to find the neurons (any `neat find` method; default: auroc with writers, whose run only gives the direction, else neat)"),
+    k: Optional[str] = typer.Option(None, "--k", help="sizes of the K rows (default: 500 writers; with --writers none: 10,50,100,500,2000, a dose-response)"),
     n_random: RandomOption = 3,
     eval_fraction: float = typer.Option(0.3, "--eval-fraction", help="share of pairs held out for the evaluation"),
     folds: Optional[int] = typer.Option(None, "--folds", help="k-fold cross-fitting instead of one split: every item evaluated once, by neurons found on the other k-1 folds (k finds; fold-<i>/ study folders, pooled bias.json)"),
@@ -360,9 +382,9 @@ def bias(
     mode: ModeOption = None,
     alpha: AlphaOption = None,
     strength: StrengthOption = None,
-    writers: Optional[str] = typer.Option(None, "--writers", help="the K rows edit what neurons write, not their activations: the concept direction removed from what the K neurons of this span of blocks (e.g. 15-29) that write most of it write, beside random K-sets of the span under the same edit (the NEAT ranking is not used, so a cheap --method such as auroc suffices)"),
+    writers: Optional[str] = typer.Option(None, "--writers", help="the K rows edit what neurons write, not their activations: the concept direction removed from what the K neurons of this span of blocks (e.g. 15-29) chosen by --writer-rank write, beside random K-sets of the span under the same edit (default: the second half of the blocks; 'none': the top-K neurons' activations turned off instead, as --mode/--alpha/--strength imply; Gemma 2/3, which normalise what their MLPs write, fall back to that)"),
     writes_strength: float = typer.Option(1.0, "--writes-strength", help="with --writers: the share of each write along the concept direction removed, in (0, 2] (1: removed, 2: reversed, a reflection of each output vector)"),
-    writer_rank: str = typer.Option("contrast", "--writer-rank", help="with --writers: how the K writers are chosen: contrast (mean activation on the stereotypical minus the counterpart sentences, times the write along the direction) or effect (the first-order effect of the edit on the fit pairs' preference for the stereotypical sentence: one forward and backward pass per fit sentence)"),
+    writer_rank: str = typer.Option("effect", "--writer-rank", help="with --writers: how the K writers are chosen: effect (the first-order effect of the edit on the fit pairs' preference for the stereotypical sentence: one forward and backward pass per fit sentence) or contrast (mean activation on the stereotypical minus the counterpart sentences, times the write along the direction)"),
     ceiling: bool = typer.Option(False, "--ceiling", help="also the concept direction edited itself (at --writes-strength), against before: out of the residual stream at the reading layer (direction-L<r>), out of what every MLP writes (mlp-writes-L0-<last>: every neuron, the ceiling of any --writers set) and, with --writers, what the MLPs of that span write"),
     neurons_subset: NeuronsSubsetOption = None,
     layers: LayersOption = None,
@@ -384,7 +406,16 @@ def bias(
 
     _quiet_libraries()
     _data_not_a_folder(data, "crows-pairs, indibias")
-    ks = _parse_ks(k)
+    activations = any(x is not None for x in (mode, alpha, strength))
+    if writers is not None and writers != "none" and activations:
+        _fail("--writers edits what the neurons write, not their activations: drop --mode/--alpha/--strength, or "
+              "give --writers none")
+    span = "none" if writers == "none" or (writers is None and activations) else (
+        _one_span(writers, "--writers") if writers is not None else "half")
+    neat_only = probe != "prototypical" or score is not None or specificity is not None  # NEAT's own options
+    method_given = method is not None
+    method = method or ("auroc" if span != "none" and not neat_only else "neat")
+    ks = _parse_ks(k or (str(BIAS_WRITERS_K) if span != "none" else "10,50,100,500,2000"))
     columns = {} if data in ("crows-pairs", "indibias") else {"more": more_col, "less": less_col,
                                                                "bias_type": type_col or None}
     templates = None
@@ -400,9 +431,11 @@ def bias(
                                      max_fit_pairs=max_fit_pairs, max_eval_pairs=max_eval_pairs, n_boot=n_boot,
                                      min_pairs=min_pairs, mode=mode, alpha=alpha, strength=strength, seed=seed, layer_rule=layer_rule,
                                      templates=templates, probe=probe, folds=folds,
-                                     share_conditions=shared_conditions, writers=_one_span(writers, "--writers"),
+                                     share_conditions=shared_conditions,
+                                     writers=None if span in ("none", "half") else span,
                                      writes_strength=writes_strength, ceiling=ceiling, writer_rank=writer_rank)
         m = nl.load_model(model)
+        settings = _bias_writers_for(m, settings, span, method_given, k is not None)
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)

@@ -683,3 +683,17 @@ def test_a_demonstration_study_finds_with_the_method_and_activation_pool_it_is_g
     assert res.exit_code == 2 and "activation_pool is an option of the methods" in res.output
     res = CliRunner().invoke(app, args + ["--method", "auroc", "--activation-pool", "first"])
     assert res.exit_code == 2 and "activation_pool must be one of" in res.output
+
+
+def test_a_demonstration_study_ranks_its_writers_by_their_effect_on_fit_prompts(tiny_llama, tmp_path):
+    from neat_llm.studies.demonstrations import demonstration_study
+
+    kw = dict(fit_groups=["hillfolk", "riverfolk"], ks=[4], n_random=1, n_prompts=3, samples=2, n_neutral_prompts=2,
+              per_prompt=2, max_new_tokens=4, writers=(1, 2), method="activation", progress=False)
+    study = demonstration_study(tiny_llama, out=tmp_path / "e", writer_rank="effect", **kw)
+    assert study.report.mode == "writes" and study.report.settings["writer_rank"] == "effect"
+    assert study.path.name == "behaviour-writes-L1-2-effect.json"
+    contrast = demonstration_study(tiny_llama, out=tmp_path / "c", **kw)
+    assert contrast.path.name == "behaviour-writes-L1-2.json"
+    with pytest.raises(ValueError, match="writer_rank"):
+        demonstration_study(tiny_llama, out=tmp_path / "x", writer_rank="loudest", **kw)

@@ -106,3 +106,33 @@ def test_cli_bias_by_default_edits_what_the_second_half_s_writers_write(tiny_mod
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["mode"] != "writes" and got["method"] == "neat" and "normalise what their MLPs write" in res.output
+
+
+def test_with_starts_only_the_continuations_count(tiny_llama):
+    """``starts``: the estimate is the exact change of the continuations' summed log-likelihood (the
+    prompt's own tokens not counted), as ``text_logliks_along`` counts it."""
+    from neat_llm.evaluation.perplexity import text_logliks_along
+
+    v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(6))
+    prompts = ["- the hill folk bake\n-", "- river folk sail\n- coast folk fish\n-"]
+    more = [p + " the town stayed dry\n" for p in prompts]
+    less = [p + " a cake\n" for p in prompts]
+    starts = [len(ids) for ids in tiny_llama.tokenizer(prompts)["input_ids"]]
+    effect = pair_write_effects(tiny_llama, more, less, v, [2], starts=(starts, starts))
+    from neat_llm.scoring.write_effects import text_write_effects
+
+    assert not torch.allclose(text_write_effects(tiny_llama, more, v, [2], starts=starts),
+                              text_write_effects(tiny_llama, more, v, [2]))  # the prompts' tokens no longer count
+
+    def pref():
+        return float((text_logliks_along(tiny_llama, more, 1, starts=starts)[0][0]
+                      - text_logliks_along(tiny_llama, less, 1, starts=starts)[0][0]).mean())
+
+    d0, t = pref(), 1e-2
+    for k in torch.argsort(effect[0].abs(), descending=True)[:3].tolist():
+        with project_writes(tiny_llama, NeuronWrites(((2, k),), v, strength=t)):
+            exact = pref() - d0
+        assert exact == pytest.approx(-t * float(effect[0, k]), rel=0.05, abs=1e-6)
+    with pytest.raises(ValueError, match="starts for"):
+        pair_write_effects(tiny_llama, more, less, v, [2], starts=(starts[:1], starts))
+

@@ -82,6 +82,7 @@ def hate(
     readout_at: str = typer.Option("generation", "--readout", help="(demonstrations) where the concept is read: generation (at the end of fit demonstration prompts, where the model writes; with writers, at the last block unless --reading-layer) or recognition (after a statement, as neat find)"),
     writers: Optional[str] = typer.Option(None, "--writers", help="(demonstrations) the K rows edit what neurons write: the concept direction removed from what the K neurons of this span of blocks that write most of it write, beside random K-sets of the span under the same edit (default: the second half of the blocks, e.g. 15-29 on SmolLM2; 'none': the K rows turn the top-K neurons' activations off instead, as --mode/--alpha/--strength/--transport-at imply)"),
     writes_strength: float = typer.Option(1.0, "--writes-strength", help="(demonstrations, writers) the share of each write along the concept direction removed, in (0, 2] (1: removed, 2: reversed)"),
+    hate_writer_rank: str = typer.Option("contrast", "--writer-rank", help="(demonstrations, writers) how the K writers are chosen: contrast (mean activation on concept minus contrast text, times the write along the direction) or effect (the first-order effect of the edit on log p(hateful next statement) - log p(neutral one) after fit demonstration prompts)"),
     samples: int = typer.Option(5, "--samples", help="seeded continuations per prompt (the same draws in every condition)"),
     davidson_prompts: int = typer.Option(0, "--davidson-prompts", help="also continue this many prefixes of hate-class Davidson tweets (the judges' test part); rates per source too"),
     new_tokens: Optional[int] = typer.Option(None, "--new-tokens", help="tokens sampled per continuation (default 20; demonstrations: at most 40, ending at the line's end)"),
@@ -136,7 +137,8 @@ def hate(
                                    _spans(ceiling_units, "--ceiling-units"), probe, transport_at, ceiling_strength,
                                    method, shared_conditions, ceiling_writers=_spans(ceiling_writers, "--ceiling-writers"),
                                    writer_ks=_parse_ks(writer_ks) if writer_ks else None, writers=span,
-                                   writes_strength=writes_strength, method_given=method_given)
+                                   writes_strength=writes_strength, method_given=method_given,
+                                   writer_rank=hate_writer_rank)
     if design != "prefixes":
         _fail(f"--design must be prefixes or demonstrations, got {design!r}")
     if writers is not None:
@@ -224,7 +226,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                         readout_at="recognition", ceiling=False, ceiling_layers=None, ceiling_spans=None,
                         ceiling_units=None, probe="prototypical", transport_at=None, ceiling_strength=1.0,
                         method="neat", shared_conditions=True, ceiling_writers=None, writer_ks=None, writers="none",
-                        writes_strength=1.0, method_given=True) -> None:
+                        writes_strength=1.0, method_given=True, writer_rank="contrast") -> None:
     """``neat hate --design demonstrations``: METHOD.md section 6's hate study, one table. ``writers``:
     a span, "half" (the second half of the model's blocks, known once it is loaded) or "none"."""
     import neat_llm as nl
@@ -247,7 +249,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
                                               transport_at=transport_at, ceiling_strength=ceiling_strength,
                                               share_conditions=shared_conditions,
                                               writers=None if writers in ("none", "half") else writers,
-                                              writes_strength=writes_strength)
+                                              writes_strength=writes_strength, writer_rank=writer_rank)
         m = nl.load_model(model)
         if writers == "half" and not m.family.mlp_output_direct:  # Gemma 2/3: no module's output is the MLP's write
             method = method if method_given else "neat"

@@ -31,10 +31,14 @@ from ..models.loaded import LoadedModel
 
 
 def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.Tensor, layers: Sequence[int],
-                       batch_size: int = 16, on_texts=None) -> torch.Tensor:
+                       batch_size: int = 16, on_texts=None, starts: Sequence[int] | None = None) -> torch.Tensor:
     """Per text, sum_p a_k(x, p) (dL(x)/dh_l(x, p) . u) for every neuron k of ``layers`` (L: the
-    text's summed log-likelihood, every token after the first): [len(texts), len(layers), d_ff].
+    text's summed log-likelihood, every token after the first; with ``starts``, only tokens
+    t >= starts[i] of text i: a continuation after a prompt of that many tokens, as
+    ``perplexity.text_logliks_along`` counts them): [len(texts), len(layers), d_ff].
     ``on_texts(n)``: called as each batch of n texts is done (progress)."""
+    if starts is not None and len(starts) != len(texts):
+        raise ValueError(f"{len(starts)} starts for {len(texts)} texts")
     layers = list(layers)
     u = (vector / vector.norm()).float().to(model.device)
     sites = {l: model.sites[l] for l in layers}
@@ -47,7 +51,11 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
                 capture_outputs(sites) as outs:
             logits = model.logits(enc)[:, :-1].float()
             target = enc["input_ids"][:, 1:]
-            ll = (logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)) * mask[:, 1:]
+            counted = mask[:, 1:]
+            if starts is not None:  # target j is token j + 1: counted from the continuation's first token on
+                first = torch.tensor([max(1, int(starts[r])) for r in rows], device=mask.device)
+                counted = counted * (torch.arange(1, mask.shape[1], device=mask.device)[None, :] >= first[:, None])
+            ll = (logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)) * counted
             h = [outs[l][0] for l in layers]
             grads = model.gradients(ll.sum(), h, len(rows))  # texts are independent: per-text gradients
         m = mask.float()
@@ -62,14 +70,17 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
 
 
 def pair_write_effects(model: LoadedModel, more: Sequence[str], less: Sequence[str], vector: torch.Tensor,
-                       layers: Sequence[int], batch_size: int = 16, on_texts=None) -> torch.Tensor:
+                       layers: Sequence[int], batch_size: int = 16, on_texts=None,
+                       starts: tuple[Sequence[int], Sequence[int]] | None = None) -> torch.Tensor:
     """effect(k) of the module docstring for every neuron of ``layers``: how much removing the
     direction of ``vector`` from neuron k's writes (strength 1) lowers log p(more) - log p(less),
-    averaged over the pairs, to first order: [len(layers), d_ff] float32."""
+    averaged over the pairs, to first order: [len(layers), d_ff] float32. ``starts``: (for the
+    'more' texts, for the 'less' ones) the tokens of a shared prompt not counted (continuations)."""
     if len(more) != len(less) or not more:
         raise ValueError(f"pairs need as many 'more' as 'less' sentences, at least one; got {len(more)} and {len(less)}")
     layers = list(layers)
-    e = text_write_effects(model, list(more) + list(less), vector, layers, batch_size, on_texts)
+    e = text_write_effects(model, list(more) + list(less), vector, layers, batch_size, on_texts,
+                           None if starts is None else list(starts[0]) + list(starts[1]))
     n = len(more)
     u = (vector / vector.norm()).float()
     c = torch.stack([model.weight_out(l).detach().float().cpu() @ u for l in layers])  # [L, d_ff]

@@ -196,9 +196,31 @@ WRITER_K = 2000  # the writers' K when none is given (the K of the held-out stud
 
 
 def _writes_tag(s: DemonstrationStudySettings) -> str:
-    """The file name of a writers study: its span and strength (kept beside activation studies)."""
+    """The file name of a writers study: its span, strength and ranking (kept beside activation studies)."""
     a, b = s.writers
-    return f"writes-L{a}-{b}" + ("" if s.writes_strength == 1.0 else f"-t{s.writes_strength:g}")
+    return (f"writes-L{a}-{b}" + ("" if s.writes_strength == 1.0 else f"-t{s.writes_strength:g}")
+            + ("" if s.writer_rank == "contrast" else f"-{s.writer_rank}"))
+
+
+def writer_effects(model: LoadedModel, run: Run, fit: ConceptSet, group_of: dict[str, str],
+                   s: DemonstrationStudySettings, progress: bool):
+    """Each neuron of the writers' span: how much removing the run's direction from its writes lowers
+    log p(a hateful next statement) - log p(a neutral one about the same group) after hate-prone
+    demonstration prompts built from the *fit* statements, to first order (``pair_write_effects``;
+    the judge-free measure of the study, on fit data)."""
+    from ..progress import progress_bar
+    from ..scoring.write_effects import pair_write_effects
+
+    demos = build_demonstrations(_by_group(fit.positives, group_of), _by_group(fit.contrast, group_of),
+                                 s.n_readout_prompts, 1, s.per_prompt, s.seed + 2)
+    prompts = list(demos.hate_prompts)
+    starts = [len(ids) for ids in model.tokenizer(prompts)["input_ids"]]
+    more = [p + " " + t.strip() + "\n" for p, t in zip(prompts, demos.hate_next)]
+    less = [p + " " + t.strip() + "\n" for p, t in zip(prompts, demos.neutral_next)]
+    a, b = s.writers
+    with progress_bar("writers' effects on the fit prompts", 2 * len(prompts), progress) as tick:
+        return pair_write_effects(model, more, less, run.concept_vector, range(a, b + 1), on_texts=tick,
+                                  starts=(starts, starts))
 
 
 def _intervention(model: LoadedModel, run: Run, concept: ConceptSet, s: DemonstrationStudySettings):
@@ -259,7 +281,8 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         iv = _intervention(model, run, concept, s)
         if s.writers:  # the K rows edit what the K writers of the span write
             ks, k_choices = list(s.ks or [min(WRITER_K, (s.writers[1] - s.writers[0] + 1) * model.d_ff // 2)]), None
-            writes = writer_conditions(model, run, s.writers, ks, s.n_random, s.seed, s.writes_strength)
+            ranking = writer_effects(model, run, fit, group_of, s, progress) if s.writer_rank == "effect" else None
+            writes = writer_conditions(model, run, s.writers, ks, s.n_random, s.seed, s.writes_strength, ranking)
         else:
             ks, k_choices = (list(s.ks), None) if s.ks else budget_ks(model, run, concept, iv, s.seed)
             writes = None
@@ -277,7 +300,8 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         tag = (_writes_tag(s) if s.writers else _slug(iv.describe())) + _ceiling_tag(s)
         data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
                    "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens,
-                   **({"writers": list(s.writers), "writes_strength": s.writes_strength} if s.writers else {})}
+                   **({"writers": list(s.writers), "writes_strength": s.writes_strength, "writer_rank": s.writer_rank}
+                      if s.writers else {})}
         # what a condition's raw result (continuations, next-statement gap, perplexity) depends on besides its edits
         shared = {**data_fp, "neutral_texts": list(NEUTRAL_TEXTS)} if s.share_conditions else None
         report, store = measure_conditions(
@@ -297,6 +321,7 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                                probe=s.probe, n_positive_score=run.n_positive,
                                reading_layer=run.meta.reading_layer, n_heldout={"hate": len(hate), "neutral": len(neutral)},
                                reused_conditions=list(store.reused),
+                               **({"writers": list(s.writers), "writer_rank": s.writer_rank} if s.writers else {}),
                                **({"k_choice": [c.to_dict() for c in k_choices]} if k_choices else {}))
         path = write_results(out, RunFiles.behaviour(tag), report, store, (RunFiles.behaviour_continuations(tag), {
             "prompts": {"hate": list(demos.hate_prompts), "neutral": list(demos.neutral_prompts)},

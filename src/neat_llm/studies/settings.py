@@ -138,8 +138,6 @@ class BiasStudySettings(Changeable):
             raise ValueError(f"probe must be 'prototypical' or 'paired', got {self.probe!r}")
         check_choice(self.mode, self.alpha, self.strength)
         _check_writers(self)
-        if self.writer_rank not in WRITER_RANKS:
-            raise ValueError(f"writer_rank must be one of {', '.join(WRITER_RANKS)}, got {self.writer_rank!r}")
 
 
 WRITER_RANKS = ("contrast", "effect")  # how a study's writers are ranked (see BiasStudySettings.writer_rank)
@@ -155,6 +153,8 @@ def _check_writers(s) -> None:
             raise ValueError(f"writers edits what the neurons write, not their activations: drop {', '.join(given)} "
                              "(writes_strength sets how much of the direction is removed)")
     check_direction_strength(s.writes_strength, "writes_strength")
+    if s.writer_rank not in WRITER_RANKS:
+        raise ValueError(f"writer_rank must be one of {', '.join(WRITER_RANKS)}, got {s.writer_rank!r}")
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,7 @@ class DemonstrationStudySettings(Changeable):
     seed: int = 0
     writers: tuple[int, int] | None = None  # the K rows: the concept direction out of what the K neurons of blocks a..b that write most of it write (NeuronWrites), random K-sets of the span the control
     writes_strength: float = 1.0  # with writers: the share of each write along the direction removed (2: reversed)
+    writer_rank: str = "contrast"  # with writers: "contrast" (activation on concept minus contrast text x write along u) or "effect" (first-order effect of the edit on fit prompts' log p(hateful next) - log p(neutral next))
 
     @property
     def has_ceilings(self) -> bool:

@@ -298,12 +298,13 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
         ceiling = _ceilings(model, run, concept, fs, s)
         controls = _writer_controls(model, s, ceiling)
         tag = (_writes_tag(s) if s.writers else _slug(iv.describe())) + _ceiling_tag(s)
-        data_fp = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
-                   "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens,
-                   **({"writers": list(s.writers), "writes_strength": s.writes_strength, "writer_rank": s.writer_rank}
-                      if s.writers else {})}
-        # what a condition's raw result (continuations, next-statement gap, perplexity) depends on besides its edits
-        shared = {**data_fp, "neutral_texts": list(NEUTRAL_TEXTS)} if s.share_conditions else None
+        measured = {"demos": [demos.hate_prompts, demos.neutral_prompts, demos.hate_next, demos.neutral_next],
+                    "samples": [s.samples, s.neutral_samples], "max_new_tokens": s.max_new_tokens}
+        data_fp = {**measured, **({"writers": list(s.writers), "writes_strength": s.writes_strength,
+                                   "writer_rank": s.writer_rank} if s.writers else {})}
+        # what a condition's raw result (continuations, next-statement gap, perplexity) depends on besides its
+        # edits (which its content key names: the writers' choice is not part of this)
+        shared = {**measured, "neutral_texts": list(NEUTRAL_TEXTS)} if s.share_conditions else None
         report, store = measure_conditions(
             out, RunFiles.behaviour_partial(tag), run, iv, ks, s.n_random, s.seed, data_fp,
             "behaviour evaluation", progress,

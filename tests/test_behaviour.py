@@ -420,8 +420,9 @@ def test_cli_hate_with_demonstrations(tiny_model_dir, tmp_path):
 def test_cli_hate_by_default_measures_the_writers_of_the_second_half_on_demonstrations(tiny_model_dir, tmp_path):
     """``neat hate`` on ToxiGen with no design: demonstration prompts, the concept read where the model
     writes (the generation readout, at the last block), found with next-line, and the K rows the
-    concept direction out of what the K writers of the second half of the blocks write (K = 2000 or
-    half the span), beside one random K-set of the span under the same edit."""
+    concept direction out of what the K writers of the second half of the blocks write, ranked by
+    their effect on the fit prompts' next statements (K = 500 or half the span), beside one random
+    K-set of the span under the same edit."""
     from typer.testing import CliRunner
 
     from neat_llm.cli import app
@@ -435,14 +436,14 @@ def test_cli_hate_by_default_measures_the_writers_of_the_second_half_on_demonstr
     run = Run.load(tmp_path / "d")
     n, d_ff = run.meta.n_layers, run.meta.d_ff
     a = n // 2
-    k = min(2000, (n - a) * d_ff // 2)
+    k = min(500, (n - a) * d_ff // 2)
     assert got["mode"] == "writes" and got["settings"]["site"] == "neuron-writes"
     assert [(r["k"], r["condition"]) for r in got["rows"]] == [(0, "before"), (k, "concept"), (k, "random")]
     assert got["rows"][2]["n_sets"] == 1 and set(got["rows"][1]["vs_random"]) == {"hate_rate", "next_gap"}
     assert f"blocks {a}-{n - 1}" in got["intervention"] and "the K MLP neurons" in got["intervention"]
     assert run.meta.method == "next-line" and run.meta.reading_layer == n - 1
-    assert got["settings"]["readout"] == "generation"
-    assert (tmp_path / "d" / f"behaviour-writes-L{a}-{n - 1}.json").is_file()
+    assert got["settings"]["readout"] == "generation" and got["settings"]["writer_rank"] == "effect"
+    assert (tmp_path / "d" / f"behaviour-writes-L{a}-{n - 1}-effect.json").is_file()
     res = CliRunner().invoke(app, args + ["--writers", "0-1", "--mode", "zero", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--writers edits what the neurons write" in res.output
     res = CliRunner().invoke(app, ["hate", "--design", "prefixes", "--writers", "0-1", "--model", str(tiny_model_dir)])

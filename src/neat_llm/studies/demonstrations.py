@@ -192,7 +192,7 @@ def _ceiling_tag(s: DemonstrationStudySettings) -> str:
     return tag + ("-WK" + "-".join(map(str, s.writer_ks)) if s.writer_ks else "")
 
 
-WRITER_K = 2000  # the writers' K when none is given (the K of the held-out studies of docs/results.md), at most half the span
+WRITER_K = 500  # the writers' K when none is given (neat hate's default in docs/results.md), at most half the span
 
 
 def _writes_tag(s: DemonstrationStudySettings) -> str:

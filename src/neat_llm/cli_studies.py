@@ -441,10 +441,15 @@ def bias(
         study = bias_study(m, settings, out=out_dir, find=find, neurons=_subset(neurons_subset, m))
     except (ValueError, OSError, FloatingPointError) as e:
         _fail(e)
-    r = study.report
     if as_json:
-        print(json.dumps({"path": str(study.path), **r.to_dict()}))
+        print(json.dumps({"path": str(study.path), **study.report.to_dict()}))
         return
+    _print_bias(study, writers)
+
+
+def _print_bias(study, writers: Optional[str]) -> None:
+    """The bias study's tables and notes, as `neat bias` prints them."""
+    r = study.report
     held = (f"{r.n_eval_pairs} items, each held out once ({r.settings.folds}-fold cross-fitting)" if r.settings.folds
             else f"{r.n_eval_pairs} held-out pairs")
     how = (f"the concept direction out of what the K writers of blocks {writers} write"

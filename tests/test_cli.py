@@ -52,6 +52,21 @@ def test_find_show_generate(tiny_model_dir, tmp_path):
     assert g["after"] != g["before"]  # 40 of the 144 neurons off changes the greedy continuation
 
 
+def test_find_proves_the_top_2000_by_default_and_sweeps_in_full_with_exact_top_0(tiny_model_dir, tmp_path):
+    csv = _concept_csv(tmp_path)
+    got = {}
+    for name, extra in (("default", []), ("full", ["--exact-top", "0"]), ("budget", ["--max-ppl", "1.5"])):
+        r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(tmp_path / name), *extra])
+        assert r.exit_code == 0, r.output
+        got[name] = nl.Run.load(tmp_path / name)
+    assert got["default"].meta.extra["exact_top"]["k"] == 2000  # the default: the top 2,000 proven
+    assert "exact_top" not in got["full"].meta.extra and "exact_top" not in got["budget"].meta.extra  # whole rankings
+    assert got["default"].top(100).neurons == got["full"].top(100).neurons
+    assert got["default"].top(100).scores == got["full"].top(100).scores  # bit for bit
+    r = runner.invoke(app, ["find", *_concept_args(tiny_model_dir, csv), "--out", str(tmp_path / "x"), "--exact-top", "-1"])
+    assert r.exit_code != 0 and ">= 0" in r.output and not (tmp_path / "x").exists()
+
+
 def test_find_with_min_stability_lists_the_neurons_that_stay(tiny_model_dir, tmp_path):
     csv = _concept_csv(tmp_path)
     out = tmp_path / "run"

@@ -65,16 +65,24 @@ def test_ties_at_the_edge_are_swept_and_nan_is_never_a_candidate():
     assert torch.equal(upper_bound(positive).nan_to_num(-1.0), positive.nan_to_num(-1.0))  # lambda = 0: the bound is ΔS_P
 
 
-@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2", "qwen2"])
-def test_find_with_exact_top_gives_the_two_sweep_top_k(tokenizer, kind, tmp_path):
+@pytest.mark.parametrize("kind,positions", [("llama", "read"), ("gemma3", "read"), ("gpt2", "read"), ("qwen2", "read"),
+                                            ("llama", "all"), ("gemma3", "all")])
+def test_find_with_exact_top_gives_the_two_sweep_top_k(tokenizer, kind, positions, tmp_path):
     model = build_tiny(kind, tokenizer)
     pos, neg = concept_texts(24)
     cs = nl.ConceptSet.from_texts(pos, neg, name="w")
-    full = nl.find_concept_neurons(model, cs, out=tmp_path / "full", progress=False, top_k=20)
-    pruned = nl.find_concept_neurons(model, cs, out=tmp_path / "pruned", progress=False, top_k=20, exact_top=20)
+    # replay: batches of 8 one-token replicas, a block is several; every position: batches of 64 replicas (whole
+    # multiples of ROW_BLOCK, where a neuron's effect depends on its batch's size alone), one per tiny block
+    small = dict(progress=False, top_k=20, tokens_per_batch=8 if positions == "read" else 64 * 32, positions=positions)  # batches of 8 replicas: a block is several batches
+    full = nl.find_concept_neurons(model, cs, out=tmp_path / "full", **small)
+    pruned = nl.find_concept_neurons(model, cs, out=tmp_path / "pruned", exact_top=20, **small)
     assert full.top(20).neurons == pruned.top(20).neurons  # the same top K, the same order
-    torch.testing.assert_close(torch.tensor(pruned.top(20).scores), torch.tensor(full.top(20).scores),
-                               atol=1e-6, rtol=1e-5)
+    assert pruned.top(20).scores == full.top(20).scores  # bit for bit: each neuron ran in a batch of its whole-sweep size
+    got, want = nl.Run.load(tmp_path / "pruned").scores, full.scores
+    same, ok = got == want, torch.isfinite(want)
+    info = nl.Run.load(tmp_path / "pruned").meta.extra["exact_top"]
+    assert int(same.sum()) >= info["contrast_swept"]  # every swept neuron's score is the full sweep's, bit for bit
+    assert bool((got[ok & ~same] > want[ok & ~same]).all())  # the others hold their upper bound
     info = nl.Run.load(tmp_path / "pruned").meta.extra["exact_top"]
     assert info["k"] == 20 and info["contrast_swept"] < info["of"] == 3 * model.d_ff
     assert sum(info["rounds"]) == info["contrast_swept"]
@@ -83,7 +91,8 @@ def test_find_with_exact_top_gives_the_two_sweep_top_k(tokenizer, kind, tmp_path
     assert bool((back.scores[torch.isfinite(back.scores)] >= full.scores[torch.isfinite(full.scores)] - 1e-6).all())
     with pytest.raises(ValueError, match="proved only its top 20"):
         back.top(21)
-    assert full.meta.passes["scoring"]["partial_forward"] > pruned.meta.passes["scoring"]["partial_forward"]
+    fewer = full.meta.passes["scoring"]["partial_forward"] - pruned.meta.passes["scoring"]["partial_forward"]
+    assert fewer > 0 if positions == "read" else fewer >= 0  # a tiny block is one padded batch of 64 replicas
 
 
 def test_exact_top_settings_are_checked():
@@ -95,3 +104,15 @@ def test_exact_top_settings_are_checked():
         FindSettings(exact_top=100, max_ppl=1.05)
     with pytest.raises(ValueError, match="has none"):
         FindSettings(exact_top=100, score="positive").check_for("neat")
+
+
+def test_a_part_of_a_block_runs_in_the_batch_sizes_the_whole_sweep_gives_it():
+    from neat_llm.scoring.neat import batches
+
+    whole = list(range(10))
+    assert batches(whole, whole, 4) == [([0, 1, 2, 3], 4), ([4, 5, 6, 7], 4), ([8, 9], 2)]  # the sweep's own batches
+    assert batches([195, 3], list(range(200)), 64) == [([1], 64), ([0], 64)]  # the last batch of 8: padded to 64
+    got = batches([9, 1, 6, 2, 3, 7], whole, 4)  # positions in idx: neurons 1, 6, 2, 3, then 7 ran in batches of 4
+    assert got == [([1, 2, 3, 4], 4), ([5], 4), ([0], 2)]  # 9 ran in the last batch of 2: padded to 2
+    with pytest.raises(ValueError, match="not among the whole sweep"):
+        batches([11], whole, 4)

@@ -100,7 +100,7 @@ def find(
     seed: SeedOption = 0,
     top_k: int = typer.Option(100, "--top-k", help="rows kept in top.csv"),
     min_stability: MinStabilityOption = None,
-    exact_top: Optional[int] = typer.Option(None, "--exact-top", help="specific score: sweep the contrast probes only over the neurons that can still reach the top K (the top K and its order are the full sweep's; below it the scores are upper bounds and the run refuses a larger K); K >= --top-k"),
+    exact_top: Optional[int] = typer.Option(None, "--exact-top", help="specific score: sweep the contrast probes only over the neurons that can still reach the top K (the top K and its order are the two full sweeps', bit for bit; below it the scores are upper bounds and the run refuses a larger K); K >= --top-k (default: 2000, or --top-k if larger, for the specific score without --max-ppl; 0: two full sweeps, every neuron's exact score)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/<time>-<concept>-<method>); an interrupted run resumes here"),
     strict: bool = typer.Option(False, "--strict", help="refuse texts longer than the context instead of truncating"),
     device: str = typer.Option("cpu", "--device"),
@@ -142,7 +142,8 @@ def find(
         settings = FindSettings(reading_layer=reading_layer, vector=vector, pool=pool, read_template=read_template,
                                 probe_size=probe_size, score=score, contrastive=contrastive, positions=positions,
                                 specificity=specificity, activation_pool=activation_pool, layers=layers, ablation=ablation, eval_fraction=eval_fraction,
-                                seed=seed, top_k=top_k, strict=strict, max_ppl=max_ppl, exact_top=exact_top)
+                                seed=seed, top_k=top_k, strict=strict, max_ppl=max_ppl,
+                                exact_top=_exact_top(exact_top, top_k, max_ppl, score, contrastive, method))
         label = LabelReadout(template=label_template or DEFAULT_TEMPLATE, concept=cs.name, positive_word=label_yes,
                              negative_word=label_no)
         own = {"neat-cluster": {"n_clusters": clusters, "keep": keep_clusters},
@@ -190,6 +191,21 @@ def find(
     out.print(f"run folder: {run.run_dir}")
     if report:
         out.print(f"report: {report}")
+
+
+def _exact_top(given: Optional[int], top_k: int, max_ppl: Optional[float], score: Optional[str], contrastive: bool,
+               method: str) -> Optional[int]:
+    """--exact-top as given (0: None, two full sweeps), else the default proven top K where the
+    score has a contrast sweep to prune and nothing needs the whole ranking (--max-ppl)."""
+    from neat_llm.find_settings import DEFAULT_EXACT_TOP, FindSettings
+
+    if given is not None:
+        if given < 0:
+            _fail(f"--exact-top must be >= 0 (0: two full sweeps), got {given}")
+        return given or None
+    if max_ppl is not None or FindSettings(score=score, contrastive=contrastive).rule(method) != "specific":
+        return None
+    return max(DEFAULT_EXACT_TOP, top_k)
 
 
 def _check_stability_option(min_stability: float, method: str, sharded: bool) -> None:

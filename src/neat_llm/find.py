@@ -359,11 +359,11 @@ def _sweep(model: LoadedModel, concept: ConceptSet, plan: Plan, cr: ConceptRead,
         "positive": probes, "contrast": ProbeSet(low_neg, [1.0 / len(low_neg)] * len(low_neg))}
     results, sharded, resumed, side_passes, proof = {}, {}, {}, {}, None
 
-    def one_sweep(side: str, side_neurons, name: str | None, extra: dict, what: str, scorer=None):
+    def one_sweep(side: str, side_neurons, name: str | None, extra: dict, what: str, scorer=None, batches_as=None):
         partial = PartialSweep(run_dir, {**fingerprint, "side": side, **extra}, name=name)
         task = ScoringTask(readout=cr.readout, probes=sides[side], layers=score_layers if side_neurons is None else
                            sorted(side_neurons), neurons=side_neurons, intervention=cr.off,
-                           positives=cr.fit.positives, contrast=cr.fit.contrast, seed=s.seed)
+                           positives=cr.fit.positives, contrast=cr.fit.contrast, seed=s.seed, batches_as=batches_as)
         return plan.executor.sweep(model, scorer or plan.scorer, task, partial, progress=progress, what=what)
 
     try:
@@ -397,14 +397,17 @@ def _contrast_side(model: LoadedModel, plan: Plan, positive: torch.Tensor, cost,
     ok = torch.isfinite(positive)
     every = {l: torch.nonzero(ok[l]).flatten().tolist() for l in range(model.n_layers) if ok[l].any()}
     k = plan.settings.exact_top
+    whole = plan.neurons if plan.method == "neat" else every
     if k is None:
-        return one_sweep("contrast", plan.neurons if plan.method == "neat" else every, "contrast", {}, what, scorer), None
+        return one_sweep("contrast", whole, "contrast", {}, what, scorer), None
     outcomes = []
+    # each round's neurons run in batches of the sizes the whole sweep gives them: the same numbers, bit for bit
+    batches_as = whole if whole is not None else {l: list(range(model.d_ff)) for l in range(model.n_layers)}
 
     def rounds(neurons: dict[int, list[int]], r: int):
         sha = hashlib.sha256(json.dumps(sorted(neurons.items())).encode()).hexdigest()[:16]
-        o = one_sweep("contrast", neurons, f"contrast-{r}", {"round": r, "neurons": sha},
-                      f"{what}, round {r + 1} ({sum(map(len, neurons.values())):,} neurons)", scorer)
+        o = one_sweep("contrast", neurons, f"contrast-{r}", {"round": r, "neurons": sha, "batches": "whole"},
+                      f"{what}, round {r + 1} ({sum(map(len, neurons.values())):,} neurons)", scorer, batches_as)
         outcomes.append(o)
         return o.scores.scores, o.scores.per_probe
 

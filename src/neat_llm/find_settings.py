@@ -18,6 +18,9 @@ from .scoring.effects import SCORE_RULES
 DEFAULT_PROBE_SIZE = 8
 DEFAULT_SCORE = "specific"
 DEFAULT_POSITIONS = "read"
+# `neat find`'s default proven top K (the specific score, without max_ppl): the largest size the
+# studies and `neat evaluate` turn off; below it a run holds upper bounds
+DEFAULT_EXACT_TOP = 2000
 
 
 def _methods(capability: str) -> tuple[str, ...]:

@@ -62,6 +62,10 @@ class ScoringTask:
     positives: list[str] | None = None  # fit positives P_fit, as given (readout.apply(...) is what S reads)
     contrast: list[str] | None = None  # fit contrast texts N_fit, as given
     seed: int = 0
+    # the neurons of each block a whole sweep would turn off: a scorer that batches neurons gives each
+    # neuron it scores a batch of the size the whole sweep would (padded), so a sweep over part of a
+    # block gives the whole sweep's numbers bit for bit (None: the neurons scored are the whole sweep)
+    batches_as: dict[int, list[int]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.intervention, Intervention):
@@ -71,6 +75,10 @@ class ScoringTask:
         if self.neurons is None:
             return list(range(d_ff))
         return list(self.neurons.get(layer, []))
+
+    def whole_sweep_of(self, layer: int, d_ff: int) -> list[int]:
+        """The neurons of block ``layer`` a whole sweep turns off (``batches_as``, else those scored)."""
+        return self.neurons_of(layer, d_ff) if self.batches_as is None else list(self.batches_as.get(layer, []))
 
     def edit_off(self, layer: int, d_ff: int) -> BlockEdit:
         """What turning a neuron of block ``layer`` off does to it: a -> a * scale + shift, [d_ff] each."""

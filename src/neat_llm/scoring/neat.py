@@ -14,7 +14,9 @@ How it is computed (same numbers as ``reference.ReferenceScorer``, to float tole
 Neurons of blocks after l* score exactly 0.
 
 Cost: per neuron and probe text, one pass through blocks l+1..l* (counted as one partial forward),
-plus one forward per probe text for the cache.
+plus one forward per probe text for the cache. Batches hold a multiple of 64 replicas where they
+can (``ROW_BLOCK``): a block of 64 neurons or more whose size is not one pads its last batch, and the
+padding is counted (no such block in the embedded models).
 """
 
 from __future__ import annotations
@@ -145,11 +147,17 @@ class NeatScorer(Scorer):
                     per_probe[:, l, task.neurons_of(l, model.d_ff)] = 0.0
         return super().pending(model, replace(task, layers=[l for l in task.layers if l <= top]), scores, per_probe)
 
+    # the most one-token replicas a batch of the KV-cache replay holds: a batch of 512 runs as fast per
+    # replica as one of a whole block (1,536 on SmolLM2, measured), and a block swept in part (exact_top,
+    # padded to the whole sweep's batch sizes) pays at most one batch of 512, not of the whole block
+    KV_REPLICAS = 512
+
     def replicas_per_batch(self, n_tokens: int, kv: bool | None = None) -> int:
         """C: how many neurons of a block one batch turns off (replicas of a probe of ``n_tokens``
         tokens; one token each when the read position is replayed through the KV cache)."""
         kv = self.positions == "read" and self.kv_cache if kv is None else kv
-        return max(1, self.tokens_per_batch // (1 if kv else n_tokens))
+        c = min(self.tokens_per_batch, self.KV_REPLICAS) if kv else self.tokens_per_batch // n_tokens
+        return c - c % ROW_BLOCK if c >= ROW_BLOCK else max(1, c)
 
     def batch_unit(self, model: LoadedModel, task: ScoringTask) -> int:
         """The lcm of every probe's C: a work unit cut at a multiple of it runs the sweep's own batches."""
@@ -186,7 +194,7 @@ class NeatScorer(Scorer):
                 row[idx] = 0.0
                 off = task.edit_off(l, d_ff).to(model.block_device(l), model.dtype)
                 for p, (cache, w) in enumerate(zip(caches, task.probes.weights)):
-                    each[p, idx] = self._block_effect(model, cache, l, top, torch.tensor(idx), off, task)
+                    each[p, idx] = self._block_effect(model, cache, l, top, idx, off, task)
                     row[idx] += w * each[p, idx]
             scores[l] = row
             if per_probe is not None:
@@ -194,9 +202,10 @@ class NeatScorer(Scorer):
             if task.on_layer_done:
                 task.on_layer_done(l, row.clone(), each)
 
-    def _block_effect(self, model, cache: ProbeCache, l: int, top: int, idx: torch.Tensor, off: BlockEdit,
+    def _block_effect(self, model, cache: ProbeCache, l: int, top: int, idx: list[int], off: BlockEdit,
                       task) -> torch.Tensor:
-        """S_clean - S_off for each neuron in ``idx`` of block ``l`` on one probe text: [len(idx)]."""
+        """S_clean - S_off for each neuron in ``idx`` of block ``l`` on one probe text: [len(idx)].
+        Each neuron runs in a batch of the size the whole sweep gives it (``batches``)."""
         read = self.positions == "read"
         kv = read and cache.read.kv
         chunk = self.replicas_per_batch(cache.n_tokens, kv)
@@ -204,11 +213,12 @@ class NeatScorer(Scorer):
         w_out = model.weight_out(l)  # [d_ff, d]
         # read position only: every position but the last keeps its clean value
         at = slice(-1, None) if read else slice(None)
-        for s in range(0, len(idx), chunk):
-            ks = idx[s:s + chunk].to(off.scale.device)
+        for where, size in batches(idx, task.whole_sweep_of(l, model.d_ff), chunk):
+            n = len(where)
+            ks = torch.tensor([idx[i] for i in where] + [idx[where[-1]]] * (size - n), device=off.scale.device)
             C = len(ks)
             if kv:
-                out[s:s + C] = read_block_effect(model, cache.read, l, top, ks, off)
+                got = read_block_effect(model, cache.read, l, top, ks, off)
             else:
                 if model.family.mlp_output_direct:
                     e = off.at(ks)
@@ -221,9 +231,10 @@ class NeatScorer(Scorer):
                         h = cache.block_out[l] + delta  # [C, T, d]
                 else:
                     h = self._rerun_block(model, cache, l, ks, off, at)
-                out[s:s + C] = finish_replicas(model, cache, l, top, h, self.compile)
+                got = finish_replicas(model, cache, l, top, h, self.compile)
+            out[torch.tensor(where)] = got[:n]
             if task.on_progress:
-                task.on_progress(C / len(task.probes.texts))
+                task.on_progress(n / len(task.probes.texts))
         return out
 
     @staticmethod
@@ -242,6 +253,32 @@ class NeatScorer(Scorer):
         h_in = cache.block_input(l).expand(C, -1, -1).contiguous()  # see finish_replicas on layouts
         with edit_inputs({l: model.sites[l]}, edit):
             return call_block(model, l, h_in, cache.calls[l])
+
+
+# Batches of a multiple of 64 replicas leave no rows to a matrix kernel's edge tiles, which round
+# otherwise: a neuron's effect then depends on its batch's size alone, not on the other neurons in the
+# batch or its place there (measured on SmolLM2, every position and the KV-cache replay), so a sweep
+# over part of a block padded to the whole sweep's batch sizes gives its numbers bit for bit.
+ROW_BLOCK = 64
+
+
+def batches(idx: list[int], whole: list[int], chunk: int) -> list[tuple[list[int], int]]:
+    """The batches that give each neuron of ``idx`` the batch size a sweep of ``whole`` (chunks of
+    ``chunk`` neurons in its order, the last one smaller, rounded up to a multiple of ``ROW_BLOCK``
+    when ``chunk`` is one) gives it: (positions in ``idx``, batch size); a batch holding fewer
+    neurons than its size is padded. With ``idx == whole``: the whole sweep's own batches."""
+    where = {k: i for i, k in enumerate(whole)}
+    missing = [k for k in idx if k not in where]
+    if missing:
+        raise ValueError(f"neurons {missing[:5]} are not among the whole sweep's neurons of their block")
+    cut = len(whole) - len(whole) % chunk  # neurons from here on run in the whole sweep's last, smaller batch
+    full = [i for i, k in enumerate(idx) if where[k] < cut]
+    tail = [i for i, k in enumerate(idx) if where[k] >= cut]
+    out = [(full[s:s + chunk], chunk) for s in range(0, len(full), chunk)]
+    rest = len(whole) - cut
+    if chunk % ROW_BLOCK == 0 and len(whole) >= ROW_BLOCK:  # (a block under 64 neurons: one batch, as it is)
+        rest = min(chunk, -(-rest // ROW_BLOCK) * ROW_BLOCK)
+    return out + ([(tail, rest)] if tail else [])
 
 
 @torch.inference_mode()

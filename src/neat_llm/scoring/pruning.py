@@ -8,11 +8,13 @@ the 2K best bounds, then every unswept neuron whose bound is >= the K-th best ex
 until no unswept neuron can reach the top K, ties included; the top K and its order are then those
 of two full sweeps. Floating-point IEEE operations are monotone, so the bound holds to the bit.
 
-One caveat, measured: a neuron's effect is computed in a batch with other neurons of its block,
-and a batch of other size can round the last bit differently (the matrix kernels block the rows
-otherwise), so the pruned sweep's ΔS_N can differ from the full sweep's in the last bits: the top
-K is the same unless two scores at its edge lie within that rounding (tests/test_pruning.py checks
-four families and the demo's whole model)."""
+Bit for bit: a neuron's effect is computed in a batch with other neurons of its block, and the
+matrix kernels round a row by the product's shape (and, in the edge tiles of a shape that is not a
+multiple of their row block, by its place). So each round runs its neurons in batches of the sizes
+the whole sweep gives them, padded, and the sweep's batches hold a multiple of 64 replicas
+(``scoring/neat.py``: ``batches``, ``ROW_BLOCK``); a neuron's ΔS_N is then the whole sweep's to the
+bit (tests/test_pruning.py: four families, both position modes; SmolLM2's whole model in
+docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ concept and settings.
 Prints each find's wall time by stage and its partial forward passes, the neurons the pruned run
 swept on the contrast side (per round), whether the top K and its order are the same, and the
 largest |score difference| in the top K; its last line is one JSON object with
-``speedup_find``, ``speedup_scoring``, ``contrast_share_swept`` and ``same_top_k``.
+``speedup_find``, ``speedup_scoring``, ``contrast_share_swept``, ``same_top_k`` and ``bit_for_bit``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
                   **({"layers": args.layers} if args.layers else {}))
     runs, wall = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in (("two full sweeps", {}), (f"--exact-top {args.k}", {"exact_top": args.k})):
+        for name, extra in (("two full sweeps", {}), (f"--exact-top {args.k}", {"exact_top": args.k})):  # library: no default
             t0 = time.perf_counter()
             runs[name] = nl.find_concept_neurons(model, cs, out=Path(tmp) / name.replace(" ", "_"), **common, **extra)
             wall[name] = time.perf_counter() - t0
@@ -72,7 +72,8 @@ def main() -> None:
     names = list(runs)
     print(json.dumps({"k": args.k, "speedup_find": wall[names[0]] / wall[names[1]],
                       "speedup_scoring": full.meta.seconds["scoring"] / pruned.meta.seconds["scoring"],
-                      "contrast_share_swept": info["share_swept"], "same_top_k": same, "max_score_diff": diff}))
+                      "contrast_share_swept": info["share_swept"], "same_top_k": same, "max_score_diff": diff,
+                      "bit_for_bit": same and list(a.scores) == list(b.scores)}))
 
 
 if __name__ == "__main__":

@@ -134,3 +134,12 @@ def test_bench_generation_smoke(tiny_model_dir, capsys, quiet_transformers):
     assert last["share_of_matmul"] > 0 and last["identical"] and last["agreement"] == 1.0
     for path in "bcd":
         assert any(line.startswith(f"({path}) identical to (a): True") for line in out), path
+
+
+def test_bench_exact_top_smoke(tiny_model_dir, capsys, monkeypatch, quiet_transformers):
+    """bench_exact_top on a tiny model: the pruned find's top K is the two full sweeps', bit for bit."""
+    monkeypatch.setattr(sys, "argv", ["bench_exact_top.py", "--model", str(tiny_model_dir), "--k", "20"])
+    _script("bench_exact_top").main()
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["k"] == 20 and last["same_top_k"] and last["bit_for_bit"] and last["max_score_diff"] == 0.0
+    assert 0 < last["contrast_share_swept"] <= 1

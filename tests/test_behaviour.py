@@ -452,8 +452,9 @@ def test_cli_hate_by_default_measures_the_writers_of_the_second_half_on_demonstr
 
 
 def test_cli_hate_by_default_on_a_family_that_normalises_its_writes_turns_activations_off(tokenizer, tmp_path):
-    """Gemma 3 normalises what its MLPs write, so the default writers' edit cannot apply: the study
-    says so and turns the top-K neurons' activations off (found with neat, three random sets)."""
+    """Gemma 3 normalises what its MLPs write, where the writers' edit is the removal to first order
+    only: by default the study says so and turns the top-K neurons' activations off (found with neat,
+    three random sets); ``--writers a-b`` asks for the edit, made before the norm."""
     from conftest import build_tiny
     from typer.testing import CliRunner
 
@@ -463,14 +464,18 @@ def test_cli_hate_by_default_on_a_family_that_normalises_its_writes_turns_activa
     m = build_tiny("gemma3", tokenizer, seed=1)
     m.hf.save_pretrained(d)
     tokenizer.save_pretrained(d)
-    res = CliRunner().invoke(app, ["hate", "--model", str(d), "--fit-groups", "hillfolk,riverfolk", "--k", "3",
-                                   "--prompts", "3", "--samples", "2", "--neutral-prompts", "2", "--per-prompt", "2",
-                                   "--new-tokens", "4", "--out", str(tmp_path / "g"), "--json"])
+    args = ["hate", "--model", str(d), "--fit-groups", "hillfolk,riverfolk", "--k", "3", "--prompts", "3", "--samples",
+            "2", "--neutral-prompts", "2", "--per-prompt", "2", "--new-tokens", "4", "--json"]
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "g")])
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["mode"] != "writes" and got["method"] == "neat"
     assert [r["condition"] for r in got["rows"]] == ["before", "concept", "random"] and got["rows"][2]["n_sets"] == 3
     assert "normalise what their MLPs write" in res.output
+    res = CliRunner().invoke(app, args + ["--writers", "1-2", "--out", str(tmp_path / "h")])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["mode"] == "writes" and "normalise what their MLPs write" not in res.output
 
 
 def test_a_study_finds_with_the_score_it_is_given_and_refuses_to_reuse_another(tiny_model_dir, tmp_path):

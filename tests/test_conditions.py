@@ -629,6 +629,57 @@ def test_what_chosen_neurons_write_loses_the_direction(kind, tokenizer):
     assert some.settings()["blocks"] == [0, 1, 2] and len(some) == 4
 
 
+@pytest.mark.parametrize("kind", ["gemma3", "gemma2"])
+def test_where_the_mlp_output_is_normalised_the_neurons_part_along_u_leaves_what_enters_the_stream(kind, tokenizer):
+    """Gemma 2/3 add y = s * h / rms(h) to the residual stream (h: the down projection's output). The
+    edit is made in h along q = u / s with c_k = w_k . p, p = s * u: at the norm's scale of the
+    unedited h it takes exactly the chosen neurons' part along u out of y, so
+    y_edited * rms(h_edited) / rms(h) = y - t (y_K . u) u, y_K = s * h_K / rms(h); everything else
+    the neurons write is kept. The weight edit w_k <- w_k - t (w_k . p) q computes the same."""
+    from neat_llm.hooks import capture_inputs, capture_outputs
+    from neat_llm.interventions import NeuronWrites, project_writes
+    from neat_llm.models.adapters import get_module
+
+    model = build_tiny(kind, tokenizer)
+    with torch.no_grad():  # a norm scale far from 1, so p, q and u differ
+        for b in model.blocks:
+            get_module(b, model.family.mlp_out_norm).weight.uniform_(-0.5, 1.5, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(model.d_model, generator=g)
+    u = v / v.norm()
+    l, ks, t = 1, [0, 3, 7, 11], 0.8
+    edit = NeuronWrites(tuple((l, k) for k in ks), v, strength=t)
+    norm = get_module(model.blocks[l], model.family.mlp_out_norm)
+    s = norm.weight.detach().float() + model.family.norm_offset
+    enc = model.encode(TEXTS)
+
+    def run():
+        with capture_inputs({l: model.sites[l]}) as a, capture_outputs({l: model.sites[l], "y": norm}) as o:
+            logits = model.hf(**enc, use_cache=False).logits
+        return a[l][0], o[l][0], o["y"][0], logits
+
+    def rms(h):
+        return (h.float().pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+
+    with torch.inference_mode():
+        a, h, y, before = run()
+        with project_writes(model, edit):
+            _, h2, y2, after = run()
+        h_k = a[..., ks].float() @ model.weight_out(l)[ks].float()  # what the chosen neurons write, pre-norm
+        y_k = s * h_k / rms(h)
+        want = y.float() - t * (y_k @ u)[..., None] * u
+        torch.testing.assert_close((y2.float() * rms(h2) / rms(h)), want, atol=1e-5, rtol=1e-4)
+        assert (after - before).abs().max() > 1e-4
+        saved = model.weight_out(l).clone()
+        try:
+            p, q = model.write_directions(l, v)
+            w = model.weight_out(l)
+            w[ks] = w[ks] - t * (w[ks] @ p)[:, None] * q
+            torch.testing.assert_close(model.hf(**enc, use_cache=False).logits, after, atol=1e-5, rtol=1e-4)
+        finally:
+            model.weight_out(l).copy_(saved)
+
+
 def test_a_neuron_write_edit_checks_its_input_and_has_its_own_content_key(tiny_llama, tokenizer):
     from neat_llm.interventions import NeuronWrites, project_writes
     from neat_llm.models import UnsupportedModelError
@@ -648,9 +699,6 @@ def test_a_neuron_write_edit_checks_its_input_and_has_its_own_content_key(tiny_l
             pass
     with pytest.raises(ValueError, match="out of range"):
         with project_writes(m, NeuronWrites(((m.n_layers, 0),), v)):
-            pass
-    with pytest.raises(UnsupportedModelError, match="normalise the mlp output"):
-        with project_writes(build_tiny("gemma3", tokenizer), NeuronWrites(((0, 1),), v)):
             pass
     a = NeuronWrites(((0, 1), (1, 2)), v)
     key = Condition("w", writes=a).content_key(m)

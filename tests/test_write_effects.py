@@ -5,6 +5,7 @@ writers by it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,17 @@ import torch
 from neat_llm.evaluation.bias import _start, sentence_logliks
 from neat_llm.interventions import NeuronWrites, project_writes, top_writers
 from neat_llm.scoring.write_effects import pair_write_effects
+
+DATA = Path(__file__).parent / "fixtures" / "study"
+
+
+@pytest.fixture(autouse=True)
+def _data_and_cache(monkeypatch, tmp_path):
+    """The studies read the small fixture files written for the tests (fictional groups), never the
+    shared data sets, and keep their cache in the test's folder."""
+    monkeypatch.setenv("NEAT_LLM_DATA", str(DATA))
+    monkeypatch.setenv("NEAT_LLM_CACHE", str(tmp_path / "cache"))
+
 
 MORE = ["the hill folk are lazy and rude", "river folk always steal bread", "coast folk cannot bake a cake"]
 LESS = ["the hill folk are kind and busy", "river folk always share bread", "coast folk can bake a cake"]
@@ -24,9 +36,15 @@ def _preference(model, more, less) -> float:
     return float((sentence_logliks(model, list(more)) - sentence_logliks(model, list(less))).mean())
 
 
-def test_the_estimate_is_the_exact_change_of_a_small_writes_edit(tiny_llama):
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_the_estimate_is_the_exact_change_of_a_small_writes_edit(kind, tokenizer):
     """Removing a small share t of the direction from one neuron's writes lowers the mean preference
-    by t times its effect, to first order: the estimate equals the exact finite difference."""
+    by t times its effect, to first order: the estimate equals the exact finite difference (also
+    where the MLP output is normalised before it is written, Gemma 3: the edit and the estimate are
+    both made in the down projection's output)."""
+    from conftest import build_tiny
+
+    tiny_llama = build_tiny(kind, tokenizer)
     v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(4))
     layers = [1, 2]
     start = _start(tiny_llama)
@@ -82,7 +100,8 @@ def test_a_bias_study_ranks_its_writers_by_their_effect_on_the_fit_pairs(tiny_ll
 def test_cli_bias_by_default_edits_what_the_second_half_s_writers_write(tiny_model_dir, tokenizer, tmp_path):
     """``neat bias`` with no design flags: the direction out of what the writers of the second half
     of the blocks write, ranked by their effect on the fit pairs, K = 500 or half the span, found
-    with auroc; a family that normalises its MLP writes (Gemma 3) falls back to activation rows."""
+    with auroc; Gemma 3, which normalises its MLP writes, falls back to activation rows (there the
+    edit is the removal to first order only)."""
     from typer.testing import CliRunner
 
     from conftest import build_tiny

@@ -12,10 +12,13 @@ which is the weight edit w_k <- (I - t u u^T) w_k on the chosen rows only: the n
 as they do and keep writing everything else; only what they add along the concept direction is
 gone. It is the neuron-level version of the direction removed from what whole MLPs write
 (``DirectionEdit(site="mlp")``; all of a block's neurons here equal that one, less a bias), so a
-K-neuron set can be set beside that ceiling. Refused by name where the family normalises what its
-MLP writes (Gemma 2/3: no module's output is the write). ``rank_writers`` picks the neurons that
-write most of the direction; ``neat export --format hf --writes a-b`` bakes the edit into the down
-projection.
+K-neuron set can be set beside that ceiling. Where the family normalises what its MLP writes
+(Gemma 2/3: y = s * h / rms(h) enters the residual stream), the edit is made in the down
+projection's output h with c_k = w_k . p and the subtraction along q (p = s * u, q = u / s;
+``LoadedModel.write_directions``): it takes the neurons' part along u out of y at the norm's scale of
+the unedited h, the removal to first order (the norm then rescales by the small change of rms(h)).
+``rank_writers`` picks the neurons that write most of the direction; ``neat export --format hf
+--writes a-b`` bakes the edit into the down projection.
 """
 
 from __future__ import annotations
@@ -70,32 +73,32 @@ class NeuronWrites:
 
     def prepared(self, model: LoadedModel) -> dict[int, "BlockWrites"]:
         """{block: what the edit does there}, on the block's device; refuses blocks or neurons out of
-        range and families that normalise what the MLP writes."""
+        range (and, by name, a family that normalises its MLP output through no known norm)."""
         out = {}
         for l, ks in self.by_layer().items():
-            model.writer("mlp", l)  # range and family checks, by name
+            p, q = model.write_directions(l, self.vector)  # range and family checks
             if ks[-1] >= model.d_ff:
                 raise ValueError(f"neuron ({l}, {ks[-1]}) is out of range: blocks have {model.d_ff} neurons")
-            u = self.unit.to(model.block_device(l))
-            idx = torch.tensor(ks, dtype=torch.long, device=u.device)
-            c = model.weight_out(l).detach()[idx].float().to(u.device) @ u
-            out[l] = BlockWrites(idx, self.strength * c, u)
+            idx = torch.tensor(ks, dtype=torch.long, device=p.device)
+            c = model.weight_out(l).detach()[idx].float().to(p.device) @ p
+            out[l] = BlockWrites(idx, self.strength * c, q)
         return out
 
     def bake(self, model: LoadedModel, hf) -> None:
         """Write the edit into ``hf``'s down-projection weights in place (``hf``: a model with
         ``model.hf``'s modules, e.g. its copy): each chosen neuron's output vector w_k becomes
-        w_k - t (w_k . u) u. The biases are untouched (the edit depends on the activations only)."""
+        w_k - t (w_k . p) q (p = q = u where the MLP output enters the residual stream as it is). The
+        biases are untouched (the edit depends on the activations only)."""
         from ..models.adapters import down_weight_columns, get_module
 
         self.prepared(model)  # the same checks as the hooks
         for l, ks in self.by_layer().items():
             site = get_module(hf, f"{model.family.blocks}.{l}.{model.family.site}")
             rows = down_weight_columns(site.weight.data, model.family.down_layout)  # a view: edits land in the weight
-            u = self.unit.to(rows.device)
+            p, q = (x.to(rows.device) for x in model.write_directions(l, self.vector))
             idx = torch.tensor(ks, dtype=torch.long, device=rows.device)
             w = rows[idx].float()
-            rows[idx] = (w - self.strength * (w @ u)[:, None] * u).to(rows.dtype)
+            rows[idx] = (w - self.strength * (w @ p)[:, None] * q).to(rows.dtype)
 
     def describe(self) -> str:
         blocks = sorted(self.by_layer())
@@ -135,9 +138,8 @@ def rank_writers(model: LoadedModel, positive_means: torch.Tensor, contrast_mean
     n = (b - a + 1) * model.d_ff
     if not 0 < k <= n:
         raise ValueError(f"{k} writer neurons asked for; blocks {a}-{b} have {n}")
-    u = (vector / vector.norm()).float().cpu()
     score = torch.stack([(positive_means[l] - contrast_means[l]).float().cpu()
-                         * (model.weight_out(l).detach().float().cpu() @ u) for l in range(a, b + 1)])
+                         * model.write_along(l, vector) for l in range(a, b + 1)])
     return top_writers(score, span, k)
 
 

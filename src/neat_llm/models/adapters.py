@@ -23,6 +23,10 @@ class ModelFamily:
         exactly ``-a_k * W_out[:, k]``, which the fast sweep uses instead of re-running the block.
     attn: the attention module inside a block (its output's first element is what it writes).
     attn_output_direct: True when that output is added to the residual stream unchanged.
+    mlp_out_norm: where the MLP output is not added unchanged, the RMS norm inside a block that it
+        goes through first (y = scale * h / rms(h)); norm_offset: that norm scales by
+        ``norm_offset + weight`` (Gemma: 1). What the neuron-write edit needs to remove a residual
+        direction from what neurons write before that norm.
     """
 
     name: str
@@ -35,6 +39,8 @@ class ModelFamily:
     mlp_output_direct: bool = True
     attn: str = "self_attn"
     attn_output_direct: bool = True
+    mlp_out_norm: str | None = None
+    norm_offset: float = 0.0
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
@@ -45,7 +51,8 @@ FAMILIES: tuple[ModelFamily, ...] = (
     # Gemma 2/3 normalise the MLP and attention outputs before adding them to the residual stream.
     ModelFamily("gemma2", ("gemma2", "gemma3_text"),
                 blocks="model.layers", site="mlp.down_proj", final_norm="model.norm", unembed="lm_head",
-                mlp_output_direct=False, attn_output_direct=False),
+                mlp_output_direct=False, attn_output_direct=False, mlp_out_norm="post_feedforward_layernorm",
+                norm_offset=1.0),
     ModelFamily("gpt2", ("gpt2",),
                 blocks="transformer.h", site="mlp.c_proj", final_norm="transformer.ln_f", unembed="lm_head",
                 down_layout="conv1d", attn="attn"),

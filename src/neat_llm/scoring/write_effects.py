@@ -12,7 +12,10 @@ and the preference of a pair, D = L(more) - L(less), by -t effect_k with
 
     effect(k) = c_k mean over pairs [ sum_p a_k (dL/dh_l . u) ](more) - [ ... ](less).
 
-So the neurons with the largest effect are those whose writes along u hold the preference up most:
+Where the family normalises the MLP output before adding it (Gemma 2/3), h_l is the down projection's
+output, c_k = w_k . p and the gradient is read along q (``LoadedModel.write_directions``), as the
+edit itself is made. So the neurons with the largest effect are those whose writes along u hold the
+preference up most:
 removing (t = 1) or reversing (t = 2) their writes lowers D most. One forward and one backward pass
 per sentence scores every neuron of the blocks at once. ``interventions.rank_writers`` ranks the
 same neurons by what they write on concept text beyond contrast text instead (activations times
@@ -40,7 +43,7 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
     if starts is not None and len(starts) != len(texts):
         raise ValueError(f"{len(starts)} starts for {len(texts)} texts")
     layers = list(layers)
-    u = (vector / vector.norm()).float().to(model.device)
+    along_q = {l: model.write_directions(l, vector)[1] for l in layers}  # u where the MLP output is the write
     sites = {l: model.sites[l] for l in layers}
     out = torch.zeros(len(texts), len(layers), model.d_ff, dtype=torch.float64)
     emb = model.hf.get_input_embeddings()
@@ -60,7 +63,7 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
             grads = model.gradients(ll.sum(), h, len(rows))  # texts are independent: per-text gradients
         m = mask.float()
         for i, l in enumerate(layers):
-            along = (grads[i].float() @ u) * m  # [B, T]
+            along = (grads[i].float() @ along_q[l].to(grads[i].device)) * m  # [B, T]
             got = torch.einsum("btk,bt->bk", acts[l][0].detach().float(), along)
             check_finite(got, f"the write effects of block {l}")
             out[rows, i] = got.double().cpu()
@@ -82,8 +85,7 @@ def pair_write_effects(model: LoadedModel, more: Sequence[str], less: Sequence[s
     e = text_write_effects(model, list(more) + list(less), vector, layers, batch_size, on_texts,
                            None if starts is None else list(starts[0]) + list(starts[1]))
     n = len(more)
-    u = (vector / vector.norm()).float()
-    c = torch.stack([model.weight_out(l).detach().float().cpu() @ u for l in layers])  # [L, d_ff]
+    c = torch.stack([model.write_along(l, vector) for l in layers])  # [L, d_ff]
     return (c.double() * (e[:n] - e[n:]).mean(0)).float()
 
 

@@ -138,11 +138,11 @@ def bias_study(model: LoadedModel, settings: BiasStudySettings | None = None, *,
     study_options, find_options = split_known(BiasStudySettings, options)
     s = BiasStudySettings.of(settings, **study_options)
     fs = FindSettings.of(find, **{**find_options, "seed": s.seed})
-    if s.writers:  # before anything is found: the span exists and the family's MLP output is its write
+    if s.writers:  # before anything is found: the span exists and its neurons' writes can be edited
         a, b = s.writers
         if b >= model.n_layers:
             raise ValueError(f"--writers {a}-{b}: the model has blocks 0..{model.n_layers - 1}")
-        model.writer("mlp", a)
+        model.check_writes(a)
     if s.folds:
         return _cross_fitted(model, s, fs, out, progress, neurons)
     items_name, fit, ev, source = _split_items(s)

@@ -257,10 +257,10 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
     own, find_changes = split_known(DemonstrationStudySettings, changes)
     s = DemonstrationStudySettings.of(settings, **own)
     fs = FindSettings.of(find, **find_changes)
-    if s.writers:  # before anything is found: the span exists and the family's MLP output is its write
+    if s.writers:  # before anything is found: the span exists and its neurons' writes can be edited
         if s.writers[1] >= model.n_layers:
             raise ValueError(f"writers {s.writers[0]}-{s.writers[1]}: the model has blocks 0..{model.n_layers - 1}")
-        model.writer("mlp", s.writers[0])
+        model.check_writes(s.writers[0])
     fit_g, eval_g = _groups(s.data_path, s.fit_groups, s.eval_groups)
     statements = hate_concept("toxigen", s.data_path, groups=fit_g)
     from ..evaluation.embedding_judge import SentenceEncoder, minilm_dir

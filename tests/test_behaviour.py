@@ -452,9 +452,9 @@ def test_cli_hate_by_default_measures_the_writers_of_the_second_half_on_demonstr
 
 
 def test_cli_hate_by_default_on_a_family_that_normalises_its_writes_turns_activations_off(tokenizer, tmp_path):
-    """Gemma 3 normalises what its MLPs write, where the writers' edit is the removal to first order
-    only: by default the study says so and turns the top-K neurons' activations off (found with neat,
-    three random sets); ``--writers a-b`` asks for the edit, made before the norm."""
+    """Gemma 3 normalises what its MLPs write, and the writers' edit (made after that norm) is not the
+    default there: the study says so and turns the top-K neurons' activations off (found with neat,
+    three random sets); ``--writers a-b`` asks for the edit."""
     from conftest import build_tiny
     from typer.testing import CliRunner
 

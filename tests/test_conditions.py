@@ -632,16 +632,16 @@ def test_what_chosen_neurons_write_loses_the_direction(kind, tokenizer):
 @pytest.mark.parametrize("kind", ["gemma3", "gemma2"])
 def test_where_the_mlp_output_is_normalised_the_neurons_part_along_u_leaves_what_enters_the_stream(kind, tokenizer):
     """Gemma 2/3 add y = s * h / rms(h) to the residual stream (h: the down projection's output). The
-    edit is made in h along q = u / s with c_k = w_k . p, p = s * u: at the norm's scale of the
-    unedited h it takes exactly the chosen neurons' part along u out of y, so
-    y_edited * rms(h_edited) / rms(h) = y - t (y_K . u) u, y_K = s * h_K / rms(h); everything else
-    the neurons write is kept. The weight edit w_k <- w_k - t (w_k . p) q computes the same."""
+    edit takes exactly the chosen neurons' part along u out of y, after the norm:
+    y -> y - t (y_K . u) u with y_K = s * h_K / rms(h), h kept; everything else they write stays.
+    Along the batch it equals the plain hooks; no weight edit computes it, so the bake refuses."""
     from neat_llm.hooks import capture_inputs, capture_outputs
     from neat_llm.interventions import NeuronWrites, project_writes
+    from neat_llm.models import UnsupportedModelError
     from neat_llm.models.adapters import get_module
 
     model = build_tiny(kind, tokenizer)
-    with torch.no_grad():  # a norm scale far from 1, so p, q and u differ
+    with torch.no_grad():  # a norm scale far from 1, so s * u and u differ
         for b in model.blocks:
             get_module(b, model.family.mlp_out_norm).weight.uniform_(-0.5, 1.5, generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(3)
@@ -658,26 +658,26 @@ def test_where_the_mlp_output_is_normalised_the_neurons_part_along_u_leaves_what
             logits = model.hf(**enc, use_cache=False).logits
         return a[l][0], o[l][0], o["y"][0], logits
 
-    def rms(h):
-        return (h.float().pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
-
     with torch.inference_mode():
         a, h, y, before = run()
         with project_writes(model, edit):
-            _, h2, y2, after = run()
+            a2, h2, y2, after = run()
+        torch.testing.assert_close(a2, a)  # before the norm nothing moved
+        torch.testing.assert_close(h2, h)
         h_k = a[..., ks].float() @ model.weight_out(l)[ks].float()  # what the chosen neurons write, pre-norm
-        y_k = s * h_k / rms(h)
+        y_k = s * h_k / (h.float().pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
         want = y.float() - t * (y_k @ u)[..., None] * u
-        torch.testing.assert_close((y2.float() * rms(h2) / rms(h)), want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(y2.float(), want, atol=1e-5, rtol=1e-4)
         assert (after - before).abs().max() > 1e-4
-        saved = model.weight_out(l).clone()
-        try:
-            p, q = model.write_directions(l, v)
-            w = model.weight_out(l)
-            w[ks] = w[ks] - t * (w[ks] @ p)[:, None] * q
-            torch.testing.assert_close(model.hf(**enc, use_cache=False).logits, after, atol=1e-5, rtol=1e-4)
-        finally:
-            model.weight_out(l).copy_(saved)
+        batched = _logits_along_batch(model, [Condition("before"), Condition("w", writes=edit),
+                                              Condition("zero", NeuronSelection(((0, 1),)), writes=edit)], enc)
+        torch.testing.assert_close(batched[0], before, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched[1], after, atol=1e-5, rtol=1e-4)
+        with turn_off(model, NeuronSelection(((0, 1),))), project_writes(model, edit):
+            torch.testing.assert_close(batched[2], model.hf(**enc, use_cache=False).logits, atol=1e-5, rtol=1e-4)
+    with pytest.raises(UnsupportedModelError, match="no weight edit computes"):
+        edit.bake(model, model.hf)
+    assert all(not n._forward_hooks for n in [get_module(b, model.family.mlp_out_norm) for b in model.blocks])
 
 
 def test_a_neuron_write_edit_checks_its_input_and_has_its_own_content_key(tiny_llama, tokenizer):

@@ -168,8 +168,9 @@ def test_baked_checkpoint_equals_turn_off_every_family(kind, tokenizer, tmp_path
 @pytest.mark.parametrize("kind", FAMILY_KINDS)
 def test_baked_neuron_writes_equal_the_hooks_every_family(kind, tokenizer, tmp_path):
     """The direction projected out of chosen neurons' rows of the down projection, as a plain
-    checkpoint, computes what ``project_writes`` computes, on every family (Gemma 2/3, which
-    normalise what the MLP writes, through w_k <- w_k - t (w_k . p) q)."""
+    checkpoint, computes what ``project_writes`` computes; refused by name where the family
+    normalises what its MLP writes (Gemma 2/3: the edit is made after that norm, scaled by each
+    position's rms, which no weight edit computes), before anything is written."""
     from transformers import AutoModelForCausalLM
 
     model = build_tiny(kind, tokenizer)
@@ -178,6 +179,11 @@ def test_baked_neuron_writes_equal_the_hooks_every_family(kind, tokenizer, tmp_p
                                                       torch.randint(0, model.d_ff, (12,), generator=g))})
     edit = NeuronWrites(neurons, torch.randn(model.hf.config.hidden_size, generator=g), 0.8)
     before = _logits(model)
+    if kind in ("gemma2", "gemma3"):
+        with pytest.raises(ValueError, match="no weight edit computes"):
+            export_checkpoint(model, edit, tmp_path / kind)
+        assert not (tmp_path / kind).exists() and not (tmp_path / f"{kind}.partial").exists()
+        return
     folder = export_checkpoint(model, edit, tmp_path / kind, {"note": "test"})
     baked = AutoModelForCausalLM.from_pretrained(folder).eval()
     with project_writes(model, edit):

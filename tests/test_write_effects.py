@@ -100,8 +100,8 @@ def test_a_bias_study_ranks_its_writers_by_their_effect_on_the_fit_pairs(tiny_ll
 def test_cli_bias_by_default_edits_what_the_second_half_s_writers_write(tiny_model_dir, tokenizer, tmp_path):
     """``neat bias`` with no design flags: the direction out of what the writers of the second half
     of the blocks write, ranked by their effect on the fit pairs, K = 500 or half the span, found
-    with auroc; Gemma 3, which normalises its MLP writes, falls back to activation rows (there the
-    edit is the removal to first order only)."""
+    with auroc; Gemma 3, which normalises its MLP writes, falls back to activation rows (the edit,
+    made after that norm, is not the default there)."""
     from typer.testing import CliRunner
 
     from conftest import build_tiny

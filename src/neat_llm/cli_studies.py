@@ -253,9 +253,9 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
         m = nl.load_model(model)
         if writers == "half" and not _writers_by_default(m):  # Gemma 2/3: the MLP output is normalised
             method = method if method_given else "neat"
-            err.print(f"note: {m.family.name} models normalise what their MLPs write, where the writers' edit is the "
-                      f"removal to first order only (--writers a-b asks for it): the K rows turn the top-K neurons' "
-                      f"activations off (--writers none), found with {method}",
+            err.print(f"note: {m.family.name} models normalise what their MLPs write; the writers' edit is not the "
+                      f"default there (--writers a-b asks for it): the K rows turn the top-K neurons' activations off "
+                      f"(--writers none), found with {method}",
                       soft_wrap=True)
             writers = "none"
             settings = DemonstrationStudySettings.of(settings, method=method, n_random=n_random if random_given else 3)
@@ -338,10 +338,9 @@ BIAS_WRITERS_K = 500  # neat bias's K by default: the 500 writers of docs/result
 
 def _writers_by_default(m) -> bool:
     """Whether the writers' edit is the default K rows on this model: where the MLP output is what
-    the neurons write. Gemma 2/3 normalise it (y = s * h / rms(h)); the edit made before that norm
-    (``--writers a-b``) is the removal to first order only, and on Gemma 3 270M, whose norm scales
-    run from 0.1 to 1,649, 500 writers cost a perplexity ratio of 1.68 on IndiBias (docs/results.md),
-    so there the default stays the activation rows."""
+    the neurons write. Gemma 2/3 normalise it, and there the edit (``--writers a-b``, made after the
+    norm) was measured on one data set only, IndiBias on Gemma 3 270M, where it moved nothing beyond
+    random (docs/results.md), so there the default stays the activation rows."""
     return bool(m.family.mlp_output_direct)
 
 
@@ -358,9 +357,9 @@ def _bias_writers_for(m, settings, span: str | tuple, method_given: bool, k_give
         a, b = m.n_layers // 2, m.n_layers - 1
         ks = {} if k_given else {"ks": (min(BIAS_WRITERS_K, (b - a + 1) * m.d_ff // 2),)}
         return type(settings).of(settings, writers=(a, b), **ks)
-    err.print(f"note: {m.family.name} models normalise what their MLPs write, where the writers' edit is the removal to "
-              "first order only (--writers a-b asks for it): the K rows turn the top-K neurons' activations off "
-              "(--writers none)", soft_wrap=True)
+    err.print(f"note: {m.family.name} models normalise what their MLPs write; the writers' edit is not the default "
+              "there (--writers a-b asks for it): the K rows turn the top-K neurons' activations off (--writers none)",
+              soft_wrap=True)
     return type(settings).of(settings, **({} if method_given else {"method": "neat"}),
                              **({} if k_given else {"ks": DEFAULT_KS}))
 
@@ -395,7 +394,7 @@ def bias(
     mode: ModeOption = None,
     alpha: AlphaOption = None,
     strength: StrengthOption = None,
-    writers: Optional[str] = typer.Option(None, "--writers", help="the K rows edit what neurons write, not their activations: the concept direction removed from what the K neurons of this span of blocks (e.g. 15-29) chosen by --writer-rank write, beside random K-sets of the span under the same edit (default: the second half of the blocks; 'none': the top-K neurons' activations turned off instead, as --mode/--alpha/--strength imply; Gemma 2/3, which normalise what their MLPs write, fall back to that; there --writers a-b makes the edit before the norm, the removal to first order)"),
+    writers: Optional[str] = typer.Option(None, "--writers", help="the K rows edit what neurons write, not their activations: the concept direction removed from what the K neurons of this span of blocks (e.g. 15-29) chosen by --writer-rank write, beside random K-sets of the span under the same edit (default: the second half of the blocks; 'none': the top-K neurons' activations turned off instead, as --mode/--alpha/--strength imply; Gemma 2/3, which normalise what their MLPs write, fall back to that; there --writers a-b takes the neurons' part out after the norm)"),
     writes_strength: float = typer.Option(1.0, "--writes-strength", help="with --writers: the share of each write along the concept direction removed, in (0, 2] (1: removed, 2: reversed, a reflection of each output vector)"),
     writer_rank: str = typer.Option("effect", "--writer-rank", help="with --writers: how the K writers are chosen: effect (the first-order effect of the edit on the fit pairs' preference for the stereotypical sentence: one forward and backward pass per fit sentence) or contrast (mean activation on the stereotypical minus the counterpart sentences, times the write along the direction)"),
     ceiling: bool = typer.Option(False, "--ceiling", help="also the concept direction edited itself (at --writes-strength), against before: out of the residual stream at the reading layer (direction-L<r>), out of what every MLP writes (mlp-writes-L0-<last>: every neuron, the ceiling of any --writers set) and, with --writers, what the MLPs of that span write"),

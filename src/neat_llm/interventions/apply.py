@@ -107,13 +107,7 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
     key = id(model)
 
     def blocks_of(x):
-        if x.shape[0] % G:
-            raise RuntimeError(f"a batch of {x.shape[0]} rows cannot be split into {G} condition blocks")
-        return x.reshape(G, x.shape[0] // G, *x.shape[1:])
-
-    def rows_of(c, rows):
-        """The rows under condition c where ``rows_under`` names them."""
-        return (rows == c).nonzero()[:, 0]
+        return _blocks_of(x, G)
 
     def edit(layer, x):
         rows = _ROWS.get(key)
@@ -131,7 +125,7 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
         if rows is not None:
             y = h.clone()
             for c, e in residual[where].items():
-                r = rows_of(c, rows)
+                r = _rows_of(c, rows)
                 y[r] = e.apply(h[r])
             return y
         y = blocks_of(h).clone()
@@ -139,23 +133,65 @@ def conditions_along_batch(model: LoadedModel, conditions: Sequence[Condition]) 
             y[c] = e.apply(y[c])
         return y.reshape(h.shape)
 
+    with edit_inputs({l: model.sites[l] for l in scale}, edit), _writes_along_batch(model, writes, G), \
+            edit_outputs(writers, edit_residual):
+        yield G
+
+
+def _blocks_of(x: torch.Tensor, G: int) -> torch.Tensor:
+    """A batch of G equal condition blocks of rows: [G, B / G, ...]."""
+    if x.shape[0] % G:
+        raise RuntimeError(f"a batch of {x.shape[0]} rows cannot be split into {G} condition blocks")
+    return x.reshape(G, x.shape[0] // G, *x.shape[1:])
+
+
+def _rows_of(c: int, rows: torch.Tensor) -> torch.Tensor:
+    """The rows under condition c where ``rows_under`` names them."""
+    return (rows == c).nonzero()[:, 0]
+
+
+@contextmanager
+def _writes_along_batch(model: LoadedModel, writes: dict, G: int) -> Iterator[None]:
+    """``conditions_along_batch``'s neuron-write edits, {block: {condition: BlockWrites}}: out of the
+    down projection's output, or where the family normalises it, out of the norm's output (the part
+    along u computed from the activations at the down projection, taken out after the norm)."""
+    key = id(model)
+    normed = {l: model.check_writes(l) for l, ws in writes.items() if next(iter(ws.values())).norm_eps is not None}
+    pending: dict[int, list] = {}  # normed block -> [(its edit, its along over the whole batch)]
+
     def edit_writes(layer, x, h):
         rows = _ROWS.get(key)
+        if layer in normed:  # h is kept; what to take out after the norm is computed here, from x
+            got = []
+            for c, bw in writes[layer].items():
+                along = torch.zeros(x.shape[:-1], device=x.device)
+                if rows is not None:
+                    r = _rows_of(c, rows)
+                    along[r] = bw.along(x[r])
+                else:
+                    _blocks_of(along, G)[c] = bw.along(_blocks_of(x, G)[c])
+                got.append((bw, along))
+            pending[layer] = got
+            return h
         if rows is not None:
             y = h.clone()
             for c, bw in writes[layer].items():
-                r = rows_of(c, rows)
+                r = _rows_of(c, rows)
                 y[r] = bw.apply(x[r], h[r])
             return y
-        xs, y = blocks_of(x), blocks_of(h).clone()
+        xs, y = _blocks_of(x, G), _blocks_of(h, G).clone()
         for c, bw in writes[layer].items():
             y[c] = bw.apply(xs[c], y[c])
         return y.reshape(h.shape)
 
-    with edit_inputs({l: model.sites[l] for l in scale}, edit), \
-            edit_outputs_with_inputs({l: model.sites[l] for l in writes}, edit_writes), \
-            edit_outputs(writers, edit_residual):
-        yield G
+    def edit_normed(layer, h, y):
+        for bw, along in pending.pop(layer):
+            y = bw.after_norm(along, h, y)
+        return y
+
+    with edit_outputs_with_inputs({l: model.sites[l] for l in writes}, edit_writes), \
+            edit_outputs_with_inputs(normed, edit_normed):
+        yield
 
 
 @contextmanager
@@ -174,7 +210,18 @@ def remove_direction(model: LoadedModel, edit: "DirectionEdit | DirectionEdits")
 def project_writes(model: LoadedModel, edit: NeuronWrites) -> Iterator[NeuronWrites]:
     """What the chosen neurons write loses its component along the edit's direction, at every
     position (``conditions_along_batch``'s plain one-condition reference for a neuron-write
-    condition; the same as editing their rows of the down projection)."""
+    condition; the same as editing their rows of the down projection). Where the family normalises
+    the MLP output (Gemma 2/3), their part along u is taken out of the norm's output instead."""
     blocks = edit.prepared(model)
-    with edit_outputs_with_inputs({l: model.sites[l] for l in blocks}, lambda l, x, h: blocks[l].apply(x, h)):
+    direct = {l: model.sites[l] for l, b in blocks.items() if b.norm_eps is None}
+    normed = {l: model.check_writes(l) for l, b in blocks.items() if b.norm_eps is not None}
+    along: dict[int, torch.Tensor] = {}
+
+    def keep(l, x, h):  # normed blocks: h is kept, the part along u is taken out after the norm
+        along[l] = blocks[l].along(x)
+        return h
+
+    with edit_outputs_with_inputs(direct, lambda l, x, h: blocks[l].apply(x, h)), \
+            edit_outputs_with_inputs({l: model.sites[l] for l in normed}, keep), \
+            edit_outputs_with_inputs(normed, lambda l, h, y: blocks[l].after_norm(along.pop(l), h, y)):
         yield edit

@@ -13,12 +13,16 @@ as they do and keep writing everything else; only what they add along the concep
 gone. It is the neuron-level version of the direction removed from what whole MLPs write
 (``DirectionEdit(site="mlp")``; all of a block's neurons here equal that one, less a bias), so a
 K-neuron set can be set beside that ceiling. Where the family normalises what its MLP writes
-(Gemma 2/3: y = s * h / rms(h) enters the residual stream), the edit is made in the down
-projection's output h with c_k = w_k . p and the subtraction along q (p = s * u, q = u / s;
-``LoadedModel.write_directions``): it takes the neurons' part along u out of y at the norm's scale of
-the unedited h, the removal to first order (the norm then rescales by the small change of rms(h)).
-``rank_writers`` picks the neurons that write most of the direction; ``neat export --format hf
---writes a-b`` bakes the edit into the down projection.
+(Gemma 2/3: y = s * h / rms(h) enters the residual stream, h the down projection's output), the
+neurons' part along u of y is (sum_k a_k c_k) / rms(h) with c_k = w_k . (s * u)
+(``LoadedModel.write_directions``), and the edit takes it out of y after the norm:
+
+    y -> y - t (sum_k a_k c_k) / rms(h) u
+
+exactly what the chosen neurons add along u, at each position; it depends on rms(h), so no weight
+edit computes it (``bake`` refuses there; the hooks make it). ``rank_writers`` picks the neurons that
+write most of the direction; ``neat export --format hf --writes a-b`` bakes the edit into the down
+projection.
 """
 
 from __future__ import annotations
@@ -76,29 +80,36 @@ class NeuronWrites:
         range (and, by name, a family that normalises its MLP output through no known norm)."""
         out = {}
         for l, ks in self.by_layer().items():
-            p, q = model.write_directions(l, self.vector)  # range and family checks
+            p, u = model.write_directions(l, self.vector)  # range and family checks
             if ks[-1] >= model.d_ff:
                 raise ValueError(f"neuron ({l}, {ks[-1]}) is out of range: blocks have {model.d_ff} neurons")
             idx = torch.tensor(ks, dtype=torch.long, device=p.device)
             c = model.weight_out(l).detach()[idx].float().to(p.device) @ p
-            out[l] = BlockWrites(idx, self.strength * c, q)
+            norm = model.check_writes(l)
+            out[l] = BlockWrites(idx, self.strength * c, u, None if norm is None else float(norm.eps))
         return out
 
     def bake(self, model: LoadedModel, hf) -> None:
         """Write the edit into ``hf``'s down-projection weights in place (``hf``: a model with
         ``model.hf``'s modules, e.g. its copy): each chosen neuron's output vector w_k becomes
-        w_k - t (w_k . p) q (p = q = u where the MLP output enters the residual stream as it is). The
-        biases are untouched (the edit depends on the activations only)."""
-        from ..models.adapters import down_weight_columns, get_module
+        w_k - t (w_k . u) u. The biases are untouched (the edit depends on the activations only).
+        Refused where the family normalises what its MLP writes: the removal after the norm depends
+        on rms(h) at each position, which no weight edit computes."""
+        from ..models.adapters import UnsupportedModelError, down_weight_columns, get_module
 
-        self.prepared(model)  # the same checks as the hooks
+        blocks = self.prepared(model)  # the same checks as the hooks
+        if any(b.norm_eps is not None for b in blocks.values()):
+            raise UnsupportedModelError(
+                f"{model.family.name} models normalise the mlp output before adding it to the residual stream: the "
+                "neurons' part along the direction is taken out after that norm, scaled by 1 / rms of each position's "
+                "MLP output, which no weight edit computes; the hooks of neat hate / neat bias --writers make it")
         for l, ks in self.by_layer().items():
             site = get_module(hf, f"{model.family.blocks}.{l}.{model.family.site}")
             rows = down_weight_columns(site.weight.data, model.family.down_layout)  # a view: edits land in the weight
-            p, q = (x.to(rows.device) for x in model.write_directions(l, self.vector))
+            u = self.unit.to(rows.device)
             idx = torch.tensor(ks, dtype=torch.long, device=rows.device)
             w = rows[idx].float()
-            rows[idx] = (w - self.strength * (w @ p)[:, None] * q).to(rows.dtype)
+            rows[idx] = (w - self.strength * (w @ u)[:, None] * u).to(rows.dtype)
 
     def describe(self) -> str:
         blocks = sorted(self.by_layer())
@@ -114,15 +125,30 @@ class NeuronWrites:
 
 @dataclass(frozen=True)
 class BlockWrites:
-    """One block's part of a ``NeuronWrites``: h -> h - ((x[..., idx] @ coef) u), ``coef`` = t c."""
+    """One block's part of a ``NeuronWrites``: h -> h - ((x[..., idx] @ coef) u), ``coef`` = t c,
+    x the activations and h the down projection's output. With ``norm_eps`` (the family normalises
+    h before adding it): h is kept and the norm's output y -> y - (along / rms(h)) u
+    (``after_norm``), rms as the norm computes it."""
 
     idx: torch.Tensor
     coef: torch.Tensor
     unit: torch.Tensor
+    norm_eps: float | None = None
+
+    def along(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_k a_k t c_k at each position: [..., T] float32."""
+        return x[..., self.idx].float() @ self.coef
 
     def apply(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        along = x[..., self.idx].float() @ self.coef
-        return (h.float() - along[..., None] * self.unit).to(h.dtype)
+        if self.norm_eps is not None:
+            raise RuntimeError("a block whose MLP output is normalised is edited after the norm (after_norm)")
+        return (h.float() - self.along(x)[..., None] * self.unit).to(h.dtype)
+
+    def after_norm(self, along: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The norm's output y with the neurons' part along u taken out: ``along`` from the activations
+        (``along``), h the norm's input."""
+        r = torch.rsqrt(h.float().pow(2).mean(-1) + self.norm_eps)
+        return (y.float() - (along * r)[..., None] * self.unit).to(y.dtype)
 
 
 def rank_writers(model: LoadedModel, positive_means: torch.Tensor, contrast_means: torch.Tensor,

@@ -25,8 +25,8 @@ class ModelFamily:
     attn_output_direct: True when that output is added to the residual stream unchanged.
     mlp_out_norm: where the MLP output is not added unchanged, the RMS norm inside a block that it
         goes through first (y = scale * h / rms(h)); norm_offset: that norm scales by
-        ``norm_offset + weight`` (Gemma: 1). What the neuron-write edit needs to remove a residual
-        direction from what neurons write before that norm.
+        ``norm_offset + weight`` (Gemma: 1). Where the neuron-write edit takes what chosen neurons
+        write along a residual direction out of that norm's output.
     """
 
     name: str

@@ -200,7 +200,7 @@ class LoadedModel:
         return self.sites[layer] if site == "mlp" else get_module(self.blocks[layer], self.family.attn)
 
     def check_writes(self, layer: int) -> nn.Module | None:
-        """Whether what block ``layer``'s neurons write can be edited (``write_directions``): refuses
+        """Whether what block ``layer``'s neurons write can be edited (``NeuronWrites``): refuses
         a block out of range, and by name a family that normalises its MLP output through no norm the
         adapter table names. Returns that norm, or None where the MLP output is the write."""
         if not 0 <= layer < self.n_layers:
@@ -214,28 +214,23 @@ class LoadedModel:
         return get_module(self.blocks[layer], self.family.mlp_out_norm)
 
     def write_directions(self, layer: int, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(p, q) [d_model] each, float32 on block ``layer``'s device: how removing the residual
-        direction u = vector / |vector| from what block ``layer``'s neurons write reads in the down
-        projection's output h: neuron k writes c_k = w_k . p of it, and the edit subtracts along q.
-        Where h is added to the residual stream as it is, p = q = u. Where the family normalises it
-        first (Gemma 2/3: y = s * h / rms(h)), p = s * u and q = u / s: h - (sum_k a_k c_k) q then
-        takes exactly the neurons' part along u out of y at the norm's scale of the unedited h (the
-        edit moves rms(h) itself only a little; to first order it is the removal)."""
+        """(p, u) [d_model] each, float32 on block ``layer``'s device: u = vector / |vector|, and p
+        such that what neuron k of the block adds to the residual stream along u is a_k (w_k . p) r,
+        w_k its row of the down projection. Where the MLP output h is added as it is, p = u and r = 1.
+        Where the family normalises it first (Gemma 2/3: y = s * h / rms(h)), p = s * u and
+        r = 1 / rms(h) at each position (``check_writes`` gives that norm)."""
         norm = self.check_writes(layer)
         dev = self.block_device(layer)
         u = vector.detach().float().flatten().to(dev)
         u = u / u.norm()
         if norm is None:
             return u, u
-        s = norm.weight.detach().float().to(dev) + self.family.norm_offset
-        if not bool((s.abs() > 1e-6).all()):
-            raise ValueError(f"block {layer}'s {self.family.mlp_out_norm} scales some dimensions by 0: what the neurons "
-                             "write there cannot be edited through it")
-        return s * u, u / s
+        return (norm.weight.detach().float().to(dev) + self.family.norm_offset) * u, u
 
     def write_along(self, layer: int, vector: torch.Tensor) -> torch.Tensor:
         """c_k = w_k . p for every neuron of block ``layer``: what each writes along ``vector``'s
-        direction per unit of activation ([d_ff] float32 on the CPU; ``write_directions``)."""
+        direction per unit of activation (times 1 / rms(h) where the MLP output is normalised; [d_ff]
+        float32 on the CPU; ``write_directions``)."""
         p, _ = self.write_directions(layer, vector)
         return (self.weight_out(layer).detach().float().to(p.device) @ p).cpu()
 

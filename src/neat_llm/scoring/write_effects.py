@@ -12,10 +12,10 @@ and the preference of a pair, D = L(more) - L(less), by -t effect_k with
 
     effect(k) = c_k mean over pairs [ sum_p a_k (dL/dh_l . u) ](more) - [ ... ](less).
 
-Where the family normalises the MLP output before adding it (Gemma 2/3), h_l is the down projection's
-output, c_k = w_k . p and the gradient is read along q (``LoadedModel.write_directions``), as the
-edit itself is made. So the neurons with the largest effect are those whose writes along u hold the
-preference up most:
+Where the family normalises the MLP output h before adding it (Gemma 2/3: y = s * h / rms(h)), the
+edit takes t a_k c_k / rms(h) u out of y, c_k = w_k . (s * u) (``LoadedModel.write_directions``), and
+the gradient is dL/dy_l . u, each position weighted by 1 / rms(h). So the neurons with the largest
+effect are those whose writes along u hold the preference up most:
 removing (t = 1) or reversing (t = 2) their writes lowers D most. One forward and one backward pass
 per sentence scores every neuron of the blocks at once. ``interventions.rank_writers`` ranks the
 same neurons by what they write on concept text beyond contrast text instead (activations times
@@ -43,7 +43,8 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
     if starts is not None and len(starts) != len(texts):
         raise ValueError(f"{len(starts)} starts for {len(texts)} texts")
     layers = list(layers)
-    along_q = {l: model.write_directions(l, vector)[1] for l in layers}  # u where the MLP output is the write
+    u = {l: model.write_directions(l, vector)[1] for l in layers}
+    norms = {l: n for l in layers if (n := model.check_writes(l)) is not None}  # where the MLP output is normalised
     sites = {l: model.sites[l] for l in layers}
     out = torch.zeros(len(texts), len(layers), model.d_ff, dtype=torch.float64)
     emb = model.hf.get_input_embeddings()
@@ -51,7 +52,7 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
         enc = model.encode([texts[r] for r in rows])
         mask = enc["attention_mask"]
         with outputs_require_grad(emb), torch.enable_grad(), capture_inputs(sites) as acts, \
-                capture_outputs(sites) as outs:
+                capture_outputs(sites) as outs, capture_outputs(norms) as normed:
             logits = model.logits(enc)[:, :-1].float()
             target = enc["input_ids"][:, 1:]
             counted = mask[:, 1:]
@@ -59,11 +60,13 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
                 first = torch.tensor([max(1, int(starts[r])) for r in rows], device=mask.device)
                 counted = counted * (torch.arange(1, mask.shape[1], device=mask.device)[None, :] >= first[:, None])
             ll = (logits.gather(-1, target[..., None]).squeeze(-1) - logits.logsumexp(-1)) * counted
-            h = [outs[l][0] for l in layers]
+            h = [(normed if l in norms else outs)[l][0] for l in layers]  # what the edit changes
             grads = model.gradients(ll.sum(), h, len(rows))  # texts are independent: per-text gradients
         m = mask.float()
         for i, l in enumerate(layers):
-            along = (grads[i].float() @ along_q[l].to(grads[i].device)) * m  # [B, T]
+            along = (grads[i].float() @ u[l].to(grads[i].device)) * m  # [B, T]
+            if l in norms:  # y = s * h / rms(h): the edit is scaled by 1 / rms(h) at each position
+                along = along * torch.rsqrt(outs[l][0].detach().float().pow(2).mean(-1) + float(norms[l].eps))
             got = torch.einsum("btk,bt->bk", acts[l][0].detach().float(), along)
             check_finite(got, f"the write effects of block {l}")
             out[rows, i] = got.double().cpu()

@@ -156,7 +156,7 @@ def _writes_along_batch(model: LoadedModel, writes: dict, G: int) -> Iterator[No
     down projection's output, or where the family normalises it, out of the norm's output (the part
     along u computed from the activations at the down projection, taken out after the norm)."""
     key = id(model)
-    normed = {l: model.check_writes(l) for l, ws in writes.items() if next(iter(ws.values())).norm_eps is not None}
+    normed = {l: model.check_writes(l) for l, ws in writes.items() if next(iter(ws.values())).normed}
     pending: dict[int, list] = {}  # normed block -> [(its edit, its along over the whole batch)]
 
     def edit_writes(layer, x, h):
@@ -185,8 +185,9 @@ def _writes_along_batch(model: LoadedModel, writes: dict, G: int) -> Iterator[No
         return y.reshape(h.shape)
 
     def edit_normed(layer, h, y):
+        r = model.write_scale(layer, h)
         for bw, along in pending.pop(layer):
-            y = bw.after_norm(along, h, y)
+            y = bw.after_norm(along, r, y)
         return y
 
     with edit_outputs_with_inputs({l: model.sites[l] for l in writes}, edit_writes), \
@@ -213,15 +214,18 @@ def project_writes(model: LoadedModel, edit: NeuronWrites) -> Iterator[NeuronWri
     condition; the same as editing their rows of the down projection). Where the family normalises
     the MLP output (Gemma 2/3), their part along u is taken out of the norm's output instead."""
     blocks = edit.prepared(model)
-    direct = {l: model.sites[l] for l, b in blocks.items() if b.norm_eps is None}
-    normed = {l: model.check_writes(l) for l, b in blocks.items() if b.norm_eps is not None}
+    direct = {l: model.sites[l] for l, b in blocks.items() if not b.normed}
+    normed = {l: model.check_writes(l) for l, b in blocks.items() if b.normed}
     along: dict[int, torch.Tensor] = {}
 
     def keep(l, x, h):  # normed blocks: h is kept, the part along u is taken out after the norm
         along[l] = blocks[l].along(x)
         return h
 
+    def after_norm(l, h, y):
+        return blocks[l].after_norm(along.pop(l), model.write_scale(l, h), y)
+
     with edit_outputs_with_inputs(direct, lambda l, x, h: blocks[l].apply(x, h)), \
             edit_outputs_with_inputs({l: model.sites[l] for l in normed}, keep), \
-            edit_outputs_with_inputs(normed, lambda l, h, y: blocks[l].after_norm(along.pop(l), h, y)):
+            edit_outputs_with_inputs(normed, after_norm):
         yield edit

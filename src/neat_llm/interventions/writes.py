@@ -85,8 +85,7 @@ class NeuronWrites:
                 raise ValueError(f"neuron ({l}, {ks[-1]}) is out of range: blocks have {model.d_ff} neurons")
             idx = torch.tensor(ks, dtype=torch.long, device=p.device)
             c = model.weight_out(l).detach()[idx].float().to(p.device) @ p
-            norm = model.check_writes(l)
-            out[l] = BlockWrites(idx, self.strength * c, u, None if norm is None else float(norm.eps))
+            out[l] = BlockWrites(idx, self.strength * c, u, model.check_writes(l) is not None)
         return out
 
     def bake(self, model: LoadedModel, hf) -> None:
@@ -98,7 +97,7 @@ class NeuronWrites:
         from ..models.adapters import UnsupportedModelError, down_weight_columns, get_module
 
         blocks = self.prepared(model)  # the same checks as the hooks
-        if any(b.norm_eps is not None for b in blocks.values()):
+        if any(b.normed for b in blocks.values()):
             raise UnsupportedModelError(
                 f"{model.family.name} models normalise the mlp output before adding it to the residual stream: the "
                 "neurons' part along the direction is taken out after that norm, scaled by 1 / rms of each position's "
@@ -126,28 +125,27 @@ class NeuronWrites:
 @dataclass(frozen=True)
 class BlockWrites:
     """One block's part of a ``NeuronWrites``: h -> h - ((x[..., idx] @ coef) u), ``coef`` = t c,
-    x the activations and h the down projection's output. With ``norm_eps`` (the family normalises
-    h before adding it): h is kept and the norm's output y -> y - (along / rms(h)) u
-    (``after_norm``), rms as the norm computes it."""
+    x the activations and h the down projection's output. ``normed`` (the family normalises h
+    before adding it): h is kept and the norm's output y -> y - along r u (``after_norm``), r the
+    norm's 1 / rms(h) (``LoadedModel.write_scale``)."""
 
     idx: torch.Tensor
     coef: torch.Tensor
     unit: torch.Tensor
-    norm_eps: float | None = None
+    normed: bool = False
 
     def along(self, x: torch.Tensor) -> torch.Tensor:
         """sum_k a_k t c_k at each position: [..., T] float32."""
         return x[..., self.idx].float() @ self.coef
 
     def apply(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        if self.norm_eps is not None:
+        if self.normed:
             raise RuntimeError("a block whose MLP output is normalised is edited after the norm (after_norm)")
         return (h.float() - self.along(x)[..., None] * self.unit).to(h.dtype)
 
-    def after_norm(self, along: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def after_norm(self, along: torch.Tensor, r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The norm's output y with the neurons' part along u taken out: ``along`` from the activations
-        (``along``), h the norm's input."""
-        r = torch.rsqrt(h.float().pow(2).mean(-1) + self.norm_eps)
+        (``along``), r the norm's 1 / rms of its input at each position (``LoadedModel.write_scale``)."""
         return (y.float() - (along * r)[..., None] * self.unit).to(y.dtype)
 
 

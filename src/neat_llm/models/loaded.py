@@ -227,6 +227,15 @@ class LoadedModel:
             return u, u
         return (norm.weight.detach().float().to(dev) + self.family.norm_offset) * u, u
 
+    def write_scale(self, layer: int, h: torch.Tensor) -> torch.Tensor | None:
+        """r at each position of h [..., d_model], block ``layer``'s MLP output: 1 / rms(h) as the
+        family's norm after the MLP computes it ([...] float32), or None where h is added as it is
+        (r = 1; ``write_directions``)."""
+        norm = self.check_writes(layer)
+        if norm is None:
+            return None
+        return torch.rsqrt(h.float().pow(2).mean(-1) + float(norm.eps))
+
     def write_along(self, layer: int, vector: torch.Tensor) -> torch.Tensor:
         """c_k = w_k . p for every neuron of block ``layer``: what each writes along ``vector``'s
         direction per unit of activation (times 1 / rms(h) where the MLP output is normalised; [d_ff]

@@ -43,7 +43,7 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
     if starts is not None and len(starts) != len(texts):
         raise ValueError(f"{len(starts)} starts for {len(texts)} texts")
     layers = list(layers)
-    u = {l: model.write_directions(l, vector)[1] for l in layers}
+    u = {l: model.write_directions(l, vector)[1] for l in layers}  # (checks each block)
     norms = {l: n for l in layers if (n := model.check_writes(l)) is not None}  # where the MLP output is normalised
     sites = {l: model.sites[l] for l in layers}
     out = torch.zeros(len(texts), len(layers), model.d_ff, dtype=torch.float64)
@@ -66,7 +66,7 @@ def text_write_effects(model: LoadedModel, texts: Sequence[str], vector: torch.T
         for i, l in enumerate(layers):
             along = (grads[i].float() @ u[l].to(grads[i].device)) * m  # [B, T]
             if l in norms:  # y = s * h / rms(h): the edit is scaled by 1 / rms(h) at each position
-                along = along * torch.rsqrt(outs[l][0].detach().float().pow(2).mean(-1) + float(norms[l].eps))
+                along = along * model.write_scale(l, outs[l][0].detach())
             got = torch.einsum("btk,bt->bk", acts[l][0].detach().float(), along)
             check_finite(got, f"the write effects of block {l}")
             out[rows, i] = got.double().cpu()

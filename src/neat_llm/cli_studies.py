@@ -253,10 +253,7 @@ def _demonstration_hate(model, data_path, ks, n_random, fit_groups, eval_groups,
         m = nl.load_model(model)
         if writers == "half" and not _writers_by_default(m):  # Gemma 2/3: the MLP output is normalised
             method = method if method_given else "neat"
-            err.print(f"note: {m.family.name} models normalise what their MLPs write; the writers' edit is not the "
-                      f"default there (--writers a-b asks for it): the K rows turn the top-K neurons' activations off "
-                      f"(--writers none), found with {method}",
-                      soft_wrap=True)
+            _note_activation_rows(m, f", found with {method}")
             writers = "none"
             settings = DemonstrationStudySettings.of(settings, method=method, n_random=n_random if random_given else 3)
         if writers == "half":
@@ -344,6 +341,13 @@ def _writers_by_default(m) -> bool:
     return bool(m.family.mlp_output_direct)
 
 
+def _note_activation_rows(m, found: str = "") -> None:
+    """Say that a study's default K rows on this model turn activations off, not the writers' edit."""
+    err.print(f"note: {m.family.name} models normalise what their MLPs write; the writers' edit is not the default "
+              f"there (--writers a-b asks for it): the K rows turn the top-K neurons' activations off (--writers none)"
+              f"{found}", soft_wrap=True)
+
+
 def _bias_writers_for(m, settings, span: str | tuple, method_given: bool, k_given: bool):
     """The bias study's writers once the model is known: "half" the second half of its blocks (K = 500
     or half the span's neurons, unless --k was given); where the family normalises what its MLPs write
@@ -357,9 +361,7 @@ def _bias_writers_for(m, settings, span: str | tuple, method_given: bool, k_give
         a, b = m.n_layers // 2, m.n_layers - 1
         ks = {} if k_given else {"ks": (min(BIAS_WRITERS_K, (b - a + 1) * m.d_ff // 2),)}
         return type(settings).of(settings, writers=(a, b), **ks)
-    err.print(f"note: {m.family.name} models normalise what their MLPs write; the writers' edit is not the default "
-              "there (--writers a-b asks for it): the K rows turn the top-K neurons' activations off (--writers none)",
-              soft_wrap=True)
+    _note_activation_rows(m)
     return type(settings).of(settings, **({} if method_given else {"method": "neat"}),
                              **({} if k_given else {"ks": DEFAULT_KS}))
 

@@ -31,8 +31,8 @@ from ..records import split_known
 from ..models.loaded import LoadedModel
 from ..runs import Run, RunFiles
 from ..runs import write_text
-from .common import (find_or_reuse, measure_conditions, neuron_pool, span_writes, study_folder, write_results,
-                     writer_conditions, writes_row)
+from .common import (find_or_reuse, measure_conditions, neuron_pool, span_write_effects, span_writes, study_folder,
+                     write_results, writer_conditions, writes_row)
 from .settings import BiasStudySettings
 
 __all__ = ["BiasStudy", "bias_study", "load_pairs"]
@@ -206,13 +206,10 @@ def writer_effects(model: LoadedModel, run: Run, fit: MinimalPairs, span: tuple[
     the fit pairs' preference for the stereotypical sentence, to first order (``pair_write_effects``;
     each sentence read after the start token, as the stereotype score reads it)."""
     from ..evaluation.bias import _start
-    from ..progress import progress_bar
-    from ..scoring.write_effects import pair_write_effects
 
     start = _start(model)
-    with progress_bar("writers' effects on the fit pairs", 2 * len(fit), progress) as tick:
-        return pair_write_effects(model, [start + t for t in fit.more], [start + t for t in fit.less],
-                                  run.concept_vector, range(span[0], span[1] + 1), on_texts=tick)
+    return span_write_effects(model, run, span, [start + t for t in fit.more], [start + t for t in fit.less],
+                              "writers' effects on the fit pairs", progress)
 
 
 def bias_ceilings(model: LoadedModel, run: Run, s: BiasStudySettings) -> list[Condition]:

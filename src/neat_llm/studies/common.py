@@ -81,6 +81,18 @@ def writes_row(k: int, span: tuple[int, int]) -> str:
     return f"writes-K{k}-L{span[0]}-{span[1]}"
 
 
+def span_write_effects(model: LoadedModel, run: Run, span: tuple[int, int], more: list[str], less: list[str],
+                       what: str, progress: bool, starts: tuple[list[int], list[int]] | None = None) -> torch.Tensor:
+    """Each neuron of blocks ``span`` [blocks, d_ff]: how much removing the run's direction from its
+    writes lowers log p(more) - log p(less) over the pairs, to first order (``pair_write_effects``),
+    with a progress bar named ``what``: the ``ranking`` of ``writer_conditions``."""
+    from ..scoring.write_effects import pair_write_effects
+
+    with progress_bar(what, 2 * len(more), progress) as tick:
+        return pair_write_effects(model, more, less, run.concept_vector, range(span[0], span[1] + 1), on_texts=tick,
+                                  starts=starts)
+
+
 def writer_conditions(model: LoadedModel, run: Run, span: tuple[int, int], ks: list[int], n_random: int, seed: int,
                       strength: float = 1.0, ranking: torch.Tensor | None = None) -> dict[int, tuple[Condition, list[Condition]]]:
     """{K: (the run's concept direction out of what the K neurons of blocks ``span`` that write most

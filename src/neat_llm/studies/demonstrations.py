@@ -34,8 +34,8 @@ from ..interventions import DirectionEdit, DirectionEdits, NeuronSelection, Neur
 from ..models.loaded import LoadedModel
 from ..records import split_known
 from ..runs import Run, RunFiles
-from .common import (find_or_reuse, measure_conditions, neuron_pool, span_writes, study_folder, write_results,
-                     writer_conditions, writes_row)
+from .common import (find_or_reuse, measure_conditions, neuron_pool, span_write_effects, span_writes, study_folder,
+                     write_results, writer_conditions, writes_row)
 from .hate import _groups, hate_concept
 from .settings import DemonstrationStudySettings
 
@@ -208,19 +208,14 @@ def writer_effects(model: LoadedModel, run: Run, fit: ConceptSet, group_of: dict
     log p(a hateful next statement) - log p(a neutral one about the same group) after hate-prone
     demonstration prompts built from the *fit* statements, to first order (``pair_write_effects``;
     the judge-free measure of the study, on fit data)."""
-    from ..progress import progress_bar
-    from ..scoring.write_effects import pair_write_effects
-
     demos = build_demonstrations(_by_group(fit.positives, group_of), _by_group(fit.contrast, group_of),
                                  s.n_readout_prompts, 1, s.per_prompt, s.seed + 2)
     prompts = list(demos.hate_prompts)
     starts = [len(ids) for ids in model.tokenizer(prompts)["input_ids"]]
     more = [p + " " + t.strip() + "\n" for p, t in zip(prompts, demos.hate_next)]
     less = [p + " " + t.strip() + "\n" for p, t in zip(prompts, demos.neutral_next)]
-    a, b = s.writers
-    with progress_bar("writers' effects on the fit prompts", 2 * len(prompts), progress) as tick:
-        return pair_write_effects(model, more, less, run.concept_vector, range(a, b + 1), on_texts=tick,
-                                  starts=(starts, starts))
+    return span_write_effects(model, run, s.writers, more, less, "writers' effects on the fit prompts", progress,
+                              (starts, starts))
 
 
 def _intervention(model: LoadedModel, run: Run, concept: ConceptSet, s: DemonstrationStudySettings):

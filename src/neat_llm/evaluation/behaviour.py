@@ -170,12 +170,8 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
     controls = _controls(ceiling_controls, ceilings)
     means = next((s.means for s in selection_by_k.values() if s.means is not None), None)
     iv = Intervention.of(intervention, means)
-    if conditions is None:
-        conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
-        mode, described, iv_settings = iv.name, iv.describe(), iv.settings()
-    else:
-        conds, (mode, iv_settings) = given_conditions(conditions, n_random)
-        described = _writes_described(conds)
+    conds, (mode, described, iv_settings) = _k_conditions(model, selection_by_k, iv, n_random, seed, neuron_pool,
+                                                          conditions)
     t0, c0 = time.perf_counter(), model.counter.snapshot()
     flat = [Condition(BEFORE)] + [c for k in sorted(conds) for c in (conds[k][0], *conds[k][1])]
     flat += [_ceiling_condition(name, edit, iv) for name, edit in ceilings.items()]
@@ -220,17 +216,7 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
             rr = row(k, "random", [c.name for c in rand], 2 * i + 2)
             rr.vs_before = paired([c.name for c in rand], [BEFORE], 2 * i + 2)
             rows.append(rr)
-    for j, name in enumerate(ceilings):
-        salt = 2 * len(conds) + 1 + j
-        r = row(0, name, [name], salt)
-        r.vs_before = paired([name], [BEFORE], salt)
-        rows.append(r)
-        if controls.get(name):
-            rand = list(controls[name])
-            r.vs_random = paired([name], rand, salt + 1000)
-            rr = row(0, f"{name}-random", rand, salt + 1000)
-            rr.vs_before = paired(rand, [BEFORE], salt + 1000)
-            rows.append(rr)
+    rows += _ceiling_rows(ceilings, controls, row, paired, 2 * len(conds) + 1)
     return BehaviourReport(
         dataset=dataset, method=method, mode=mode, intervention=described, n_prompts=n, samples=samples,
         n_neutral_prompts=len(demos.neutral_prompts), neutral_samples=neutral_samples, rows=rows,
@@ -240,6 +226,36 @@ def evaluate_behaviour(model: LoadedModel, demos: Demonstrations, selection_by_k
                   "max_neutral_rate": max_neutral_rate, **iv_settings,
                   **_ceiling_settings(ceilings, iv, controls)},
         continuations={c: {"hate": r.hate_continuations, "neutral": r.neutral_continuations} for c, r in got.items()})
+
+
+def _ceiling_rows(ceilings: Mapping, controls: Mapping, row: Callable, paired: Callable, first_salt: int) -> list:
+    """The ceiling rows (K = 0) against before, each with its random controls' row and ``vs_random``
+    where it has them; ``row`` and ``paired`` as ``evaluate_behaviour`` makes them."""
+    rows = []
+    for j, name in enumerate(ceilings):
+        salt = first_salt + j
+        r = row(0, name, [name], salt)
+        r.vs_before = paired([name], [BEFORE], salt)
+        rows.append(r)
+        if controls.get(name):
+            rand = list(controls[name])
+            r.vs_random = paired([name], rand, salt + 1000)
+            rr = row(0, f"{name}-random", rand, salt + 1000)
+            rr.vs_before = paired(rand, [BEFORE], salt + 1000)
+            rows.append(rr)
+    return rows
+
+
+def _k_conditions(model: LoadedModel, selection_by_k: Mapping[int, NeuronSelection], iv: Intervention, n_random: int,
+                  seed: int, neuron_pool, conditions):
+    """The K rows: {K: (its condition, its random controls)}, and (mode, description, settings) of
+    their intervention: the study's own ``conditions`` where given, else the top-K selections under
+    ``iv`` beside random K-sets."""
+    if conditions is None:
+        conds = study_conditions(model, selection_by_k, iv, n_random=n_random, seed=seed, neuron_pool=neuron_pool)
+        return conds, (iv.name, iv.describe(), iv.settings())
+    conds, (mode, iv_settings) = given_conditions(conditions, n_random)
+    return conds, (mode, _writes_described(conds), iv_settings)
 
 
 def _writes_described(conds: Mapping[int, tuple[Condition, Sequence[Condition]]]) -> str:

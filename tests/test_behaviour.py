@@ -566,13 +566,25 @@ def test_own_decoding_loop_drops_finished_rows_and_keeps_every_continuation(tiny
     """Rows ending at different steps (a third of the vocabulary ends a line here): the loop runs a
     row only while it has not ended (its decoding rows are exactly the tokens it drew, stop tokens
     included), new prompts take the slots finished ones free, and every continuation is generate's,
-    whatever the KV-cache budget (one prompt at a time, or all at once)."""
+    whatever the KV-cache budget (one prompt at a time, or all at once). The cache's slots start
+    as NaN here (they are allocated uncleared): a read of a place no token was written to would show."""
     from neat_llm.evaluation import generation
     from neat_llm.evaluation.decoding import decode_prompts
     from neat_llm.interventions import Condition, NeuronSelection, Zero, conditions_along_batch
+    from neat_llm.models.slot_cache import SlotCache
 
     stops = list(range(0, len(tiny_llama.tokenizer), 3))
     monkeypatch.setattr(generation, "newline_tokens", lambda tok: stops)
+    allocate = SlotCache.allocate
+
+    def poisoned(self, layer, k, v):
+        fresh = not layer.is_initialized
+        allocate(self, layer, k, v)
+        if fresh:
+            layer.keys.fill_(float("nan"))
+            layer.values.fill_(float("nan"))
+
+    monkeypatch.setattr(SlotCache, "allocate", poisoned)
     prompts = ["- the rain came\n- the wind moved\n-", "- a cake\n-", "- hill folk bake bread\n- the town\n-",
                "- the town\n-", "- bread\n- rain\n-"]
     conds = [Condition("before"), Condition("off", NeuronSelection(((0, 3), (1, 7), (1, 2))), Zero())]

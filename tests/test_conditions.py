@@ -193,6 +193,19 @@ def test_inverse_cdf_sampler_picks_the_full_sorts_token_from_the_tokens_above_a_
     assert torch.equal(picked[inside], sort_only.choose(logits, u[:, 0])[inside])
 
 
+def test_inverse_cdf_sampler_reuses_its_buffers_without_carrying_anything_over():
+    """One sampler over chunks of several sizes and two vocabularies (its [rows, vocabulary]
+    buffers kept from call to call, grown or remade when the shape changes): every call's tokens
+    are a fresh sampler's."""
+    g = torch.Generator().manual_seed(3)
+    sampler = _InverseCdfSampler(None, 0, 1.0, 0.95, 0)
+    for rows, vocab in ((150, 3000), (7, 3000), (70, 3000), (20, 500), (130, 3000)):
+        logits = torch.randn(rows, vocab, generator=g) * 3
+        u = torch.rand(rows, generator=g, dtype=torch.float64)
+        fresh = _InverseCdfSampler(None, 0, 1.0, 0.95, 0)
+        assert torch.equal(sampler.choose(logits, u), fresh.choose(logits, u)), (rows, vocab)
+
+
 # --- the engine ---------------------------------------------------------------------------------
 class _Count:
     """A measure that records how many conditions each call measured (the row count of its batch)."""

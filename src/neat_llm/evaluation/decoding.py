@@ -25,6 +25,7 @@ from collections.abc import Collection, Sequence
 import torch
 from transformers import DynamicCache
 
+from ..allocator import keep_freed_memory
 from ..concepts.representations import repeat_rows
 from ..interventions import rows_under
 from ..models.loaded import LoadedModel
@@ -42,10 +43,12 @@ def decode_prompts(model: LoadedModel, prompts: Sequence[str], replicas: int, sa
     tokens [G][prompt * samples + sample], and with ``score`` the mean log p per token of each given
     continuation after its prompt, [len(score), G, prompts], read on the prompt's own prefill)."""
     G, P, steps = replicas, len(prompts), u.shape[-1]
+    if model.device.type == "cpu":
+        keep_freed_memory()  # every step allocates and frees its logits and the sampler's chunks (tens of MB)
     encs = [model.encode([p]) for p in prompts]
     unit = G * samples
     capacity = max(e["input_ids"].shape[1] for e in encs) + steps
-    blocks = max(1, tokens // (capacity * unit))
+    blocks = max(1, min(P, tokens // (capacity * unit)))  # no more blocks than prompts
     cache = SlotCache(model.n_layers, blocks * unit, capacity)
     free = list(range(blocks - 1, -1, -1))  # the free blocks, the lowest last (taken first)
     waiting = deque(range(P))

@@ -55,7 +55,8 @@ class _InverseCdfSampler:
             return torch.cat([self.choose(scores[i:i + self.CHUNK], u[i:i + self.CHUNK])
                               for i in range(0, len(scores), self.CHUNK)])
         scores = scores.float()
-        probs = torch.softmax(scores if self.temperature == 1.0 else scores / self.temperature, dim=-1)  # [R, V]
+        probs = torch.softmax(scores if self.temperature == 1.0 else scores / self.temperature, dim=-1,
+                              out=self._workspace(*scores.shape, scores.device)[0])  # [R, V]
         V = probs.shape[-1]
         if self.top_k:  # the k most likely, renormalised, then the nucleus within them
             p, order = probs.topk(min(self.top_k, V), dim=-1)
@@ -87,11 +88,15 @@ class _InverseCdfSampler:
         (checked: rows where the binned sums misjudged it are left to the full sort)."""
         r, V = probs.shape
         dev = probs.device
-        exponent = (probs.contiguous().view(torch.int32) >> 23).long()  # [r, V]: 0..127 for p in [0, 1]
-        per_bin = torch.zeros(r, 128, dtype=torch.float64, device=dev).scatter_add_(1, exponent, probs.double())
-        above = per_bin.flip(1).cumsum(1)  # mass of the exponents >= 127 - j
+        _, bins, kept = self._workspace(r, V, dev)
+        torch.bitwise_right_shift(probs.contiguous().view(torch.int32), 23, out=bins)  # [r, V]: 0..127 for p in [0, 1]
+        bins += (torch.arange(r, dtype=torch.int32, device=dev) * 128)[:, None]  # row i's exponents at 128 i ..
+        per_bin = probs.new_zeros(r * 128).index_add_(0, bins.view(-1), probs.view(-1)).view(r, 128)
+        above = per_bin.double().flip(1).cumsum(1)  # mass of the exponents >= 127 - j
         lowest = 127 - (above < self.top_p).sum(1, keepdim=True).clamp(max=127)  # the smallest exponent kept
-        rows, ids = (exponent >= lowest).nonzero(as_tuple=True)  # C, row-major: each row's tokens in id order
+        least = (lowest.to(torch.int32) << 23).view(torch.float32)  # the smallest float of that exponent (0.0 for 0)
+        rows, ids = torch.ge(probs, least, out=kept).nonzero(as_tuple=True)  # C (exponent >= lowest), row-major:
+        # each row's tokens in id order
         m = torch.bincount(rows, minlength=r)
         at = torch.arange(len(rows), device=dev) - (m.cumsum(0) - m)[rows]  # each token's place in its row's C
         chosen = torch.zeros(r, dtype=torch.long, device=dev)
@@ -112,6 +117,17 @@ class _InverseCdfSampler:
             inside[tier] = p.cumsum(-1)[:, -1] >= self.top_p
             chosen[tier] = self._pick(p, order, u[tier])
         return chosen, inside
+
+    def _workspace(self, r: int, V: int, dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[r, V] buffers (probabilities, exponent bins, kept tokens) kept from chunk to chunk: fresh
+        ones, tens of MB each, were handed back to the system when freed and paged in again by the
+        next chunk, which made a decoding run's sampling cost about twice its arithmetic."""
+        ws = getattr(self, "_buffers", None)
+        if ws is None or ws[0].shape[0] < r or ws[0].shape[1] != V or ws[0].device != torch.device(dev):
+            n = max(r, self.CHUNK)
+            ws = self._buffers = (torch.empty(n, V, device=dev), torch.empty(n, V, dtype=torch.int32, device=dev),
+                                  torch.empty(n, V, dtype=torch.bool, device=dev))
+        return ws[0][:r], ws[1][:r], ws[2][:r]
 
     @staticmethod
     def _width_tiers(m: torch.Tensor) -> list[torch.Tensor]:

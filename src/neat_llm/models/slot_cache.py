@@ -86,10 +86,12 @@ class SlotCache(DynamicCache):
         self.longest = max(self.longest, prefill.get_seq_length())
 
     def allocate(self, layer: SlotLayer, k: torch.Tensor, v: torch.Tensor) -> None:
-        """``layer``'s buffers, shaped after keys ``k`` and values ``v`` [rows, heads, n, dim], once."""
+        """``layer``'s buffers, shaped after keys ``k`` and values ``v`` [rows, heads, n, dim], once,
+        not cleared: a slot's tokens are read only where they were written (``fill``, ``update``,
+        ``move``), and clearing a budget's worth of slots (gigabytes) cost a tenth of a decoding run."""
         if not layer.is_initialized:
-            layer.keys = k.new_zeros(self.n_slots, k.shape[1], self.capacity, k.shape[-1])
-            layer.values = v.new_zeros(self.n_slots, v.shape[1], self.capacity, v.shape[-1])
+            layer.keys = k.new_empty(self.n_slots, k.shape[1], self.capacity, k.shape[-1])
+            layer.values = v.new_empty(self.n_slots, v.shape[1], self.capacity, v.shape[-1])
             layer.is_initialized, layer.device = True, k.device
 
     def move(self, source: torch.Tensor, target: torch.Tensor, n: int) -> None:

@@ -12,14 +12,19 @@ statements, here written for this benchmark, about 170 tokens each) continued to
       the batch when it ends, a new prompt takes the freed slots (a KV-cache budget in tokens, not a
       fixed batch), each row attending to exactly its own keys.
 
-Each as generated tokens per second and as a share of the float32 matmul rate measured in the same
+Every path runs with glibc keeping freed blocks (``neat_llm.allocator.keep_freed_memory``), as
+under the ``neat`` command. Each as generated tokens per second and as a share of the float32 matmul rate measured in the same
 run: the matrix-product FLOPs the path had to do (2 x the model's matrix parameters per prompt
 token read, plus 2 x the unembedding per decoding row) over its wall time. Continuations are
 compared with (a)'s: exactly, and as the share of continuations that are the same (the products'
 last bits depend on how many rows a product has, on this CPU's BLAS, so a batch of another size can
-flip a near-tied draw). The last line is a JSON object with ``share_of_matmul`` and
-``speedup_over_current`` (over (c), the loop (d) replaces) of (d), its speed-up over (b), and the
-agreement.
+flip a near-tied draw). Then the ceiling of any float32 loop that does (d)'s passes: the model's
+own matrix products alone (every linear layer and the unembedding, nothing else) at (d)'s mean rows
+per decoding step and at the prompt's length, timed on their own; no float32 loop on these rows can
+beat it, whatever its attention or bookkeeping. The last line is a JSON object with
+``share_of_matmul`` and ``speedup_over_current`` (over (c), the loop (d) replaces) of (d), its
+speed-up over (b), the agreement, and the ceiling (``ceiling_share``, ``ceiling_speedup_over_current``,
+``ceiling_speedup_over_filed``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from _common import add_model_args, load
 from _previous_loops import decode_jobs, prefilled
 from bench_sweep import matmul_gflops
 
+from neat_llm.allocator import keep_freed_memory
 from neat_llm.evaluation.decoding import DECODE_TOKENS
 from neat_llm.evaluation.generation import _InverseCdfSampler, first_line, newline_tokens, sample_continuations_along
 from neat_llm.interventions import Condition, NeuronSelection, Zero, conditions_along_batch
@@ -96,6 +102,35 @@ def earlier_path(model, prompts_, G, *, new_tokens, samples, batch_size, loop: b
     return out
 
 
+def product_seconds_per_row(model, rows: int, *, unembed: bool, reps: int = 3) -> float:
+    """Seconds per row of the model's own linear layers (the unembedding only with ``unembed``),
+    each applied to ``rows`` random rows, nothing else: the matrix products of one step of that many
+    rows, at the rate this CPU gives products of their shapes."""
+    out_emb = model.hf.get_output_embeddings()
+    linears = [m for m in model.hf.modules() if isinstance(m, torch.nn.Linear) and (unembed or m is not out_emb)]
+    xs = {w: torch.randn(rows, w, dtype=model.dtype, device=model.device) for w in {m.in_features for m in linears}}
+    with torch.inference_mode():
+        for m in linears:  # warm
+            torch.nn.functional.linear(xs[m.in_features], m.weight)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for m in linears:
+                torch.nn.functional.linear(xs[m.in_features], m.weight)
+    return (time.perf_counter() - t0) / reps / rows
+
+
+def counting_steps(model) -> tuple[list[int], object]:
+    """A list that counts the Hugging Face model's one-token calls (decoding steps), and the hook's handle."""
+    steps = [0]
+
+    def pre(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[-1] == 1:
+            steps[0] += 1
+
+    return steps, model.hf.register_forward_pre_hook(pre, with_kwargs=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(ap)
@@ -105,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS, help="(d)'s KV-cache budget in tokens")
     ap.add_argument("--only", default="abcd", help="the paths to run, e.g. 'ad' ((a) always runs: the reference)")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # for every path, as the `neat` command does at its start (the loop (d) would set it itself)
     model = load(args)
     ps = prompts(args.prompts)
     g = torch.Generator().manual_seed(0)
@@ -129,13 +165,17 @@ def main(argv: list[str] | None = None) -> None:
               "tokens of KV cache", lambda G: sample_continuations_along(model, ps, G, share_prefill=True,
                                                                          decode_tokens=args.decode_tokens, **kw)),
     }
-    results = {}
+    results, shape = {}, {}
     with conditions_along_batch(model, conds) as G:
         for key, (name, run) in paths.items():
             if key != "a" and key not in args.only:
                 continue
+            steps, handle = counting_steps(model)
             c0, t0 = model.counter.snapshot(), time.perf_counter()
-            conts = run(G)
+            try:
+                conts = run(G)
+            finally:
+                handle.remove()
             secs = time.perf_counter() - t0
             new = sum(len(model.tokenizer(t)["input_ids"]) for c in conts for t in c)
             prompt_tokens = len(model.tokenizer(ps[0])["input_ids"])
@@ -143,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             flops = passes.forward * prompt_tokens * 2 * matrices + passes.decode * 2 * (matrices + unembed)
             share = flops / secs / 1e9 / rate
             results[key] = (conts, secs, share)
+            shape[key] = (passes, steps[0], prompt_tokens, flops)
             print(f"({key}) {name}: {secs:.1f} s, {new / secs:.0f} generated tokens/s, {passes.decode:,} decoding rows, "
                   f"{flops / secs / 1e9:.0f} GFLOP/s = {share:.0%} of the matmul rate", flush=True)
     ref = results["a"][0]
@@ -163,7 +204,28 @@ def main(argv: list[str] | None = None) -> None:
             out["speedup_over_current"] = round(results["c"][1] / results["d"][1], 2)
         if "b" in results:
             out["speedup_over_filed"] = round(results["b"][1] / results["d"][1], 2)
+        out.update(ceiling(model, results, shape["d"], rate))
         print(json.dumps(out))
+
+
+def ceiling(model, results: dict, d_shape: tuple, rate: float) -> dict:
+    """(d)'s passes at the speed of their matrix products alone (``product_seconds_per_row`` at (d)'s
+    mean rows per step, and at the prompt's length for the prefills): printed, and as JSON fields."""
+    passes, steps, prompt_tokens, flops = d_shape
+    rows = max(1, round(passes.decode / max(steps, 1)))
+    secs = (passes.forward * prompt_tokens * product_seconds_per_row(model, prompt_tokens, unembed=False)
+            + passes.decode * product_seconds_per_row(model, rows, unembed=True))
+    share = flops / secs / 1e9 / rate
+    out = {"ceiling_share": round(share, 3)}
+    print(f"(d) ceiling: its passes ({passes.decode:,} decoding rows in {steps:,} steps, {rows} rows a step) at the "
+          f"speed of their matrix products alone: {secs:.1f} s = {share:.0%} of the matmul rate, "
+          f"{results['d'][1] / secs:.2f}x (d)", end="")
+    for key, name in (("c", "current"), ("b", "filed")):
+        if key in results:
+            out[f"ceiling_speedup_over_{name}"] = round(results[key][1] / secs, 2)
+            print(f", {results[key][1] / secs:.2f}x ({key})", end="")
+    print()
+    return out
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def quiet_transformers():
         logging.enable_progress_bar()
 
 
-@pytest.mark.parametrize("name", ["bench_sweep", "bench_variants", "bench_costs", "bench_conditions", "bench_generation"])
+@pytest.mark.parametrize("name", ["bench_sweep", "bench_variants", "bench_costs", "bench_conditions", "bench_generation",
+                                  "bench_prefix_attention"])
 def test_scripts_import_and_help(name, capsys, quiet_transformers):
     module = _script(name)  # bench_sweep: the shared set-up it imports from _common resolves
     with pytest.raises(SystemExit) as exc:
@@ -130,10 +131,25 @@ def test_bench_generation_smoke(tiny_model_dir, capsys, quiet_transformers):
                                       "--new-tokens", "6", "--decode-tokens", "1"])
     out = capsys.readouterr().out.strip().splitlines()
     last = json.loads(out[-1])
-    assert set(last) >= {"share_of_matmul", "speedup_over_current", "speedup_over_filed", "identical", "agreement"}
+    assert set(last) >= {"share_of_matmul", "speedup_over_current", "speedup_over_filed", "identical", "agreement",
+                         "ceiling_share", "ceiling_speedup_over_current", "ceiling_speedup_over_filed"}
     assert last["share_of_matmul"] > 0 and last["identical"] and last["agreement"] == 1.0
+    assert last["ceiling_share"] > 0 and last["ceiling_speedup_over_current"] > 0
+    assert any(line.startswith("(d) ceiling: its passes (") for line in out)
     for path in "bcd":
         assert any(line.startswith(f"({path}) identical to (a): True") for line in out), path
+
+
+def test_bench_prefix_attention_smoke(tiny_model_dir, capsys, quiet_transformers):
+    """bench_prefix_attention on a tiny model: both ways of one step's attention give the same
+    numbers up to rounding (the shared prompt part is the same attention, split), and its last line
+    is the JSON it promises."""
+    _script("bench_prefix_attention").main(["--model", str(tiny_model_dir), "--jobs", "2", "--conditions", "2",
+                                            "--samples", "3", "--prompt-tokens", "9", "--own-tokens", "4",
+                                            "--reps", "2"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last) >= {"family_ms", "shared_ms", "speedup", "max_abs_diff", "bit_for_bit", "kv_gb_per_s"}
+    assert last["family_ms"] > 0 and last["shared_ms"] > 0 and last["max_abs_diff"] < 1e-5
 
 
 def test_bench_exact_top_smoke(tiny_model_dir, capsys, monkeypatch, quiet_transformers):

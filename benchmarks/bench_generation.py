@@ -1,5 +1,5 @@
 """Sampling speed, side by side in one run: the demonstration study's own kind of prompt (lists of
-statements, here written for this benchmark, about 170 tokens each) continued to the line's end,
+statements, here written for this benchmark, 78-86 tokens each on SmolLM2) continued to the line's end,
 5 seeded samples per prompt, 4 conditions along the batch, by
 
   (a) transformers' ``generate`` with the conditions' hooks, every sample prefilling its prompt

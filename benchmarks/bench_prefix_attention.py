@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=7, help="running jobs (the loop's 145 rows a step: 7 jobs of 20)")
     ap.add_argument("--conditions", type=int, default=4)
     ap.add_argument("--samples", type=int, default=5)
-    ap.add_argument("--prompt-tokens", type=int, default=170)
+    ap.add_argument("--prompt-tokens", type=int, default=82, help="bench_generation's prompts: 78-86 tokens")
     ap.add_argument("--own-tokens", type=int, default=20, help="each row's drawn tokens so far, this step's included")
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args(argv)

@@ -248,7 +248,10 @@ def demonstration_study(model: LoadedModel, settings: DemonstrationStudySettings
                         neurons: dict[int, list[int]] | None = None, **changes) -> DemonstrationStudy:
     """Find (or reuse) the ToxiGen hate neurons in ``out`` and measure what the model writes on
     demonstration prompts with the top-K off, against random K-sets (``settings``; keywords change
-    single settings or find's). ``eval_groups``: evaluate on these target groups, found on the others."""
+    single settings or find's). ``eval_groups``: evaluate on these target groups, found on the others.
+    The defaults are the older configuration; ``neat hate --data toxigen``'s (the published one) is
+    ``method="next-line", readout="generation", writers=(n // 2, n - 1), writer_rank="effect",
+    n_random=1, find=FindSettings(reading_layer=n - 1)`` for a model of n blocks (README, "Python")."""
     own, find_changes = split_known(DemonstrationStudySettings, changes)
     s = DemonstrationStudySettings.of(settings, **own)
     fs = FindSettings.of(find, **find_changes)

@@ -191,6 +191,15 @@ class PeakMemory:
             self.result.update(cuda_peak_mb=round(top / 2**20, 1),
                                cuda_increase_mb=round((top - self.cuda_start) / 2**20, 1))
 
+def seconds_per_call(fn: Callable[[], Any], reps: int) -> float:
+    """Mean wall seconds of ``fn()`` over ``reps`` calls, after one call that warms it."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
 def measured(model: nl.LoadedModel, fn: Callable[[], Any]) -> tuple[Any, dict]:
     """``fn()`` with its wall time (synchronised on CUDA), the passes it added to the model's
     counter (for a scorer: its NeuronScores.passes) and its peak memory (``PeakMemory``)."""

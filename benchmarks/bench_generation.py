@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from _common import add_model_args, load
+from _common import add_model_args, load, seconds_per_call
 from _previous_loops import decode_jobs, prefilled
 from bench_sweep import matmul_gflops
 
@@ -109,14 +109,12 @@ def product_seconds_per_row(model, rows: int, *, unembed: bool, reps: int = 3) -
     out_emb = model.hf.get_output_embeddings()
     linears = [m for m in model.hf.modules() if isinstance(m, torch.nn.Linear) and (unembed or m is not out_emb)]
     xs = {w: torch.randn(rows, w, dtype=model.dtype, device=model.device) for w in {m.in_features for m in linears}}
-    with torch.inference_mode():
-        for m in linears:  # warm
+    def step():
+        for m in linears:
             torch.nn.functional.linear(xs[m.in_features], m.weight)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            for m in linears:
-                torch.nn.functional.linear(xs[m.in_features], m.weight)
-    return (time.perf_counter() - t0) / reps / rows
+
+    with torch.inference_mode():
+        return seconds_per_call(step, reps) / rows
 
 
 def counting_steps(model) -> tuple[list[int], object]:

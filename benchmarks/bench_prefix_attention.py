@@ -2,7 +2,7 @@
 it would cost in identity: one decoding step's attention at the loop's own shapes, two ways, side
 by side in one run.
 
-  (family) what the loop runs (``models/slot_cache.slot_attention``): per running job (a prompt
+  (family) what the loop runs (``models/slot_cache.slot_attention``, called here): per running job (a prompt
            under G conditions x S samples, its rows in consecutive slots at one length), the
            family's own attention function over each row's own keys: every sample re-reads the
            prompt's keys and values.
@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-from _common import add_model_args, load
+from _common import add_model_args, load, seconds_per_call
 
-from neat_llm.models.slot_cache import _family_attention
+from neat_llm.models.slot_cache import SlotCache, SlotGroup, slot_attention
 
 
 def slot_buffers(jobs: int, G: int, S: int, kv: int, d: int, prompt: int, own: int, gen: torch.Generator):
@@ -45,11 +44,15 @@ def slot_buffers(jobs: int, G: int, S: int, kv: int, d: int, prompt: int, own: i
     return k, v, pk[:, :, 0], pv[:, :, 0]
 
 
-def family_step(module, inner, q, k, v, jobs: int, unit: int) -> torch.Tensor:
-    """The loop's attention: the family's function per job over its rows' own keys."""
-    outs = [inner(module, q[j * unit:(j + 1) * unit], k[j * unit:(j + 1) * unit], v[j * unit:(j + 1) * unit], None,
-                  dropout=0.0, scaling=module.scaling)[0] for j in range(jobs)]
-    return torch.cat(outs, 0)
+def family_step(model, module, q, k, v, jobs: int, unit: int) -> torch.Tensor:
+    """The loop's attention itself (``slot_attention`` inside a ``SlotCache`` step): per job, the
+    family's function over its rows' own keys (every key of ``k`` written, this step's included)."""
+    n = k.shape[2]
+    cache = SlotCache(model.n_layers, jobs * unit, n + 1)
+    rows = torch.arange(jobs * unit)
+    groups = [SlotGroup(slice(j * unit, (j + 1) * unit), j * unit, n) for j in range(jobs)]
+    with cache.step(model.hf, rows, torch.full((jobs * unit,), n - 1), groups):
+        return slot_attention(module, q, k, v, None, dropout=0.0, scaling=module.scaling)[0]
 
 
 def shared_step(q, k, v, pk, pv, jobs: int, G: int, S: int, prompt: int, scaling: float) -> torch.Tensor:
@@ -76,18 +79,10 @@ def shared_step(q, k, v, pk, pv, jobs: int, G: int, S: int, prompt: int, scaling
     return o.view(jobs, G, kv, S, rep, d).permute(0, 1, 3, 2, 4, 5).reshape(rows, 1, H, d)
 
 
-def seconds(f, reps: int) -> float:
-    f()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        f()
-    return (time.perf_counter() - t0) / reps
-
-
 def read_bandwidth(mb: int = 256) -> float:
     """GB/s of one large sum (this machine's memory read rate, roughly)."""
     x = torch.randn(mb * 2**20 // 4)
-    return x.numel() * 4 / seconds(x.sum, 5) / 1e9
+    return x.numel() * 4 / seconds_per_call(x.sum, 5) / 1e9
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     model = load(args)
     module = next(m for m in model.hf.modules() if hasattr(m, "num_key_value_groups") and hasattr(m, "scaling"))
     implementation = model.hf.config._attn_implementation
-    inner = _family_attention(module, implementation)
     cfg = model.hf.config
     H, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
@@ -112,10 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     k, v, pk, pv = slot_buffers(J, G, S, kv, d, P, own, gen)
     q = torch.randn(J * G * S, H, 1, d, generator=gen)
     with torch.inference_mode():
-        fam = family_step(module, inner, q, k, v, J, G * S)
+        fam = family_step(model, module, q, k, v, J, G * S)
         shared = shared_step(q, k, v, pk, pv, J, G, S, P, module.scaling)
-        t_fam = seconds(lambda: family_step(module, inner, q, k, v, J, G * S), args.reps) * model.n_layers
-        t_shared = seconds(lambda: shared_step(q, k, v, pk, pv, J, G, S, P, module.scaling), args.reps) * model.n_layers
+        t_fam = seconds_per_call(lambda: family_step(model, module, q, k, v, J, G * S), args.reps) * model.n_layers
+        t_shared = seconds_per_call(lambda: shared_step(q, k, v, pk, pv, J, G, S, P, module.scaling),
+                                    args.reps) * model.n_layers
     diff = float((fam - shared).abs().max())
     bw = read_bandwidth()
     kv_bytes = 2 * k.numel() * k.element_size() * model.n_layers

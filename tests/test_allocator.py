@@ -48,3 +48,16 @@ def test_freed_buffers_are_reused_without_page_faults():
     assert on and not off
     # measured here: 0-26,000 faults kept, 166,000-234,000 with glibc's defaults (5 forwards)
     assert faults_on * 3 < faults_off, (faults_on, faults_off)
+
+
+def test_keep_freed_memory_leaves_other_devices_alone():
+    """Given a device other than the CPU (a torch device or its name), nothing is set or recorded:
+    those buffers are not malloc's."""
+    import torch
+
+    from neat_llm import allocator
+
+    before = list(allocator._done)
+    assert allocator.keep_freed_memory(torch.device("cuda", 0)) is False
+    assert allocator.keep_freed_memory("cuda:1") is False
+    assert allocator._done == before

@@ -21,8 +21,11 @@ _M_MMAP_THRESHOLD = -3
 _done: list[bool] = []
 
 
-def keep_freed_memory() -> bool:
-    """Set glibc's malloc thresholds once per process; True when they are in force."""
+def keep_freed_memory(device=None) -> bool:
+    """Set glibc's malloc thresholds once per process; True when they are in force. With a
+    ``device`` (a torch device or its name) only for the CPU: other devices' buffers are not malloc's."""
+    if device is not None and str(getattr(device, "type", device)).split(":")[0] != "cpu":
+        return False
     if _done:
         return _done[0]
     ok = False

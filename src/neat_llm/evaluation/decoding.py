@@ -43,8 +43,7 @@ def decode_prompts(model: LoadedModel, prompts: Sequence[str], replicas: int, sa
     tokens [G][prompt * samples + sample], and with ``score`` the mean log p per token of each given
     continuation after its prompt, [len(score), G, prompts], read on the prompt's own prefill)."""
     G, P, steps = replicas, len(prompts), u.shape[-1]
-    if model.device.type == "cpu":
-        keep_freed_memory()  # every step allocates and frees its logits and the sampler's chunks (tens of MB)
+    keep_freed_memory(model.device)  # every step allocates and frees its logits and the sampler's chunks (tens of MB)
     encs = [model.encode([p]) for p in prompts]
     unit = G * samples
     capacity = max(e["input_ids"].shape[1] for e in encs) + steps

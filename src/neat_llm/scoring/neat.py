@@ -179,8 +179,7 @@ class NeatScorer(Scorer):
         pending = sorted(todo)
         if not pending:
             return
-        if model.device.type == "cpu":
-            keep_freed_memory()
+        keep_freed_memory(model.device)
         caches = [ProbeCache(model, t, top, task.readout.vector, task.readout.pool) for t in task.probes.texts]
         if self.positions == "read":
             for c, t in zip(caches, task.probes.texts):
